@@ -1,0 +1,1 @@
+"""Recurring billing and subscription management for many tenants."""

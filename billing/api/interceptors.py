@@ -1,0 +1,102 @@
+"""Server interceptors: authentication (API key -> tenant) and metrics.
+
+Each wraps the method handler rather than the call, so the tenant context variable is set
+in the same task that runs the handler (the pattern of the grpc.aio examples).
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import uuid
+from typing import Awaitable, Callable
+
+import grpc
+
+from billing.ops.logging import current_tenant
+from billing.ops.metrics import GRPC_LATENCY, GRPC_REQUESTS
+from billing.services.context import Caller
+from billing.services.tenants import authenticate, key_prefix
+from billing.store.db import Database
+
+log = logging.getLogger(__name__)
+
+current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("current_caller", default=None)
+
+# Health checks and reflection are open: they reveal nothing about any tenant.
+PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+def _wrap_unary(handler: grpc.RpcMethodHandler, around: Callable) -> grpc.RpcMethodHandler:
+    if handler is None or handler.unary_unary is None:
+        return handler
+    return grpc.unary_unary_rpc_method_handler(
+        around(handler.unary_unary),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _bearer(metadata: tuple) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer "):].strip()
+    return None
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, db: Database):
+        self._db = db
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if details.method.startswith(PUBLIC_PREFIXES):
+            return handler
+        key = _bearer(details.invocation_metadata)
+
+        def around(behavior: Callable[..., Awaitable]):
+            async def call(request, context: grpc.aio.ServicerContext):
+                if not key:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                        "missing API key: send metadata 'authorization: Bearer <key>'")
+                async with self._db.pool.acquire() as conn:
+                    tenant_id: uuid.UUID | None = await authenticate(conn, key)
+                if tenant_id is None:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
+                caller_token = current_caller.set(Caller(tenant_id, f"api:{key_prefix(key)}"))
+                tenant_token = current_tenant.set(str(tenant_id))
+                try:
+                    return await behavior(request, context)
+                finally:
+                    current_tenant.reset(tenant_token)
+                    current_caller.reset(caller_token)
+            return call
+
+        return _wrap_unary(handler, around)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        method = details.method.rsplit("/", 1)[-1] if handler is not None else "unknown"
+
+        def around(behavior: Callable[..., Awaitable]):
+            async def call(request, context: grpc.aio.ServicerContext):
+                start = time.perf_counter()
+                code = "OK"
+                try:
+                    return await behavior(request, context)
+                except grpc.aio.AbortError:
+                    code = context.code().name if context.code() else "UNKNOWN"
+                    raise
+                except Exception:
+                    code = "INTERNAL"
+                    raise
+                finally:
+                    if code == "OK" and context.code() not in (None, grpc.StatusCode.OK):
+                        code = context.code().name
+                    GRPC_REQUESTS.labels(method, code).inc()
+                    GRPC_LATENCY.labels(method).observe(time.perf_counter() - start)
+            return call
+
+        return _wrap_unary(handler, around)

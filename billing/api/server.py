@@ -1,0 +1,42 @@
+"""The gRPC server: BillingService, the standard health service and reflection."""
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from billing.api.interceptors import AuthInterceptor, MetricsInterceptor
+from billing.api.servicer import BillingServicer
+from billing.store.db import Database
+from billing.v1 import billing_pb2, billing_pb2_grpc
+
+SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class GrpcServer:
+    def __init__(self, db: Database, host: str, port: int):
+        self.server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(), AuthInterceptor(db)],
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+        )
+        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        self.address = f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.server.stop(grace_s)

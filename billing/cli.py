@@ -1,0 +1,138 @@
+"""The `billing` command: serve, migrate, tenants, dev (the local stack)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+
+from billing.config import Settings
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    from billing.store.migrations import migrate
+
+    return await migrate(settings.admin_database_url, settings.migrations_dir)
+
+
+async def _create_tenant(settings: Settings, name: str) -> dict:
+    import asyncpg
+
+    from billing.services.tenants import create_tenant
+
+    conn = await asyncpg.connect(settings.admin_database_url)
+    try:
+        tenant = await create_tenant(conn, name)
+    finally:
+        await conn.close()
+    return {"tenant_id": str(tenant.tenant_id), "name": tenant.name, "api_key_id": str(tenant.api_key_id),
+            "api_key": tenant.api_key}
+
+
+async def _revoke_key(settings: Settings, key_id: str) -> bool:
+    import asyncpg
+
+    from billing.services.tenants import revoke_key
+
+    conn = await asyncpg.connect(settings.admin_database_url)
+    try:
+        return await revoke_key(conn, uuid.UUID(key_id))
+    finally:
+        await conn.close()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from billing.ops.logging import configure
+    from billing.runtime import ALL_ROLES, serve
+
+    settings = _settings()
+    configure(settings.log_level)
+    roles = tuple(r.strip() for r in args.roles.split(",")) if args.roles else ALL_ROLES
+    if args.migrate:
+        asyncio.run(_migrate(settings))
+    asyncio.run(serve(settings, roles))
+    return 0
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from billing.store.migrations import MigrationError
+
+    try:
+        applied = asyncio.run(_migrate(_settings()))
+    except MigrationError as exc:
+        print(f"migration refused: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+def cmd_tenants_create(args: argparse.Namespace) -> int:
+    print(json.dumps(asyncio.run(_create_tenant(_settings(), args.name))))
+    return 0
+
+
+def cmd_tenants_revoke_key(args: argparse.Namespace) -> int:
+    revoked = asyncio.run(_revoke_key(_settings(), args.api_key_id))
+    print(json.dumps({"api_key_id": args.api_key_id, "revoked": revoked}))
+    return 0 if revoked else 1
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from billing.devstack.cli import run_dev
+
+    return run_dev(_settings(), args)
+
+
+def cmd_devstack(args: argparse.Namespace) -> int:
+    from billing.devstack.cli import run_devstack
+
+    return run_devstack(_settings(), args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="billing", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the service (all roles, or --roles)")
+    p.add_argument("--roles", default="", help="comma-separated roles; default: all")
+    p.add_argument("--migrate", action="store_true", help="apply pending migrations first")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("migrate", help="apply pending migrations (as BILLING_ADMIN_DATABASE_URL)")
+    p.set_defaults(func=cmd_migrate)
+
+    tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="tenants_command", required=True)
+    p = tenants.add_parser("create", help="create a tenant; prints its id and a new API key as JSON")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_tenants_create)
+    p = tenants.add_parser("revoke-key", help="revoke an API key by its id; refused at once")
+    p.add_argument("api_key_id")
+    p.set_defaults(func=cmd_tenants_revoke_key)
+
+    p = sub.add_parser("dev", help="start the local stack, migrate, create a demo tenant, serve (make run)")
+    p.add_argument("--pg-port", type=int, default=55432)
+    p.add_argument("--kafka-port", type=int, default=59092)
+    p.add_argument("--controller-port", type=int, default=59093)
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("devstack", help="start or stop only the local PostgreSQL and Kafka")
+    p.add_argument("action", choices=["up", "down"])
+    p.add_argument("--pg-port", type=int, default=55432)
+    p.add_argument("--kafka-port", type=int, default=59092)
+    p.add_argument("--controller-port", type=int, default=59093)
+    p.set_defaults(func=cmd_devstack)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

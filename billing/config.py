@@ -1,0 +1,58 @@
+"""Settings, read from environment variables with the BILLING_ prefix.
+
+Every address the service talks to is a setting, so pointing it at an existing
+PostgreSQL and Kafka needs no code change (see docs/configuration.md).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Topics(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLING_TOPIC_", extra="ignore")
+
+    usage: str = "billing.usage.v1"
+    usage_dlq: str = "billing.usage.dlq.v1"
+    subscription_commands: str = "billing.subscription-commands.v1"
+    subscription_commands_dlq: str = "billing.subscription-commands.dlq.v1"
+    subscription_events: str = "billing.subscription-events.v1"
+    billing_runs: str = "billing.billing-runs.v1"
+    invoice_requests: str = "billing.invoice-requests.v1"
+
+    def all(self) -> list[str]:
+        return list(self.model_dump().values())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
+
+    # The service connects as the application role, which row-level security applies to.
+    database_url: str = "postgresql://billing_app:billing_app@127.0.0.1:5432/billing"
+    # Migrations and admin commands (tenants create) connect as the schema owner.
+    admin_database_url: str = "postgresql://billing_owner:billing_owner@127.0.0.1:5432/billing"
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_partitions: int = 6
+    topics: Topics = Field(default_factory=Topics)
+
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+
+    log_level: str = "INFO"
+    migrations_dir: Path = PROJECT_ROOT / "migrations"
+    # Where `billing dev` keeps PostgreSQL data, Kafka logs and the Kafka jars' classpath.
+    state_dir: Path = PROJECT_ROOT / ".state"
+    # Kafka jars are resolved once with Maven and cached here, outside the work tree.
+    kafka_cache_dir: Path = Path.home() / ".cache" / "billing-devstack"
+    kafka_version: str = "4.1.1"
+    # Seconds to wait for PostgreSQL or Kafka to become ready before giving up.
+    readiness_timeout_s: float = 90.0

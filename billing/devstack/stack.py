@@ -1,0 +1,53 @@
+"""Both servers together under one state directory, on the ports asked for."""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from billing.devstack.kafka import LocalKafka
+from billing.devstack.postgres import LocalPostgres
+
+
+def free_port() -> int:
+    """A port nobody listens on now, so tests and a running `make run` never collide."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LocalStack:
+    postgres: LocalPostgres
+    kafka: LocalKafka
+
+    @classmethod
+    def create(cls, state_dir: Path, *, pg_port: int, kafka_port: int, controller_port: int,
+               kafka_version: str, kafka_cache_dir: Path) -> "LocalStack":
+        return cls(
+            postgres=LocalPostgres(data_dir=state_dir / "postgres", port=pg_port),
+            kafka=LocalKafka(data_dir=state_dir / "kafka", port=kafka_port, controller_port=controller_port,
+                             version=kafka_version, cache_dir=kafka_cache_dir),
+        )
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        self.postgres.start(timeout_s)
+        try:
+            self.kafka.start(timeout_s)
+        except Exception:
+            self.postgres.stop(quiet=True)
+            raise
+
+    def stop(self) -> None:
+        try:
+            self.kafka.stop()
+        finally:
+            self.postgres.stop(quiet=True)
+
+    def env(self) -> dict[str, str]:
+        """The settings that point the service at this stack."""
+        return {
+            "BILLING_DATABASE_URL": self.postgres.app_url,
+            "BILLING_ADMIN_DATABASE_URL": self.postgres.admin_url,
+            "BILLING_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+        }

@@ -1,0 +1,1 @@
+"""Developer tools (code generation and the like); not used at run time."""

@@ -1,0 +1,112 @@
+"""Billing period arithmetic on aware UTC datetimes.
+
+Periods are defined by an anchor (the billing anchor of a subscription), an
+interval unit and a count. Boundary ``n`` is ``add_interval(anchor, unit, count, n)``;
+period ``n`` is the half-open range ``[boundary(n), boundary(n + 1))``.
+
+* day / week: exact multiples of 24 h / 7 * 24 h (UTC has no DST).
+* month / year: calendar months counted from the ANCHOR, never chained from the
+  previous boundary, with the day clamped to the end of shorter months and the
+  anchor's time of day kept. A Jan 31 anchor gives Feb 28 (29 in leap years),
+  Mar 31, Apr 30, May 31, ...; a Feb 29 yearly anchor gives Feb 28 in common years
+  and Feb 29 again in leap years. Chaining would instead drift to the 28th forever.
+
+Only timezone-aware datetimes with a UTC offset of zero are accepted (``ValueError``
+otherwise); results carry ``datetime.timezone.utc``.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime, timedelta, timezone
+
+from billing.domain.plans import IntervalUnit
+
+__all__ = ["add_interval", "period_containing", "boundary_index"]
+
+_ZERO = timedelta(0)
+
+
+def _utc(dt: datetime, name: str) -> datetime:
+    if not isinstance(dt, datetime):
+        raise TypeError(f"{name} must be a datetime, not {type(dt).__name__}")
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware UTC, got naive {dt.isoformat()}")
+    if dt.utcoffset() != _ZERO:
+        raise ValueError(f"{name} must be in UTC, got offset {dt.utcoffset()} ({dt.isoformat()})")
+    return dt if dt.tzinfo is timezone.utc else dt.replace(tzinfo=timezone.utc)
+
+
+def _unit(unit: IntervalUnit | str) -> IntervalUnit:
+    return unit if isinstance(unit, IntervalUnit) else IntervalUnit(unit)
+
+
+def _count(count: int) -> int:
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError("count must be an int")
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    return count
+
+
+def _add_months(anchor: datetime, months: int) -> datetime:
+    index = anchor.year * 12 + (anchor.month - 1) + months
+    year, month0 = divmod(index, 12)
+    if not 1 <= year <= 9999:
+        raise ValueError("period boundary out of the supported date range")
+    month = month0 + 1
+    day = min(anchor.day, calendar.monthrange(year, month)[1])
+    return anchor.replace(year=year, month=month, day=day)
+
+
+def _boundary(anchor: datetime, unit: IntervalUnit, count: int, n: int) -> datetime:
+    if unit is IntervalUnit.DAY or unit is IntervalUnit.WEEK:
+        days = count * n * (7 if unit is IntervalUnit.WEEK else 1)
+        try:
+            return anchor + timedelta(days=days)
+        except OverflowError:
+            raise ValueError("period boundary out of the supported date range") from None
+    months = count * n * (12 if unit is IntervalUnit.YEAR else 1)
+    return _add_months(anchor, months)
+
+
+def add_interval(anchor: datetime, unit: IntervalUnit, count: int, n: int = 1) -> datetime:
+    """The ``n``-th period boundary after ``anchor`` (``n`` may be 0 or negative)."""
+    anchor = _utc(anchor, "anchor")
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError("n must be an int")
+    return _boundary(anchor, _unit(unit), _count(count), n)
+
+
+def boundary_index(anchor: datetime, unit: IntervalUnit, count: int, t: datetime) -> int:
+    """The ``n`` with ``add_interval(anchor, .., n) <= t < add_interval(anchor, .., n + 1)``."""
+    anchor = _utc(anchor, "anchor")
+    t = _utc(t, "t")
+    unit = _unit(unit)
+    count = _count(count)
+    if unit is IntervalUnit.DAY or unit is IntervalUnit.WEEK:
+        length = timedelta(days=count * (7 if unit is IntervalUnit.WEEK else 1))
+        return (t - anchor) // length  # exact floor division of timedeltas
+    per = count * (12 if unit is IntervalUnit.YEAR else 1)
+    months = (t.year - anchor.year) * 12 + (t.month - anchor.month)
+    n = months // per  # estimate; off by at most one because of day/time within the month
+    while _boundary(anchor, unit, count, n) > t:
+        n -= 1
+    while _boundary(anchor, unit, count, n + 1) <= t:
+        n += 1
+    return n
+
+
+def period_containing(
+    anchor: datetime, unit: IntervalUnit, count: int, t: datetime
+) -> tuple[datetime, datetime]:
+    """The half-open period ``[start, end)`` that contains ``t``.
+
+    ``t`` exactly on a boundary belongs to the period that STARTS there. Works for
+    ``t`` before the anchor too. Constant time: the index is computed, not searched.
+    """
+    anchor = _utc(anchor, "anchor")
+    unit = _unit(unit)
+    count = _count(count)
+    n = boundary_index(anchor, unit, count, t)
+    return _boundary(anchor, unit, count, n), _boundary(anchor, unit, count, n + 1)

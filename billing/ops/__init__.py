@@ -1,0 +1,1 @@
+"""Operations: logging, metrics, readiness, the HTTP side port."""

@@ -1,0 +1,74 @@
+"""What 'ready' means: PostgreSQL reachable, every migration applied, Kafka reachable.
+
+Checked in the background every few seconds, so /readyz and the gRPC health service
+answer at once from the last result rather than probing on every request.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from confluent_kafka.admin import AdminClient
+
+from billing.ops.metrics import DEPENDENCY_UP, READY
+from billing.store import migrations
+from billing.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Readiness:
+    db: Database
+    kafka_bootstrap: str
+    migrations_dir: Path
+    interval_s: float = 2.0
+    checks: dict[str, str] = field(default_factory=dict)  # dependency -> "ok" or why not
+    listeners: list[Callable[[bool], None]] = field(default_factory=list)
+    _ready: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def check_once(self) -> bool:
+        results = await asyncio.gather(self._check_postgres(), asyncio.to_thread(self._check_kafka))
+        self.checks = {"postgres": results[0][0], "migrations": results[0][1], "kafka": results[1]}
+        for name, state in self.checks.items():
+            DEPENDENCY_UP.labels(name).set(1 if state == "ok" else 0)
+        ready = all(v == "ok" for v in self.checks.values())
+        if ready != self._ready:
+            log.info("readiness changed", extra={"ready": ready, "checks": self.checks})
+            self._ready = ready
+            for listener in self.listeners:
+                listener(ready)
+        READY.set(1 if ready else 0)
+        return ready
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.check_once()
+            except Exception:  # noqa: BLE001 - a broken check means not ready, never a dead loop
+                log.exception("readiness check failed")
+            await asyncio.sleep(self.interval_s)
+
+    async def _check_postgres(self) -> tuple[str, str]:
+        try:
+            async with asyncio.timeout(3):
+                async with self.db.pool.acquire() as conn:
+                    todo = await migrations.pending(conn, self.migrations_dir)
+        except Exception as exc:  # noqa: BLE001
+            return f"unreachable: {type(exc).__name__}", "unknown"
+        return "ok", ("ok" if not todo else f"pending: {', '.join(todo)}")
+
+    def _check_kafka(self) -> str:
+        admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap, "log_level": 0, "socket.timeout.ms": 2000})
+        try:
+            metadata = admin.list_topics(timeout=3)
+            return "ok" if metadata.brokers else "no brokers"
+        except Exception as exc:  # noqa: BLE001
+            return f"unreachable: {type(exc).__name__}"

@@ -1,0 +1,12 @@
+"""Who is asking: the tenant (from the API key or the message) and an actor for the audit trail."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant_id: uuid.UUID
+    # "api:<key prefix>", "command:<topic>", "system:scheduler": recorded in the audit trail.
+    actor: str

@@ -1,0 +1,30 @@
+"""Errors a use case can refuse with; the API maps each to one gRPC status."""
+from __future__ import annotations
+
+from billing.domain.errors import DomainError, TransitionRefused, ValidationError
+
+__all__ = [
+    "AlreadyExists", "DomainError", "FailedPrecondition", "IdempotencyConflict", "NotFound",
+    "TransitionRefused", "ValidationError",
+]
+
+
+class NotFound(DomainError):
+    def __init__(self, kind: str, ident: str):
+        super().__init__(f"{kind} {ident!r} not found")
+        self.kind = kind
+
+
+class AlreadyExists(DomainError):
+    pass
+
+
+class FailedPrecondition(DomainError):
+    pass
+
+
+class IdempotencyConflict(ValidationError):
+    """The same request_id was used before for a different request."""
+
+    def __init__(self, key: str, operation: str):
+        super().__init__("request_id", f"{key!r} was already used for a different {operation} request")

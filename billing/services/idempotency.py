@@ -1,0 +1,48 @@
+"""Replays of a request_id return the first outcome and change nothing.
+
+The key row is inserted first, inside the use case's transaction: a concurrent request
+with the same key blocks on that insert until the first one commits (then sees its
+outcome) or rolls back (then goes ahead itself). A refused request rolls back, so it
+leaves no key behind and can be retried.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import asyncpg
+
+from billing.services.context import Caller
+from billing.services.errors import IdempotencyConflict, ValidationError
+from billing.store import idempotency as store
+
+MAX_KEY_LENGTH = 255
+
+
+def check_key(key: str, field: str = "request_id") -> str:
+    if not key:
+        raise ValidationError(field, "is required for every change")
+    if len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise ValidationError(field, f"must be 1..{MAX_KEY_LENGTH} printable characters")
+    return key
+
+
+def _digest(operation: str, payload: Any) -> bytes:
+    body = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{operation}\n{body}".encode()).digest()
+
+
+async def claim(conn: asyncpg.Connection, caller: Caller, key: str, operation: str, payload: Any) -> dict | None:
+    """Claim the key for this request; return the stored outcome if it was done before."""
+    digest = _digest(operation, payload)
+    if await store.insert_key(conn, caller.tenant_id, key, operation, digest):
+        return None
+    row = await store.get_key(conn, caller.tenant_id, key)
+    if row["operation"] != operation or bytes(row["request_hash"]) != digest:
+        raise IdempotencyConflict(key, operation)
+    return row["response"]
+
+
+async def remember(conn: asyncpg.Connection, caller: Caller, key: str, outcome: dict) -> None:
+    await store.set_response(conn, caller.tenant_id, key, outcome)

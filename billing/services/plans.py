@@ -1,0 +1,110 @@
+"""Plans: create, read, list, archive. A plan's pricing never changes once created."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from billing.domain.plans import PlanInput, PlanSpec, parse_plan, plan_from_dict, plan_to_dict
+from billing.services import audit, idempotency, paging
+from billing.services.context import Caller
+from billing.services.errors import AlreadyExists, NotFound
+from billing.store import plans as plans_store
+from billing.store.db import Database
+
+
+@dataclass(frozen=True)
+class Plan:
+    id: uuid.UUID
+    version: int
+    spec: PlanSpec
+    status: str
+    created_at: datetime
+    archived_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> "Plan":
+        return cls(row["id"], row["version"], plan_from_dict(row["spec"]), row["status"], row["created_at"],
+                   row["archived_at"])
+
+    def snapshot(self) -> dict:
+        """The JSON form kept in the audit trail and as an idempotent request's outcome."""
+        return {
+            "id": str(self.id), "version": self.version, "spec": plan_to_dict(self.spec), "status": self.status,
+            "created_at": self.created_at.isoformat(),
+            "archived_at": self.archived_at.isoformat() if self.archived_at else None,
+        }
+
+    @classmethod
+    def from_snapshot(cls, d: dict) -> "Plan":
+        return cls(uuid.UUID(d["id"]), d["version"], plan_from_dict(d["spec"]), d["status"],
+                   datetime.fromisoformat(d["created_at"]),
+                   datetime.fromisoformat(d["archived_at"]) if d["archived_at"] else None)
+
+
+@dataclass(frozen=True)
+class PlanPage:
+    plans: list[Plan]
+    next_page_token: str
+
+
+async def create_plan(db: Database, caller: Caller, request_id: str, draft: PlanInput) -> Plan:
+    idempotency.check_key(request_id)
+    spec = parse_plan(draft)
+    async with db.tenant_tx(caller.tenant_id) as conn:
+        replay = await idempotency.claim(conn, caller, request_id, "CreatePlan", plan_to_dict(spec))
+        if replay is not None:
+            return Plan.from_snapshot(replay)
+        row = await plans_store.insert(conn, caller.tenant_id, uuid.uuid4(), spec.code, plan_to_dict(spec))
+        if row is None:
+            raise AlreadyExists(f"a plan with code {spec.code!r} already exists")
+        plan = Plan.from_row(row)
+        await audit.record_change(conn, caller, entity_type="plan", entity_id=plan.id, action="plan.created",
+                                  before=None, after=plan.snapshot(), request_id=request_id)
+        await idempotency.remember(conn, caller, request_id, plan.snapshot())
+        return plan
+
+
+async def get_plan(db: Database, caller: Caller, plan_id: str) -> Plan:
+    ident = paging.parse_uuid(plan_id, "id")
+    async with db.tenant_tx(caller.tenant_id) as conn:
+        row = await plans_store.get(conn, caller.tenant_id, ident)
+    if row is None:
+        raise NotFound("plan", plan_id)
+    return Plan.from_row(row)
+
+
+async def list_plans(db: Database, caller: Caller, *, page_size: int, page_token: str, include_archived: bool,
+                     code: str) -> PlanPage:
+    limit = paging.page_size(page_size)
+    after = paging.decode_token(page_token)
+    async with db.tenant_tx(caller.tenant_id) as conn:
+        rows = await plans_store.list_page(conn, caller.tenant_id, include_archived=include_archived,
+                                           code=code or None, after=after, limit=limit + 1)
+    plans = [Plan.from_row(r) for r in rows[:limit]]
+    token = paging.encode_token(plans[-1].created_at, plans[-1].id) if len(rows) > limit else ""
+    return PlanPage(plans, token)
+
+
+async def archive_plan(db: Database, caller: Caller, request_id: str, plan_id: str) -> Plan:
+    """Archived plans take no new subscriptions; existing ones keep billing. Idempotent."""
+    idempotency.check_key(request_id)
+    ident = paging.parse_uuid(plan_id, "id")
+    async with db.tenant_tx(caller.tenant_id) as conn:
+        replay = await idempotency.claim(conn, caller, request_id, "ArchivePlan", {"id": str(ident)})
+        if replay is not None:
+            return Plan.from_snapshot(replay)
+        row = await plans_store.get(conn, caller.tenant_id, ident, for_update=True)
+        if row is None:
+            raise NotFound("plan", plan_id)
+        before = Plan.from_row(row)
+        if before.status == "archived":
+            plan = before
+        else:
+            plan = Plan.from_row(await plans_store.archive(conn, caller.tenant_id, ident))
+            await audit.record_change(conn, caller, entity_type="plan", entity_id=plan.id, action="plan.archived",
+                                      before=before.snapshot(), after=plan.snapshot(), request_id=request_id)
+        await idempotency.remember(conn, caller, request_id, plan.snapshot())
+        return plan

@@ -1,0 +1,30 @@
+"""Rows of tenants and api_keys. Writes go through the owner connection (admin commands)."""
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+
+async def insert_tenant(admin: asyncpg.Connection, tenant_id: uuid.UUID, name: str) -> None:
+    await admin.execute("insert into tenants (id, name) values ($1, $2)", tenant_id, name)
+
+
+async def insert_key(admin: asyncpg.Connection, tenant_id: uuid.UUID, key_id: uuid.UUID, key_hash: bytes,
+                     prefix: str) -> None:
+    await admin.execute(
+        "insert into api_keys (tenant_id, id, key_hash, key_prefix) values ($1, $2, $3, $4)",
+        tenant_id, key_id, key_hash, prefix,
+    )
+
+
+async def revoke_key(admin: asyncpg.Connection, key_id: uuid.UUID) -> bool:
+    status = await admin.execute(
+        "update api_keys set revoked_at = now() where id = $1 and revoked_at is null", key_id
+    )
+    return status.endswith(" 1")
+
+
+async def tenant_for_key_hash(conn: asyncpg.Connection, key_hash: bytes) -> uuid.UUID | None:
+    # A security-definer function: the one lookup that crosses tenants (see migration 001).
+    return await conn.fetchval("select authenticate_api_key($1)", key_hash)
