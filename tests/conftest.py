@@ -56,7 +56,10 @@ async def migrated(settings) -> Settings:
 async def admin_conn(migrated):
     import asyncpg
 
+    from billing.store.db import init_connection
+
     conn = await asyncpg.connect(migrated.admin_database_url)
+    await init_connection(conn)
     yield conn
     await conn.close()
 

@@ -152,7 +152,7 @@ class LocalKafka:
         props = self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
             proc = subprocess.run(
-                self._java(lib_dir, "kafka.tools.StorageTool", "format", "-t", _new_cluster_id(), "-c", str(props)),
+                self._java(lib_dir, "kafka.tools.StorageTool", "format", f"--cluster-id={_new_cluster_id()}", "-c", str(props)),
                 capture_output=True, text=True, timeout=120,
             )
             if proc.returncode != 0:

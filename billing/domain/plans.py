@@ -116,6 +116,7 @@ class UsageChargeInput:
     unit_price: str = ""
     package_size: str = ""
     tiers: Sequence[TierInput] = ()
+    unique_property: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class UsageCharge:
     unit_price: Decimal | None  # per_unit: per unit; package: per package; tiered: None
     package_size: Decimal | None  # package only
     tiers: tuple[Tier, ...]  # graduated / volume only
+    unique_property: str | None = None  # unique_count only: the event property counted
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,15 @@ def _parse_charge(c: object, field: str, currency: str) -> UsageCharge:
             parsed.append(tier)
             previous = tier.up_to
         tiers = tuple(parsed)
+    unique_text = _text(c.unique_property, f"{field}.unique_property")
+    if aggregation is Aggregation.UNIQUE_COUNT:
+        if not unique_text:
+            raise ValidationError(f"{field}.unique_property", "is required for aggregation 'unique_count'")
+        unique_property: str | None = _check_property_name(unique_text, f"{field}.unique_property")
+    elif unique_text:
+        raise ValidationError(f"{field}.unique_property", "is only for aggregation 'unique_count'")
+    else:
+        unique_property = None
     return UsageCharge(
         metric_code=metric_code,
         aggregation=aggregation,
@@ -360,7 +371,17 @@ def _parse_charge(c: object, field: str, currency: str) -> UsageCharge:
         unit_price=unit_price,
         package_size=package_size,
         tiers=tiers,
+        unique_property=unique_property,
     )
+
+
+_PROPERTY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", re.ASCII)
+
+
+def _check_property_name(value: str, field: str) -> str:
+    if not _PROPERTY_RE.fullmatch(value):
+        raise ValidationError(field, "must be 1..64 characters of [A-Za-z0-9_.-], starting with a letter or '_'")
+    return value
 
 
 def parse_plan(inp: PlanInput) -> PlanSpec:
@@ -452,6 +473,7 @@ def plan_to_dict(spec: PlanSpec) -> dict[str, Any]:
                     }
                     for t in c.tiers
                 ],
+                "unique_property": c.unique_property,
             }
             for c in spec.usage_charges
         ],
@@ -541,6 +563,7 @@ def plan_from_dict(d: Mapping[str, Any]) -> PlanSpec:
                 unit_price=_stored_dec(c, "unit_price", cp, nullable=True),
                 package_size=_stored_dec(c, "package_size", cp, nullable=True),
                 tiers=tuple(tiers),
+                unique_property=c.get("unique_property") if isinstance(c, Mapping) else None,
             )
         )
     return PlanSpec(

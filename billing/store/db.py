@@ -9,7 +9,7 @@ from typing import AsyncIterator
 import asyncpg
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
@@ -19,7 +19,7 @@ class Database:
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> "Database":
-        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection,
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init_connection,
                                          command_timeout=30)
         return cls(pool)
 

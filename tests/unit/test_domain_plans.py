@@ -60,7 +60,7 @@ GRADUATED = UsageChargeInput(
     ),
 )
 VOLUME = UsageChargeInput(
-    "seats", "unique_count", "volume", tiers=(TierInput("5", "10"), TierInput("", "8"))
+    "seats", "unique_count", "volume", tiers=(TierInput("5", "10"), TierInput("", "8")), unique_property="user_id"
 )
 LATEST = UsageChargeInput("gpus", "latest", "per_unit", unit_price="2")
 
@@ -387,16 +387,18 @@ def _plan_inputs(draw):
     for code in codes:
         model = draw(st.sampled_from(list(PricingModel)))
         agg = draw(st.sampled_from(list(Aggregation))).value
+        prop = "user_id" if agg == "unique_count" else ""
         if model is PricingModel.PER_UNIT:
-            charges.append(UsageChargeInput(code, agg, model.value, unit_price=draw(_price)))
+            charges.append(UsageChargeInput(code, agg, model.value, unit_price=draw(_price), unique_property=prop))
         elif model is PricingModel.PACKAGE:
             size = draw(st.integers(1, 10**6))
-            charges.append(UsageChargeInput(code, agg, model.value, unit_price=draw(_price), package_size=str(size)))
+            charges.append(UsageChargeInput(code, agg, model.value, unit_price=draw(_price), package_size=str(size),
+                                            unique_property=prop))
         else:
             bounds = sorted(draw(st.sets(st.integers(1, 10**9), max_size=5)))
             tiers = [TierInput(str(b), draw(_price), draw(st.sampled_from(["", "0", "2.50"]))) for b in bounds]
             tiers.append(TierInput("", draw(_price), draw(_money)))
-            charges.append(UsageChargeInput(code, agg, model.value, tiers=tuple(tiers)))
+            charges.append(UsageChargeInput(code, agg, model.value, tiers=tuple(tiers), unique_property=prop))
     unit = draw(st.sampled_from(list(IntervalUnit)))
     return PlanInput(
         code=draw(_code),
@@ -468,3 +470,16 @@ def test_is_upgrade(old, new, expected):
 def test_is_upgrade_needs_same_currency():
     with pytest.raises(ValueError):
         is_upgrade(_spec("10"), _spec("10", currency="EUR"))
+
+
+@pytest.mark.parametrize("aggregation, prop, message", [
+    ("unique_count", "", "is required"),
+    ("unique_count", "bad property!", "must be"),
+    ("sum", "user_id", "only for aggregation 'unique_count'"),
+])
+def test_unique_property_rules(aggregation, prop, message):
+    inp = _plan(usage_charges=(UsageChargeInput("seats", aggregation, "per_unit", unit_price="1",
+                                                unique_property=prop),))
+    with pytest.raises(ValidationError) as err:
+        parse_plan(inp)
+    assert err.value.field == "usage_charges[0].unique_property" and message in err.value.message
