@@ -53,8 +53,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     configure(settings.log_level)
     roles = tuple(r.strip() for r in args.roles.split(",")) if args.roles else ALL_ROLES
-    if args.migrate:
+    if args.setup:
+        from billing.kafka import ensure_topics
+
         asyncio.run(_migrate(settings))
+        ensure_topics(settings)
     asyncio.run(serve(settings, roles))
     return 0
 
@@ -82,6 +85,13 @@ def cmd_tenants_revoke_key(args: argparse.Namespace) -> int:
     return 0 if revoked else 1
 
 
+def cmd_topics(_: argparse.Namespace) -> int:
+    from billing.kafka import ensure_topics
+
+    print(json.dumps({"created": ensure_topics(_settings())}))
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from billing.devstack.cli import run_dev
 
@@ -100,11 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the service (all roles, or --roles)")
     p.add_argument("--roles", default="", help="comma-separated roles; default: all")
-    p.add_argument("--migrate", action="store_true", help="apply pending migrations first")
+    p.add_argument("--setup", action="store_true", help="apply pending migrations and create missing topics first")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("migrate", help="apply pending migrations (as BILLING_ADMIN_DATABASE_URL)")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("topics", help="create the service's Kafka topics that do not exist yet")
+    p.set_defaults(func=cmd_topics)
 
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="tenants_command", required=True)
     p = tenants.add_parser("create", help="create a tenant; prints its id and a new API key as JSON")

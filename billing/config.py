@@ -1,7 +1,7 @@
 """Settings, read from environment variables with the BILLING_ prefix.
 
 Every address the service talks to is a setting, so pointing it at an existing
-PostgreSQL and Kafka needs no code change (see docs/configuration.md).
+PostgreSQL and Kafka needs no code change (see the Configuration section of README.md).
 """
 from __future__ import annotations
 

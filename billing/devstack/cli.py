@@ -47,6 +47,7 @@ async def _demo_tenant(settings: Settings) -> dict:
 
 def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from billing.cli import _migrate
+    from billing.kafka import ensure_topics
     from billing.ops.logging import configure
     from billing.runtime import serve
 
@@ -60,6 +61,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     try:
         settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()})
         asyncio.run(_migrate(settings))
+        ensure_topics(settings)
         tenant = asyncio.run(_demo_tenant(settings))
         print(
             "\n".join([

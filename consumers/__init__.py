@@ -1,0 +1,1 @@
+"""Kafka -> services: the consumer runner and the usage, command and billing consumers."""

@@ -1,0 +1,1 @@
+"""Services -> Kafka: the outbox relay and the usage producer client."""
