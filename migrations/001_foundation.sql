@@ -78,7 +78,8 @@ create trigger audit_events_append_only before update or delete on audit_events
 create table outbox (
     tenant_id     uuid not null references tenants (id),
     id            bigint generated always as identity,
-    topic         text not null,
+    -- a logical stream name (subscription_events, invoice_requests, ...); the relay maps it to a topic
+    stream        text not null,
     key           bytea,
     payload       bytea not null,
     headers       jsonb not null default '{}'::jsonb,

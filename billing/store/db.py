@@ -42,6 +42,24 @@ class Database:
                 yield conn
 
 
+class ConnectionScope:
+    """A `Database` look-alike bound to one connection already inside a transaction.
+
+    The consumers use it so a service call joins the consumer's batch transaction (and so
+    commits together with the stored Kafka offsets): each `tenant_tx` is a savepoint, so a
+    refused command rolls back alone and the batch goes on.
+    """
+
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
+
+    @asynccontextmanager
+    async def tenant_tx(self, tenant_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
+        async with self.conn.transaction():
+            await set_tenant(self.conn, tenant_id)
+            yield self.conn
+
+
 async def set_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> None:
     # is_local=true: the setting ends with the transaction, so a pooled connection never
     # carries one tenant's identity into the next request.
