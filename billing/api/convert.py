@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.domain.money import decimal_to_str
+from billing.services.errors import ValidationError
+from billing.services.subscriptions import SubscriptionPage, SubscriptionView
 from billing.domain.plans import PlanInput, TierInput, UsageChargeInput
 from billing.services.plans import Plan
 from billing.v1 import billing_pb2 as pb
@@ -30,6 +32,20 @@ def timestamp(dt: datetime | None) -> Timestamp | None:
     ts = Timestamp()
     ts.FromDatetime(dt.astimezone(timezone.utc))
     return ts
+
+
+def optional_time(message, field: str) -> datetime | None:
+    """A Timestamp field as an aware UTC datetime; None when unset; INVALID_ARGUMENT when out of range."""
+    if not message.HasField(field):
+        return None
+    ts = getattr(message, field)
+    try:
+        dt = ts.ToDatetime(tzinfo=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise ValidationError(field, "is not a valid timestamp") from None
+    if not 1970 <= dt.year <= 9000:
+        raise ValidationError(field, "must be between 1970 and 9000")
+    return dt
 
 
 def _dec(value) -> str:
@@ -80,3 +96,35 @@ def plan_message(plan: Plan) -> pb.Plan:
         status=enum_number(pb.PlanStatus, plan.status, "PLAN_STATUS_"),
         created_at=timestamp(plan.created_at), archived_at=timestamp(plan.archived_at),
     )
+
+
+def subscription_message(view: SubscriptionView) -> pb.Subscription:
+    sub = view.subscription
+    msg = pb.Subscription(
+        id=str(sub.id), customer_id=sub.customer_id, plan_id=str(sub.plan_id), plan_code=view.plan_code,
+        status=enum_number(pb.SubscriptionStatus, sub.status.value, "SUBSCRIPTION_STATUS_"),
+        cancel_at_period_end=sub.cancel_at_period_end, metadata=dict(sub.metadata),
+    )
+    for name in ("created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end",
+                 "trial_end", "canceled_at", "paused_at", "pause_resumes_at"):
+        value = getattr(sub, name)
+        if value is not None:
+            getattr(msg, name).CopyFrom(timestamp(value))
+    if sub.pending_plan_id is not None:
+        msg.pending_change.CopyFrom(pb.PendingPlanChange(
+            plan_id=str(sub.pending_plan_id), plan_code=view.pending_plan_code or "",
+            effective_at=timestamp(sub.pending_change_at)))
+    for entry in view.history:
+        msg.history.append(pb.SubscriptionHistoryEntry(
+            at=timestamp(entry["at"]), action=entry["action"], actor=entry["actor"],
+            from_status=enum_number(pb.SubscriptionStatus, entry["from_status"], "SUBSCRIPTION_STATUS_")
+            if entry["from_status"] else 0,
+            to_status=enum_number(pb.SubscriptionStatus, entry["to_status"], "SUBSCRIPTION_STATUS_")
+            if entry["to_status"] else 0,
+            details=entry["details"]))
+    return msg
+
+
+def subscription_page(page: SubscriptionPage) -> pb.ListSubscriptionsResponse:
+    return pb.ListSubscriptionsResponse(subscriptions=[subscription_message(v) for v in page.subscriptions],
+                                        next_page_token=page.next_page_token)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from billing.api import convert
 from billing.api.errors import rpc
-from billing.services import plans
+from billing.services import plans, subscriptions
 from billing.services.context import Caller
 from billing.store.db import Database
 from billing.v1 import billing_pb2 as pb
@@ -38,3 +38,71 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ArchivePlan(self, request: pb.ArchivePlanRequest, caller: Caller) -> pb.ArchivePlanResponse:
         plan = await plans.archive_plan(self.db, caller, request.request_id, request.id)
         return pb.ArchivePlanResponse(plan=convert.plan_message(plan))
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    @rpc
+    async def CreateSubscription(self, request: pb.CreateSubscriptionRequest,
+                                 caller: Caller) -> pb.CreateSubscriptionResponse:
+        view = await subscriptions.create_subscription(
+            self.db, caller, request.request_id, customer_id=request.customer_id, plan_id=request.plan_id,
+            start_at=convert.optional_time(request, "start_at"),
+            billing_anchor=convert.optional_time(request, "billing_anchor"),
+            trial_days=request.trial_days if request.HasField("trial_days") else None,
+            activate=request.activate, metadata=dict(request.metadata),
+        )
+        return pb.CreateSubscriptionResponse(subscription=convert.subscription_message(view))
+
+    @rpc
+    async def GetSubscription(self, request: pb.GetSubscriptionRequest, caller: Caller) -> pb.GetSubscriptionResponse:
+        view = await subscriptions.get_subscription(self.db, caller, request.id, request.include_history)
+        return pb.GetSubscriptionResponse(subscription=convert.subscription_message(view))
+
+    @rpc
+    async def ListSubscriptions(self, request: pb.ListSubscriptionsRequest,
+                                caller: Caller) -> pb.ListSubscriptionsResponse:
+        page = await subscriptions.list_subscriptions(
+            self.db, caller, page_size=request.page_size, page_token=request.page_token,
+            status=convert.enum_value(pb.SubscriptionStatus, request.status, "SUBSCRIPTION_STATUS_"),
+            customer_id=request.customer_id, plan_id=request.plan_id,
+        )
+        return convert.subscription_page(page)
+
+    @rpc
+    async def ActivateSubscription(self, request: pb.ActivateSubscriptionRequest,
+                                   caller: Caller) -> pb.ActivateSubscriptionResponse:
+        view = await subscriptions.activate_subscription(self.db, caller, request.request_id, request.id)
+        return pb.ActivateSubscriptionResponse(subscription=convert.subscription_message(view))
+
+    @rpc
+    async def PauseSubscription(self, request: pb.PauseSubscriptionRequest,
+                                caller: Caller) -> pb.PauseSubscriptionResponse:
+        view = await subscriptions.pause_subscription(self.db, caller, request.request_id, request.id,
+                                                      convert.optional_time(request, "resumes_at"))
+        return pb.PauseSubscriptionResponse(subscription=convert.subscription_message(view))
+
+    @rpc
+    async def ResumeSubscription(self, request: pb.ResumeSubscriptionRequest,
+                                 caller: Caller) -> pb.ResumeSubscriptionResponse:
+        view = await subscriptions.resume_subscription(self.db, caller, request.request_id, request.id)
+        return pb.ResumeSubscriptionResponse(subscription=convert.subscription_message(view))
+
+    @rpc
+    async def CancelSubscription(self, request: pb.CancelSubscriptionRequest,
+                                 caller: Caller) -> pb.CancelSubscriptionResponse:
+        view = await subscriptions.cancel_subscription(
+            self.db, caller, request.request_id, request.id,
+            mode=convert.enum_value(pb.CancelMode, request.mode, "CANCEL_MODE_"),
+            proration=convert.enum_value(pb.ProrationBehavior, request.proration, "PRORATION_BEHAVIOR_"),
+        )
+        return pb.CancelSubscriptionResponse(subscription=convert.subscription_message(view))
+
+    @rpc
+    async def ChangePlan(self, request: pb.ChangePlanRequest, caller: Caller) -> pb.ChangePlanResponse:
+        view = await subscriptions.change_plan(
+            self.db, caller, request.request_id, request.id, request.new_plan_id,
+            timing=convert.enum_value(pb.ChangeTiming, request.timing, "CHANGE_TIMING_"),
+            proration_behavior=convert.enum_value(pb.ProrationBehavior, request.proration_behavior,
+                                                  "PRORATION_BEHAVIOR_"),
+        )
+        return pb.ChangePlanResponse(subscription=convert.subscription_message(view))

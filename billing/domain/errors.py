@@ -7,7 +7,7 @@ gRPC ``INVALID_ARGUMENT`` (or a dead-lettered Kafka command) and
 
 from __future__ import annotations
 
-__all__ = ["DomainError", "ValidationError", "TransitionRefused"]
+__all__ = ["DomainError", "ValidationError", "TransitionRefused", "PreconditionFailed"]
 
 
 class DomainError(Exception):
@@ -71,3 +71,8 @@ class TransitionRefused(DomainError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class PreconditionFailed(DomainError):
+    """The request is well formed but the current state does not allow it (e.g. a plan
+    change to a plan of another currency, or to an archived plan)."""

@@ -1,0 +1,214 @@
+"""Subscription rules: creation, activation, trials, pause, cancel and plan changes.
+
+Pure functions over an immutable `Subscription`; each returns the new state and the
+name of the event it amounts to (or raises). The service layer loads, locks, persists,
+audits and announces; nothing here does I/O or reads a clock.
+
+Periods: a subscription's periods are aligned to its billing anchor
+(`periods.period_containing`). The first period runs from the start to the first anchor
+boundary after it, so an anchor other than the start gives a shorter first period
+(prorated by the billing issue). A trial is a period of its own, [start, trial_end), and
+when no anchor was asked for, the anchor is the trial's end.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Mapping
+
+from billing.domain.errors import PreconditionFailed, TransitionRefused, ValidationError
+from billing.domain.lifecycle import Action, SubscriptionStatus, transition
+from billing.domain.periods import add_interval, period_containing
+from billing.domain.plans import PlanSpec, is_upgrade
+
+S = SubscriptionStatus
+
+CUSTOMER_ID_MAX = 255
+METADATA_MAX_KEYS = 50
+METADATA_KEY_MAX = 40
+METADATA_VALUE_MAX = 500
+MAX_TRIAL_DAYS = 730
+# How far a start may be back-dated or post-dated: one year either way.
+START_WINDOW = timedelta(days=366)
+
+
+class CancelMode(StrEnum):
+    IMMEDIATELY = "immediately"
+    AT_PERIOD_END = "at_period_end"
+
+
+class ChangeTiming(StrEnum):
+    DEFAULT = "default"  # upgrades now, downgrades at period end
+    IMMEDIATELY = "immediately"
+    AT_PERIOD_END = "at_period_end"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: uuid.UUID
+    customer_id: str
+    plan_id: uuid.UUID
+    status: SubscriptionStatus
+    created_at: datetime
+    start_at: datetime
+    billing_anchor: datetime | None  # None until activation when no anchor was asked for
+    trial_days: int
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    trial_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    paused_at: datetime | None = None
+    pause_resumes_at: datetime | None = None
+    pending_plan_id: uuid.UUID | None = None
+    pending_change_at: datetime | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Change:
+    """The outcome of one action: the new state and the event type announcing it."""
+
+    subscription: Subscription
+    event: str
+    details: Mapping[str, str] = field(default_factory=dict)
+
+
+def _check_customer_id(customer_id: str) -> str:
+    if not customer_id or not customer_id.strip():
+        raise ValidationError("customer_id", "is required")
+    if len(customer_id) > CUSTOMER_ID_MAX or not customer_id.isprintable():
+        raise ValidationError("customer_id", f"must be 1..{CUSTOMER_ID_MAX} printable characters")
+    return customer_id
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    if len(metadata) > METADATA_MAX_KEYS:
+        raise ValidationError("metadata", f"must have at most {METADATA_MAX_KEYS} keys")
+    for key, value in metadata.items():
+        if not key or len(key) > METADATA_KEY_MAX or not key.isprintable():
+            raise ValidationError(f"metadata[{key[:40]!r}]", f"keys must be 1..{METADATA_KEY_MAX} printable characters")
+        if len(value) > METADATA_VALUE_MAX:
+            raise ValidationError(f"metadata[{key!r}]", f"values must be at most {METADATA_VALUE_MAX} characters")
+    return dict(metadata)
+
+
+def create(*, subscription_id: uuid.UUID, customer_id: str, plan_id: uuid.UUID, plan: PlanSpec, now: datetime,
+           start_at: datetime | None, billing_anchor: datetime | None, trial_days: int | None,
+           metadata: Mapping[str, str]) -> Change:
+    """A new pending subscription. `activate` may follow in the same transaction."""
+    _check_customer_id(customer_id)
+    start = start_at or now
+    if not now - START_WINDOW <= start <= now + START_WINDOW:
+        raise ValidationError("start_at", "must be within a year of now")
+    days = plan.trial_days if trial_days is None else trial_days
+    if not 0 <= days <= MAX_TRIAL_DAYS:
+        raise ValidationError("trial_days", f"must be 0..{MAX_TRIAL_DAYS}")
+    if billing_anchor is not None:
+        first_paid = start + timedelta(days=days)
+        latest = add_interval(first_paid, plan.interval, plan.interval_count)
+        if not first_paid <= billing_anchor <= latest:
+            raise ValidationError(
+                "billing_anchor", "must fall between the end of the trial (or the start) and one billing period later"
+            )
+    sub = Subscription(
+        id=subscription_id, customer_id=customer_id, plan_id=plan_id, status=S.PENDING, created_at=now,
+        start_at=start, billing_anchor=billing_anchor, trial_days=days, metadata=_check_metadata(metadata),
+    )
+    return Change(sub, "subscription.created")
+
+
+def _first_period(anchor: datetime, plan: PlanSpec, start: datetime) -> tuple[datetime, datetime]:
+    return start, period_containing(anchor, plan.interval, plan.interval_count, start)[1]
+
+
+def activate(sub: Subscription, plan: PlanSpec, at: datetime) -> Change:
+    """pending -> trialing (the plan or the override gives trial days) or active;
+    trialing -> active (ends the trial at `at`, and the paid periods start there)."""
+    if sub.status is S.TRIALING:
+        transition(sub.status, Action.ACTIVATE)
+        start, end = at, add_interval(at, plan.interval, plan.interval_count)
+        new = replace(sub, status=S.ACTIVE, trial_end=at, billing_anchor=at, current_period_start=start,
+                      current_period_end=end)
+        return Change(new, "subscription.trial_ended", {"ended_early": "true"})
+    if sub.trial_days > 0:
+        transition(sub.status, Action.START_TRIAL)
+        trial_end = at + timedelta(days=sub.trial_days)
+        new = replace(sub, status=S.TRIALING, start_at=at, trial_end=trial_end,
+                      billing_anchor=sub.billing_anchor or trial_end, current_period_start=at,
+                      current_period_end=trial_end)
+        return Change(new, "subscription.trial_started")
+    transition(sub.status, Action.ACTIVATE)
+    anchor = sub.billing_anchor or at
+    start, end = _first_period(anchor, plan, at)
+    new = replace(sub, status=S.ACTIVE, start_at=at, billing_anchor=anchor, current_period_start=start,
+                  current_period_end=end)
+    return Change(new, "subscription.activated")
+
+
+def pause(sub: Subscription, now: datetime, resumes_at: datetime | None) -> Change:
+    status = transition(sub.status, Action.PAUSE)
+    if resumes_at is not None and resumes_at <= now:
+        raise ValidationError("resumes_at", "must be in the future")
+    details = {"resumes_at": resumes_at.isoformat()} if resumes_at else {}
+    return Change(replace(sub, status=status, paused_at=now, pause_resumes_at=resumes_at),
+                  "subscription.paused", details)
+
+
+def resume(sub: Subscription, now: datetime) -> Change:
+    """paused -> active; or, on a subscription with a cancel pending at period end, undo it."""
+    if sub.status in (S.ACTIVE, S.TRIALING) and sub.cancel_at_period_end:
+        return Change(replace(sub, cancel_at_period_end=False), "subscription.cancel_unscheduled")
+    status = transition(sub.status, Action.RESUME)
+    return Change(replace(sub, status=status, paused_at=None, pause_resumes_at=None), "subscription.resumed",
+                  {"paused_at": sub.paused_at.isoformat() if sub.paused_at else ""})
+
+
+def cancel(sub: Subscription, now: datetime, mode: CancelMode) -> Change:
+    status = transition(sub.status, Action.CANCEL)  # refuses pending and canceled alike
+    if mode is CancelMode.AT_PERIOD_END:
+        if sub.cancel_at_period_end:
+            return Change(sub, "")  # already scheduled: nothing changes
+        return Change(replace(sub, cancel_at_period_end=True), "subscription.cancel_scheduled",
+                      {"effective_at": sub.current_period_end.isoformat() if sub.current_period_end else ""})
+    return Change(replace(sub, status=status, canceled_at=now, cancel_at_period_end=False, pending_plan_id=None,
+                          pending_change_at=None), "subscription.canceled")
+
+
+def change_plan(sub: Subscription, current: PlanSpec, new_plan_id: uuid.UUID, new: PlanSpec, new_plan_active: bool,
+                timing: ChangeTiming, now: datetime) -> Change:
+    """Change to another active plan of the same currency, now or at period end.
+
+    By default an upgrade (higher base fee per second) applies now and a downgrade at
+    period end. A change back to the current plan withdraws a pending change. When the
+    billing intervals differ, an immediate change starts a new period at the change.
+    """
+    if sub.status is S.CANCELED:
+        raise TransitionRefused(sub.status, "change_plan", "cannot change the plan of a subscription in state 'canceled'")
+    if new_plan_id == sub.plan_id:
+        if sub.pending_plan_id is None:
+            raise PreconditionFailed("the subscription is already on this plan and has no pending change to withdraw")
+        return Change(replace(sub, pending_plan_id=None, pending_change_at=None), "subscription.plan_change_withdrawn",
+                      {"withdrawn_plan_id": str(sub.pending_plan_id)})
+    if not new_plan_active:
+        raise PreconditionFailed("the new plan is archived and takes no new subscriptions")
+    if new.currency != current.currency:
+        raise PreconditionFailed(f"the new plan is in {new.currency}, the subscription in {current.currency}")
+    upgrade = is_upgrade(current, new)
+    immediate = timing is ChangeTiming.IMMEDIATELY or (timing is ChangeTiming.DEFAULT and upgrade)
+    if sub.status is S.PENDING or sub.current_period_end is None:
+        immediate = True  # nothing has started: no period end to wait for
+    details = {"from_plan_id": str(sub.plan_id), "to_plan_id": str(new_plan_id),
+               "direction": "upgrade" if upgrade else "downgrade"}
+    if not immediate:
+        return Change(replace(sub, pending_plan_id=new_plan_id, pending_change_at=sub.current_period_end),
+                      "subscription.plan_change_scheduled", {**details, "effective_at": sub.current_period_end.isoformat()})
+    new_sub = replace(sub, plan_id=new_plan_id, pending_plan_id=None, pending_change_at=None)
+    same_interval = (new.interval, new.interval_count) == (current.interval, current.interval_count)
+    if not same_interval and sub.status in (S.ACTIVE, S.PAUSED):
+        new_sub = replace(new_sub, billing_anchor=now, current_period_start=now,
+                          current_period_end=add_interval(now, new.interval, new.interval_count))
+        details["new_period_start"] = now.isoformat()
+    return Change(new_sub, "subscription.plan_changed", {**details, "effective_at": now.isoformat()})

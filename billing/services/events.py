@@ -1,0 +1,45 @@
+"""Subscription events: built here, written to the outbox in the caller's transaction."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Mapping
+
+import asyncpg
+
+from billing import codec
+from billing.services.context import Caller
+from billing.store import outbox
+
+STREAM = "subscription_events"
+_NAMESPACE = uuid.UUID("8f6c1b0e-6a4e-4f43-9d38-3f1b0c2f7a11")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_us(dt: datetime) -> int:
+    """Microseconds since the epoch, exactly (no float on the way)."""
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+async def emit(conn: asyncpg.Connection, caller: Caller, *, event_type: str, subscription_id: str, customer_id: str,
+               occurred_at: datetime, cause: str, from_status: str | None = None, to_status: str | None = None,
+               reason: str | None = None, data: Mapping[str, str] | None = None) -> str:
+    """Write one event to the outbox. Its id derives from the cause (the request or command
+    id), so the same cause always yields the same event id, even if it is published twice."""
+    event_id = str(uuid.uuid5(_NAMESPACE, f"{caller.tenant_id}/{subscription_id}/{cause}/{event_type}"))
+    record = {
+        "event_id": event_id, "tenant_id": str(caller.tenant_id), "subscription_id": subscription_id,
+        "customer_id": customer_id, "type": event_type, "occurred_at_us": to_us(occurred_at),
+        "from_status": from_status, "to_status": to_status if to_status != from_status else None,
+        "command_id": caller.command_id, "request_id": None if caller.command_id else cause,
+        "reason": reason, "data": {k: str(v) for k, v in (data or {}).items()},
+    }
+    await outbox.enqueue(
+        conn, caller.tenant_id, stream=STREAM, key=(subscription_id or customer_id).encode(),
+        payload=codec.encode(codec.Schema.SUBSCRIPTION_EVENT, record),
+        headers={"content-type": codec.content_type(codec.Schema.SUBSCRIPTION_EVENT), "event-type": event_type,
+                 "event-id": event_id},
+    )
+    return event_id

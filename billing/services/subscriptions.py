@@ -1,0 +1,278 @@
+"""Subscriptions: create, read, list, and every lifecycle change.
+
+Each mutation is one transaction: idempotency key claimed, subscription locked, the pure
+domain rule applied, the new state written, an audit row and an outbox event appended.
+gRPC and the command consumer call these same functions.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Awaitable, Callable, Mapping
+
+import asyncpg
+
+from billing.domain import subscriptions as rules
+from billing.domain.lifecycle import SubscriptionStatus
+from billing.domain.plans import PlanSpec, plan_from_dict
+from billing.domain.subscriptions import CancelMode, Change, ChangeTiming, Subscription
+from billing.services import audit, events, idempotency, paging
+from billing.services.context import Caller
+from billing.services.errors import FailedPrecondition, NotFound, ValidationError
+from billing.store import audit as audit_store
+from billing.store import plans as plans_store
+from billing.store import subscriptions as store
+
+
+PRORATION_BEHAVIORS = ("", "next_invoice", "invoice_now", "none")
+
+
+def _check_proration(value: str, field: str) -> str:
+    if value not in PRORATION_BEHAVIORS:
+        raise ValidationError(field, f"unknown proration behavior {value!r}")
+    return value
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class SubscriptionView:
+    subscription: Subscription
+    plan_code: str
+    pending_plan_code: str | None
+    history: tuple[dict, ...] = ()
+
+
+@dataclass(frozen=True)
+class SubscriptionPage:
+    subscriptions: list[SubscriptionView]
+    next_page_token: str
+
+
+# -- JSON snapshots (audit rows and idempotent outcomes) --------------------------------
+
+_TIMES = ("created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end", "trial_end",
+          "canceled_at", "paused_at", "pause_resumes_at", "pending_change_at")
+_IDS = ("id", "plan_id", "pending_plan_id")
+
+
+def snapshot(sub: Subscription) -> dict:
+    d = asdict(sub)
+    for k in _TIMES:
+        d[k] = d[k].isoformat() if d[k] else None
+    for k in _IDS:
+        d[k] = str(d[k]) if d[k] else None
+    d["status"] = sub.status.value
+    d["metadata"] = dict(sub.metadata)
+    return d
+
+
+def from_snapshot(d: Mapping) -> Subscription:
+    values = dict(d)
+    for k in _TIMES:
+        values[k] = datetime.fromisoformat(values[k]) if values[k] else None
+    for k in _IDS:
+        values[k] = uuid.UUID(values[k]) if values[k] else None
+    values["status"] = SubscriptionStatus(values["status"])
+    return Subscription(**values)
+
+
+def _outcome(view: SubscriptionView) -> dict:
+    return {"subscription": snapshot(view.subscription), "plan_code": view.plan_code,
+            "pending_plan_code": view.pending_plan_code}
+
+
+def _from_outcome(d: Mapping) -> SubscriptionView:
+    return SubscriptionView(from_snapshot(d["subscription"]), d["plan_code"], d["pending_plan_code"])
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+async def _plan(conn: asyncpg.Connection, caller: Caller, plan_id: uuid.UUID, field: str) -> tuple[PlanSpec, str, bool]:
+    row = await plans_store.get(conn, caller.tenant_id, plan_id)
+    if row is None:
+        raise NotFound("plan", str(plan_id)) if field == "plan_id" else ValidationError(field, "no such plan")
+    return plan_from_dict(row["spec"]), row["code"], row["status"] == "active"
+
+
+async def _view(conn: asyncpg.Connection, caller: Caller, sub: Subscription) -> SubscriptionView:
+    _, code, _ = await _plan(conn, caller, sub.plan_id, "plan_id")
+    pending_code = None
+    if sub.pending_plan_id:
+        _, pending_code, _ = await _plan(conn, caller, sub.pending_plan_id, "plan_id")
+    return SubscriptionView(sub, code, pending_code)
+
+
+async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, before: Subscription | None,
+                  change: Change) -> None:
+    """Audit row and event for an applied change (nothing for a no-op)."""
+    after = change.subscription
+    details = dict(change.details)
+    await audit.record_change(
+        conn, caller, entity_type="subscription", entity_id=after.id, action=change.event,
+        before=snapshot(before) if before else None, after={**snapshot(after), "details": details},
+        request_id=request_id,
+    )
+    await events.emit(
+        conn, caller, event_type=change.event, subscription_id=str(after.id), customer_id=after.customer_id,
+        occurred_at=now(), cause=request_id, from_status=before.status.value if before else None,
+        to_status=after.status.value, data=details,
+    )
+
+
+# -- use cases --------------------------------------------------------------------------
+
+async def create_subscription(db, caller: Caller, request_id: str, *, customer_id: str, plan_id: str,
+                              start_at: datetime | None, billing_anchor: datetime | None, trial_days: int | None,
+                              activate: bool, metadata: Mapping[str, str]) -> SubscriptionView:
+    idempotency.check_key(request_id)
+    plan_uuid = paging.parse_uuid(plan_id, "plan_id")
+    payload = {"customer_id": customer_id, "plan_id": str(plan_uuid), "start_at": start_at, "anchor": billing_anchor,
+               "trial_days": trial_days, "activate": activate, "metadata": dict(metadata)}
+    async with db.tenant_tx(caller.tenant_id) as conn:
+        replay = await idempotency.claim(conn, caller, request_id, "CreateSubscription", payload)
+        if replay is not None:
+            return _from_outcome(replay)
+        spec, code, active = await _plan(conn, caller, plan_uuid, "plan_id")
+        if not active:
+            raise FailedPrecondition(f"plan {code!r} is archived and takes no new subscriptions")
+        at = now()
+        change = rules.create(subscription_id=uuid.uuid4(), customer_id=customer_id, plan_id=plan_uuid, plan=spec,
+                              now=at, start_at=start_at, billing_anchor=billing_anchor, trial_days=trial_days,
+                              metadata=metadata)
+        sub = change.subscription
+        await store.insert(conn, caller.tenant_id, sub)
+        await _record(conn, caller, request_id, None, change)
+        if activate:
+            activated = rules.activate(sub, spec, sub.start_at)
+            await store.update(conn, caller.tenant_id, activated.subscription)
+            await _record(conn, caller, request_id, sub, activated)
+            sub = activated.subscription
+        view = SubscriptionView(sub, code, None)
+        await idempotency.remember(conn, caller, request_id, _outcome(view))
+        return view
+
+
+Rule = Callable[[asyncpg.Connection, Subscription, PlanSpec], Awaitable[Change]]
+
+
+async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, operation: str, payload: dict,
+                  rule: Rule) -> SubscriptionView:
+    idempotency.check_key(request_id)
+    sub_uuid = paging.parse_uuid(subscription_id, "id")
+    async with db.tenant_tx(caller.tenant_id) as conn:
+        replay = await idempotency.claim(conn, caller, request_id, operation, {"id": str(sub_uuid), **payload})
+        if replay is not None:
+            return _from_outcome(replay)
+        before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
+        if before is None:
+            raise NotFound("subscription", subscription_id)
+        spec, _, _ = await _plan(conn, caller, before.plan_id, "plan_id")
+        change = await rule(conn, before, spec)
+        if change.event:
+            await store.update(conn, caller.tenant_id, change.subscription)
+            await _record(conn, caller, request_id, before, change)
+        view = await _view(conn, caller, change.subscription)
+        await idempotency.remember(conn, caller, request_id, _outcome(view))
+        return view
+
+
+async def activate_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
+    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
+        at = now()
+        return rules.activate(sub, spec, max(at, sub.start_at) if sub.status is SubscriptionStatus.PENDING else at)
+
+    return await _mutate(db, caller, request_id, subscription_id, "ActivateSubscription", {}, rule)
+
+
+async def pause_subscription(db, caller: Caller, request_id: str, subscription_id: str,
+                             resumes_at: datetime | None) -> SubscriptionView:
+    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
+        return rules.pause(sub, now(), resumes_at)
+
+    return await _mutate(db, caller, request_id, subscription_id, "PauseSubscription",
+                         {"resumes_at": resumes_at}, rule)
+
+
+async def resume_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
+    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
+        return rules.resume(sub, now())
+
+    return await _mutate(db, caller, request_id, subscription_id, "ResumeSubscription", {}, rule)
+
+
+async def cancel_subscription(db, caller: Caller, request_id: str, subscription_id: str, mode: str,
+                              proration: str = "") -> SubscriptionView:
+    _check_proration(proration, "proration")
+    if not mode:
+        raise ValidationError("mode", "is required: immediately or at_period_end")
+    try:
+        cancel_mode = CancelMode(mode)
+    except ValueError:
+        raise ValidationError("mode", f"must be immediately or at_period_end, got {mode!r}") from None
+
+    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
+        return rules.cancel(sub, now(), cancel_mode)
+
+    return await _mutate(db, caller, request_id, subscription_id, "CancelSubscription",
+                         {"mode": cancel_mode.value, "proration": proration}, rule)
+
+
+async def change_plan(db, caller: Caller, request_id: str, subscription_id: str, new_plan_id: str, timing: str,
+                      proration_behavior: str = "") -> SubscriptionView:
+    new_uuid = paging.parse_uuid(new_plan_id, "new_plan_id")
+    _check_proration(proration_behavior, "proration_behavior")
+    try:
+        change_timing = ChangeTiming(timing or "default")
+    except ValueError:
+        raise ValidationError("timing", f"must be immediately or at_period_end, got {timing!r}") from None
+
+    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
+        row = await plans_store.get(conn, caller.tenant_id, new_uuid)
+        if row is None:
+            raise NotFound("plan", new_plan_id)
+        return rules.change_plan(sub, spec, new_uuid, plan_from_dict(row["spec"]), row["status"] == "active",
+                                 change_timing, now())
+
+    return await _mutate(db, caller, request_id, subscription_id, "ChangePlan",
+                         {"new_plan_id": str(new_uuid), "timing": change_timing.value,
+                          "proration_behavior": proration_behavior}, rule)
+
+
+async def get_subscription(db, caller: Caller, subscription_id: str, include_history: bool) -> SubscriptionView:
+    sub_uuid = paging.parse_uuid(subscription_id, "id")
+    async with db.tenant_tx(caller.tenant_id) as conn:
+        sub = await store.get(conn, caller.tenant_id, sub_uuid)
+        if sub is None:
+            raise NotFound("subscription", subscription_id)
+        view = await _view(conn, caller, sub)
+        if include_history:
+            rows = await audit_store.history(conn, caller.tenant_id, "subscription", sub_uuid)
+            view = SubscriptionView(view.subscription, view.plan_code, view.pending_plan_code,
+                                    tuple(_history_entry(r) for r in rows))
+    return view
+
+
+def _history_entry(row: asyncpg.Record) -> dict:
+    before, after = row["before"] or {}, row["after"] or {}
+    return {"at": row["at"], "action": row["action"], "actor": row["actor"],
+            "from_status": before.get("status", ""), "to_status": after.get("status", ""),
+            "details": {k: str(v) for k, v in (after.get("details") or {}).items()}}
+
+
+async def list_subscriptions(db, caller: Caller, *, page_size: int, page_token: str, status: str, customer_id: str,
+                             plan_id: str) -> SubscriptionPage:
+    limit = paging.page_size(page_size)
+    after = paging.decode_token(page_token)
+    plan_uuid = paging.parse_uuid(plan_id, "plan_id") if plan_id else None
+    if status and status not in SubscriptionStatus.__members__.values():
+        raise ValidationError("status", f"unknown status {status!r}")
+    async with db.tenant_tx(caller.tenant_id) as conn:
+        subs = await store.list_page(conn, caller.tenant_id, status=status or None, customer_id=customer_id or None,
+                                     plan_id=plan_uuid, after=after, limit=limit + 1)
+        views = [await _view(conn, caller, s) for s in subs[:limit]]
+    token = paging.encode_token(subs[limit - 1].created_at, subs[limit - 1].id) if len(subs) > limit else ""
+    return SubscriptionPage(views, token)

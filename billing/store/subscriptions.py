@@ -1,0 +1,69 @@
+"""Rows of subscriptions: the current state; history lives in audit_events."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+
+from billing.domain.lifecycle import SubscriptionStatus
+from billing.domain.subscriptions import Subscription
+
+_FIELDS = (
+    "id", "customer_id", "plan_id", "status", "created_at", "start_at", "billing_anchor", "trial_days",
+    "current_period_start", "current_period_end", "trial_end", "cancel_at_period_end", "canceled_at", "paused_at",
+    "pause_resumes_at", "pending_plan_id", "pending_change_at", "metadata",
+)
+_COLUMNS = ", ".join(_FIELDS)
+
+
+def from_row(row: asyncpg.Record) -> Subscription:
+    values = {f: row[f] for f in _FIELDS}
+    values["status"] = SubscriptionStatus(values["status"])
+    return Subscription(**values)
+
+
+def _values(sub: Subscription) -> list:
+    values = [getattr(sub, f) for f in _FIELDS]
+    values[_FIELDS.index("status")] = sub.status.value
+    values[_FIELDS.index("metadata")] = dict(sub.metadata)
+    return values
+
+
+async def insert(conn: asyncpg.Connection, tenant_id: uuid.UUID, sub: Subscription) -> None:
+    placeholders = ", ".join(f"${i + 2}" for i in range(len(_FIELDS)))
+    await conn.execute(f"insert into subscriptions (tenant_id, {_COLUMNS}) values ($1, {placeholders})",
+                       tenant_id, *_values(sub))
+
+
+async def update(conn: asyncpg.Connection, tenant_id: uuid.UUID, sub: Subscription) -> None:
+    fields = [f for f in _FIELDS if f != "id"]
+    sets = ", ".join(f"{f} = ${i + 3}" for i, f in enumerate(fields))
+    values = [v for f, v in zip(_FIELDS, _values(sub)) if f != "id"]
+    await conn.execute(f"update subscriptions set {sets}, updated_at = now() where tenant_id = $1 and id = $2",
+                       tenant_id, sub.id, *values)
+
+
+async def get(conn: asyncpg.Connection, tenant_id: uuid.UUID, sub_id: uuid.UUID, *,
+              for_update: bool = False) -> Subscription | None:
+    lock = " for update" if for_update else ""
+    row = await conn.fetchrow(f"select {_COLUMNS} from subscriptions where tenant_id = $1 and id = $2{lock}",
+                              tenant_id, sub_id)
+    return from_row(row) if row else None
+
+
+async def list_page(conn: asyncpg.Connection, tenant_id: uuid.UUID, *, status: str | None, customer_id: str | None,
+                    plan_id: uuid.UUID | None, after: tuple[datetime, uuid.UUID] | None,
+                    limit: int) -> list[Subscription]:
+    after_at, after_id = after if after else (None, None)
+    rows = await conn.fetch(
+        f"""select {_COLUMNS} from subscriptions
+            where tenant_id = $1
+              and ($2::text is null or status = $2)
+              and ($3::text is null or customer_id = $3)
+              and ($4::uuid is null or plan_id = $4)
+              and ($5::timestamptz is null or (created_at, id) < ($5, $6))
+            order by created_at desc, id desc limit $7""",
+        tenant_id, status, customer_id, plan_id, after_at, after_id, limit,
+    )
+    return [from_row(r) for r in rows]
