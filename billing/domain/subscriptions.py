@@ -133,7 +133,7 @@ def activate(sub: Subscription, plan: PlanSpec, at: datetime) -> Change:
         new = replace(sub, status=S.ACTIVE, trial_end=at, billing_anchor=at, current_period_start=start,
                       current_period_end=end)
         return Change(new, "subscription.trial_ended", {"ended_early": "true"})
-    if sub.trial_days > 0:
+    if sub.status is S.PENDING and sub.trial_days > 0:
         transition(sub.status, Action.START_TRIAL)
         trial_end = at + timedelta(days=sub.trial_days)
         new = replace(sub, status=S.TRIALING, start_at=at, trial_end=trial_end,

@@ -19,7 +19,7 @@ from billing.domain.plans import PlanSpec, plan_from_dict
 from billing.domain.subscriptions import CancelMode, Change, ChangeTiming, Subscription
 from billing.services import audit, events, idempotency, paging
 from billing.services.context import Caller
-from billing.services.errors import FailedPrecondition, NotFound, ValidationError
+from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError
 from billing.store import audit as audit_store
 from billing.store import plans as plans_store
 from billing.store import subscriptions as store
@@ -127,10 +127,14 @@ async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, bef
 
 async def create_subscription(db, caller: Caller, request_id: str, *, customer_id: str, plan_id: str,
                               start_at: datetime | None, billing_anchor: datetime | None, trial_days: int | None,
-                              activate: bool, metadata: Mapping[str, str]) -> SubscriptionView:
+                              activate: bool, metadata: Mapping[str, str],
+                              subscription_id: str = "") -> SubscriptionView:
+    """`subscription_id` lets a command producer choose the id up front (so it can key later
+    commands by it); gRPC leaves it empty and the service assigns one."""
     idempotency.check_key(request_id)
     plan_uuid = paging.parse_uuid(plan_id, "plan_id")
-    payload = {"customer_id": customer_id, "plan_id": str(plan_uuid), "start_at": start_at, "anchor": billing_anchor,
+    new_id = paging.parse_uuid(subscription_id, "subscription_id") if subscription_id else uuid.uuid4()
+    payload = {"id": subscription_id, "customer_id": customer_id, "plan_id": str(plan_uuid), "start_at": start_at, "anchor": billing_anchor,
                "trial_days": trial_days, "activate": activate, "metadata": dict(metadata)}
     async with db.tenant_tx(caller.tenant_id) as conn:
         replay = await idempotency.claim(conn, caller, request_id, "CreateSubscription", payload)
@@ -140,7 +144,9 @@ async def create_subscription(db, caller: Caller, request_id: str, *, customer_i
         if not active:
             raise FailedPrecondition(f"plan {code!r} is archived and takes no new subscriptions")
         at = now()
-        change = rules.create(subscription_id=uuid.uuid4(), customer_id=customer_id, plan_id=plan_uuid, plan=spec,
+        if subscription_id and await store.get(conn, caller.tenant_id, new_id) is not None:
+            raise AlreadyExists(f"subscription {subscription_id!r} already exists")
+        change = rules.create(subscription_id=new_id, customer_id=customer_id, plan_id=plan_uuid, plan=spec,
                               now=at, start_at=start_at, billing_anchor=billing_anchor, trial_days=trial_days,
                               metadata=metadata)
         sub = change.subscription

@@ -19,6 +19,14 @@ select partition, next_offset
  where consumer_group = $1 and topic = $2 and partition = any($3::int[])
 """
 
+_LOCK = """
+select o.topic, o.partition, o.next_offset
+  from consumer_offsets o
+  join unnest($2::text[], $3::int[]) as t(topic, partition) using (topic, partition)
+ where o.consumer_group = $1
+ for update of o
+"""
+
 # One statement for the whole batch. With `checked` false a row is upserted as given;
 # with `checked` true the existing row is only moved when it still holds `expected`
 # (null: the row must not exist yet). A row left unchanged is missing from RETURNING,
@@ -46,6 +54,15 @@ async def load(conn: asyncpg.Connection, group: str, topic: str, partitions: Ite
     """Stored next offsets of these partitions; a partition never stored is absent."""
     rows = await conn.fetch(_LOAD, group, topic, list(partitions))
     return {r["partition"]: r["next_offset"] for r in rows}
+
+
+async def lock(conn: asyncpg.Connection, group: str,
+               partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    """Lock the existing rows of these partitions until the transaction ends and return
+    their next offsets (a partition without a row is absent and nothing is locked)."""
+    keys = list(partitions)
+    rows = await conn.fetch(_LOCK, group, [t for t, _ in keys], [p for _, p in keys])
+    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
 
 async def store(conn: asyncpg.Connection, group: str, offsets: Mapping[TopicPartition, int],

@@ -28,3 +28,9 @@ async def revoke_key(admin: asyncpg.Connection, key_id: uuid.UUID) -> bool:
 async def tenant_for_key_hash(conn: asyncpg.Connection, key_hash: bytes) -> uuid.UUID | None:
     # A security-definer function: the one lookup that crosses tenants (see migration 001).
     return await conn.fetchval("select authenticate_api_key($1)", key_hash)
+
+
+async def exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
+    """Under row-level security the app role sees only the current tenant's row: call it
+    with that tenant set (it answers False for any other)."""
+    return bool(await conn.fetchval("select exists(select 1 from tenants where id = $1)", tenant_id))

@@ -1,0 +1,81 @@
+"""SQL of the outbox relay: leadership lock, wake-ups, pending rows, marking, backlog.
+
+The relay runs as the application role, which row-level security confines to one tenant;
+the cross-tenant reads and the marking go through the security-definer functions of
+migration 003 and nothing else (see producers/outbox_relay.py for the guarantees).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Sequence
+
+import asyncpg
+
+# The channel the `outbox_notify` trigger (migration 003) notifies after every insert.
+NOTIFY_CHANNEL = "outbox"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    tenant_id: uuid.UUID
+    id: int
+    stream: str
+    key: bytes | None
+    payload: bytes
+    headers: dict[str, str]
+    created_at: datetime
+
+
+def lock_key(group: str) -> int:
+    """The advisory lock id of a relay group: a signed 64-bit hash of its name.
+
+    Hashing a namespaced name keeps it apart from the migration lock and any other
+    advisory lock of this database.
+    """
+    digest = hashlib.sha256(f"billing.outbox-relay:{group}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def try_lock(conn: asyncpg.Connection, key: int) -> bool:
+    # Session level: held until unlocked or until the session ends (the process dies, the
+    # connection drops), so a killed leader frees it without anyone cleaning up.
+    return bool(await conn.fetchval("select pg_try_advisory_lock($1)", key))
+
+
+async def unlock(conn: asyncpg.Connection, key: int) -> bool:
+    return bool(await conn.fetchval("select pg_advisory_unlock($1)", key))
+
+
+async def fetch_pending(conn: asyncpg.Connection, *, after_id: int, limit: int,
+                        skip_streams: Sequence[str] = ()) -> list[PendingRow]:
+    rows = await conn.fetch(
+        "select tenant_id, id, stream, key, payload, headers, created_at from outbox_pending($1, $2, $3)",
+        after_id, limit, list(skip_streams),
+    )
+    return [PendingRow(r["tenant_id"], r["id"], r["stream"], r["key"], r["payload"],
+                       _headers(r["headers"]), r["created_at"]) for r in rows]
+
+
+async def mark_published(conn: asyncpg.Connection, ids: Sequence[int]) -> int:
+    if not ids:
+        return 0
+    return await conn.fetchval("select outbox_mark_published($1::bigint[])", list(ids))
+
+
+async def backlog(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Unpublished outbox rows across all tenants."""
+    return int(await conn.fetchval("select outbox_backlog()"))
+
+
+def _headers(value) -> dict[str, str]:
+    # jsonb comes back decoded when the connection has the project's codec
+    # (billing.store.db.init_connection), as text otherwise.
+    if value is None:
+        return {}
+    if isinstance(value, (str, bytes)):
+        value = json.loads(value)
+    return {str(k): str(v) for k, v in value.items()}
