@@ -58,8 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         asyncio.run(_migrate(settings))
         ensure_topics(settings)
-    asyncio.run(serve(settings, roles))
-    return 0
+    return asyncio.run(serve(settings, roles))
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:

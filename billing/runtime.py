@@ -1,8 +1,11 @@
 """`billing serve`: every role of the service in one process, or the roles asked for.
 
-Roles today: `api` (the gRPC facade). The consumers and relays of later issues join as
-roles of their own, so each can also run alone and scale out as replicas. Every process
-serves the HTTP side port (health, readiness, metrics) whatever its roles.
+Roles: `api` (the gRPC facade), `commands` (the subscription command consumer), `relay`
+(the outbox relay). Each can run alone (`--roles commands`), so replicas scale out: the
+consumers by Kafka partitions within their group, the relay as one leader with standbys.
+Every process serves the HTTP side port (health, readiness, metrics) whatever its roles.
+A role that fails (a consumer that met too many bad messages, say) stops the process
+with a non-zero exit, so the supervisor restarts it and the failure is visible.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from billing.store.db import Database
 
 log = logging.getLogger(__name__)
 
-ALL_ROLES = ("api",)
+ALL_ROLES = ("api", "commands", "relay")
+COMMANDS_GROUP = "billing-commands"
 
 
 @dataclass
@@ -30,7 +34,9 @@ class Service:
     grpc: GrpcServer | None = None
     readiness: Readiness | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    _roles: list[tuple[str, object, asyncio.Task]] = field(default_factory=list)
     _http_runner: object | None = None
+    failed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         s = self.settings
@@ -46,6 +52,12 @@ class Service:
             self.readiness.listeners.append(
                 lambda ready: asyncio.get_running_loop().create_task(self.grpc.set_serving(ready))
             )
+        if "commands" in self.roles:
+            self._start_role("commands", self._command_consumer())
+        if "relay" in self.roles:
+            from producers.outbox_relay import OutboxRelay
+
+            self._start_role("relay", OutboxRelay(pool=self.db.pool, listen_dsn=s.database_url, settings=s))
         await self.readiness.check_once()
         self._tasks.append(asyncio.create_task(self.readiness.run(), name="readiness"))
         self._http_runner = await http.start(self.readiness, s.http_host, s.http_port)
@@ -54,11 +66,41 @@ class Service:
             "http": f"{s.http_host}:{s.http_port}", "ready": self.readiness.ready,
         })
 
+    def _command_consumer(self):
+        from billing.kafka import consumer_config, producer_config
+        from consumers.commands import CommandStrategy
+        from consumers.runner import ConsumerRunner
+
+        s = self.settings
+        return ConsumerRunner(
+            pool=self.db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
+            group_id=COMMANDS_GROUP, strategy=CommandStrategy(), dlq_topic=s.topics.subscription_commands_dlq,
+            producer_config=producer_config(s), max_batch_size=500,
+        )
+
+    def _start_role(self, name: str, component) -> None:
+        async def run() -> None:
+            try:
+                await component.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("role failed", extra={"role": name})
+                self.failed.set()
+
+        self._roles.append((name, component, asyncio.create_task(run(), name=name)))
+
     async def stop(self) -> None:
-        """Graceful: stop taking calls, let in-flight ones finish, then close the pool."""
+        """Graceful: stop taking calls and messages, let in-flight work finish, close the pool."""
         if self.grpc:
             await self.grpc.set_serving(False)
             await self.grpc.stop(grace_s=5)
+        for _, component, _ in self._roles:
+            component.stop()
+        done = await asyncio.gather(*(asyncio.wait_for(t, 30) for _, _, t in self._roles), return_exceptions=True)
+        for (name, _, _), outcome in zip(self._roles, done):
+            if isinstance(outcome, Exception):
+                log.warning("role did not stop cleanly", extra={"role": name, "error": repr(outcome)})
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -69,7 +111,8 @@ class Service:
         log.info("service stopped")
 
 
-async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> None:
+async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or until a role fails (exit 1)."""
     service = Service(settings, roles)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -77,6 +120,11 @@ async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> None:
         loop.add_signal_handler(sig, stop.set)
     await service.start()
     try:
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(service.failed.wait())
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        failed.cancel()
     finally:
         await service.stop()
+    return 1 if service.failed.is_set() else 0

@@ -65,7 +65,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Mapping
 
 import asyncpg
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -151,13 +151,14 @@ class OutboxRelay:
                  poll_interval_s: float = 1.0, group: str = "default", standby_retry_s: float = 3.0,
                  retry_backoff_s: float = 1.0, max_retry_backoff_s: float = 30.0, stop_grace_s: float = 10.0,
                  max_scan_pages: int = 10, producer_overrides: dict | None = None,
+                 topics: Mapping[str, str] | None = None,
                  on_published: Callable[[int, float], None] | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._pool = pool
         self._listen_dsn = listen_dsn
         self._settings = settings
-        self._topics = stream_topics(settings)
+        self._topics = dict(topics) if topics is not None else stream_topics(settings)
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._group = group
@@ -214,7 +215,8 @@ class OutboxRelay:
             conn: asyncpg.Connection | None = None
             locked = False
             try:
-                conn = await asyncpg.connect(self._listen_dsn, command_timeout=30)
+                conn = await asyncpg.connect(self._listen_dsn, command_timeout=30, server_settings={
+                    "application_name": f"billing-outbox-relay:{self._group}"[:63]})
                 await init_connection(conn)
                 conn.add_termination_listener(lambda _c: self._wake.set())
                 while not self._stopping.is_set():

@@ -48,7 +48,10 @@ def settings(stack) -> Settings:
 async def migrated(settings) -> Settings:
     from billing.store.migrations import migrate
 
+    from billing.kafka import ensure_topics
+
     await migrate(settings.admin_database_url, settings.migrations_dir)
+    ensure_topics(settings)
     return settings
 
 
@@ -66,10 +69,11 @@ async def admin_conn(migrated):
 
 @pytest.fixture(scope="session")
 async def service(migrated):
-    """The service running in this process, serving gRPC and HTTP on real sockets."""
+    """The gRPC facade running in this process, on real sockets. The Kafka roles (commands,
+    relay) run in the fixtures of the tests that need them, so they never compete."""
     from billing.runtime import Service
 
-    svc = Service(migrated)
+    svc = Service(migrated, roles=("api",))
     await svc.start()
     yield svc
     await svc.stop()
