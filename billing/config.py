@@ -40,6 +40,9 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_partitions: int = 6
+    # How long the group waits for a consumer that vanished (SIGKILL, lost host) before
+    # handing its partitions to the others. Kafka's default is 45 s; 10 s fails over faster.
+    kafka_session_timeout_ms: int = 10_000
     topics: Topics = Field(default_factory=Topics)
 
     grpc_host: str = "127.0.0.1"

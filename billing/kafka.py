@@ -28,6 +28,7 @@ def consumer_config(settings: Settings, group_id: str, **extra) -> dict:
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
         **extra,
     }
 

@@ -147,6 +147,21 @@ def _stream_hold(stream: str) -> Hashable:
 
 
 class OutboxRelay:
+    """Relays the outbox to Kafka while it is the leader of its group; a standby otherwise.
+
+    pool: the application pool (used by `backlog()` only; the relay's own SQL runs on its
+      lock session). listen_dsn: a direct session to PostgreSQL as the app role (not through
+      a transaction-pooling bouncer: the advisory lock and LISTEN live in the session).
+    batch_size: rows per produce/confirm/mark round. poll_interval_s: the polling fallback.
+    group: relays of one group elect one leader. standby_retry_s: how often a standby tries
+      the lock. retry_backoff_s .. max_retry_backoff_s: backoff of failed rows (doubling),
+      and of reconnecting. stop_grace_s: how long stop() waits for unconfirmed deliveries.
+    max_scan_pages: pages of held-back rows one cycle reads past before it waits.
+    producer_overrides: librdkafka settings on top of billing.kafka.producer_config.
+    topics: stream -> topic, by default `stream_topics(settings)`.
+    on_published(count, seconds): called after every batch that marked rows.
+    """
+
     def __init__(self, *, pool: asyncpg.Pool, listen_dsn: str, settings: Settings, batch_size: int = 500,
                  poll_interval_s: float = 1.0, group: str = "default", standby_retry_s: float = 3.0,
                  retry_backoff_s: float = 1.0, max_retry_backoff_s: float = 30.0, stop_grace_s: float = 10.0,

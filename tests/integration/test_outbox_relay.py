@@ -134,9 +134,13 @@ class Relays:
         self.pool = pool
         self.started: list[tuple[OutboxRelay, asyncio.Task]] = []
         self.tenants: list[uuid.UUID] = []
+        # A group of this test's own, so a relay that another fixture runs in the default
+        # group never makes these standbys.
+        self.group = unique("group")
 
     def start(self, **kw) -> OutboxRelay:
         kw.setdefault("settings", self.settings)
+        kw.setdefault("group", self.group)
         kw.setdefault("poll_interval_s", 0.5)
         kw.setdefault("standby_retry_s", 0.3)
         relay = OutboxRelay(pool=self.pool, listen_dsn=self.settings.database_url, **kw)
