@@ -1,0 +1,286 @@
+"""Usage ingestion: one function for a batch of events, used by the Kafka consumer and by
+RecordUsage alike, so both paths deduplicate against each other by event id.
+
+Per tenant in the batch, one round trip does everything: the raw events are inserted
+(`ON CONFLICT DO NOTHING` on (tenant, event id) drops duplicates, also within the batch)
+and the rows actually inserted are folded into the per-period totals, in ONE statement.
+Python only validates and attributes each event to its billing period; times stay integer
+microseconds and quantities stay text until PostgreSQL casts them, because converting a
+million values to `datetime` and `Decimal` costs more than the database work.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+
+from billing.domain.periods import period_containing
+from billing.domain.plans import PlanSpec, plan_from_dict
+from billing.store import usage as usage_store
+from billing.store.db import set_tenant
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+# A non-negative exact decimal: up to 15 digits before the point and 12 after.
+_QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?")
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+MAX_EVENT_ID = 200
+MAX_PROPERTIES = 50
+
+
+def to_us(dt: datetime) -> int:
+    return (dt - _EPOCH) // _US
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+@dataclass(frozen=True)
+class UsageLimits:
+    # Events further in the future than this are a producer's clock gone wrong.
+    max_future_skew_us: int = 5 * 60 * 1_000_000
+    # Events older than this are too late to bill (and would reopen closed books).
+    max_age_us: int = 35 * 24 * 3600 * 1_000_000
+
+
+@dataclass(slots=True)
+class UsageEvent:
+    event_id: str
+    tenant_id: str
+    subscription_id: str
+    metric_code: str
+    quantity: str
+    occurred_at_us: int
+    properties: dict | None = None
+
+
+@dataclass(slots=True)
+class Rejection:
+    index: int  # position in the input list
+    reason: str  # machine-readable: unknown_tenant, unknown_subscription, ...
+    detail: str
+
+
+@dataclass
+class IngestResult:
+    received: int = 0
+    inserted: int = 0
+    late: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    # Per accepted input index: (period_start_us, period_end_us), for RecordUsage's answer.
+    periods: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> int:
+        return self.received - len(self.rejected) - self.inserted
+
+
+@dataclass(slots=True)
+class _Sub:
+    plan_id: uuid.UUID
+    status: str
+    start_us: int
+    anchor: datetime | None
+    period_start_us: int | None
+    period_end_us: int | None
+    canceled_us: int | None
+
+
+class PlanCache:
+    """Plans never change once created, so their specs can be cached for the process's life."""
+
+    def __init__(self) -> None:
+        self._specs: dict[tuple[uuid.UUID, uuid.UUID], PlanSpec] = {}
+        self._metrics: dict[tuple[uuid.UUID, uuid.UUID], frozenset[str]] = {}
+
+    async def metrics(self, conn: asyncpg.Connection, tenant: uuid.UUID, plan_ids: set[uuid.UUID]) -> None:
+        missing = [p for p in plan_ids if (tenant, p) not in self._specs]
+        for plan_id, spec in await usage_store.plan_specs(conn, tenant, missing):
+            spec = plan_from_dict(spec)
+            self._specs[(tenant, plan_id)] = spec
+            self._metrics[(tenant, plan_id)] = frozenset(c.metric_code for c in spec.usage_charges)
+
+    def spec(self, tenant: uuid.UUID, plan_id: uuid.UUID) -> PlanSpec:
+        return self._specs[(tenant, plan_id)]
+
+    def metric_codes(self, tenant: uuid.UUID, plan_id: uuid.UUID) -> frozenset[str]:
+        return self._metrics[(tenant, plan_id)]
+
+
+def check_quantity(text: str) -> str | None:
+    """None when fine, else the rejection reason."""
+    if _QUANTITY.fullmatch(text):
+        return None
+    if _NUMBER.fullmatch(text):
+        return "negative_quantity" if text.startswith("-") and text.strip("-0.") else "invalid_quantity"
+    return "invalid_quantity"
+
+
+async def ingest(conn: asyncpg.Connection, events: list[UsageEvent], *, now_us: int, limits: UsageLimits,
+                 plans: PlanCache) -> IngestResult:
+    """Validate, attribute and store a batch; `conn` is inside a transaction the caller owns.
+
+    Sets the tenant on the connection for each tenant group in turn (transaction-local), so
+    row-level security applies to every statement.
+    """
+    result = IngestResult(received=len(events))
+    by_tenant: dict[str, list[int]] = {}
+    for i, e in enumerate(events):
+        by_tenant.setdefault(e.tenant_id, []).append(i)
+    for tenant_text, indexes in by_tenant.items():
+        try:
+            tenant = uuid.UUID(tenant_text)
+        except ValueError:
+            result.rejected += [Rejection(i, "unknown_tenant", f"tenant_id {tenant_text[:64]!r} is not a UUID")
+                                for i in indexes]
+            continue
+        await set_tenant(conn, tenant)
+        if not await usage_store.tenant_exists(conn, tenant):
+            result.rejected += [Rejection(i, "unknown_tenant", f"no tenant {tenant}") for i in indexes]
+            continue
+        await _ingest_tenant(conn, tenant, events, indexes, now_us, limits, plans, result)
+    return result
+
+
+async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], indexes: list[int], now_us: int,
+                         limits: UsageLimits, plans: PlanCache, result: IngestResult) -> None:
+    sub_ids: dict[str, uuid.UUID | None] = {}
+    for i in indexes:
+        text = events[i].subscription_id
+        if text not in sub_ids:
+            try:
+                sub_ids[text] = uuid.UUID(text)
+            except ValueError:
+                sub_ids[text] = None
+    subs: dict[uuid.UUID, _Sub] = {}
+    for row in await usage_store.subscriptions(conn, tenant, [s for s in sub_ids.values() if s]):
+        subs[row["id"]] = _Sub(
+            row["plan_id"], row["status"], to_us(row["start_at"]), row["billing_anchor"],
+            to_us(row["current_period_start"]) if row["current_period_start"] else None,
+            to_us(row["current_period_end"]) if row["current_period_end"] else None,
+            to_us(row["canceled_at"]) if row["canceled_at"] else None,
+        )
+    await plans.metrics(conn, tenant, {s.plan_id for s in subs.values()})
+
+    earliest, latest = now_us - limits.max_age_us, now_us + limits.max_future_skew_us
+    rows = usage_store.Batch()
+    reject = result.rejected.append
+    for i in indexes:
+        e = events[i]
+        sub_id = sub_ids[e.subscription_id]
+        sub = subs.get(sub_id) if sub_id else None
+        t = e.occurred_at_us
+        if sub is None:
+            reject(Rejection(i, "unknown_subscription", f"no subscription {e.subscription_id[:64]!r}"))
+            continue
+        if sub.period_start_us is None:
+            reject(Rejection(i, "subscription_not_started", f"subscription {sub_id} is {sub.status}"))
+            continue
+        if sub.canceled_us is not None and t >= sub.canceled_us:
+            reject(Rejection(i, "subscription_canceled", f"subscription {sub_id} was canceled before the event"))
+            continue
+        if e.metric_code not in plans.metric_codes(tenant, sub.plan_id):
+            reject(Rejection(i, "unknown_metric", f"metric {e.metric_code[:64]!r} is not on the subscription's plan"))
+            continue
+        bad = check_quantity(e.quantity)
+        if bad:
+            reject(Rejection(i, bad, f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
+            continue
+        if t > latest:
+            reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - now_us) // 1_000_000} s ahead of now"))
+            continue
+        if t < earliest:
+            reject(Rejection(i, "too_old", f"occurred_at is older than {limits.max_age_us // 86_400_000_000} days"))
+            continue
+        if t < sub.start_us:
+            reject(Rejection(i, "before_subscription_start", "occurred_at is before the subscription started"))
+            continue
+        if not e.event_id or len(e.event_id) > MAX_EVENT_ID:
+            reject(Rejection(i, "invalid_event_id", f"event_id must be 1..{MAX_EVENT_ID} characters"))
+            continue
+        if sub.period_start_us <= t < sub.period_end_us:  # the common case: the current period
+            start, end, late = sub.period_start_us, sub.period_end_us, False
+        else:
+            start, end, late = _period_of(plans.spec(tenant, sub.plan_id), sub, t)
+        rows.add(e, sub_id, start, end, late)
+        result.periods[i] = (start, end)
+    if rows:
+        inserted, late_inserted = await usage_store.insert_batch(conn, tenant, rows)
+        result.inserted += inserted
+        result.late += late_inserted
+
+
+def _period_of(spec: PlanSpec, sub: _Sub, t: int) -> tuple[int, int, bool]:
+    """An event outside the current period: before it, the period is closed and billed, so
+    the event is late; after it (the period ended but was not billed yet), a later period."""
+    anchor = sub.anchor or from_us(sub.start_us)
+    start, end = period_containing(anchor, spec.interval, spec.interval_count, from_us(t))
+    start_us, end_us = to_us(start), to_us(end)
+    if t < sub.period_start_us:
+        # Never reach into the current period, nor before the subscription's start.
+        return max(start_us, sub.start_us), min(end_us, sub.period_start_us), True
+    return max(start_us, sub.period_end_us), end_us, False
+
+
+# -- gRPC: RecordUsage and GetUsage ------------------------------------------------------
+
+# How each rejection reason answers over gRPC: (status kind, field it names).
+_REJECTION_STATUS = {
+    "unknown_tenant": ("not_found", "tenant"),
+    "unknown_subscription": ("not_found", "subscription_id"),
+    "subscription_not_started": ("precondition", "subscription_id"),
+    "subscription_canceled": ("precondition", "subscription_id"),
+    "before_subscription_start": ("invalid", "occurred_at"),
+    "unknown_metric": ("invalid", "metric_code"),
+    "invalid_quantity": ("invalid", "quantity"),
+    "negative_quantity": ("invalid", "quantity"),
+    "too_far_in_future": ("invalid", "occurred_at"),
+    "too_old": ("invalid", "occurred_at"),
+    "invalid_event_id": ("invalid", "event_id"),
+}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    event_id: str
+    duplicate: bool
+    period_start: datetime
+    period_end: datetime
+
+
+class Usage:
+    """The usage use cases, holding what outlives a call: the plan cache and the limits."""
+
+    def __init__(self, limits: UsageLimits | None = None):
+        self.limits = limits or UsageLimits()
+        self.plans = PlanCache()
+
+    async def record(self, db, caller, *, request_id: str, event_id: str, subscription_id: str, metric_code: str,
+                     quantity: str, occurred_at: datetime | None, properties: dict[str, str]) -> Recorded:
+        """Durable when it returns; deduplicated with the Kafka path by event id."""
+        from billing.services import idempotency
+        from billing.services.errors import FailedPrecondition, NotFound, ValidationError
+
+        idempotency.check_key(request_id)
+        event_id = event_id or request_id
+        if len(properties) > MAX_PROPERTIES:
+            raise ValidationError("properties", f"at most {MAX_PROPERTIES} properties")
+        now_us = to_us(datetime.now(timezone.utc))
+        event = UsageEvent(event_id, str(caller.tenant_id), subscription_id, metric_code, quantity,
+                           to_us(occurred_at) if occurred_at else now_us, dict(properties) or None)
+        async with db.tenant_tx(caller.tenant_id) as conn:
+            result = await ingest(conn, [event], now_us=now_us, limits=self.limits, plans=self.plans)
+        if result.rejected:
+            r = result.rejected[0]
+            kind, field_name = _REJECTION_STATUS.get(r.reason, ("invalid", r.reason))
+            if kind == "not_found":
+                raise NotFound("subscription", subscription_id)
+            if kind == "precondition":
+                raise FailedPrecondition(f"{r.reason}: {r.detail}")
+            raise ValidationError(field_name, r.detail)
+        start, end = result.periods[0]
+        return Recorded(event_id, result.inserted == 0, from_us(start), from_us(end))

@@ -1,0 +1,139 @@
+"""Rows of usage_events and usage_totals."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+
+import asyncpg
+
+# One statement per tenant and batch: insert the raw events, dropping duplicates (also
+# duplicates within the batch), and fold exactly the inserted rows into the totals.
+# Times travel as integer microseconds and quantities as text, converted here.
+_INSERT_BATCH = """
+with input as (
+    select t.event_id, t.subscription_id, t.metric_code, t.quantity::numeric as quantity,
+           timestamptz 'epoch' + t.occurred_us * interval '1 microsecond' as occurred_at,
+           timestamptz 'epoch' + t.start_us * interval '1 microsecond' as period_start,
+           timestamptz 'epoch' + t.end_us * interval '1 microsecond' as period_end,
+           t.late, t.properties::jsonb as properties
+      from unnest($2::text[], $3::uuid[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[],
+                  $9::bool[], $10::text[])
+           as t(event_id, subscription_id, metric_code, quantity, occurred_us, start_us, end_us, late, properties)
+), inserted as (
+    insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
+                              period_start, period_end, late, properties)
+    select $1, event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late,
+           properties
+      from input
+    on conflict (tenant_id, event_id) do nothing
+    returning event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late
+), folded as (
+    select subscription_id, metric_code, period_start, max(period_end) as period_end,
+           sum(quantity) as quantity_sum, count(*) as event_count, max(quantity) as quantity_max,
+           (array_agg(quantity order by occurred_at desc, event_id desc))[1] as latest_quantity,
+           max(occurred_at) as latest_at,
+           (array_agg(event_id order by occurred_at desc, event_id desc))[1] as latest_event_id
+      from inserted
+     group by subscription_id, metric_code, period_start
+), totals as (
+    insert into usage_totals as t (tenant_id, subscription_id, metric_code, period_start, period_end, quantity_sum,
+                                   event_count, quantity_max, latest_quantity, latest_at, latest_event_id)
+    select $1, subscription_id, metric_code, period_start, period_end, quantity_sum, event_count, quantity_max,
+           latest_quantity, latest_at, latest_event_id
+      from folded
+    on conflict (tenant_id, subscription_id, metric_code, period_start) do update set
+        quantity_sum = t.quantity_sum + excluded.quantity_sum,
+        event_count = t.event_count + excluded.event_count,
+        quantity_max = greatest(t.quantity_max, excluded.quantity_max),
+        latest_quantity = case when (excluded.latest_at, excluded.latest_event_id) > (t.latest_at, t.latest_event_id)
+                               then excluded.latest_quantity else t.latest_quantity end,
+        latest_event_id = case when (excluded.latest_at, excluded.latest_event_id) > (t.latest_at, t.latest_event_id)
+                               then excluded.latest_event_id else t.latest_event_id end,
+        latest_at = greatest(t.latest_at, excluded.latest_at),
+        updated_at = now()
+    returning 1
+)
+select (select count(*) from inserted) as inserted,
+       (select count(*) from inserted where late) as late,
+       (select count(*) from totals) as totals
+"""
+
+
+class Batch:
+    """Column arrays for one tenant's insert: building columns avoids a tuple per row."""
+
+    __slots__ = ("event_ids", "subscription_ids", "metrics", "quantities", "occurred", "starts", "ends", "late",
+                 "properties")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, [])
+
+    def add(self, event, subscription_id: uuid.UUID, start_us: int, end_us: int, late: bool) -> None:
+        self.event_ids.append(event.event_id)
+        self.subscription_ids.append(subscription_id)
+        self.metrics.append(event.metric_code)
+        self.quantities.append(event.quantity)
+        self.occurred.append(event.occurred_at_us)
+        self.starts.append(start_us)
+        self.ends.append(end_us)
+        self.late.append(late)
+        self.properties.append(json.dumps(event.properties) if event.properties else None)
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+
+async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch) -> tuple[int, int]:
+    row = await conn.fetchrow(_INSERT_BATCH, tenant_id, b.event_ids, b.subscription_ids, b.metrics, b.quantities,
+                              b.occurred, b.starts, b.ends, b.late, b.properties)
+    return row["inserted"], row["late"]
+
+
+async def tenant_exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
+    return bool(await conn.fetchval("select exists(select 1 from tenants where id = $1)", tenant_id))
+
+
+async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """select id, plan_id, status, start_at, billing_anchor, current_period_start, current_period_end, canceled_at
+             from subscriptions where tenant_id = $1 and id = any($2::uuid[])""",
+        tenant_id, ids,
+    )
+
+
+async def plan_specs(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> list[tuple]:
+    if not ids:
+        return []
+    rows = await conn.fetch("select id, spec from plans where tenant_id = $1 and id = any($2::uuid[])", tenant_id, ids)
+    return [(r["id"], r["spec"]) for r in rows]
+
+
+async def totals(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID,
+                 period_start: datetime) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """select metric_code, period_start, period_end, quantity_sum, event_count, quantity_max, latest_quantity
+             from usage_totals where tenant_id = $1 and subscription_id = $2 and period_start = $3""",
+        tenant_id, subscription_id, period_start,
+    )
+
+
+async def unique_count(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID, metric: str,
+                       period_start: datetime, prop: str) -> int:
+    return await conn.fetchval(
+        """select count(distinct properties ->> $5) from usage_events
+            where tenant_id = $1 and subscription_id = $2 and metric_code = $3 and period_start = $4
+              and properties ? $5""",
+        tenant_id, subscription_id, metric, period_start, prop,
+    )
+
+
+async def series(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID, metric: str,
+                 period_start: datetime, bucket: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """select date_trunc($5, occurred_at, 'UTC') as at, sum(quantity) as quantity from usage_events
+            where tenant_id = $1 and subscription_id = $2 and metric_code = $3 and period_start = $4
+            group by 1 order by 1""",
+        tenant_id, subscription_id, metric, period_start, bucket,
+    )

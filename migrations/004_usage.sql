@@ -1,0 +1,50 @@
+-- Usage: raw events (kept for audit and recomputation, deduplicated by event id) and totals
+-- per (subscription, metric, billing period), kept current in batches.
+
+create table usage_events (
+    tenant_id        uuid not null references tenants (id),
+    event_id         text not null,
+    subscription_id  uuid not null,
+    metric_code      text not null,
+    quantity         numeric not null check (quantity >= 0),
+    occurred_at      timestamptz not null,
+    -- the billing period the event counts in
+    period_start     timestamptz not null,
+    period_end       timestamptz not null,
+    -- the period was already billed when the event arrived: billed in the next run as late usage
+    late             boolean not null default false,
+    properties       jsonb,
+    received_at      timestamptz not null default now(),
+    primary key (tenant_id, event_id)
+);
+create index usage_events_period on usage_events (tenant_id, subscription_id, metric_code, period_start);
+create index usage_events_late on usage_events (tenant_id, subscription_id) where late;
+
+create table usage_totals (
+    tenant_id        uuid not null references tenants (id),
+    subscription_id  uuid not null,
+    metric_code      text not null,
+    period_start     timestamptz not null,
+    period_end       timestamptz not null,
+    quantity_sum     numeric not null,
+    event_count      bigint not null,
+    quantity_max     numeric not null,
+    latest_quantity  numeric not null,
+    latest_at        timestamptz not null,
+    latest_event_id  text not null,
+    updated_at       timestamptz not null default now(),
+    primary key (tenant_id, subscription_id, metric_code, period_start)
+);
+
+do $$
+declare t text;
+begin
+    foreach t in array array['usage_events', 'usage_totals'] loop
+        execute format('alter table %I enable row level security', t);
+        execute format(
+            'create policy tenant_isolation on %I using (tenant_id = nullif(current_setting(''billing.tenant_id'', true), '''')::uuid) '
+            'with check (tenant_id = nullif(current_setting(''billing.tenant_id'', true), '''')::uuid)', t);
+    end loop;
+end $$;
+grant select, insert on usage_events to billing_app;
+grant select, insert, update on usage_totals to billing_app;
