@@ -1,8 +1,12 @@
 -- Usage: raw events (kept for audit and recomputation, deduplicated by event id) and totals
 -- per (subscription, metric, billing period), kept current in batches.
+--
+-- No foreign keys on these two hot tables: a per-row FK check cost ~20% of ingestion
+-- (measured: 86 ms of 410 ms for 20,000 events). The consumer checks the tenant and every
+-- subscription once per batch instead, and tenants and subscriptions are never deleted.
 
 create table usage_events (
-    tenant_id        uuid not null references tenants (id),
+    tenant_id        uuid not null,
     event_id         text not null,
     subscription_id  uuid not null,
     metric_code      text not null,
@@ -21,7 +25,7 @@ create index usage_events_period on usage_events (tenant_id, subscription_id, me
 create index usage_events_late on usage_events (tenant_id, subscription_id) where late;
 
 create table usage_totals (
-    tenant_id        uuid not null references tenants (id),
+    tenant_id        uuid not null,
     subscription_id  uuid not null,
     metric_code      text not null,
     period_start     timestamptz not null,

@@ -128,3 +128,16 @@ def subscription_message(view: SubscriptionView) -> pb.Subscription:
 def subscription_page(page: SubscriptionPage) -> pb.ListSubscriptionsResponse:
     return pb.ListSubscriptionsResponse(subscriptions=[subscription_message(v) for v in page.subscriptions],
                                         next_page_token=page.next_page_token)
+
+
+def usage_report(report) -> pb.GetUsageResponse:
+    return pb.GetUsageResponse(
+        subscription_id=str(report.subscription_id), period_start=timestamp(report.period_start),
+        period_end=timestamp(report.period_end), currency=report.currency,
+        metrics=[pb.MetricUsage(
+            metric_code=m.metric_code, aggregation=enum_number(pb.Aggregation, m.aggregation, "AGGREGATION_"),
+            quantity=decimal_to_str(m.quantity), amount=decimal_to_str(m.amount),
+            series=[pb.UsagePoint(at=timestamp(at), quantity=decimal_to_str(q)) for at, q in m.series],
+        ) for m in report.metrics],
+        total_amount=decimal_to_str(report.total),
+    )

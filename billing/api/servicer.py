@@ -5,6 +5,7 @@ from __future__ import annotations
 from billing.api import convert
 from billing.api.errors import rpc
 from billing.services import plans, subscriptions
+from billing.services.usage import Usage
 from billing.services.context import Caller
 from billing.store.db import Database
 from billing.v1 import billing_pb2 as pb
@@ -14,6 +15,7 @@ from billing.v1 import billing_pb2_grpc
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     def __init__(self, db: Database):
         self.db = db
+        self.usage = Usage()
 
     # -- plans -------------------------------------------------------------------------
 
@@ -106,3 +108,25 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                                                   "PRORATION_BEHAVIOR_"),
         )
         return pb.ChangePlanResponse(subscription=convert.subscription_message(view))
+
+    # -- usage -------------------------------------------------------------------------
+
+    @rpc
+    async def RecordUsage(self, request: pb.RecordUsageRequest, caller: Caller) -> pb.RecordUsageResponse:
+        recorded = await self.usage.record(
+            self.db, caller, request_id=request.request_id, event_id=request.event_id,
+            subscription_id=request.subscription_id, metric_code=request.metric_code, quantity=request.quantity,
+            occurred_at=convert.optional_time(request, "occurred_at"), properties=dict(request.properties),
+        )
+        return pb.RecordUsageResponse(duplicate=recorded.duplicate, event_id=recorded.event_id,
+                                      period_start=convert.timestamp(recorded.period_start),
+                                      period_end=convert.timestamp(recorded.period_end))
+
+    @rpc
+    async def GetUsage(self, request: pb.GetUsageRequest, caller: Caller) -> pb.GetUsageResponse:
+        report = await self.usage.get(
+            self.db, caller, subscription_id=request.subscription_id,
+            period_start=convert.optional_time(request, "period_start"),
+            series=convert.enum_value(pb.SeriesGranularity, request.series, "SERIES_GRANULARITY_"),
+        )
+        return convert.usage_report(report)

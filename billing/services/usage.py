@@ -284,3 +284,74 @@ class Usage:
             raise ValidationError(field_name, r.detail)
         start, end = result.periods[0]
         return Recorded(event_id, result.inserted == 0, from_us(start), from_us(end))
+
+    async def get(self, db, caller, *, subscription_id: str, period_start: datetime | None,
+                  series: str) -> "UsageReport":
+        """Totals per metric of the plan for a period (default: the current one), each with
+        the amount it would be billed at now (a preview), and optionally a series."""
+        from billing.domain.money import round_money
+        from billing.domain.pricing import aggregate, usage_amount
+        from billing.services import paging
+        from billing.services.errors import FailedPrecondition, NotFound, ValidationError
+        from billing.store import subscriptions as subs_store
+
+        sub_uuid = paging.parse_uuid(subscription_id, "subscription_id")
+        if series not in ("", "hour", "day"):
+            raise ValidationError("series", f"unknown granularity {series!r}")
+        async with db.tenant_tx(caller.tenant_id) as conn:
+            sub = await subs_store.get(conn, caller.tenant_id, sub_uuid)
+            if sub is None:
+                raise NotFound("subscription", subscription_id)
+            await self.plans.metrics(conn, caller.tenant_id, {sub.plan_id})
+            spec = self.plans.spec(caller.tenant_id, sub.plan_id)
+            if period_start is None:
+                if sub.current_period_start is None:
+                    raise FailedPrecondition(f"subscription {subscription_id} has not started (it is {sub.status})")
+                start, end = sub.current_period_start, sub.current_period_end
+            else:
+                start, end = period_start, None
+            rows = {r["metric_code"]: r for r in await usage_store.totals(conn, caller.tenant_id, sub_uuid, start)}
+            metrics = []
+            for charge in spec.usage_charges:
+                row = rows.get(charge.metric_code)
+                if row is not None:
+                    end = end or row["period_end"]
+                unique = None
+                if charge.unique_property:
+                    unique = await usage_store.unique_count(conn, caller.tenant_id, sub_uuid, charge.metric_code,
+                                                            start, charge.unique_property)
+                quantity = aggregate(
+                    charge.aggregation, quantity_sum=row and row["quantity_sum"], event_count=row and row["event_count"],
+                    quantity_max=row and row["quantity_max"], latest_quantity=row and row["latest_quantity"],
+                    unique_count=unique,
+                )
+                points = []
+                if series:
+                    points = [(p["at"], p["quantity"]) for p in await usage_store.series(
+                        conn, caller.tenant_id, sub_uuid, charge.metric_code, start, series)]
+                amount = round_money(usage_amount(charge, quantity), spec.currency)
+                metrics.append(MetricUsage(charge.metric_code, charge.aggregation.value, quantity, amount, points))
+        if end is None:  # a period with no usage yet: its end follows from the anchor
+            anchor = sub.billing_anchor or sub.start_at
+            end = period_containing(anchor, spec.interval, spec.interval_count, start)[1]
+        total = round_money(sum((m.amount for m in metrics), start=0), spec.currency)
+        return UsageReport(sub_uuid, start, end, spec.currency, metrics, total)
+
+
+@dataclass(frozen=True)
+class MetricUsage:
+    metric_code: str
+    aggregation: str
+    quantity: object  # Decimal
+    amount: object  # Decimal, rounded
+    series: list
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    subscription_id: uuid.UUID
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    metrics: list[MetricUsage]
+    total: object

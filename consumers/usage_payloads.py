@@ -1,0 +1,334 @@
+"""Usage payloads on `billing.usage.v1`: Avro or CloudEvents JSON -> `UsageEvent`s.
+
+`decode_batch(batch)` turns a runner batch into ``(events, positions, dead_letters)``:
+``events[k]`` came from ``batch[positions[k]]``; events keep the batch's order. Messages
+that cannot be decoded become dead letters; nothing here raises on bad input. Decoding
+only checks the shape of a message: whether the tenant, subscription, metric, quantity
+and time are acceptable is decided by `billing.services.usage.ingest`.
+
+Two formats, told apart by the value's first bytes:
+
+* **Avro** (value starts with ``C3 01``): a `billing.v1.UsageEvent` in single-object
+  encoding (`billing.codec`), written with any known version of the schema. The
+  ``properties`` map becomes a dict, or ``None`` when empty.
+* **CloudEvents 1.0, structured mode, JSON** (value starts with ``{``, or the Kafka header
+  ``content-type`` is ``application/cloudevents+json``). The mapping:
+
+  ========================  ==============================================================
+  CloudEvents               UsageEvent
+  ========================  ==============================================================
+  ``specversion``           must be ``"1.0"``
+  ``id``                    ``event_id`` (non-empty string)
+  ``time``                  ``occurred_at_us``: RFC 3339 with a ``Z`` or ``+hh:mm`` /
+                            ``-hh:mm`` offset, ``T``, ``t`` or space between date and time,
+                            0 to any number of fractional digits. Converted exactly with
+                            integer arithmetic to microseconds since the epoch (UTC);
+                            digits past the 6th (nanoseconds) are truncated, i.e. the time
+                            is rounded down to the microsecond. Leap seconds (``:60``) are
+                            refused.
+  ``subject``               ``subscription_id`` (else ``data.subscription_id``)
+  ``tenantid`` (extension)  ``tenant_id`` (else ``data.tenant_id``)
+  ``data.metric``           ``metric_code`` (or ``data.metric_code``)
+  ``data.quantity``         ``quantity``: a JSON string (``"12.5"``) or a JSON number, kept
+                            as the exact text written (``0.1`` stays ``"0.1"``, ``1e3``
+                            stays ``"1e3"`` and is then refused by ingest as
+                            ``invalid_quantity``, like ``"-2"`` as ``negative_quantity``)
+  ``data.properties``       ``properties``: optional object of string -> string; ``None``
+                            when absent or empty
+  ========================  ==============================================================
+
+  ``type``, ``source`` and other attributes are not used. When ``datacontenttype`` is
+  given it must be JSON (``application/json``, ``text/json`` or a ``+json`` type);
+  ``data_base64`` is not supported. The top-level ``subject`` / ``tenantid`` win over the
+  ``data`` fields. Binary-mode (``ce_*`` headers) and batch-mode CloudEvents are not
+  supported.
+
+Dead-letter reasons:
+
+* ``invalid_cloudevent``: JSON object that is not a usable CloudEvent; the detail starts
+  with the field at fault, e.g. ``"time: missing"``, ``"data.quantity: must be a decimal
+  string or number"``, ``"specversion: must be '1.0'"``.
+* ``undecodable``: anything else: not Avro and not a JSON object (random bytes, empty
+  value, tombstone), invalid JSON or UTF-8, truncated or corrupt Avro, Avro of another
+  record type or of an unknown schema version (the detail says which).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from billing import codec
+from billing.services.usage import UsageEvent
+from consumers.runner import DeadLetter, Message
+
+__all__ = ["decode_batch", "parse_rfc3339_us"]
+
+_AVRO = codec.MAGIC  # b"\xc3\x01"
+_USAGE = codec.Schema.USAGE_EVENT
+_UNDECODABLE = "undecodable"
+_INVALID = "invalid_cloudevent"
+
+
+class _Number(str):
+    """A JSON number, as the exact text it was written with (a str, told apart by type)."""
+
+    __slots__ = ()
+
+
+_JSON = json.JSONDecoder(parse_float=_Number, parse_int=_Number)
+_json_decode = _JSON.decode
+
+# ------------------------------------------------------------------ RFC 3339 -> integer us
+
+_TIME = re.compile(
+    r"(\d{4}-\d\d-\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:[Zz]|([+-])(\d\d):(\d\d))",
+    re.ASCII,
+)
+_time_match = _TIME.fullmatch
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_DAYS: dict[str, int | None] = {}  # "YYYY-MM-DD" -> days since 1970-01-01, None if invalid
+
+
+def _days(date: str) -> int | None:
+    y, m, d = int(date[:4]), int(date[5:7]), int(date[8:10])
+    if not 1 <= m <= 12 or d < 1:
+        return None
+    leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if d > (29 if m == 2 and leap else _MONTH_DAYS[m]):
+        return None
+    # Howard Hinnant's days_from_civil, integers only.
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+def parse_rfc3339_us(text: str) -> int | None:
+    """Microseconds since 1970-01-01T00:00:00Z of an RFC 3339 date-time, or None if it
+    is not one. Fractions past microseconds are truncated (rounded down)."""
+    m = _time_match(text) if type(text) is str else None
+    if m is None:
+        return None
+    date, hh, mi, ss, frac, sign, oh, om = m.groups()
+    days = _DAYS.get(date, -1)
+    if days == -1:
+        days = _days(date)
+        if len(_DAYS) > 10_000:
+            _DAYS.clear()
+        _DAYS[date] = days
+    if days is None:
+        return None
+    h, mi, s = int(hh), int(mi), int(ss)
+    if h > 23 or mi > 59 or s > 59:
+        return None
+    seconds = days * 86400 + h * 3600 + mi * 60 + s
+    if sign is not None:
+        oh, om = int(oh), int(om)
+        if oh > 23 or om > 59:
+            return None
+        offset = oh * 3600 + om * 60
+        seconds = seconds - offset if sign == "+" else seconds + offset
+    us = seconds * 1_000_000
+    if frac:
+        us += int(frac[:6].ljust(6, "0"))
+    return us
+
+
+# ------------------------------------------------------------------ CloudEvents JSON
+
+
+def _cloudevent(value: bytes) -> UsageEvent | tuple[str, str]:
+    """The event, or (reason, detail)."""
+    try:
+        ce = _json_decode(value.decode("utf-8"))
+    except Exception as exc:  # ValueError (JSON, UTF-8), RecursionError on absurd nesting
+        return _UNDECODABLE, f"not valid JSON: {type(exc).__name__}: {str(exc)[:200]}"
+    if type(ce) is not dict:
+        kind = "a batch (JSON array)" if type(ce) is list else f"a JSON {type(ce).__name__}"
+        return _UNDECODABLE, f"CloudEvents JSON must be one object, got {kind}"
+    get = ce.get
+    sv = get("specversion")
+    if sv != "1.0" or type(sv) is not str:
+        return _INVALID, "specversion: missing" if sv is None else f"specversion: must be '1.0', got {str(sv)[:20]!r}"
+    data = get("data")
+    if type(data) is not dict:
+        if data is None and "data_base64" in ce:
+            return _INVALID, "data: data_base64 is not supported, send data as a JSON object"
+        return _INVALID, "data: missing" if data is None else "data: must be a JSON object"
+    dget = data.get
+    event_id = get("id")
+    if type(event_id) is not str or not event_id:
+        return _INVALID, _bad("id", event_id, "a non-empty string")
+    t = get("time")
+    if t is None:
+        return _INVALID, "time: missing"
+    occurred = parse_rfc3339_us(t)
+    if occurred is None:
+        return _INVALID, f"time: not an RFC 3339 date-time with offset: {str(t)[:40]!r}"
+    tenant = get("tenantid")
+    if tenant is None:
+        tenant = dget("tenant_id")
+    if type(tenant) is not str:
+        return _INVALID, _bad("tenantid", tenant, "a string (or data.tenant_id)")
+    sub = get("subject")
+    if sub is None:
+        sub = dget("subscription_id")
+    if type(sub) is not str:
+        return _INVALID, _bad("subject", sub, "a string (or data.subscription_id)")
+    metric = dget("metric")
+    if metric is None:
+        metric = dget("metric_code")
+    if type(metric) is not str:
+        return _INVALID, _bad("data.metric", metric, "a string")
+    quantity = dget("quantity")
+    if quantity.__class__ is not str:
+        if quantity.__class__ is _Number:
+            quantity = str(quantity)  # the number's exact text, as a plain str
+        else:
+            return _INVALID, _bad("data.quantity", quantity, "a decimal string or number")
+    props = dget("properties")
+    if props is not None:
+        if type(props) is not dict:
+            return _INVALID, "data.properties: must be an object of string values"
+        for k, v in props.items():
+            if type(v) is not str:
+                return _INVALID, f"data.properties: value of {k[:40]!r} must be a string"
+        if not props:
+            props = None
+    dct = get("datacontenttype")
+    if dct is not None and not _json_type(dct):
+        return _INVALID, f"datacontenttype: must be JSON, got {str(dct)[:60]!r}"
+    if b"\\u" in value:  # escapes may make lone surrogates or NULs, which PostgreSQL refuses
+        bad = _bad_text(event_id, tenant, sub, metric, quantity, props)
+        if bad:
+            return _INVALID, bad
+    return UsageEvent(event_id, tenant, sub, metric, quantity, occurred, props)
+
+
+def _bad(field: str, value, wanted: str) -> str:
+    if value is None:
+        return f"{field}: missing"
+    return f"{field}: must be {wanted}, got {'a number' if type(value) is _Number else type(value).__name__}"
+
+
+def _json_type(ct) -> bool:
+    if type(ct) is not str:
+        return False
+    base = ct.partition(";")[0].strip().lower()
+    return base in ("application/json", "text/json") or base.endswith("+json")
+
+
+def _bad_text(event_id, tenant, sub, metric, quantity, props) -> str | None:
+    fields = [("id", event_id), ("tenantid", tenant), ("subject", sub), ("data.metric", metric),
+              ("data.quantity", quantity)]
+    if props:
+        fields += [("data.properties", s) for kv in props.items() for s in kv]
+    for name, s in fields:
+        if "\x00" in s:
+            return f"{name}: contains a NUL character"
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{name}: contains a lone surrogate (\\ud800-\\udfff escape)"
+    return None
+
+
+def _is_cloudevents_header(msg: Message) -> bool:
+    ct = msg.headers.get("content-type")
+    return ct is not None and ct[:28].lower() == b"application/cloudevents+json"
+
+
+def _undecodable_detail(msg: Message) -> str:
+    v = msg.value
+    if v is None:
+        return "no value (a tombstone?), expected Avro (C3 01) or CloudEvents JSON ({)"
+    if not isinstance(v, (bytes, bytearray, memoryview)):
+        return f"value is a {type(v).__name__}, not bytes"
+    if not v:
+        return "empty value, expected Avro (C3 01) or CloudEvents JSON ({)"
+    if any(k.startswith("ce_") for k in msg.headers):
+        return "CloudEvents binary mode (ce_ headers) is not supported; send structured mode JSON"
+    return f"neither Avro (C3 01) nor CloudEvents JSON ({{): starts with {bytes(v[:8]).hex()}"
+
+
+# ------------------------------------------------------------------ the batch
+
+
+def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], list[DeadLetter]]:
+    """Decode a batch: (events, position in `batch` of each event, dead letters)."""
+    avro_values: list[bytes] = []
+    avro_pos: list[int] = []
+    json_events: list[UsageEvent] = []
+    json_pos: list[int] = []
+    dead: list[DeadLetter] = []
+    add_value, add_pos = avro_values.append, avro_pos.append
+    for i, msg in enumerate(batch):
+        v = msg.value
+        if v.__class__ is not bytes:
+            if isinstance(v, (bytearray, memoryview)):
+                v = bytes(v)
+            else:
+                dead.append(DeadLetter(msg, _UNDECODABLE, _undecodable_detail(msg)))
+                continue
+        if v.startswith(_AVRO):
+            add_value(v)
+            add_pos(i)
+        elif v.startswith(b"{") or _is_cloudevents_header(msg):
+            out = _cloudevent(v)
+            if out.__class__ is tuple:
+                dead.append(DeadLetter(msg, out[0], out[1]))
+            else:
+                json_events.append(out)
+                json_pos.append(i)
+        else:
+            dead.append(DeadLetter(msg, _UNDECODABLE, _undecodable_detail(msg)))
+
+    if avro_values:
+        events, avro_pos = _decode_avro(batch, avro_values, avro_pos, dead)
+    else:
+        events = []
+    if json_events:
+        if events:
+            events, positions = _merge(events, avro_pos, json_events, json_pos)
+        else:
+            events, positions = json_events, json_pos
+    else:
+        positions = avro_pos
+    if len(dead) > 1:
+        order = {id(m): i for i, m in enumerate(batch)}
+        dead.sort(key=lambda d: order.get(id(d.message), 0))
+    return events, positions, dead
+
+
+def _decode_avro(batch: list[Message], values: list[bytes], positions: list[int],
+                 dead: list[DeadLetter]) -> tuple[list[UsageEvent], list[int]]:
+    failed: dict[int, codec.CodecError] = {}
+
+    def on_error(index: int, error: codec.CodecError) -> None:
+        failed[index] = error
+
+    try:
+        records = codec.decode_many(_USAGE, values, on_error=on_error)
+    except Exception:  # not expected from the codec; decode one by one to keep positions right
+        failed.clear()
+        records = []
+        for index, value in enumerate(values):
+            try:
+                records.append(codec.decode(_USAGE, value))
+            except Exception as exc:
+                failed[index] = exc  # type: ignore[assignment]
+    if failed:
+        for index, error in failed.items():
+            dead.append(DeadLetter(batch[positions[index]], _UNDECODABLE, str(error)[:1000]))
+        positions = [p for index, p in enumerate(positions) if index not in failed]
+    events = [UsageEvent(r["event_id"], r["tenant_id"], r["subscription_id"], r["metric_code"], r["quantity"],
+                         r["occurred_at_us"], r["properties"] or None) for r in records]
+    return events, positions
+
+
+def _merge(a: list[UsageEvent], a_pos: list[int], b: list[UsageEvent],
+           b_pos: list[int]) -> tuple[list[UsageEvent], list[int]]:
+    """Two position-sorted lists into one, in batch order."""
+    pairs = sorted(zip(a_pos + b_pos, a + b), key=lambda p: p[0])
+    return [e for _, e in pairs], [p for p, _ in pairs]
