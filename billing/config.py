@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = 10_000
     topics: Topics = Field(default_factory=Topics)
 
+    # Usage: events further ahead than this are dead-lettered (a producer's clock gone wrong),
+    # and so are events older than the window (too late to bill).
+    usage_max_future_skew_s: int = 300
+    usage_max_age_days: int = 35
+    usage_batch_size: int = 20_000
+    # The consumer stops (rather than dead-letter a whole broken stream) above this share.
+    usage_max_bad_share: float = 0.5
+
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
     http_host: str = "127.0.0.1"

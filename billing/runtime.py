@@ -1,7 +1,7 @@
 """`billing serve`: every role of the service in one process, or the roles asked for.
 
-Roles: `api` (the gRPC facade), `commands` (the subscription command consumer), `relay`
-(the outbox relay). Each can run alone (`--roles commands`), so replicas scale out: the
+Roles: `api` (the gRPC facade), `commands` (the subscription command consumer), `usage`
+(the usage consumer), `relay` (the outbox relay). Each can run alone (`--roles commands`), so replicas scale out: the
 consumers by Kafka partitions within their group, the relay as one leader with standbys.
 Every process serves the HTTP side port (health, readiness, metrics) whatever its roles.
 A role that fails (a consumer that met too many bad messages, say) stops the process
@@ -22,8 +22,9 @@ from billing.store.db import Database
 
 log = logging.getLogger(__name__)
 
-ALL_ROLES = ("api", "commands", "relay")
+ALL_ROLES = ("api", "commands", "usage", "relay")
 COMMANDS_GROUP = "billing-commands"
+USAGE_GROUP = "billing-usage"
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Service:
             )
         if "commands" in self.roles:
             self._start_role("commands", self._command_consumer())
+        if "usage" in self.roles:
+            self._start_role("usage", usage_consumer(s, self.db.pool))
         if "relay" in self.roles:
             from producers.outbox_relay import OutboxRelay
 
@@ -128,3 +131,26 @@ async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
     finally:
         await service.stop()
     return 1 if service.failed.is_set() else 0
+
+
+def usage_limits(settings: Settings):
+    from billing.services.usage import UsageLimits
+
+    return UsageLimits(max_future_skew_us=settings.usage_max_future_skew_s * 1_000_000,
+                       max_age_us=settings.usage_max_age_days * 86_400 * 1_000_000)
+
+
+def usage_consumer(settings: Settings, pool, **overrides):
+    """The usage consumer as configured (the benchmark builds the same one)."""
+    from billing.kafka import consumer_config, producer_config
+    from consumers.runner import ConsumerRunner
+    from consumers.usage import UsageStrategy
+
+    options = dict(
+        pool=pool, kafka_config=consumer_config(settings, USAGE_GROUP, **{"fetch.max.bytes": 64 * 1024 * 1024}),
+        topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(usage_limits(settings)),
+        dlq_topic=settings.topics.usage_dlq, producer_config=producer_config(settings),
+        max_batch_size=settings.usage_batch_size, max_batch_wait_s=0.5, max_bad_share=settings.usage_max_bad_share,
+    )
+    options.update(overrides)
+    return ConsumerRunner(**options)

@@ -76,62 +76,64 @@ class _Number(str):
 
 
 _JSON = json.JSONDecoder(parse_float=_Number, parse_int=_Number)
-_json_decode = _JSON.decode
+_scan = _JSON.scan_once  # the C scanner: (value, end) at an index; no trailing-data check
+_JSON_WS = " \t\n\r"
 
 # ------------------------------------------------------------------ RFC 3339 -> integer us
 
-_TIME = re.compile(
-    r"(\d{4}-\d\d-\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:[Zz]|([+-])(\d\d):(\d\d))",
-    re.ASCII,
-)
+_TIME = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:\d\d)", re.ASCII)
 _time_match = _TIME.fullmatch
 _MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-_DAYS: dict[str, int | None] = {}  # "YYYY-MM-DD" -> days since 1970-01-01, None if invalid
+_SCALE = (1_000_000, 100_000, 10_000, 1_000, 100, 10, 1)
+# "YYYY-MM-DDTHH:MM" -> seconds since the epoch of that minute (UTC, before the offset),
+# or -1 when the date or time is out of range. Events of a batch share few minutes.
+_MINUTES: dict[str, int] = {}
 
 
-def _days(date: str) -> int | None:
-    y, m, d = int(date[:4]), int(date[5:7]), int(date[8:10])
-    if not 1 <= m <= 12 or d < 1:
-        return None
+def _minute(head: str) -> int:
+    y, m, d, h, mi = int(head[:4]), int(head[5:7]), int(head[8:10]), int(head[11:13]), int(head[14:16])
+    if not 1 <= m <= 12 or d < 1 or h > 23 or mi > 59:
+        return -1
     leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
     if d > (29 if m == 2 and leap else _MONTH_DAYS[m]):
-        return None
+        return -1
     # Howard Hinnant's days_from_civil, integers only.
     y -= m <= 2
     era = y // 400
     yoe = y - era * 400
     doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    return days * 86400 + h * 3600 + mi * 60
 
 
 def parse_rfc3339_us(text: str) -> int | None:
     """Microseconds since 1970-01-01T00:00:00Z of an RFC 3339 date-time, or None if it
     is not one. Fractions past microseconds are truncated (rounded down)."""
-    m = _time_match(text) if type(text) is str else None
-    if m is None:
+    if type(text) is not str or _time_match(text) is None:
         return None
-    date, hh, mi, ss, frac, sign, oh, om = m.groups()
-    days = _DAYS.get(date, -1)
-    if days == -1:
-        days = _days(date)
-        if len(_DAYS) > 10_000:
-            _DAYS.clear()
-        _DAYS[date] = days
-    if days is None:
+    head = text[:16]
+    base = _MINUTES.get(head)
+    if base is None:
+        base = _minute(head)
+        if len(_MINUTES) >= 4096:
+            _MINUTES.clear()
+        _MINUTES[head] = base
+    s = int(text[17:19])
+    if base == -1 or s > 59:  # -1: bad date (valid minutes are multiples of 60)
         return None
-    h, mi, s = int(hh), int(mi), int(ss)
-    if h > 23 or mi > 59 or s > 59:
-        return None
-    seconds = days * 86400 + h * 3600 + mi * 60 + s
-    if sign is not None:
-        oh, om = int(oh), int(om)
+    last = text[-1]
+    if last == "Z" or last == "z":
+        body_end = -1
+    else:
+        oh, om = int(text[-5:-3]), int(text[-2:])
         if oh > 23 or om > 59:
             return None
-        offset = oh * 3600 + om * 60
-        seconds = seconds - offset if sign == "+" else seconds + offset
-    us = seconds * 1_000_000
-    if frac:
-        us += int(frac[:6].ljust(6, "0"))
+        base += -(oh * 3600 + om * 60) if text[-6] == "+" else oh * 3600 + om * 60
+        body_end = -6
+    us = (base + s) * 1_000_000
+    if text[19] == ".":
+        frac = text[20:body_end]
+        us += int(frac[:6]) if len(frac) >= 6 else int(frac) * _SCALE[len(frac)]
     return us
 
 
@@ -141,9 +143,18 @@ def parse_rfc3339_us(text: str) -> int | None:
 def _cloudevent(value: bytes) -> UsageEvent | tuple[str, str]:
     """The event, or (reason, detail)."""
     try:
-        ce = _json_decode(value.decode("utf-8"))
+        text = value.decode("utf-8")
+        if text[:1] == "{":
+            ce, end = _scan(text, 0)
+        else:  # leading whitespace (content-type header said CloudEvents)
+            ce = _JSON.decode(text)
+            end = len(text)
+    except StopIteration:
+        return _UNDECODABLE, "not valid JSON"
     except Exception as exc:  # ValueError (JSON, UTF-8), RecursionError on absurd nesting
         return _UNDECODABLE, f"not valid JSON: {type(exc).__name__}: {str(exc)[:200]}"
+    if end != len(text) and text[end:].strip(_JSON_WS):
+        return _UNDECODABLE, f"not valid JSON: extra data after the object at character {end}"
     if type(ce) is not dict:
         kind = "a batch (JSON array)" if type(ce) is list else f"a JSON {type(ce).__name__}"
         return _UNDECODABLE, f"CloudEvents JSON must be one object, got {kind}"
@@ -197,7 +208,7 @@ def _cloudevent(value: bytes) -> UsageEvent | tuple[str, str]:
         if not props:
             props = None
     dct = get("datacontenttype")
-    if dct is not None and not _json_type(dct):
+    if dct is not None and dct != "application/json" and not _json_type(dct):
         return _INVALID, f"datacontenttype: must be JSON, got {str(dct)[:60]!r}"
     if b"\\u" in value:  # escapes may make lone surrogates or NULs, which PostgreSQL refuses
         bad = _bad_text(event_id, tenant, sub, metric, quantity, props)
