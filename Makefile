@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit proto bench clean
+.PHONY: install run test test-unit proto bench-ingest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test-unit: install
 ## Regenerate the gRPC code from schemas/proto (a test fails when it is stale).
 proto: install
 	$(PY) -m billing.devtools.protogen
+
+## Usage ingestion end to end vs a naive baseline; last line: ingest_events_per_s=<n> ratio_vs_naive=<r>
+bench-ingest: install
+	$(PY) -m bench.ingest $(ARGS)
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache

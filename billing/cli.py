@@ -103,6 +103,12 @@ def cmd_devstack(args: argparse.Namespace) -> int:
     return run_devstack(_settings(), args)
 
 
+def cmd_produce_usage(args: argparse.Namespace) -> int:
+    from producers.load import run_cli
+
+    return run_cli(_settings(), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="billing", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kafka-port", type=int, default=59092)
     p.add_argument("--controller-port", type=int, default=59093)
     p.set_defaults(func=cmd_devstack)
+
+    from producers.load import add_arguments as produce_usage_arguments
+
+    p = sub.add_parser("produce-usage", help="load generator: produce usage events to Kafka, print a JSON summary")
+    produce_usage_arguments(p)
+    p.set_defaults(func=cmd_produce_usage)
     return parser
 
 

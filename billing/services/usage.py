@@ -167,47 +167,47 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
     await plans.metrics(conn, tenant, {s.plan_id for s in subs.values()})
 
     earliest, latest = now_us - limits.max_age_us, now_us + limits.max_future_skew_us
+    # Per subscription text, once: (uuid, state, metric codes of its plan) or None.
+    known = {}
+    for text, sub_id in sub_ids.items():
+        sub = subs.get(sub_id) if sub_id else None
+        known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id)) if sub else None
     rows = usage_store.Batch()
+    add = rows.add
+    periods = result.periods
     reject = result.rejected.append
+    quantity_ok = _QUANTITY.fullmatch
     for i in indexes:
         e = events[i]
-        sub_id = sub_ids[e.subscription_id]
-        sub = subs.get(sub_id) if sub_id else None
-        t = e.occurred_at_us
-        if sub is None:
+        entry = known[e.subscription_id]
+        if entry is None:
             reject(Rejection(i, "unknown_subscription", f"no subscription {e.subscription_id[:64]!r}"))
             continue
+        sub_id, sub, metrics = entry
+        t = e.occurred_at_us
         if sub.period_start_us is None:
             reject(Rejection(i, "subscription_not_started", f"subscription {sub_id} is {sub.status}"))
-            continue
-        if sub.canceled_us is not None and t >= sub.canceled_us:
+        elif sub.canceled_us is not None and t >= sub.canceled_us:
             reject(Rejection(i, "subscription_canceled", f"subscription {sub_id} was canceled before the event"))
-            continue
-        if e.metric_code not in plans.metric_codes(tenant, sub.plan_id):
+        elif e.metric_code not in metrics:
             reject(Rejection(i, "unknown_metric", f"metric {e.metric_code[:64]!r} is not on the subscription's plan"))
-            continue
-        bad = check_quantity(e.quantity)
-        if bad:
-            reject(Rejection(i, bad, f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
-            continue
-        if t > latest:
+        elif not quantity_ok(e.quantity):
+            reject(Rejection(i, check_quantity(e.quantity), f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
+        elif t > latest:
             reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - now_us) // 1_000_000} s ahead of now"))
-            continue
-        if t < earliest:
+        elif t < earliest:
             reject(Rejection(i, "too_old", f"occurred_at is older than {limits.max_age_us // 86_400_000_000} days"))
-            continue
-        if t < sub.start_us:
+        elif t < sub.start_us:
             reject(Rejection(i, "before_subscription_start", "occurred_at is before the subscription started"))
-            continue
-        if not e.event_id or len(e.event_id) > MAX_EVENT_ID:
+        elif not e.event_id or len(e.event_id) > MAX_EVENT_ID:
             reject(Rejection(i, "invalid_event_id", f"event_id must be 1..{MAX_EVENT_ID} characters"))
-            continue
-        if sub.period_start_us <= t < sub.period_end_us:  # the common case: the current period
-            start, end, late = sub.period_start_us, sub.period_end_us, False
         else:
-            start, end, late = _period_of(plans.spec(tenant, sub.plan_id), sub, t)
-        rows.add(e, sub_id, start, end, late)
-        result.periods[i] = (start, end)
+            if sub.period_start_us <= t < sub.period_end_us:  # the common case: the current period
+                start, end, late = sub.period_start_us, sub.period_end_us, False
+            else:
+                start, end, late = _period_of(plans.spec(tenant, sub.plan_id), sub, t)
+            add(e, sub_id, start, end, late)
+            periods[i] = (start, end)
     if rows:
         inserted, late_inserted = await usage_store.insert_batch(conn, tenant, rows)
         result.inserted += inserted

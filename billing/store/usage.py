@@ -61,33 +61,33 @@ select (select count(*) from inserted) as inserted,
 
 
 class Batch:
-    """Column arrays for one tenant's insert: building columns avoids a tuple per row."""
+    """One tenant's accepted events, turned into the statement's column arrays at the end."""
 
-    __slots__ = ("event_ids", "subscription_ids", "metrics", "quantities", "occurred", "starts", "ends", "late",
-                 "properties")
+    __slots__ = ("rows",)
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, [])
+        self.rows: list[tuple] = []
 
     def add(self, event, subscription_id: uuid.UUID, start_us: int, end_us: int, late: bool) -> None:
-        self.event_ids.append(event.event_id)
-        self.subscription_ids.append(subscription_id)
-        self.metrics.append(event.metric_code)
-        self.quantities.append(event.quantity)
-        self.occurred.append(event.occurred_at_us)
-        self.starts.append(start_us)
-        self.ends.append(end_us)
-        self.late.append(late)
-        self.properties.append(json.dumps(event.properties) if event.properties else None)
+        self.rows.append((event, subscription_id, start_us, end_us, late))
+
+    def columns(self) -> list[list]:
+        """The column arrays, built in one pass each (cheaper than nine appends per row)."""
+        rows = self.rows
+        dumps = json.dumps
+        return [
+            [r[0].event_id for r in rows], [r[1] for r in rows], [r[0].metric_code for r in rows],
+            [r[0].quantity for r in rows], [r[0].occurred_at_us for r in rows], [r[2] for r in rows],
+            [r[3] for r in rows], [r[4] for r in rows],
+            [dumps(r[0].properties) if r[0].properties else None for r in rows],
+        ]
 
     def __len__(self) -> int:
-        return len(self.event_ids)
+        return len(self.rows)
 
 
 async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch) -> tuple[int, int]:
-    row = await conn.fetchrow(_INSERT_BATCH, tenant_id, b.event_ids, b.subscription_ids, b.metrics, b.quantities,
-                              b.occurred, b.starts, b.ends, b.late, b.properties)
+    row = await conn.fetchrow(_INSERT_BATCH, tenant_id, *b.columns())
     return row["inserted"], row["late"]
 
 

@@ -1,0 +1,208 @@
+"""bench/ingest: usage ingestion end to end, against a naive baseline measured in the same run.
+
+    make bench-ingest                     # 1,000,000 events, 2 consumer processes
+    python -m bench.ingest --events 200000 --consumers 1
+
+1. Starts its own PostgreSQL and Kafka (the local stack, in a temporary directory) unless
+   BILLING_DATABASE_URL / BILLING_ADMIN_DATABASE_URL / BILLING_KAFKA_BOOTSTRAP_SERVERS
+   point at servers of yours; migrates; creates a tenant, a plan and subscriptions.
+2. Produces N events (with a share of duplicates and of bad events) BEFORE any consumer
+   runs, so the consumer is measured alone: events per second from its first stored offset
+   to its last (process start-up and the group join are reported apart, as startup_s), and
+   peak memory (RSS) of the consumer processes.
+3. Measures the naive baseline (one transaction per event: insert, then totals upsert) on a
+   smaller N against the same database, and prints the ratio.
+
+The last line is `ingest_events_per_s=<n> ratio_vs_naive=<r>`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import asyncpg
+import psutil
+from confluent_kafka import Consumer, TopicPartition
+
+from billing.config import Settings
+from billing.devstack import LocalStack, free_port
+from billing.domain.plans import PlanInput, UsageChargeInput, parse_plan, plan_to_dict
+from billing.kafka import ensure_topics
+from billing.runtime import USAGE_GROUP
+from billing.services.tenants import create_tenant
+from billing.store.db import init_connection
+from billing.store.migrations import migrate
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+async def setup_tenant(settings: Settings, subscriptions: int) -> tuple[str, list[str]]:
+    admin = await asyncpg.connect(settings.admin_database_url)
+    await init_connection(admin)
+    tenant = await create_tenant(admin, f"bench-{uuid.uuid4().hex[:6]}")
+    spec = parse_plan(PlanInput(code="metered", name="Metered", currency="EUR", interval="month", interval_count=1,
+                                base_fee="0", billing_timing="in_arrears", trial_days=0,
+                                usage_charges=[UsageChargeInput("calls", "sum", "per_unit", unit_price="0.001")]))
+    plan_id = uuid.uuid4()
+    await admin.execute("insert into plans (tenant_id, id, code, spec) values ($1, $2, 'metered', $3)",
+                        tenant.tenant_id, plan_id, plan_to_dict(spec))
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    subs = [uuid.uuid4() for _ in range(subscriptions)]
+    await admin.executemany(
+        """insert into subscriptions (tenant_id, id, customer_id, plan_id, status, created_at, start_at, billing_anchor,
+                                      trial_days, current_period_start, current_period_end)
+           values ($1, $2, 'bench', $3, 'active', $4, $4, $4, 0, $4, $5)""",
+        [(tenant.tenant_id, s, plan_id, start, start + timedelta(days=30)) for s in subs])
+    await admin.close()
+    return str(tenant.tenant_id), [str(s) for s in subs]
+
+
+def high_watermarks(settings: Settings) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "bench-probe"})
+    md = c.list_topics(settings.topics.usage, timeout=10).topics[settings.topics.usage]
+    marks = {p: c.get_watermark_offsets(TopicPartition(settings.topics.usage, p), timeout=10)[1]
+             for p in md.partitions}
+    c.close()
+    return marks
+
+
+async def stored_offsets(conn: asyncpg.Connection, settings: Settings) -> dict[int, int]:
+    rows = await conn.fetch("select partition, next_offset from consumer_offsets where consumer_group = $1 "
+                            "and topic = $2", USAGE_GROUP, settings.topics.usage)
+    return {r["partition"]: r["next_offset"] for r in rows}
+
+
+async def measure_consumers(settings: Settings, env: dict, consumers: int, marks: dict[int, int]) -> dict:
+    conn = await asyncpg.connect(settings.admin_database_url)
+    procs = [subprocess.Popen([sys.executable, "-m", "billing.cli", "serve", "--roles", "usage"],
+                              env={**env, "BILLING_HTTP_PORT": str(free_port())}, stdout=subprocess.DEVNULL,
+                              stderr=open(Path(tempfile.gettempdir()) / f"bench-consumer-{i}.log", "w"))
+             for i in range(consumers)]
+    peak_rss = 0
+    first_progress, first_done = None, 0
+    started = time.perf_counter()
+    try:
+        while True:
+            offsets = await stored_offsets(conn, settings)
+            done = sum(min(offsets.get(p, 0), hw) for p, hw in marks.items())
+            if done and first_progress is None:
+                first_progress, first_done = time.perf_counter(), done
+            rss = 0
+            for p in procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"a consumer exited with {p.returncode}; see {tempfile.gettempdir()}")
+                rss += psutil.Process(p.pid).memory_info().rss
+            peak_rss = max(peak_rss, rss)
+            if all(offsets.get(p, 0) >= hw for p, hw in marks.items()):
+                break
+            await asyncio.sleep(0.05)
+        finished = time.perf_counter()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+        await conn.close()
+    # Process start-up and the group join are not ingestion: the rate is measured from the
+    # first stored offset to the last, over the messages committed in between.
+    return {"seconds": finished - first_progress, "messages": sum(marks.values()) - first_done,
+            "wall_s": finished - started, "peak_rss_mib": peak_rss / 2**20, "startup_s": first_progress - started}
+
+
+_NAIVE_INSERT = """insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
+                                           period_start, period_end)
+                   values ($1, $2, $3, 'calls', $4::numeric, $5, $6, $7) on conflict do nothing"""
+_NAIVE_TOTALS = """insert into usage_totals as t (tenant_id, subscription_id, metric_code, period_start, period_end,
+                       quantity_sum, event_count, quantity_max, latest_quantity, latest_at, latest_event_id)
+                   values ($1, $2, 'calls', $3, $4, $5::numeric, 1, $5::numeric, $5::numeric, $6, $7)
+                   on conflict (tenant_id, subscription_id, metric_code, period_start) do update set
+                       quantity_sum = t.quantity_sum + excluded.quantity_sum, event_count = t.event_count + 1,
+                       quantity_max = greatest(t.quantity_max, excluded.quantity_max)"""
+
+
+async def measure_naive(settings: Settings, tenant_id: str, subs: list[str], n: int) -> float:
+    """One transaction per event: dedup insert, then the totals upsert."""
+    conn = await asyncpg.connect(settings.database_url)
+    tenant = uuid.UUID(tenant_id)
+    start = datetime.now(timezone.utc) - timedelta(hours=1)
+    end = start + timedelta(days=30)
+    t0 = time.perf_counter()
+    for i in range(n):
+        sub = uuid.UUID(subs[i % len(subs)])
+        async with conn.transaction():
+            await conn.execute("select set_config('billing.tenant_id', $1, true)", tenant_id)
+            status = await conn.execute(_NAIVE_INSERT, tenant, f"naive-{i}", sub, "1.5", start, start, end)
+            if status.endswith(" 1"):
+                await conn.execute(_NAIVE_TOTALS, tenant, sub, start, end, "1.5", start, f"naive-{i}")
+    elapsed = time.perf_counter() - t0
+    await conn.close()
+    return n / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--duplicates", type=float, default=0.05)
+    parser.add_argument("--bad", type=float, default=0.01)
+    parser.add_argument("--subscriptions", type=int, default=1000)
+    parser.add_argument("--consumers", type=int, default=2)
+    parser.add_argument("--naive-events", type=int, default=5000)
+    args = parser.parse_args()
+
+    stack = None
+    if os.environ.get("BILLING_DATABASE_URL"):
+        settings = Settings()
+    else:
+        base = Settings()
+        state = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+        stack = LocalStack.create(state, pg_port=free_port(), kafka_port=free_port(), controller_port=free_port(),
+                                  kafka_version=base.kafka_version, kafka_cache_dir=base.kafka_cache_dir)
+        log(f"starting the local stack in {state}")
+        stack.start()
+        settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()})
+    env = {**os.environ, "BILLING_DATABASE_URL": settings.database_url,
+           "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
+           "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "BILLING_LOG_LEVEL": "WARNING"}
+    try:
+        asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
+        ensure_topics(settings)
+        tenant_id, subs = asyncio.run(setup_tenant(settings, args.subscriptions))
+        from producers.load import produce_load
+
+        log(f"producing {args.events:,} events ({args.duplicates:.0%} duplicates, {args.bad:.0%} bad)")
+        produced = produce_load(settings, count=args.events, tenant_id=tenant_id, subscription_ids=subs,
+                                metric="calls", duplicates=args.duplicates, bad=args.bad, cloudevents=0.0, rate=0,
+                                seed=1, progress=True)
+        marks = high_watermarks(settings)
+        total = sum(marks.values())
+        log(f"consuming {total:,} messages with {args.consumers} consumer process(es)")
+        run = asyncio.run(measure_consumers(settings, env, args.consumers, marks))
+        rate = run["messages"] / run["seconds"]
+        log(f"measuring the naive baseline on {args.naive_events:,} events")
+        naive = asyncio.run(measure_naive(settings, tenant_id, subs, args.naive_events))
+        figures = {"events": total, "produced": produced, "consumers": args.consumers,
+                   "seconds": round(run["seconds"], 2), "wall_s": round(run["wall_s"], 2),
+                   "startup_s": round(run["startup_s"], 2),
+                   "events_per_s": round(rate), "peak_rss_mib": round(run["peak_rss_mib"], 1),
+                   "naive_events_per_s": round(naive), "ratio_vs_naive": round(rate / naive, 1)}
+        print(json.dumps(figures))
+        print(f"ingest_events_per_s={rate:.0f} ratio_vs_naive={rate / naive:.1f}")
+    finally:
+        if stack is not None:
+            stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
