@@ -83,6 +83,23 @@ async def stored_offsets(conn: asyncpg.Connection, settings: Settings) -> dict[i
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far by the consumers (python), PostgreSQL and Kafka (java)."""
+    out = {"consumers": 0.0, "postgres": 0.0, "kafka": 0.0}
+    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        name, cmd, cpu = proc.info["name"] or "", " ".join(proc.info["cmdline"] or ()), proc.info["cpu_times"]
+        if cpu is None:
+            continue
+        used = cpu.user + cpu.system
+        if name == "postgres":
+            out["postgres"] += used
+        elif "kafka.Kafka" in cmd:
+            out["kafka"] += used
+        elif "billing.cli serve" in cmd:
+            out["consumers"] += used
+    return out
+
+
 async def measure_consumers(settings: Settings, env: dict, consumers: int, marks: dict[int, int]) -> dict:
     conn = await asyncpg.connect(settings.admin_database_url)
     procs = [subprocess.Popen([sys.executable, "-m", "billing.cli", "serve", "--roles", "usage"],
@@ -98,6 +115,7 @@ async def measure_consumers(settings: Settings, env: dict, consumers: int, marks
             done = sum(min(offsets.get(p, 0), hw) for p, hw in marks.items())
             if done and first_progress is None:
                 first_progress, first_done = time.perf_counter(), done
+                cpu_before = cpu_seconds()
             rss = 0
             for p in procs:
                 if p.poll() is not None:
@@ -108,6 +126,7 @@ async def measure_consumers(settings: Settings, env: dict, consumers: int, marks
                 break
             await asyncio.sleep(0.05)
         finished = time.perf_counter()
+        cpu_after = cpu_seconds()
     finally:
         for p in procs:
             p.terminate()
@@ -117,7 +136,8 @@ async def measure_consumers(settings: Settings, env: dict, consumers: int, marks
     # Process start-up and the group join are not ingestion: the rate is measured from the
     # first stored offset to the last, over the messages committed in between.
     return {"seconds": finished - first_progress, "messages": sum(marks.values()) - first_done,
-            "wall_s": finished - started, "peak_rss_mib": peak_rss / 2**20, "startup_s": first_progress - started}
+            "wall_s": finished - started, "peak_rss_mib": peak_rss / 2**20, "startup_s": first_progress - started,
+            "cpu_s": {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after}}
 
 
 _NAIVE_INSERT = """insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
@@ -195,6 +215,7 @@ def main() -> int:
                    "seconds": round(run["seconds"], 2), "wall_s": round(run["wall_s"], 2),
                    "startup_s": round(run["startup_s"], 2),
                    "events_per_s": round(rate), "peak_rss_mib": round(run["peak_rss_mib"], 1),
+                   "cpu_s": run["cpu_s"],
                    "naive_events_per_s": round(naive), "ratio_vs_naive": round(rate / naive, 1)}
         print(json.dumps(figures))
         print(f"ingest_events_per_s={rate:.0f} ratio_vs_naive={rate / naive:.1f}")

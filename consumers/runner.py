@@ -45,11 +45,12 @@ partitions are assigned at those offsets; a partition without a stored offset st
 the beginning. Assignment is eager (range/roundrobin; cooperative-sticky is refused):
 every rebalance revokes everything and assigns afresh.
 
-Consuming and processing alternate in one task, so a rebalance can only happen while the
-runner is fetching or backing off, never while a batch is processed or committed: the
-batch being processed always finishes (commits or rolls back) first. Messages of revoked
-partitions that were fetched but not committed are simply dropped (their offsets were
-never stored, so the new owner reads them again).
+While a batch is processed, the runner task keeps fetching the next one through the
+consumer thread, so the fetch and the database round trip overlap. A rebalance can
+therefore arrive mid-batch; fencing keeps that safe: the offset rows are locked before any
+effect, so of two owners of a partition one commits and the other is fenced before it
+applies anything. Messages of revoked partitions that were fetched but not committed are
+simply dropped (their offsets were never stored, so the new owner reads them again).
 
 Batching, backpressure, retries
 -------------------------------
@@ -312,7 +313,7 @@ class ConsumerRunner:
             while not self._stopping:
                 await self._fill()
                 if self._buffer:
-                    await self._process_next_batch()
+                    await self._process_with_prefetch()
         except Exception as exc:
             log.error("consumer failed: %s: %s", type(exc).__name__, exc,
                       extra={"group": self.group_id, "topic": ",".join(self._topics)})
@@ -347,6 +348,20 @@ class ConsumerRunner:
                     self._expected.pop(tp, None)
             elif kind == "assign":
                 self._expected.update(data)  # type: ignore[arg-type]
+
+    async def _process_with_prefetch(self) -> None:
+        """Process a batch while the consumer thread fetches the next one, so the database
+        round trip and the fetch overlap. Safe across rebalances thanks to fencing: a batch
+        whose partition moved meanwhile either commits first (the new owner is then fenced
+        and seeks past it) or is fenced itself, before any effect."""
+        busy = asyncio.ensure_future(self._process_next_batch())
+        try:
+            while not busy.done() and not self._stopping and not self._paused \
+                    and len(self._buffer) < self._max_batch_size:
+                await self._poll(self._max_batch_size - len(self._buffer), 0.02)
+                await asyncio.sleep(0)
+        finally:
+            await busy
 
     async def _process_next_batch(self) -> None:
         batch = self._buffer[:self._max_batch_size]

@@ -110,7 +110,7 @@ class _CodecUsage:
 
 
 def _avro_encoder(tenant_id: str, metric: str):
-    """encode(event_id, sub_index, quantity_text, us) -> bytes, for the given subscriptions."""
+    """The direct writer, if it writes exactly what billing.codec writes; else None."""
     from billing import codec
 
     fast = _AvroUsage(tenant_id, metric)
@@ -170,7 +170,8 @@ def produce_load(settings, *, count: int = 100_000, tenant_id: str, subscription
     quantity_enc = tuple([_avro_str(q) for q in table] for table in quantity_json)
     sub_json = [json.dumps(s) for s in subs]
     ce_headers = {"content-type": b"application/cloudevents+json; charset=UTF-8"}
-    ce_head = '{"specversion":"1.0","type":"com.example.usage","source":"billing-load/' + run_id + '","id":'
+    run_json = json.dumps(run_id)[1:-1]  # escaped, for inside JSON strings
+    ce_head = '{"specversion":"1.0","type":"com.example.usage","source":"billing-load/' + run_json + '","id":'
     tenant_json, metric_json = json.dumps(tenant_id), json.dumps(metric)
     time_cache = [None, ""]
     window: list[tuple] = []
@@ -219,7 +220,7 @@ def produce_load(settings, *, count: int = 100_000, tenant_id: str, subscription
                 us = start_us + i
                 if random_() < cloudevents:
                     made_ce += 1
-                    msg = (sub_keys[j], _cloudevent(ce_head, f"{run_id}-{i}", _rfc3339(us, time_cache), sub_json[j],
+                    msg = (sub_keys[j], _cloudevent(ce_head, f"{run_json}-{i}", _rfc3339(us, time_cache), sub_json[j],
                                                     tenant_json, metric_json, quantity_json[negative][qi]), ce_headers)
                 elif fast is not None:
                     msg = (sub_keys[j], fast.encode(f"{run_id}-{i}", sub_enc[j], quantity_enc[negative][qi], us),
@@ -262,10 +263,10 @@ def produce_load(settings, *, count: int = 100_000, tenant_id: str, subscription
     }
 
 
-def _cloudevent(head: str, event_id: str, ts: str, sub_json: str, tenant_json: str, metric_json: str,
+def _cloudevent(head: str, event_id_json: str, ts: str, sub_json: str, tenant_json: str, metric_json: str,
                 quantity: str) -> bytes:
-    # the event id (run id + number) needs no JSON escaping; the other strings come escaped
-    return (f'{head}"{event_id}","time":"{ts}","subject":{sub_json},"tenantid":{tenant_json},'
+    # every string comes JSON-escaped except the time and event_id_json (escaped run id + number)
+    return (f'{head}"{event_id_json}","time":"{ts}","subject":{sub_json},"tenantid":{tenant_json},'
             f'"datacontenttype":"application/json","data":{{"metric":{metric_json},"quantity":{quantity}}}}}').encode()
 
 
