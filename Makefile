@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit proto bench-ingest clean
+.PHONY: install system-deps run test test-unit proto bench-ingest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# kcat (a Kafka client that is not ours) produces CloudEvents in one test. Debian package.
+system-deps:
+	@command -v kcat >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get install -y -qq kcat >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq kcat)); } || \
+		echo "kcat is not installed and could not be installed (apt-get install kcat); its test will fail"
+
 ## Start PostgreSQL and Kafka locally, apply migrations, create a demo tenant, serve in the foreground.
 run: install
 	$(VENV)/bin/billing dev
 
 ## The whole suite: unit tests, then integration tests against real PostgreSQL and Kafka the tests start.
-test: install
+test: install system-deps
 	$(PY) -m pytest
 
 test-unit: install

@@ -90,8 +90,9 @@ def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     for key, value in metadata.items():
         if not key or len(key) > METADATA_KEY_MAX or not key.isprintable():
             raise ValidationError(f"metadata[{key[:40]!r}]", f"keys must be 1..{METADATA_KEY_MAX} printable characters")
-        if len(value) > METADATA_VALUE_MAX:
-            raise ValidationError(f"metadata[{key!r}]", f"values must be at most {METADATA_VALUE_MAX} characters")
+        if len(value) > METADATA_VALUE_MAX or "\x00" in value:
+            raise ValidationError(f"metadata[{key!r}]",
+                                  f"values must be at most {METADATA_VALUE_MAX} characters, without NUL")
     return dict(metadata)
 
 

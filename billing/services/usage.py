@@ -111,6 +111,11 @@ class PlanCache:
         return self._metrics[(tenant, plan_id)]
 
 
+def _properties_ok(properties: dict) -> bool:
+    return len(properties) <= MAX_PROPERTIES and not any(
+        k.__class__ is not str or v.__class__ is not str or "\x00" in k or "\x00" in v for k, v in properties.items())
+
+
 def check_quantity(text: str) -> str | None:
     """None when fine, else the rejection reason."""
     if _QUANTITY.fullmatch(text):
@@ -199,8 +204,11 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             reject(Rejection(i, "too_old", f"occurred_at is older than {limits.max_age_us // 86_400_000_000} days"))
         elif t < sub.start_us:
             reject(Rejection(i, "before_subscription_start", "occurred_at is before the subscription started"))
-        elif not e.event_id or len(e.event_id) > MAX_EVENT_ID:
-            reject(Rejection(i, "invalid_event_id", f"event_id must be 1..{MAX_EVENT_ID} characters"))
+        elif not e.event_id or len(e.event_id) > MAX_EVENT_ID or "\x00" in e.event_id:
+            reject(Rejection(i, "invalid_event_id", f"event_id must be 1..{MAX_EVENT_ID} characters, no NUL"))
+        elif e.properties and not _properties_ok(e.properties):
+            reject(Rejection(i, "invalid_properties",
+                             f"properties: at most {MAX_PROPERTIES}, strings without NUL (PostgreSQL refuses NUL)"))
         else:
             if sub.period_start_us <= t < sub.period_end_us:  # the common case: the current period
                 start, end, late = sub.period_start_us, sub.period_end_us, False
@@ -241,6 +249,7 @@ _REJECTION_STATUS = {
     "too_far_in_future": ("invalid", "occurred_at"),
     "too_old": ("invalid", "occurred_at"),
     "invalid_event_id": ("invalid", "event_id"),
+    "invalid_properties": ("invalid", "properties"),
 }
 
 

@@ -128,6 +128,8 @@ def _ts(dt):
      "unknown_tenant"),
     (lambda t, s: UsageEvent("e", "zzz", s.id, "calls", "1", to_us(datetime.now(timezone.utc))), "unknown_tenant"),
     (lambda t, s: ev(t, s, "1", event_id="x" * 300), "invalid_event_id"),
+    (lambda t, s: ev(t, s, "1", event_id="nul\x00inside"), "invalid_event_id"),
+    (lambda t, s: ev(t, s, "1", props={"k": "nul\x00"}), "invalid_properties"),
 ])
 async def test_rejections_and_good_event_after_bad_still_counts(stub, tenant, app_conn, admin_conn, make, reason):
     _, sub = await _setup(stub, tenant)
