@@ -35,15 +35,22 @@ async def _wait(predicate, timeout_s: float = 60):
         await asyncio.sleep(0.2)
 
 
-async def _events_for(settings, sub_id: str, wanted: int) -> list[dict]:
-    """Read in a thread: the consumer and relay under test run on this event loop."""
-    return await asyncio.to_thread(_read_events, settings, sub_id, wanted)
+async def _events_for(settings, sub_id: str, wanted: int, event_type: str | None = None) -> list[dict]:
+    """The events keyed by `sub_id`, once there are `wanted` of them (of `event_type`, if
+    given). Read in a thread: the consumer and relay under test run on this event loop."""
+    return await asyncio.to_thread(_read_events, settings, sub_id, wanted, event_type)
 
 
-def _read_events(settings, sub_id: str, wanted: int) -> list[dict]:
+def _read_events(settings, sub_id: str, wanted: int, event_type: str | None) -> list[dict]:
     reader = TopicReader(settings, settings.topics.subscription_events)
+
+    def mine(ms):
+        decoded = [codec.decode(codec.Schema.SUBSCRIPTION_EVENT, m.value()) for m in ms if m.key() == sub_id.encode()]
+        return [e for e in decoded if event_type is None or e["type"] == event_type]
+
     try:
-        msgs = reader.until(lambda ms: len([m for m in ms if m.key() == sub_id.encode()]) >= wanted)
+        reader.until(lambda ms: len(mine(ms)) >= wanted)
+        msgs = reader.messages
     finally:
         reader.close()
     return [codec.decode(codec.Schema.SUBSCRIPTION_EVENT, m.value()) for m in msgs if m.key() == sub_id.encode()]
@@ -85,7 +92,7 @@ async def test_refused_command_becomes_a_rejection_event(kafka_roles, migrated, 
                          {"customer_id": "c", "plan_id": plan.id, "activate": False, "metadata": {}})),
         (sub_id, command(tenant.id, sub_id, "PauseSubscription", {"resumes_at_us": None})),  # pending: refused
     ])
-    events = await _events_for(migrated, sub_id, 2)
+    events = await _events_for(migrated, sub_id, 1, "command.rejected")
     rejected = [e for e in events if e["type"] == "command.rejected"]
     assert len(rejected) == 1 and "pending" in rejected[0]["reason"]
     got = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub_id), metadata=tenant.md)).subscription
@@ -128,7 +135,7 @@ async def test_command_cannot_touch_another_tenants_subscription(kafka_roles, mi
     # Tenant A's command names B's subscription: for A it does not exist.
     produce(migrated, topic, [(sub_b.id, command(a.id, sub_b.id, "CancelSubscription",
                                                  {"mode": "IMMEDIATELY", "proration": ""}))])
-    events = await _events_for(migrated, sub_b.id, 1)
+    events = await _events_for(migrated, sub_b.id, 1, "command.rejected")
     rejected = [e for e in events if e["type"] == "command.rejected"]
     assert rejected and rejected[0]["tenant_id"] == a.id and "not found" in rejected[0]["reason"]
     after = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub_b.id), metadata=b.md)).subscription
