@@ -17,8 +17,11 @@ def test_topics_created_once(migrated):
 
 
 def test_usage_event_round_trip_through_broker(migrated):
-    ensure_topics(migrated)
-    topic = migrated.topics.usage
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"roundtrip-{uuid.uuid4().hex[:8]}"  # its own topic: other tests write to the usage topic
+    admin = AdminClient({"bootstrap.servers": migrated.kafka_bootstrap_servers})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(30)
     events = [
         {"event_id": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4()), "subscription_id": "sub-1",
          "metric_code": "api_calls", "quantity": str(i) + ".5", "occurred_at_us": 1_700_000_000_000_000 + i,
