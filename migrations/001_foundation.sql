@@ -112,17 +112,16 @@ create table consumer_offsets (
 );
 
 -- Row-level security. Not FORCEd: the owner (migrations, admin commands) bypasses it,
--- the application role never does.
-do $$
-declare t text;
+-- the application role never does. Every tenant table of every later migration calls this.
+create function enable_tenant_isolation(p_table regclass) returns void language plpgsql as $$
 begin
-    foreach t in array array['api_keys', 'plans', 'audit_events', 'outbox', 'idempotency_keys'] loop
-        execute format('alter table %I enable row level security', t);
-        execute format(
-            'create policy tenant_isolation on %I using (tenant_id = nullif(current_setting(''billing.tenant_id'', true), '''')::uuid) '
-            'with check (tenant_id = nullif(current_setting(''billing.tenant_id'', true), '''')::uuid)', t);
-    end loop;
+    execute format('alter table %s enable row level security', p_table);
+    execute format(
+        'create policy tenant_isolation on %s using (tenant_id = nullif(current_setting(''billing.tenant_id'', true), '''')::uuid) '
+        'with check (tenant_id = nullif(current_setting(''billing.tenant_id'', true), '''')::uuid)', p_table);
 end $$;
+select enable_tenant_isolation(t) from unnest(array['api_keys', 'plans', 'audit_events', 'outbox',
+                                                    'idempotency_keys']::regclass[]) as t;
 alter table tenants enable row level security;
 create policy tenant_isolation on tenants
     using (id = nullif(current_setting('billing.tenant_id', true), '')::uuid);

@@ -34,8 +34,5 @@ create index subscriptions_by_plan on subscriptions (tenant_id, plan_id, created
 -- The billing run finds what is due by period end.
 create index subscriptions_due on subscriptions (tenant_id, current_period_end) where status <> 'canceled';
 
-alter table subscriptions enable row level security;
-create policy tenant_isolation on subscriptions
-    using (tenant_id = nullif(current_setting('billing.tenant_id', true), '')::uuid)
-    with check (tenant_id = nullif(current_setting('billing.tenant_id', true), '')::uuid);
+select enable_tenant_isolation('subscriptions');
 grant select, insert, update on subscriptions to billing_app;

@@ -40,15 +40,6 @@ create table usage_totals (
     primary key (tenant_id, subscription_id, metric_code, period_start)
 );
 
-do $$
-declare t text;
-begin
-    foreach t in array array['usage_events', 'usage_totals'] loop
-        execute format('alter table %I enable row level security', t);
-        execute format(
-            'create policy tenant_isolation on %I using (tenant_id = nullif(current_setting(''billing.tenant_id'', true), '''')::uuid) '
-            'with check (tenant_id = nullif(current_setting(''billing.tenant_id'', true), '''')::uuid)', t);
-    end loop;
-end $$;
+select enable_tenant_isolation(t) from unnest(array['usage_events', 'usage_totals']::regclass[]) as t;
 grant select, insert on usage_events to billing_app;
 grant select, insert, update on usage_totals to billing_app;

@@ -109,3 +109,15 @@ async def test_plan_pricing_cannot_be_edited_in_place(stub, tenant, admin_conn):
     plan = (await stub.CreatePlan(plan_request(), metadata=tenant.md)).plan
     with pytest.raises(asyncpg.RaiseError, match="immutable"):
         await admin_conn.execute("update plans set spec = '{}' where id = $1", uuid.UUID(plan.id))
+
+
+async def test_every_tenant_table_has_row_level_security(admin_conn):
+    """A guard for later migrations: a table with a tenant_id column and no RLS is a leak."""
+    rows = await admin_conn.fetch(
+        """select c.relname, c.relrowsecurity,
+                  exists(select 1 from pg_policy p where p.polrelid = c.oid and p.polname = 'tenant_isolation') as policy
+             from pg_class c join pg_attribute a on a.attrelid = c.oid
+            where a.attname = 'tenant_id' and c.relkind = 'r' and c.relnamespace = 'public'::regnamespace""")
+    assert len(rows) >= 8
+    unprotected = [r["relname"] for r in rows if not (r["relrowsecurity"] and r["policy"])]
+    assert unprotected == []
