@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from billing.api.server import GrpcServer
 from billing.config import Settings
 from billing.ops import http
+from billing.ops.metrics import consumer_batch_observer, outbox_observer
 from billing.ops.readiness import Readiness
 from billing.store.db import Database
 
@@ -60,7 +61,8 @@ class Service:
         if "relay" in self.roles:
             from producers.outbox_relay import OutboxRelay
 
-            self._start_role("relay", OutboxRelay(pool=self.db.pool, listen_dsn=s.database_url, settings=s))
+            self._start_role("relay", OutboxRelay(pool=self.db.pool, listen_dsn=s.database_url, settings=s,
+                                                  on_published=outbox_observer))
         await self.readiness.check_once()
         self._tasks.append(asyncio.create_task(self.readiness.run(), name="readiness"))
         self._http_runner = await http.start(self.readiness, s.http_host, s.http_port)
@@ -78,7 +80,7 @@ class Service:
         return ConsumerRunner(
             pool=self.db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
             group_id=COMMANDS_GROUP, strategy=CommandStrategy(), dlq_topic=s.topics.subscription_commands_dlq,
-            producer_config=producer_config(s), max_batch_size=500,
+            producer_config=producer_config(s), max_batch_size=500, on_batch=consumer_batch_observer(COMMANDS_GROUP),
         )
 
     def _start_role(self, name: str, component) -> None:
@@ -151,6 +153,7 @@ def usage_consumer(settings: Settings, pool, **overrides):
         topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(usage_limits(settings)),
         dlq_topic=settings.topics.usage_dlq, producer_config=producer_config(settings),
         max_batch_size=settings.usage_batch_size, max_batch_wait_s=0.5, max_bad_share=settings.usage_max_bad_share,
+        on_batch=consumer_batch_observer(USAGE_GROUP),
     )
     options.update(overrides)
     return ConsumerRunner(**options)

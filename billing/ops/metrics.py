@@ -12,3 +12,35 @@ GRPC_LATENCY = Histogram(
 )
 READY = Gauge("billing_ready", "1 when PostgreSQL, Kafka and migrations are all ready", [])
 DEPENDENCY_UP = Gauge("billing_dependency_up", "1 when the dependency answered the last check", ["dependency"])
+
+CONSUMER_MESSAGES = Counter(
+    "billing_consumer_messages_total", "Kafka messages committed by a consumer (dead letters included)", ["group"]
+)
+CONSUMER_DEAD_LETTERS = Counter("billing_consumer_dead_letters_total", "Messages sent to a dead-letter topic", ["group"])
+CONSUMER_BATCH_SECONDS = Histogram(
+    "billing_consumer_batch_duration_seconds", "Time to process and commit one batch", ["group"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+OUTBOX_PUBLISHED = Counter("billing_outbox_published_total", "Outbox rows published to Kafka and marked", [])
+OUTBOX_PUBLISH_SECONDS = Histogram(
+    "billing_outbox_publish_duration_seconds", "From the first produce of a relay batch to its rows being marked", [],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+def consumer_batch_observer(group: str):
+    """The runner's on_batch hook, recording into the metrics above (label: the group only)."""
+    messages, dead, seconds = (CONSUMER_MESSAGES.labels(group), CONSUMER_DEAD_LETTERS.labels(group),
+                               CONSUMER_BATCH_SECONDS.labels(group))
+
+    def observe(committed: int, dead_letters: int, took_s: float) -> None:
+        messages.inc(committed)
+        dead.inc(dead_letters)
+        seconds.observe(took_s)
+
+    return observe
+
+
+def outbox_observer(count: int, took_s: float) -> None:
+    OUTBOX_PUBLISHED.inc(count)
+    OUTBOX_PUBLISH_SECONDS.observe(took_s)

@@ -84,3 +84,24 @@ async def test_good_bad_and_duplicate_events_through_kafka(usage_role, migrated,
         h = dict(m.headers())
         assert h["dlq.topic"].decode() == migrated.topics.usage and h["dlq.detail"]
         assert int(h["dlq.partition"]) >= 0 and int(h["dlq.offset"]) >= 0
+
+
+async def test_consumer_metrics_move_with_traffic(usage_role, migrated, stub, tenant, admin_conn):
+    from prometheus_client import REGISTRY
+
+    def sample(name):
+        return REGISTRY.get_sample_value(name, {"group": "billing-usage"}) or 0.0
+
+    before_msgs, before_dead = sample("billing_consumer_messages_total"), sample("billing_consumer_dead_letters_total")
+    _, sub = await _setup(stub, tenant)
+    at = to_us(sub.start_at.ToDatetime(timezone.utc)) + 1
+    await asyncio.to_thread(produce, migrated, migrated.topics.usage,
+                            [(sub.id, avro(tenant.id, sub.id, "1", at)), (sub.id, os.urandom(20))])
+    for _ in range(300):
+        if sample("billing_consumer_messages_total") - before_msgs >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert sample("billing_consumer_messages_total") - before_msgs == 2
+    assert sample("billing_consumer_dead_letters_total") - before_dead == 1
+    assert (REGISTRY.get_sample_value("billing_consumer_batch_duration_seconds_count", {"group": "billing-usage"})
+            or 0) >= 1

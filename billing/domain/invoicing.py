@@ -1,0 +1,153 @@
+"""Closing a billing period: the invoice lines it produces and the subscription's next state.
+
+Pure: no I/O, no clock. The billing run (``billing.services.billing``) loads a due
+subscription, its plan(s) and the period's usage totals, calls ``close_period`` once per
+ended period, and persists the outcome in one transaction.
+
+What a closed period ``[start, end)`` bills
+-------------------------------------------
+* Base fee, ``in_advance``: the fee of the NEXT period ``[end, next_end)``, at the price of
+  the plan in effect from ``end`` (a pending plan change takes effect first). Not charged
+  when the subscription is canceled at ``end`` (cancel at period end) or still paused.
+  A period that no earlier run opened (the first period after activation, after a trial
+  ended early, after an immediate change to another interval) had no run to charge it in
+  advance: the service says so with ``charged_in_advance=False`` and its fee is charged
+  as well, as a base_fee line covering the closed period (full fee: prorating a shorter
+  first period is the proration issue's work).
+* Base fee, ``in_arrears``: the fee of the closed period at the plan in effect during it.
+  Not charged for a period that was paused from its start (pause bills nothing for paused
+  time; a pause that began mid-period is prorated by the proration issue, not here).
+* Usage: one or more ``usage`` lines per usage charge of the plan in effect during the
+  period, priced on the period's totals (``pricing.usage_lines``; a charge without usage
+  shows as a zero line, so every charge is visible).
+* A trial period bills nothing of its own: no base fee and no usage (usage in a trial is
+  free). Closing it with an in-advance plan charges the first paid period's fee.
+
+Lines are rounded once each (``pricing``); the invoice total is their exact sum.
+
+The next state
+--------------
+* trialing -> active at the trial's end; the paid periods follow the billing anchor.
+* ``cancel_at_period_end`` -> canceled at ``end`` (the last period stays the current one).
+* a pending plan change due by ``end`` -> the new plan; when its interval differs, the
+  anchor moves to ``end`` so the new plan's periods start there.
+* otherwise the next period is ``[end, next anchor boundary after end)``.
+
+The invoice request id is ``uuid5(NAMESPACE, f"{tenant}/{subscription}/{period_start_iso}")``:
+the same subscription period always gets the same id, so the invoicing service can drop
+a request it has already seen.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Mapping
+
+from billing.domain.lifecycle import SubscriptionStatus
+from billing.domain.periods import period_containing
+from billing.domain.plans import BillingTiming, PlanSpec
+from billing.domain.pricing import Line, aggregate, base_fee_line, total, usage_lines
+from billing.domain.subscriptions import Subscription
+
+__all__ = ["NAMESPACE", "PeriodUsage", "ClosedPeriod", "invoice_request_id", "close_period", "is_due"]
+
+S = SubscriptionStatus
+
+#: Namespace of invoice request ids. Never change it: ids must stay stable across releases.
+NAMESPACE = uuid.UUID("5b0e7c52-2f3b-4c64-9a7e-0c1d3f6a8e21")
+
+#: Statuses a run bills; pending has no period yet and canceled has no next one.
+BILLABLE = (S.TRIALING, S.ACTIVE, S.PAUSED)
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    """One metric's totals for a period; ``None`` where there was no event."""
+
+    quantity_sum: Decimal | None = None
+    event_count: int | None = None
+    quantity_max: Decimal | None = None
+    latest_quantity: Decimal | None = None
+    unique_count: int | None = None
+
+
+@dataclass(frozen=True)
+class ClosedPeriod:
+    invoice_request_id: uuid.UUID
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    lines: tuple[Line, ...]
+    total: Decimal
+    subscription: Subscription  # the state after the period closed
+    event: str  # what the advance amounts to, for the audit trail and events
+
+
+def invoice_request_id(tenant_id: uuid.UUID, subscription_id: uuid.UUID, period_start: datetime) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"{tenant_id}/{subscription_id}/{period_start.isoformat()}")
+
+
+def is_due(sub: Subscription, as_of: datetime) -> bool:
+    return sub.status in BILLABLE and sub.current_period_end is not None and sub.current_period_end <= as_of
+
+
+def _next_state(sub: Subscription, plan: PlanSpec, next_plan: PlanSpec | None) -> tuple[Subscription, PlanSpec, str]:
+    end = sub.current_period_end
+    if sub.cancel_at_period_end:
+        return (replace(sub, status=S.CANCELED, canceled_at=end, cancel_at_period_end=False, pending_plan_id=None,
+                        pending_change_at=None), plan, "subscription.canceled")
+    new, spec, event = sub, plan, "subscription.period_advanced"
+    if sub.pending_plan_id is not None and (sub.pending_change_at is None or sub.pending_change_at <= end):
+        if next_plan is None:
+            raise ValueError(f"subscription {sub.id} has a pending change to plan {sub.pending_plan_id}: "
+                             "its spec is needed to close the period")
+        new = replace(new, plan_id=sub.pending_plan_id, pending_plan_id=None, pending_change_at=None)
+        if (next_plan.interval, next_plan.interval_count) != (plan.interval, plan.interval_count):
+            new = replace(new, billing_anchor=end)  # the new plan's periods start at the change
+        spec, event = next_plan, "subscription.plan_changed"
+    if sub.status is S.TRIALING:
+        new = replace(new, status=S.ACTIVE, trial_end=sub.trial_end or end)
+        event = "subscription.trial_ended"
+    anchor = new.billing_anchor or end
+    next_end = period_containing(anchor, spec.interval, spec.interval_count, end)[1]
+    return replace(new, current_period_start=end, current_period_end=next_end), spec, event
+
+
+def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage: Mapping[str, PeriodUsage], *,
+                 next_plan: PlanSpec | None = None, charged_in_advance: bool = True) -> ClosedPeriod:
+    """Bill the subscription's current period, which must have ended, and advance it.
+
+    ``plan`` is the plan in effect during the period, ``next_plan`` the pending plan (when
+    a change is due at the period's end), ``usage`` the period's totals by metric code.
+    ``charged_in_advance`` is False when no earlier run opened this period (see above).
+    """
+    if sub.status not in BILLABLE or sub.current_period_start is None or sub.current_period_end is None:
+        raise ValueError(f"subscription {sub.id} is {sub.status.value}: it has no period to close")
+    start, end = sub.current_period_start, sub.current_period_end
+    after, spec, event = _next_state(sub, plan, next_plan)
+    trial = sub.status is S.TRIALING
+    lines: list[Line] = []
+    if not trial and plan.base_fee:
+        if plan.billing_timing is BillingTiming.IN_ADVANCE:
+            if not charged_in_advance:
+                lines.append(base_fee_line(plan, start, end))
+        elif not _paused_all_along(sub, start):
+            lines.append(base_fee_line(plan, start, end))
+    # The next period's fee in advance: only for a subscription that goes on, unpaused.
+    if after.status is S.ACTIVE and spec.billing_timing is BillingTiming.IN_ADVANCE and spec.base_fee:
+        lines.append(base_fee_line(spec, after.current_period_start, after.current_period_end))
+    if not trial:
+        for charge in plan.usage_charges:
+            u = usage.get(charge.metric_code) or PeriodUsage()
+            quantity = aggregate(charge.aggregation, quantity_sum=u.quantity_sum, event_count=u.event_count,
+                                 quantity_max=u.quantity_max, latest_quantity=u.latest_quantity,
+                                 unique_count=u.unique_count)
+            lines.extend(usage_lines(charge, quantity, plan.currency, start, end))
+    return ClosedPeriod(invoice_request_id(tenant_id, sub.id, start), start, end, plan.currency, tuple(lines),
+                        total(lines), after, event)
+
+
+def _paused_all_along(sub: Subscription, start: datetime) -> bool:
+    return sub.status is S.PAUSED and sub.paused_at is not None and sub.paused_at <= start
