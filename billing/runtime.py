@@ -1,8 +1,9 @@
 """`billing serve`: every role of the service in one process, or the roles asked for.
 
 Roles: `api` (the gRPC facade), `commands` (the subscription command consumer), `usage`
-(the usage consumer), `relay` (the outbox relay). Each can run alone (`--roles commands`), so replicas scale out: the
-consumers by Kafka partitions within their group, the relay as one leader with standbys.
+(the usage consumer), `billing` (the billing-run consumer), `relay` (the outbox relay).
+Each can run alone (`--roles commands`), so replicas scale out: the consumers by Kafka
+partitions within their group, the relay as one leader with standbys.
 Every process serves the HTTP side port (health, readiness, metrics) whatever its roles.
 A role that fails (a consumer that met too many bad messages, say) stops the process
 with a non-zero exit, so the supervisor restarts it and the failure is visible.
@@ -23,9 +24,10 @@ from billing.store.db import Database
 
 log = logging.getLogger(__name__)
 
-ALL_ROLES = ("api", "commands", "usage", "relay")
+ALL_ROLES = ("api", "commands", "usage", "billing", "relay")
 COMMANDS_GROUP = "billing-commands"
 USAGE_GROUP = "billing-usage"
+BILLING_GROUP = "billing-runs"
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Service:
             self._start_role("commands", self._command_consumer())
         if "usage" in self.roles:
             self._start_role("usage", usage_consumer(s, self.db.pool))
+        if "billing" in self.roles:
+            self._start_role("billing", self._billing_consumer())
         if "relay" in self.roles:
             from producers.outbox_relay import OutboxRelay
 
@@ -81,6 +85,18 @@ class Service:
             pool=self.db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
             group_id=COMMANDS_GROUP, strategy=CommandStrategy(), dlq_topic=s.topics.subscription_commands_dlq,
             producer_config=producer_config(s), max_batch_size=500, on_batch=consumer_batch_observer(COMMANDS_GROUP),
+        )
+
+    def _billing_consumer(self):
+        from billing.kafka import consumer_config
+        from consumers.billing import BillingRunStrategy
+        from consumers.runner import ConsumerRunner
+
+        s = self.settings
+        # Small batches: each message is a whole run, executed in chunk transactions of its own.
+        return ConsumerRunner(
+            pool=self.db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
+            group_id=BILLING_GROUP, strategy=BillingRunStrategy(self.db.pool), max_batch_size=10,
         )
 
     def _start_role(self, name: str, component) -> None:

@@ -45,15 +45,6 @@ create table billed_periods (
 -- "Was the period that ends where the current one starts billed?" (in-advance fees)
 create index billed_periods_by_end on billed_periods (tenant_id, subscription_id, period_end);
 
-do $$
-declare t text;
-begin
-    foreach t in array array['billing_runs', 'billed_periods'] loop
-        execute format('alter table %I enable row level security', t);
-        execute format(
-            'create policy tenant_isolation on %I using (tenant_id = nullif(current_setting(''billing.tenant_id'', true), '''')::uuid) '
-            'with check (tenant_id = nullif(current_setting(''billing.tenant_id'', true), '''')::uuid)', t);
-    end loop;
-end $$;
+select enable_tenant_isolation(t) from unnest(array['billing_runs', 'billed_periods']::regclass[]) as t;
 grant select, insert, update on billing_runs to billing_app;
 grant select, insert on billed_periods to billing_app;

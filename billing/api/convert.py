@@ -141,3 +141,22 @@ def usage_report(report) -> pb.GetUsageResponse:
         ) for m in report.metrics],
         total_amount=decimal_to_str(report.total),
     )
+
+
+def billing_run_message(run) -> pb.BillingRun:
+    """A `billing.services.billing.BillingRun` as its message."""
+    return pb.BillingRun(
+        id=str(run.id), idempotency_key=run.idempotency_key,
+        status=enum_number(pb.BillingRunStatus, run.status, "BILLING_RUN_STATUS_"),
+        as_of=timestamp(run.as_of), created_at=timestamp(run.created_at), started_at=timestamp(run.started_at),
+        finished_at=timestamp(run.finished_at), subscriptions_due=run.subscriptions_due,
+        subscriptions_billed=run.subscriptions_billed, subscriptions_skipped=run.subscriptions_skipped,
+        subscriptions_failed=run.subscriptions_failed,
+        failures=[pb.BillingRunFailure(subscription_id=s, reason=r) for s, r in run.failures],
+        totals=[pb.CurrencyTotal(currency=c, amount=a) for c, a in run.totals],
+    )
+
+
+def billing_run_page(page) -> pb.ListBillingRunsResponse:
+    return pb.ListBillingRunsResponse(runs=[billing_run_message(r) for r in page.runs],
+                                      next_page_token=page.next_page_token)

@@ -141,9 +141,3 @@ async def test_get_and_archive_unknown_or_malformed_id(stub, tenant):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetPlan(pb.GetPlanRequest(id="nope"), metadata=tenant.md)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("id")
-
-
-async def test_later_rpcs_answer_unimplemented(stub, tenant):
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.GetBillingRun(pb.GetBillingRunRequest(id=str(uuid.uuid4())), metadata=tenant.md)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
