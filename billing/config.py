@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # The consumer stops (rather than dead-letter a whole broken stream) above this share.
     usage_max_bad_share: float = 0.5
 
+    # The billing scheduler (role `scheduler`) starts a run per tenant every this many
+    # seconds, with as_of at the start of the slot; 0 turns it off.
+    scheduler_interval_s: int = 3600
+
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051
     http_host: str = "127.0.0.1"

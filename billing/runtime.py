@@ -1,7 +1,8 @@
 """`billing serve`: every role of the service in one process, or the roles asked for.
 
 Roles: `api` (the gRPC facade), `commands` (the subscription command consumer), `usage`
-(the usage consumer), `billing` (the billing-run consumer), `relay` (the outbox relay).
+(the usage consumer), `billing` (the billing-run consumer), `scheduler` (starts billing
+runs on a cadence), `relay` (the outbox relay).
 Each can run alone (`--roles commands`), so replicas scale out: the consumers by Kafka
 partitions within their group, the relay as one leader with standbys.
 Every process serves the HTTP side port (health, readiness, metrics) whatever its roles.
@@ -24,7 +25,7 @@ from billing.store.db import Database
 
 log = logging.getLogger(__name__)
 
-ALL_ROLES = ("api", "commands", "usage", "billing", "relay")
+ALL_ROLES = ("api", "commands", "usage", "billing", "scheduler", "relay")
 COMMANDS_GROUP = "billing-commands"
 USAGE_GROUP = "billing-usage"
 BILLING_GROUP = "billing-runs"
@@ -62,6 +63,10 @@ class Service:
             self._start_role("usage", usage_consumer(s, self.db.pool))
         if "billing" in self.roles:
             self._start_role("billing", self._billing_consumer())
+        if "scheduler" in self.roles and s.scheduler_interval_s > 0:
+            from billing.services.scheduler import Scheduler
+
+            self._start_role("scheduler", Scheduler(self.db, s.scheduler_interval_s))
         if "relay" in self.roles:
             from producers.outbox_relay import OutboxRelay
 

@@ -20,6 +20,8 @@ from tests.integration.test_plans_api import plan_request
 def _env(settings, **extra) -> dict:
     env = dict(os.environ)
     env.update({
+        # Deterministic tests: no scheduler billing every tenant of the shared test database.
+        "BILLING_SCHEDULER_INTERVAL_S": "0",
         "BILLING_DATABASE_URL": settings.database_url,
         "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
         "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
