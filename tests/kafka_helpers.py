@@ -46,3 +46,35 @@ class TopicReader:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+class running_roles:
+    """`async with running_roles(settings, ("billing", "relay")) as svc:` the service's Kafka
+    roles in this process (own HTTP port), stopped gracefully on exit."""
+
+    def __init__(self, settings, roles: tuple[str, ...]):
+        from billing.devstack import free_port
+        from billing.runtime import Service
+
+        self.service = Service(settings.model_copy(update={"http_port": free_port()}), roles=roles)
+
+    async def __aenter__(self):
+        await self.service.start()
+        return self.service
+
+    async def __aexit__(self, *exc) -> None:
+        await self.service.stop()
+
+
+async def wait_until(predicate, timeout_s: float = 60):
+    """Await `predicate()` until it returns something truthy; fail after `timeout_s`."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.2)

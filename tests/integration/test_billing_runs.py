@@ -12,15 +12,13 @@ import grpc
 import pytest
 
 from billing import codec
-from billing.devstack import free_port
 from billing.domain.invoicing import invoice_request_id
-from billing.runtime import Service
 from billing.services import billing as billing_service
 from billing.services.context import Caller
 from billing.v1 import billing_pb2 as pb
 from tests.integration.test_plans_api import plan_request
 from tests.integration.test_subscriptions_api import rid, ts
-from tests.kafka_helpers import TopicReader
+from tests.kafka_helpers import TopicReader, running_roles, wait_until
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -28,21 +26,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 @pytest.fixture(scope="module")
 async def kafka_roles(migrated):
     """The billing consumer and the outbox relay, running in this process."""
-    svc = Service(migrated.model_copy(update={"http_port": free_port()}), roles=("billing", "relay"))
-    await svc.start()
-    yield svc
-    await svc.stop()
+    async with running_roles(migrated, ("billing", "relay")) as svc:
+        yield svc
 
 
-async def _wait(predicate, timeout_s: float = 60):
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.2)
+_wait = wait_until
 
 
 def _time(us: int) -> datetime:
@@ -169,7 +157,8 @@ async def test_two_runs_at_once_bill_each_period_once_and_a_rerun_resumes(servic
     both executed again (a redelivered request) - every period is billed exactly once."""
     plan = await _usage_plan(stub, tenant, timing=pb.BILLING_TIMING_IN_ARREARS)
     # 70 days ago: two monthly periods have ended, billed one after the other.
-    subs = [await _sub_started(stub, tenant, plan, days_ago=70) for _ in range(12)]
+    for _ in range(12):
+        await _sub_started(stub, tenant, plan, days_ago=70)
     caller = Caller(uuid.UUID(tenant.id), "test")
     as_of = datetime.now(timezone.utc)
     a = await billing_service.run_billing(service.db, caller, rid(), "a", as_of)

@@ -8,31 +8,19 @@ import uuid
 import pytest
 
 from billing import codec
-from billing.devstack import free_port
-from billing.runtime import Service
 from billing.v1 import billing_pb2 as pb
 from tests.integration.test_subscriptions_api import make_plan
-from tests.kafka_helpers import TopicReader, command, produce
+from tests.kafka_helpers import TopicReader, command, produce, running_roles, wait_until
 
 
 @pytest.fixture(scope="module")
 async def kafka_roles(migrated):
     """The command consumer and the outbox relay, running in this process."""
-    svc = Service(migrated.model_copy(update={"http_port": free_port()}), roles=("commands", "relay"))
-    await svc.start()
-    yield svc
-    await svc.stop()
+    async with running_roles(migrated, ("commands", "relay")) as svc:
+        yield svc
 
 
-async def _wait(predicate, timeout_s: float = 60):
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.2)
+_wait = wait_until
 
 
 async def _events_for(settings, sub_id: str, wanted: int, event_type: str | None = None) -> list[dict]:

@@ -12,19 +12,15 @@ from decimal import Decimal
 import pytest
 
 from billing import codec
-from billing.devstack import free_port
-from billing.runtime import Service
 from billing.services.usage import to_us
 from tests.integration.test_usage_ingest import _setup
-from tests.kafka_helpers import TopicReader, produce
+from tests.kafka_helpers import TopicReader, produce, running_roles
 
 
 @pytest.fixture(scope="module")
 async def usage_role(migrated):
-    svc = Service(migrated.model_copy(update={"http_port": free_port()}), roles=("usage",))
-    await svc.start()
-    yield svc
-    await svc.stop()
+    async with running_roles(migrated, ("usage",)) as svc:
+        yield svc
 
 
 def avro(tenant_id, sub_id, quantity, at_us, event_id=None, metric="calls") -> bytes:
