@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run test test-unit proto bench-ingest clean
+.PHONY: install system-deps run test test-unit proto bench-ingest bench-billing clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ proto: install
 ## Usage ingestion end to end vs a naive baseline; last line: ingest_events_per_s=<n> ratio_vs_naive=<r>
 bench-ingest: install
 	$(PY) -m bench.ingest $(ARGS)
+
+## One billing run over N subscriptions vs one subscription per transaction;
+## last line: billing_subs_per_s=<n> ratio_vs_naive=<r>
+bench-billing: install
+	$(PY) -m bench.billing $(ARGS)
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache
