@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import asyncpg
 
 from billing import codec
+from billing.domain.periods import from_us
 from billing.services import events, subscriptions
 from billing.services.context import Caller
 from billing.services.errors import DomainError
@@ -26,11 +27,10 @@ from consumers.runner import BatchResult, DeadLetter, Message
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _time(us: int | None) -> datetime | None:
-    return None if us is None else _EPOCH + timedelta(microseconds=us)
+    return None if us is None else from_us(us)
 
 
 async def apply(scope: ConnectionScope, caller: Caller, command: dict) -> None:

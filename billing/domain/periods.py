@@ -22,9 +22,21 @@ from datetime import datetime, timedelta, timezone
 
 from billing.domain.plans import IntervalUnit
 
-__all__ = ["add_interval", "period_containing", "boundary_index"]
+__all__ = ["add_interval", "period_containing", "boundary_index", "to_us", "from_us"]
 
 _ZERO = timedelta(0)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_us(dt: datetime) -> int:
+    """Microseconds since the Unix epoch, exactly (no float on the way): the time unit of
+    every Avro payload (`*_us` fields)."""
+    return (dt - _EPOCH) // _MICROSECOND
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def _utc(dt: datetime, name: str) -> datetime:

@@ -32,6 +32,7 @@ from billing import codec
 from billing.domain import invoicing
 from billing.domain.invoicing import ClosedPeriod, PeriodUsage
 from billing.domain.money import decimal_to_str
+from billing.domain.periods import to_us
 from billing.domain.plans import PlanSpec, plan_from_dict
 from billing.domain.subscriptions import Subscription
 from billing.services import audit, events, idempotency, paging
@@ -58,7 +59,6 @@ AS_OF_SKEW = timedelta(minutes=5)
 # How long to wait before looking again when what is still due is locked by another execution.
 BUSY_WAIT_S = 0.2
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Infrastructure trouble is not the subscription's fault: it aborts the chunk (and the
 # consumer retries the run) instead of being recorded as a failed subscription.
 _NOT_THE_SUBSCRIPTIONS_FAULT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
@@ -68,10 +68,6 @@ _NOT_THE_SUBSCRIPTIONS_FAULT = (OSError, asyncpg.PostgresConnectionError, asyncp
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def to_us(dt: datetime) -> int:
-    return (dt - _EPOCH) // timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)

@@ -2,25 +2,18 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Mapping
 
 import asyncpg
 
 from billing import codec
+from billing.domain.periods import to_us
 from billing.services.context import Caller
 from billing.store import outbox
 
 STREAM = "subscription_events"
 _NAMESPACE = uuid.UUID("8f6c1b0e-6a4e-4f43-9d38-3f1b0c2f7a11")
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def to_us(dt: datetime) -> int:
-    """Microseconds since the epoch, exactly (no float on the way)."""
-    return (dt - _EPOCH) // timedelta(microseconds=1)
 
 
 async def emit(conn: asyncpg.Connection, caller: Caller, *, event_type: str, subscription_id: str, customer_id: str,

@@ -13,30 +13,20 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import asyncpg
 
-from billing.domain.periods import period_containing
+from billing.domain.periods import from_us, period_containing, to_us
 from billing.domain.plans import PlanSpec, plan_from_dict
 from billing.store import usage as usage_store
 from billing.store.db import set_tenant
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_US = timedelta(microseconds=1)
 # A non-negative exact decimal: up to 15 digits before the point and 12 after.
 _QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 MAX_EVENT_ID = 200
 MAX_PROPERTIES = 50
-
-
-def to_us(dt: datetime) -> int:
-    return (dt - _EPOCH) // _US
-
-
-def from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 @dataclass(frozen=True)
