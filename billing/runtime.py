@@ -12,6 +12,7 @@ with a non-zero exit, so the supervisor restarts it and the failure is visible.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ ALL_ROLES = ("api", "commands", "usage", "billing", "scheduler", "relay")
 COMMANDS_GROUP = "billing-commands"
 USAGE_GROUP = "billing-usage"
 BILLING_GROUP = "billing-runs"
+# Allocations between young-generation collections (default 700); see tune_gc.
+GC_THRESHOLD_GEN0 = 50_000
 
 
 @dataclass
@@ -137,6 +140,20 @@ class Service:
         log.info("service stopped")
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the hot path.
+
+    A consumer batch allocates hundreds of thousands of short-lived, acyclic objects
+    (messages, tuples, dicts) that reference counting frees on its own. With the default
+    gen-0 threshold (700 allocations) the collector ran constantly and took about a fifth
+    of the usage consumer's CPU (py-spy). Freeze what start-up built, so full collections
+    never walk it, and collect young objects far less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD_GEN0, 20, 20)
+
+
 async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or until a role fails (exit 1)."""
     service = Service(settings, roles)
@@ -145,6 +162,7 @@ async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
+    tune_gc()
     try:
         stopped = asyncio.create_task(stop.wait())
         failed = asyncio.create_task(service.failed.wait())
