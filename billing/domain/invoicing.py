@@ -12,11 +12,18 @@ What a closed period ``[start, end)`` bills
   A period that no earlier run opened (the first period after activation, after a trial
   ended early, after an immediate change to another interval) had no run to charge it in
   advance: the service says so with ``charged_in_advance=False`` and its fee is charged
-  as well, as a base_fee line covering the closed period (full fee: prorating a shorter
-  first period is the proration issue's work).
+  as well, as a base_fee line covering the closed period.
 * Base fee, ``in_arrears``: the fee of the closed period at the plan in effect during it.
   Not charged for a period that was paused from its start (pause bills nothing for paused
-  time; a pause that began mid-period is prorated by the proration issue, not here).
+  time).
+* Proration (``billing.domain.proration``, docs/proration.md): a short period (a first
+  period cut by a billing anchor other than the start, or the first paid period after a
+  trial) costs its exact share of the nominal anchor-aligned period, to the second. When a
+  mid-period event (plan change, pause, resume) settled part of the period,
+  ``Subscription.period_fee_from`` is set: only ``[period_fee_from, end)`` is charged here,
+  at the plan in effect, whatever the timing, and nothing while paused (the lines for the
+  settled part went to pending_lines). A new period starts with ``period_fee_from`` unset,
+  or set to its end when it starts paused.
 * Usage: one or more ``usage`` lines per usage charge of the plan in effect during the
   period, priced on the period's totals (``pricing.usage_lines``; a charge without usage
   shows as a zero line, so every charge is visible).
@@ -43,8 +50,9 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Mapping
+from typing import Mapping, Sequence
 
+from billing.domain import proration
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.periods import period_containing
 from billing.domain.plans import BillingTiming, PlanSpec
@@ -116,12 +124,15 @@ def _next_state(sub: Subscription, plan: PlanSpec, next_plan: PlanSpec | None) -
 
 
 def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage: Mapping[str, PeriodUsage], *,
-                 next_plan: PlanSpec | None = None, charged_in_advance: bool = True) -> ClosedPeriod:
+                 next_plan: PlanSpec | None = None, charged_in_advance: bool = True,
+                 extra_lines: Sequence[Line] = ()) -> ClosedPeriod:
     """Bill the subscription's current period, which must have ended, and advance it.
 
     ``plan`` is the plan in effect during the period, ``next_plan`` the pending plan (when
     a change is due at the period's end), ``usage`` the period's totals by metric code.
     ``charged_in_advance`` is False when no earlier run opened this period (see above).
+    ``extra_lines`` (late usage lines, pending adjustment lines) are appended as they are,
+    already rounded; they must be in the plan's currency.
     """
     if sub.status not in BILLABLE or sub.current_period_start is None or sub.current_period_end is None:
         raise ValueError(f"subscription {sub.id} is {sub.status.value}: it has no period to close")
@@ -130,14 +141,21 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
     trial = sub.status is S.TRIALING
     lines: list[Line] = []
     if not trial and plan.base_fee:
-        if plan.billing_timing is BillingTiming.IN_ADVANCE:
+        nominal = proration.nominal_period(sub, plan)
+        if sub.period_fee_from is not None:  # settled up to period_fee_from by proration
+            if sub.period_fee_from < end and sub.status is not S.PAUSED:
+                lines.extend(_piece(plan, max(sub.period_fee_from, start), end, nominal))
+        elif plan.billing_timing is BillingTiming.IN_ADVANCE:
             if not charged_in_advance:
-                lines.append(base_fee_line(plan, start, end))
+                lines.extend(_piece(plan, start, end, nominal))
         elif not _paused_all_along(sub, start):
-            lines.append(base_fee_line(plan, start, end))
+            lines.extend(_piece(plan, start, end, nominal))
     # The next period's fee in advance: only for a subscription that goes on, unpaused.
     if after.status is S.ACTIVE and spec.billing_timing is BillingTiming.IN_ADVANCE and spec.base_fee:
-        lines.append(base_fee_line(spec, after.current_period_start, after.current_period_end))
+        lines.extend(_piece(spec, after.current_period_start, after.current_period_end,
+                            proration.nominal_period(after, spec)))
+    # A new period starts with nothing settled; one that starts paused has nothing to charge.
+    after = replace(after, period_fee_from=after.current_period_end if after.status is S.PAUSED else None)
     if not trial:
         for charge in plan.usage_charges:
             u = usage.get(charge.metric_code) or PeriodUsage()
@@ -145,8 +163,15 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
                                  quantity_max=u.quantity_max, latest_quantity=u.latest_quantity,
                                  unique_count=u.unique_count)
             lines.extend(usage_lines(charge, quantity, plan.currency, start, end))
+    lines.extend(extra_lines)
     return ClosedPeriod(invoice_request_id(tenant_id, sub.id, start), start, end, plan.currency, tuple(lines),
                         total(lines), after, event)
+
+
+def _piece(plan: PlanSpec, a: datetime, b: datetime, nominal: tuple[datetime, datetime]) -> list[Line]:
+    """The base fee of ``[a, b)``: the whole fee for a whole period, else its exact share."""
+    line = proration.fee_piece(plan, a, b, nominal)
+    return [line] if line is not None else []
 
 
 def _paused_all_along(sub: Subscription, start: datetime) -> bool:

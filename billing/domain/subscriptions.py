@@ -65,6 +65,9 @@ class Subscription:
     pending_plan_id: uuid.UUID | None = None
     pending_change_at: datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # What is left to charge of the current period's base fee at its close: None = the
+    # default, a time = [that time, period end) (billing.domain.proration, docs/proration.md).
+    period_fee_from: datetime | None = None
 
 
 @dataclass(frozen=True)

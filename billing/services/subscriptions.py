@@ -7,7 +7,7 @@ gRPC and the command consumer call these same functions.
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Awaitable, Callable, Mapping
 
@@ -55,12 +55,13 @@ class SubscriptionPage:
 # -- JSON snapshots (audit rows and idempotent outcomes) --------------------------------
 
 _TIMES = ("created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end", "trial_end",
-          "canceled_at", "paused_at", "pause_resumes_at", "pending_change_at")
+          "canceled_at", "paused_at", "pause_resumes_at", "pending_change_at", "period_fee_from")
 _IDS = ("id", "plan_id", "pending_plan_id")
+_FIELDS = tuple(f.name for f in fields(Subscription))
 
 
 def snapshot(sub: Subscription) -> dict:
-    d = asdict(sub)
+    d = {f: getattr(sub, f) for f in _FIELDS}  # not asdict: its deep copies cost ~0.7 ms per call
     for k in _TIMES:
         d[k] = d[k].isoformat() if d[k] else None
     for k in _IDS:
@@ -73,7 +74,7 @@ def snapshot(sub: Subscription) -> dict:
 def from_snapshot(d: Mapping) -> Subscription:
     values = dict(d)
     for k in _TIMES:
-        values[k] = datetime.fromisoformat(values[k]) if values[k] else None
+        values[k] = datetime.fromisoformat(values[k]) if values.get(k) else None
     for k in _IDS:
         values[k] = uuid.UUID(values[k]) if values[k] else None
     values["status"] = SubscriptionStatus(values["status"])

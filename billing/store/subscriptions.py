@@ -12,7 +12,7 @@ from billing.domain.subscriptions import Subscription
 _FIELDS = (
     "id", "customer_id", "plan_id", "status", "created_at", "start_at", "billing_anchor", "trial_days",
     "current_period_start", "current_period_end", "trial_end", "cancel_at_period_end", "canceled_at", "paused_at",
-    "pause_resumes_at", "pending_plan_id", "pending_change_at", "metadata",
+    "pause_resumes_at", "pending_plan_id", "pending_change_at", "metadata", "period_fee_from",
 )
 _COLUMNS = ", ".join(_FIELDS)
 
