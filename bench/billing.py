@@ -8,7 +8,11 @@ Starts its own PostgreSQL (the local stack's, in a temporary directory; no Kafka
 the run is executed directly with `billing.services.billing.execute_run`, exactly what the
 billing consumer calls) unless BILLING_DATABASE_URL / BILLING_ADMIN_DATABASE_URL point at a
 server of yours. Subscriptions and their usage totals are written straight into the
-database; what is measured is the run, from start to completed.
+database; what is measured is the run, from start to completed (the outbox relay's
+publication is not part of it). The baseline is the same code with chunks of ONE
+subscription and one worker: one subscription per transaction. Also printed: the peak RSS
+of the process (setup included) and the 1-minute load average (a shared machine makes
+absolute figures noisy; the ratio is measured under the same load).
 
 The last line is `billing_subs_per_s=<n> ratio_vs_naive=<r>`.
 """
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -72,14 +77,14 @@ async def setup(settings: Settings, subscriptions: int) -> uuid.UUID:
     return tid
 
 
-async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int) -> tuple[float, dict]:
-    db = await Database.connect(settings.database_url, min_size=1, max_size=4)
+async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, workers: int) -> tuple[float, dict]:
+    db = await Database.connect(settings.database_url, min_size=1, max_size=workers + 2)
     try:
         caller = Caller(tenant_id, "bench")
         key = str(uuid.uuid4())
         run = await billing.run_billing(db, caller, key, key, None)
         started = time.perf_counter()
-        done = await billing.execute_run(db, tenant_id, run.id, chunk_size=chunk_size)
+        done = await billing.execute_run(db, tenant_id, run.id, chunk_size=chunk_size, workers=workers)
         seconds = time.perf_counter() - started
     finally:
         await db.close()
@@ -91,6 +96,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscriptions", type=int, default=100_000)
     parser.add_argument("--naive-subscriptions", type=int, default=1_000)
+    parser.add_argument("--chunk", type=int, default=billing.CHUNK_SIZE)
+    parser.add_argument("--workers", type=int, default=billing.WORKERS)
     args = parser.parse_args()
 
     pg = None
@@ -105,14 +112,17 @@ def main() -> int:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         log(f"setting up {args.subscriptions:,} due subscriptions with usage")
         tenant = asyncio.run(setup(settings, args.subscriptions))
-        seconds, run = asyncio.run(bill(settings, tenant, billing.CHUNK_SIZE))
+        seconds, run = asyncio.run(bill(settings, tenant, args.chunk, args.workers))
         rate = args.subscriptions / seconds
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         log(f"baseline: {args.naive_subscriptions:,} subscriptions, one per transaction")
         naive_tenant = asyncio.run(setup(settings, args.naive_subscriptions))
-        naive_seconds, naive_run = asyncio.run(bill(settings, naive_tenant, 1))
+        naive_seconds, naive_run = asyncio.run(bill(settings, naive_tenant, 1, 1))
         naive = args.naive_subscriptions / naive_seconds
         print(json.dumps({"subscriptions": args.subscriptions, "seconds": round(seconds, 2), "run": run,
-                          "subs_per_s": round(rate), "naive_subscriptions": args.naive_subscriptions,
+                          "subs_per_s": round(rate), "chunk": args.chunk, "workers": args.workers,
+                          "peak_rss_mb": round(peak_mb), "load_avg_1m": os.getloadavg()[0],
+                          "naive_subscriptions": args.naive_subscriptions,
                           "naive_subs_per_s": round(naive), "naive_run": naive_run}))
         print(f"billing_subs_per_s={rate:.0f} ratio_vs_naive={rate / naive:.1f}")
     finally:

@@ -1,7 +1,7 @@
 """The billing consumer: BillingRunRequests from Kafka -> `execute_run`.
 
 Unlike the other strategies it does NOT work in the runner's batch transaction: a run
-commits chunk by chunk (one transaction per up to 500 subscriptions), so that a long run
+commits chunk by chunk (one transaction per up to 2,000 subscriptions), so that a long run
 neither holds one huge transaction nor loses everything on a crash. It therefore takes
 the pool in its constructor and ignores `conn`. The runner stores the offset only after
 `execute_run` returned, so a crash mid-run redelivers the request and the run continues
@@ -49,9 +49,9 @@ class BillingRunStrategy:
                 log.error("billing run request without UUIDs skipped",
                           extra={"topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
                 continue
-            # Shards are the scale-out issue's work: this version runs the whole tenant in
-            # every request, which is correct (just not parallel) for any shard value.
-            run = await execute_run(self.pool, tenant_id, run_id)
+            # One request per shard (keys spread them over the partitions, so over the
+            # consumers of the group); the run completes when its last shard does.
+            run = await execute_run(self.pool, tenant_id, run_id, shard=request["shard"])
             if run is None:  # logged by execute_run
                 bad += 1
                 continue

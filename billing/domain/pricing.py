@@ -76,6 +76,8 @@ class Line:
     package otherwise, the base fee for a base-fee line. ``fraction`` is the share
     of a period a prorated line covers (``None`` when not prorated); ``tier`` the
     1-based tier number for tiered models (``None`` otherwise).
+    ``original_period_start`` is set on ``late_usage`` lines only: the start of the
+    already billed period the late usage belongs to.
     """
 
     kind: str
@@ -88,6 +90,7 @@ class Line:
     period_end: datetime
     fraction: Fraction | None = None
     tier: int | None = None
+    original_period_start: datetime | None = None
 
 
 # ----------------------------------------------------------------------- helpers

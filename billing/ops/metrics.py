@@ -44,3 +44,21 @@ def consumer_batch_observer(group: str):
 def outbox_observer(count: int, took_s: float) -> None:
     OUTBOX_PUBLISHED.inc(count)
     OUTBOX_PUBLISH_SECONDS.observe(took_s)
+
+# -- billing runs (billing.services.billing) ---------------------------------------------
+BILLING_RUNS = Counter(
+    "billing_runs_total", "Billing runs by the status they reached (pending: requested)", ["status"]
+)
+BILLING_RUN_SECONDS = Histogram(
+    "billing_run_duration_seconds", "From a billing run's start to its completion", [],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+BILLING_SUBSCRIPTIONS = Counter(
+    "billing_subscriptions_total", "Subscriptions handled by billing runs, by outcome (billed, skipped, failed)",
+    ["outcome"],
+)
+BILLING_AMOUNT = Counter(
+    "billing_amount_billed_total",
+    "Invoice request totals billed, in the currency's major unit (a float: for dashboards, not accounting)",
+    ["currency"],
+)

@@ -20,28 +20,34 @@ billed_periods refuses a period billed twice whatever happens.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Sequence
 
 import asyncpg
 
 from billing import codec
 from billing.domain import invoicing
 from billing.domain.invoicing import ClosedPeriod, PeriodUsage
+from billing.domain.late_usage import LateUsage, late_usage_line
+from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import decimal_to_str
 from billing.domain.periods import to_us
 from billing.domain.plans import PlanSpec, plan_from_dict
+from billing.domain.pricing import Line
 from billing.domain.subscriptions import Subscription
+from billing.ops import metrics
 from billing.services import audit, events, idempotency, paging
 from billing.services.context import Caller
 from billing.services.errors import NotFound, ValidationError
 from billing.services.subscriptions import snapshot
+from billing.store import audit as audit_store
 from billing.store import billing as store
-from billing.store import outbox
-from billing.store import subscriptions as subs_store
+from billing.store import outbox, pending_lines
 from billing.store import usage as usage_store
 from billing.store.db import Database
 
@@ -50,7 +56,13 @@ log = logging.getLogger(__name__)
 RUNS_STREAM = "billing_runs"
 INVOICES_STREAM = "invoice_requests"
 STATUSES = ("pending", "running", "completed", "failed")
-CHUNK_SIZE = 500
+CHUNK_SIZE = 2000
+# Chunks in flight at once in one execution (one connection each): Python computes one
+# while PostgreSQL writes the other.
+WORKERS = 2
+# Shards a run is split into unless asked otherwise (BILLING_RUN_SHARDS).
+DEFAULT_SHARDS = 1
+MAX_SHARDS = 1024
 # A run bills at most this many periods of one subscription (a daily plan a year behind
 # is 366); more means something is wrong with the subscription: it fails alone.
 MAX_PERIODS_PER_SUBSCRIPTION = 1000
@@ -58,13 +70,6 @@ MAX_PERIODS_PER_SUBSCRIPTION = 1000
 AS_OF_SKEW = timedelta(minutes=5)
 # How long to wait before looking again when what is still due is locked by another execution.
 BUSY_WAIT_S = 0.2
-
-# Infrastructure trouble is not the subscription's fault: it aborts the chunk (and the
-# consumer retries the run) instead of being recorded as a failed subscription.
-_NOT_THE_SUBSCRIPTIONS_FAULT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                                asyncpg.SerializationError, asyncpg.DeadlockDetectedError,
-                                asyncpg.QueryCanceledError)
-
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
@@ -105,9 +110,16 @@ def _run(row: asyncpg.Record) -> BillingRun:
 # -- RunBilling, GetBillingRun, ListBillingRuns ----------------------------------------
 
 async def run_billing(db, caller: Caller, request_id: str, idempotency_key: str,
-                      as_of: datetime | None) -> BillingRun:
-    """Record a run and request its execution. The idempotency key (default: the request
-    id) names the run: asking again with it returns that run, whatever its as_of."""
+                      as_of: datetime | None, *, shards: int | None = None) -> BillingRun:
+    """Record a run and request its execution: one run request per shard (`shards`, default
+    DEFAULT_SHARDS), keyed "<run id>/<shard>" so that they spread over the partitions and
+    the billing consumers of the group. The idempotency key (default: the request id)
+    names the run: asking again with it returns that run, whatever its as_of."""
+    shards = shards or DEFAULT_SHARDS
+    if not 1 <= shards <= MAX_SHARDS:
+        raise ValidationError("shards", f"must be between 1 and {MAX_SHARDS}")
+    if request_id:  # optional here (the key may stand alone), but when given it must be a valid key
+        idempotency.check_key(request_id)
     key = idempotency.check_key(idempotency_key or request_id, "idempotency_key")
     at = now()
     as_of = as_of or at
@@ -118,17 +130,20 @@ async def run_billing(db, caller: Caller, request_id: str, idempotency_key: str,
         if row is None:
             return _run(await store.get_run_by_key(conn, caller.tenant_id, key))
         run = _run(row)
-        record = {"run_id": str(run.id), "tenant_id": str(caller.tenant_id), "as_of_us": to_us(as_of), "shard": 0,
-                  "shard_count": 1, "requested_at_us": to_us(at)}
-        await outbox.enqueue(
-            conn, caller.tenant_id, stream=RUNS_STREAM, key=str(run.id).encode(),
-            payload=codec.encode(codec.Schema.BILLING_RUN_REQUEST, record),
-            headers={"content-type": codec.content_type(codec.Schema.BILLING_RUN_REQUEST), "run-id": str(run.id)},
-        )
+        if shards != 1:
+            await store.set_shard_count(conn, caller.tenant_id, run.id, shards)
+        content_type = codec.content_type(codec.Schema.BILLING_RUN_REQUEST)
+        await outbox.enqueue_many(conn, caller.tenant_id, [
+            (RUNS_STREAM, f"{run.id}/{shard}".encode(), codec.encode(codec.Schema.BILLING_RUN_REQUEST, {
+                "run_id": str(run.id), "tenant_id": str(caller.tenant_id), "as_of_us": to_us(as_of),
+                "shard": shard, "shard_count": shards, "requested_at_us": to_us(at)}),
+             json.dumps({"content-type": content_type, "run-id": str(run.id), "shard": str(shard)}))
+            for shard in range(shards)])
         await audit.record_change(conn, caller, entity_type="billing_run", entity_id=run.id,
                                   action="billing_run.requested", before=None,
                                   after={"idempotency_key": key, "as_of": as_of.isoformat()},
                                   request_id=request_id or key)
+    metrics.BILLING_RUNS.labels("pending").inc()
     return run
 
 
@@ -168,15 +183,34 @@ class _Chunk:
     totals: dict[str, Decimal] = field(default_factory=dict)
 
 
-async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *,
-                      chunk_size: int = CHUNK_SIZE) -> BillingRun | None:
-    """Bill everything due as of the run's time; returns the run as it ends (None: no such run).
+@dataclass
+class _Execution:
+    """What the workers of one execution of one shard share."""
+
+    tenant_id: uuid.UUID
+    run_id: uuid.UUID
+    as_of: datetime
+    shard: int
+    shard_count: int
+    chunk_size: int
+    failed: list[uuid.UUID]  # not tried again by this run (they would stay due)
+    plans: dict[uuid.UUID, PlanSpec] = field(default_factory=dict)
+    cursor: uuid.UUID | None = None  # the id keyset: the last subscription handed to a worker
+    fetching: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *, chunk_size: int = CHUNK_SIZE,
+                      shard: int = 0, workers: int = WORKERS) -> BillingRun | None:
+    """Bill everything of one shard due as of the run's time; returns the run as this
+    execution leaves it (None: no such run). The run is completed by whichever shard
+    execution finishes last.
 
     `pool` is an asyncpg pool (or a Database): each chunk is a transaction of its own, so
-    this must not run inside the caller's transaction.
+    this must not run inside the caller's transaction. `workers` chunks are in flight at
+    once, on as many connections, so that Python computes one chunk while PostgreSQL
+    writes another.
     """
     db = pool if isinstance(pool, Database) else Database(pool)
-    caller = Caller(tenant_id, f"billing-run:{run_id}")
     async with db.tenant_tx(tenant_id) as conn:
         row = await store.get_run(conn, tenant_id, run_id, for_update=True)
         if row is None:
@@ -184,70 +218,182 @@ async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *,
             return None
         if row["status"] in ("completed", "failed"):
             return _run(row)  # a redelivered request: nothing left to do
+        if not 0 <= shard < row["shard_count"]:
+            log.error("billing run request for a shard the run does not have",
+                      extra={"run_id": str(run_id), "shard": shard, "shard_count": row["shard_count"]})
+            return _run(row)
         await store.mark_running(conn, tenant_id, run_id)
-    as_of = row["as_of"]
-    # Subscriptions that failed in this run are not tried again by it (they would stay due).
-    failed = [uuid.UUID(f["subscription_id"]) for f in row["failures"]]
-    plans: dict[uuid.UUID, PlanSpec] = {}
+        if await store.start_shard(conn, tenant_id, run_id, shard) == "completed":
+            return _run(row)  # this shard is done; the others complete the run
+    ex = _Execution(tenant_id, run_id, row["as_of"], shard, row["shard_count"], chunk_size,
+                    [uuid.UUID(f["subscription_id"]) for f in row["failures"]])
+    caller = Caller(tenant_id, f"billing-run:{run_id}")
     while True:
+        await asyncio.gather(*(_worker(db, caller, ex) for _ in range(max(1, workers))))
         async with db.tenant_tx(tenant_id) as conn:
-            subs = await store.due_subscriptions(conn, tenant_id, as_of, failed, chunk_size)
-            if subs:
-                chunk = await _bill_chunk(conn, caller, run_id, as_of, subs, plans)
-                failed += [uuid.UUID(f["subscription_id"]) for f in chunk.failures]
-                await _add_progress(conn, tenant_id, run_id, chunk)
-                continue
-            # Due rows locked by another execution (of this run or another) are not done
-            # yet: completing now would show a run whose counters are still to come.
-            if not await store.any_due(conn, tenant_id, as_of, failed):
-                await store.mark_finished(conn, tenant_id, run_id, "completed")
-                row = await store.get_run(conn, tenant_id, run_id)
+            # Due rows locked by another execution (of this run or another) or skipped by the
+            # keyset pass are not done yet: completing now would show a run whose counters
+            # are still to come.
+            if not await store.any_due(conn, tenant_id, ex.as_of, ex.failed, shard=shard,
+                                       shard_count=ex.shard_count):
+                await store.finish_shard(conn, tenant_id, run_id, shard)
+                run = await store.get_run(conn, tenant_id, run_id, for_update=True)  # shards finish one by one
+                if run["status"] == "running" and \
+                        await store.completed_shards(conn, tenant_id, run_id) >= run["shard_count"]:
+                    await store.mark_finished(conn, tenant_id, run_id, "completed")
+                    run = await store.get_run(conn, tenant_id, run_id)
+                    _observe_finished(run)
+                    log.info("billing run completed", extra={"tenant_id": str(tenant_id), "run_id": str(run_id)})
                 break
+        ex.cursor = None  # another pass from the start: what was locked may be due still
         await asyncio.sleep(BUSY_WAIT_S)
-    log.info("billing run completed", extra={"tenant_id": str(tenant_id), "run_id": str(run_id)})
-    return _run(row)
+    return _run(run)
 
 
-async def _add_progress(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID, chunk: _Chunk) -> None:
-    run = await store.get_run(conn, tenant_id, run_id, for_update=True)  # serializes concurrent executions
+async def _worker(db: Database, caller: Caller, ex: _Execution) -> None:
+    """Bill chunk after chunk until a keyset pass over the shard finds nothing more."""
+    while True:
+        async with db.tenant_tx(ex.tenant_id) as conn:
+            async with ex.fetching:  # hand out disjoint id ranges, in order
+                subs = await store.due_subscriptions(conn, ex.tenant_id, ex.as_of, ex.failed, ex.chunk_size,
+                                                     after=ex.cursor, shard=ex.shard, shard_count=ex.shard_count)
+                if subs:
+                    ex.cursor = subs[-1].id
+            if not subs:
+                return
+            chunk = await _bill_chunk(conn, caller, ex, subs)
+            ex.failed += [uuid.UUID(f["subscription_id"]) for f in chunk.failures]
+            await _add_progress(conn, ex, chunk)
+        _observe_chunk(chunk)
+
+
+async def _add_progress(conn: asyncpg.Connection, ex: _Execution, chunk: _Chunk) -> None:
+    run = await store.get_run(conn, ex.tenant_id, ex.run_id, for_update=True)  # serializes concurrent chunks
     totals = {c: Decimal(a) for c, a in run["totals"].items()}
     for currency, amount in chunk.totals.items():
         totals[currency] = totals.get(currency, Decimal(0)) + amount
-    await store.add_progress(conn, tenant_id, run_id, due=chunk.due, billed=chunk.billed, skipped=chunk.skipped,
-                             failed=len(chunk.failures), failures=chunk.failures,
+    await store.add_progress(conn, ex.tenant_id, ex.run_id, due=chunk.due, billed=chunk.billed,
+                             skipped=chunk.skipped, failed=len(chunk.failures), failures=chunk.failures,
                              totals={c: decimal_to_str(a) for c, a in totals.items()})
+    await store.add_shard_progress(conn, ex.tenant_id, ex.run_id, ex.shard, chunk.due, chunk.billed)
 
 
-async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, run_id: uuid.UUID, as_of: datetime,
-                      subs: list[Subscription], plans: dict[uuid.UUID, PlanSpec]) -> _Chunk:
-    tenant = caller.tenant_id
-    wanted = {s.plan_id for s in subs} | {s.pending_plan_id for s in subs if s.pending_plan_id}
-    missing = [p for p in wanted if p not in plans]
-    for plan_id, spec in await usage_store.plan_specs(conn, tenant, missing):
-        plans[plan_id] = plan_from_dict(spec)  # plans never change once created
-    periods = [(s.id, s.current_period_start) for s in subs]
-    charged = await store.opened_by_a_run(conn, tenant, periods)
-    usage = _usage_by_period(await store.period_totals(conn, tenant, periods))
-    for p in periods:
-        usage.setdefault(p, {})  # no usage in the period: known, not to be fetched again
+@dataclass
+class _Billed:
+    """One subscription's outcome in a chunk, computed before anything is written."""
+
+    sub: Subscription  # as it was
+    closed: list[ClosedPeriod]
+    plans: list[uuid.UUID]  # the plan in effect during each closed period
+    trials: list[bool]  # whether each closed period was a trial
+    payloads: list[bytes | None]  # the encoded invoice request of each closed period (None: no lines)
+    late_events: list[str]  # late event ids billed by the first closed period
+    pending: list[uuid.UUID]  # pending line ids billed by the first closed period
+
+
+async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, subs: list[Subscription]) -> _Chunk:
+    """One chunk, set-based: a fixed number of round trips whatever its size.
+
+    Reads in bulk (plans, "opened by a run", usage totals of every period to close, unique
+    counts, late usage, pending lines), computes every closed period in the pure domain,
+    then writes in bulk: billed periods (ON CONFLICT DO NOTHING RETURNING: only periods this
+    chunk marked get their invoice request), outbox rows, the subscriptions' new state,
+    audit rows, late usage and pending lines marked billed. A subscription whose
+    computation raises is left out before anything is written: recorded as failed, with
+    its reason; no savepoint is needed.
+    """
+    tenant, run_id, as_of = caller.tenant_id, ex.run_id, ex.as_of
+    ids = [s.id for s in subs]
+    firsts = [(s.id, s.current_period_start) for s in subs]
+    late_rows = await store.unbilled_late_usage(conn, tenant, ids)
+    await _load_plans(conn, tenant, ex.plans, {s.plan_id for s in subs}
+                      | {s.pending_plan_id for s in subs if s.pending_plan_id}
+                      | {r["plan_id"] for r in late_rows if r["plan_id"]})
+    charged = await store.opened_by_a_run(conn, tenant, firsts)
+    usage = _usage_by_period(await store.usage_totals_from(conn, tenant, firsts, as_of))
+    await _add_unique_counts(conn, tenant, ex.plans, subs, firsts, as_of, usage)
+    late = await _late_lines(conn, tenant, ex.plans, subs, late_rows)
+    pending = await pending_lines.unbilled(conn, tenant, ids)
+
     chunk = _Chunk(due=len(subs))
+    outcomes: list[_Billed] = []
     for sub in subs:
         try:
-            async with conn.transaction():  # savepoint: a failing subscription rolls back alone
-                billed, skipped = await _bill_subscription(conn, caller, run_id, as_of, sub, plans, usage,
-                                                           charged_in_advance=sub.id in charged, chunk=chunk)
-        except _NOT_THE_SUBSCRIPTIONS_FAULT:
-            raise
+            outcomes.append(_close_all(tenant, run_id, as_of, sub, ex.plans, usage, sub.id in charged,
+                                       late.get(sub.id, ()), pending.get(sub.id, ())))
         except Exception as exc:  # noqa: BLE001 - recorded with its reason; the run goes on
             reason = f"{type(exc).__name__}: {exc}"[:1000]
             chunk.failures.append({"subscription_id": str(sub.id), "reason": reason})
             log.warning("subscription not billed", extra={"subscription_id": str(sub.id), "reason": reason})
-            continue
+
+    marked = await store.insert_billed_periods(conn, tenant, run_id, [
+        (o.sub.id, c.period_start, c.period_end, c.invoice_request_id if c.lines else None, plan, trial)
+        for o in outcomes for c, plan, trial in zip(o.closed, o.plans, o.trials)])
+    rows: list[tuple] = []  # outbox: invoice requests and subscription events, in order
+    audits: list[tuple] = []
+    late_billed: list[tuple[str, uuid.UUID, uuid.UUID]] = []
+    pending_ids: list[uuid.UUID] = []
+    pending_requests: list[uuid.UUID] = []
+    request_id = str(run_id)
+    for o in outcomes:
+        billed = skipped = False
+        before = _snapshot_json(o.sub)
+        prev = o.sub
+        for i, (closed, payload) in enumerate(zip(o.closed, o.payloads)):
+            if (o.sub.id, closed.period_start) in marked:
+                billed = True
+                if payload is not None:
+                    rid = str(closed.invoice_request_id)
+                    rows.append((INVOICES_STREAM, rid.encode(), payload,
+                                 f'{{"content-type": "{_INVOICE_CONTENT_TYPE}", "invoice-request-id": "{rid}"}}'))
+                    chunk.totals[closed.currency] = chunk.totals.get(closed.currency, _ZERO) + closed.total
+                    if i == 0:  # late usage and pending lines went into the first closed period
+                        late_billed += [(e, o.sub.id, closed.invoice_request_id) for e in o.late_events]
+                        pending_ids += o.pending
+                        pending_requests += [closed.invoice_request_id] * len(o.pending)
+            else:
+                # Billed before, yet the subscription was not advanced past it: advance only
+                # (its late usage and pending lines stay unbilled, for the next period).
+                skipped = True
+            rid = str(closed.invoice_request_id) if closed.lines else ""
+            details = {"run_id": request_id, "period_start": closed.period_start.isoformat(),
+                       "period_end": closed.period_end.isoformat(), "invoice_request_id": rid,
+                       "total": decimal_to_str(closed.total), "currency": closed.currency}
+            after = snapshot(closed.subscription)
+            audits.append((o.sub.id, closed.event, request_id, before, json.dumps({**after, "details": details})))
+            before = json.dumps(after)
+            if closed.event != "subscription.period_advanced":  # status or plan changed: announce it
+                _, key, payload, headers = events.build(
+                    caller, event_type=closed.event, subscription_id=str(o.sub.id), customer_id=o.sub.customer_id,
+                    occurred_at=closed.period_end, cause=f"billing-run:{closed.invoice_request_id}",
+                    from_status=prev.status.value, to_status=closed.subscription.status.value, data=details)
+                rows.append((events.STREAM, key, payload, json.dumps(headers)))
+            prev = closed.subscription
         if billed:
             chunk.billed += 1
         elif skipped:
             chunk.skipped += 1
+    await outbox.enqueue_many(conn, tenant, rows)
+    await store.advance_subscriptions(conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed])
+    await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor, rows=audits)
+    await store.mark_late_billed(conn, tenant, run_id, late_billed)
+    if pending_ids:
+        await pending_lines.mark_billed(conn, tenant, pending_ids, pending_requests)
     return chunk
+
+
+_ZERO = Decimal(0)
+_INVOICE_CONTENT_TYPE = codec.content_type(codec.Schema.INVOICE_REQUEST)
+
+
+def _snapshot_json(sub: Subscription) -> str:
+    return json.dumps(snapshot(sub))
+
+
+async def _load_plans(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], wanted: set[uuid.UUID]) -> None:
+    missing = [p for p in wanted if p not in plans]
+    for plan_id, spec in await usage_store.plan_specs(conn, tenant, missing):
+        plans[plan_id] = plan_from_dict(spec)  # plans never change once created
 
 
 def _usage_by_period(rows) -> dict[tuple[uuid.UUID, datetime], dict[str, PeriodUsage]]:
@@ -258,70 +404,104 @@ def _usage_by_period(rows) -> dict[tuple[uuid.UUID, datetime], dict[str, PeriodU
     return out
 
 
-async def _period_usage(conn, tenant: uuid.UUID, sub: Subscription, spec: PlanSpec,
-                        usage: dict) -> dict[str, PeriodUsage]:
-    key = (sub.id, sub.current_period_start)
-    if key not in usage:  # a later period of a subscription billed period after period
-        usage.update(_usage_by_period(await store.period_totals(conn, tenant, [key])))
-        usage.setdefault(key, {})
-    found = dict(usage.get(key, {}))
-    for charge in spec.usage_charges:
-        if charge.unique_property:  # counted from the raw events, only for the charges that need it
-            count = await usage_store.unique_count(conn, tenant, sub.id, charge.metric_code,
-                                                   sub.current_period_start, charge.unique_property)
-            prev = found.get(charge.metric_code, PeriodUsage())
-            found[charge.metric_code] = PeriodUsage(prev.quantity_sum, prev.event_count, prev.quantity_max,
-                                                    prev.latest_quantity, count)
-    return found
+async def _add_unique_counts(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], subs: list[Subscription],
+                             firsts: list, as_of: datetime, usage: dict) -> None:
+    """unique_count charges are counted from the raw events: one query per (metric,
+    property) that a plan of the chunk charges, for the subscriptions on such a plan."""
+    wanted: dict[tuple[str, str], set[uuid.UUID]] = {}
+    for sub in subs:
+        for plan_id in (sub.plan_id, sub.pending_plan_id):
+            spec = plans.get(plan_id) if plan_id else None
+            for charge in spec.usage_charges if spec else ():
+                if charge.unique_property:
+                    wanted.setdefault((charge.metric_code, charge.unique_property), set()).add(sub.id)
+    for (metric, prop), sub_ids in wanted.items():
+        periods = [p for p in firsts if p[0] in sub_ids]
+        for r in await store.unique_counts(conn, tenant, metric, prop, periods, as_of):
+            by_metric = usage.setdefault((r["subscription_id"], r["period_start"]), {})
+            prev = by_metric.get(metric, PeriodUsage())
+            by_metric[metric] = PeriodUsage(prev.quantity_sum, prev.event_count, prev.quantity_max,
+                                            prev.latest_quantity, r["n"])
+        for p in periods:  # counted: no event with the property is 0, not unknown
+            by_metric = usage.setdefault(p, {})
+            if metric not in by_metric or by_metric[metric].unique_count is None:
+                prev = by_metric.get(metric, PeriodUsage())
+                by_metric[metric] = PeriodUsage(prev.quantity_sum, prev.event_count, prev.quantity_max,
+                                                prev.latest_quantity, 0)
 
 
-async def _bill_subscription(conn, caller: Caller, run_id: uuid.UUID, as_of: datetime, sub: Subscription,
-                             plans: dict[uuid.UUID, PlanSpec], usage: dict, *, charged_in_advance: bool,
-                             chunk: _Chunk) -> tuple[bool, bool]:
-    """Bill every ended period of `sub`; (billed any, skipped any)."""
-    tenant = caller.tenant_id
-    billed = skipped = False
-    periods = 0
-    while invoicing.is_due(sub, as_of):
-        periods += 1
-        if periods > MAX_PERIODS_PER_SUBSCRIPTION:
+async def _late_lines(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], subs: list[Subscription],
+                      rows) -> dict[uuid.UUID, list[tuple[list[str], Line]]]:
+    """Per subscription: (late event ids, the late_usage line billing them), priced by the
+    plan of their original period (docs/billing.md, billing/domain/late_usage.py)."""
+    by_id = {s.id: s for s in subs}
+    out: dict[uuid.UUID, list[tuple[list[str], Line]]] = {}
+    for r in rows:
+        sub = by_id[r["subscription_id"]]
+        spec = plans[r["plan_id"] or sub.plan_id]
+        charge = next((c for c in spec.usage_charges if c.metric_code == r["metric_code"]), None)
+        before = PeriodUsage(r["b_sum"], r["b_count"], r["b_max"], r["b_latest"])
+        after = PeriodUsage(r["a_sum"], r["a_count"], r["a_max"], r["a_latest"])
+        if charge is not None and charge.unique_property:
+            b, a = await store.late_unique_counts(conn, tenant, sub.id, r["metric_code"], r["period_start"],
+                                                  charge.unique_property, list(r["event_ids"]))
+            before, after = replace(before, unique_count=b), replace(after, unique_count=a)
+        start = r["billed_start"] or r["period_start"]
+        end = r["billed_end"] or r["period_end"]
+        late = LateUsage(r["metric_code"], start, end, len(r["event_ids"]), before, after)
+        out.setdefault(sub.id, []).append(
+            (list(r["event_ids"]), late_usage_line(late, charge, spec.currency, trial=bool(r["trial"]))))
+    return out
+
+
+def _close_all(tenant: uuid.UUID, run_id: uuid.UUID, as_of: datetime, sub: Subscription,
+               plans: dict[uuid.UUID, PlanSpec], usage: dict, charged_in_advance: bool,
+               late: Sequence[tuple[list[str], Line]], pending: Sequence[tuple[uuid.UUID, Line]]) -> _Billed:
+    """Close every ended period of `sub` (pure computation and encoding, nothing written).
+    Late usage and pending adjustment lines go into the first period closed."""
+    out = _Billed(sub, [], [], [], [], [e for ids, _ in late for e in ids], [i for i, _ in pending])
+    extra = [ln for _, ln in late] + [ln for _, ln in pending]
+    current = sub
+    while invoicing.is_due(current, as_of):
+        if len(out.closed) >= MAX_PERIODS_PER_SUBSCRIPTION:
             raise RuntimeError(f"more than {MAX_PERIODS_PER_SUBSCRIPTION} periods due")
-        spec = plans[sub.plan_id]
+        spec = plans[current.plan_id]
         closed = invoicing.close_period(
-            tenant, sub, spec, await _period_usage(conn, tenant, sub, spec, usage),
-            next_plan=plans.get(sub.pending_plan_id) if sub.pending_plan_id else None,
-            charged_in_advance=charged_in_advance,
+            tenant, current, spec, usage.get((current.id, current.current_period_start), _NO_USAGE),
+            next_plan=plans.get(current.pending_plan_id) if current.pending_plan_id else None,
+            charged_in_advance=charged_in_advance, extra_lines=extra,
         )
-        request_id = closed.invoice_request_id if closed.lines else None
-        if await store.insert_billed_period(conn, tenant, sub.id, closed.period_start, closed.period_end,
-                                            request_id, run_id):
-            if closed.lines:
-                await outbox.enqueue(
-                    conn, tenant, stream=INVOICES_STREAM, key=str(closed.invoice_request_id).encode(),
-                    payload=codec.encode(codec.Schema.INVOICE_REQUEST, invoice_request(tenant, run_id, sub, closed)),
-                    headers={"content-type": codec.content_type(codec.Schema.INVOICE_REQUEST),
-                             "invoice-request-id": str(closed.invoice_request_id)},
-                )
-                chunk.totals[closed.currency] = chunk.totals.get(closed.currency, Decimal(0)) + closed.total
-            billed = True
-        else:
-            # Billed before, yet the subscription was not advanced past it: advance only.
-            skipped = True
-        await subs_store.update(conn, tenant, closed.subscription)
-        details = {"run_id": str(run_id), "period_start": closed.period_start.isoformat(),
-                   "period_end": closed.period_end.isoformat(), "invoice_request_id": str(request_id or ""),
-                   "total": decimal_to_str(closed.total), "currency": closed.currency}
-        await audit.record_change(conn, caller, entity_type="subscription", entity_id=sub.id, action=closed.event,
-                                  before=snapshot(sub), after={**snapshot(closed.subscription), "details": details},
-                                  request_id=str(run_id))
-        if closed.event != "subscription.period_advanced":  # status or plan changed: announce it
-            await events.emit(conn, caller, event_type=closed.event, subscription_id=str(sub.id),
-                              customer_id=sub.customer_id, occurred_at=closed.period_end,
-                              cause=f"billing-run:{closed.invoice_request_id}", from_status=sub.status.value,
-                              to_status=closed.subscription.status.value, data=details)
-        sub = closed.subscription
+        out.closed.append(closed)
+        out.plans.append(current.plan_id)
+        out.trials.append(current.status is SubscriptionStatus.TRIALING)
+        out.payloads.append(_encode(tenant, run_id, current, closed) if closed.lines else None)
+        current = closed.subscription
         charged_in_advance = True  # the next period was opened (and, in advance, charged) right here
-    return billed, skipped
+        extra = []
+    return out
+
+
+_NO_USAGE: dict[str, PeriodUsage] = {}
+
+
+def _encode(tenant: uuid.UUID, run_id: uuid.UUID, sub: Subscription, closed: ClosedPeriod) -> bytes:
+    return codec.encode(codec.Schema.INVOICE_REQUEST, invoice_request(tenant, run_id, sub, closed))
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+def _observe_chunk(chunk: _Chunk) -> None:
+    metrics.BILLING_SUBSCRIPTIONS.labels("billed").inc(chunk.billed)
+    metrics.BILLING_SUBSCRIPTIONS.labels("skipped").inc(chunk.skipped)
+    metrics.BILLING_SUBSCRIPTIONS.labels("failed").inc(len(chunk.failures))
+    for currency, amount in chunk.totals.items():
+        metrics.BILLING_AMOUNT.labels(currency).inc(float(amount))
+
+
+def _observe_finished(row) -> None:
+    metrics.BILLING_RUNS.labels(row["status"]).inc()
+    if row["started_at"] and row["finished_at"]:
+        metrics.BILLING_RUN_SECONDS.observe((row["finished_at"] - row["started_at"]).total_seconds())
 
 
 def invoice_request(tenant: uuid.UUID, run_id: uuid.UUID, sub: Subscription, closed: ClosedPeriod) -> dict:
@@ -338,7 +518,7 @@ def invoice_request(tenant: uuid.UUID, run_id: uuid.UUID, sub: Subscription, clo
             "amount": decimal_to_str(ln.amount), "period_start_us": to_us(ln.period_start),
             "period_end_us": to_us(ln.period_end),
             "fraction": None if ln.fraction is None else f"{ln.fraction.numerator}/{ln.fraction.denominator}",
-            "original_period_start_us": None,
+            "original_period_start_us": None if ln.original_period_start is None else to_us(ln.original_period_start),
         } for ln in closed.lines],
         "subtotal": total, "total": total, "metadata": dict(sub.metadata),
     }

@@ -9,7 +9,8 @@ import asyncpg
 from billing.store import subscriptions as subs_store
 
 _RUN = """tenant_id, id, idempotency_key, as_of, status, subscriptions_due, subscriptions_billed,
-          subscriptions_skipped, subscriptions_failed, failures, totals, created_at, started_at, finished_at"""
+          subscriptions_skipped, subscriptions_failed, failures, totals, created_at, started_at, finished_at,
+          shard_count"""
 
 
 async def insert_run(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID, key: str,
@@ -76,30 +77,41 @@ async def add_progress(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: u
     )
 
 
+# A subscription's shard: a stable hash of its id (PostgreSQL's hashtext) modulo the count.
+def _in_shard(count: str, shard: str) -> str:
+    return f"(hashtext(id::text) & 2147483647) % {count} = {shard}"
+
+
 async def due_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_of: datetime,
-                            exclude: list[uuid.UUID], limit: int):
-    """Up to `limit` due subscriptions, locked. SKIP LOCKED: rows another run (or another
-    execution of this run) is billing right now are left to it; once it commits they are
-    no longer due, which the re-check of the locked row's new version sees."""
+                            exclude: list[uuid.UUID], limit: int, *, after: uuid.UUID | None = None,
+                            shard: int = 0, shard_count: int = 1):
+    """Up to `limit` due subscriptions of the shard with ids after `after`, in id order,
+    locked. SKIP LOCKED: rows another run (or another execution of this run, or a usage batch
+    that is attributing events to their periods) holds right now are left for later; once it
+    commits they are no longer due, or are found by a later pass. The id keyset walks the
+    primary key: one pass over the tenant reads each subscription once, whatever the chunk."""
     rows = await conn.fetch(
         f"""select {subs_store._COLUMNS} from subscriptions
-            where tenant_id = $1 and status in ('trialing', 'active', 'paused') and current_period_end <= $2
-              and not (id = any($3::uuid[]))
+            where tenant_id = $1 and ($7::uuid is null or id > $7)
+              and status in ('trialing', 'active', 'paused') and current_period_end <= $2
+              and not (id = any($3::uuid[])) and {_in_shard("$5", "$6")}
             order by id limit $4
             for update skip locked""",
-        tenant_id, as_of, exclude, limit,
+        tenant_id, as_of, exclude, limit, shard_count, shard, after,
     )
     return [subs_store.from_row(r) for r in rows]
 
 
-async def any_due(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_of: datetime, exclude: list[uuid.UUID]) -> bool:
-    """Whether a due subscription remains, locked rows included (a plain read does not wait
-    for locks: a row another execution is billing still looks due until it commits)."""
+async def any_due(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_of: datetime, exclude: list[uuid.UUID],
+                  *, shard: int = 0, shard_count: int = 1) -> bool:
+    """Whether a due subscription of the shard remains, locked rows included (a plain read
+    does not wait for locks: a row another execution is billing still looks due until it
+    commits)."""
     return await conn.fetchval(
-        """select exists(select 1 from subscriptions
+        f"""select exists(select 1 from subscriptions
             where tenant_id = $1 and status in ('trialing', 'active', 'paused') and current_period_end <= $2
-              and not (id = any($3::uuid[])))""",
-        tenant_id, as_of, exclude,
+              and not (id = any($3::uuid[])) and {_in_shard("$4", "$5")})""",
+        tenant_id, as_of, exclude, shard_count, shard,
     )
 
 
@@ -115,24 +127,200 @@ async def opened_by_a_run(conn: asyncpg.Connection, tenant_id: uuid.UUID, subs: 
     return {r["subscription_id"] for r in rows}
 
 
-async def period_totals(conn: asyncpg.Connection, tenant_id: uuid.UUID,
-                        periods: list[tuple[uuid.UUID, datetime]]) -> list[asyncpg.Record]:
+async def usage_totals_from(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                            periods: list[tuple[uuid.UUID, datetime]], before: datetime) -> list[asyncpg.Record]:
+    """The usage totals of every period of these subscriptions from the given (current)
+    period start on, up to periods starting before `before`: all a run needs to bill them."""
     return await conn.fetch(
         """select t.subscription_id, t.period_start, t.metric_code, t.quantity_sum, t.event_count, t.quantity_max,
                   t.latest_quantity
              from unnest($2::uuid[], $3::timestamptz[]) as p(id, start)
-             join usage_totals t on t.tenant_id = $1 and t.subscription_id = p.id and t.period_start = p.start""",
-        tenant_id, [s for s, _ in periods], [t for _, t in periods],
+             join usage_totals t on t.tenant_id = $1 and t.subscription_id = p.id and t.period_start >= p.start
+                                and t.period_start < $4""",
+        tenant_id, [s for s, _ in periods], [t for _, t in periods], before,
     )
 
 
-async def insert_billed_period(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID,
-                               start: datetime, end: datetime, invoice_request_id: uuid.UUID | None,
-                               run_id: uuid.UUID) -> bool:
-    """True if the period is now marked billed by this call; False if it was billed before."""
+async def unique_counts(conn: asyncpg.Connection, tenant_id: uuid.UUID, metric: str, prop: str,
+                        periods: list[tuple[uuid.UUID, datetime]], before: datetime) -> list[asyncpg.Record]:
+    """count(distinct properties->>prop) per (subscription, period) for one metric, over the
+    same periods as `usage_totals_from`."""
+    return await conn.fetch(
+        """select e.subscription_id, e.period_start, count(distinct e.properties ->> $5) as n
+             from unnest($2::uuid[], $3::timestamptz[]) as p(id, start)
+             join usage_events e on e.tenant_id = $1 and e.subscription_id = p.id and e.metric_code = $4
+                                and e.period_start >= p.start and e.period_start < $6
+            where e.properties ? $5
+            group by 1, 2""",
+        tenant_id, [s for s, _ in periods], [t for _, t in periods], metric, prop, before,
+    )
+
+
+async def unbilled_late_usage(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                              subscription_ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    """Late events not billed yet, grouped by (subscription, metric, original period), with the
+    period's totals without them (`b_*`: what was billed already) and with them (`a_*`), and
+    the billed period they belong to (its plan and whether it was a trial). Rare rows: the
+    partial index usage_events_late finds them."""
+    return await conn.fetch(
+        """with late as (
+               select e.event_id, e.subscription_id, e.metric_code, e.period_start, e.period_end
+                 from usage_events e
+                where e.tenant_id = $1 and e.subscription_id = any($2::uuid[]) and e.late
+                  and not exists (select 1 from late_usage_billed b where b.tenant_id = $1 and b.event_id = e.event_id)
+           ), groups as (
+               select subscription_id, metric_code, period_start, max(period_end) as period_end,
+                      array_agg(event_id order by event_id) as event_ids
+                 from late group by 1, 2, 3
+           )
+           select g.subscription_id, g.metric_code, g.period_start, g.period_end, g.event_ids,
+                  a.b_sum, a.b_count, a.b_max, a.b_latest, a.a_sum, a.a_count, a.a_max, a.a_latest,
+                  bp.period_start as billed_start, bp.period_end as billed_end, bp.plan_id, bp.trial
+             from groups g
+             cross join lateral (
+                 select sum(e.quantity) filter (where not n.late) as b_sum,
+                        count(*) filter (where not n.late) as b_count,
+                        max(e.quantity) filter (where not n.late) as b_max,
+                        (array_agg(e.quantity order by e.occurred_at desc, e.event_id desc)
+                            filter (where not n.late))[1] as b_latest,
+                        sum(e.quantity) as a_sum, count(*) as a_count, max(e.quantity) as a_max,
+                        (array_agg(e.quantity order by e.occurred_at desc, e.event_id desc))[1] as a_latest
+                   from usage_events e
+                  cross join lateral (select e.event_id = any(g.event_ids) as late) n
+                  where e.tenant_id = $1 and e.subscription_id = g.subscription_id
+                    and e.metric_code = g.metric_code and e.period_start = g.period_start
+             ) a
+             left join lateral (
+                 select b.period_start, b.period_end, b.plan_id, b.trial from billed_periods b
+                  where b.tenant_id = $1 and b.subscription_id = g.subscription_id
+                    and b.period_start <= g.period_start and g.period_start < b.period_end
+                  order by b.period_start desc limit 1
+             ) bp on true
+            order by g.subscription_id, g.period_start, g.metric_code""",
+        tenant_id, subscription_ids,
+    )
+
+
+async def late_unique_counts(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID,
+                             metric: str, period_start: datetime, prop: str,
+                             late_event_ids: list[str]) -> tuple[int, int]:
+    """(distinct values without the late events, with them) of one period's metric."""
+    row = await conn.fetchrow(
+        """select count(distinct properties ->> $5) filter (where not (event_id = any($6::text[]))) as b,
+                  count(distinct properties ->> $5) as a
+             from usage_events
+            where tenant_id = $1 and subscription_id = $2 and metric_code = $3 and period_start = $4
+              and properties ? $5""",
+        tenant_id, subscription_id, metric, period_start, prop, late_event_ids,
+    )
+    return row["b"], row["a"]
+
+
+async def mark_late_billed(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID,
+                           rows: list[tuple[str, uuid.UUID, uuid.UUID]]) -> int:
+    """Record late events as billed: (event id, subscription id, invoice request id). An event
+    billed already keeps its first record (and is not counted)."""
+    if not rows:
+        return 0
     status = await conn.execute(
-        """insert into billed_periods (tenant_id, subscription_id, period_start, period_end, invoice_request_id, run_id)
-           values ($1, $2, $3, $4, $5, $6) on conflict do nothing""",
-        tenant_id, subscription_id, start, end, invoice_request_id, run_id,
+        """insert into late_usage_billed (tenant_id, event_id, subscription_id, invoice_request_id, run_id)
+           select $1, e, s, i, $5 from unnest($2::text[], $3::uuid[], $4::uuid[]) as u(e, s, i)
+           on conflict do nothing""",
+        tenant_id, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], run_id,
     )
-    return status.endswith(" 1")
+    return int(status.split()[-1])
+
+
+async def insert_billed_periods(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID,
+                                rows: list[tuple]) -> set[tuple[uuid.UUID, datetime]]:
+    """Mark periods billed: rows of (subscription id, start, end, invoice request id or None,
+    plan id, trial). Returns the (subscription, start) pairs marked by THIS call; the others
+    were billed before (ON CONFLICT DO NOTHING: the primary key is the once-only guarantee)."""
+    if not rows:
+        return set()
+    cols = list(zip(*rows))
+    marked = await conn.fetch(
+        """insert into billed_periods (tenant_id, subscription_id, period_start, period_end, invoice_request_id,
+                                       run_id, plan_id, trial)
+           select $1, s, ps, pe, i, $2, p, t
+             from unnest($3::uuid[], $4::timestamptz[], $5::timestamptz[], $6::uuid[], $7::uuid[], $8::bool[])
+                  as u(s, ps, pe, i, p, t)
+           on conflict do nothing
+           returning subscription_id, period_start""",
+        tenant_id, run_id, *[list(c) for c in cols],
+    )
+    return {(r["subscription_id"], r["period_start"]) for r in marked}
+
+
+# Columns of subscriptions a billing run may change, with their types (the others - id,
+# customer, creation, start, trial days, metadata - a period close never changes).
+_IMMUTABLE = {"id", "customer_id", "created_at", "start_at", "trial_days", "metadata"}
+_TYPES = {"plan_id": "uuid", "pending_plan_id": "uuid", "status": "text", "cancel_at_period_end": "bool"}
+
+
+def _type(column: str) -> str:
+    return _TYPES.get(column, "timestamptz")  # every other mutable column is a time
+
+
+async def advance_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, subs: list) -> None:
+    """Write the new state of many subscriptions in one statement."""
+    if not subs:
+        return
+    columns = [f for f in subs_store._FIELDS if f not in _IMMUTABLE]
+    arrays = []
+    for c in columns:
+        if c == "status":
+            arrays.append([s.status.value for s in subs])
+        else:
+            arrays.append([getattr(s, c) for s in subs])
+    sets = ", ".join(f"{c} = u.{c}" for c in columns)
+    params = ", ".join(f"${i + 3}::{_type(c)}[]" for i, c in enumerate(columns))
+    await conn.execute(
+        f"""update subscriptions s set {sets}, updated_at = now()
+              from unnest($2::uuid[], {params}) as u(id, {", ".join(columns)})
+             where s.tenant_id = $1 and s.id = u.id""",
+        tenant_id, [s.id for s in subs], *arrays,
+    )
+
+
+# -- shards -------------------------------------------------------------------------------
+
+async def set_shard_count(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID, count: int) -> None:
+    await conn.execute("update billing_runs set shard_count = $3 where tenant_id = $1 and id = $2",
+                       tenant_id, run_id, count)
+
+
+async def start_shard(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int) -> str:
+    """Record that a shard is being executed; its status ('running' or 'completed')."""
+    await conn.execute(
+        """insert into billing_run_shards (tenant_id, run_id, shard) values ($1, $2, $3)
+           on conflict do nothing""", tenant_id, run_id, shard)
+    return await conn.fetchval(
+        "select status from billing_run_shards where tenant_id = $1 and run_id = $2 and shard = $3",
+        tenant_id, run_id, shard)
+
+
+async def add_shard_progress(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int,
+                             due: int, billed: int) -> None:
+    await conn.execute(
+        """update billing_run_shards set subscriptions_due = subscriptions_due + $4,
+                  subscriptions_billed = subscriptions_billed + $5
+            where tenant_id = $1 and run_id = $2 and shard = $3""", tenant_id, run_id, shard, due, billed)
+
+
+async def finish_shard(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int) -> None:
+    await conn.execute(
+        """update billing_run_shards set status = 'completed', finished_at = coalesce(finished_at, now())
+            where tenant_id = $1 and run_id = $2 and shard = $3""", tenant_id, run_id, shard)
+
+
+async def completed_shards(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID) -> int:
+    return await conn.fetchval(
+        "select count(*) from billing_run_shards where tenant_id = $1 and run_id = $2 and status = 'completed'",
+        tenant_id, run_id)
+
+
+async def shards(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """select shard, status, subscriptions_due, subscriptions_billed, started_at, finished_at
+             from billing_run_shards where tenant_id = $1 and run_id = $2 order by shard""", tenant_id, run_id)

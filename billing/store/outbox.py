@@ -16,3 +16,19 @@ async def enqueue(conn: asyncpg.Connection, tenant_id: uuid.UUID, *, stream: str
         "insert into outbox (tenant_id, stream, key, payload, headers) values ($1, $2, $3, $4, $5)",
         tenant_id, stream, key, payload, headers or {},
     )
+
+
+async def enqueue_many(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                       rows: list[tuple[str, bytes | None, bytes, str]]) -> None:
+    """Many rows in one statement, in this order (ids follow it, and the relay publishes in
+    id order): (stream, key, payload, headers as JSON text)."""
+    if not rows:
+        return
+    streams, keys, payloads, headers = (list(c) for c in zip(*rows))
+    await conn.execute(
+        """insert into outbox (tenant_id, stream, key, payload, headers)
+           select $1, s, k, p, h::jsonb
+             from unnest($2::text[], $3::bytea[], $4::bytea[], $5::text[]) with ordinality as u(s, k, p, h, n)
+            order by n""",
+        tenant_id, streams, keys, payloads, headers,
+    )

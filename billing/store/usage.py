@@ -101,9 +101,21 @@ async def tenant_exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
 
 
 async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    """The batch's subscriptions, FOR KEY SHARE until the batch commits.
+
+    The lock closes a race with billing: an event is attributed to the subscription's
+    current period (or found late) from this read; a billing chunk closing that period at
+    the same moment would otherwise bill the period's totals without the event, which then
+    lands in an already billed period as on-time usage and is never billed. KEY SHARE
+    conflicts with the billing run's FOR UPDATE only: a chunk skips (SKIP LOCKED) the
+    subscriptions a usage batch holds and bills them on its next pass, and a usage batch
+    waits for a chunk that holds them, then reads the advanced period (so the event is late,
+    and billed as late usage). Usage batches do not block each other (KEY SHARE is shared).
+    """
     return await conn.fetch(
         """select id, plan_id, status, start_at, billing_anchor, current_period_start, current_period_end, canceled_at
-             from subscriptions where tenant_id = $1 and id = any($2::uuid[])""",
+             from subscriptions where tenant_id = $1 and id = any($2::uuid[])
+            order by id for key share""",
         tenant_id, ids,
     )
 

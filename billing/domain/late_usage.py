@@ -1,0 +1,103 @@
+"""Late usage: usage that arrived after its period was billed, priced for the next invoice.
+
+Pure: no I/O, no clock. The billing run finds, for a subscription it bills, the late events
+not billed yet, grouped by metric and original period, with two sets of totals for that
+original period: ``before`` (every event of the period already billed: the on-time events
+and late events billed by earlier runs) and ``after`` (the same plus the late events now
+billed). ``late_usage_line`` turns one group into ONE ``late_usage`` line that names its
+original period (``Line.original_period_start``).
+
+The rule: **a late line charges the increase of the original period's price.**
+``amount = round(price(after) - price(before))`` where ``price`` is the exact, unrounded
+``pricing.usage_amount`` of the charge of the plan in effect during the original period,
+applied to the charge's aggregation of the totals. So after any number of late lines the
+period has been charged, in total, what all its events cost under its plan (up to the
+per-line rounding of each line), whatever the aggregation or pricing model:
+
+* sum / count: the late quantity (or number of late events) priced at the marginal price,
+  e.g. per_unit: ``late quantity * unit_price``; graduated: at the tier(s) the late units
+  fall into; volume: the re-priced total minus what was billed (a volume tier change
+  re-prices every unit); package: the packages the late units newly start.
+* max / latest / unique_count: the difference of the aggregate with and without the late
+  events (a late event below the billed maximum costs nothing; ``latest`` may go down, which
+  gives a negative line: a credit; a late unique value seen already costs nothing).
+
+The line's ``quantity`` is ``aggregate(after) - aggregate(before)`` (the packages added for a
+package charge); ``unit_price`` is the charge's unit price for per_unit and package, else the
+effective price ``amount / quantity`` (10 decimal places, for the reader; the amount is
+what counts).
+
+Free late usage (zero line, still billed exactly once): usage of a trial period (usage in a
+trial is free), and usage of a metric the original period's plan does not charge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
+
+from billing.domain.invoicing import PeriodUsage
+from billing.domain.money import decimal_to_str, round_money
+from billing.domain.plans import PricingModel, UsageCharge
+from billing.domain.pricing import Line, aggregate, usage_amount
+
+__all__ = ["LateUsage", "late_usage_line", "KIND"]
+
+KIND = "late_usage"
+_ZERO = Decimal(0)
+_PRICE_PLACES = Decimal("1e-10")
+
+
+@dataclass(frozen=True)
+class LateUsage:
+    """The not yet billed late events of one metric in one already billed period."""
+
+    metric_code: str
+    original_start: datetime  # the billed period the events belong to
+    original_end: datetime
+    events: int  # how many late events this line bills
+    before: PeriodUsage  # totals of the period's events billed already
+    after: PeriodUsage  # the same plus the late events
+
+
+def _packages(quantity: Decimal, size: Decimal) -> int:
+    return -((-Fraction(quantity)) // Fraction(size))  # ceil, exactly (Fraction floors)
+
+
+def _agg(charge: UsageCharge, u: PeriodUsage) -> Decimal:
+    return aggregate(charge.aggregation, quantity_sum=u.quantity_sum, event_count=u.event_count,
+                     quantity_max=u.quantity_max, latest_quantity=u.latest_quantity, unique_count=u.unique_count)
+
+
+def late_usage_line(late: LateUsage, charge: UsageCharge | None, currency: str, *, trial: bool) -> Line:
+    """One ``late_usage`` line (see the module docstring for the rule)."""
+    period = (f"{late.original_start.date().isoformat()}..{late.original_end.date().isoformat()}")
+    head = f"late {late.metric_code} usage of {period} ({late.events} event(s))"
+
+    def line(description: str, quantity: Decimal, unit_price: Decimal, amount: Decimal) -> Line:
+        return Line(kind=KIND, description=description, metric_code=late.metric_code, quantity=quantity,
+                    unit_price=unit_price, amount=round_money(amount, currency), period_start=late.original_start,
+                    period_end=late.original_end, fraction=None, tier=None,
+                    original_period_start=late.original_start)
+
+    if trial or charge is None:
+        why = "trial period: usage is free" if trial else "the plan of that period does not charge this metric"
+        return line(f"{head}: {why}", _ZERO, _ZERO, _ZERO)
+    q_before, q_after = _agg(charge, late.before), _agg(charge, late.after)
+    exact = usage_amount(charge, q_after) - usage_amount(charge, q_before)
+    quantity = q_after - q_before
+    model = PricingModel(charge.pricing_model)
+    if model is PricingModel.PER_UNIT:
+        unit_price = charge.unit_price
+    elif model is PricingModel.PACKAGE:
+        size = charge.package_size
+        quantity = Decimal(_packages(q_after, size) - _packages(q_before, size))  # packages newly started
+        unit_price = charge.unit_price
+    elif quantity:
+        unit_price = (exact / quantity).quantize(_PRICE_PLACES, rounding=ROUND_HALF_EVEN)
+    else:
+        unit_price = _ZERO
+    description = (f"{head}: {charge.aggregation.value} {decimal_to_str(q_before)} -> {decimal_to_str(q_after)}, "
+                   f"charged the increase of the period's {model.value} price")
+    return line(description, quantity, unit_price, exact)

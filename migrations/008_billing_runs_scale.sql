@@ -1,0 +1,45 @@
+-- Billing runs, second part: late usage billed exactly once, run shards.
+-- (007 is the proration migration.)
+
+-- Late usage: an event stored with late = true (its period was billed when it arrived) is
+-- billed by the next invoice request of its subscription, as a late_usage line naming its
+-- original period. This table is THE record that it was: one row per billed late event
+-- (primary key: billed once), inserted in the transaction that writes the invoice request.
+-- Insert-only, like every billing record; usage_events stays as it was received.
+create table late_usage_billed (
+    tenant_id           uuid not null,
+    event_id            text not null,
+    subscription_id     uuid not null,
+    invoice_request_id  uuid not null,
+    run_id              uuid not null,
+    billed_at           timestamptz not null default now(),
+    primary key (tenant_id, event_id)
+);
+
+-- What a billed period was billed under, so that late usage is priced by the plan of its
+-- own period (null for periods billed before this migration: the current plan is used).
+alter table billed_periods add column plan_id uuid;
+alter table billed_periods add column trial boolean not null default false;
+
+-- Shards: a run is split into shard_count shards (by a hash of the subscription id), one
+-- run request each, executed in parallel by the billing consumers of the group. The run is
+-- completed when every shard is.
+alter table billing_runs add column shard_count integer not null default 1
+    check (shard_count between 1 and 1024);
+create table billing_run_shards (
+    tenant_id    uuid not null,
+    run_id       uuid not null,
+    shard        integer not null,
+    status       text not null default 'running' check (status in ('running', 'completed')),
+    subscriptions_due     bigint not null default 0,
+    subscriptions_billed  bigint not null default 0,
+    started_at   timestamptz not null default now(),
+    finished_at  timestamptz,
+    primary key (tenant_id, run_id, shard),
+    foreign key (tenant_id, run_id) references billing_runs (tenant_id, id),
+    check (shard >= 0)
+);
+
+select enable_tenant_isolation(t) from unnest(array['late_usage_billed', 'billing_run_shards']::regclass[]) as t;
+grant select, insert on late_usage_billed to billing_app;
+grant select, insert, update on billing_run_shards to billing_app;
