@@ -13,16 +13,22 @@ from typing import Awaitable, Callable, Mapping
 
 import asyncpg
 
+from billing.domain import proration as pr
 from billing.domain import subscriptions as rules
+from billing.domain.invoicing import PeriodUsage
 from billing.domain.lifecycle import SubscriptionStatus
+from billing.domain.money import decimal_to_str
 from billing.domain.plans import PlanSpec, plan_from_dict
+from billing.domain.pricing import Line, aggregate, total, usage_lines
 from billing.domain.subscriptions import CancelMode, Change, ChangeTiming, Subscription
-from billing.services import audit, events, idempotency, paging
+from billing.services import audit, events, idempotency, invoice_requests, paging
 from billing.services.context import Caller
 from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError
 from billing.store import audit as audit_store
+from billing.store import pending_lines
 from billing.store import plans as plans_store
 from billing.store import subscriptions as store
+from billing.store import usage as usage_store
 
 
 PRORATION_BEHAVIORS = ("", "next_invoice", "invoice_now", "none")
@@ -124,6 +130,81 @@ async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, bef
     )
 
 
+# -- proration: where its lines go ---------------------------------------------------------
+
+async def _charged_in_advance(conn: asyncpg.Connection, caller: Caller, sub: Subscription) -> bool:
+    if sub.current_period_start is None:
+        return False
+    return await pending_lines.period_opened_by_a_run(conn, caller.tenant_id, sub.id, sub.current_period_start)
+
+
+async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscription, spec: PlanSpec,
+                       end: datetime) -> list[Line]:
+    """Usage of the current period up to an immediate cancel, priced like a period close
+    (the run never bills a canceled subscription again). A trial's usage is free."""
+    if sub.status is SubscriptionStatus.TRIALING or sub.current_period_start is None or not spec.usage_charges:
+        return []
+    start = sub.current_period_start
+    if end <= start:
+        return []
+    rows = {r["metric_code"]: r for r in await usage_store.totals(conn, caller.tenant_id, sub.id, start)}
+    lines: list[Line] = []
+    for charge in spec.usage_charges:
+        row = rows.get(charge.metric_code)
+        u = PeriodUsage(row["quantity_sum"], row["event_count"], row["quantity_max"], row["latest_quantity"]) \
+            if row else PeriodUsage()
+        unique = None
+        if charge.unique_property:
+            unique = await usage_store.unique_count(conn, caller.tenant_id, sub.id, charge.metric_code, start,
+                                                    charge.unique_property)
+        quantity = aggregate(charge.aggregation, quantity_sum=u.quantity_sum, event_count=u.event_count,
+                             quantity_max=u.quantity_max, latest_quantity=u.latest_quantity, unique_count=unique)
+        lines.extend(usage_lines(charge, quantity, spec.currency, start, end))
+    return lines
+
+
+async def _bill(conn: asyncpg.Connection, caller: Caller, source: str, before: Subscription, spec: PlanSpec,
+                change: Change, settled: pr.Proration, behavior: pr.Behavior, *,
+                final_at: datetime | None = None) -> Change:
+    """Put the proration lines where `behavior` says and return the change, its details
+    naming what was billed.
+
+    NEXT_INVOICE: into pending_lines, for the subscription's next invoice request.
+    INVOICE_NOW, and always for an immediate cancel (`final_at`; the run bills a canceled
+    subscription no more): one invoice request now, with every line of the subscription not
+    billed yet, these lines and (cancel) the usage of the cut-short period; the lines are
+    kept in pending_lines, marked billed by that request. NONE: the domain made no lines.
+    """
+    tenant = caller.tenant_id
+    sub = settled.subscription
+    lines = list(settled.lines)
+    details = dict(change.details)
+    currency = spec.currency
+    if final_at is not None or behavior is pr.Behavior.INVOICE_NOW:
+        if final_at is not None:
+            lines += await _final_usage(conn, caller, before, spec, final_at)
+        unbilled = (await pending_lines.unbilled(conn, tenant, [sub.id])).get(sub.id, [])
+        all_lines = [ln for _, ln in unbilled] + lines
+        if all_lines:
+            request = invoice_requests.request_id(tenant, sub.id, source)
+            start, end = invoice_requests.span(all_lines)
+            record = invoice_requests.invoice_record(
+                tenant_id=tenant, invoice_request_id=request, run_id=invoice_requests.NO_RUN, sub=sub,
+                currency=currency, period_start=start, period_end=end, lines=all_lines)
+            await invoice_requests.enqueue(conn, tenant, record)
+            await pending_lines.mark_billed(conn, tenant, [i for i, _ in unbilled], [request] * len(unbilled))
+            await pending_lines.add(conn, tenant, sub.id, currency, lines, source, invoice_request_id=request)
+            details["invoice_request_id"] = str(request)
+            details["invoice_total"] = decimal_to_str(total(all_lines))
+    elif lines:
+        await pending_lines.add(conn, tenant, sub.id, currency, lines, source)
+    if settled.lines:
+        details["proration_lines"] = str(len(settled.lines))
+        details["proration_total"] = decimal_to_str(total(settled.lines))
+        details["proration_behavior"] = behavior.value
+    return Change(sub, change.event, details)
+
+
 # -- use cases --------------------------------------------------------------------------
 
 async def create_subscription(db, caller: Caller, request_id: str, *, customer_id: str, plan_id: str,
@@ -198,7 +279,12 @@ async def activate_subscription(db, caller: Caller, request_id: str, subscriptio
 async def pause_subscription(db, caller: Caller, request_id: str, subscription_id: str,
                              resumes_at: datetime | None) -> SubscriptionView:
     async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        return rules.pause(sub, now(), resumes_at)
+        at = now()
+        change = rules.pause(sub, at, resumes_at)
+        settled = pr.on_pause(sub, spec, change.subscription, at,
+                                     charged_in_advance=await _charged_in_advance(conn, caller, sub))
+        return await _bill(conn, caller, f"pause:{request_id}", sub, spec, change, settled,
+                           pr.Behavior.NEXT_INVOICE)
 
     return await _mutate(db, caller, request_id, subscription_id, "PauseSubscription",
                          {"resumes_at": resumes_at}, rule)
@@ -206,14 +292,19 @@ async def pause_subscription(db, caller: Caller, request_id: str, subscription_i
 
 async def resume_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
     async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        return rules.resume(sub, now())
+        at = now()
+        change = rules.resume(sub, at)
+        if change.event != "subscription.resumed":
+            return change
+        settled = pr.on_resume(sub, spec, change.subscription, at)
+        return Change(settled.subscription, change.event, change.details)
 
     return await _mutate(db, caller, request_id, subscription_id, "ResumeSubscription", {}, rule)
 
 
 async def cancel_subscription(db, caller: Caller, request_id: str, subscription_id: str, mode: str,
                               proration: str = "") -> SubscriptionView:
-    _check_proration(proration, "proration")
+    proration_value = _check_proration(proration, "proration")
     if not mode:
         raise ValidationError("mode", "is required: immediately or at_period_end")
     try:
@@ -222,10 +313,18 @@ async def cancel_subscription(db, caller: Caller, request_id: str, subscription_
         raise ValidationError("mode", f"must be immediately or at_period_end, got {mode!r}") from None
 
     async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        return rules.cancel(sub, now(), cancel_mode)
+        at = now()
+        change = rules.cancel(sub, at, cancel_mode)
+        if change.event != "subscription.canceled":
+            return change  # at period end: the last run bills the period, nothing is prorated
+        behavior = pr.Behavior.parse(proration_value)
+        settled = pr.on_cancel(sub, spec, change.subscription, at,
+                                      charged_in_advance=await _charged_in_advance(conn, caller, sub),
+                                      behavior=behavior)
+        return await _bill(conn, caller, f"cancel:{request_id}", sub, spec, change, settled, behavior, final_at=at)
 
     return await _mutate(db, caller, request_id, subscription_id, "CancelSubscription",
-                         {"mode": cancel_mode.value, "proration": proration}, rule)
+                         {"mode": cancel_mode.value, "proration": proration_value}, rule)
 
 
 async def change_plan(db, caller: Caller, request_id: str, subscription_id: str, new_plan_id: str, timing: str,
@@ -241,8 +340,16 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
         row = await plans_store.get(conn, caller.tenant_id, new_uuid)
         if row is None:
             raise NotFound("plan", new_plan_id)
-        return rules.change_plan(sub, spec, new_uuid, plan_from_dict(row["spec"]), row["status"] == "active",
-                                 change_timing, now())
+        at = now()
+        new_spec = plan_from_dict(row["spec"])
+        change = rules.change_plan(sub, spec, new_uuid, new_spec, row["status"] == "active", change_timing, at)
+        if change.event != "subscription.plan_changed":
+            return change  # scheduled for the period end (or withdrawn): nothing to prorate
+        behavior = pr.Behavior.parse(proration_behavior)
+        settled = pr.on_change(sub, spec, change.subscription, new_spec, at,
+                                      charged_in_advance=await _charged_in_advance(conn, caller, sub),
+                                      behavior=behavior)
+        return await _bill(conn, caller, f"change_plan:{request_id}", sub, spec, change, settled, behavior)
 
     return await _mutate(db, caller, request_id, subscription_id, "ChangePlan",
                          {"new_plan_id": str(new_uuid), "timing": change_timing.value,
