@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run test test-unit proto bench-ingest bench-billing clean
+.PHONY: install system-deps run test test-unit test-chaos proto bench-ingest bench-billing bench-load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: install system-deps
 test-unit: install
 	$(PY) -m pytest tests/unit
 
+## The chaos suite alone (kills roles, restarts Kafka and PostgreSQL; part of `make test` in
+## its bounded form). Longer: make test-chaos CHAOS_SECONDS=600 [CHAOS_ROUNDS=5] [CHAOS_SEED=n]
+test-chaos: install
+	$(PY) -m pytest -m chaos -s tests/chaos
+
 ## Regenerate the gRPC code from schemas/proto (a test fails when it is stale).
 proto: install
 	$(PY) -m billing.devtools.protogen
@@ -43,6 +48,11 @@ bench-ingest: install
 ## last line: billing_subs_per_s=<n> ratio_vs_naive=<r>
 bench-billing: install
 	$(PY) -m bench.billing $(ARGS)
+
+## Sustained usage ingestion + gRPC reads + a billing run, against reads alone in the same run;
+## last line: load_events_per_s=<n> grpc_p99_ms=<x> errors=<k>   (ARGS="--seconds 15" for a short run)
+bench-load: install
+	$(PY) -m bench.load $(ARGS)
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache
