@@ -297,6 +297,8 @@ async def resume_subscription(db, caller: Caller, request_id: str, subscription_
         if change.event != "subscription.resumed":
             return change
         settled = pr.on_resume(sub, spec, change.subscription, at)
+        if sub.paused_at is not None:  # usage in the pause stays unbilled, even when it arrives later
+            await usage_store.add_pause_window(conn, caller.tenant_id, sub.id, sub.paused_at, at)
         return Change(settled.subscription, change.event, change.details)
 
     return await _mutate(db, caller, request_id, subscription_id, "ResumeSubscription", {}, rule)

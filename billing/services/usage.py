@@ -78,6 +78,14 @@ class _Sub:
     period_start_us: int | None
     period_end_us: int | None
     canceled_us: int | None
+    paused_us: int | None = None  # paused since (also kept by a subscription canceled while paused)
+    pauses: tuple[tuple[int, int], ...] = ()  # past pauses [from, to)
+
+    def paused(self, t: int) -> bool:
+        """Whether the subscription was paused at ``t`` (usage then is not billed)."""
+        if self.paused_us is not None and t >= self.paused_us:
+            return True
+        return any(a <= t < b for a, b in self.pauses)
 
 
 class PlanCache:
@@ -158,6 +166,8 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             to_us(row["current_period_start"]) if row["current_period_start"] else None,
             to_us(row["current_period_end"]) if row["current_period_end"] else None,
             to_us(row["canceled_at"]) if row["canceled_at"] else None,
+            to_us(row["paused_at"]) if row["paused_at"] else None,
+            tuple(zip(map(to_us, row["paused_from"]), map(to_us, row["paused_to"]))),
         )
     await plans.metrics(conn, tenant, {s.plan_id for s in subs.values()})
 
@@ -184,6 +194,8 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             reject(Rejection(i, "subscription_not_started", f"subscription {sub_id} is {sub.status}"))
         elif sub.canceled_us is not None and t >= sub.canceled_us:
             reject(Rejection(i, "subscription_canceled", f"subscription {sub_id} was canceled before the event"))
+        elif (sub.paused_us is not None or sub.pauses) and sub.paused(t):
+            reject(Rejection(i, "subscription_paused", f"subscription {sub_id} was paused when the event happened"))
         elif e.metric_code not in metrics:
             reject(Rejection(i, "unknown_metric", f"metric {e.metric_code[:64]!r} is not on the subscription's plan"))
         elif not quantity_ok(e.quantity):
@@ -232,6 +244,7 @@ _REJECTION_STATUS = {
     "unknown_subscription": ("not_found", "subscription_id"),
     "subscription_not_started": ("precondition", "subscription_id"),
     "subscription_canceled": ("precondition", "subscription_id"),
+    "subscription_paused": ("precondition", "subscription_id"),
     "before_subscription_start": ("invalid", "occurred_at"),
     "unknown_metric": ("invalid", "metric_code"),
     "invalid_quantity": ("invalid", "quantity"),

@@ -113,9 +113,15 @@ async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: lis
     and billed as late usage). Usage batches do not block each other (KEY SHARE is shared).
     """
     return await conn.fetch(
-        """select id, plan_id, status, start_at, billing_anchor, current_period_start, current_period_end, canceled_at
-             from subscriptions where tenant_id = $1 and id = any($2::uuid[])
-            order by id for key share""",
+        """select id, plan_id, status, start_at, billing_anchor, current_period_start, current_period_end, canceled_at,
+                  paused_at,
+                  -- past pauses (migration 009): usage in them is not billed
+                  array(select w.paused_at from pause_windows w where w.tenant_id = $1 and w.subscription_id = s.id
+                         order by w.paused_at) as paused_from,
+                  array(select w.resumed_at from pause_windows w where w.tenant_id = $1 and w.subscription_id = s.id
+                         order by w.paused_at) as paused_to
+             from subscriptions s where tenant_id = $1 and id = any($2::uuid[])
+            order by id for key share of s""",
         tenant_id, ids,
     )
 
@@ -153,4 +159,14 @@ async def series(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id
             where tenant_id = $1 and subscription_id = $2 and metric_code = $3 and period_start = $4
             group by 1 order by 1""",
         tenant_id, subscription_id, metric, period_start, bucket,
+    )
+
+
+async def add_pause_window(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID,
+                           paused_at: datetime, resumed_at: datetime) -> None:
+    """Record a pause that ended (ResumeSubscription): usage in [paused_at, resumed_at) is refused."""
+    await conn.execute(
+        """insert into pause_windows (tenant_id, subscription_id, paused_at, resumed_at) values ($1, $2, $3, $4)
+           on conflict do nothing""",
+        tenant_id, subscription_id, paused_at, resumed_at,
     )

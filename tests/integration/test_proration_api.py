@@ -248,3 +248,34 @@ async def test_bad_proration_values_are_refused(stub, tenant):
         await stub.ChangePlan(pb.ChangePlanRequest(request_id=rid(), id=sub.id, new_plan_id=spec.id,
                                                    proration_behavior=99), metadata=tenant.md)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_usage_while_paused_is_refused_even_after_the_resume(stub, tenant, admin_conn):
+    import grpc
+
+    charge = pb.UsageCharge(metric_code="api_calls", aggregation=pb.AGGREGATION_SUM,
+                            pricing_model=pb.PRICING_MODEL_PER_UNIT, unit_price="0.01")
+    spec = await _plan(stub, tenant, "10.00", charges=[charge])
+    sub = await _sub(stub, tenant, spec, days_ago=10)
+
+    async def record(at: datetime):
+        return await stub.RecordUsage(pb.RecordUsageRequest(
+            request_id=rid(), event_id=rid(), subscription_id=sub.id, metric_code="api_calls", quantity="1",
+            occurred_at=ts(at)), metadata=tenant.md)
+
+    await record(datetime.now(UTC) - timedelta(days=1))
+    await stub.PauseSubscription(pb.PauseSubscriptionRequest(request_id=rid(), id=sub.id), metadata=tenant.md)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await record(datetime.now(UTC))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "paused" in err.value.details()
+    await record(datetime.now(UTC) - timedelta(hours=1))  # before the pause: billed
+    await stub.ResumeSubscription(pb.ResumeSubscriptionRequest(request_id=rid(), id=sub.id), metadata=tenant.md)
+    window = await admin_conn.fetchrow("select paused_at, resumed_at from pause_windows where subscription_id = $1",
+                                       uuid.UUID(sub.id))
+    assert window["paused_at"] < window["resumed_at"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # arrives after the resume, happened in the pause
+        await record(window["paused_at"] + (window["resumed_at"] - window["paused_at"]) / 2)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await record(window["resumed_at"])  # from the resume on: billed again
+    assert await admin_conn.fetchval("select quantity_sum from usage_totals where subscription_id = $1",
+                                     uuid.UUID(sub.id)) == D(3)
