@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     http_port: int = 8080
 
     log_level: str = "INFO"
+    # Tracing (docs/operations.md): spans are always made (log lines carry their ids) and
+    # exported over OTLP/gRPC only when an endpoint is set here or in the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT; none by default.
+    tracing_enabled: bool = True
+    otlp_endpoint: str = ""
+    otel_service_name: str = "billing-service"
+    trace_sample_ratio: float = 1.0
+    # How often the relay role samples the outbox backlog gauges.
+    outbox_backlog_interval_s: float = 5.0
     migrations_dir: Path = PROJECT_ROOT / "migrations"
     # Where `billing dev` keeps PostgreSQL data, Kafka logs and the Kafka jars' classpath.
     state_dir: Path = PROJECT_ROOT / ".state"

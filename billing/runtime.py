@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from billing.api.server import GrpcServer
 from billing.config import Settings
 from billing.ops import http
-from billing.ops.metrics import consumer_batch_observer, outbox_observer
+from billing.ops import tracing
+from billing.ops.metrics import (
+    OUTBOX_BACKLOG, OUTBOX_LEADER, OUTBOX_OLDEST_AGE, ConsumerMetrics, outbox_observer, track_pool,
+)
 from billing.ops.readiness import Readiness
 from billing.store.db import Database
 
@@ -51,8 +54,11 @@ class Service:
         unknown = set(self.roles) - set(ALL_ROLES)
         if unknown:
             raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ALL_ROLES)}")
+        tracing.configure(s)
         self.db = await Database.connect(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
-        self.readiness = Readiness(self.db, s.kafka_bootstrap_servers, s.migrations_dir)
+        track_pool(self.db.pool)
+        self.readiness = Readiness(self.db, s.kafka_bootstrap_servers, s.migrations_dir,
+                                   required_topics=tuple(s.topics.all()))
         if "api" in self.roles:
             self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port)
             await self.grpc.start()
@@ -73,8 +79,10 @@ class Service:
         if "relay" in self.roles:
             from producers.outbox_relay import OutboxRelay
 
-            self._start_role("relay", OutboxRelay(pool=self.db.pool, listen_dsn=s.database_url, settings=s,
-                                                  on_published=outbox_observer))
+            relay = OutboxRelay(pool=self.db.pool, listen_dsn=s.database_url, settings=s,
+                                on_published=outbox_observer)
+            self._start_role("relay", relay)
+            self._tasks.append(asyncio.create_task(self._sample_outbox(relay), name="outbox-gauges"))
         await self.readiness.check_once()
         self._tasks.append(asyncio.create_task(self.readiness.run(), name="readiness"))
         self._http_runner = await http.start(self.readiness, s.http_host, s.http_port)
@@ -92,7 +100,7 @@ class Service:
         return ConsumerRunner(
             pool=self.db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
             group_id=COMMANDS_GROUP, strategy=CommandStrategy(), dlq_topic=s.topics.subscription_commands_dlq,
-            producer_config=producer_config(s), max_batch_size=500, on_batch=consumer_batch_observer(COMMANDS_GROUP),
+            producer_config=producer_config(s), max_batch_size=500, observer=ConsumerMetrics(COMMANDS_GROUP),
         )
 
     def _billing_consumer(self):
@@ -105,7 +113,22 @@ class Service:
         return ConsumerRunner(
             pool=self.db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
             group_id=BILLING_GROUP, strategy=BillingRunStrategy(self.db.pool), max_batch_size=10,
+            observer=ConsumerMetrics(BILLING_GROUP),
         )
+
+    async def _sample_outbox(self, relay) -> None:
+        """The outbox gauges, every `outbox_backlog_interval_s`, from every relay process (leader
+        or standby: the backlog is the same from all; aggregate with max())."""
+        from producers.outbox_relay import oldest_pending_age_s
+
+        while True:
+            OUTBOX_LEADER.set(1 if relay.is_leader else 0)
+            try:
+                OUTBOX_BACKLOG.set(await relay.backlog())
+                OUTBOX_OLDEST_AGE.set(await oldest_pending_age_s(self.db.pool))
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: readiness says so; keep sampling
+                log.debug("outbox gauges not sampled: %s", exc)
+            await asyncio.sleep(self.settings.outbox_backlog_interval_s)
 
     def _start_role(self, name: str, component) -> None:
         async def run() -> None:
@@ -137,6 +160,7 @@ class Service:
             await self._http_runner.cleanup()
         if self.db:
             await self.db.close()
+        tracing.shutdown()
         log.info("service stopped")
 
 
@@ -192,7 +216,7 @@ def usage_consumer(settings: Settings, pool, **overrides):
         topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(usage_limits(settings)),
         dlq_topic=settings.topics.usage_dlq, producer_config=producer_config(settings),
         max_batch_size=settings.usage_batch_size, max_batch_wait_s=0.5, max_bad_share=settings.usage_max_bad_share,
-        on_batch=consumer_batch_observer(USAGE_GROUP),
+        observer=ConsumerMetrics(USAGE_GROUP),
     )
     options.update(overrides)
     return ConsumerRunner(**options)

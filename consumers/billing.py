@@ -11,6 +11,11 @@ where it stopped: execution is at-least-once, which is safe because a run is ide
 Bad requests (undecodable, not UUIDs, naming no run) are logged and skipped, not
 dead-lettered: only this service's own outbox writes the topic, so one is a bug to fix,
 and there is no billing-runs DLQ topic in the settings yet.
+
+Each request is one span (`billing run`), a child of the trace that asked for the run (the
+request's `traceparent` header, written into the outbox by RunBilling or the scheduler), so
+the run's chunk transactions, its invoice-request outbox rows and their publishing stay in
+the trace of the call that started it.
 """
 from __future__ import annotations
 
@@ -18,8 +23,11 @@ import logging
 import uuid
 
 import asyncpg
+from opentelemetry import trace
 
 from billing import codec
+from billing.ops import tracing
+from billing.ops.logging import current_tenant
 from billing.services.billing import execute_run
 from consumers.runner import BatchResult, Message
 
@@ -51,7 +59,18 @@ class BillingRunStrategy:
                 continue
             # One request per shard (keys spread them over the partitions, so over the
             # consumers of the group); the run completes when its last shard does.
-            run = await execute_run(self.pool, tenant_id, run_id, shard=request["shard"])
+            span = tracing.start_message_span("billing run", msg.headers, attributes={
+                "messaging.system": "kafka", "messaging.destination.name": msg.topic,
+                "messaging.kafka.offset": msg.offset, "billing.tenant_id": str(tenant_id),
+                "billing.run_id": str(run_id)})
+            token = current_tenant.set(str(tenant_id))
+            try:
+                with trace.use_span(span, end_on_exit=True):
+                    run = await execute_run(self.pool, tenant_id, run_id, shard=request["shard"])
+                    if run is not None:
+                        span.set_attribute("billing.run_status", str(getattr(run, "status", "")))
+            finally:
+                current_tenant.reset(token)
             if run is None:  # logged by execute_run
                 bad += 1
                 continue

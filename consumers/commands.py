@@ -7,6 +7,11 @@ Per message, in the runner's batch transaction:
   current state does not allow, which its owner wants to hear about on the events topic;
 - otherwise applied, with `cmd:<command_id>` as the idempotency key, so a command produced
   twice, or replayed after a crash, applies once.
+
+Each message gets its own span (`command <name>`), a child of the producer's trace when the
+message carries a `traceparent` header (linked to the runner's batch span), so the database
+transaction and the outbox row of its event (and the event the relay publishes) stay in the
+producer's trace.
 """
 from __future__ import annotations
 
@@ -15,9 +20,12 @@ import uuid
 from datetime import datetime, timezone
 
 import asyncpg
+from opentelemetry import trace
 
 from billing import codec
 from billing.domain.periods import from_us
+from billing.ops import tracing
+from billing.ops.logging import current_tenant
 from billing.services import events, subscriptions
 from billing.services.context import Caller
 from billing.services.errors import DomainError
@@ -71,31 +79,48 @@ class CommandStrategy:
         dead: list[DeadLetter] = []
         scope = ConnectionScope(conn)
         for msg in batch:
-            try:
-                command = codec.decode(codec.Schema.SUBSCRIPTION_COMMAND, msg.value)
-            except codec.CodecError as exc:
-                dead.append(DeadLetter(msg, "undecodable", str(exc)))
-                continue
-            if not command["command_id"]:
-                dead.append(DeadLetter(msg, "invalid_command", "command_id is empty"))
-                continue
-            try:
-                tenant_id = uuid.UUID(command["tenant_id"])
-            except ValueError:
-                dead.append(DeadLetter(msg, "unknown_tenant", f"tenant_id {command['tenant_id'][:64]!r} is not a UUID"))
-                continue
-            async with conn.transaction():
-                await set_tenant(conn, tenant_id)
-                known = await tenants_store.exists(conn, tenant_id)
-            if not known:
-                dead.append(DeadLetter(msg, "unknown_tenant", f"no tenant {tenant_id}"))
-                continue
-            caller = Caller(tenant_id, f"command:{msg.topic}", command_id=command["command_id"])
-            try:
-                await apply(scope, caller, command)
-            except DomainError as exc:
-                await self._reject(scope, caller, command, exc)
+            span = tracing.start_message_span("command", msg.headers, attributes={
+                "messaging.system": "kafka", "messaging.destination.name": msg.topic,
+                "messaging.destination.partition.id": str(msg.partition), "messaging.kafka.offset": msg.offset})
+            with trace.use_span(span, end_on_exit=True):
+                letter = await self._one(scope, conn, msg, span)
+                if letter is not None:
+                    dead.append(letter)
+                    span.set_attribute("billing.dead_letter_reason", letter.reason)
+                    tracing.record_error(span, f"dead-lettered: {letter.reason}")
         return BatchResult(dead_letters=dead)
+
+    async def _one(self, scope: ConnectionScope, conn: asyncpg.Connection, msg: Message, span) -> DeadLetter | None:
+        try:
+            command = codec.decode(codec.Schema.SUBSCRIPTION_COMMAND, msg.value)
+        except codec.CodecError as exc:
+            return DeadLetter(msg, "undecodable", str(exc))
+        name = command["command"][0].rsplit(".", 1)[-1]
+        span.update_name(f"command {name}")
+        span.set_attribute("billing.command_id", command["command_id"])
+        if not command["command_id"]:
+            return DeadLetter(msg, "invalid_command", "command_id is empty")
+        try:
+            tenant_id = uuid.UUID(command["tenant_id"])
+        except ValueError:
+            return DeadLetter(msg, "unknown_tenant", f"tenant_id {command['tenant_id'][:64]!r} is not a UUID")
+        async with conn.transaction():
+            await set_tenant(conn, tenant_id)
+            known = await tenants_store.exists(conn, tenant_id)
+        if not known:
+            return DeadLetter(msg, "unknown_tenant", f"no tenant {tenant_id}")
+        span.set_attribute("billing.tenant_id", str(tenant_id))
+        span.set_attribute("billing.subscription_id", command["subscription_id"])
+        caller = Caller(tenant_id, f"command:{msg.topic}", command_id=command["command_id"])
+        token = current_tenant.set(str(tenant_id))
+        try:
+            await apply(scope, caller, command)
+        except DomainError as exc:
+            span.set_attribute("billing.command_rejected", type(exc).__name__)
+            await self._reject(scope, caller, command, exc)
+        finally:
+            current_tenant.reset(token)
+        return None
 
     async def _reject(self, scope: ConnectionScope, caller: Caller, command: dict, exc: DomainError) -> None:
         name = command["command"][0].rsplit(".", 1)[-1]

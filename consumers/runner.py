@@ -68,6 +68,17 @@ Dead letters are limited: when more than `max_bad_share` of the last `bad_window
 messages (at least `bad_min_sample` of them) would be dead-lettered, `run()` raises
 `TooManyBadMessages` without committing that batch.
 
+Observability
+-------------
+Every commit attempt is one span (`process <topic>`, kind CONSUMER) linking to the trace
+contexts (`traceparent` headers) of up to 100 messages of the batch; the strategy's work runs
+inside it, and strategies that handle messages one by one open a child span per message that
+continues the message's own trace (tracing.start_message_span). `observer` (a RunnerObserver,
+billing.ops.metrics.ConsumerMetrics in the service) hears of every committed batch (messages,
+dead letters by reason, the strategy's counters, seconds) and of the lag of every assigned
+partition: its high watermark (as last fetched) minus the next offset stored in PostgreSQL,
+refreshed after each commit and at least every `lag_interval_s`.
+
 Shutdown: `stop()` lets the batch in hand finish and commit (a batch waiting in backoff
 is abandoned, to be replayed by the next owner), then closes the consumer so the group
 rebalances at once, and `run()` returns.
@@ -89,6 +100,10 @@ from typing import Protocol, runtime_checkable
 import asyncpg
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException
 from confluent_kafka import Message as KafkaMessage
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+from opentelemetry.trace import SpanKind
+
+from billing.ops import tracing
 
 from billing.store import offsets as offset_store
 from consumers.dlq import (
@@ -100,7 +115,7 @@ from consumers.dlq import (
 
 __all__ = [
     "Backpressure", "BatchResult", "BatchStrategy", "ConsumerRunner", "DeadLetter", "Message",
-    "RunnerStats", "TooManyBadMessages", "DeadLetterDeliveryError",
+    "RunnerObserver", "RunnerStats", "TooManyBadMessages", "DeadLetterDeliveryError",
 ]
 
 log = logging.getLogger(__name__)
@@ -155,6 +170,17 @@ class BatchResult:
 @runtime_checkable
 class BatchStrategy(Protocol):
     async def process(self, conn: asyncpg.Connection, batch: list[Message]) -> BatchResult: ...
+
+
+class RunnerObserver(Protocol):
+    """What the runner reports for metrics (billing.ops.metrics.ConsumerMetrics)."""
+
+    def batch(self, messages: int, dead_letters: dict[str, int], counters: dict[str, int],
+              seconds: float) -> None: ...
+
+    def lag(self, topic: str, partition: int, messages: int) -> None: ...
+
+    def forget(self, topic: str, partition: int) -> None: ...
 
 
 class Backpressure(Exception):
@@ -234,6 +260,8 @@ class ConsumerRunner:
         dlq_timeout_s: float = 30.0,
         assign_timeout_s: float = 60.0,
         on_batch: Callable[[int, int, float], None] | None = None,
+        observer: RunnerObserver | None = None,
+        lag_interval_s: float = 1.0,
     ):
         if not topics:
             raise ValueError("topics must not be empty")
@@ -264,6 +292,10 @@ class ConsumerRunner:
         self._dlq_timeout_s = dlq_timeout_s
         self._assign_timeout_s = assign_timeout_s
         self._on_batch = on_batch
+        self._observer = observer
+        self._lag_interval_s = lag_interval_s
+        self._watermarks_at = 0.0  # consumer thread: when watermarks were last read
+        self._high: dict[TopicPartition, tuple[int, int]] = {}  # runner task: (low, high) as last fetched
 
         self.stats = RunnerStats()
         # Set while at least one partition is assigned (tests and readiness wait on it).
@@ -346,8 +378,29 @@ class ConsumerRunner:
                 self._buffer = [m for m in self._buffer if m.tp not in gone]
                 for tp in gone:
                     self._expected.pop(tp, None)
+                    self._high.pop(tp, None)
+                    if self._observer is not None:
+                        self._observer.forget(*tp)
             elif kind == "assign":
                 self._expected.update(data)  # type: ignore[arg-type]
+            elif kind == "watermarks":
+                self._high.update(data)  # type: ignore[arg-type]
+                self._report_lag(data)  # type: ignore[arg-type]
+
+    def _report_lag(self, partitions) -> None:
+        if self._observer is None:
+            return
+        for tp in partitions:
+            if tp not in self._expected or tp not in self._high:
+                continue
+            low, high = self._high[tp]
+            position = self._expected[tp]
+            if position is None:  # nothing stored yet: the whole retained log is ahead
+                position = max(low, 0)
+            try:
+                self._observer.lag(tp[0], tp[1], high - position)
+            except Exception:
+                log.exception("observer failed", extra={"group": self.group_id})
 
     async def _process_with_prefetch(self) -> None:
         """Process a batch while the consumer thread fetches the next one, so the database
@@ -432,6 +485,19 @@ class ConsumerRunner:
         return batch
 
     async def _commit(self, batch: list[Message]) -> None:
+        topics = _topics_of(batch)
+        with tracing.tracer.start_as_current_span(
+            f"process {topics}", kind=SpanKind.CONSUMER,
+            links=tracing.message_links(m.headers for m in batch),
+            attributes={"messaging.system": "kafka", "messaging.destination.name": topics,
+                        "messaging.consumer.group.name": self.group_id, "messaging.operation.type": "process",
+                        "messaging.batch.message_count": len(batch)},
+        ) as span:
+            dead = await self._commit_in_span(batch)
+            if dead:
+                span.set_attribute("billing.dead_letters", dead)
+
+    async def _commit_in_span(self, batch: list[Message]) -> int:
         started = time.perf_counter()
         next_offsets: dict[TopicPartition, int] = {}
         for m in batch:
@@ -485,6 +551,13 @@ class ConsumerRunner:
                 self._on_batch(len(batch), len(dead), seconds)
             except Exception:
                 log.exception("on_batch callback failed", extra={"group": self.group_id})
+        if self._observer is not None:
+            try:
+                self._observer.batch(len(batch), dict(Counter(d.reason for d in dead)), dict(result.counters), seconds)
+            except Exception:
+                log.exception("observer failed", extra={"group": self.group_id})
+            self._report_lag(next_offsets)
+        return len(dead)
 
     @staticmethod
     def _dead_flags(batch: list[Message], dead: list[DeadLetter]) -> list[bool]:
@@ -553,6 +626,9 @@ class ConsumerRunner:
             await asyncio.to_thread(self._dlq.close)
         self._set_assignment_view(frozenset())
         self._buffer.clear()
+        if self._observer is not None:
+            for tp in list(self._expected):
+                self._observer.forget(*tp)
         log.info("consumer stopped", extra={"group": self.group_id, "topic": ",".join(self._topics)})
 
     # --------------------------------------------------------------- consumer thread
@@ -582,8 +658,27 @@ class ConsumerRunner:
                 continue
             if (msg.topic(), msg.partition()) in self._assignment:
                 out.append(Message.from_kafka(msg))
+        if self._observer is not None and self._assignment:
+            now = time.monotonic()
+            if now - self._watermarks_at >= self._lag_interval_s:
+                self._watermarks_at = now
+                self._events.append(("watermarks", self._watermarks_sync()))
         events, self._events = self._events, []
         return events, out
+
+    def _watermarks_sync(self) -> dict[TopicPartition, tuple[int, int]]:
+        """(low, high) of every assigned partition as last fetched (no broker round trip);
+        the high watermark is updated by every fetch response, empty ones included."""
+        out: dict[TopicPartition, tuple[int, int]] = {}
+        for topic, partition in self._assignment:
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    KafkaTopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high is not None and high >= 0:
+                out[(topic, partition)] = (low, high)
+        return out
 
     def _pause_sync(self) -> None:
         parts = self._consumer.assignment()
@@ -598,8 +693,6 @@ class ConsumerRunner:
         self._paused = False
 
     def _seek_sync(self, positions: dict[TopicPartition, int | None]) -> None:
-        from confluent_kafka import TopicPartition as KafkaTopicPartition
-
         for (topic, partition), offset in positions.items():
             if (topic, partition) in self._assignment:
                 # Failing here would skip messages; raise instead (restart resumes from PG).

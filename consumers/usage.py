@@ -4,13 +4,21 @@ One runner batch is one transaction: the raw events and the totals of every tena
 batch, and the Kafka offsets. Bad events (undecodable, unknown tenant or subscription,
 metric not on the plan, bad quantity, out of the time window) are dead-lettered with the
 reason; they never stop the stream, and a good event after a bad one still counts.
+
+Tracing: the batch is one span of the runner (linked to the traces of up to 100 of its
+events). Events are aggregated together, so per-event spans would cost more than the
+work; only events that carry a `traceparent` header get one (`usage event`, a child of
+the producer's trace, linked to the batch span, covering the batch's database work and
+marked as an error when the event is dead-lettered), at most 100 per batch.
 """
 from __future__ import annotations
 
 import time
 
 import asyncpg
+from opentelemetry.trace import Span
 
+from billing.ops import tracing
 from billing.services import usage
 from consumers.runner import BatchResult, DeadLetter, Message
 from consumers.usage_payloads import decode_batch
@@ -22,12 +30,40 @@ class UsageStrategy:
         self.plans = usage.PlanCache()
 
     async def process(self, conn: asyncpg.Connection, batch: list[Message]) -> BatchResult:
-        events, positions, dead = decode_batch(batch)
-        result = await usage.ingest(conn, events, now_us=time.time_ns() // 1000, limits=self.limits,
-                                    plans=self.plans)
-        for r in result.rejected:
-            dead.append(DeadLetter(batch[positions[r.index]], r.reason, r.detail))
+        spans = _event_spans(batch)
+        try:
+            events, positions, dead = decode_batch(batch)
+            result = await usage.ingest(conn, events, now_us=time.time_ns() // 1000, limits=self.limits,
+                                        plans=self.plans)
+            for r in result.rejected:
+                dead.append(DeadLetter(batch[positions[r.index]], r.reason, r.detail))
+        except BaseException as exc:
+            for span in spans.values():
+                tracing.record_error(span, exc)
+                span.end()
+            raise
+        if spans:
+            for d in dead:
+                span = spans.get((d.message.partition, d.message.offset))
+                if span is not None:
+                    span.set_attribute("billing.dead_letter_reason", d.reason)
+                    tracing.record_error(span, f"dead-lettered: {d.reason}")
+            for span in spans.values():
+                span.end()
         return BatchResult(dead_letters=dead, counters={
             "received": len(batch), "inserted": result.inserted, "duplicates": result.duplicates,
             "late": result.late,
         })
+
+
+def _event_spans(batch: list[Message]) -> dict[tuple[int, int], Span]:
+    """Spans for the first MAX_MESSAGE_SPANS events that carry a trace context."""
+    spans: dict[tuple[int, int], Span] = {}
+    for msg in batch:
+        if "traceparent" in msg.headers:
+            spans[(msg.partition, msg.offset)] = tracing.start_message_span("usage event", msg.headers, attributes={
+                "messaging.system": "kafka", "messaging.destination.name": msg.topic,
+                "messaging.destination.partition.id": str(msg.partition), "messaging.kafka.offset": msg.offset})
+            if len(spans) >= tracing.MAX_MESSAGE_SPANS:
+                break
+    return spans

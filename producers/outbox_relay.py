@@ -53,6 +53,14 @@ Wake-ups
     every insert; the leader LISTENs on it and runs a cycle at once. It also polls every
     `poll_interval_s`, so a missed notification only delays a row.
 
+Tracing
+    Each batch is a span (`outbox relay batch`, linked to the rows' traces). Each row is
+    published in a span of its own (`publish <topic>`, kind PRODUCER) that continues the
+    trace stored in the row's `traceparent` header (the transaction that wrote the row), or
+    is a child of the batch span for a row without one; it ends at the delivery report.
+    The message carries that publish span's context as its `traceparent` header (replacing
+    the row's), so consumers of the topic continue the same trace.
+
 Metrics
     `on_published(count, seconds)` is called after each batch that marked rows: the number
     marked and the seconds from the first produce to the end of the marking.
@@ -69,6 +77,10 @@ from typing import Callable, Hashable, Mapping
 
 import asyncpg
 from confluent_kafka import KafkaError, KafkaException, Producer
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from billing.ops import tracing
 
 from billing.config import Settings
 from billing.kafka import producer_config
@@ -112,6 +124,11 @@ def stream_topics(settings: Settings) -> dict[str, str]:
 async def backlog(pool: asyncpg.Pool | asyncpg.Connection) -> int:
     """Unpublished outbox rows across all tenants (for a gauge; works as the app role)."""
     return await sql.backlog(pool)
+
+
+async def oldest_pending_age_s(pool: asyncpg.Pool | asyncpg.Connection) -> float:
+    """Seconds since the oldest unpublished row was written (0 when none), for a gauge."""
+    return await sql.oldest_pending_age_s(pool)
 
 
 @dataclass
@@ -326,7 +343,11 @@ class OutboxRelay:
         if not batch:
             return False, False
 
-        result = await asyncio.to_thread(self._publish, producer, batch)
+        with tracing.tracer.start_as_current_span("outbox relay batch", links=tracing.message_links(
+                r.headers for r in batch), attributes={"billing.outbox.rows": len(batch),
+                                                       "billing.outbox.group": self._group}):
+            # to_thread copies the context: the publish spans of rows without one are children.
+            result = await asyncio.to_thread(self._publish, producer, batch)
         ids = [r.id for r in result.delivered]
         marked = await sql.mark_published(conn, ids)
         elapsed = time.perf_counter() - result.started
@@ -350,9 +371,12 @@ class OutboxRelay:
         produced: list[PendingRow] = []
         blocked: set[Hashable] = set()
 
-        def report(row_id: int):
+        def report(row_id: int, span):
             def on_delivery(err, _msg):
                 reports[row_id] = err
+                if err is not None:
+                    tracing.record_error(span, f"delivery failed: {err}")
+                span.end()
             return on_delivery
 
         for row in rows:
@@ -363,12 +387,20 @@ class OutboxRelay:
                 result.failed.append(_Failure(row, f"unknown outbox stream {row.stream!r}", topic_level=True))
                 blocked.add(_stream_hold(row.stream))
                 continue
-            headers = [(k, v) for k, v in row.headers.items() if k not in (OUTBOX_ID_HEADER, TENANT_ID_HEADER)]
+            span = tracing.tracer.start_span(
+                f"publish {topic}", context=tracing.extract(row.headers), kind=SpanKind.PRODUCER,
+                attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
+                            "messaging.operation.type": "send", "billing.outbox.id": row.id,
+                            "billing.tenant_id": str(row.tenant_id)})
+            trace_headers = tracing.inject({}, trace.set_span_in_context(span))
+            headers = [(k, v) for k, v in row.headers.items()
+                       if k not in (OUTBOX_ID_HEADER, TENANT_ID_HEADER) and k not in trace_headers]
             headers += [(OUTBOX_ID_HEADER, str(row.id)), (TENANT_ID_HEADER, str(row.tenant_id))]
+            headers += list(trace_headers.items())
             while True:
                 try:
                     producer.produce(topic, value=row.payload, key=row.key, headers=headers,
-                                     on_delivery=report(row.id))
+                                     on_delivery=report(row.id, span))
                     produced.append(row)
                 except BufferError:
                     producer.poll(0.05)   # local queue full: serve reports, try again
@@ -378,6 +410,8 @@ class OutboxRelay:
                     topic_level = err.code() in _TOPIC_ERRORS
                     result.failed.append(_Failure(row, str(err), topic_level, fatal=err.fatal()))
                     blocked.add(_stream_hold(row.stream) if topic_level else _key_hold(row))
+                    tracing.record_error(span, f"produce failed: {err}")
+                    span.end()
                 break
 
         # Every produced message gets exactly one report (at the latest after

@@ -1,7 +1,9 @@
-"""Server interceptors: authentication (API key -> tenant) and metrics.
+"""Server interceptors: tracing, metrics and authentication (API key -> tenant).
 
-Each wraps the method handler rather than the call, so the tenant context variable is set
-in the same task that runs the handler (the pattern of the grpc.aio examples).
+Each wraps the method handler rather than the call, so the tenant context variable and the
+current span are set in the same task that runs the handler (the pattern of the grpc.aio
+examples). The API key is never logged nor put on a span: only the tenant it resolves to,
+and in the audit trail the key's first characters (`key_prefix`).
 """
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ import uuid
 from typing import Awaitable, Callable
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from billing.ops import tracing
 from billing.ops.logging import current_tenant
 from billing.ops.metrics import GRPC_LATENCY, GRPC_REQUESTS
 from billing.services.context import Caller
@@ -53,16 +58,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if details.method.startswith(PUBLIC_PREFIXES):
             return handler
         key = _bearer(details.invocation_metadata)
+        method = details.method.rsplit("/", 1)[-1]
 
         def around(behavior: Callable[..., Awaitable]):
             async def call(request, context: grpc.aio.ServicerContext):
                 if not key:
+                    log.info("unauthenticated call refused", extra={"method": method, "reason": "no API key"})
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                         "missing API key: send metadata 'authorization: Bearer <key>'")
                 async with self._db.pool.acquire() as conn:
                     tenant_id: uuid.UUID | None = await authenticate(conn, key)
                 if tenant_id is None:
+                    # Never the key itself, not even its prefix: a mistyped key is nearly a real one.
+                    log.info("unauthenticated call refused", extra={"method": method,
+                                                                    "reason": "unknown or revoked API key"})
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
+                trace.get_current_span().set_attribute("billing.tenant_id", str(tenant_id))
                 caller_token = current_caller.set(Caller(tenant_id, f"api:{key_prefix(key)}"))
                 tenant_token = current_tenant.set(str(tenant_id))
                 try:
@@ -97,6 +108,48 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                         code = context.code().name
                     GRPC_REQUESTS.labels(method, code).inc()
                     GRPC_LATENCY.labels(method).observe(time.perf_counter() - start)
+            return call
+
+        return _wrap_unary(handler, around)
+
+
+# Not traced: health probes (every few seconds, from every orchestrator) and reflection.
+UNTRACED_PREFIXES = PUBLIC_PREFIXES
+
+
+class TracingInterceptor(grpc.aio.ServerInterceptor):
+    """A SERVER span per call, continuing the caller's trace from the `traceparent` (and
+    `tracestate`) metadata when there is one."""
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if details.method.startswith(UNTRACED_PREFIXES):
+            return handler
+        full = details.method.lstrip("/")
+        service, _, method = full.rpartition("/")
+        parent = tracing.extract(details.invocation_metadata)
+
+        def around(behavior: Callable[..., Awaitable]):
+            async def call(request, context: grpc.aio.ServicerContext):
+                with tracing.tracer.start_as_current_span(
+                    full, context=parent, kind=SpanKind.SERVER, record_exception=False, set_status_on_exception=False,
+                    attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
+                ) as span:
+                    try:
+                        return await behavior(request, context)
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception as exc:  # becomes UNKNOWN for the client
+                        span.record_exception(exc)
+                        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                        raise
+                    finally:
+                        code = context.code() or grpc.StatusCode.OK
+                        span.set_attribute("rpc.grpc.status_code", code.value[0])
+                        if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DATA_LOSS,
+                                    grpc.StatusCode.UNIMPLEMENTED):
+                            span.set_status(Status(StatusCode.ERROR, code.name))
             return call
 
         return _wrap_unary(handler, around)

@@ -1,7 +1,14 @@
-"""Prometheus metrics. Label sets are bounded: method and code, never tenant or ids."""
+"""Prometheus metrics. Label sets are bounded: method and code, never tenant or ids.
+
+The list with what each metric means is in docs/operations.md; keep the two in step.
+"""
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import re
+from collections.abc import Mapping
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 GRPC_REQUESTS = Counter(
     "billing_grpc_requests_total", "gRPC requests handled, by method and status code", ["method", "code"]
@@ -16,29 +23,107 @@ DEPENDENCY_UP = Gauge("billing_dependency_up", "1 when the dependency answered t
 CONSUMER_MESSAGES = Counter(
     "billing_consumer_messages_total", "Kafka messages committed by a consumer (dead letters included)", ["group"]
 )
-CONSUMER_DEAD_LETTERS = Counter("billing_consumer_dead_letters_total", "Messages sent to a dead-letter topic", ["group"])
+CONSUMER_DEAD_LETTERS = Counter(
+    "billing_consumer_dead_letters_total", "Messages sent to a dead-letter topic, by reason code", ["group", "reason"]
+)
+CONSUMER_BATCHES = Counter("billing_consumer_batches_total", "Batches committed by a consumer", ["group"])
+CONSUMER_DEDUP_HITS = Counter(
+    "billing_consumer_dedup_hits_total",
+    "Messages whose effect was already recorded (usage events already seen), skipped", ["group"],
+)
+USAGE_LATE_EVENTS = Counter(
+    "billing_usage_late_events_total", "Usage events counted for a period that was already billed", []
+)
+CONSUMER_LAG = Gauge(
+    "billing_consumer_lag_messages",
+    "Messages behind the partition's high watermark (stored offset in PostgreSQL), per assigned partition",
+    ["group", "topic", "partition"],
+)
 CONSUMER_BATCH_SECONDS = Histogram(
     "billing_consumer_batch_duration_seconds", "Time to process and commit one batch", ["group"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 OUTBOX_PUBLISHED = Counter("billing_outbox_published_total", "Outbox rows published to Kafka and marked", [])
+OUTBOX_BACKLOG = Gauge("billing_outbox_backlog_rows", "Outbox rows not published yet, over the whole database", [])
+OUTBOX_OLDEST_AGE = Gauge(
+    "billing_outbox_oldest_unpublished_age_seconds", "Age of the oldest unpublished outbox row (0 when none)", []
+)
+OUTBOX_LEADER = Gauge("billing_outbox_relay_leader", "1 while this process's relay is the leader of its group", [])
 OUTBOX_PUBLISH_SECONDS = Histogram(
     "billing_outbox_publish_duration_seconds", "From the first produce of a relay batch to its rows being marked", [],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
 
-def consumer_batch_observer(group: str):
-    """The runner's on_batch hook, recording into the metrics above (label: the group only)."""
-    messages, dead, seconds = (CONSUMER_MESSAGES.labels(group), CONSUMER_DEAD_LETTERS.labels(group),
-                               CONSUMER_BATCH_SECONDS.labels(group))
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
-    def observe(committed: int, dead_letters: int, took_s: float) -> None:
-        messages.inc(committed)
-        dead.inc(dead_letters)
-        seconds.observe(took_s)
 
-    return observe
+def reason_label(reason: str) -> str:
+    """Dead-letter reasons are short codes of a fixed set; anything else counts as "other",
+    so a strategy that put free text in a reason cannot blow up the label set."""
+    return reason if _REASON.fullmatch(reason or "") else "other"
+
+
+class ConsumerMetrics:
+    """The runner's observer (consumers.runner.RunnerObserver) for one consumer group."""
+
+    def __init__(self, group: str):
+        self.group = group
+        self._messages = CONSUMER_MESSAGES.labels(group)
+        self._batches = CONSUMER_BATCHES.labels(group)
+        self._seconds = CONSUMER_BATCH_SECONDS.labels(group)
+        self._dedup = CONSUMER_DEDUP_HITS.labels(group)
+        for reason in ("undecodable",):  # the series exist (at 0) before the first dead letter
+            CONSUMER_DEAD_LETTERS.labels(group, reason)
+
+    def batch(self, messages: int, dead_letters: Mapping[str, int], counters: Mapping[str, int],
+              seconds: float) -> None:
+        self._messages.inc(messages)
+        self._batches.inc()
+        self._seconds.observe(seconds)
+        for reason, count in dead_letters.items():
+            CONSUMER_DEAD_LETTERS.labels(self.group, reason_label(reason)).inc(count)
+        if counters.get("duplicates"):
+            self._dedup.inc(counters["duplicates"])
+        if counters.get("late"):
+            USAGE_LATE_EVENTS.inc(counters["late"])
+
+    def lag(self, topic: str, partition: int, messages: int) -> None:
+        CONSUMER_LAG.labels(self.group, topic, str(partition)).set(max(0, messages))
+
+    def forget(self, topic: str, partition: int) -> None:
+        """The partition went to another consumer: its series leaves this process."""
+        try:
+            CONSUMER_LAG.remove(self.group, topic, str(partition))
+        except KeyError:
+            pass
+
+
+class _PoolCollector:
+    """asyncpg pool usage, read at scrape time from every open pool of this process."""
+
+    def __init__(self):
+        self.pools: list = []  # asyncpg pools take no weak references; closed ones are dropped here
+
+    def collect(self):
+        size = idle = maximum = 0
+        self.pools = [p for p in self.pools if not p.is_closing()]
+        for pool in self.pools:
+            size += pool.get_size()
+            idle += pool.get_idle_size()
+            maximum += pool.get_max_size()
+        yield GaugeMetricFamily("billing_db_pool_connections", "Open connections of the database pool", value=size)
+        yield GaugeMetricFamily("billing_db_pool_connections_in_use",
+                                "Pool connections acquired by a request, batch or task", value=size - idle)
+        yield GaugeMetricFamily("billing_db_pool_connections_max", "The pool's maximum size", value=maximum)
+
+
+_POOLS = _PoolCollector()
+REGISTRY.register(_POOLS)
+
+
+def track_pool(pool) -> None:
+    _POOLS.pools.append(pool)
 
 
 def outbox_observer(count: int, took_s: float) -> None:

@@ -1,7 +1,11 @@
-"""What 'ready' means: PostgreSQL reachable, every migration applied, Kafka reachable.
+"""What 'ready' means: PostgreSQL reachable, every migration applied, Kafka reachable (and
+the service's topics there).
 
 Checked in the background every few seconds, so /readyz and the gRPC health service
-answer at once from the last result rather than probing on every request.
+answer at once from the last result rather than probing on every request. Each check is
+bounded by `timeout_s`, so an unreachable dependency turns the process not-ready within
+`interval_s + timeout_s`, and ready again within `interval_s` of its return. Liveness
+(/healthz) never depends on these: a process that waits for its dependencies is alive.
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ class Readiness:
     kafka_bootstrap: str
     migrations_dir: Path
     interval_s: float = 2.0
+    required_topics: tuple[str, ...] = ()
+    timeout_s: float = 3.0
     checks: dict[str, str] = field(default_factory=dict)  # dependency -> "ok" or why not
     listeners: list[Callable[[bool], None]] = field(default_factory=list)
     _ready: bool = False
@@ -35,18 +41,25 @@ class Readiness:
         return self._ready
 
     async def check_once(self) -> bool:
-        results = await asyncio.gather(self._check_postgres(), asyncio.to_thread(self._check_kafka))
-        self.checks = {"postgres": results[0][0], "migrations": results[0][1], "kafka": results[1]}
+        results = await asyncio.gather(self._check_postgres(), asyncio.to_thread(self._check_kafka),
+                                       return_exceptions=True)
+        pg = results[0] if not isinstance(results[0], BaseException) else (f"check failed: {results[0]!r}", "unknown")
+        kafka = results[1] if not isinstance(results[1], BaseException) else f"check failed: {results[1]!r}"
+        self.checks = {"postgres": pg[0], "migrations": pg[1], "kafka": kafka}
         for name, state in self.checks.items():
             DEPENDENCY_UP.labels(name).set(1 if state == "ok" else 0)
         ready = all(v == "ok" for v in self.checks.values())
+        self._set(ready)
+        return ready
+
+    def _set(self, ready: bool) -> None:
         if ready != self._ready:
-            log.info("readiness changed", extra={"ready": ready, "checks": self.checks})
+            log.log(logging.INFO if ready else logging.WARNING, "readiness changed",
+                    extra={"ready": ready, "checks": self.checks})
             self._ready = ready
             for listener in self.listeners:
                 listener(ready)
         READY.set(1 if ready else 0)
-        return ready
 
     async def run(self) -> None:
         while True:
@@ -54,11 +67,12 @@ class Readiness:
                 await self.check_once()
             except Exception:  # noqa: BLE001 - a broken check means not ready, never a dead loop
                 log.exception("readiness check failed")
+                self._set(False)
             await asyncio.sleep(self.interval_s)
 
     async def _check_postgres(self) -> tuple[str, str]:
         try:
-            async with asyncio.timeout(3):
+            async with asyncio.timeout(self.timeout_s):
                 async with self.db.pool.acquire() as conn:
                     todo = await migrations.pending(conn, self.migrations_dir)
         except Exception as exc:  # noqa: BLE001
@@ -68,7 +82,10 @@ class Readiness:
     def _check_kafka(self) -> str:
         admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap, "log_level": 0, "socket.timeout.ms": 2000})
         try:
-            metadata = admin.list_topics(timeout=3)
-            return "ok" if metadata.brokers else "no brokers"
+            metadata = admin.list_topics(timeout=self.timeout_s)
         except Exception as exc:  # noqa: BLE001
             return f"unreachable: {type(exc).__name__}"
+        if not metadata.brokers:
+            return "no brokers"
+        missing = [t for t in self.required_topics if t not in metadata.topics]
+        return f"missing topics: {', '.join(missing)}" if missing else "ok"

@@ -1,4 +1,8 @@
-"""The asyncpg pool and the tenant-scoped transaction every service call runs in."""
+"""The asyncpg pool and the tenant-scoped transaction every service call runs in.
+
+Every `tenant_tx` is a span (`db.transaction`, with the tenant as an attribute) and sets the
+tenant of the log lines written inside it.
+"""
 from __future__ import annotations
 
 import json
@@ -7,6 +11,10 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import asyncpg
+from opentelemetry.trace import SpanKind
+
+from billing.ops.logging import current_tenant
+from billing.ops.tracing import tracer
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -29,17 +37,19 @@ class Database:
     @asynccontextmanager
     async def tenant_tx(self, tenant_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
         """A transaction in which row-level security shows only this tenant's rows."""
-        async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                await set_tenant(conn, tenant_id)
-                yield conn
+        with _tx_span(tenant_id), _log_tenant(tenant_id):
+            async with self.pool.acquire() as conn:
+                async with conn.transaction():
+                    await set_tenant(conn, tenant_id)
+                    yield conn
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[asyncpg.Connection]:
         """A transaction with no tenant: row-level security shows no tenant rows at all."""
-        async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                yield conn
+        with _tx_span(None):
+            async with self.pool.acquire() as conn:
+                async with conn.transaction():
+                    yield conn
 
 
 class ConnectionScope:
@@ -55,9 +65,30 @@ class ConnectionScope:
 
     @asynccontextmanager
     async def tenant_tx(self, tenant_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
-        async with self.conn.transaction():
-            await set_tenant(self.conn, tenant_id)
-            yield self.conn
+        with _tx_span(tenant_id, savepoint=True), _log_tenant(tenant_id):
+            async with self.conn.transaction():
+                await set_tenant(self.conn, tenant_id)
+                yield self.conn
+
+
+def _tx_span(tenant_id: uuid.UUID | None, savepoint: bool = False):
+    attributes = {"db.system.name": "postgresql"}
+    if tenant_id is not None:
+        attributes["billing.tenant_id"] = str(tenant_id)
+    if savepoint:
+        attributes["billing.savepoint"] = True
+    return tracer.start_as_current_span("db.transaction", kind=SpanKind.CLIENT, attributes=attributes)
+
+
+class _log_tenant:
+    def __init__(self, tenant_id: uuid.UUID):
+        self.tenant = str(tenant_id)
+
+    def __enter__(self):
+        self.token = current_tenant.set(self.tenant)
+
+    def __exit__(self, *exc):
+        current_tenant.reset(self.token)
 
 
 async def set_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> None:

@@ -2,6 +2,9 @@
 
 `stream` is a logical name ("subscription_events", "invoice_requests", "billing_runs");
 the relay maps it to the configured topic, so services never need topic settings.
+
+The row's headers carry the trace context (`traceparent`) of the transaction that wrote it,
+so the relay's publish span, and the message it publishes, continue that trace.
 """
 from __future__ import annotations
 
@@ -9,12 +12,14 @@ import uuid
 
 import asyncpg
 
+from billing.ops import tracing
+
 
 async def enqueue(conn: asyncpg.Connection, tenant_id: uuid.UUID, *, stream: str, key: bytes | None,
                   payload: bytes, headers: dict[str, str] | None = None) -> None:
     await conn.execute(
         "insert into outbox (tenant_id, stream, key, payload, headers) values ($1, $2, $3, $4, $5)",
-        tenant_id, stream, key, payload, headers or {},
+        tenant_id, stream, key, payload, tracing.inject(dict(headers or {})),
     )
 
 

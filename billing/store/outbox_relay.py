@@ -71,6 +71,13 @@ async def backlog(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     return int(await conn.fetchval("select outbox_backlog()"))
 
 
+async def oldest_pending_age_s(conn: asyncpg.Connection | asyncpg.Pool) -> float:
+    """Age of the lowest unpublished row (rows are written in id order, so about the oldest)."""
+    age = await conn.fetchval(
+        "select extract(epoch from clock_timestamp() - created_at)::float8 from outbox_pending(0, 1, '{}')")
+    return max(0.0, age or 0.0)
+
+
 def _headers(value) -> dict[str, str]:
     # jsonb comes back decoded when the connection has the project's codec
     # (billing.store.db.init_connection), as text otherwise.

@@ -232,7 +232,14 @@ async def test_publishes_in_id_order_per_key_with_headers_then_marks(migrated, a
         tenant, stream, key, payload, headers = expected[m.outbox_id]
         assert m.topic == mapping[stream]
         assert (m.key, m.value) == (key, payload)
-        assert m.headers == {**headers, "outbox-id": str(m.outbox_id), "tenant-id": tenant}
+        # The row's trace continues: the message's traceparent names the relay's publish span
+        # (a child of the row's span) when tracing is on, the row's span itself when it is off.
+        row_trace = headers.get("traceparent")
+        got_trace = m.headers.pop("traceparent", None)
+        assert m.headers == {**{k: v for k, v in headers.items() if k != "traceparent"},
+                             "outbox-id": str(m.outbox_id), "tenant-id": tenant}
+        if row_trace:
+            assert got_trace.split("-")[1] == row_trace.split("-")[1]
         by_key[(m.topic, m.key)].append(m.outbox_id)
     for ids in by_key.values():
         assert ids == sorted(ids)   # per key, the topic holds the rows in id order

@@ -86,7 +86,10 @@ async def test_consumer_metrics_move_with_traffic(usage_role, migrated, stub, te
     from prometheus_client import REGISTRY
 
     def sample(name):
-        return REGISTRY.get_sample_value(name, {"group": "billing-usage"}) or 0.0
+        labels = {"group": "billing-usage"}
+        if name == "billing_consumer_dead_letters_total":
+            labels["reason"] = "undecodable"
+        return REGISTRY.get_sample_value(name, labels) or 0.0
 
     before_msgs, before_dead = sample("billing_consumer_messages_total"), sample("billing_consumer_dead_letters_total")
     _, sub = await _setup(stub, tenant)
