@@ -47,9 +47,10 @@ async def add(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: u
                                       fraction_den, tier, source, created_at, invoice_request_id)
            select $1, l.id, $2, $3, l.kind, l.description, l.metric_code, l.quantity, l.unit_price, l.amount,
                   l.period_start, l.period_end, l.fraction_num, l.fraction_den, l.tier, $4,
-                  -- one transaction has one now(): the position keeps the lines in order
-                  now() + (l.ord - 1) * interval '1 microsecond', $5
-             from unnest($6::uuid[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::numeric[],
+                  -- the statement's clock plus the position keeps the lines in order, also for
+                  -- several statements in one transaction (now() would be the same for all)
+                  c.at + (l.ord - 1) * interval '1 microsecond', $5
+             from (select clock_timestamp() as at) c, unnest($6::uuid[], $7::text[], $8::text[], $9::text[], $10::numeric[], $11::numeric[],
                          $12::numeric[], $13::timestamptz[], $14::timestamptz[], $15::bigint[], $16::bigint[],
                          $17::int[])
                   with ordinality as l(id, kind, description, metric_code, quantity, unit_price, amount,

@@ -493,3 +493,51 @@ def test_a_change_to_the_same_price_nets_zero(pt, fee, currency, timing):
         got = sum(ln.amount for ln in out.lines) + sum(ln.amount for ln in closed.lines if ln.kind == "base_fee")
         want = sum(ln.amount for ln in unchanged.lines if ln.kind == "base_fee")
         assert abs(Fraction(got - want)) <= 2 * half_unit(currency)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([ADV, ARR]), UNITS, STARTS, PRICES, st.integers(0, 10**6 - 1), st.integers(0, 10**6 - 1),
+       CURRENCIES, st.booleans())
+def test_paused_time_is_never_charged(timing, uc, start, fee, c1, c2, currency, resume):
+    unit, count = uc
+    end = add_interval(start, unit, count)
+    p, r = sorted((at_share(start, end, c1), at_share(start, end, c2)))
+    spec = plan(str(fee), timing, unit, count, currency=currency)
+    s = sub(spec, start=start, end=end)
+    lines = [P.fee_piece(spec, start, end, (start, end))] if timing is ADV else []  # paid when opened
+    paused = _pause(s, spec, p)
+    lines += paused.lines
+    s = paused.subscription
+    if resume:
+        s = _resume(s, spec, r).subscription
+    closed = close_period(TENANT, s, spec, {})
+    lines += [ln for ln in closed.lines if ln.kind == "base_fee" and ln.period_start < end]
+    nominal = (start, end)
+    active = P.share(nominal, start, P.floor_to_second(nominal, p))
+    if resume:
+        active += P.share(nominal, P.floor_to_second(nominal, r), end)
+    got = sum(Fraction(ln.amount) for ln in lines)
+    assert all(whole_minor_units(ln, currency) for ln in lines)
+    assert abs(got - Fraction(fee) * active) <= half_unit(currency) * len(lines)
+    # Paused at the close: the next period is not charged in advance either.
+    if not resume:
+        assert [ln for ln in closed.lines if ln.period_start >= end] == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(UNITS, STARTS, st.integers(1, 10**6 - 1), PRICES, CURRENCIES, st.sampled_from([ADV, ARR]))
+def test_a_first_period_cut_by_the_anchor_costs_its_share(uc, nominal_start, cut, fee, currency, timing):
+    unit, count = uc
+    nominal_end = add_interval(nominal_start, unit, count)
+    start = at_share(nominal_start, nominal_end, cut)
+    assume(P.elapsed(start, nominal_end) > 0 and fee > 0)  # a zero fee makes no base-fee line
+    spec = plan(str(fee), timing, unit, count, currency=currency)
+    s = sub(spec, start=start, end=nominal_end, anchor=nominal_start)
+    closed = close_period(TENANT, s, spec, {}, charged_in_advance=False)
+    first = closed.lines[0]
+    want = Fraction(P.elapsed(nominal_start, nominal_end) - P.elapsed(nominal_start, start),
+                    P.elapsed(nominal_start, nominal_end))
+    assert (first.period_start, first.period_end) == (start, nominal_end)
+    assert (first.fraction or Fraction(1)) == want
+    assert whole_minor_units(first, currency)
+    assert abs(Fraction(first.amount) - Fraction(fee) * want) <= half_unit(currency)
