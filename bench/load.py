@@ -212,8 +212,8 @@ def summarize(result: dict) -> dict:
 async def stored_offsets(settings: Settings) -> int:
     conn = await asyncpg.connect(settings.admin_database_url)
     try:
-        return await conn.fetchval("select coalesce(sum(next_offset), 0) from consumer_offsets "
-                                   "where consumer_group = $1 and topic = $2", USAGE_GROUP, settings.topics.usage)
+        return int(await conn.fetchval("select coalesce(sum(next_offset), 0) from consumer_offsets "
+                                       "where consumer_group = $1 and topic = $2", USAGE_GROUP, settings.topics.usage))
     finally:
         await conn.close()
 

@@ -113,6 +113,17 @@ async def _view(conn: asyncpg.Connection, caller: Caller, sub: Subscription) -> 
     return SubscriptionView(sub, code, pending_code)
 
 
+async def _views(conn: asyncpg.Connection, caller: Caller, subs: list[Subscription]) -> list[SubscriptionView]:
+    """`_view` for a page: the plans' codes in one query, not one per subscription."""
+    ids = {s.plan_id for s in subs} | {s.pending_plan_id for s in subs if s.pending_plan_id}
+    codes = await plans_store.codes(conn, caller.tenant_id, list(ids)) if ids else {}
+    missing = ids - codes.keys()
+    if missing:
+        raise NotFound("plan", str(next(iter(missing))))
+    return [SubscriptionView(s, codes[s.plan_id], codes[s.pending_plan_id] if s.pending_plan_id else None)
+            for s in subs]
+
+
 async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, before: Subscription | None,
                   change: Change) -> None:
     """Audit row and event for an applied change (nothing for a no-op)."""
@@ -145,6 +156,7 @@ async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscripti
     if sub.status is SubscriptionStatus.TRIALING or sub.current_period_start is None or not spec.usage_charges:
         return []
     start = sub.current_period_start
+    end = min(end, sub.current_period_end)  # a cancel after the period ended (run not yet there)
     if end <= start:
         return []
     rows = {r["metric_code"]: r for r in await usage_store.totals(conn, caller.tenant_id, sub.id, start)}
@@ -389,6 +401,6 @@ async def list_subscriptions(db, caller: Caller, *, page_size: int, page_token: 
     async with db.tenant_tx(caller.tenant_id) as conn:
         subs = await store.list_page(conn, caller.tenant_id, status=status or None, customer_id=customer_id or None,
                                      plan_id=plan_uuid, after=after, limit=limit + 1)
-        views = [await _view(conn, caller, s) for s in subs[:limit]]
+        views = await _views(conn, caller, subs[:limit])
     token = paging.encode_token(subs[limit - 1].created_at, subs[limit - 1].id) if len(subs) > limit else ""
     return SubscriptionPage(views, token)
