@@ -6,6 +6,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from billing.api.interceptors import AuthInterceptor, MetricsInterceptor, TracingInterceptor
+from billing.api.malformed import MalformedRequestInterceptor
 from billing.api.servicer import BillingServicer
 from billing.store.db import Database
 from billing.v1 import billing_pb2, billing_pb2_grpc
@@ -18,7 +19,7 @@ class GrpcServer:
     def __init__(self, db: Database, host: str, port: int):
         self.server = grpc.aio.server(
             # Outermost first: the span covers authentication, and so does the latency.
-            interceptors=[TracingInterceptor(), MetricsInterceptor(), AuthInterceptor(db)],
+            interceptors=[TracingInterceptor(), MetricsInterceptor(), AuthInterceptor(db), MalformedRequestInterceptor()],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
         billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db), self.server)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 
 from billing.services.errors import ValidationError
 
@@ -38,6 +38,11 @@ def decode_token(token: str) -> tuple[datetime, uuid.UUID] | None:
         return None
     try:
         created_at, ident = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(created_at), uuid.UUID(ident)
+        at = datetime.fromisoformat(created_at)
+        if at.tzinfo is None:
+            raise ValueError("naive time")
+        # In UTC here, so a time PostgreSQL cannot take (out of datetime's range once
+        # converted, e.g. year 9999 at -14:00) is refused now, not by the driver later.
+        return at.astimezone(timezone.utc), uuid.UUID(ident)
     except Exception:  # noqa: BLE001 - any malformed token is the caller's error
         raise ValidationError("page_token", "is not a token this service issued") from None

@@ -1,0 +1,120 @@
+"""A tenant with one of everything the API knows, built through the API itself: plans
+(active, archived, another currency, with a trial), subscriptions in every state, usage,
+a billing run. The fuzzers and the isolation matrix aim at these ids."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+
+from billing.v1 import billing_pb2 as pb
+from tests.integration.test_plans_api import plan_request
+
+TABLES = ("plans", "subscriptions", "audit_events", "idempotency_keys", "outbox", "usage_events", "usage_totals",
+          "billing_runs", "billed_periods")
+
+
+def rid() -> str:
+    return str(uuid.uuid4())
+
+
+def charges() -> list[pb.UsageCharge]:
+    return [
+        pb.UsageCharge(metric_code="calls", aggregation=pb.AGGREGATION_SUM, pricing_model=pb.PRICING_MODEL_PER_UNIT,
+                       unit_price="0.01"),
+        pb.UsageCharge(metric_code="seats", aggregation=pb.AGGREGATION_UNIQUE_COUNT,
+                       pricing_model=pb.PRICING_MODEL_PER_UNIT, unit_price="5", unique_property="user"),
+        pb.UsageCharge(metric_code="storage", aggregation=pb.AGGREGATION_MAX, pricing_model=pb.PRICING_MODEL_GRADUATED,
+                       tiers=[pb.Tier(up_to="10", unit_price="0"), pb.Tier(up_to="", unit_price="0.5",
+                                                                          flat_fee="1.00")]),
+    ]
+
+
+@dataclass(repr=False)
+class World:
+    tenant: object  # tests.conftest.Tenant
+    plans: dict[str, pb.Plan] = field(default_factory=dict)
+    subs: dict[str, pb.Subscription] = field(default_factory=dict)
+    runs: dict[str, pb.BillingRun] = field(default_factory=dict)
+    request_ids: list[str] = field(default_factory=list)  # ids of requests that succeeded
+    event_ids: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"World(tenant={self.tenant.id})"
+
+    @property
+    def md(self):
+        return self.tenant.md
+
+    def ids(self) -> list[str]:
+        return ([p.id for p in self.plans.values()] + [s.id for s in self.subs.values()]
+                + [r.id for r in self.runs.values()])
+
+    def codes(self) -> list[str]:
+        return [p.code for p in self.plans.values()]
+
+
+async def build_world(stub, tenant, tag: str = "w") -> World:
+    w = World(tenant)
+
+    async def call(method, req):
+        if hasattr(req, "request_id"):
+            w.request_ids.append(req.request_id)
+        return await method(req, metadata=tenant.md)
+
+    async def plan(key, **kw):
+        kw.setdefault("usage_charges", charges())
+        kw.setdefault("trial_days", 0)
+        req = plan_request(code=f"{tag}-{key}-{uuid.uuid4().hex[:6]}", **kw)
+        w.plans[key] = (await call(stub.CreatePlan, req)).plan
+
+    await plan("main", base_fee="10.00")
+    await plan("upgrade", base_fee="99.00")
+    await plan("usd", currency="USD")
+    await plan("trial", trial_days=14)
+    await plan("weekly", interval=pb.INTERVAL_UNIT_WEEK, base_fee="5.00")
+    await plan("archived")
+    w.plans["archived"] = (await call(stub.ArchivePlan, pb.ArchivePlanRequest(
+        request_id=rid(), id=w.plans["archived"].id))).plan
+
+    async def sub(key, plan_key="main", activate=True, **kw):
+        req = pb.CreateSubscriptionRequest(request_id=rid(), customer_id=f"cust-{tag}-{key}",
+                                           plan_id=w.plans[plan_key].id, activate=activate, **kw)
+        w.subs[key] = (await call(stub.CreateSubscription, req)).subscription
+
+    await sub("pending", activate=False)
+    await sub("trialing", plan_key="trial")
+    await sub("active")
+    await sub("active2")
+    await sub("paused")
+    w.subs["paused"] = (await call(stub.PauseSubscription, pb.PauseSubscriptionRequest(
+        request_id=rid(), id=w.subs["paused"].id))).subscription
+    await sub("canceled")
+    w.subs["canceled"] = (await call(stub.CancelSubscription, pb.CancelSubscriptionRequest(
+        request_id=rid(), id=w.subs["canceled"].id, mode=pb.CANCEL_MODE_IMMEDIATELY))).subscription
+    await sub("pending_change", plan_key="upgrade")
+    w.subs["pending_change"] = (await call(stub.ChangePlan, pb.ChangePlanRequest(
+        request_id=rid(), id=w.subs["pending_change"].id, new_plan_id=w.plans["main"].id,
+        timing=pb.CHANGE_TIMING_AT_PERIOD_END))).subscription
+
+    start = w.subs["active"].start_at.ToDatetime(timezone.utc)
+    for i in range(3):
+        req = pb.RecordUsageRequest(request_id=rid(), subscription_id=w.subs["active"].id, metric_code="calls",
+                                    quantity=str(i + 1), properties={"user": f"u{i}"})
+        req.occurred_at.FromDatetime(start + timedelta(microseconds=i))
+        w.event_ids.append((await call(stub.RecordUsage, req)).event_id)
+
+    req = pb.RunBillingRequest(request_id=rid(), idempotency_key=f"{tag}-run-{uuid.uuid4().hex[:6]}")
+    w.runs["first"] = (await call(stub.RunBilling, req)).run
+    return w
+
+
+async def snapshot(admin: asyncpg.Connection, tenant_id: str) -> dict[str, tuple]:
+    """Row count and a digest of the rows of every tenant table, for one tenant."""
+    parts = ", ".join(
+        f"(select row(count(*), coalesce(md5(string_agg(t::text, '|' order by t::text)), ''))::text "
+        f"from {table} t where t.tenant_id = $1) as {table}" for table in TABLES)
+    row = await admin.fetchrow(f"select {parts}", uuid.UUID(tenant_id))
+    return dict(row)
