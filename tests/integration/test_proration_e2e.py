@@ -88,3 +88,26 @@ async def test_mid_cycle_upgrade_then_billing_run_invoices_the_proration(kafka_r
     billed = await admin_conn.fetch("select invoice_request_id from pending_lines where subscription_id = $1",
                                     uuid.UUID(sub.id))
     assert {str(r["invoice_request_id"]) for r in billed} == {inv["invoice_request_id"]}
+
+
+async def test_immediate_cancel_sends_the_final_invoice_request(kafka_roles, migrated, stub, tenant, admin_conn):
+    # In arrears, 864.00 a day, started 6 hours ago, canceled now: a quarter day used (to the second).
+    req = plan_request(base_fee="864.00", trial_days=0, interval=pb.INTERVAL_UNIT_DAY,
+                       billing_timing=pb.BILLING_TIMING_IN_ARREARS, usage_charges=[])
+    spec = (await stub.CreatePlan(req, metadata=tenant.md)).plan
+    start = datetime.now(UTC) - timedelta(hours=6)
+    sub = (await stub.CreateSubscription(pb.CreateSubscriptionRequest(
+        request_id=rid(), customer_id="cust-end", plan_id=spec.id, activate=True, start_at=ts(start)),
+        metadata=tenant.md)).subscription
+    p_start = sub.current_period_start.ToDatetime(UTC)
+    await stub.CancelSubscription(pb.CancelSubscriptionRequest(
+        request_id=rid(), id=sub.id, mode=pb.CANCEL_MODE_IMMEDIATELY), metadata=tenant.md)
+    t = await admin_conn.fetchval("select period_end from pending_lines where subscription_id = $1",
+                                  uuid.UUID(sub.id))
+    used = Fraction((t - p_start) // timedelta(seconds=1), 86_400)
+    assert Fraction(6 * 3600 - 5, 86_400) <= used <= Fraction(6 * 3600 + 60, 86_400)
+    [(_, inv)] = await asyncio.to_thread(_read_invoices, migrated, sub.id, 1)
+    assert inv["run_id"] == str(uuid.UUID(int=0)) and inv["customer_id"] == "cust-end"
+    assert [(ln["kind"], D(ln["amount"]), ln["fraction"]) for ln in inv["lines"]] == [
+        ("proration_charge", prorated_amount(D("864.00"), used, "EUR"), f"{used.numerator}/{used.denominator}")]
+    assert D(inv["total"]) == prorated_amount(D("864.00"), used, "EUR")
