@@ -56,7 +56,7 @@ from billing.domain import proration
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.periods import period_containing
 from billing.domain.plans import BillingTiming, PlanSpec
-from billing.domain.pricing import Line, aggregate, base_fee_line, total, usage_lines
+from billing.domain.pricing import Line, aggregate, total, usage_lines
 from billing.domain.subscriptions import Subscription
 
 __all__ = ["NAMESPACE", "PeriodUsage", "ClosedPeriod", "invoice_request_id", "close_period", "is_due"]
