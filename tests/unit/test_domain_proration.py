@@ -543,3 +543,49 @@ def test_a_first_period_cut_by_the_anchor_costs_its_share(uc, nominal_start, cut
     assert (first.fraction or Fraction(1)) == want
     assert whole_minor_units(first, currency)
     assert abs(Fraction(first.amount) - Fraction(fee) * want) <= half_unit(currency)
+
+
+EVENTS = st.lists(st.tuples(st.sampled_from(["change", "pause", "resume"]), st.integers(0, 10**6 - 1), PRICES,
+                            st.sampled_from([ADV, ARR])), min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(EVENTS, UNITS, STARTS, PRICES, st.sampled_from([ADV, ARR]), CURRENCIES, st.booleans())
+def test_any_mix_of_changes_pauses_and_resumes_bills_active_time_at_its_price(events, uc, start, fee0, timing0,
+                                                                            currency, charged):
+    """A model: the period costs, for every second the subscription was active, the price
+    of the plan in effect then; paused seconds cost nothing. What the lines add up to is
+    within half a minor unit per line of that."""
+    unit, count = uc
+    end = add_interval(start, unit, count)
+    nominal = (start, end)
+    spec = plan(str(fee0), timing0, unit, count, code="p0", currency=currency)
+    s = sub(spec, start=start, end=end)
+    lines: list[Line] = [P.fee_piece(spec, start, end, nominal)] if timing0 is ADV and charged else []
+    want, since, paused = Fraction(0), start, False
+    for n, (kind, cut, price, timing) in enumerate(sorted(events, key=lambda e: e[1])):
+        t = at_share(start, end, cut)
+        tf = P.floor_to_second(nominal, t)
+        if kind == "change":
+            new = plan(str(price), timing, unit, count, code=f"p{n + 1}", currency=currency)
+            if not paused:
+                want += Fraction(spec.base_fee) * P.share(nominal, since, tf)
+                since = tf
+            out = change(s, spec, new, t, charged=charged)
+            spec = new
+        elif kind == "pause" and not paused:
+            want += Fraction(spec.base_fee) * P.share(nominal, since, tf)
+            out, paused = _pause(s, spec, t, charged=charged), True
+        elif kind == "resume" and paused:
+            out, paused, since = _resume(s, spec, t), False, tf
+        else:
+            continue
+        lines += out.lines
+        s = out.subscription
+    if not paused:
+        want += Fraction(spec.base_fee) * P.share(nominal, since, end)
+    closed = close_period(TENANT, s, spec, {}, charged_in_advance=charged)
+    lines += [ln for ln in closed.lines if ln.kind == "base_fee" and ln.period_start < end]
+    assert all(whole_minor_units(ln, currency) for ln in lines)
+    got = sum(Fraction(ln.amount) for ln in lines)
+    assert abs(got - want) <= half_unit(currency) * len(lines)
