@@ -40,6 +40,7 @@ class World:
     runs: dict[str, pb.BillingRun] = field(default_factory=dict)
     request_ids: list[str] = field(default_factory=list)  # ids of requests that succeeded
     event_ids: list[str] = field(default_factory=list)
+    requests: dict[str, list] = field(default_factory=dict)  # method name -> requests sent, in order
 
     def __repr__(self) -> str:
         return f"World(tenant={self.tenant.id})"
@@ -62,6 +63,7 @@ async def build_world(stub, tenant, tag: str = "w") -> World:
     async def call(method, req):
         if hasattr(req, "request_id"):
             w.request_ids.append(req.request_id)
+        w.requests.setdefault(type(req).__name__.removesuffix("Request"), []).append(req)
         return await method(req, metadata=tenant.md)
 
     async def plan(key, **kw):
@@ -91,6 +93,13 @@ async def build_world(stub, tenant, tag: str = "w") -> World:
     await sub("paused")
     w.subs["paused"] = (await call(stub.PauseSubscription, pb.PauseSubscriptionRequest(
         request_id=rid(), id=w.subs["paused"].id))).subscription
+    await sub("activated", activate=False)
+    w.subs["activated"] = (await call(stub.ActivateSubscription, pb.ActivateSubscriptionRequest(
+        request_id=rid(), id=w.subs["activated"].id))).subscription
+    await sub("resumed")
+    await call(stub.PauseSubscription, pb.PauseSubscriptionRequest(request_id=rid(), id=w.subs["resumed"].id))
+    w.subs["resumed"] = (await call(stub.ResumeSubscription, pb.ResumeSubscriptionRequest(
+        request_id=rid(), id=w.subs["resumed"].id))).subscription
     await sub("canceled")
     w.subs["canceled"] = (await call(stub.CancelSubscription, pb.CancelSubscriptionRequest(
         request_id=rid(), id=w.subs["canceled"].id, mode=pb.CANCEL_MODE_IMMEDIATELY))).subscription
