@@ -48,7 +48,7 @@ from billing.domain.pricing import Line, base_fee_line
 from billing.domain.subscriptions import Subscription
 
 __all__ = [
-    "CREDIT", "CHARGE", "Behavior", "FeeState", "Proration",
+    "CREDIT", "CHARGE", "Behavior", "Settled", "FeeState", "Proration",
     "elapsed", "floor_to_second", "share", "prorated_amount", "nominal_period", "fee_piece",
     "credit_line", "charge_line", "fee_state", "on_change", "on_cancel", "on_pause", "on_resume",
 ]

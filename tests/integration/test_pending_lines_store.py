@@ -11,7 +11,6 @@ import asyncpg
 from billing.domain.pricing import Line
 from billing.store import pending_lines
 from billing.store.db import init_connection, set_tenant
-from billing.v1 import billing_pb2 as pb
 from tests.integration.test_subscriptions_api import make_plan, make_sub
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
