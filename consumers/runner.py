@@ -387,6 +387,16 @@ class ConsumerRunner:
                 self._high.update(data)  # type: ignore[arg-type]
                 self._report_lag(data)  # type: ignore[arg-type]
 
+    async def _refresh_lag(self) -> None:
+        """Watermarks between batches too: while a backlog is worked off the buffer stays full,
+        so the consumer thread is not polled and would not read them (see _consume_sync)."""
+        if self._observer is None or time.monotonic() - self._watermarks_at < self._lag_interval_s:
+            return
+        self._watermarks_at = time.monotonic()
+        data = await self._in_consumer_thread(self._watermarks_sync)
+        self._high.update(data)
+        self._report_lag(data)
+
     def _report_lag(self, partitions) -> None:
         if self._observer is None:
             return
@@ -424,6 +434,7 @@ class ConsumerRunner:
             while batch:
                 try:
                     await self._commit(batch)
+                    await self._refresh_lag()
                     return
                 except _Fenced as exc:
                     # The other partitions of the batch were not the problem: they go back
@@ -670,6 +681,8 @@ class ConsumerRunner:
         """(low, high) of every assigned partition as last fetched (no broker round trip);
         the high watermark is updated by every fetch response, empty ones included."""
         out: dict[TopicPartition, tuple[int, int]] = {}
+        if self._consumer is None:
+            return out
         for topic, partition in self._assignment:
             try:
                 low, high = self._consumer.get_watermark_offsets(

@@ -311,3 +311,54 @@ async def test_logs_carry_trace_and_tenant_and_never_an_api_key(roles, service, 
     for secret in (tenant.api_key, wrong_key, tenant.api_key[3:], wrong_key[3:]):
         assert secret not in text
     assert "key was bk_[redacted]" in text
+
+
+class _LagRecorder:
+    def __init__(self):
+        self.current: dict[tuple[str, int], int] = {}
+        self.history: list[tuple[tuple[str, int], int]] = []
+        self.forgotten: set[tuple[str, int]] = set()
+        self.messages = 0
+
+    def batch(self, messages, dead_letters, counters, seconds):
+        self.messages += messages
+
+    def lag(self, topic, partition, messages):
+        self.current[(topic, partition)] = messages
+        self.history.append(((topic, partition), messages))
+
+    def forget(self, topic, partition):
+        self.forgotten.add((topic, partition))
+        self.current.pop((topic, partition), None)
+
+
+class _SlowStrategy:
+    async def process(self, conn, batch):
+        await asyncio.sleep(0.1)
+
+
+async def test_lag_per_partition_rises_while_behind_and_returns_to_zero(migrated):
+    import asyncpg
+
+    from billing.store.db import init_connection
+    from tests.integration.test_consumer_runner import make_runner, new_topic
+    from tests.integration.test_consumer_runner import produce as produce_to
+
+    topic = new_topic(migrated, partitions=2)
+    await asyncio.to_thread(produce_to, migrated, topic, [(0, f"m{i}") for i in range(20)] + [(1, "x")])
+    pool = await asyncpg.create_pool(migrated.database_url, min_size=1, max_size=2, init=init_connection)
+    recorder = _LagRecorder()
+    runner = make_runner(migrated, pool, topic, f"lag-{uuid.uuid4().hex[:8]}", _SlowStrategy(),
+                         observer=recorder, lag_interval_s=0.05, max_batch_size=1)
+    task = asyncio.create_task(runner.run())
+    try:
+        await wait_until(lambda: _async(recorder.messages == 21 and recorder.current == {(topic, 0): 0, (topic, 1): 0}),
+                         timeout_s=60)
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, 15)
+        await pool.close()
+    behind = [lag for tp, lag in recorder.history if tp == (topic, 0)]
+    assert max(behind) >= 10, behind  # worked off one message at a time: visibly behind, then caught up
+    assert behind == sorted(behind, reverse=True)
+    assert recorder.forgotten == {(topic, 0), (topic, 1)} and not recorder.current  # series leave with the partitions
