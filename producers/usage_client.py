@@ -31,8 +31,10 @@ from datetime import datetime
 from decimal import Decimal
 
 from confluent_kafka import KafkaError, Producer
+from opentelemetry import trace
 
 from billing import codec
+from billing.ops import tracing
 from billing.config import Settings
 from billing.kafka import producer_config
 from billing.services.usage import MAX_EVENT_ID, MAX_PROPERTIES, check_quantity, to_us
@@ -98,7 +100,8 @@ class UsageProducer:
              metric_code: str, quantity: str | Decimal | int, occurred_at: datetime | int,
              properties: Mapping[str, str] | None = None) -> None:
         """Queue one event. ``occurred_at``: an aware datetime, or microseconds since the
-        epoch (UTC). ``quantity``: a non-negative decimal as text or a ``Decimal``."""
+        epoch (UTC). ``quantity``: a non-negative decimal as text or a ``Decimal``.
+        Sent inside a span, the event carries its ``traceparent`` (docs/operations.md)."""
         if type(event_id) is not str or not 0 < len(event_id) <= MAX_EVENT_ID:
             raise ValueError(f"event_id must be a string of 1..{MAX_EVENT_ID} characters, got {event_id!r:.80}")
         tenant = _uuid_text("tenant_id", tenant_id)
@@ -110,7 +113,10 @@ class UsageProducer:
             "quantity": _quantity_text(quantity), "occurred_at_us": _to_us(occurred_at),
             "properties": _properties(properties),
         }
-        self.send_encoded(sub.encode(), codec.encode(_SCHEMA, record), AVRO_HEADERS)
+        headers = AVRO_HEADERS
+        if trace.get_current_span().get_span_context().is_valid:
+            headers = {**AVRO_HEADERS, **{k: v.encode() for k, v in tracing.inject({}).items()}}
+        self.send_encoded(sub.encode(), codec.encode(_SCHEMA, record), headers)
 
     def send_encoded(self, key: bytes | str | None, value: bytes | None, headers=None) -> None:
         """Queue a message as is (no checks): for load generators and tests. Waits for

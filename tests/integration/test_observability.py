@@ -362,3 +362,22 @@ async def test_lag_per_partition_rises_while_behind_and_returns_to_zero(migrated
     assert max(behind) >= 10, behind  # worked off one message at a time: visibly behind, then caught up
     assert behind == sorted(behind, reverse=True)
     assert recorder.forgotten == {(topic, 0), (topic, 1)} and not recorder.current  # series leave with the partitions
+
+
+async def test_usage_producer_client_sends_the_current_trace(migrated, spans):
+    from producers.usage_client import UsageProducer
+    from tests.integration.test_consumer_runner import new_topic
+
+    topic = new_topic(migrated, partitions=1)
+    with UsageProducer(migrated, topic=topic) as usage:
+        with tracing.tracer.start_as_current_span("metering") as span:
+            usage.send("traced-1", uuid.uuid4(), uuid.uuid4(), "calls", "1", 1_700_000_000_000_000)
+        usage.send("untraced-1", uuid.uuid4(), uuid.uuid4(), "calls", "1", 1_700_000_000_000_000)
+    reader = TopicReader(migrated, topic)
+    try:
+        msgs = await asyncio.to_thread(reader.until, lambda ms: len(ms) >= 2, 30)
+    finally:
+        reader.close()
+    traced, untraced = (dict(m.headers()) for m in msgs)
+    assert traced["traceparent"].decode().split("-")[1] == format(span.get_span_context().trace_id, "032x")
+    assert "traceparent" not in untraced and "content-type" in untraced
