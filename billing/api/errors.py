@@ -7,6 +7,7 @@ import logging
 import grpc
 
 from billing.api.interceptors import current_caller
+from billing.api.unavailable import UNAVAILABLE_ERRORS, UNAVAILABLE_MESSAGE
 from billing.services.context import Caller
 from billing.services.errors import (
     AlreadyExists, DomainError, FailedPrecondition, NotFound, TransitionRefused, ValidationError,
@@ -44,6 +45,9 @@ def rpc(method):
             await context.abort(status_for(exc), str(exc))
         except grpc.aio.AbortError:
             raise
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("database unavailable in %s: %s: %s", method.__name__, type(exc).__name__, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")

@@ -17,6 +17,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from billing.api.unavailable import UNAVAILABLE_ERRORS, UNAVAILABLE_MESSAGE
 from billing.ops import tracing
 from billing.ops.logging import current_tenant
 from billing.ops.metrics import GRPC_LATENCY, GRPC_REQUESTS
@@ -66,8 +67,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     log.info("unauthenticated call refused", extra={"method": method, "reason": "no API key"})
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                         "missing API key: send metadata 'authorization: Bearer <key>'")
-                async with self._db.pool.acquire() as conn:
-                    tenant_id: uuid.UUID | None = await authenticate(conn, key)
+                try:
+                    async with self._db.pool.acquire() as conn:
+                        tenant_id: uuid.UUID | None = await authenticate(conn, key)
+                except UNAVAILABLE_ERRORS as exc:  # not UNKNOWN: the client should retry
+                    log.warning("database unavailable for authentication: %s: %s", type(exc).__name__, exc)
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
                 if tenant_id is None:
                     # Never the key itself, not even its prefix: a mistyped key is nearly a real one.
                     log.info("unauthenticated call refused", extra={"method": method,

@@ -694,6 +694,9 @@ async def one_round(seed: int) -> str:
         figures.update(await check_usage(cluster, world, admin))
         figures.update(await check_commands(cluster, world, admin))
         figures.update(await check_billing(cluster, world, admin))
+        # Restarts answer UNAVAILABLE (retry), never INTERNAL or UNKNOWN (a bug, or an error leaking).
+        leaked = {k: n for k, n in world.grpc_errors.items() if k in ("INTERNAL", "UNKNOWN")}
+        assert not leaked, f"gRPC answered {leaked} while a role or the database restarted"
         codes = await asyncio.to_thread(cluster.stop_roles)
         assert all(c == 0 for c in codes.values()), f"roles did not stop cleanly after the chaos: {codes}"
         summary = (f"chaos seed={seed} {cluster.counts.summary()} "
