@@ -39,7 +39,8 @@ class Counts:
         per_role = ",".join(f"{r}:{n}" for r, n in sorted(self.role_kills.items()))
         return (f"kills={self.kills} ({per_role}) kafka_restarts={self.kafka_restarts} "
                 f"(sigkill {self.kafka_kills}) postgres_restarts={self.postgres_restarts} "
-                f"(immediate {self.postgres_crashes}) self_exits={len(self.self_exits)}")
+                f"(immediate {self.postgres_crashes}) self_exits={len(self.self_exits)}"
+                + (f" ({','.join(sorted(self.self_exits))})" if self.self_exits else ""))
 
 
 class RoleProcess:

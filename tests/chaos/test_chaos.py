@@ -702,6 +702,7 @@ async def one_round(seed: int) -> str:
         summary = (f"chaos seed={seed} {cluster.counts.summary()} "
                    + " ".join(f"{k}={v}" for k, v in figures.items())
                    + f" grpc_retries={dict(world.grpc_errors)}")
+        print("timeline:\n  " + "\n  ".join(cluster.timeline), flush=True)
         print(summary, flush=True)
         passed = True
         return summary
