@@ -92,9 +92,9 @@ async def setup_tenant(settings: Settings, active: int, due: int) -> tuple[str, 
     return str(tid), tenant.api_key, [str(s) for s in subs]
 
 
-def start_role(roles: str, env: dict, log_dir: Path, **extra) -> tuple[subprocess.Popen, int]:
+def start_role(roles: str, env: dict, log_dir: Path, nice: int = 0, **extra) -> tuple[subprocess.Popen, int]:
     http_port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "billing.cli", "serve", "--roles", roles],
+    proc = subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-m", "billing.cli", "serve", "--roles", roles],
                             env={**env, "BILLING_HTTP_PORT": str(http_port), **extra},
                             stdout=subprocess.DEVNULL, stderr=open(log_dir / f"{roles.replace(',', '+')}.log", "a"))
     return proc, http_port
@@ -258,7 +258,7 @@ async def load_phase(args, settings: Settings, env: dict, tenant_id: str, api_ke
     count = int(args.rate * (args.seconds + 5))
     before_offsets = await stored_offsets(settings)
     producer = subprocess.Popen(
-        [sys.executable, "-m", "billing.cli", "produce-usage", "--count", str(count), "--tenant-id", tenant_id,
+        ["nice", "-n", str(args.nice), sys.executable, "-m", "billing.cli", "produce-usage", "--count", str(count), "--tenant-id", tenant_id,
          "--subscriptions-file", str(subs_file), "--metric", "calls", "--rate", str(args.rate),
          "--duplicates", "0.02", "--seed", "1", "--no-progress"],
         env=env, stdout=subprocess.PIPE, stderr=open(log_dir / "producer.log", "a"), text=True)
@@ -294,6 +294,9 @@ def main() -> int:
     parser.add_argument("--subscriptions", type=int, default=1000, help="active subscriptions with usage")
     parser.add_argument("--due", type=int, default=5000, help="subscriptions the billing run bills")
     parser.add_argument("--consumers", type=int, default=1, help="usage consumer processes")
+    parser.add_argument("--nice", type=int, default=10,
+                        help="CPU niceness of the background roles (usage, billing, relay) and of the load "
+                             "generator; the api role keeps 0 (default 10; 0 = all equal)")
     args = parser.parse_args()
     baseline_s = args.baseline_seconds or max(10.0, args.seconds / 4)
 
@@ -321,8 +324,8 @@ def main() -> int:
         tenant_id, api_key, subs = asyncio.run(setup_tenant(settings, args.subscriptions, args.due))
         procs.append(start_role("api", env, state, BILLING_GRPC_PORT=str(grpc_port)))
         for _ in range(args.consumers):
-            procs.append(start_role("usage", env, state))
-        procs.append(start_role("billing,relay", env, state))
+            procs.append(start_role("usage", env, state, nice=args.nice))
+        procs.append(start_role("billing,relay", env, state, nice=args.nice))
         wait_ready(procs)
         log(f"service up (logs in {state}); baseline: {args.rps:.0f} reads/s from {args.clients} clients "
             f"for {baseline_s:.0f}s, no ingestion")
