@@ -8,6 +8,7 @@ so the relay's publish span, and the message it publishes, continue that trace.
 """
 from __future__ import annotations
 
+import json
 import uuid
 
 import asyncpg
@@ -30,10 +31,12 @@ async def enqueue_many(conn: asyncpg.Connection, tenant_id: uuid.UUID,
     if not rows:
         return
     streams, keys, payloads, headers = (list(c) for c in zip(*rows))
+    # The writer's trace context goes onto every row (as enqueue does), merged in SQL so the
+    # rows' JSON is not parsed here.
     await conn.execute(
         """insert into outbox (tenant_id, stream, key, payload, headers)
-           select $1, s, k, p, h::jsonb
+           select $1, s, k, p, h::jsonb || $6::text::jsonb
              from unnest($2::text[], $3::bytea[], $4::bytea[], $5::text[]) with ordinality as u(s, k, p, h, n)
             order by n""",
-        tenant_id, streams, keys, payloads, headers,
+        tenant_id, streams, keys, payloads, headers, json.dumps(tracing.inject({})),
     )

@@ -381,3 +381,36 @@ async def test_usage_producer_client_sends_the_current_trace(migrated, spans):
     traced, untraced = (dict(m.headers()) for m in msgs)
     assert traced["traceparent"].decode().split("-")[1] == format(span.get_span_context().trace_id, "032x")
     assert "traceparent" not in untraced and "content-type" in untraced
+
+
+async def test_a_billing_run_is_one_trace_from_the_call_to_the_invoice_request(roles, spans, stub, tenant,
+                                                                             migrated):
+    """RunBilling with a traceparent -> the run request through the outbox -> the billing
+    consumer's run span, its chunk transactions -> the invoice request on its topic."""
+    from tests.integration.test_billing_runs import _completed, _sub_started, _usage_plan
+
+    plan = await _usage_plan(stub, tenant)
+    sub = await _sub_started(stub, tenant, plan, days_ago=40)
+    trace_id, traceparent = _traceparent()
+    async with running_roles(migrated, ("billing",)):
+        run = (await stub.RunBilling(pb.RunBillingRequest(request_id=str(uuid.uuid4())),
+                                     metadata=tenant.md + (("traceparent", traceparent),))).run
+        await _completed(stub, tenant, run.id)
+        reader = TopicReader(migrated, migrated.topics.invoice_requests)
+        try:
+            def mine(ms):
+                return [m for m in ms if dict(m.headers() or []).get("tenant-id") == tenant.id.encode()]
+            msgs = mine(await asyncio.to_thread(reader.until, lambda ms: mine(ms), 60))
+        finally:
+            reader.close()
+    assert msgs and all(dict(m.headers())["traceparent"].decode().split("-")[1] == trace_id for m in msgs)
+
+    async def whole_trace():
+        names = {s.name for s in _of_trace(spans, trace_id)}
+        wanted = {"billing.v1.BillingService/RunBilling", f"publish {migrated.topics.billing_runs}", "billing run",
+                  "db.transaction", f"publish {migrated.topics.invoice_requests}"}
+        return names if wanted <= names else None
+
+    await wait_until(whole_trace, timeout_s=30)
+    run_span = next(s for s in _of_trace(spans, trace_id) if s.name == "billing run")
+    assert run_span.attributes["billing.run_id"] == run.id and run_span.attributes["billing.tenant_id"] == tenant.id
