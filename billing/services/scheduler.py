@@ -11,6 +11,7 @@ import asyncio
 import logging
 from datetime import datetime, timezone
 
+from billing.ops.tracing import tracer
 from billing.services import billing
 from billing.services.context import Caller
 from billing.store.db import Database
@@ -48,11 +49,15 @@ class Scheduler:
 
     async def run(self) -> None:
         while not self._stop.is_set():
-            try:
-                count = await schedule_once(self.db, datetime.now(timezone.utc), self.interval_s)
-                log.info("billing runs scheduled", extra={"tenants": count})
-            except Exception:  # noqa: BLE001 - a failed round is retried next round, never a dead loop
-                log.exception("scheduling billing runs failed")
+            # One trace per round: the runs it requests (and their invoice requests) are in it.
+            with tracer.start_as_current_span("scheduler round", record_exception=True) as span:
+                try:
+                    count = await schedule_once(self.db, datetime.now(timezone.utc), self.interval_s)
+                    span.set_attribute("billing.tenants", count)
+                    log.info("billing runs scheduled", extra={"tenants": count})
+                except Exception as exc:  # noqa: BLE001 - a failed round is retried next round, never a dead loop
+                    span.record_exception(exc)
+                    log.exception("scheduling billing runs failed")
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=self.interval_s)
             except asyncio.TimeoutError:
