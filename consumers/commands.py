@@ -28,7 +28,7 @@ from billing.ops import tracing
 from billing.ops.logging import current_tenant
 from billing.services import events, subscriptions
 from billing.services.context import Caller
-from billing.services.errors import DomainError
+from billing.services.errors import DomainError, ValidationError
 from billing.store import tenants as tenants_store
 from billing.store.db import ConnectionScope, set_tenant
 from consumers.runner import BatchResult, DeadLetter, Message
@@ -37,8 +37,31 @@ log = logging.getLogger(__name__)
 
 
 
-def _time(us: int | None) -> datetime | None:
-    return None if us is None else from_us(us)
+def _time(us: int | None, field: str) -> datetime | None:
+    """A `*_us` field as a datetime; one outside datetime's range (an Avro long reaches far
+    beyond year 9999) is a refused command, not a crash of the consumer on every replay."""
+    if us is None:
+        return None
+    try:
+        return from_us(us)
+    except OverflowError:
+        raise ValidationError(field, f"{us} is outside the supported time range") from None
+
+
+MAX_COMMAND_ID = 251  # "cmd:" + command_id is the idempotency key, at most 255 characters
+
+
+def _bad_ids(command: dict) -> str | None:
+    """Why the command_id or subscription_id cannot even be answered with an event, or None."""
+    cid, sid = command["command_id"], command["subscription_id"]
+    if len(cid) > MAX_COMMAND_ID or not cid.isprintable():
+        return f"command_id must be 1..{MAX_COMMAND_ID} printable characters (got {len(cid)})"
+    if sid:
+        try:
+            uuid.UUID(sid)
+        except ValueError:
+            return f"subscription_id must be empty or a UUID, got {sid[:64]!r}"
+    return None
 
 
 async def apply(scope: ConnectionScope, caller: Caller, command: dict) -> None:
@@ -50,14 +73,16 @@ async def apply(scope: ConnectionScope, caller: Caller, command: dict) -> None:
     if kind == "CreateSubscription":
         await subscriptions.create_subscription(
             scope, caller, key, customer_id=body["customer_id"], plan_id=body["plan_id"],
-            start_at=_time(body.get("start_at_us")), billing_anchor=_time(body.get("billing_anchor_us")),
+            start_at=_time(body.get("start_at_us"), "start_at_us"),
+            billing_anchor=_time(body.get("billing_anchor_us"), "billing_anchor_us"),
             trial_days=body.get("trial_days"), activate=body.get("activate", False),
             metadata=body.get("metadata") or {}, subscription_id=sub_id,
         )
     elif kind == "ActivateSubscription":
         await subscriptions.activate_subscription(scope, caller, key, sub_id)
     elif kind == "PauseSubscription":
-        await subscriptions.pause_subscription(scope, caller, key, sub_id, _time(body.get("resumes_at_us")))
+        await subscriptions.pause_subscription(scope, caller, key, sub_id,
+                                               _time(body.get("resumes_at_us"), "resumes_at_us"))
     elif kind == "ResumeSubscription":
         await subscriptions.resume_subscription(scope, caller, key, sub_id)
     elif kind == "CancelSubscription":
@@ -100,6 +125,9 @@ class CommandStrategy:
         span.set_attribute("billing.command_id", command["command_id"])
         if not command["command_id"]:
             return DeadLetter(msg, "invalid_command", "command_id is empty")
+        bad = _bad_ids(command)
+        if bad:  # refusing it with an event would carry the absurd id on into the outbox and the relay
+            return DeadLetter(msg, "invalid_command", bad)
         try:
             tenant_id = uuid.UUID(command["tenant_id"])
         except ValueError:

@@ -14,16 +14,27 @@ A dead letter is produced with the original key and value bytes, the original he
 `DeadLetterProducer.send` returns only after the broker confirmed every message
 (idempotent producer, acks=all); anything else raises `DeadLetterDeliveryError`, which
 the runner treats like a database outage: back off and retry the whole batch.
+
+A message too large for the DLQ topic (the source topic may allow more than the DLQ, or
+the copy plus the `dlq.*` headers crosses the limit) must not block the stream behind it:
+it is dead-lettered with its value cut to the first `TRUNCATED_VALUE_BYTES` bytes and
+these headers added; the whole original stays on the source topic at `dlq.offset` for the
+topic's retention:
+
+    dlq.value_truncated     "true"
+    dlq.value_bytes         size of the original value (decimal)
+    dlq.value_sha256        hex SHA-256 of the original value
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import deque
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 if TYPE_CHECKING:
     from consumers.runner import DeadLetter
@@ -31,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_DETAIL_CHARS = 4000
+# The DLQ producer takes messages up to this size (librdkafka's default is 1 MB); the
+# broker's limit for the DLQ topic decides in the end, and beyond it the value is cut.
+MAX_DLQ_MESSAGE_BYTES = 16 * 1024 * 1024
+TRUNCATED_VALUE_BYTES = 64 * 1024
 
 
 class DeadLetterDeliveryError(Exception):
@@ -77,32 +92,54 @@ class DeadLetterProducer:
         self.timeout_s = timeout_s
         # A dead letter that cannot be delivered must fail within our wait, not linger in
         # the queue and arrive after the batch was already retried.
-        self._config = {"message.timeout.ms": int(timeout_s * 1000), **config}
+        self._config = {"message.timeout.ms": int(timeout_s * 1000), "message.max.bytes": MAX_DLQ_MESSAGE_BYTES,
+                        **config}
         self._producer = Producer(self._config)
+
+    def _produce(self, dl: DeadLetter, at: str, on_delivery, *, truncate: bool = False) -> None:
+        value = dl.message.value
+        headers = dead_letter_headers(dl, self.group, at)
+        if truncate and value is not None:
+            original = bytes(value)
+            value = original[:TRUNCATED_VALUE_BYTES]
+            headers += [("dlq.value_truncated", b"true"), ("dlq.value_bytes", str(len(original)).encode()),
+                        ("dlq.value_sha256", hashlib.sha256(original).hexdigest().encode())]
+        while True:
+            try:
+                self._producer.produce(self.topic, key=dl.message.key, value=value, headers=headers,
+                                       on_delivery=on_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: let deliveries drain
+            except KafkaException as exc:
+                if not truncate and exc.args and exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    return self._produce(dl, at, on_delivery, truncate=True)
+                raise DeadLetterDeliveryError(f"DLQ produce to {self.topic!r} failed: {exc}") from exc
 
     def send(self, dead_letters: Sequence[DeadLetter]) -> None:
         if not dead_letters:
             return
         at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         errors: list = []
+        too_large: list[DeadLetter] = []
 
-        def on_delivery(err, _msg) -> None:
-            if err is not None:
-                errors.append(err)
+        def deliveries(dl: DeadLetter, truncated: bool):
+            def on_delivery(err, _msg) -> None:
+                if err is None:
+                    return
+                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and not truncated:
+                    too_large.append(dl)  # the broker's limit for the DLQ topic: send it cut
+                else:
+                    errors.append(err)
+            return on_delivery
 
         for dl in dead_letters:
-            while True:
-                try:
-                    self._producer.produce(
-                        self.topic, key=dl.message.key, value=dl.message.value,
-                        headers=dead_letter_headers(dl, self.group, at), on_delivery=on_delivery,
-                    )
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)  # local queue full: let deliveries drain
-                except KafkaException as exc:
-                    raise DeadLetterDeliveryError(f"DLQ produce to {self.topic!r} failed: {exc}") from exc
+            self._produce(dl, at, deliveries(dl, False))
         left = self._producer.flush(self.timeout_s + 5)
+        if too_large and not left:
+            for dl in too_large:
+                self._produce(dl, at, deliveries(dl, True), truncate=True)
+            left = self._producer.flush(self.timeout_s + 5)
         if errors and any(e.fatal() for e in errors):
             # A fatal error (idempotence broken) leaves the producer unusable: start over.
             self._producer = Producer(self._config)
