@@ -21,6 +21,17 @@ def parse_uuid(text: str, field: str) -> uuid.UUID:
         raise ValidationError(field, f"must be a UUID, got {text[:64]!r}") from None
 
 
+MAX_FILTER_LENGTH = 255
+
+
+def filter_text(text: str, field: str) -> str:
+    """A text filter of a list as given (empty: no filter). PostgreSQL text cannot hold NUL,
+    and no stored value is longer than the limit, so such a filter is the caller's error."""
+    if len(text) > MAX_FILTER_LENGTH or "\x00" in text:
+        raise ValidationError(field, f"must be at most {MAX_FILTER_LENGTH} characters, without NUL")
+    return text
+
+
 def page_size(size: int) -> int:
     if size < 0:
         raise ValidationError("page_size", "must not be negative")

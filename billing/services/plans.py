@@ -80,6 +80,7 @@ async def list_plans(db: Database, caller: Caller, *, page_size: int, page_token
                      code: str) -> PlanPage:
     limit = paging.page_size(page_size)
     after = paging.decode_token(page_token)
+    code = paging.filter_text(code, "code")
     async with db.tenant_tx(caller.tenant_id) as conn:
         rows = await plans_store.list_page(conn, caller.tenant_id, include_archived=include_archived,
                                            code=code or None, after=after, limit=limit + 1)

@@ -393,6 +393,7 @@ async def list_subscriptions(db, caller: Caller, *, page_size: int, page_token: 
     limit = paging.page_size(page_size)
     after = paging.decode_token(page_token)
     plan_uuid = paging.parse_uuid(plan_id, "plan_id") if plan_id else None
+    customer_id = paging.filter_text(customer_id, "customer_id")
     if status and status not in SubscriptionStatus.__members__.values():
         raise ValidationError("status", f"unknown status {status!r}")
     async with db.tenant_tx(caller.tenant_id) as conn:

@@ -502,3 +502,35 @@ async def test_malformed_request_bytes(channel, admin_conn, worlds, method, data
     assert code in DELIBERATE, f"{method} answered {code.name}: {details}"
     if code is not grpc.StatusCode.OK or method in READS:
         assert await snapshot(admin_conn, mine.tenant.id) == before
+
+
+# ------------------------------------------------------------------ what the fuzzer found, pinned
+
+FOUND = [  # (method, request): each once answered INTERNAL or UNKNOWN; now INVALID_ARGUMENT
+    ("ListPlans", pb.ListPlansRequest(page_token=PAGE_TOKENS[0])),  # year 9999 at -14:00: beyond datetime in UTC
+    ("ListPlans", pb.ListPlansRequest(page_token=PAGE_TOKENS[1])),  # year 1 at +14:00: before datetime in UTC
+    ("ListSubscriptions", pb.ListSubscriptionsRequest(page_token=PAGE_TOKENS[0])),
+    ("ListBillingRuns", pb.ListBillingRunsRequest(page_token=PAGE_TOKENS[0])),
+    ("ListPlans", pb.ListPlansRequest(code="pro\x00")),  # PostgreSQL text refuses NUL
+    ("ListSubscriptions", pb.ListSubscriptionsRequest(customer_id="\x00")),
+    ("RunBilling", pb.RunBillingRequest(request_id="\x00", idempotency_key="fuzz-found-1")),  # NUL into the audit row
+]
+
+
+@pytest.mark.parametrize("method, request_", FOUND, ids=[f"{m}-{i}" for i, (m, _) in enumerate(FOUND)])
+async def test_found_by_the_fuzzer(stub, worlds, method, request_):
+    mine, _, _ = worlds
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await getattr(stub, method)(request_, metadata=mine.md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+
+
+async def test_undecodable_request_bytes_are_invalid_argument(channel, worlds):
+    mine, _, _ = worlds
+    call = channel.unary_unary(f"/{SERVICE.full_name}/GetPlan")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(b"\n\x05abc", metadata=mine.md)  # a string field 5 bytes long with 3 bytes: corrupt
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid protobuf" in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # authentication still comes first
+        await call(b"\n\x05abc")
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
