@@ -20,6 +20,8 @@ the trace of the call that started it.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import uuid
 
 import asyncpg
@@ -39,6 +41,8 @@ class BillingRunStrategy:
 
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
+        # Recorded on the shards this consumer executes (billing_run_shards.executed_by).
+        self.executor = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
     async def process(self, conn: asyncpg.Connection, batch: list[Message]) -> BatchResult:
         executed = bad = 0
@@ -66,7 +70,8 @@ class BillingRunStrategy:
             token = current_tenant.set(str(tenant_id))
             try:
                 with trace.use_span(span, end_on_exit=True):
-                    run = await execute_run(self.pool, tenant_id, run_id, shard=request["shard"])
+                    run = await execute_run(self.pool, tenant_id, run_id, shard=request["shard"],
+                                    executor=self.executor)
                     if run is not None:
                         span.set_attribute("billing.run_status", str(getattr(run, "status", "")))
             finally:

@@ -33,6 +33,8 @@ create table billing_run_shards (
     status       text not null default 'running' check (status in ('running', 'completed')),
     subscriptions_due     bigint not null default 0,
     subscriptions_billed  bigint not null default 0,
+    -- which billing consumer executed it last (host/pid/instance), for operators
+    executed_by  text not null default '',
     started_at   timestamptz not null default now(),
     finished_at  timestamptz,
     primary key (tenant_id, run_id, shard),

@@ -200,7 +200,7 @@ class _Execution:
 
 
 async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *, chunk_size: int = CHUNK_SIZE,
-                      shard: int = 0, workers: int = WORKERS) -> BillingRun | None:
+                      shard: int = 0, workers: int = WORKERS, executor: str = "") -> BillingRun | None:
     """Bill everything of one shard due as of the run's time; returns the run as this
     execution leaves it (None: no such run). The run is completed by whichever shard
     execution finishes last.
@@ -208,7 +208,7 @@ async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *, chunk_si
     `pool` is an asyncpg pool (or a Database): each chunk is a transaction of its own, so
     this must not run inside the caller's transaction. `workers` chunks are in flight at
     once, on as many connections, so that Python computes one chunk while PostgreSQL
-    writes another.
+    writes another. `executor` names the consumer (recorded on the shard row).
     """
     db = pool if isinstance(pool, Database) else Database(pool)
     async with db.tenant_tx(tenant_id) as conn:
@@ -223,7 +223,7 @@ async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *, chunk_si
                       extra={"run_id": str(run_id), "shard": shard, "shard_count": row["shard_count"]})
             return _run(row)
         await store.mark_running(conn, tenant_id, run_id)
-        if await store.start_shard(conn, tenant_id, run_id, shard) == "completed":
+        if await store.start_shard(conn, tenant_id, run_id, shard, executor) == "completed":
             return _run(row)  # this shard is done; the others complete the run
     ex = _Execution(tenant_id, run_id, row["as_of"], shard, row["shard_count"], chunk_size,
                     [uuid.UUID(f["subscription_id"]) for f in row["failures"]])

@@ -290,14 +290,15 @@ async def set_shard_count(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id
                        tenant_id, run_id, count)
 
 
-async def start_shard(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int) -> str:
-    """Record that a shard is being executed; its status ('running' or 'completed')."""
-    await conn.execute(
-        """insert into billing_run_shards (tenant_id, run_id, shard) values ($1, $2, $3)
-           on conflict do nothing""", tenant_id, run_id, shard)
+async def start_shard(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int,
+                      executor: str) -> str:
+    """Record that a shard is being executed (by `executor`); its status ('running' or
+    'completed': then it stays as it was)."""
     return await conn.fetchval(
-        "select status from billing_run_shards where tenant_id = $1 and run_id = $2 and shard = $3",
-        tenant_id, run_id, shard)
+        """insert into billing_run_shards as s (tenant_id, run_id, shard, executed_by) values ($1, $2, $3, $4)
+           on conflict (tenant_id, run_id, shard) do update
+               set executed_by = case when s.status = 'completed' then s.executed_by else excluded.executed_by end
+           returning status""", tenant_id, run_id, shard, executor)
 
 
 async def add_shard_progress(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int,
@@ -322,5 +323,5 @@ async def completed_shards(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_i
 
 async def shards(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID) -> list[asyncpg.Record]:
     return await conn.fetch(
-        """select shard, status, subscriptions_due, subscriptions_billed, started_at, finished_at
+        """select shard, status, subscriptions_due, subscriptions_billed, executed_by, started_at, finished_at
              from billing_run_shards where tenant_id = $1 and run_id = $2 order by shard""", tenant_id, run_id)

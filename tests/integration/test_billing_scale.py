@@ -1,0 +1,268 @@
+"""Billing runs, second part: late usage, the ingest/billing race, pending adjustment lines,
+a failing subscription inside a set-based chunk, and a run split into shards executed by
+two billing consumers (real PostgreSQL; real Kafka for the shards)."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal as D
+
+import asyncpg
+import pytest
+
+from billing import codec
+from billing.domain.invoicing import invoice_request_id
+from billing.domain.periods import add_interval, to_us
+from billing.domain.plans import IntervalUnit
+from billing.domain.pricing import Line
+from billing.services import billing as billing_service
+from billing.services.context import Caller
+from billing.services.usage import PlanCache, UsageEvent, UsageLimits, ingest
+from billing.store import billing as billing_store
+from billing.store import pending_lines
+from billing.v1 import billing_pb2 as pb
+from tests.integration.test_plans_api import plan_request
+from tests.integration.test_subscriptions_api import rid, ts
+from tests.kafka_helpers import running_roles, wait_until
+
+NOW = lambda: datetime.now(timezone.utc)  # noqa: E731
+
+
+async def _weekly_plan(stub, tenant) -> pb.Plan:
+    """10.00 a week in arrears + 0.0025 per api call (sum)."""
+    req = plan_request(base_fee="10.00", trial_days=0, interval=pb.INTERVAL_UNIT_WEEK,
+                       billing_timing=pb.BILLING_TIMING_IN_ARREARS, usage_charges=[
+                           pb.UsageCharge(metric_code="api_calls", aggregation=pb.AGGREGATION_SUM,
+                                          pricing_model=pb.PRICING_MODEL_PER_UNIT, unit_price="0.0025")])
+    return (await stub.CreatePlan(req, metadata=tenant.md)).plan
+
+
+async def _sub(stub, tenant, plan, start: datetime) -> pb.Subscription:
+    return (await stub.CreateSubscription(pb.CreateSubscriptionRequest(
+        request_id=rid(), customer_id="cust-late", plan_id=plan.id, activate=True, start_at=ts(start)),
+        metadata=tenant.md)).subscription
+
+
+async def _usage(stub, tenant, sub_id: str, quantity: str, at: datetime, event_id: str | None = None):
+    return await stub.RecordUsage(pb.RecordUsageRequest(
+        request_id=event_id or rid(), subscription_id=sub_id, metric_code="api_calls", quantity=quantity,
+        occurred_at=ts(at)), metadata=tenant.md)
+
+
+async def _invoices(admin_conn, tenant_id: uuid.UUID, sub_id: str) -> list[dict]:
+    rows = await admin_conn.fetch(
+        "select payload from outbox where tenant_id = $1 and stream = 'invoice_requests' order by id", tenant_id)
+    found = [codec.decode(codec.Schema.INVOICE_REQUEST, r["payload"]) for r in rows]
+    return [f for f in found if f["subscription_id"] == sub_id]
+
+
+async def _run(service, tenant, as_of: datetime, **kw) -> billing_service.BillingRun:
+    caller = Caller(uuid.UUID(tenant.id), "test")
+    run = await billing_service.run_billing(service.db, caller, rid(), "", as_of)
+    return await billing_service.execute_run(service.db, caller.tenant_id, run.id, **kw)
+
+
+async def test_late_usage_is_billed_once_in_the_next_invoice_naming_its_period(service, stub, tenant, admin_conn):
+    plan = await _weekly_plan(stub, tenant)
+    start = NOW() - timedelta(days=16)  # weekly: P1 [-16d, -9d), P2 [-9d, -2d), P3 [-2d, +5d)
+    sub = await _sub(stub, tenant, plan, start)
+    tid = uuid.UUID(tenant.id)
+    p1_start = sub.current_period_start.ToDatetime(timezone.utc)
+    p1_end = sub.current_period_end.ToDatetime(timezone.utc)
+    await _usage(stub, tenant, sub.id, "1000", p1_start + timedelta(days=1))
+
+    first = await _run(service, tenant, p1_end + timedelta(hours=1))  # bills P1 only
+    assert (first.subscriptions_billed, first.totals) == (1, (("EUR", "12.50"),))  # 10.00 + 1000 * 0.0025
+
+    # Two late events for P1 (one twice: deduplicated), one on-time event for P2.
+    await _usage(stub, tenant, sub.id, "400", p1_start + timedelta(days=2), event_id="late-1")
+    await _usage(stub, tenant, sub.id, "400", p1_start + timedelta(days=2), event_id="late-1")
+    await _usage(stub, tenant, sub.id, "201", p1_start + timedelta(days=3), event_id="late-2")
+    await _usage(stub, tenant, sub.id, "100", p1_end + timedelta(days=1))
+    late = await admin_conn.fetch("select event_id, late from usage_events where tenant_id = $1 and late", tid)
+    assert sorted(r["event_id"] for r in late) == ["late-1", "late-2"]
+
+    second = await _run(service, tenant, NOW())  # bills P2, with P1's late usage
+    assert second.subscriptions_billed == 1
+    invoices = await _invoices(admin_conn, tid, sub.id)
+    assert len(invoices) == 2
+    p2 = invoices[1]
+    assert p2["invoice_request_id"] == str(invoice_request_id(tid, uuid.UUID(sub.id), p1_end))
+    lines = {ln["kind"]: ln for ln in p2["lines"]}
+    assert lines["usage"]["quantity"] == "100" and lines["usage"]["amount"] == "0.25"
+    lt = lines["late_usage"]
+    # 601 late calls at 0.0025 = 1.5025 -> 1.50 (half-even); the line names P1.
+    assert (lt["metric_code"], lt["quantity"], lt["unit_price"], lt["amount"]) == ("api_calls", "601", "0.0025", "1.50")
+    assert lt["original_period_start_us"] == to_us(p1_start)
+    assert (lt["period_start_us"], lt["period_end_us"]) == (to_us(p1_start), to_us(p1_end))
+    assert p2["total"] == "11.75"  # 10.00 + 0.25 + 1.50
+    billed = await admin_conn.fetch(
+        "select event_id, invoice_request_id from late_usage_billed where tenant_id = $1 order by event_id", tid)
+    assert [(r["event_id"], str(r["invoice_request_id"])) for r in billed] == [
+        ("late-1", p2["invoice_request_id"]), ("late-2", p2["invoice_request_id"])]
+
+    # Once only: a later run (P3 has not ended: nothing due) bills no late usage again, and a
+    # new late event for P1 is billed alone, priced as the increase of P1's price.
+    await _usage(stub, tenant, sub.id, "3", p1_start + timedelta(days=4), event_id="late-3")
+    async with service.db.tenant_tx(tid) as conn:
+        rows = await billing_store.unbilled_late_usage(conn, tid, [uuid.UUID(sub.id)])
+    assert [(list(r["event_ids"]), r["b_sum"], r["a_sum"]) for r in rows] == [(["late-3"], D(1601), D(1604))]
+    third = await _run(service, tenant, NOW())
+    assert third.subscriptions_due == 0 and len(await _invoices(admin_conn, tid, sub.id)) == 2
+    # (the third late event waits for P3's invoice)
+
+
+async def test_ingest_waits_for_a_billing_chunk_and_then_finds_the_event_late(service, stub, tenant, migrated):
+    """The race: a usage batch reading the subscription while a billing chunk closes its
+    period. The chunk holds the row FOR UPDATE (as `due_subscriptions` does); the ingest's
+    FOR KEY SHARE waits for it, then sees the advanced period: the event is late."""
+    plan = await _weekly_plan(stub, tenant)
+    sub = await _sub(stub, tenant, plan, NOW() - timedelta(days=10))
+    sid, tid = uuid.UUID(sub.id), uuid.UUID(tenant.id)
+    p1_start = sub.current_period_start.ToDatetime(timezone.utc)
+    p1_end = sub.current_period_end.ToDatetime(timezone.utc)
+    billing = await asyncpg.connect(migrated.admin_database_url)
+    try:
+        tx = billing.transaction()
+        await tx.start()
+        await billing.execute("select 1 from subscriptions where tenant_id = $1 and id = $2 for update", tid, sid)
+        await billing.execute(
+            """update subscriptions set current_period_start = $3, current_period_end = $4
+                where tenant_id = $1 and id = $2""", tid, sid, p1_end, p1_end + timedelta(days=7))
+        await billing.execute(
+            """insert into billed_periods (tenant_id, subscription_id, period_start, period_end, run_id)
+               values ($1, $2, $3, $4, $5)""", tid, sid, p1_start, p1_end, uuid.uuid4())
+        record = asyncio.create_task(_usage(stub, tenant, sub.id, "7", p1_start + timedelta(days=1), "racing"))
+        await asyncio.sleep(1.0)
+        assert not record.done()  # held by the chunk's row lock
+        await tx.commit()
+        await asyncio.wait_for(record, 10)
+        row = await billing.fetchrow("select late, period_start from usage_events where tenant_id = $1 and event_id = $2",
+                                     tid, "racing")
+        assert row["late"] is True and row["period_start"] == p1_start
+    finally:
+        await billing.close()
+
+
+async def test_a_run_skips_a_subscription_a_usage_batch_holds_then_bills_its_usage(service, stub, tenant, admin_conn):
+    """The other side of the race: a usage batch holding the subscription (KEY SHARE, not
+    committed yet) makes the chunk skip it (SKIP LOCKED); the run waits for it and then bills
+    the period WITH the batch's event."""
+    plan = await _weekly_plan(stub, tenant)
+    sub = await _sub(stub, tenant, plan, NOW() - timedelta(days=10))
+    sid, tid = uuid.UUID(sub.id), uuid.UUID(tenant.id)
+    p1_start = sub.current_period_start.ToDatetime(timezone.utc)
+    release = asyncio.Event()
+
+    async def usage_batch():
+        async with service.db.tenant_tx(tid) as conn:
+            event = UsageEvent("held-1", str(tid), str(sid), "api_calls", "2000", to_us(p1_start + timedelta(days=1)))
+            result = await ingest(conn, [event], now_us=to_us(NOW()), limits=UsageLimits(), plans=PlanCache())
+            assert result.inserted == 1 and result.late == 0
+            await release.wait()
+
+    batch = asyncio.create_task(usage_batch())
+    await asyncio.sleep(0.5)
+    caller = Caller(tid, "test")
+    run = await billing_service.run_billing(service.db, caller, rid(), "", NOW())
+    execution = asyncio.create_task(billing_service.execute_run(service.db, tid, run.id))
+    await asyncio.sleep(1.5)
+    assert not execution.done()  # the held subscription is still due
+    assert await admin_conn.fetchval("select count(*) from billed_periods where subscription_id = $1", sid) == 0
+    release.set()
+    await batch
+    done = await asyncio.wait_for(execution, 30)
+    assert (done.status, done.subscriptions_billed) == ("completed", 1)
+    [inv] = await _invoices(admin_conn, tid, sub.id)
+    usage = [ln for ln in inv["lines"] if ln["kind"] == "usage"]
+    assert [(u["quantity"], u["amount"]) for u in usage] == [("2000", "5.00")]
+
+
+async def test_pending_lines_go_into_the_next_invoice_and_are_marked_billed(service, stub, tenant, admin_conn):
+    plan = await _weekly_plan(stub, tenant)
+    sub = await _sub(stub, tenant, plan, NOW() - timedelta(days=10))
+    other = await _sub(stub, tenant, plan, NOW() - timedelta(days=10))
+    sid, tid = uuid.UUID(sub.id), uuid.UUID(tenant.id)
+    start = sub.current_period_start.ToDatetime(timezone.utc)
+    mid = start + timedelta(days=3, hours=12)
+    credit = Line(kind="proration_credit", description="unused time of Basic", metric_code=None, quantity=D(1),
+                  unit_price=D("-5.00"), amount=D("-2.50"), period_start=mid, period_end=start + timedelta(days=7))
+    charge = Line(kind="proration_charge", description="remaining time of Pro", metric_code=None, quantity=D(1),
+                  unit_price=D("12.00"), amount=D("6.00"), period_start=mid, period_end=start + timedelta(days=7))
+    async with service.db.tenant_tx(tid) as conn:
+        ids = await pending_lines.add(conn, tid, sid, "EUR", [credit, charge], "test:change")
+    done = await _run(service, tenant, NOW())
+    assert (done.subscriptions_billed, done.subscriptions_failed) == (2, 0)
+    [inv] = await _invoices(admin_conn, tid, sub.id)
+    kinds = [(ln["kind"], ln["amount"]) for ln in inv["lines"]]
+    assert ("proration_credit", "-2.50") in kinds and ("proration_charge", "6.00") in kinds
+    assert inv["total"] == "13.50"  # 10.00 base + 0.00 usage - 2.50 + 6.00
+    [plain] = await _invoices(admin_conn, tid, other.id)
+    assert plain["total"] == "10.00" and all(ln["kind"] in ("base_fee", "usage") for ln in plain["lines"])
+    marked = await admin_conn.fetch("select id, invoice_request_id from pending_lines where tenant_id = $1", tid)
+    assert {r["id"]: str(r["invoice_request_id"]) for r in marked} == {i: inv["invoice_request_id"] for i in ids}
+    assert dict(done.totals)["EUR"] == "23.50"
+
+
+async def test_one_failing_subscription_does_not_stop_a_set_based_chunk(service, stub, tenant, admin_conn):
+    plan = await _weekly_plan(stub, tenant)
+    subs = [await _sub(stub, tenant, plan, NOW() - timedelta(days=10)) for _ in range(12)]
+    bad = subs[5]
+    # Metadata the invoice request schema cannot carry (map of strings): encoding raises
+    # while the chunk is computed, before anything is written.
+    await admin_conn.execute("""update subscriptions set metadata = '{"n": 1}' where id = $1""", uuid.UUID(bad.id))
+    done = await _run(service, tenant, NOW(), chunk_size=50)
+    assert (done.status, done.subscriptions_due, done.subscriptions_billed, done.subscriptions_failed) == (
+        "completed", 12, 11, 1)
+    assert [s for s, _ in done.failures] == [bad.id] and "CodecError" in done.failures[0][1]
+    assert done.totals == (("EUR", "110.00"),)
+    tid = uuid.UUID(tenant.id)
+    billed = {str(r[0]) for r in await admin_conn.fetch(
+        "select subscription_id from billed_periods where tenant_id = $1", tid)}
+    assert billed == {s.id for s in subs} - {bad.id}
+    audits = await admin_conn.fetchval(
+        "select count(*) from audit_events where tenant_id = $1 and actor like 'billing-run:%'", tid)
+    assert audits == 11
+    row = await admin_conn.fetchrow("select current_period_start, start_at from subscriptions where id = $1",
+                                    uuid.UUID(bad.id))
+    assert row["current_period_start"] == row["start_at"]  # not advanced
+
+
+async def test_a_sharded_run_is_executed_by_two_billing_consumers(migrated, service, stub, tenant, admin_conn):
+    plan = (await stub.CreatePlan(plan_request(base_fee="10.00", trial_days=0, usage_charges=[],
+                                               billing_timing=pb.BILLING_TIMING_IN_ARREARS),
+                                  metadata=tenant.md)).plan
+    tid = uuid.UUID(tenant.id)
+    start = NOW() - timedelta(days=40)
+    end = add_interval(start, IntervalUnit.MONTH, 1)
+    n = 300
+    await admin_conn.executemany(
+        """insert into subscriptions (tenant_id, id, customer_id, plan_id, status, created_at, start_at, billing_anchor,
+                                      trial_days, current_period_start, current_period_end)
+           values ($1, $2, 'shards', $3, 'active', $4, $4, $4, 0, $4, $5)""",
+        [(tid, uuid.uuid4(), uuid.UUID(plan.id), start, end) for _ in range(n)])
+    async with running_roles(migrated, ("billing",)) as a, running_roles(migrated, ("billing",)) as b, \
+            running_roles(migrated, ("relay",)):
+        runners = [component for svc in (a, b) for name, component, _ in svc._roles if name == "billing"]
+
+        async def both_assigned():
+            return all(r.assignment for r in runners)
+        await wait_until(both_assigned)
+        caller = Caller(tid, "test")
+        run = await billing_service.run_billing(service.db, caller, rid(), "", NOW(), shards=16)
+
+        async def completed():
+            r = await billing_service.get_billing_run(service.db, caller, str(run.id))
+            return r if r.status == "completed" else None
+        done = await wait_until(completed, timeout_s=120)
+    assert (done.subscriptions_due, done.subscriptions_billed, done.subscriptions_failed) == (n, n, 0)
+    assert done.totals == (("EUR", f"{10 * n}.00"),)
+    assert await admin_conn.fetchval("select count(*) from billed_periods where tenant_id = $1", tid) == n
+    assert await admin_conn.fetchval(
+        "select count(distinct invoice_request_id) from billed_periods where tenant_id = $1", tid) == n
+    shards = await admin_conn.fetch(
+        "select shard, status, subscriptions_due, executed_by from billing_run_shards where run_id = $1", run.id)
+    assert sorted(s["shard"] for s in shards) == list(range(16))
+    assert {s["status"] for s in shards} == {"completed"} and sum(s["subscriptions_due"] for s in shards) == n
+    assert len({s["executed_by"] for s in shards}) == 2  # both consumers executed shards
