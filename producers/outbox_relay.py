@@ -370,6 +370,7 @@ class OutboxRelay:
         reports: dict[int, KafkaError | None] = {}
         produced: list[PendingRow] = []
         blocked: set[Hashable] = set()
+        spans = {}  # row id -> its publish span, ended by the delivery report
 
         def report(row_id: int, span):
             def on_delivery(err, _msg):
@@ -392,6 +393,7 @@ class OutboxRelay:
                 attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
                             "messaging.operation.type": "send", "billing.outbox.id": row.id,
                             "billing.tenant_id": str(row.tenant_id)})
+            spans[row.id] = span
             trace_headers = tracing.inject({}, trace.set_span_in_context(span))
             headers = [(k, v) for k, v in row.headers.items()
                        if k not in (OUTBOX_ID_HEADER, TENANT_ID_HEADER) and k not in trace_headers]
@@ -427,6 +429,8 @@ class OutboxRelay:
         for row in produced:
             if row.id not in reports:
                 result.unconfirmed.append(row)
+                tracing.record_error(spans[row.id], "delivery unconfirmed at stop")
+                spans[row.id].end()
             elif (err := reports[row.id]) is None:
                 result.delivered.append(row)
             else:

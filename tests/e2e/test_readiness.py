@@ -39,6 +39,8 @@ from tests.kafka_helpers import TopicReader, command, produce
 
 pytestmark = pytest.mark.timeout(600)
 
+OUTAGES: set[str] = set()  # the outages this run went through (the log test checks they were logged)
+
 
 @pytest.fixture(scope="module")
 async def own_stack(tmp_path_factory):
@@ -186,6 +188,7 @@ async def test_postgres_outage(own_stack, served):
     await _wait_db(settings, "select status from subscriptions where id = $1", uuid.UUID(sub.id), expect="paused")
     await asyncio.to_thread(_event_published, settings, sub.id, "subscription.paused")
     assert served.proc.poll() is None
+    OUTAGES.add("postgres")
 
 
 async def test_kafka_outage(own_stack, served):
@@ -215,6 +218,7 @@ async def test_kafka_outage(own_stack, served):
                    uuid.UUID(served.tenant["tenant_id"]), expect=0)
     await asyncio.to_thread(_event_published, settings, sub.id, "subscription.paused")
     assert served.proc.poll() is None
+    OUTAGES.add("kafka")
 
 
 async def test_pending_migrations_mean_not_ready(own_stack, tmp_path):
@@ -238,3 +242,23 @@ async def test_pending_migrations_mean_not_ready(own_stack, tmp_path):
         assert await readiness.check_once() is True
     finally:
         await db.close()
+
+
+async def test_the_service_log_tells_the_outages_and_holds_no_api_key(served):
+    """Runs after the outages above: the process's own log (JSON lines on stderr)."""
+    # one refused call, with a key that looks real
+    try:
+        served.stub.ListPlans(pb.ListPlansRequest(), metadata=(("authorization", "Bearer bk_" + "x" * 43),))
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+    await asyncio.sleep(0.5)
+    text = served.log_path.read_text()
+    assert served.tenant["api_key"] not in text and "bk_" + "x" * 43 not in text
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    changes = [(r["ready"], r["checks"]) for r in records if r["msg"] == "readiness changed"]
+    if "postgres" in OUTAGES:
+        assert any(not ready and checks["postgres"] != "ok" and checks["kafka"] == "ok" for ready, checks in changes)
+    if "kafka" in OUTAGES:
+        assert any(not ready and checks["kafka"] != "ok" for ready, checks in changes)
+    assert changes[-1][0] is True
+    assert any(r["msg"] == "unauthenticated call refused" for r in records)
