@@ -27,6 +27,10 @@ _QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 MAX_EVENT_ID = 200
 MAX_PROPERTIES = 50
+# An event property is a label (a user id, a region), stored with every raw event: a
+# megabyte of it is a producer bug, refused like NUL rather than kept forever.
+MAX_PROPERTY_KEY = 100
+MAX_PROPERTY_VALUE = 1000
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ class PlanCache:
 
 def _properties_ok(properties: dict) -> bool:
     return len(properties) <= MAX_PROPERTIES and not any(
-        k.__class__ is not str or v.__class__ is not str or "\x00" in k or "\x00" in v for k, v in properties.items())
+        k.__class__ is not str or v.__class__ is not str or "\x00" in k or "\x00" in v
+        or len(k) > MAX_PROPERTY_KEY or len(v) > MAX_PROPERTY_VALUE for k, v in properties.items())
 
 
 def check_quantity(text: str) -> str | None:
@@ -210,7 +215,8 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             reject(Rejection(i, "invalid_event_id", f"event_id must be 1..{MAX_EVENT_ID} characters, no NUL"))
         elif e.properties and not _properties_ok(e.properties):
             reject(Rejection(i, "invalid_properties",
-                             f"properties: at most {MAX_PROPERTIES}, strings without NUL (PostgreSQL refuses NUL)"))
+                             f"properties: at most {MAX_PROPERTIES}, keys up to {MAX_PROPERTY_KEY} and values up to "
+                             f"{MAX_PROPERTY_VALUE} characters, without NUL (PostgreSQL refuses NUL)"))
         else:
             if sub.period_start_us <= t < sub.period_end_us:  # the common case: the current period
                 start, end, late = sub.period_start_us, sub.period_end_us, False

@@ -136,6 +136,8 @@ async def test_usage_topic_abuse(roles, migrated, world, admin_conn):
         "huge-cloudevent-unknown-metric": (cloudevent(world, data={"metric": "nope", "properties": {"b": "x" * BIG}}),
                                            "unknown_metric"),
         "huge-avro-event-id": (usage_avro(world, event_id="e" * BIG), "invalid_event_id"),
+        "huge-cloudevent-property": (cloudevent(world, data={"properties": {"b": "x" * BIG}}), "invalid_properties"),
+        "property-value-1001": (usage_avro(world, properties={"user": "u" * 1001}), "invalid_properties"),
     }
     run = uuid.uuid4().hex[:8]
     keys = {f"abuse-{run}-{name}".encode(): (name, value, reason) for name, (value, reason) in cases.items()}
