@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     otlp_endpoint: str = ""
     otel_service_name: str = "billing-service"
     trace_sample_ratio: float = 1.0
+    # Readiness includes Kafka (reachable, topics present). An api-only replica may turn this
+    # off so it keeps serving through a Kafka outage (its events wait in the outbox).
+    readiness_requires_kafka: bool = True
     # How often the relay role samples the outbox backlog gauges.
     outbox_backlog_interval_s: float = 5.0
     migrations_dir: Path = PROJECT_ROOT / "migrations"

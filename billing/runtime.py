@@ -58,7 +58,7 @@ class Service:
         self.db = await Database.connect(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
         track_pool(self.db.pool)
         self.readiness = Readiness(self.db, s.kafka_bootstrap_servers, s.migrations_dir,
-                                   required_topics=tuple(s.topics.all()))
+                                   required_topics=tuple(s.topics.all()), check_kafka=s.readiness_requires_kafka)
         if "api" in self.roles:
             self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port)
             await self.grpc.start()

@@ -32,6 +32,8 @@ class Readiness:
     interval_s: float = 2.0
     required_topics: tuple[str, ...] = ()
     timeout_s: float = 3.0
+    check_kafka: bool = True  # False: Kafka is reported "not required" and never makes it unready
+    export_metrics: bool = True  # billing_ready / billing_dependency_up (off for a second, ad hoc instance)
     checks: dict[str, str] = field(default_factory=dict)  # dependency -> "ok" or why not
     listeners: list[Callable[[bool], None]] = field(default_factory=list)
     _ready: bool = False
@@ -41,14 +43,15 @@ class Readiness:
         return self._ready
 
     async def check_once(self) -> bool:
-        results = await asyncio.gather(self._check_postgres(), asyncio.to_thread(self._check_kafka),
-                                       return_exceptions=True)
+        kafka_check = asyncio.to_thread(self._check_kafka) if self.check_kafka else _not_required()
+        results = await asyncio.gather(self._check_postgres(), kafka_check, return_exceptions=True)
         pg = results[0] if not isinstance(results[0], BaseException) else (f"check failed: {results[0]!r}", "unknown")
         kafka = results[1] if not isinstance(results[1], BaseException) else f"check failed: {results[1]!r}"
         self.checks = {"postgres": pg[0], "migrations": pg[1], "kafka": kafka}
         for name, state in self.checks.items():
-            DEPENDENCY_UP.labels(name).set(1 if state == "ok" else 0)
-        ready = all(v == "ok" for v in self.checks.values())
+            if self.export_metrics and state != "not required":
+                DEPENDENCY_UP.labels(name).set(1 if state == "ok" else 0)
+        ready = all(v in ("ok", "not required") for v in self.checks.values())
         self._set(ready)
         return ready
 
@@ -59,7 +62,8 @@ class Readiness:
             self._ready = ready
             for listener in self.listeners:
                 listener(ready)
-        READY.set(1 if ready else 0)
+        if self.export_metrics:
+            READY.set(1 if ready else 0)
 
     async def run(self) -> None:
         while True:
@@ -79,7 +83,7 @@ class Readiness:
             return f"unreachable: {type(exc).__name__}", "unknown"
         return "ok", ("ok" if not todo else f"pending: {', '.join(todo)}")
 
-    def _check_kafka(self) -> str:
+    def _check_kafka(self) -> str:  # in a worker thread: the admin client blocks
         admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap, "log_level": 0, "socket.timeout.ms": 2000})
         try:
             metadata = admin.list_topics(timeout=self.timeout_s)
@@ -89,3 +93,7 @@ class Readiness:
             return "no brokers"
         missing = [t for t in self.required_topics if t not in metadata.topics]
         return f"missing topics: {', '.join(missing)}" if missing else "ok"
+
+
+async def _not_required() -> str:
+    return "not required"

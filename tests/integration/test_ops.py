@@ -70,3 +70,24 @@ async def test_metrics_count_requests_by_method_and_code(service, stub, tenant):
     assert _sample(after, hist, method="CreatePlan") - _sample(before, hist, method="CreatePlan") == 1
     # no tenant label anywhere (a reason code such as "unknown_tenant" is a value, not an id)
     assert not re.search(r"[{,]tenant\w*=", after)
+
+
+async def test_readiness_names_what_is_missing_and_kafka_can_be_left_out(migrated, service):
+    """An unreachable Kafka or a missing topic is not ready; an api-only replica may leave
+    Kafka out of its readiness (BILLING_READINESS_REQUIRES_KAFKA=false)."""
+    from billing.devstack import free_port
+    from billing.ops.readiness import Readiness
+
+    nowhere = f"127.0.0.1:{free_port()}"
+    down = Readiness(service.db, nowhere, migrated.migrations_dir, timeout_s=1, export_metrics=False)
+    assert await down.check_once() is False
+    assert down.checks["kafka"].startswith("unreachable") and down.checks["postgres"] == "ok"
+
+    missing = Readiness(service.db, migrated.kafka_bootstrap_servers, migrated.migrations_dir,
+                        required_topics=("billing.no-such-topic.v1",), export_metrics=False)
+    assert await missing.check_once() is False
+    assert missing.checks["kafka"] == "missing topics: billing.no-such-topic.v1"
+
+    api_only = Readiness(service.db, nowhere, migrated.migrations_dir, check_kafka=False, export_metrics=False)
+    assert await api_only.check_once() is True
+    assert api_only.checks == {"postgres": "ok", "migrations": "ok", "kafka": "not required"}
