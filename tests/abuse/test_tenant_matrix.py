@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from billing.v1 import billing_pb2 as pb
+from tests.abuse.tally import TALLY
 from tests.abuse.world import World, build_world, rid, snapshot
 from tests.integration.test_plans_api import plan_request
 
@@ -215,6 +216,8 @@ async def test_tenant_b_never_reaches_tenant_a(stub, admin_conn, ab, method):
     probe = Probe(stub, a, b)
     await CASES[method](probe)
     assert probe.outcomes, "the case made no call"
+    for outcome in probe.outcomes:
+        TALLY[("matrix", method)][outcome] += 1
     assert await snapshot(admin_conn, a.tenant.id) == before, f"{method} by tenant B changed tenant A's rows"
 
 
