@@ -110,7 +110,7 @@ class Cluster:
         self.counts = Counts()
         self._lock = threading.RLock()  # one fault at a time; the supervisor waits for it
         base_env = dict(os.environ)
-        base_env.update({**self.stack.env(), "BILLING_LOG_LEVEL": "WARNING", "BILLING_SCHEDULER_INTERVAL_S": "0",
+        base_env.update({**self.stack.env(), "BILLING_LOG_LEVEL": "INFO", "BILLING_SCHEDULER_INTERVAL_S": "0",
                          "BILLING_USAGE_BATCH_SIZE": str(usage_batch_size), "BILLING_DB_POOL_MIN": "1",
                          "BILLING_DB_POOL_MAX": "4"})
         self.procs: dict[str, RoleProcess] = {}

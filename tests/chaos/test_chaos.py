@@ -441,7 +441,7 @@ async def drain(cluster: Cluster, world: World, admin: Admin) -> None:
                                  "and status = 'completed'")
         return open_runs == 0 and unpublished == 0 and finals == len(world.tenants)
 
-    await wait_for("every billing run to complete and the outbox to drain", settled, 300, detail=lag)
+    await wait_for("every billing run to complete and the outbox to drain", settled, 240, detail=lag)
 
 
 # ---------------------------------------------------------------------------- invariants
