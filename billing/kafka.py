@@ -1,10 +1,16 @@
 """Kafka plumbing shared by every role: client settings and topic creation."""
 from __future__ import annotations
 
+import logging
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from billing.config import Settings
+
+# librdkafka's own log lines go through Python logging (served by the client's poll and
+# consume calls), so they come out as JSON like everything else, never raw on stderr.
+KAFKA_LOG = logging.getLogger("librdkafka")
 
 
 def producer_config(settings: Settings, **extra) -> dict:
@@ -15,6 +21,7 @@ def producer_config(settings: Settings, **extra) -> dict:
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
+        "logger": KAFKA_LOG,
         **extra,
     }
 
@@ -29,6 +36,7 @@ def consumer_config(settings: Settings, group_id: str, **extra) -> dict:
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
         "session.timeout.ms": settings.kafka_session_timeout_ms,
+        "logger": KAFKA_LOG,
         **extra,
     }
 

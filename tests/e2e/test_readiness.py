@@ -255,6 +255,10 @@ async def test_the_service_log_tells_the_outages_and_holds_no_api_key(served):
     text = served.log_path.read_text()
     assert served.tenant["api_key"] not in text and "bk_" + "x" * 43 not in text
     records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    # librdkafka's complaints during the Kafka outage came through logging, as JSON too
+    assert not [line for line in text.splitlines() if line.startswith("%")]
+    if "kafka" in OUTAGES:
+        assert any(r["logger"] == "librdkafka" for r in records)
     changes = [(r["ready"], r["checks"]) for r in records if r["msg"] == "readiness changed"]
     if "postgres" in OUTAGES:
         assert any(not ready and checks["postgres"] != "ok" and checks["kafka"] == "ok" for ready, checks in changes)
