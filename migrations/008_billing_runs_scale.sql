@@ -45,3 +45,13 @@ create table billing_run_shards (
 select enable_tenant_isolation(t) from unnest(array['late_usage_billed', 'billing_run_shards']::regclass[]) as t;
 grant select, insert on late_usage_billed to billing_app;
 grant select, insert, update on billing_run_shards to billing_app;
+
+-- Subscriptions: a billing run advances every due subscription's period, i.e. updates
+-- current_period_start/end of each row once per period. With an index on
+-- current_period_end (subscriptions_due) every such update is a non-HOT update that
+-- inserts into all six indexes of the table; without it, and with room left on each page
+-- (fillfactor), the advance is a HOT update that touches the heap page only. The run finds
+-- due subscriptions by walking the primary key in id windows instead (billing/store/billing.py,
+-- id_window), which reads each id of the tenant once per run.
+drop index subscriptions_due;
+alter table subscriptions set (fillfactor = 85);

@@ -60,6 +60,8 @@ CHUNK_SIZE = 2000
 # Chunks in flight at once in one execution (one connection each): Python computes one
 # while PostgreSQL writes the other.
 WORKERS = 2
+# A chunk reads at most this many id windows when few subscriptions are due.
+WINDOWS_PER_CHUNK = 8
 # Shards a run is split into unless asked otherwise (BILLING_RUN_SHARDS).
 DEFAULT_SHARDS = 1
 MAX_SHARDS = 1024
@@ -254,17 +256,34 @@ async def _worker(db: Database, caller: Caller, ex: _Execution) -> None:
     """Bill chunk after chunk until a keyset pass over the shard finds nothing more."""
     while True:
         async with db.tenant_tx(ex.tenant_id) as conn:
-            async with ex.fetching:  # hand out disjoint id ranges, in order
-                subs = await store.due_subscriptions(conn, ex.tenant_id, ex.as_of, ex.failed, ex.chunk_size,
-                                                     after=ex.cursor, shard=ex.shard, shard_count=ex.shard_count)
-                if subs:
-                    ex.cursor = subs[-1].id
-            if not subs:
+            async with ex.fetching:  # hand out disjoint id windows, in order
+                subs = await _next_chunk(conn, ex)
+            if subs is None:
                 return
+            if not subs:
+                continue
             chunk = await _bill_chunk(conn, caller, ex, subs)
             ex.failed += [uuid.UUID(f["subscription_id"]) for f in chunk.failures]
             await _add_progress(conn, ex, chunk)
         _observe_chunk(chunk)
+
+
+async def _next_chunk(conn, ex: _Execution) -> list[Subscription] | None:
+    """Up to about chunk_size due subscriptions of the shard, locked; None at the end of
+    the pass. Walks id windows of the primary key (a shard holds 1/shard_count of each
+    window) until the chunk is full or a few windows were read."""
+    subs: list[Subscription] = []
+    window = min(ex.chunk_size * ex.shard_count, 50_000)
+    for _ in range(WINDOWS_PER_CHUNK):
+        ids = await store.id_window(conn, ex.tenant_id, ex.cursor, window)
+        if not ids:
+            return subs or None
+        ex.cursor = ids[-1]
+        subs += await store.due_subscriptions(conn, ex.tenant_id, ex.as_of, ex.failed, ids, shard=ex.shard,
+                                              shard_count=ex.shard_count)
+        if len(subs) >= ex.chunk_size // 2:
+            break
+    return subs
 
 
 async def _add_progress(conn: asyncpg.Connection, ex: _Execution, chunk: _Chunk) -> None:
@@ -339,6 +358,7 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
         billed = skipped = False
         before = _snapshot_json(o.sub)
         prev = o.sub
+        last = len(o.closed) - 1
         for i, (closed, payload) in enumerate(zip(o.closed, o.payloads)):
             if (o.sub.id, closed.period_start) in marked:
                 billed = True
@@ -361,7 +381,8 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
                        "total": decimal_to_str(closed.total), "currency": closed.currency}
             after = snapshot(closed.subscription)
             audits.append((o.sub.id, closed.event, request_id, before, json.dumps({**after, "details": details})))
-            before = json.dumps(after)
+            if i < last:
+                before = json.dumps(after)
             if closed.event != "subscription.period_advanced":  # status or plan changed: announce it
                 _, key, payload, headers = events.build(
                     caller, event_type=closed.event, subscription_id=str(o.sub.id), customer_id=o.sub.customer_id,

@@ -82,22 +82,32 @@ def _in_shard(count: str, shard: str) -> str:
     return f"(hashtext(id::text) & 2147483647) % {count} = {shard}"
 
 
+async def id_window(conn: asyncpg.Connection, tenant_id: uuid.UUID, after: uuid.UUID | None,
+                    limit: int) -> list[uuid.UUID]:
+    """The next `limit` subscription ids of the tenant after `after`, in id order: an
+    index-only walk of the primary key, so a pass over the tenant reads each id once (a
+    filtered "order by id limit" lets the planner sort the whole tenant on every chunk)."""
+    rows = await conn.fetch(
+        "select id from subscriptions where tenant_id = $1 and id > $2 order by tenant_id, id limit $3",
+        tenant_id, after or uuid.UUID(int=0), limit)
+    return [r[0] for r in rows]
+
+
 async def due_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_of: datetime,
-                            exclude: list[uuid.UUID], limit: int, *, after: uuid.UUID | None = None,
-                            shard: int = 0, shard_count: int = 1):
-    """Up to `limit` due subscriptions of the shard with ids after `after`, in id order,
-    locked. SKIP LOCKED: rows another run (or another execution of this run, or a usage batch
-    that is attributing events to their periods) holds right now are left for later; once it
-    commits they are no longer due, or are found by a later pass. The id keyset walks the
-    primary key: one pass over the tenant reads each subscription once, whatever the chunk."""
+                            exclude: list[uuid.UUID], ids: list[uuid.UUID], *, shard: int = 0,
+                            shard_count: int = 1):
+    """The due subscriptions of the shard among `ids` (a window of `id_window`), in id
+    order, locked. SKIP LOCKED: rows another run (or another execution of this run, or a
+    usage batch attributing events to their periods) holds right now are left for a later
+    pass; once it commits they are no longer due, or are found by that pass."""
     rows = await conn.fetch(
         f"""select {subs_store._COLUMNS} from subscriptions
-            where tenant_id = $1 and ($7::uuid is null or id > $7)
+            where tenant_id = $1 and id = any($4::uuid[])
               and status in ('trialing', 'active', 'paused') and current_period_end <= $2
               and not (id = any($3::uuid[])) and {_in_shard("$5", "$6")}
-            order by id limit $4
+            order by id
             for update skip locked""",
-        tenant_id, as_of, exclude, limit, shard_count, shard, after,
+        tenant_id, as_of, exclude, ids, shard_count, shard,
     )
     return [subs_store.from_row(r) for r in rows]
 
@@ -121,7 +131,8 @@ async def opened_by_a_run(conn: asyncpg.Connection, tenant_id: uuid.UUID, subs: 
     i.e. was opened, and charged in advance, by a run."""
     rows = await conn.fetch(
         """select b.subscription_id from unnest($2::uuid[], $3::timestamptz[]) as s(id, start)
-             join billed_periods b on b.tenant_id = $1 and b.subscription_id = s.id and b.period_end = s.start""",
+             join billed_periods b on b.tenant_id = $1 and b.subscription_id = s.id and b.period_end = s.start
+            where b.subscription_id = any($2::uuid[])""",
         tenant_id, [s for s, _ in subs], [t for _, t in subs],
     )
     return {r["subscription_id"] for r in rows}
@@ -136,7 +147,8 @@ async def usage_totals_from(conn: asyncpg.Connection, tenant_id: uuid.UUID,
                   t.latest_quantity
              from unnest($2::uuid[], $3::timestamptz[]) as p(id, start)
              join usage_totals t on t.tenant_id = $1 and t.subscription_id = p.id and t.period_start >= p.start
-                                and t.period_start < $4""",
+                                and t.period_start < $4
+            where t.subscription_id = any($2::uuid[])""",
         tenant_id, [s for s, _ in periods], [t for _, t in periods], before,
     )
 
@@ -150,7 +162,7 @@ async def unique_counts(conn: asyncpg.Connection, tenant_id: uuid.UUID, metric: 
              from unnest($2::uuid[], $3::timestamptz[]) as p(id, start)
              join usage_events e on e.tenant_id = $1 and e.subscription_id = p.id and e.metric_code = $4
                                 and e.period_start >= p.start and e.period_start < $6
-            where e.properties ? $5
+            where e.properties ? $5 and e.subscription_id = any($2::uuid[])
             group by 1, 2""",
         tenant_id, [s for s, _ in periods], [t for _, t in periods], metric, prop, before,
     )
@@ -278,7 +290,7 @@ async def advance_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, 
     await conn.execute(
         f"""update subscriptions s set {sets}, updated_at = now()
               from unnest($2::uuid[], {params}) as u(id, {", ".join(columns)})
-             where s.tenant_id = $1 and s.id = u.id""",
+             where s.tenant_id = $1 and s.id = any($2::uuid[]) and s.id = u.id""",
         tenant_id, [s.id for s in subs], *arrays,
     )
 
