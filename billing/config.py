@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     # The billing scheduler (role `scheduler`) starts a run per tenant every this many
     # seconds, with as_of at the start of the slot; 0 turns it off.
     scheduler_interval_s: int = 3600
+    # Every billing run is split into this many shards (BILLING_RUN_SHARDS): one run request
+    # each, keyed so they spread over the partitions of the billing-runs topic and so over
+    # the billing consumers of the group; the run completes when all shards have.
+    run_shards: int = 1
 
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051

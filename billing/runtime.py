@@ -55,6 +55,9 @@ class Service:
         if unknown:
             raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ALL_ROLES)}")
         tracing.configure(s)
+        from billing.services import billing as billing_service
+
+        billing_service.DEFAULT_SHARDS = s.run_shards  # runs requested by this process (api, scheduler)
         self.db = await Database.connect(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
         track_pool(self.db.pool)
         self.readiness = Readiness(self.db, s.kafka_bootstrap_servers, s.migrations_dir,
