@@ -38,7 +38,8 @@ def spans(migrated) -> InMemorySpanExporter:
     assert provider is not None, "tracing is on by default"
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
+    yield exporter
+    exporter.shutdown()  # keeps nothing for the rest of the session (a processor cannot be removed)
 
 
 @pytest.fixture(scope="module")
