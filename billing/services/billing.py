@@ -1,21 +1,25 @@
 """Billing runs: request one (RunBilling), read them, and execute one (the billing consumer).
 
-RunBilling records the run (pending) and writes a BillingRunRequest to the outbox, in one
-transaction; the same idempotency key returns the same run. The billing consumer calls
-`execute_run`, which bills every due subscription of the tenant in chunks:
+RunBilling records the run (pending) and writes one BillingRunRequest per shard to the
+outbox, in one transaction; the same idempotency key returns the same run. The billing
+consumer calls `execute_run` per shard, which bills every due subscription of the shard in
+set-based chunks (docs/billing.md):
 
 * a chunk is up to CHUNK_SIZE due subscriptions, locked FOR UPDATE SKIP LOCKED, and ONE
-  transaction: per subscription and ended period, the period is marked billed
-  (billed_periods, unique per subscription and period), the invoice request goes to the
-  outbox, the subscription advances, an audit row is written; then the run's counters;
-* each subscription runs in a savepoint: one that fails rolls back alone, is recorded with
-  its reason and is not tried again by this run; the others go on;
-* a subscription is billed period after period until its period ends after as_of.
+  transaction with a constant number of round trips: bulk reads (usage totals, plans,
+  late usage, pending lines ...), every closed period computed in the pure domain, then
+  bulk writes (billed_periods ON CONFLICT DO NOTHING RETURNING, outbox rows, subscription
+  advances, audit rows, late usage and pending lines marked billed), then the counters;
+* a subscription whose computation raises is left out before anything is written,
+  recorded with its reason and not tried again by this run; the others go on;
+* a subscription is billed period after period until its period ends after as_of; late
+  usage and pending lines go into the first period closed.
 
-Safe to repeat: a crash loses at most the uncommitted chunk, and executing the run again
-(the consumer redelivers the request) continues with what is still due. Two executions at
-once, of one run or of two runs, split the subscriptions between them (SKIP LOCKED), and
-billed_periods refuses a period billed twice whatever happens.
+Safe to repeat: a crash loses at most the uncommitted chunks, and executing the shard
+again (the consumer redelivers the request) continues with what is still due. Two
+executions at once, of one run or of two runs, split the subscriptions between them (SKIP
+LOCKED), and billed_periods refuses a period billed twice whatever happens. The run is
+completed by the execution that completes its last shard.
 """
 from __future__ import annotations
 
