@@ -91,6 +91,7 @@ import asyncio
 import concurrent.futures
 import logging
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -259,6 +260,7 @@ class ConsumerRunner:
         backoff_max_s: float = 5.0,
         dlq_timeout_s: float = 30.0,
         assign_timeout_s: float = 60.0,
+        rejoin_timeout_s: float = 60.0,
         on_batch: Callable[[int, int, float], None] | None = None,
         observer: RunnerObserver | None = None,
         lag_interval_s: float = 1.0,
@@ -291,6 +293,8 @@ class ConsumerRunner:
         self._backoff_max_s = backoff_max_s
         self._dlq_timeout_s = dlq_timeout_s
         self._assign_timeout_s = assign_timeout_s
+        self._rejoin_timeout_s = rejoin_timeout_s
+        self._lost_at: float | None = None  # consumer thread: partitions lost, no assignment since
         self._on_batch = on_batch
         self._observer = observer
         self._lag_interval_s = lag_interval_s
@@ -655,6 +659,8 @@ class ConsumerRunner:
             consumer.close()  # leaves the group now (revokes), so the others rebalance at once
 
     def _consume_sync(self, max_messages: int, timeout_s: float) -> tuple[list, list[Message]]:
+        if self._lost_at is not None and time.monotonic() - self._lost_at > self._rejoin_timeout_s:
+            self._rebuild_sync()
         raw = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
         out: list[Message] = []
         for msg in raw:
@@ -676,6 +682,21 @@ class ConsumerRunner:
                 self._events.append(("watermarks", self._watermarks_sync()))
         events, self._events = self._events, []
         return events, out
+
+    def _rebuild_sync(self) -> None:
+        """The partitions were lost (session timeout) and no assignment came back within
+        `rejoin_timeout_s`. Seen in the chaos suite after a broker restart: the client kept
+        polling but never sent JoinGroup again, so its group stayed empty for good (an
+        assignment always follows a rejoin, an empty one for a member without partitions).
+        A new client joins afresh; the old one is closed in the background (closing may hang
+        as well) and its callbacks are ignored from now on."""
+        log.error("consumer did not rejoin its group within %.0fs of losing its partitions; "
+                  "recreating the Kafka client", self._rejoin_timeout_s, extra={"group": self.group_id})
+        old = self._consumer
+        self._lost_at = time.monotonic()  # the new client gets as long
+        self._paused = False  # a held batch went with the lost partitions
+        self._open_sync()
+        threading.Thread(target=old.close, name=f"close-{self.group_id}", daemon=True).start()
 
     def _watermarks_sync(self) -> dict[TopicPartition, tuple[int, int]]:
         """(low, high) of every assigned partition as last fetched (no broker round trip);
@@ -713,6 +734,9 @@ class ConsumerRunner:
                     topic, partition, OFFSET_BEGINNING if offset is None else offset))
 
     def _on_assign(self, consumer: Consumer, partitions: list) -> None:
+        if consumer is not self._consumer:
+            return  # a client given up by _rebuild_sync
+        self._lost_at = None
         keys = [(tp.topic, tp.partition) for tp in partitions]
         future = asyncio.run_coroutine_threadsafe(self._load_offsets(keys), self._loop)
         try:
@@ -735,6 +759,8 @@ class ConsumerRunner:
                      extra={"group": self.group_id, "topic": tp.topic, "partition": tp.partition})
 
     def _on_revoke(self, consumer: Consumer, partitions: list, *, lost: bool = False) -> None:
+        if consumer is not self._consumer:
+            return  # a client given up by _rebuild_sync
         keys = {(tp.topic, tp.partition) for tp in partitions}
         self._assignment -= keys
         self._events.append(("revoke", keys))
@@ -744,6 +770,8 @@ class ConsumerRunner:
                     extra={"group": self.group_id, "topic": tp.topic, "partition": tp.partition})
 
     def _on_lost(self, consumer: Consumer, partitions: list) -> None:
+        if consumer is self._consumer:
+            self._lost_at = time.monotonic()
         self._on_revoke(consumer, partitions, lost=True)
 
 
