@@ -129,10 +129,13 @@ async def opened_by_a_run(conn: asyncpg.Connection, tenant_id: uuid.UUID, subs: 
                           ) -> set[uuid.UUID]:
     """The subscriptions whose current period (given by its start) follows a billed period,
     i.e. was opened, and charged in advance, by a run."""
+    # LATERAL: one index probe per subscription, whatever the planner thinks of the table
+    # size (billed_periods grows during the run, its statistics do not).
     rows = await conn.fetch(
-        """select b.subscription_id from unnest($2::uuid[], $3::timestamptz[]) as s(id, start)
-             join billed_periods b on b.tenant_id = $1 and b.subscription_id = s.id and b.period_end = s.start
-            where b.subscription_id = any($2::uuid[])""",
+        """select s.id as subscription_id from unnest($2::uuid[], $3::timestamptz[]) as s(id, start)
+            cross join lateral (select 1 from billed_periods b
+                                 where b.tenant_id = $1 and b.subscription_id = s.id and b.period_end = s.start
+                                 limit 1) b""",
         tenant_id, [s for s, _ in subs], [t for _, t in subs],
     )
     return {r["subscription_id"] for r in rows}
@@ -146,9 +149,10 @@ async def usage_totals_from(conn: asyncpg.Connection, tenant_id: uuid.UUID,
         """select t.subscription_id, t.period_start, t.metric_code, t.quantity_sum, t.event_count, t.quantity_max,
                   t.latest_quantity
              from unnest($2::uuid[], $3::timestamptz[]) as p(id, start)
-             join usage_totals t on t.tenant_id = $1 and t.subscription_id = p.id and t.period_start >= p.start
-                                and t.period_start < $4
-            where t.subscription_id = any($2::uuid[])""",
+            cross join lateral (
+                select * from usage_totals t
+                 where t.tenant_id = $1 and t.subscription_id = p.id and t.period_start >= p.start
+                   and t.period_start < $4) t""",
         tenant_id, [s for s, _ in periods], [t for _, t in periods], before,
     )
 
