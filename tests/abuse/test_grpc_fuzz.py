@@ -18,6 +18,7 @@ Big run: FUZZ_EXAMPLES=3000 (random seed; FUZZ_SEED=<n> to repeat one).
 """
 from __future__ import annotations
 
+import functools
 import os
 import string
 import uuid
@@ -80,6 +81,7 @@ EDGE_INTS = [0, 1, -1, 2, 7, 10, 11, 24, 25, 50, 51, 52, 53, 100, 366, 367, 500,
 printable = st.text(alphabet=string.ascii_letters + string.digits + "-_.", min_size=1, max_size=20)
 
 
+@functools.cache
 def nasty_text() -> st.SearchStrategy[str]:
     return st.one_of(
         st.sampled_from(NASTY_STRINGS),
@@ -90,6 +92,7 @@ def nasty_text() -> st.SearchStrategy[str]:
     )
 
 
+@functools.cache
 def bad_decimal() -> st.SearchStrategy[str]:
     return st.one_of(
         st.sampled_from(BAD_DECIMALS),
@@ -100,6 +103,7 @@ def bad_decimal() -> st.SearchStrategy[str]:
     )
 
 
+@functools.cache
 def good_decimal() -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(["0", "1", "10", "19.99", "0.01", "0.0025", "100", "2.50", "5"]),
                      st.decimals(min_value=0, max_value=10**6, places=2, allow_nan=False,
@@ -299,18 +303,30 @@ TEMPLATES = {"CreatePlanRequest": _create_plan, "RecordUsageRequest": _record_us
              "CreateSubscriptionRequest": _create_subscription}
 
 
+_MODES = st.sampled_from(["mutate", "mutate", "mutate", "random", "valid"])
+_UNSET = st.integers(0, 9)
+
+
+@functools.cache
+def _broken(descriptor) -> st.SearchStrategy[set]:
+    names = [f.name for f in descriptor.fields]
+    return st.sets(st.sampled_from(names), min_size=1, max_size=min(3, len(names)))
+
+
 @st.composite
 def message(draw, descriptor, pools: Pools, depth: int = 0, mode: str | None = None):
     """A dict of field values for `descriptor`. mode: "valid", "random" or "mutate"."""
     if mode is None:
-        mode = draw(st.sampled_from(["mutate", "mutate", "mutate", "random", "valid"]))
+        mode = draw(_MODES)
     fields = list(descriptor.fields)
     if mode == "mutate":
-        names = [f.name for f in fields]
-        broken = draw(st.sets(st.sampled_from(names), min_size=1, max_size=min(3, len(names)))) if names else set()
+        broken = draw(_broken(descriptor)) if fields else set()
     template = TEMPLATES.get(descriptor.name)
     if template is not None and mode in ("valid", "mutate"):
-        out = {k: v for k, v in draw(template(pools)).items() if v is not None}
+        key = ("template", descriptor.name, id(pools))
+        if key not in _STRATEGIES:
+            _STRATEGIES[key] = template(pools)
+        out = {k: v for k, v in draw(_STRATEGIES[key]).items() if v is not None}
         if mode == "mutate":
             for f in fields:
                 if f.name in broken:
@@ -324,13 +340,25 @@ def message(draw, descriptor, pools: Pools, depth: int = 0, mode: str | None = N
             abusive = f.name in broken
         else:
             abusive = False
-        if not abusive and draw(st.integers(0, 9)) == 0:
+        if not abusive and draw(_UNSET) == 0:
             continue  # leave unset
         out[f.name] = draw(field_value(f, pools, abusive, depth, mode))
     return out
 
 
+_STRATEGIES: dict[tuple, st.SearchStrategy] = {}
+
+
 def field_value(f, pools: Pools, abusive: bool, depth: int, mode: str) -> st.SearchStrategy:
+    """The strategy for one field, built once: building strategies costs more than drawing."""
+    key = (f.full_name, id(pools), abusive, depth, mode)
+    strategy = _STRATEGIES.get(key)
+    if strategy is None:
+        strategy = _STRATEGIES[key] = _field_value(f, pools, abusive, depth, mode)
+    return strategy
+
+
+def _field_value(f, pools: Pools, abusive: bool, depth: int, mode: str) -> st.SearchStrategy:
     if f.message_type is not None and f.message_type.GetOptions().map_entry:
         keys = nasty_text() if abusive else printable
         values = nasty_text() if abusive else printable
