@@ -370,8 +370,9 @@ async def billing_load(cluster: Cluster, world: World, rng: random.Random, stop:
 
 
 async def chaos_monkey(cluster: Cluster, rng: random.Random, stop: asyncio.Event, seconds: float) -> None:
-    """Random SIGKILLs of random roles every 2-5 s; broker and database restarts at random
-    moments (one of each in the bounded form, one every ~60 s of each in a longer one)."""
+    """Random SIGKILLs of random roles every 2-5 s until `stop`; broker and database restarts
+    at random moments (one of each in the bounded form, one of each per 60 s in a longer one),
+    every one of them carried out even when earlier faults ran late."""
     started = time.monotonic()
     plan: list[tuple[float, str]] = []
     t = rng.uniform(2, 5)
@@ -386,14 +387,13 @@ async def chaos_monkey(cluster: Cluster, rng: random.Random, stop: asyncio.Event
     plan.sort()
     for at, what in plan:
         delay = at - (time.monotonic() - started)
-        if delay > 0:
+        if delay > 0 and not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-                return
             except asyncio.TimeoutError:
                 pass
-        if stop.is_set():
-            return
+        if stop.is_set() and what == "role":
+            continue  # past the fault phase: no more kills, but every planned restart still happens
         if what == "role":
             await asyncio.to_thread(cluster.kill_role, rng.choice(ROLES), rng.uniform(0, 2))
         elif what == "kafka":
@@ -677,15 +677,21 @@ async def one_round(seed: int) -> str:
         commands = asyncio.create_task(asyncio.to_thread(command_load, cluster, world, random.Random(rng.random()),
                                                          stop_threads))
         runs = asyncio.create_task(billing_load(cluster, world, random.Random(rng.random()), stop_tasks))
-        monkey = asyncio.create_task(chaos_monkey(cluster, random.Random(rng.random()), stop_tasks, SECONDS))
+        stop_kills = asyncio.Event()
+        monkey = asyncio.create_task(chaos_monkey(cluster, random.Random(rng.random()), stop_kills, SECONDS))
         try:
             done, _ = await asyncio.wait({usage, commands, runs, monkey}, timeout=SECONDS,
                                          return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()  # a load task that failed fails the round now
+            # A slow broker restart can push the database restart past the phase: it still
+            # happens, under load, before the load stops.
+            stop_kills.set()
+            await monkey
         finally:
             stop_threads.set()
             stop_tasks.set()
+            stop_kills.set()
             await asyncio.gather(usage, commands, runs, monkey)
         cluster.note("load stopped")
         await drain(cluster, world, admin)
