@@ -339,19 +339,41 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
     pending = await pending_lines.unbilled(conn, tenant, ids)
 
     chunk = _Chunk(due=len(subs))
+    # The Python work runs in a thread: the event loop stays free to drive the other
+    # worker's statements meanwhile, so PostgreSQL and Python overlap.
+    outcomes = await asyncio.to_thread(_compute, tenant, run_id, as_of, subs, ex.plans, usage, charged, late,
+                                       pending, chunk)
+    marked = await store.insert_billed_periods(conn, tenant, run_id, [
+        (o.sub.id, c.period_start, c.period_end, c.invoice_request_id if c.lines else None, plan, trial)
+        for o in outcomes for c, plan, trial in zip(o.closed, o.plans, o.trials)])
+    rows, audits, late_billed, pending_ids, pending_requests = await asyncio.to_thread(
+        _write_rows, caller, run_id, outcomes, marked, chunk)
+    await outbox.enqueue_many(conn, tenant, rows)
+    await store.advance_subscriptions(conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed])
+    await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor, rows=audits)
+    await store.mark_late_billed(conn, tenant, run_id, late_billed)
+    if pending_ids:
+        await pending_lines.mark_billed(conn, tenant, pending_ids, pending_requests)
+    return chunk
+
+
+def _compute(tenant, run_id, as_of, subs, plans, usage, charged, late, pending, chunk: _Chunk) -> list["_Billed"]:
+    """Every closed period of the chunk, in the pure domain; failures recorded in `chunk`."""
     outcomes: list[_Billed] = []
     for sub in subs:
         try:
-            outcomes.append(_close_all(tenant, run_id, as_of, sub, ex.plans, usage, sub.id in charged,
+            outcomes.append(_close_all(tenant, run_id, as_of, sub, plans, usage, sub.id in charged,
                                        late.get(sub.id, ()), pending.get(sub.id, ())))
         except Exception as exc:  # noqa: BLE001 - recorded with its reason; the run goes on
             reason = f"{type(exc).__name__}: {exc}"[:1000]
             chunk.failures.append({"subscription_id": str(sub.id), "reason": reason})
             log.warning("subscription not billed", extra={"subscription_id": str(sub.id), "reason": reason})
+    return outcomes
 
-    marked = await store.insert_billed_periods(conn, tenant, run_id, [
-        (o.sub.id, c.period_start, c.period_end, c.invoice_request_id if c.lines else None, plan, trial)
-        for o in outcomes for c, plan, trial in zip(o.closed, o.plans, o.trials)])
+
+def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], marked: set, chunk: _Chunk):
+    """The rows to write for what `insert_billed_periods` marked: outbox rows, audit rows,
+    late events and pending lines billed; counts and totals into `chunk`."""
     rows: list[tuple] = []  # outbox: invoice requests and subscription events, in order
     audits: list[tuple] = []
     late_billed: list[tuple[str, uuid.UUID, uuid.UUID]] = []
@@ -397,13 +419,7 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
             chunk.billed += 1
         elif skipped:
             chunk.skipped += 1
-    await outbox.enqueue_many(conn, tenant, rows)
-    await store.advance_subscriptions(conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed])
-    await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor, rows=audits)
-    await store.mark_late_billed(conn, tenant, run_id, late_billed)
-    if pending_ids:
-        await pending_lines.mark_billed(conn, tenant, pending_ids, pending_requests)
-    return chunk
+    return rows, audits, late_billed, pending_ids, pending_requests
 
 
 _ZERO = Decimal(0)
