@@ -247,3 +247,29 @@ async def test_command_topic_abuse(roles, migrated, world, admin_conn):
     active = await admin_conn.fetchrow("select status, pause_resumes_at from subscriptions where id = $1",
                                        uuid.UUID(world.subs["active"].id))
     assert active["status"] == "active"
+
+
+@pytest.mark.parametrize("size, why", [
+    (10 * 1024 * 1024 - 100, "fits the source topic, not the DLQ once the dlq.* headers are added: the broker refuses"),
+    (17 * 1024 * 1024, "over the DLQ producer's own limit: refused before it leaves the process"),
+])
+async def test_a_dead_letter_too_large_for_the_dlq_goes_out_cut(migrated, size, why):
+    import hashlib
+
+    from consumers.dlq import TRUNCATED_VALUE_BYTES, DeadLetterProducer
+    from consumers.runner import DeadLetter, Message
+
+    value = os.urandom(size)
+    key = f"too-large-{uuid.uuid4()}".encode()
+    message = Message(migrated.topics.usage, 0, 42, key, value, {"x": b"1"}, None, (("x", b"1"),))
+    producer = DeadLetterProducer(producer_config(migrated), migrated.topics.usage_dlq, "test-group")
+    try:
+        await asyncio.to_thread(producer.send, [DeadLetter(message, "undecodable", why)])
+    finally:
+        producer.close()
+    got = (await asyncio.to_thread(dead_letters, migrated, migrated.topics.usage_dlq, {key}))[key]
+    h = {k: v for k, v in got.headers()}
+    assert got.value() == value[:TRUNCATED_VALUE_BYTES]
+    assert h["dlq.value_truncated"] == b"true" and int(h["dlq.value_bytes"]) == size
+    assert h["dlq.value_sha256"].decode() == hashlib.sha256(value).hexdigest()
+    assert h["dlq.reason"] == b"undecodable" and h["dlq.offset"] == b"42" and h["x"] == b"1"
