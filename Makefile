@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run test test-unit test-chaos proto bench-ingest bench-billing bench-load clean
+.PHONY: install system-deps run test test-unit test-chaos proto bench-ingest bench-billing bench-load dashboard clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test-unit: install
 test-chaos: install
 	$(PY) -m pytest -m chaos -s tests/chaos
 
+## The abuse suite alone: gRPC fuzzing of every RPC, topic abuse, the tenant isolation matrix
+## (part of `make test` in its bounded form). The big run: make test-abuse FUZZ_EXAMPLES=3000
+test-abuse: install
+	$(PY) -m pytest tests/abuse tests/unit/test_payload_abuse.py
+
 ## Regenerate the gRPC code from schemas/proto (a test fails when it is stale).
 proto: install
 	$(PY) -m billing.devtools.protogen
@@ -53,6 +58,10 @@ bench-billing: install
 ## last line: load_events_per_s=<n> grpc_p99_ms=<x> errors=<k>   (ARGS="--seconds 15" for a short run)
 bench-load: install
 	$(PY) -m bench.load $(ARGS)
+
+## Regenerate deploy/grafana/dashboards/billing.json (a test fails when it is stale).
+dashboard: install
+	$(PY) deploy/grafana/build_dashboard.py
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache

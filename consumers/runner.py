@@ -230,6 +230,10 @@ def is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, _RETRIABLE)
 
 
+# How often a partition without a cached high watermark has it asked of the broker.
+_WATERMARK_QUERY_S = 10.0
+
+
 class _Fenced(Exception):
     def __init__(self, partitions: set[TopicPartition]):
         super().__init__(f"stored offsets moved by another writer: {sorted(partitions)}")
@@ -299,6 +303,7 @@ class ConsumerRunner:
         self._observer = observer
         self._lag_interval_s = lag_interval_s
         self._watermarks_at = 0.0  # consumer thread: when watermarks were last read
+        self._watermark_queried: dict[TopicPartition, float] = {}  # consumer thread: last broker query
         self._high: dict[TopicPartition, tuple[int, int]] = {}  # runner task: (low, high) as last fetched
 
         self.stats = RunnerStats()
@@ -699,15 +704,22 @@ class ConsumerRunner:
         threading.Thread(target=old.close, name=f"close-{self.group_id}", daemon=True).start()
 
     def _watermarks_sync(self) -> dict[TopicPartition, tuple[int, int]]:
-        """(low, high) of every assigned partition as last fetched (no broker round trip);
-        the high watermark is updated by every fetch response, empty ones included."""
+        """(low, high) of every assigned partition as last fetched (no broker round trip).
+        A partition that never returned a message may have no cached watermark: it is asked
+        of the broker instead, at most every `_WATERMARK_QUERY_S` (bounded wait)."""
         out: dict[TopicPartition, tuple[int, int]] = {}
         if self._consumer is None:
             return out
+        now = time.monotonic()
         for topic, partition in self._assignment:
+            tp = KafkaTopicPartition(topic, partition)
             try:
-                low, high = self._consumer.get_watermark_offsets(
-                    KafkaTopicPartition(topic, partition), cached=True)
+                low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high is None or high < 0:
+                    if now - self._watermark_queried.get((topic, partition), 0.0) < _WATERMARK_QUERY_S:
+                        continue
+                    self._watermark_queried[(topic, partition)] = now
+                    low, high = self._consumer.get_watermark_offsets(tp, timeout=0.5, cached=False)
             except KafkaException:
                 continue
             if high is not None and high >= 0:

@@ -85,6 +85,10 @@ class Served:
         except OSError:
             return 0, None
 
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
     def health(self) -> int | None:
         try:
             return health_pb2_grpc.HealthStub(self.channel).Check(
@@ -174,6 +178,8 @@ async def test_postgres_outage(own_stack, served):
         body = await asyncio.to_thread(served.wait_readiness, False, 30)
         assert body["checks"]["postgres"] != "ok" and body["checks"]["kafka"] == "ok"
         assert served.http("/healthz")[0] == 200  # alive, only not ready
+        text = served.metrics()  # and it says so on /metrics
+        assert "billing_ready 0.0" in text and 'billing_dependency_up{dependency="postgres"} 0.0' in text
         # what arrives meanwhile waits in Kafka
         pause = command(served.tenant["tenant_id"], sub.id, "PauseSubscription", {"resumes_at_us": None})
         await asyncio.to_thread(produce, settings, settings.topics.subscription_commands, [(sub.id, pause)])
@@ -185,6 +191,10 @@ async def test_postgres_outage(own_stack, served):
     assert body["checks"] == {"postgres": "ok", "migrations": "ok", "kafka": "ok"}
     await _wait_db(settings, "select quantity_sum from usage_totals where subscription_id = $1", uuid.UUID(sub.id),
                    expect=Decimal(50))
+    text = served.metrics()
+    assert "billing_ready 1.0" in text
+    lag = [line for line in text.splitlines() if line.startswith('billing_consumer_lag_messages{group="billing-usage"')]
+    assert len(lag) == settings.kafka_partitions
     await _wait_db(settings, "select status from subscriptions where id = $1", uuid.UUID(sub.id), expect="paused")
     await asyncio.to_thread(_event_published, settings, sub.id, "subscription.paused")
     assert served.proc.poll() is None

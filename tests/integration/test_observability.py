@@ -345,7 +345,7 @@ async def test_lag_per_partition_rises_while_behind_and_returns_to_zero(migrated
     from tests.integration.test_consumer_runner import make_runner, new_topic
     from tests.integration.test_consumer_runner import produce as produce_to
 
-    topic = new_topic(migrated, partitions=2)
+    topic = new_topic(migrated, partitions=3)  # partition 2 stays empty: reported too, at 0
     await asyncio.to_thread(produce_to, migrated, topic, [(0, f"m{i}") for i in range(20)] + [(1, "x")])
     pool = await asyncpg.create_pool(migrated.database_url, min_size=1, max_size=2, init=init_connection)
     recorder = _LagRecorder()
@@ -353,8 +353,8 @@ async def test_lag_per_partition_rises_while_behind_and_returns_to_zero(migrated
                          observer=recorder, lag_interval_s=0.05, max_batch_size=1)
     task = asyncio.create_task(runner.run())
     try:
-        await wait_until(lambda: _async(recorder.messages == 21 and recorder.current == {(topic, 0): 0, (topic, 1): 0}),
-                         timeout_s=60)
+        await wait_until(lambda: _async(recorder.messages == 21 and recorder.current == {
+            (topic, 0): 0, (topic, 1): 0, (topic, 2): 0}), timeout_s=60)
     finally:
         runner.stop()
         await asyncio.wait_for(task, 15)
@@ -362,7 +362,7 @@ async def test_lag_per_partition_rises_while_behind_and_returns_to_zero(migrated
     behind = [lag for tp, lag in recorder.history if tp == (topic, 0)]
     assert max(behind) >= 10, behind  # worked off one message at a time: visibly behind, then caught up
     assert behind == sorted(behind, reverse=True)
-    assert recorder.forgotten == {(topic, 0), (topic, 1)} and not recorder.current  # series leave with the partitions
+    assert recorder.forgotten == {(topic, 0), (topic, 1), (topic, 2)} and not recorder.current  # series leave with the partitions
 
 
 async def test_usage_producer_client_sends_the_current_trace(migrated, spans):
