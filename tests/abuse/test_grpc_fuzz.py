@@ -37,10 +37,10 @@ from tests.abuse.world import build_world, snapshot
 SERVICE = pb.DESCRIPTOR.services_by_name["BillingService"]
 METHODS = [m.name for m in SERVICE.methods]
 FUZZ_DEFAULT_EXAMPLES = 150
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", FUZZ_DEFAULT_EXAMPLES))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or FUZZ_DEFAULT_EXAMPLES)
 # Per test (one RPC): generous for a loaded machine, yet a hung call still fails the run.
 pytestmark = [pytest.mark.abuse, pytest.mark.timeout(max(300, EXAMPLES))]
-BIG_RUN = "FUZZ_EXAMPLES" in os.environ
+BIG_RUN = bool(os.environ.get("FUZZ_EXAMPLES"))
 
 FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES, deadline=None, derandomize=not BIG_RUN, database=None, print_blob=True,

@@ -28,9 +28,9 @@ from billing.codec import Schema
 from consumers.runner import Message
 from consumers.usage_payloads import decode_batch
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", 300))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="FUZZ_EXAMPLES" not in os.environ, database=None,
-                suppress_health_check=list(HealthCheck))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 300)
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("FUZZ_EXAMPLES"),
+                database=None, suppress_health_check=list(HealthCheck))
 REASONS = {"undecodable", "invalid_cloudevent"}
 TENANT, SUB = str(uuid.uuid4()), str(uuid.uuid4())
 
