@@ -192,6 +192,27 @@ def read_topic(settings, topic: str) -> list:
 # ---------------------------------------------------------------------------- setup
 
 
+def wait_for_leaders(settings, timeout_s: float = 60) -> None:
+    """Until every partition of every topic has a leader. Seen once: the first command
+    produced right after the topics were created never reached the log although the
+    idempotent producer reported it delivered (its partition was loaded by the broker two
+    seconds later); the command was then missing, through no fault of the service."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    deadline = time.monotonic() + timeout_s
+    while True:
+        md = admin.list_topics(timeout=10)
+        topics = [md.topics.get(t) for t in settings.topics.all()]
+        if all(t is not None and t.partitions and all(p.leader >= 0 and not p.error for p in t.partitions.values())
+               for t in topics):
+            time.sleep(2)  # and a moment for the broker to load them
+            return
+        if time.monotonic() > deadline:
+            raise Deadline(f"topics without a leader after {timeout_s:.0f}s")
+        time.sleep(0.3)
+
+
 async def setup_world(cluster: Cluster, rng: random.Random) -> World:
     from billing.kafka import ensure_topics
     from billing.services.tenants import create_tenant
@@ -201,6 +222,7 @@ async def setup_world(cluster: Cluster, rng: random.Random) -> World:
     s = cluster.settings
     await migrate(s.admin_database_url, s.migrations_dir)
     await asyncio.to_thread(ensure_topics, s)
+    await asyncio.to_thread(wait_for_leaders, s)
     t0 = datetime.now(timezone.utc)
     final_as_of = t0 + timedelta(seconds=SECONDS + 150)
     conn = await asyncpg.connect(s.admin_database_url)
