@@ -45,7 +45,7 @@ from billing.domain.plans import PlanSpec, plan_from_dict
 from billing.domain.pricing import Line
 from billing.domain.subscriptions import Subscription
 from billing.ops import metrics
-from billing.services import audit, events, idempotency, paging
+from billing.services import audit, events, idempotency, invoice_requests, paging
 from billing.services.context import Caller
 from billing.services.errors import NotFound, ValidationError
 from billing.services.subscriptions import snapshot
@@ -548,20 +548,10 @@ def _observe_finished(row) -> None:
 
 
 def invoice_request(tenant: uuid.UUID, run_id: uuid.UUID, sub: Subscription, closed: ClosedPeriod) -> dict:
-    """The InvoiceRequest record (schemas/avro/invoice_request.avsc); see docs/billing.md."""
-    total = decimal_to_str(closed.total)
-    return {
-        "invoice_request_id": str(closed.invoice_request_id), "tenant_id": str(tenant), "customer_id": sub.customer_id,
-        "subscription_id": str(sub.id), "run_id": str(run_id), "currency": closed.currency,
-        "period_start_us": to_us(closed.period_start), "period_end_us": to_us(closed.period_end),
-        "issued_at_us": to_us(now()),
-        "lines": [{
-            "kind": ln.kind, "description": ln.description, "metric_code": ln.metric_code,
-            "quantity": decimal_to_str(ln.quantity), "unit_price": decimal_to_str(ln.unit_price),
-            "amount": decimal_to_str(ln.amount), "period_start_us": to_us(ln.period_start),
-            "period_end_us": to_us(ln.period_end),
-            "fraction": None if ln.fraction is None else f"{ln.fraction.numerator}/{ln.fraction.denominator}",
-            "original_period_start_us": None if ln.original_period_start is None else to_us(ln.original_period_start),
-        } for ln in closed.lines],
-        "subtotal": total, "total": total, "metadata": dict(sub.metadata),
-    }
+    """The InvoiceRequest record of a closed period (schemas/avro/invoice_request.avsc; see
+    docs/billing.md). Built by `invoice_requests.invoice_record`, the one builder of the
+    record, shared with the requests invoiced outside a run."""
+    return invoice_requests.invoice_record(
+        tenant_id=tenant, invoice_request_id=closed.invoice_request_id, run_id=run_id, sub=sub,
+        currency=closed.currency, period_start=closed.period_start, period_end=closed.period_end,
+        lines=closed.lines, issued_at=now())

@@ -19,7 +19,7 @@ from tests.integration.test_plans_api import plan_request
 from tests.integration.test_subscriptions_api import rid
 from tests.kafka_helpers import TopicReader
 
-SUBS = 1500  # three chunks of 500: a kill lands between chunk transactions or inside one
+SUBS = 8000  # four chunks of 2,000 (two in flight at once): a kill lands between chunks or inside one
 
 
 def _start(env, log_path) -> subprocess.Popen:
@@ -58,6 +58,7 @@ async def test_sigkill_mid_run_bills_each_period_once(migrated, stub, tenant, ad
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_at = await billed()
+        assert 0 < killed_at < SUBS  # the kill landed in the middle of the run
         proc = _start(env, log_path)
         for _ in range(1200):
             status = await admin_conn.fetchval("select status from billing_runs where id = $1", uuid.UUID(run.id))
