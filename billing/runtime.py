@@ -22,7 +22,7 @@ from billing.config import Settings
 from billing.ops import http
 from billing.ops import tracing
 from billing.ops.metrics import (
-    OUTBOX_BACKLOG, OUTBOX_LEADER, OUTBOX_OLDEST_AGE, ConsumerMetrics, outbox_observer, track_pool,
+    OUTBOX_BACKLOG, OUTBOX_LEADER, OUTBOX_OLDEST_AGE, ConsumerMetrics, outbox_delays, outbox_observer, track_pool,
 )
 from billing.ops.readiness import Readiness
 from billing.store.db import Database
@@ -83,7 +83,7 @@ class Service:
             from producers.outbox_relay import OutboxRelay
 
             relay = OutboxRelay(pool=self.db.pool, listen_dsn=s.database_url, settings=s,
-                                on_published=outbox_observer)
+                                on_published=outbox_observer, on_delivered=outbox_delays)
             self._start_role("relay", relay)
             self._tasks.append(asyncio.create_task(self._sample_outbox(relay), name="outbox-gauges"))
         await self.readiness.check_once()

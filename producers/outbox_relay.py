@@ -64,6 +64,9 @@ Tracing
 Metrics
     `on_published(count, seconds)` is called after each batch that marked rows: the number
     marked and the seconds from the first produce to the end of the marking.
+    `on_delivered(delays)` gets, for every row delivered in the batch, the seconds from the
+    row's writing (`created_at`, the writer's transaction time) to its delivery confirmed:
+    how long an event waited in the outbox.
     `backlog(pool)` counts unpublished rows of all tenants (security-definer function).
 """
 from __future__ import annotations
@@ -73,6 +76,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable, Hashable, Mapping
 
 import asyncpg
@@ -184,7 +188,8 @@ class OutboxRelay:
                  retry_backoff_s: float = 1.0, max_retry_backoff_s: float = 30.0, stop_grace_s: float = 10.0,
                  max_scan_pages: int = 10, producer_overrides: dict | None = None,
                  topics: Mapping[str, str] | None = None,
-                 on_published: Callable[[int, float], None] | None = None):
+                 on_published: Callable[[int, float], None] | None = None,
+                 on_delivered: Callable[[list[float]], None] | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._pool = pool
@@ -204,6 +209,7 @@ class OutboxRelay:
             "client.id": f"billing-outbox-relay-{group}", **RELAY_PRODUCER_DEFAULTS, **(producer_overrides or {}),
         })
         self._on_published = on_published
+        self._on_delivered = on_delivered
         self._holds: dict[Hashable, _Hold] = {}
         self._is_leader = False
         self._stopping = threading.Event()   # read by the publishing thread too
@@ -360,6 +366,12 @@ class OutboxRelay:
                 self._on_published(marked, elapsed)
             except Exception:
                 log.exception("outbox relay: on_published callback failed")
+        if ids and self._on_delivered is not None:
+            confirmed = datetime.now(timezone.utc)
+            try:
+                self._on_delivered([(confirmed - r.created_at).total_seconds() for r in result.delivered])
+            except Exception:
+                log.exception("outbox relay: on_delivered callback failed")
         # Failed rows are held now, so a full batch means more may be waiting right away.
         more = len(batch) == self._batch_size and not self._stopping.is_set()
         return more, any(f.fatal for f in result.failed)

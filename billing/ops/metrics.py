@@ -48,6 +48,11 @@ OUTBOX_BACKLOG = Gauge("billing_outbox_backlog_rows", "Outbox rows not published
 OUTBOX_OLDEST_AGE = Gauge(
     "billing_outbox_oldest_unpublished_age_seconds", "Age of the oldest unpublished outbox row (0 when none)", []
 )
+OUTBOX_DELAY = Histogram(
+    "billing_outbox_delivery_delay_seconds",
+    "From an outbox row's transaction to its publication confirmed by Kafka (how long events wait)", [],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
 OUTBOX_LEADER = Gauge("billing_outbox_relay_leader", "1 while this process's relay is the leader of its group", [])
 OUTBOX_PUBLISH_SECONDS = Histogram(
     "billing_outbox_publish_duration_seconds", "From the first produce of a relay batch to its rows being marked", [],
@@ -124,6 +129,11 @@ REGISTRY.register(_POOLS)
 
 def track_pool(pool) -> None:
     _POOLS.pools.append(pool)
+
+
+def outbox_delays(delays: list[float]) -> None:
+    for delay in delays:
+        OUTBOX_DELAY.observe(max(0.0, delay))
 
 
 def outbox_observer(count: int, took_s: float) -> None:

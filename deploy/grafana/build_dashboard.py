@@ -98,6 +98,10 @@ panels = [
         (f"{Q}(0.5, sum by (le) (rate(billing_outbox_publish_duration_seconds_bucket[5m])))", "p50 s"),
         (f"{Q}(0.99, sum by (le) (rate(billing_outbox_publish_duration_seconds_bucket[5m])))", "p99 s"),
     ]),
+    ts("Delivery delay: written to confirmed by Kafka (p50, p99)", [
+        (f"{Q}(0.5, sum by (le) (rate(billing_outbox_delivery_delay_seconds_bucket[5m])))", "p50"),
+        (f"{Q}(0.99, sum by (le) (rate(billing_outbox_delivery_delay_seconds_bucket[5m])))", "p99"),
+    ], unit="s", w=24, h=6),
 
     row("Billing runs"),
     ts("Runs by status / h", [("sum by (status) (increase(billing_runs_total[1h]))", "{{status}}")], w=8),

@@ -157,6 +157,8 @@ async def test_metrics_move_by_the_right_amounts(roles, service, stub, tenant, a
     # outbox: exactly the new row published, with its latency observed
     assert delta("billing_outbox_published_total") == new_rows
     assert delta("billing_outbox_publish_duration_seconds_count") >= 1
+    assert delta("billing_outbox_delivery_delay_seconds_count") == new_rows
+    assert delta("billing_outbox_delivery_delay_seconds_sum") > 0
     assert _value(after, "billing_outbox_relay_leader") == 1
     # database pool
     assert _value(after, "billing_db_pool_connections") >= 1
