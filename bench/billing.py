@@ -8,10 +8,12 @@ Starts its own PostgreSQL (the local stack's, in a temporary directory; no Kafka
 the run is executed directly with `billing.services.billing.execute_run`, exactly what the
 billing consumer calls) unless BILLING_DATABASE_URL / BILLING_ADMIN_DATABASE_URL point at a
 server of yours. Subscriptions and their usage totals are written straight into the
-database; what is measured is the run, from start to completed (the outbox relay's
+database; what is measured is the run, from start to completed, split into `--processes`
+shards (default 2) executed by as many processes, as two billing consumers would (the outbox relay's
 publication is not part of it). The baseline is the same code with chunks of ONE
 subscription and one worker: one subscription per transaction. Also printed: the peak RSS
-of the process (setup included) and the 1-minute load average (a shared machine makes
+of the main process (setup included; the shard processes are smaller) and the 1-minute
+load average (a shared machine makes
 absolute figures noisy; the ratio is measured under the same load).
 
 The last line is `billing_subs_per_s=<n> ratio_vs_naive=<r>`.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import resource
 import sys
@@ -77,19 +80,43 @@ async def setup(settings: Settings, subscriptions: int) -> uuid.UUID:
     return tid
 
 
-async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, workers: int) -> tuple[float, dict]:
+async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, workers: int,
+               processes: int = 1) -> tuple[float, dict]:
+    """One run, timed from its start to completed. With `processes` > 1 the run is split into
+    that many shards, each executed by a process of its own (what as many billing consumers
+    of one group do), all at once."""
     db = await Database.connect(settings.database_url, min_size=1, max_size=workers + 2)
     try:
         caller = Caller(tenant_id, "bench")
         key = str(uuid.uuid4())
-        run = await billing.run_billing(db, caller, key, key, None)
+        run = await billing.run_billing(db, caller, key, key, None, shards=processes)
         started = time.perf_counter()
-        done = await billing.execute_run(db, tenant_id, run.id, chunk_size=chunk_size, workers=workers)
+        if processes == 1:
+            done = await billing.execute_run(db, tenant_id, run.id, chunk_size=chunk_size, workers=workers)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            procs = [ctx.Process(target=_shard, args=(settings.database_url, tenant_id, run.id, shard, chunk_size,
+                                                      workers)) for shard in range(processes)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            done = await billing.get_billing_run(db, caller, str(run.id))
         seconds = time.perf_counter() - started
     finally:
         await db.close()
     return seconds, {"status": done.status, "billed": done.subscriptions_billed, "failed": done.subscriptions_failed,
                      "totals": dict(done.totals)}
+
+
+def _shard(url: str, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int, chunk_size: int, workers: int) -> None:
+    async def go():
+        db = await Database.connect(url, min_size=1, max_size=workers + 2)
+        try:
+            await billing.execute_run(db, tenant_id, run_id, shard=shard, chunk_size=chunk_size, workers=workers)
+        finally:
+            await db.close()
+    asyncio.run(go())
 
 
 def main() -> int:
@@ -98,6 +125,8 @@ def main() -> int:
     parser.add_argument("--naive-subscriptions", type=int, default=1_000)
     parser.add_argument("--chunk", type=int, default=billing.CHUNK_SIZE)
     parser.add_argument("--workers", type=int, default=billing.WORKERS)
+    parser.add_argument("--processes", type=int, default=2,
+                        help="shards of the run, each executed by a process of its own (like billing consumers)")
     args = parser.parse_args()
 
     pg = None
@@ -112,7 +141,7 @@ def main() -> int:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         log(f"setting up {args.subscriptions:,} due subscriptions with usage")
         tenant = asyncio.run(setup(settings, args.subscriptions))
-        seconds, run = asyncio.run(bill(settings, tenant, args.chunk, args.workers))
+        seconds, run = asyncio.run(bill(settings, tenant, args.chunk, args.workers, args.processes))
         rate = args.subscriptions / seconds
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         log(f"baseline: {args.naive_subscriptions:,} subscriptions, one per transaction")
@@ -121,6 +150,7 @@ def main() -> int:
         naive = args.naive_subscriptions / naive_seconds
         print(json.dumps({"subscriptions": args.subscriptions, "seconds": round(seconds, 2), "run": run,
                           "subs_per_s": round(rate), "chunk": args.chunk, "workers": args.workers,
+                          "processes": args.processes,
                           "peak_rss_mb": round(peak_mb), "load_avg_1m": os.getloadavg()[0],
                           "naive_subscriptions": args.naive_subscriptions,
                           "naive_subs_per_s": round(naive), "naive_run": naive_run}))
