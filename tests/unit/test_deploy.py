@@ -1,5 +1,6 @@
-"""The deployment files stay true to the code: the Grafana dashboard queries only metrics
-that exist, docs/operations.md lists every metric, and the dashboard file is the generated one."""
+"""The deployment files stay true to the code: the Grafana dashboard and the alert rules
+query only metrics that exist, docs/operations.md lists every metric, and the dashboard
+file is the generated one."""
 from __future__ import annotations
 
 import json
@@ -34,6 +35,13 @@ def _base(name: str) -> str:
 def test_dashboard_queries_existing_metrics():
     exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", [])]
     used = {_base(m) for e in exprs for m in re.findall(r"\bbilling_[a-z_]+", e)}
+    known = _service_metrics()
+    assert used and used <= known, sorted(used - known)
+
+
+def test_alert_rules_use_existing_metrics():
+    rules = (PROJECT_ROOT / "deploy" / "prometheus-alerts.yml").read_text()
+    used = {_base(m) for m in re.findall(r"\bbilling_[a-z_]+", rules)}
     known = _service_metrics()
     assert used and used <= known, sorted(used - known)
 
