@@ -192,25 +192,26 @@ class Cluster:
             time.sleep(down_s)
             self.procs[role].start()
 
+    # The broker and the database restart without the lock: role kills go on meanwhile (a
+    # broker stopped with SIGTERM takes 10-30 s to go, and as long to recover from SIGKILL).
+
     def restart_kafka(self, sigkill: bool, down_s: float) -> None:
-        with self._lock:
-            self.note(f"Kafka {'SIGKILL' if sigkill else 'SIGTERM'}, down {down_s:.1f}s")
-            self.stack.kafka.stop(kill=sigkill)
-            self.counts.kafka_restarts += 1
-            self.counts.kafka_kills += int(sigkill)
-            time.sleep(down_s)
-            self.stack.kafka.start(timeout_s=180)
-            self.note("Kafka back")
+        self.note(f"Kafka {'SIGKILL' if sigkill else 'SIGTERM'}, down {down_s:.1f}s")
+        self.stack.kafka.stop(kill=sigkill)
+        self.counts.kafka_restarts += 1
+        self.counts.kafka_kills += int(sigkill)
+        time.sleep(down_s)
+        self.stack.kafka.start(timeout_s=180)
+        self.note("Kafka back")
 
     def restart_postgres(self, immediate: bool, down_s: float) -> None:
-        with self._lock:
-            self.note(f"PostgreSQL stop -m {'immediate' if immediate else 'fast'}, down {down_s:.1f}s")
-            self.stack.postgres.stop(mode="immediate" if immediate else "fast")
-            self.counts.postgres_restarts += 1
-            self.counts.postgres_crashes += int(immediate)
-            time.sleep(down_s)
-            self.stack.postgres.start(timeout_s=180)
-            self.note("PostgreSQL back")
+        self.note(f"PostgreSQL stop -m {'immediate' if immediate else 'fast'}, down {down_s:.1f}s")
+        self.stack.postgres.stop(mode="immediate" if immediate else "fast")
+        self.counts.postgres_restarts += 1
+        self.counts.postgres_crashes += int(immediate)
+        time.sleep(down_s)
+        self.stack.postgres.start(timeout_s=180)
+        self.note("PostgreSQL back")
 
     def logs_tail(self, n: int = 1500) -> str:
         return "\n".join(f"=== {role} ===\n{p.tail(n)}" for role, p in self.procs.items())

@@ -407,6 +407,7 @@ async def chaos_monkey(cluster: Cluster, rng: random.Random, stop: asyncio.Event
         plan.append((c * span + rng.uniform(0.15, 0.4) * span, "kafka"))
         plan.append((c * span + rng.uniform(0.55, 0.8) * span, "postgres"))
     plan.sort()
+    restarts: list[asyncio.Task] = []
     for at, what in plan:
         delay = at - (time.monotonic() - started)
         if delay > 0 and not stop.is_set():
@@ -418,10 +419,13 @@ async def chaos_monkey(cluster: Cluster, rng: random.Random, stop: asyncio.Event
             continue  # past the fault phase: no more kills, but every planned restart still happens
         if what == "role":
             await asyncio.to_thread(cluster.kill_role, rng.choice(ROLES), rng.uniform(0, 2))
-        elif what == "kafka":
-            await asyncio.to_thread(cluster.restart_kafka, rng.random() < 0.5, rng.uniform(0.5, 3))
+        elif what == "kafka":  # in the background: kills go on while the broker restarts
+            restarts.append(asyncio.create_task(asyncio.to_thread(
+                cluster.restart_kafka, rng.random() < 0.5, rng.uniform(0.5, 3))))
         else:
-            await asyncio.to_thread(cluster.restart_postgres, rng.random() < 0.5, rng.uniform(0.5, 3))
+            restarts.append(asyncio.create_task(asyncio.to_thread(
+                cluster.restart_postgres, rng.random() < 0.5, rng.uniform(0.5, 3))))
+    await asyncio.gather(*restarts)
 
 
 # ---------------------------------------------------------------------------- drain
