@@ -405,8 +405,9 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], ma
                        "period_end": closed.period_end.isoformat(), "invoice_request_id": rid,
                        "total": decimal_to_str(closed.total), "currency": closed.currency}
             after = snapshot(closed.subscription)
-            audits.append((o.sub.id, closed.event, request_id, _changed(before, after),
-                           json.dumps({**after, "details": details})))
+            changed = _changed(before, after)
+            audits.append((o.sub.id, closed.event, request_id, json.dumps({k: before[k] for k in changed}),
+                           json.dumps({**{k: after[k] for k in changed}, "details": details})))
             before = after
             if closed.event != "subscription.period_advanced":  # status or plan changed: announce it
                 _, key, payload, headers = events.build(
@@ -426,11 +427,12 @@ _ZERO = Decimal(0)
 _INVOICE_CONTENT_TYPE = codec.content_type(codec.Schema.INVOICE_REQUEST)
 
 
-def _changed(before: dict, after: dict) -> str:
-    """The audit row's `before` of a period close: the fields it changed, as they were, and
-    the status (the row's `after` is the whole new state). Half the bytes of a full snapshot
-    for the run's largest write; the full state before is the previous row's `after`."""
-    return json.dumps({k: v for k, v in before.items() if k == "status" or after.get(k) != v})
+def _changed(before: dict, after: dict) -> list[str]:
+    """The fields a period close changed, and the status: the audit row of a period close
+    holds these, as they were (`before`) and as they are (`after`, with the details), not
+    two whole snapshots. The audit rows are the run's largest write; the full state at any
+    point follows from the subscription's earlier rows."""
+    return [k for k, v in after.items() if k == "status" or before.get(k) != v]
 
 
 async def _load_plans(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], wanted: set[uuid.UUID]) -> None:

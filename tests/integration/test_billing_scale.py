@@ -224,6 +224,20 @@ async def test_one_failing_subscription_does_not_stop_a_set_based_chunk(service,
     audits = await admin_conn.fetchval(
         "select count(*) from audit_events where tenant_id = $1 and actor like 'billing-run:%'", tid)
     assert audits == 11
+    # An audit row of a period close: the fields it changed, before and after, and the details.
+    good = uuid.UUID(subs[0].id)
+    row = await admin_conn.fetchrow(
+        "select action, before, after from audit_events where tenant_id = $1 and entity_id = $2 "
+        "and actor like 'billing-run:%'", tid, good)
+    sub_row = await admin_conn.fetchrow("select start_at, current_period_start, current_period_end from subscriptions "
+                                        "where id = $1", good)
+    assert row["action"] == "subscription.period_advanced"
+    assert row["before"] == {"status": "active", "current_period_start": sub_row["start_at"].isoformat(),
+                             "current_period_end": sub_row["current_period_start"].isoformat()}
+    assert {k: row["after"][k] for k in ("status", "current_period_start", "current_period_end")} == {
+        "status": "active", "current_period_start": sub_row["current_period_start"].isoformat(),
+        "current_period_end": sub_row["current_period_end"].isoformat()}
+    assert row["after"]["details"]["total"] == "10.00" and row["after"]["details"]["run_id"] == str(done.id)
     row = await admin_conn.fetchrow("select current_period_start, start_at from subscriptions where id = $1",
                                     uuid.UUID(bad.id))
     assert row["current_period_start"] == row["start_at"]  # not advanced
