@@ -205,6 +205,19 @@ async def test_pending_lines_go_into_the_next_invoice_and_are_marked_billed(serv
     assert dict(done.totals)["EUR"] == "23.50"
 
 
+def _billing_metrics() -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+    return {"billed": value("billing_subscriptions_total", outcome="billed"),
+            "failed": value("billing_subscriptions_total", outcome="failed"),
+            "skipped": value("billing_subscriptions_total", outcome="skipped"),
+            "eur": value("billing_amount_billed_total", currency="EUR"),
+            "completed": value("billing_runs_total", status="completed"),
+            "durations": value("billing_run_duration_seconds_count")}
+
+
 async def test_one_failing_subscription_does_not_stop_a_set_based_chunk(service, stub, tenant, admin_conn):
     plan = await _weekly_plan(stub, tenant)
     subs = [await _sub(stub, tenant, plan, NOW() - timedelta(days=10)) for _ in range(12)]
@@ -212,7 +225,13 @@ async def test_one_failing_subscription_does_not_stop_a_set_based_chunk(service,
     # Metadata the invoice request schema cannot carry (map of strings): encoding raises
     # while the chunk is computed, before anything is written.
     await admin_conn.execute("""update subscriptions set metadata = '{"n": 1}' where id = $1""", uuid.UUID(bad.id))
+    before = _billing_metrics()
     done = await _run(service, tenant, NOW(), chunk_size=50)
+    after = _billing_metrics()
+    # The billing metrics moved by this run (other tests in this process only add to them
+    # before or after, never during: the run is awaited here).
+    assert {k: round(after[k] - before[k], 2) for k in after} == {
+        "billed": 11, "failed": 1, "skipped": 0, "eur": 110.0, "completed": 1, "durations": 1}
     assert (done.status, done.subscriptions_due, done.subscriptions_billed, done.subscriptions_failed) == (
         "completed", 12, 11, 1)
     assert [s for s, _ in done.failures] == [bad.id] and "CodecError" in done.failures[0][1]
