@@ -8,12 +8,19 @@ BILLING_TEST_KAFKA_BOOTSTRAP_SERVERS to run against servers of your own instead.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
+
+
+def pytest_configure(config):
+    # SIGTERM (a CI timeout, `kill`) ends the session like Ctrl-C, so the session's
+    # teardown stops the PostgreSQL and Kafka it started instead of leaving them running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
