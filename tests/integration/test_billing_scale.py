@@ -299,3 +299,19 @@ async def test_a_sharded_run_is_executed_by_two_billing_consumers(migrated, serv
     assert sorted(s["shard"] for s in shards) == list(range(16))
     assert {s["status"] for s in shards} == {"completed"} and sum(s["subscriptions_due"] for s in shards) == n
     assert len({s["executed_by"] for s in shards}) == 2  # both consumers executed shards
+
+
+async def test_ingest_does_not_lock_a_subscription_whose_period_is_far_from_its_end(service, stub, tenant, migrated):
+    """Only periods a run may be closing (ending within the hour) are locked: usage for a
+    subscription in the middle of its period neither waits for nor blocks a row lock."""
+    plan = await _weekly_plan(stub, tenant)
+    sub = await _sub(stub, tenant, plan, NOW() - timedelta(days=1))  # period ends in ~6 days
+    sid, tid = uuid.UUID(sub.id), uuid.UUID(tenant.id)
+    other = await asyncpg.connect(migrated.admin_database_url)
+    try:
+        async with other.transaction():
+            await other.execute("select 1 from subscriptions where tenant_id = $1 and id = $2 for update", tid, sid)
+            recorded = await asyncio.wait_for(_usage(stub, tenant, sub.id, "5", NOW() - timedelta(hours=1)), 5)
+            assert recorded.duplicate is False
+    finally:
+        await other.close()
