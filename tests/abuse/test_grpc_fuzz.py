@@ -426,8 +426,10 @@ def build(cls, values: dict):
 # ------------------------------------------------------------------ the test
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def worlds(stub, new_tenant_module):
+    """Fresh tenants for every RPC's test (not per example): what one RPC's fuzzing did (all
+    plans archived, every subscription canceled) must not starve the next one."""
     a, b = await new_tenant_module("fuzz-a"), await new_tenant_module("fuzz-b")
     mine = await build_world(stub, a, "fa")
     theirs = await build_world(stub, b, "fb")
