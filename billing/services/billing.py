@@ -242,8 +242,10 @@ async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *, chunk_si
             # are still to come.
             if not await store.any_due(conn, tenant_id, ex.as_of, ex.failed, shard=shard,
                                        shard_count=ex.shard_count):
-                await store.finish_shard(conn, tenant_id, run_id, shard)
+                # Lock order everywhere: the run row, then the shard row (a chunk's progress
+                # does the same; the other order deadlocks with a second execution).
                 run = await store.get_run(conn, tenant_id, run_id, for_update=True)  # shards finish one by one
+                await store.finish_shard(conn, tenant_id, run_id, shard)
                 if run["status"] == "running" and \
                         await store.completed_shards(conn, tenant_id, run_id) >= run["shard_count"]:
                     await store.mark_finished(conn, tenant_id, run_id, "completed")
