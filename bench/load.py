@@ -33,6 +33,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -330,6 +331,7 @@ def main() -> int:
            "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "BILLING_LOG_LEVEL": "WARNING",
            "BILLING_SCHEDULER_INTERVAL_S": "0"}
     procs: list[tuple[subprocess.Popen, int]] = []
+    finished = False
     try:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         ensure_topics(settings)
@@ -364,6 +366,7 @@ def main() -> int:
               f"while the billing run ran: p99={split['while_billing_run']['p99_ms']}ms], "
               f"billing run {loaded['billing_run']}")
         print(f"load_events_per_s={loaded['events_per_s']} grpc_p99_ms={p99} errors={reads['errors']}")
+        finished = True
     finally:
         for proc, _ in procs:
             if proc.poll() is None:
@@ -375,6 +378,10 @@ def main() -> int:
                 proc.kill()
         if stack is not None:
             stack.stop()
+        if finished:
+            shutil.rmtree(state, ignore_errors=True)  # data and logs; kept when the run failed
+        else:
+            log(f"logs and data kept in {state}")
     return 0
 
 
