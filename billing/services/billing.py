@@ -294,6 +294,14 @@ async def _next_chunk(conn, ex: _Execution) -> list[Subscription] | None:
 
 async def _add_progress(conn: asyncpg.Connection, ex: _Execution, chunk: _Chunk) -> None:
     run = await store.get_run(conn, ex.tenant_id, ex.run_id, for_update=True)  # serializes concurrent chunks
+    # Another execution of this run (a redelivered request) may have recorded a failure of
+    # the same subscription already: record each once, and skip those from now on.
+    known = {f["subscription_id"] for f in run["failures"]}
+    if known:
+        new = [f for f in chunk.failures if f["subscription_id"] not in known]
+        chunk.due -= len(chunk.failures) - len(new)
+        chunk.failures = new
+        ex.failed += [uuid.UUID(s) for s in known if uuid.UUID(s) not in ex.failed]
     totals = {c: Decimal(a) for c, a in run["totals"].items()}
     for currency, amount in chunk.totals.items():
         totals[currency] = totals.get(currency, Decimal(0)) + amount
