@@ -9,7 +9,6 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
 import asyncpg
-import pytest
 
 from billing import codec
 from billing.domain.invoicing import invoice_request_id
