@@ -22,9 +22,11 @@ from billing.domain.plans import PlanSpec, plan_from_dict
 from billing.store import usage as usage_store
 from billing.store.db import set_tenant
 
-# A non-negative exact decimal: up to 15 digits before the point and 12 after.
-_QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?")
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# A non-negative exact decimal: up to 15 digits before the point and 12 after. ASCII digits
+# only: without re.ASCII, \d also matches "１２" (full-width) or "١٢" (Arabic-Indic), which
+# PostgreSQL's numeric refuses, failing the whole batch instead of the one event.
+_QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?", re.ASCII)
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 MAX_EVENT_ID = 200
 # A subscription whose current period ends before now plus this margin is read FOR KEY
 # SHARE (billing/store/usage.py `subscriptions`): a billing run may be closing that period.

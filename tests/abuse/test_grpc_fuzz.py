@@ -564,3 +564,19 @@ async def test_undecodable_request_bytes_are_invalid_argument(channel, worlds):
     with pytest.raises(grpc.aio.AioRpcError) as err:  # authentication still comes first
         await call(b"\n\x05abc")
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("quantity", ["１２", "١٢", "１.５", "1.５", "٣"])
+async def test_non_ascii_digits_in_a_quantity_are_invalid_argument(stub, worlds, quantity):
+    """Found by the big run: Python's \\d matched full-width and Arabic-Indic digits, the
+    quantity passed validation and PostgreSQL's numeric refused it: INTERNAL (and on the
+    Kafka path a batch that failed on every retry)."""
+    mine, _, _ = worlds
+    sub = mine.subs["active"]
+    req = pb.RecordUsageRequest(request_id=str(uuid.uuid4()), subscription_id=sub.id, metric_code="calls",
+                                quantity=quantity)
+    req.occurred_at.CopyFrom(sub.start_at)
+    req.occurred_at.seconds += 5
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RecordUsage(req, metadata=mine.md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "quantity" in err.value.details()

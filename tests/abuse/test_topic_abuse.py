@@ -128,6 +128,8 @@ async def test_usage_topic_abuse(roles, migrated, world, admin_conn):
         "ce-quantity-1e999999": (cloudevent(world, data={"quantity": "1e999999"}), "invalid_quantity"),
         "ce-quantity-nan": (cloudevent(world, data={"quantity": "NaN"}), "invalid_quantity"),
         "avro-quantity-negative": (usage_avro(world, quantity="-0.5"), "negative_quantity"),
+        "avro-quantity-fullwidth": (usage_avro(world, quantity="１２"), "invalid_quantity"),
+        "ce-quantity-arabic-indic": (cloudevent(world, data={"quantity": "١٢"}), "invalid_quantity"),
         "avro-time-max": (usage_avro(world, occurred_at_us=2**63 - 1), "too_far_in_future"),
         "avro-time-min": (usage_avro(world, occurred_at_us=-(2**63)), "too_old"),
         "avro-event-id-nul": (usage_avro(world, event_id="a\x00b"), "invalid_event_id"),

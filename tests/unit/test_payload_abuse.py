@@ -236,3 +236,12 @@ def test_command_codec_raises_only_codec_errors(other, body, cut):
             codec.decode(Schema.SUBSCRIPTION_COMMAND, value)
         except codec.CodecError:
             pass
+
+
+@pytest.mark.parametrize("quantity", ["１２", "١٢", "۱۲", "१२", "1.５", "１", "12"])
+def test_only_ascii_digits_make_a_quantity(quantity):
+    """PostgreSQL's numeric takes ASCII digits only; anything else must be refused by
+    validation, one event at a time, not by the database for the whole batch."""
+    from billing.services.usage import check_quantity
+
+    assert check_quantity(quantity) == (None if quantity == "12" else "invalid_quantity")
