@@ -190,3 +190,20 @@ def test_boundaries_strictly_increase_and_keep_the_anchor_day(anchor, uc, n):
         assert b0.day == anchor.day or (b0.day < anchor.day and (b0 + timedelta(days=1)).day == 1)
     assert boundary_index(anchor, unit, count, b0) == n
     assert boundary_index(anchor, unit, count, b1 - timedelta(microseconds=1)) == n
+
+
+def test_period_containing_cache_never_serves_inputs_it_must_refuse():
+    # The cache hashes equal values together: a cached UTC answer must not be served for
+    # count=True, a non-UTC offset or a naive datetime, which are refused as before.
+    a = datetime(2026, 1, 31, tzinfo=UTC)
+    t = datetime(2026, 3, 5, tzinfo=UTC)
+    assert period_containing(a, IntervalUnit.MONTH, 1, t) == period_containing(a, IntervalUnit.MONTH, 1, t)
+    with pytest.raises(TypeError):
+        period_containing(a, IntervalUnit.MONTH, True, t)
+    with pytest.raises(ValueError):
+        period_containing(a.astimezone(timezone(timedelta(hours=1))), IntervalUnit.MONTH, 1, t)
+    with pytest.raises(ValueError):
+        period_containing(a, IntervalUnit.MONTH, 1, t.replace(tzinfo=None))
+    # A zero offset that is not timezone.utc is accepted, uncached, with the same answer.
+    zero = timezone(timedelta(0), "Z")
+    assert period_containing(a.replace(tzinfo=zero), "month", 1, t) == period_containing(a, IntervalUnit.MONTH, 1, t)
