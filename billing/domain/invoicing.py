@@ -105,7 +105,7 @@ def _next_state(sub: Subscription, plan: PlanSpec, next_plan: PlanSpec | None) -
     end = sub.current_period_end
     if sub.cancel_at_period_end:
         return (replace(sub, status=S.CANCELED, canceled_at=end, cancel_at_period_end=False, pending_plan_id=None,
-                        pending_change_at=None), plan, "subscription.canceled")
+                        pending_change_at=None, period_fee_from=None), plan, "subscription.canceled")
     new, spec, event = sub, plan, "subscription.period_advanced"
     if sub.pending_plan_id is not None and (sub.pending_change_at is None or sub.pending_change_at <= end):
         if next_plan is None:
@@ -120,7 +120,11 @@ def _next_state(sub: Subscription, plan: PlanSpec, next_plan: PlanSpec | None) -
         event = "subscription.trial_ended"
     anchor = new.billing_anchor or end
     next_end = period_containing(anchor, spec.interval, spec.interval_count, end)[1]
-    return replace(new, current_period_start=end, current_period_end=next_end), spec, event
+    # A new period starts with nothing settled; one that starts paused has nothing to charge.
+    # Set here, in the same replace, because replace is the costliest step of a close.
+    fee_from = next_end if new.status is S.PAUSED else None
+    return (replace(new, current_period_start=end, current_period_end=next_end, period_fee_from=fee_from),
+            spec, event)
 
 
 def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage: Mapping[str, PeriodUsage], *,
@@ -154,8 +158,6 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
     if after.status is S.ACTIVE and spec.billing_timing is BillingTiming.IN_ADVANCE and spec.base_fee:
         lines.extend(_piece(spec, after.current_period_start, after.current_period_end,
                             proration.nominal_period(after, spec)))
-    # A new period starts with nothing settled; one that starts paused has nothing to charge.
-    after = replace(after, period_fee_from=after.current_period_end if after.status is S.PAUSED else None)
     if not trial:
         for charge in plan.usage_charges:
             u = usage.get(charge.metric_code) or PeriodUsage()
