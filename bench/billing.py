@@ -39,6 +39,7 @@ from billing.config import Settings
 from billing.devstack import LocalPostgres, free_port
 from billing.domain.periods import add_interval
 from billing.domain.plans import IntervalUnit, PlanInput, UsageChargeInput, parse_plan, plan_to_dict
+from billing.runtime import tune_gc
 from billing.services import billing
 from billing.services.context import Caller
 from billing.services.tenants import create_tenant
@@ -92,6 +93,7 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
         run = await billing.run_billing(db, caller, key, key, None, shards=processes)
         started = time.perf_counter()
         if processes == 1:
+            tune_gc()  # as `billing serve` does for the billing consumer
             done = await billing.execute_run(db, tenant_id, run.id, chunk_size=chunk_size, workers=workers)
         else:
             ctx = multiprocessing.get_context("spawn")
@@ -110,6 +112,8 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
 
 
 def _shard(url: str, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int, chunk_size: int, workers: int) -> None:
+    tune_gc()  # as `billing serve` does for the billing consumer
+
     async def go():
         db = await Database.connect(url, min_size=1, max_size=workers + 2)
         try:
