@@ -7,8 +7,8 @@ bills one subscription per transaction, measured in the same run.
 Starts its own PostgreSQL (the local stack's, in a temporary directory; no Kafka needed:
 the run is executed directly with `billing.services.billing.execute_run`, exactly what the
 billing consumer calls) unless BILLING_DATABASE_URL / BILLING_ADMIN_DATABASE_URL point at a
-server of yours. Subscriptions and their usage totals are written straight into the
-database; what is measured is the run, from start to completed, split into `--processes`
+server of yours. Subscriptions (each with its own anchor and usage) and their usage totals are written
+straight into the database; what is measured is the run, from start to completed, split into `--processes`
 shards (default 2) executed by as many processes, as two billing consumers would (the outbox relay's
 publication is not part of it). The baseline is the same code with chunks of ONE
 subscription and one worker: one subscription per transaction. Also printed: the peak RSS
@@ -25,6 +25,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import random
 import resource
 import sys
 import tempfile
@@ -51,8 +52,13 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-async def setup(settings: Settings, subscriptions: int) -> uuid.UUID:
-    """A tenant with a plan (10.00 in arrears + 0.0025 per call) and `subscriptions` due ones."""
+async def setup(settings: Settings, subscriptions: int, seed: int = 1) -> uuid.UUID:
+    """A tenant with a plan (10.00 in arrears + 0.0025 per call) and `subscriptions` due ones.
+
+    Like real anniversary billing, every subscription has its own anchor (its start, spread
+    over five days, to the second) and its own usage, so no two periods or amounts are
+    alike: nothing a run computes can be shared between subscriptions."""
+    rnd = random.Random(seed)
     admin = await asyncpg.connect(settings.admin_database_url)
     await init_connection(admin)
     tenant = await create_tenant(admin, f"bench-{uuid.uuid4().hex[:6]}")
@@ -63,19 +69,23 @@ async def setup(settings: Settings, subscriptions: int) -> uuid.UUID:
     plan_id = uuid.uuid4()
     await admin.execute("insert into plans (tenant_id, id, code, spec) values ($1, $2, 'metered', $3)",
                         tid, plan_id, plan_to_dict(spec))
-    start = datetime.now(timezone.utc) - timedelta(days=40)
-    end = add_interval(start, IntervalUnit.MONTH, 1)
-    subs = [uuid.uuid4() for _ in range(subscriptions)]
+    earliest = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=40)
+    subs = []
+    for _ in range(subscriptions):
+        start = earliest + timedelta(seconds=rnd.randrange(5 * 86400))
+        subs.append((uuid.uuid4(), start, add_interval(start, IntervalUnit.MONTH, 1)))
     await admin.copy_records_to_table(
         "subscriptions",
         columns=["tenant_id", "id", "customer_id", "plan_id", "status", "created_at", "start_at", "billing_anchor",
                  "trial_days", "current_period_start", "current_period_end"],
-        records=[(tid, s, "bench", plan_id, "active", start, start, start, 0, start, end) for s in subs])
+        records=[(tid, s, f"customer-{i}", plan_id, "active", start, start, start, 0, start, end)
+                 for i, (s, start, end) in enumerate(subs)])
     await admin.copy_records_to_table(
         "usage_totals",
         columns=["tenant_id", "subscription_id", "metric_code", "period_start", "period_end", "quantity_sum",
                  "event_count", "quantity_max", "latest_quantity", "latest_at", "latest_event_id"],
-        records=[(tid, s, "calls", start, end, 1234, 10, 500, 7, start, "e") for s in subs])
+        records=[(tid, s, "calls", start, end, rnd.randrange(1, 1_000_000), 10, 500, 7, start, "e")
+                 for s, start, end in subs])
     await admin.execute("analyze subscriptions; analyze usage_totals")
     await admin.close()
     return tid
@@ -85,22 +95,27 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
                processes: int = 1) -> tuple[float, dict]:
     """One run, timed from its start to completed. With `processes` > 1 the run is split into
     that many shards, each executed by a process of its own (what as many billing consumers
-    of one group do), all at once."""
+    of one group do), all at once. The processes are started, and connected, before the
+    clock starts: a billing consumer is running already when a run request arrives."""
     db = await Database.connect(settings.database_url, min_size=1, max_size=workers + 2)
     try:
         caller = Caller(tenant_id, "bench")
         key = str(uuid.uuid4())
         run = await billing.run_billing(db, caller, key, key, None, shards=processes)
-        started = time.perf_counter()
         if processes == 1:
             tune_gc()  # as `billing serve` does for the billing consumer
+            started = time.perf_counter()
             done = await billing.execute_run(db, tenant_id, run.id, chunk_size=chunk_size, workers=workers)
         else:
             ctx = multiprocessing.get_context("spawn")
+            ready, go = ctx.Barrier(processes + 1), ctx.Event()
             procs = [ctx.Process(target=_shard, args=(settings.database_url, tenant_id, run.id, shard, chunk_size,
-                                                      workers)) for shard in range(processes)]
+                                                      workers, ready, go)) for shard in range(processes)]
             for p in procs:
                 p.start()
+            ready.wait()
+            started = time.perf_counter()
+            go.set()
             for p in procs:
                 p.join()
             done = await billing.get_billing_run(db, caller, str(run.id))
@@ -111,16 +126,19 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
                      "totals": dict(done.totals)}
 
 
-def _shard(url: str, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int, chunk_size: int, workers: int) -> None:
+def _shard(url: str, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int, chunk_size: int, workers: int,
+           ready, go) -> None:
     tune_gc()  # as `billing serve` does for the billing consumer
 
-    async def go():
-        db = await Database.connect(url, min_size=1, max_size=workers + 2)
+    async def run():
+        db = await Database.connect(url, min_size=workers + 1, max_size=workers + 2)
         try:
+            ready.wait()
+            await asyncio.get_running_loop().run_in_executor(None, go.wait)
             await billing.execute_run(db, tenant_id, run_id, shard=shard, chunk_size=chunk_size, workers=workers)
         finally:
             await db.close()
-    asyncio.run(go())
+    asyncio.run(run())
 
 
 def main() -> int:
@@ -145,6 +163,7 @@ def main() -> int:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         log(f"setting up {args.subscriptions:,} due subscriptions with usage")
         tenant = asyncio.run(setup(settings, args.subscriptions))
+        log(f"running: one billing run in {args.processes} shard process(es)")
         seconds, run = asyncio.run(bill(settings, tenant, args.chunk, args.workers, args.processes))
         rate = args.subscriptions / seconds
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
