@@ -22,6 +22,7 @@ class Topics(BaseSettings):
     subscription_commands_dlq: str = "billing.subscription-commands.dlq.v1"
     subscription_events: str = "billing.subscription-events.v1"
     billing_runs: str = "billing.billing-runs.v1"
+    billing_runs_dlq: str = "billing.billing-runs.dlq.v1"
     invoice_requests: str = "billing.invoice-requests.v1"
 
     def all(self) -> list[str]:

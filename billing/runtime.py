@@ -107,7 +107,7 @@ class Service:
         )
 
     def _billing_consumer(self):
-        from billing.kafka import consumer_config
+        from billing.kafka import consumer_config, producer_config
         from consumers.billing import BillingRunStrategy
         from consumers.runner import ConsumerRunner
 
@@ -115,8 +115,8 @@ class Service:
         # Small batches: each message is a whole run, executed in chunk transactions of its own.
         return ConsumerRunner(
             pool=self.db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
-            group_id=BILLING_GROUP, strategy=BillingRunStrategy(self.db.pool), max_batch_size=10,
-            observer=ConsumerMetrics(BILLING_GROUP),
+            group_id=BILLING_GROUP, strategy=BillingRunStrategy(self.db.pool), dlq_topic=s.topics.billing_runs_dlq,
+            producer_config=producer_config(s), max_batch_size=10, observer=ConsumerMetrics(BILLING_GROUP),
         )
 
     async def _sample_outbox(self, relay) -> None:

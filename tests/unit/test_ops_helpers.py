@@ -70,3 +70,16 @@ def test_dead_letter_reasons_are_bounded_labels():
     assert reason_label("unknown_tenant") == "unknown_tenant"
     for free_text in ("tenant 7d1c0b4e does not exist", "X" * 100, "", "Undecodable"):
         assert reason_label(free_text) == "other"
+    from consumers.billing import REASONS
+
+    assert [reason_label(r) for r in REASONS] == list(REASONS)  # the billing consumer's codes, kept as they are
+
+
+def test_every_consumed_topic_has_a_dlq_that_is_created_and_checked():
+    from billing.config import Topics
+
+    t = Topics()
+    for source, dlq in ((t.usage, t.usage_dlq), (t.subscription_commands, t.subscription_commands_dlq),
+                        (t.billing_runs, t.billing_runs_dlq)):
+        assert dlq == source.removesuffix(".v1") + ".dlq.v1"
+        assert dlq in t.all()  # ensure_topics creates and readiness requires every name in all()
