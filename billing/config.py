@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # each, keyed so they spread over the partitions of the billing-runs topic and so over
     # the billing consumers of the group; the run completes when all shards have.
     run_shards: int = 1
+    # Automatic resumption (role `scheduler`): every this many seconds, paused subscriptions
+    # whose pause_resumes_at has come are resumed, as of that time; 0 turns it off.
+    auto_resume_interval_s: float = 60.0
+    # Subscriptions resumed per transaction by that pass (it repeats until none is left).
+    auto_resume_batch_size: int = 500
 
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051

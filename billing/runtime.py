@@ -2,7 +2,8 @@
 
 Roles: `api` (the gRPC facade), `commands` (the subscription command consumer), `usage`
 (the usage consumer), `billing` (the billing-run consumer), `scheduler` (starts billing
-runs on a cadence), `relay` (the outbox relay).
+runs on a cadence and resumes paused subscriptions whose resume time has come), `relay`
+(the outbox relay).
 Each can run alone (`--roles commands`), so replicas scale out: the consumers by Kafka
 partitions within their group, the relay as one leader with standbys.
 Every process serves the HTTP side port (health, readiness, metrics) whatever its roles.
@@ -78,7 +79,13 @@ class Service:
         if "scheduler" in self.roles and s.scheduler_interval_s > 0:
             from billing.services.scheduler import Scheduler
 
-            self._start_role("scheduler", Scheduler(self.db, s.scheduler_interval_s))
+            # Each round resumes what is due before it requests the runs (unless auto-resume is off).
+            resume_batch = s.auto_resume_batch_size if s.auto_resume_interval_s > 0 else 0
+            self._start_role("scheduler", Scheduler(self.db, s.scheduler_interval_s, resume_batch_size=resume_batch))
+        if "scheduler" in self.roles and s.auto_resume_interval_s > 0:
+            from billing.services.scheduler import AutoResumer
+
+            self._start_role("auto-resume", AutoResumer(self.db, s.auto_resume_interval_s, s.auto_resume_batch_size))
         if "relay" in self.roles:
             from producers.outbox_relay import OutboxRelay
 

@@ -51,6 +51,7 @@ __all__ = [
     "CREDIT", "CHARGE", "Behavior", "Settled", "FeeState", "Proration",
     "elapsed", "floor_to_second", "share", "prorated_amount", "nominal_period", "fee_piece",
     "credit_line", "charge_line", "fee_state", "on_change", "on_cancel", "on_pause", "on_resume",
+    "resumed_late_lines",
 ]
 
 S = SubscriptionStatus
@@ -326,9 +327,45 @@ def on_resume(before: Subscription, plan: PlanSpec, after: Subscription, at: dat
     """A resume at ``at``: the rest of the current period, ``[t, end)``, is charged at its close.
 
     (In advance and in arrears alike: the close is the next invoice either way, and a change
-    before it settles that part like any other.)"""
+    before it settles that part like any other.)
+
+    A resume that takes effect before the current period started (a scheduled resume,
+    ``pause_resumes_at``, carried out after a billing run had already closed that time as
+    paused): the closed time ``[at, current period start)`` was charged by nobody, so it is
+    charged now as used time (``resumed_late_lines``), and the whole current period is
+    chargeable at its close. Paused time ends at ``at`` whenever the resume is carried out."""
     if before.status is not S.PAUSED or after.current_period_end is None:
         return Proration((), after)
     nominal = nominal_period(after, plan)
     t = floor_to_second(nominal, max(at, after.current_period_start))
-    return Proration((), replace(after, period_fee_from=t))
+    lines = resumed_late_lines(after, plan, at)
+    return Proration(lines, replace(after, period_fee_from=t))
+
+
+#: At most this many closed periods are charged by one late resume (a daily plan a year late is 366).
+MAX_LATE_PERIODS = 1000
+
+
+def resumed_late_lines(sub: Subscription, plan: PlanSpec, at: datetime) -> tuple[Line, ...]:
+    """The base fee of ``[at, sub.current_period_start)``: time after a resume that periods
+    already closed as paused (which charged nothing after the pause) left unbilled.
+
+    One ``proration_charge`` ("used time") line per anchor-aligned period of ``plan`` the
+    span touches, each its exact share of that period, to the second (``at`` counts from
+    the whole second it falls in, like every event). Nothing when ``at`` is not before the
+    current period's start. Priced at ``plan`` (the plan in effect at the resume)."""
+    start = sub.current_period_start
+    if start is None or at >= start or not plan.base_fee:
+        return ()
+    anchor = sub.billing_anchor or start
+    lines: list[Line] = []
+    cursor = at
+    while cursor < start:
+        if len(lines) >= MAX_LATE_PERIODS:
+            raise ValueError(f"subscription {sub.id}: resume more than {MAX_LATE_PERIODS} periods late")
+        nominal = period_containing(anchor, plan.interval, plan.interval_count, cursor)
+        a = floor_to_second(nominal, cursor)
+        b = min(nominal[1], start)
+        lines += _keep(charge_line(plan, a, b, nominal, used=True))
+        cursor = nominal[1]
+    return tuple(lines)

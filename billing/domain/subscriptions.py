@@ -170,6 +170,27 @@ def resume(sub: Subscription, now: datetime) -> Change:
                   {"paused_at": sub.paused_at.isoformat() if sub.paused_at else ""})
 
 
+def resume_is_due(sub: Subscription, now: datetime) -> bool:
+    """A paused subscription whose scheduled resume (``pause_resumes_at``) has come."""
+    return sub.status is S.PAUSED and sub.pause_resumes_at is not None and sub.pause_resumes_at <= now
+
+
+def resume_as_scheduled(sub: Subscription, now: datetime) -> Change:
+    """The automatic resume of a pause with ``resumes_at``: the same transition as
+    ``resume``, taking effect AT ``pause_resumes_at`` (not at ``now``, when the job that
+    carries it out happens to run: a late job gives no free paused time). Refused unless
+    due (``resume_is_due``), so carrying it out twice changes nothing the second time."""
+    if not resume_is_due(sub, now):
+        if sub.status is not S.PAUSED:
+            transition(sub.status, Action.RESUME)  # raises TransitionRefused naming the state
+        raise PreconditionFailed(
+            f"subscription {sub.id} has no scheduled resume due by {now.isoformat()}")
+    at = sub.pause_resumes_at
+    change = resume(sub, at)
+    return Change(change.subscription, change.event,
+                  {**change.details, "resumed_at": at.isoformat(), "trigger": "scheduled"})
+
+
 def cancel(sub: Subscription, now: datetime, mode: CancelMode) -> Change:
     status = transition(sub.status, Action.CANCEL)  # refuses pending and canceled alike
     if mode is CancelMode.AT_PERIOD_END:

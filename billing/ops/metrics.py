@@ -157,3 +157,10 @@ BILLING_AMOUNT = Counter(
     "Invoice request totals billed, in the currency's major unit (a float: for dashboards, not accounting)",
     ["currency"],
 )
+
+# -- automatic resumption (billing.services.scheduler) -----------------------------------
+AUTO_RESUMED = Counter(
+    "billing_subscriptions_auto_resumed_total",
+    "Paused subscriptions the scheduler resumed at their pause_resumes_at, by outcome (resumed, failed)",
+    ["outcome"],
+)

@@ -6,6 +6,7 @@ gRPC and the command consumer call these same functions.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -30,6 +31,8 @@ from billing.store import plans as plans_store
 from billing.store import subscriptions as store
 from billing.store import usage as usage_store
 
+
+_log = logging.getLogger(__name__)
 
 PRORATION_BEHAVIORS = ("", "next_invoice", "invoice_now", "none")
 
@@ -122,7 +125,7 @@ async def _views(conn: asyncpg.Connection, caller: Caller, subs: list[Subscripti
 
 
 async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, before: Subscription | None,
-                  change: Change) -> None:
+                  change: Change, occurred_at: datetime | None = None) -> None:
     """Audit row and event for an applied change (nothing for a no-op)."""
     after = change.subscription
     details = dict(change.details)
@@ -133,7 +136,7 @@ async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, bef
     )
     await events.emit(
         conn, caller, event_type=change.event, subscription_id=str(after.id), customer_id=after.customer_id,
-        occurred_at=now(), cause=request_id, from_status=before.status.value if before else None,
+        occurred_at=occurred_at or now(), cause=request_id, from_status=before.status.value if before else None,
         to_status=after.status.value, data=details,
     )
 
@@ -299,18 +302,70 @@ async def pause_subscription(db, caller: Caller, request_id: str, subscription_i
                          {"resumes_at": resumes_at}, rule)
 
 
+async def _resumed(conn: asyncpg.Connection, caller: Caller, request_id: str, sub: Subscription, spec: PlanSpec,
+                   change: Change, at: datetime) -> Change:
+    """A paused -> active change taking effect at `at`: the pause window [paused_at, at) is
+    recorded (usage in it stays unbilled, even when it arrives later) and the period is
+    reopened from `at` (`proration.on_resume`; time before the current period that a run
+    closed as paused is charged on the next invoice)."""
+    settled = pr.on_resume(sub, spec, change.subscription, at)
+    if sub.paused_at is not None:
+        await usage_store.add_pause_window(conn, caller.tenant_id, sub.id, sub.paused_at, max(at, sub.paused_at))
+    return await _bill(conn, caller, f"resume:{request_id}", sub, spec, change, settled, pr.Behavior.NEXT_INVOICE)
+
+
 async def resume_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
     async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
         at = now()
         change = rules.resume(sub, at)
         if change.event != "subscription.resumed":
             return change
-        settled = pr.on_resume(sub, spec, change.subscription, at)
-        if sub.paused_at is not None:  # usage in the pause stays unbilled, even when it arrives later
-            await usage_store.add_pause_window(conn, caller.tenant_id, sub.id, sub.paused_at, at)
-        return Change(settled.subscription, change.event, change.details)
+        return await _resumed(conn, caller, request_id, sub, spec, change, at)
 
     return await _mutate(db, caller, request_id, subscription_id, "ResumeSubscription", {}, rule)
+
+
+def auto_resume_request_id(sub: Subscription) -> str:
+    """The audit request id (and event cause) of the automatic resume of `sub`'s current
+    pause: one per pause, so whoever carries it out, its event id is the same."""
+    return f"auto-resume:{sub.paused_at.isoformat() if sub.paused_at else ''}"
+
+
+@dataclass(frozen=True)
+class AutoResumeBatch:
+    resumed: list[uuid.UUID]
+    failed: list[uuid.UUID]
+
+
+async def resume_due_batch(db, caller: Caller, at: datetime, limit: int,
+                           exclude: list[uuid.UUID] = ()) -> AutoResumeBatch:
+    """One transaction: up to `limit` of the tenant's paused subscriptions whose
+    `pause_resumes_at` is at or before `at`, locked FOR UPDATE SKIP LOCKED, each resumed as
+    ResumeSubscription would (same transition, audit row, event through the outbox, pause
+    window) but taking effect AT its `pause_resumes_at`. A subscription that fails is
+    rolled back alone (a savepoint), logged and reported, and the others go on; `exclude`
+    keeps a pass from picking it again."""
+    resumed: list[uuid.UUID] = []
+    failed: list[uuid.UUID] = []
+    async with db.tenant_tx(caller.tenant_id) as conn:
+        subs = await store.due_to_resume(conn, caller.tenant_id, at, limit, list(exclude))
+        specs: dict[uuid.UUID, PlanSpec] = {}
+        for sub in subs:
+            try:
+                async with conn.transaction():
+                    if sub.plan_id not in specs:
+                        specs[sub.plan_id] = (await _plan(conn, caller, sub.plan_id, "plan_id"))[0]
+                    spec = specs[sub.plan_id]
+                    request_id = auto_resume_request_id(sub)
+                    change = rules.resume_as_scheduled(sub, at)
+                    change = await _resumed(conn, caller, request_id, sub, spec, change, sub.pause_resumes_at)
+                    await store.update(conn, caller.tenant_id, change.subscription)
+                    await _record(conn, caller, request_id, sub, change, occurred_at=sub.pause_resumes_at)
+                resumed.append(sub.id)
+            except Exception:  # noqa: BLE001 - one broken subscription must not stop the others
+                _log.exception("automatic resume failed", extra={"subscription_id": str(sub.id)})
+                failed.append(sub.id)
+    return AutoResumeBatch(resumed, failed)
 
 
 async def cancel_subscription(db, caller: Caller, request_id: str, subscription_id: str, mode: str,

@@ -91,10 +91,12 @@ class _Sub:
     canceled_us: int | None
     paused_us: int | None = None  # paused since (also kept by a subscription canceled while paused)
     pauses: tuple[tuple[int, int], ...] = ()  # past pauses [from, to)
+    resumes_us: int | None = None  # the current pause's scheduled end (pause_resumes_at)
 
     def paused(self, t: int) -> bool:
-        """Whether the subscription was paused at ``t`` (usage then is not billed)."""
-        if self.paused_us is not None and t >= self.paused_us:
+        """Whether the subscription was paused at ``t`` (usage then is not billed). A pause
+        with a scheduled resume ends at it, even before the scheduler has carried it out."""
+        if self.paused_us is not None and t >= self.paused_us and (self.resumes_us is None or t < self.resumes_us):
             return True
         return any(a <= t < b for a, b in self.pauses)
 
@@ -182,6 +184,7 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             to_us(row["canceled_at"]) if row["canceled_at"] else None,
             to_us(row["paused_at"]) if row["paused_at"] else None,
             tuple(zip(map(to_us, row["paused_from"]), map(to_us, row["paused_to"]))),
+            to_us(row["pause_resumes_at"]) if row["pause_resumes_at"] else None,
         )
     await plans.metrics(conn, tenant, {s.plan_id for s in subs.values()})
 

@@ -67,3 +67,20 @@ async def list_page(conn: asyncpg.Connection, tenant_id: uuid.UUID, *, status: s
         tenant_id, status, customer_id, plan_id, after_at, after_id, limit,
     )
     return [from_row(r) for r in rows]
+
+
+async def due_to_resume(conn: asyncpg.Connection, tenant_id: uuid.UUID, now: datetime, limit: int,
+                        exclude: list[uuid.UUID] = ()) -> list[Subscription]:
+    """Paused subscriptions whose scheduled resume has come, oldest first, locked FOR UPDATE
+    SKIP LOCKED: concurrent passes (replicas) split them and never wait for each other; a row
+    locked by a ResumeSubscription or a billing chunk is taken by the next pass. `exclude`:
+    ids this pass already failed on. Served by the partial index subscriptions_resume_due."""
+    rows = await conn.fetch(
+        f"""select {_COLUMNS} from subscriptions
+            where tenant_id = $1 and status = 'paused' and pause_resumes_at <= $2
+              and not (id = any($4::uuid[]))
+            order by pause_resumes_at, id limit $3
+            for update skip locked""",
+        tenant_id, now, limit, list(exclude),
+    )
+    return [from_row(r) for r in rows]

@@ -284,6 +284,51 @@ def test_pause_over_a_period_end_charges_nothing_for_the_paused_time():
     assert close_period(TENANT, april.subscription, spec, {}).lines == ()
 
 
+def test_scheduled_resume_inside_the_current_period_is_an_ordinary_resume():
+    # 30.00 in advance, paused Apr 11 until Apr 21; carried out late (Apr 23), still in April:
+    # the close charges [Apr 21, May 1) = 10.00, as if resumed on the dot.
+    spec = plan("30.00")
+    paused = _pause(sub(spec), spec, utc(2026, 4, 11)).subscription
+    paused = replace(paused, pause_resumes_at=utc(2026, 4, 21))
+    change = rules.resume_as_scheduled(paused, utc(2026, 4, 23))
+    out = P.on_resume(paused, spec, change.subscription, paused.pause_resumes_at)
+    assert out.lines == () and out.subscription.period_fee_from == utc(2026, 4, 21)
+    assert fee_lines(close_period(TENANT, out.subscription, spec, {}))[0] == (
+        "base_fee", D("10.00"), utc(2026, 4, 21), MAY1)
+
+
+@pytest.mark.parametrize("timing", [ADV, ARR])
+def test_resume_due_in_a_period_a_run_closed_as_paused_charges_that_time(timing):
+    # 31.00 a month. Paused Apr 21 until Apr 26 12:00:00.5, but a run closed April (paused) before
+    # the scheduler resumed it (May 3). April's [Apr 26 12:00, May 1) = 4.5/30 days was charged by
+    # nobody: a used-time charge of 31 * 4.5/30 = 4.65 now; May is charged from its start.
+    spec = plan("31.00", timing)
+    paused = _pause(sub(spec), spec, utc(2026, 4, 21)).subscription
+    paused = replace(paused, pause_resumes_at=utc(2026, 4, 26, 12) + timedelta(microseconds=500_000))
+    april = close_period(TENANT, paused, spec, {})
+    assert [ln for ln in april.lines if ln.kind == "base_fee"] == []
+    may = april.subscription
+    change = rules.resume_as_scheduled(may, utc(2026, 5, 3))
+    out = P.on_resume(may, spec, change.subscription, may.pause_resumes_at)
+    assert kinds(out.lines) == [("proration_charge", D("4.65"))]
+    assert (out.lines[0].period_start, out.lines[0].period_end) == (utc(2026, 4, 26, 12), MAY1)
+    assert out.lines[0].fraction == Fraction(9, 60)
+    assert out.subscription.period_fee_from == MAY1  # all of May at its close
+    assert fee_lines(close_period(TENANT, out.subscription, spec, {}))[0] == ("base_fee", D("31.00"), MAY1, JUN1)
+
+
+def test_resume_due_several_closed_periods_ago_charges_each_piece():
+    # 31.00 a month in arrears, resume due Apr 16; runs closed April and May paused; resumed Jun 5:
+    # [Apr 16, May 1) = 15/30 -> 15.50, [May 1, Jun 1) whole -> 31.00.
+    spec = plan("31.00", ARR)
+    s = sub(spec, start=JUN1, end=utc(2026, 7, 1), anchor=APR1, status=S.PAUSED, paused_at=utc(2026, 4, 11),
+            pause_resumes_at=utc(2026, 4, 16), period_fee_from=utc(2026, 7, 1))
+    lines = P.resumed_late_lines(s, spec, utc(2026, 4, 16))
+    assert kinds(lines) == [("proration_charge", D("15.50")), ("proration_charge", D("31.00"))]
+    assert [(ln.period_start, ln.period_end) for ln in lines] == [(utc(2026, 4, 16), MAY1), (MAY1, JUN1)]
+    assert P.resumed_late_lines(s, spec, JUN1) == () and P.resumed_late_lines(s, spec, utc(2026, 6, 2)) == ()
+
+
 def test_a_plan_change_while_paused_has_no_lines():
     basic, pro = plan("10.00", code="basic"), plan("20.00", code="pro")
     paused = _pause(sub(basic), basic, utc(2026, 4, 11)).subscription

@@ -34,6 +34,8 @@ from billing.domain.subscriptions import (
     create,
     pause,
     resume,
+    resume_as_scheduled,
+    resume_is_due,
 )
 
 UTC = timezone.utc
@@ -415,6 +417,33 @@ def test_resume_paused():
     assert ch.event == "subscription.resumed"
     assert ch.details == {"paused_at": "2024-01-20T00:00:00+00:00"}
     assert r.status is S.ACTIVE and r.paused_at is None and r.pause_resumes_at is None
+
+
+def test_scheduled_resume_takes_effect_at_resumes_at_not_when_carried_out():
+    s = sub_in(S.PAUSED, paused_at=utc(2024, 1, 20), pause_resumes_at=utc(2024, 2, 1))
+    assert not resume_is_due(s, utc(2024, 2, 1) - US) and resume_is_due(s, utc(2024, 2, 1))
+    ch = resume_as_scheduled(s, utc(2024, 2, 3, 12))  # the job ran two and a half days late
+    assert ch.event == "subscription.resumed" and ch.subscription == resume(s, utc(2024, 2, 1)).subscription
+    assert ch.details == {"paused_at": "2024-01-20T00:00:00+00:00", "resumed_at": "2024-02-01T00:00:00+00:00",
+                          "trigger": "scheduled"}
+    assert ch.subscription.status is S.ACTIVE and ch.subscription.pause_resumes_at is None
+
+
+def test_scheduled_resume_is_refused_when_not_due():
+    early = sub_in(S.PAUSED, paused_at=utc(2024, 1, 20), pause_resumes_at=utc(2024, 2, 1))
+    with pytest.raises(PreconditionFailed):
+        resume_as_scheduled(early, utc(2024, 1, 31))
+    with pytest.raises(PreconditionFailed):  # a pause without resumes_at never resumes on its own
+        resume_as_scheduled(sub_in(S.PAUSED, paused_at=utc(2024, 1, 20)), utc(2030, 1, 1))
+    assert not resume_is_due(sub_in(S.PAUSED, paused_at=utc(2024, 1, 20)), utc(2030, 1, 1))
+    # already resumed (or canceled): a second attempt is refused and changes nothing
+    done = resume_as_scheduled(early, utc(2024, 2, 2)).subscription
+    with pytest.raises(TransitionRefused):
+        resume_as_scheduled(done, utc(2024, 2, 2))
+    canceled = replace(early, status=S.CANCELED)
+    assert not resume_is_due(canceled, utc(2024, 2, 2))
+    with pytest.raises(TransitionRefused):
+        resume_as_scheduled(canceled, utc(2024, 2, 2))
 
 
 def test_pause_then_resume_round_trip():
