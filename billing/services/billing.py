@@ -27,10 +27,10 @@ import asyncio
 import json
 import logging
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import asyncpg
 
@@ -48,7 +48,6 @@ from billing.ops import metrics
 from billing.services import audit, events, idempotency, invoice_requests, paging
 from billing.services.context import Caller
 from billing.services.errors import NotFound, ValidationError
-from billing.services.subscriptions import snapshot
 from billing.store import audit as audit_store
 from billing.store import billing as store
 from billing.store import outbox, pending_lines
@@ -356,10 +355,11 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
     marked = await store.insert_billed_periods(conn, tenant, run_id, [
         (o.sub.id, c.period_start, c.period_end, c.invoice_request_id if c.lines else None, plan, trial)
         for o in outcomes for c, plan, trial in zip(o.closed, o.plans, o.trials)])
-    rows, audits, late_billed, pending_ids, pending_requests = await asyncio.to_thread(
+    rows, audits, late_billed, pending_ids, pending_requests, columns = await asyncio.to_thread(
         _write_rows, caller, run_id, outcomes, marked, chunk)
     await outbox.enqueue_many(conn, tenant, rows)
-    await store.advance_subscriptions(conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed])
+    await store.advance_subscriptions(conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed],
+                                      columns)
     await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor, rows=audits)
     await store.mark_late_billed(conn, tenant, run_id, late_billed)
     if pending_ids:
@@ -370,9 +370,11 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
 def _compute(tenant, run_id, as_of, subs, plans, usage, charged, late, pending, chunk: _Chunk) -> list["_Billed"]:
     """Every closed period of the chunk, in the pure domain; failures recorded in `chunk`."""
     outcomes: list[_Billed] = []
+    # One issue time per chunk, and the ids as text once, not per invoice request.
+    ids = _RequestIds(str(tenant), str(run_id), now())
     for sub in subs:
         try:
-            outcomes.append(_close_all(tenant, run_id, as_of, sub, plans, usage, sub.id in charged,
+            outcomes.append(_close_all(tenant, ids, as_of, sub, plans, usage, sub.id in charged,
                                        late.get(sub.id, ()), pending.get(sub.id, ())))
         except Exception as exc:  # noqa: BLE001 - recorded with its reason; the run goes on
             reason = f"{type(exc).__name__}: {exc}"[:1000]
@@ -383,22 +385,23 @@ def _compute(tenant, run_id, as_of, subs, plans, usage, charged, late, pending, 
 
 def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], marked: set, chunk: _Chunk):
     """The rows to write for what `insert_billed_periods` marked: outbox rows, audit rows,
-    late events and pending lines billed; counts and totals into `chunk`."""
+    late events and pending lines billed, and the subscription columns the chunk changed;
+    counts and totals into `chunk`."""
     rows: list[tuple] = []  # outbox: invoice requests and subscription events, in order
     audits: list[tuple] = []
     late_billed: list[tuple[str, uuid.UUID, uuid.UUID]] = []
     pending_ids: list[uuid.UUID] = []
     pending_requests: list[uuid.UUID] = []
+    columns: set[str] = set()  # subscription columns changed by some close of the chunk
     request_id = str(run_id)
     for o in outcomes:
         billed = skipped = False
-        before = snapshot(o.sub)
         prev = o.sub
         for i, (closed, payload) in enumerate(zip(o.closed, o.payloads)):
+            rid = str(closed.invoice_request_id) if closed.lines else ""
             if (o.sub.id, closed.period_start) in marked:
                 billed = True
                 if payload is not None:
-                    rid = str(closed.invoice_request_id)
                     rows.append((INVOICES_STREAM, rid.encode(), payload,
                                  f'{{"content-type": "{_INVOICE_CONTENT_TYPE}", "invoice-request-id": "{rid}"}}'))
                     chunk.totals[closed.currency] = chunk.totals.get(closed.currency, _ZERO) + closed.total
@@ -410,15 +413,13 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], ma
                 # Billed before, yet the subscription was not advanced past it: advance only
                 # (its late usage and pending lines stay unbilled, for the next period).
                 skipped = True
-            rid = str(closed.invoice_request_id) if closed.lines else ""
             details = {"run_id": request_id, "period_start": closed.period_start.isoformat(),
                        "period_end": closed.period_end.isoformat(), "invoice_request_id": rid,
                        "total": decimal_to_str(closed.total), "currency": closed.currency}
-            after = snapshot(closed.subscription)
-            changed = _changed(before, after)
-            audits.append((o.sub.id, closed.event, request_id, json.dumps({k: before[k] for k in changed}),
-                           json.dumps({**{k: after[k] for k in changed}, "details": details})))
-            before = after
+            before, after = _diff(prev, closed.subscription)
+            columns.update(before)
+            after["details"] = details
+            audits.append((o.sub.id, closed.event, request_id, json.dumps(before), json.dumps(after)))
             if closed.event != "subscription.period_advanced":  # status or plan changed: announce it
                 _, key, payload, headers = events.build(
                     caller, event_type=closed.event, subscription_id=str(o.sub.id), customer_id=o.sub.customer_id,
@@ -430,19 +431,37 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], ma
             chunk.billed += 1
         elif skipped:
             chunk.skipped += 1
-    return rows, audits, late_billed, pending_ids, pending_requests
+    return rows, audits, late_billed, pending_ids, pending_requests, columns
 
 
 _ZERO = Decimal(0)
 _INVOICE_CONTENT_TYPE = codec.content_type(codec.Schema.INVOICE_REQUEST)
+_SUB_FIELDS = tuple(f.name for f in fields(Subscription) if f.name != "status")
 
 
-def _changed(before: dict, after: dict) -> list[str]:
-    """The fields a period close changed, and the status: the audit row of a period close
-    holds these, as they were (`before`) and as they are (`after`, with the details), not
-    two whole snapshots. The audit rows are the run's largest write; the full state at any
-    point follows from the subscription's earlier rows."""
-    return [k for k, v in after.items() if k == "status" or before.get(k) != v]
+def _diff(before: Subscription, after: Subscription) -> tuple[dict, dict]:
+    """The fields a period close changed, and the status, as they were and as they are, in
+    the audit trail's JSON form (`subscriptions.snapshot`): the audit row of a period close
+    holds these, not two whole snapshots. The audit rows are the run's largest write; the
+    full state at any point follows from the subscription's earlier rows."""
+    b, a = {"status": before.status.value}, {"status": after.status.value}
+    old, new = before.__dict__, after.__dict__
+    for k in _SUB_FIELDS:
+        x, y = old[k], new[k]
+        if x is not y and x != y:
+            b[k], a[k] = _json_value(x), _json_value(y)
+    return b, a
+
+
+def _json_value(v):
+    """A field as `subscriptions.snapshot` writes it: times ISO 8601, ids as text."""
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    if isinstance(v, Mapping):
+        return dict(v)
+    return v
 
 
 async def _load_plans(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], wanted: set[uuid.UUID]) -> None:
@@ -509,7 +528,13 @@ async def _late_lines(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec],
     return out
 
 
-def _close_all(tenant: uuid.UUID, run_id: uuid.UUID, as_of: datetime, sub: Subscription,
+class _RequestIds(NamedTuple):
+    tenant: str
+    run: str
+    issued_at: datetime
+
+
+def _close_all(tenant: uuid.UUID, ids: _RequestIds, as_of: datetime, sub: Subscription,
                plans: dict[uuid.UUID, PlanSpec], usage: dict, charged_in_advance: bool,
                late: Sequence[tuple[list[str], Line]], pending: Sequence[tuple[uuid.UUID, Line]]) -> _Billed:
     """Close every ended period of `sub` (pure computation and encoding, nothing written).
@@ -529,7 +554,7 @@ def _close_all(tenant: uuid.UUID, run_id: uuid.UUID, as_of: datetime, sub: Subsc
         out.closed.append(closed)
         out.plans.append(current.plan_id)
         out.trials.append(current.status is SubscriptionStatus.TRIALING)
-        out.payloads.append(_encode(tenant, run_id, current, closed) if closed.lines else None)
+        out.payloads.append(_encode(ids, current, closed) if closed.lines else None)
         current = closed.subscription
         charged_in_advance = True  # the next period was opened (and, in advance, charged) right here
         extra = []
@@ -539,8 +564,8 @@ def _close_all(tenant: uuid.UUID, run_id: uuid.UUID, as_of: datetime, sub: Subsc
 _NO_USAGE: dict[str, PeriodUsage] = {}
 
 
-def _encode(tenant: uuid.UUID, run_id: uuid.UUID, sub: Subscription, closed: ClosedPeriod) -> bytes:
-    return codec.encode(codec.Schema.INVOICE_REQUEST, invoice_request(tenant, run_id, sub, closed))
+def _encode(ids: _RequestIds, sub: Subscription, closed: ClosedPeriod) -> bytes:
+    return codec.encode(codec.Schema.INVOICE_REQUEST, invoice_request(ids.tenant, ids.run, sub, closed, ids.issued_at))
 
 
 # -- metrics ------------------------------------------------------------------------------
@@ -559,11 +584,12 @@ def _observe_finished(row) -> None:
         metrics.BILLING_RUN_SECONDS.observe((row["finished_at"] - row["started_at"]).total_seconds())
 
 
-def invoice_request(tenant: uuid.UUID, run_id: uuid.UUID, sub: Subscription, closed: ClosedPeriod) -> dict:
+def invoice_request(tenant: uuid.UUID | str, run_id: uuid.UUID | str, sub: Subscription, closed: ClosedPeriod,
+                    issued_at: datetime | None = None) -> dict:
     """The InvoiceRequest record of a closed period (schemas/avro/invoice_request.avsc; see
     docs/billing.md). Built by `invoice_requests.invoice_record`, the one builder of the
     record, shared with the requests invoiced outside a run."""
     return invoice_requests.invoice_record(
         tenant_id=tenant, invoice_request_id=closed.invoice_request_id, run_id=run_id, sub=sub,
         currency=closed.currency, period_start=closed.period_start, period_end=closed.period_end,
-        lines=closed.lines, issued_at=now())
+        lines=closed.lines, issued_at=issued_at or now())

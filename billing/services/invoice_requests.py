@@ -50,10 +50,11 @@ def line_record(ln: Line) -> dict:
     }
 
 
-def invoice_record(*, tenant_id: uuid.UUID, invoice_request_id: uuid.UUID, run_id: uuid.UUID, sub: Subscription,
-                   currency: str, period_start: datetime, period_end: datetime, lines: Sequence[Line],
-                   issued_at: datetime | None = None) -> dict:
-    """The InvoiceRequest record; subtotal and total are the exact sum of the rounded lines."""
+def invoice_record(*, tenant_id: uuid.UUID | str, invoice_request_id: uuid.UUID, run_id: uuid.UUID | str,
+                   sub: Subscription, currency: str, period_start: datetime, period_end: datetime,
+                   lines: Sequence[Line], issued_at: datetime | None = None) -> dict:
+    """The InvoiceRequest record; subtotal and total are the exact sum of the rounded lines.
+    The tenant and run ids may be given as text already (a run formats them once)."""
     amount = decimal_to_str(total(lines))
     return {
         "invoice_request_id": str(invoice_request_id), "tenant_id": str(tenant_id), "customer_id": sub.customer_id,

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import fields
 from datetime import datetime
 
 import asyncpg
 
+from billing.domain.lifecycle import SubscriptionStatus
+from billing.domain.subscriptions import Subscription
 from billing.store import subscriptions as subs_store
 
 _RUN = """tenant_id, id, idempotency_key, as_of, status, subscriptions_due, subscriptions_billed,
@@ -109,7 +112,25 @@ async def due_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_o
             for update skip locked""",
         tenant_id, as_of, exclude, ids, shard_count, shard,
     )
-    return [subs_store.from_row(r) for r in rows]
+    return [_subscription(r) for r in rows]
+
+
+_STATUSES = {s.value: s for s in SubscriptionStatus}
+# The row's columns are the dataclass's fields in order (both come from the same list).
+_ROW_IS_FIELDS = subs_store._FIELDS == tuple(f.name for f in fields(Subscription))
+
+
+def _subscription(row: asyncpg.Record) -> Subscription:
+    """`subscriptions.from_row` for a run's thousands of rows: the frozen dataclass's
+    __init__ sets its 19 fields one setattr at a time; filling its __dict__ makes the
+    same object at a third of the cost."""
+    if not _ROW_IS_FIELDS:
+        return subs_store.from_row(row)
+    sub = object.__new__(Subscription)
+    state = sub.__dict__
+    state.update(zip(subs_store._FIELDS, row.values()))
+    state["status"] = _STATUSES[state["status"]]
+    return sub
 
 
 async def any_due(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_of: datetime, exclude: list[uuid.UUID],
@@ -278,22 +299,26 @@ def _type(column: str) -> str:
     return _TYPES.get(column, "timestamptz")  # every other mutable column is a time
 
 
-async def advance_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, subs: list) -> None:
-    """Write the new state of many subscriptions in one statement."""
+async def advance_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, subs: list,
+                               columns: set[str] | None = None) -> None:
+    """Write the new state of many subscriptions in one statement: the `columns` given (the
+    ones their closes changed; default all a run may change). Sending only those spares
+    encoding a dozen arrays of unchanged values per chunk."""
     if not subs:
         return
-    columns = [f for f in subs_store._FIELDS if f not in _IMMUTABLE]
+    columns = [f for f in subs_store._FIELDS if f not in _IMMUTABLE and (columns is None or f in columns)]
     arrays = []
     for c in columns:
         if c == "status":
             arrays.append([s.status.value for s in subs])
         else:
             arrays.append([getattr(s, c) for s in subs])
-    sets = ", ".join(f"{c} = u.{c}" for c in columns)
-    params = ", ".join(f"${i + 3}::{_type(c)}[]" for i, c in enumerate(columns))
+    sets = "".join(f"{c} = u.{c}, " for c in columns)
+    params = "".join(f", ${i + 3}::{_type(c)}[]" for i, c in enumerate(columns))
+    names = "".join(f", {c}" for c in columns)
     await conn.execute(
-        f"""update subscriptions s set {sets}, updated_at = now()
-              from unnest($2::uuid[], {params}) as u(id, {", ".join(columns)})
+        f"""update subscriptions s set {sets}updated_at = now()
+              from unnest($2::uuid[]{params}) as u(id{names})
              where s.tenant_id = $1 and s.id = any($2::uuid[]) and s.id = u.id""",
         tenant_id, [s.id for s in subs], *arrays,
     )

@@ -167,3 +167,20 @@ def test_is_due_and_refusals():
         close_period(TENANT, sub(status=S.CANCELED), plan(), {})
     with pytest.raises(ValueError, match="pending change"):
         close_period(TENANT, sub(pending_plan_id=PLAN2, pending_change_at=FEB), plan(), {})
+
+
+def test_evolve_is_replace_without_its_cost():
+    # The run's hot path builds the next state with _evolve instead of dataclasses.replace:
+    # it must give the very same (equal, frozen, independent) subscription, and refuse a
+    # name that is not a field instead of adding an attribute.
+    from billing.domain.invoicing import _evolve
+
+    s = sub(pending_plan_id=PLAN2, metadata={"k": "v"})
+    changes = dict(current_period_start=FEB, current_period_end=MAR, pending_plan_id=None, status=S.ACTIVE)
+    new = _evolve(s, **changes)
+    assert new == replace(s, **changes)
+    assert new.current_period_start == FEB and s.current_period_start == JAN
+    with pytest.raises(AttributeError):
+        new.status = S.CANCELED  # still frozen
+    with pytest.raises(TypeError, match="current_period_ned"):
+        _evolve(s, current_period_ned=MAR)
