@@ -62,14 +62,18 @@ def _count(count: int) -> int:
     return count
 
 
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
 def _add_months(anchor: datetime, months: int) -> datetime:
     index = anchor.year * 12 + (anchor.month - 1) + months
     year, month0 = divmod(index, 12)
     if not 1 <= year <= 9999:
         raise ValueError("period boundary out of the supported date range")
     month = month0 + 1
-    day = min(anchor.day, calendar.monthrange(year, month)[1])
-    return anchor.replace(year=year, month=month, day=day)
+    # The month's length without calendar.monthrange (which also computes a weekday).
+    last = 29 if month == 2 and calendar.isleap(year) else _MONTH_DAYS[month]
+    return anchor.replace(year=year, month=month, day=min(anchor.day, last))
 
 
 def _boundary(anchor: datetime, unit: IntervalUnit, count: int, n: int) -> datetime:
@@ -95,19 +99,29 @@ def boundary_index(anchor: datetime, unit: IntervalUnit, count: int, t: datetime
     """The ``n`` with ``add_interval(anchor, .., n) <= t < add_interval(anchor, .., n + 1)``."""
     anchor = _utc(anchor, "anchor")
     t = _utc(t, "t")
-    unit = _unit(unit)
-    count = _count(count)
+    return _search(anchor, _unit(unit), _count(count), t)[0]
+
+
+def _search(anchor: datetime, unit: IntervalUnit, count: int, t: datetime) -> tuple[int, datetime, datetime]:
+    """``boundary_index`` with the two boundaries around ``t``, kept from the search (each
+    one is a calendar computation: a period lookup needs two, not four or five)."""
     if unit is IntervalUnit.DAY or unit is IntervalUnit.WEEK:
         length = timedelta(days=count * (7 if unit is IntervalUnit.WEEK else 1))
-        return (t - anchor) // length  # exact floor division of timedeltas
+        n = (t - anchor) // length  # exact floor division of timedeltas
+        return n, _boundary(anchor, unit, count, n), _boundary(anchor, unit, count, n + 1)
     per = count * (12 if unit is IntervalUnit.YEAR else 1)
     months = (t.year - anchor.year) * 12 + (t.month - anchor.month)
     n = months // per  # estimate; off by at most one because of day/time within the month
-    while _boundary(anchor, unit, count, n) > t:
-        n -= 1
-    while _boundary(anchor, unit, count, n + 1) <= t:
-        n += 1
-    return n
+    start, end = _boundary(anchor, unit, count, n), None
+    while start > t:
+        n, end = n - 1, start
+        start = _boundary(anchor, unit, count, n)
+    if end is None:
+        end = _boundary(anchor, unit, count, n + 1)
+    while end <= t:
+        n, start = n + 1, end
+        end = _boundary(anchor, unit, count, n + 1)
+    return n, start, end
 
 
 def period_containing(
@@ -137,8 +151,5 @@ def _period_containing_cached(
 def _period_containing(
     anchor: datetime, unit: IntervalUnit, count: int, t: datetime
 ) -> tuple[datetime, datetime]:
-    anchor = _utc(anchor, "anchor")
-    unit = _unit(unit)
-    count = _count(count)
-    n = boundary_index(anchor, unit, count, t)
-    return _boundary(anchor, unit, count, n), _boundary(anchor, unit, count, n + 1)
+    _, start, end = _search(_utc(anchor, "anchor"), _unit(unit), _count(count), _utc(t, "t"))
+    return start, end
