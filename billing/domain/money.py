@@ -199,14 +199,28 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
     negative zero. Exact for any finite ``Decimal`` (the precision is sized to the
     value, the ambient decimal context is not used).
     """
-    value = _as_decimal(amount)
+    value = amount if type(amount) is Decimal and amount.is_finite() else _as_decimal(amount)
     units = minor_units(currency)
-    quantum = Decimal(1).scaleb(-units)
     prec = max(28, value.adjusted() + units + 3)
-    rounded = value.quantize(quantum, rounding=ROUND_HALF_EVEN, context=Context(prec=prec))
+    rounded = value.quantize(_QUANTA[units] if units < len(_QUANTA) else Decimal(1).scaleb(-units),
+                             context=_context(prec))
     if rounded.is_zero():
         rounded = rounded.copy_abs()
     return rounded
+
+
+# Made once, not per line: the quantum of each number of minor units, and the contexts
+# (ROUND_HALF_EVEN, nothing trapped but the defaults) by precision. Sharing a context is
+# safe: an operation only sets its flags, which nothing here reads.
+_QUANTA = tuple(Decimal(1).scaleb(-units) for units in range(5))
+_CONTEXTS: dict[int, Context] = {}
+
+
+def _context(prec: int) -> Context:
+    ctx = _CONTEXTS.get(prec)
+    if ctx is None:
+        ctx = _CONTEXTS[prec] = Context(prec=prec, rounding=ROUND_HALF_EVEN)
+    return ctx
 
 
 def _exact_minor(value: Decimal, units: int) -> int | None:
