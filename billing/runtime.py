@@ -23,7 +23,8 @@ from billing.config import Settings
 from billing.ops import http
 from billing.ops import tracing
 from billing.ops.metrics import (
-    OUTBOX_BACKLOG, OUTBOX_LEADER, OUTBOX_OLDEST_AGE, ConsumerMetrics, outbox_delays, outbox_observer, track_pool,
+    OUTBOX_BACKLOG, OUTBOX_LEADER, OUTBOX_OLDEST_AGE, OUTBOX_PARKED_ROWS, ConsumerMetrics, outbox_delays,
+    outbox_observer, outbox_parked, track_pool,
 )
 from billing.ops.readiness import Readiness
 from billing.store.db import Database
@@ -90,7 +91,8 @@ class Service:
             from producers.outbox_relay import OutboxRelay
 
             relay = OutboxRelay(pool=self.db.pool, listen_dsn=s.database_url, settings=s,
-                                on_published=outbox_observer, on_delivered=outbox_delays)
+                                on_published=outbox_observer, on_delivered=outbox_delays,
+                                on_parked=outbox_parked)
             self._start_role("relay", relay)
             self._tasks.append(asyncio.create_task(self._sample_outbox(relay), name="outbox-gauges"))
         await self.readiness.check_once()
@@ -129,13 +131,14 @@ class Service:
     async def _sample_outbox(self, relay) -> None:
         """The outbox gauges, every `outbox_backlog_interval_s`, from every relay process (leader
         or standby: the backlog is the same from all; aggregate with max())."""
-        from producers.outbox_relay import oldest_pending_age_s
+        from producers.outbox_relay import oldest_pending_age_s, parked
 
         while True:
             OUTBOX_LEADER.set(1 if relay.is_leader else 0)
             try:
                 OUTBOX_BACKLOG.set(await relay.backlog())
                 OUTBOX_OLDEST_AGE.set(await oldest_pending_age_s(self.db.pool))
+                OUTBOX_PARKED_ROWS.set(await parked(self.db.pool))
             except Exception as exc:  # noqa: BLE001 - PostgreSQL away: readiness says so; keep sampling
                 log.debug("outbox gauges not sampled: %s", exc)
             await asyncio.sleep(self.settings.outbox_backlog_interval_s)

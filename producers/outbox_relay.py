@@ -36,6 +36,17 @@ Delivery: at least once, in order per key
     of the same key in the same batch (e.g. a broker size limit below the client's); that
     is logged as an error.
 
+Poison rows are parked, not retried forever
+    A row Kafka refuses for good (_PERMANENT_ERRORS: larger than the producer's
+    message.max.bytes, refused at produce(); or refused by the broker, e.g. over the topic's
+    max.message.bytes) is parked (migration 011, `outbox_park`): it stays unpublished with the
+    reason and error, `on_parked(reason)` is called and it is logged with its id. The database
+    then leaves it, and every later row of its stream and key, out of `outbox_pending`: other
+    keys flow, its key keeps its order and waits for an operator's `outbox_release(ids)`. A
+    broker refuses whole record batches, so a row refused by the broker is first retried
+    alone (nothing else in flight) and parked only if that fails the same way; innocent rows
+    batched with a big one are thus published. Every other error is retried as above.
+
 One active relay per group (leader election)
     Every relay opens a dedicated connection (`listen_dsn`, the application role) held for
     its lifetime and tries `pg_try_advisory_lock(<hash of the group name>)` on it. The one
@@ -106,6 +117,18 @@ _TOPIC_ERRORS = {
     KafkaError._UNKNOWN_PARTITION,
 }
 
+# Errors that concern the message itself and that retrying never cures: a row that gets one
+# when it is the only message in flight is parked under the reason code (a bounded set, also
+# the metric label). At produce() the client checks the message alone, so that is proof at
+# once; a broker's refusal concerns a whole record batch (innocent small rows of the same
+# batch share it), so such rows are retried once more each on their own first.
+_PERMANENT_ERRORS = {
+    KafkaError.MSG_SIZE_TOO_LARGE: "message_too_large",
+    KafkaError.RECORD_LIST_TOO_LARGE: "message_too_large",
+    KafkaError.INVALID_RECORD: "invalid_record",
+}
+PARK_REASONS = frozenset(_PERMANENT_ERRORS.values())
+
 # The relay's own producer settings on top of billing.kafka.producer_config. Its topics are
 # created before it runs, so a topic that does not exist is a misconfiguration: fail those
 # rows after 5 s (librdkafka waits 30 s by default) rather than stall every batch.
@@ -130,6 +153,11 @@ async def backlog(pool: asyncpg.Pool | asyncpg.Connection) -> int:
     return await sql.backlog(pool)
 
 
+async def parked(pool: asyncpg.Pool | asyncpg.Connection) -> int:
+    """Parked (unpublished, refused for good) outbox rows across all tenants, for a gauge."""
+    return await sql.parked_count(pool)
+
+
 async def oldest_pending_age_s(pool: asyncpg.Pool | asyncpg.Connection) -> float:
     """Seconds since the oldest unpublished row was written (0 when none), for a gauge."""
     return await sql.oldest_pending_age_s(pool)
@@ -148,6 +176,8 @@ class _Failure:
     reason: str
     topic_level: bool
     fatal: bool = False
+    code: int | None = None
+    park_reason: str | None = None   # set: refused for good, the row is parked, not retried
 
 
 @dataclass
@@ -181,6 +211,7 @@ class OutboxRelay:
     producer_overrides: librdkafka settings on top of billing.kafka.producer_config.
     topics: stream -> topic, by default `stream_topics(settings)`.
     on_published(count, seconds): called after every batch that marked rows.
+    on_parked(reason): called for every row parked (reason: one of PARK_REASONS).
     """
 
     def __init__(self, *, pool: asyncpg.Pool, listen_dsn: str, settings: Settings, batch_size: int = 500,
@@ -189,7 +220,8 @@ class OutboxRelay:
                  max_scan_pages: int = 10, producer_overrides: dict | None = None,
                  topics: Mapping[str, str] | None = None,
                  on_published: Callable[[int, float], None] | None = None,
-                 on_delivered: Callable[[list[float]], None] | None = None):
+                 on_delivered: Callable[[list[float]], None] | None = None,
+                 on_parked: Callable[[str], None] | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._pool = pool
@@ -210,6 +242,10 @@ class OutboxRelay:
         })
         self._on_published = on_published
         self._on_delivered = on_delivered
+        self._on_parked = on_parked
+        # Rows a broker refused with a permanent error while other messages were in flight:
+        # their next attempt is made alone, and parks them if it fails the same way.
+        self._isolate: set[int] = set()
         self._holds: dict[Hashable, _Hold] = {}
         self._is_leader = False
         self._stopping = threading.Event()   # read by the publishing thread too
@@ -286,6 +322,7 @@ class OutboxRelay:
     async def _lead(self, conn: asyncpg.Connection) -> None:
         self._is_leader = True
         self._holds.clear()
+        self._isolate.clear()
         log.info("outbox relay is leader", extra={"group": self._group})
         await conn.add_listener(sql.NOTIFY_CHANNEL, self._on_notify)
         producer = Producer(self._producer_conf)
@@ -361,6 +398,7 @@ class OutboxRelay:
             log.info("outbox relay: some rows were already marked published (a previous leader)",
                      extra={"group": self._group, "delivered": len(ids), "marked": marked})
         self._settle_holds(result)
+        await self._park(conn, [f for f in result.failed if f.park_reason])
         if ids and self._on_published is not None:
             try:
                 self._on_published(marked, elapsed)
@@ -384,6 +422,18 @@ class OutboxRelay:
         blocked: set[Hashable] = set()
         spans = {}  # row id -> its publish span, ended by the delivery report
 
+        def await_reports() -> bool:
+            # Every produced message gets exactly one report (at the latest after
+            # message.timeout.ms); wait for all of them, but not past stop_grace_s after stop().
+            give_up_at = None
+            while len(reports) < len(produced):
+                producer.flush(0.2)
+                if self._stopping.is_set():
+                    give_up_at = give_up_at or time.monotonic() + self._stop_grace_s
+                    if time.monotonic() > give_up_at:
+                        return False
+            return True
+
         def report(row_id: int, span):
             def on_delivery(err, _msg):
                 reports[row_id] = err
@@ -400,6 +450,9 @@ class OutboxRelay:
                 result.failed.append(_Failure(row, f"unknown outbox stream {row.stream!r}", topic_level=True))
                 blocked.add(_stream_hold(row.stream))
                 continue
+            alone = row.id in self._isolate
+            if alone and not await_reports():
+                break   # stopping: this row and the rest are left for later
             span = tracing.tracer.start_span(
                 f"publish {topic}", context=tracing.extract(row.headers), kind=SpanKind.PRODUCER,
                 attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
@@ -422,21 +475,19 @@ class OutboxRelay:
                 except KafkaException as exc:
                     err = exc.args[0]
                     topic_level = err.code() in _TOPIC_ERRORS
-                    result.failed.append(_Failure(row, str(err), topic_level, fatal=err.fatal()))
+                    result.failed.append(_Failure(row, str(err), topic_level, fatal=err.fatal(), code=err.code(),
+                                                  park_reason=_PERMANENT_ERRORS.get(err.code())))
                     blocked.add(_stream_hold(row.stream) if topic_level else _key_hold(row))
                     tracing.record_error(span, f"produce failed: {err}")
                     span.end()
                 break
+            if alone:
+                await_reports()
+                err = reports.get(row.id)
+                if err is not None:
+                    blocked.add(_stream_hold(row.stream) if err.code() in _TOPIC_ERRORS else _key_hold(row))
 
-        # Every produced message gets exactly one report (at the latest after
-        # message.timeout.ms); wait for all of them, but not past stop_grace_s after stop().
-        give_up_at = None
-        while len(reports) < len(produced):
-            producer.flush(0.2)
-            if self._stopping.is_set():
-                give_up_at = give_up_at or time.monotonic() + self._stop_grace_s
-                if time.monotonic() > give_up_at:
-                    break
+        await_reports()
 
         for row in produced:
             if row.id not in reports:
@@ -446,7 +497,9 @@ class OutboxRelay:
             elif (err := reports[row.id]) is None:
                 result.delivered.append(row)
             else:
-                result.failed.append(_Failure(row, str(err), err.code() in _TOPIC_ERRORS, fatal=err.fatal()))
+                park = _PERMANENT_ERRORS.get(err.code()) if row.id in self._isolate else None
+                result.failed.append(_Failure(row, str(err), err.code() in _TOPIC_ERRORS, fatal=err.fatal(),
+                                              code=err.code(), park_reason=park))
         return result
 
     # -- holds: failed rows wait with backoff, and so does everything behind them ----------
@@ -462,11 +515,19 @@ class OutboxRelay:
         now = time.monotonic()
         delivered_keys: dict[Hashable, int] = {}
         for row in result.delivered:
+            self._isolate.discard(row.id)
             self._holds.pop(_key_hold(row), None)
             self._holds.pop(_stream_hold(row.stream), None)
             delivered_keys[_key_hold(row)] = max(delivered_keys.get(_key_hold(row), 0), row.id)
         by_hold: dict[Hashable, list[_Failure]] = {}
         for f in result.failed:
+            if f.park_reason:
+                # Parked by _park: the database holds it and the later rows of its key back.
+                self._isolate.discard(f.row.id)
+                self._holds.pop(_key_hold(f.row), None)
+                continue
+            if f.code in _PERMANENT_ERRORS:
+                self._isolate.add(f.row.id)   # refused in a batch: the next attempt is alone
             hold_key = _stream_hold(f.row.stream) if f.topic_level else _key_hold(f.row)
             by_hold.setdefault(hold_key, []).append(f)
             later = delivered_keys.get(_key_hold(f.row), 0)
@@ -490,12 +551,30 @@ class OutboxRelay:
             log.warning("outbox relay: delivery unconfirmed at stop; the row will be published again",
                         extra={"outbox_id": row.id, "stream": row.stream})
 
+    async def _park(self, conn: asyncpg.Connection, failures: list[_Failure]) -> None:
+        """Rows Kafka refused for good: parked in the database (unpublished, with the reason),
+        so the other rows flow on and nothing is lost; see migration 011 for the release."""
+        for f in failures:
+            done = await sql.park(conn, f.row.id, f.park_reason, f.reason)
+            log.error("outbox relay: row refused for good by Kafka and parked; later rows of its key are held "
+                      "until an operator releases it (outbox_release)", extra={
+                          "group": self._group, "outbox_id": f.row.id, "tenant_id": str(f.row.tenant_id),
+                          "stream": f.row.stream, "park_reason": f.park_reason, "error": f.reason,
+                          "payload_bytes": len(f.row.payload), "parked": done})
+            if done and self._on_parked is not None:
+                try:
+                    self._on_parked(f.park_reason)
+                except Exception:
+                    log.exception("outbox relay: on_parked callback failed")
+
     def _prune_holds(self, now: float) -> None:
         # A hold long past its retry time whose rows were not seen again (published by
         # another leader) is forgotten.
         stale = [k for k, h in self._holds.items() if now - h.retry_at > 2 * self._max_retry_backoff_s]
         for k in stale:
             del self._holds[k]
+        if len(self._isolate) > 10_000:   # ids published meanwhile by another leader
+            self._isolate.clear()
 
     # -- plumbing ----------------------------------------------------------------------
 

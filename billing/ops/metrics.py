@@ -53,6 +53,13 @@ OUTBOX_DELAY = Histogram(
     "From an outbox row's transaction to its publication confirmed by Kafka (how long events wait)", [],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
+OUTBOX_PARKED = Counter(
+    "billing_outbox_parked_total", "Outbox rows Kafka refused for good, parked unpublished (reason: message_too_large, "
+    "invalid_record)", ["reason"],
+)
+OUTBOX_PARKED_ROWS = Gauge(
+    "billing_outbox_parked_rows", "Parked outbox rows not released yet, over the whole database", []
+)
 OUTBOX_LEADER = Gauge("billing_outbox_relay_leader", "1 while this process's relay is the leader of its group", [])
 OUTBOX_PUBLISH_SECONDS = Histogram(
     "billing_outbox_publish_duration_seconds", "From the first produce of a relay batch to its rows being marked", [],
@@ -134,6 +141,10 @@ def track_pool(pool) -> None:
 def outbox_delays(delays: list[float]) -> None:
     for delay in delays:
         OUTBOX_DELAY.observe(max(0.0, delay))
+
+
+def outbox_parked(reason: str) -> None:
+    OUTBOX_PARKED.labels(reason_label(reason)).inc()
 
 
 def outbox_observer(count: int, took_s: float) -> None:

@@ -1,8 +1,8 @@
 """SQL of the outbox relay: leadership lock, wake-ups, pending rows, marking, backlog.
 
 The relay runs as the application role, which row-level security confines to one tenant;
-the cross-tenant reads and the marking go through the security-definer functions of
-migration 003 and nothing else (see producers/outbox_relay.py for the guarantees).
+the cross-tenant reads, the marking and the parking go through the security-definer functions of
+migrations 003 and 011 and nothing else (see producers/outbox_relay.py for the guarantees).
 """
 from __future__ import annotations
 
@@ -64,6 +64,17 @@ async def mark_published(conn: asyncpg.Connection, ids: Sequence[int]) -> int:
     if not ids:
         return 0
     return await conn.fetchval("select outbox_mark_published($1::bigint[])", list(ids))
+
+
+async def park(conn: asyncpg.Connection, row_id: int, reason: str, error: str) -> bool:
+    """Parks a row Kafka refuses for good (migration 011): it stays unpublished, with the
+    reason and error, and neither it nor later rows of its stream and key are pending."""
+    return bool(await conn.fetchval("select outbox_park($1, $2, $3)", row_id, reason, error))
+
+
+async def parked_count(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Unpublished parked rows across all tenants."""
+    return int(await conn.fetchval("select outbox_parked_count()"))
 
 
 async def backlog(conn: asyncpg.Connection | asyncpg.Pool) -> int:

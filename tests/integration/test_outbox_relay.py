@@ -451,3 +451,131 @@ async def test_lost_session_steps_down_and_relaying_resumes(stack, migrated, adm
     await wait_until(lambda: asyncio.sleep(0, [r1.is_leader, r2.is_leader].count(True) == 1), 5)
     msgs = read_all(migrated, topic)
     assert [m.outbox_id for m in msgs] == first + later
+
+
+# -- poison rows: a row Kafka refuses for good is parked, the others flow ------------------------
+
+async def park_state(admin_conn, ids) -> dict[int, tuple]:
+    rows = await admin_conn.fetch(
+        "select id, published_at, parked_at, park_reason, park_error from outbox where id = any($1::bigint[])",
+        list(ids))
+    return {r["id"]: (r["published_at"], r["parked_at"], r["park_reason"], r["park_error"]) for r in rows}
+
+
+def set_topic_max_message_bytes(settings, topic: str, value: int) -> None:
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(value), incremental_operation=AlterConfigOpType.SET)])
+    for f in admin.incremental_alter_configs([resource]).values():
+        f.result(15)
+
+
+async def test_oversized_rows_are_parked_other_keys_flow_same_key_held_until_released(
+        migrated, admin_conn, new_tenant, relays):
+    stream, topic = unique("events"), unique("t.small")
+    admin = AdminClient({"bootstrap.servers": migrated.kafka_bootstrap_servers})
+    for f in admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1,
+                                           config={"max.message.bytes": "4096"})], operation_timeout=15).values():
+        f.result(15)
+    ta, tb = await two_tenants(new_tenant, relays)
+    normal: list[int] = []
+    for i in range(10):
+        normal.append(await insert(admin_conn, (ta, tb)[i % 2], stream, f"k{i % 3}".encode(), b"before %d" % i))
+    # Random bytes do not compress: over the topic's 4096 bytes (refused by the broker, in its
+    # delivery report), and over the producer's message.max.bytes (refused at produce()).
+    broker_big = await insert(admin_conn, ta, stream, b"poison", os.urandom(20_000))
+    client_big = await insert(admin_conn, tb, stream, b"huge", os.urandom(150_000))
+    keyless_big = await insert(admin_conn, ta, stream, None, os.urandom(20_000))
+    behind: list[int] = []
+    for i in range(10):
+        normal.append(await insert(admin_conn, (ta, tb)[i % 2], stream, f"k{i % 3}".encode(), b"after %d" % i))
+        if i % 4 == 0:
+            behind.append(await insert(admin_conn, ta, stream, b"poison", b"behind %d" % i))
+    keyless_ok = await insert(admin_conn, ta, stream, None, b"keyless fine")
+    normal.append(keyless_ok)
+
+    parks: list[str] = []
+    relay = relays.start(topics={stream: topic}, batch_size=50, retry_backoff_s=0.2, max_retry_backoff_s=1.0,
+                         producer_overrides={"message.max.bytes": 100_000}, on_parked=parks.append)
+    await all_published(admin_conn, normal, timeout=15)
+
+    async def all_parked():
+        state = await park_state(admin_conn, [broker_big, client_big, keyless_big])
+        return all(s[1] is not None for s in state.values())
+    await wait_until(all_parked, 15)
+    state = await park_state(admin_conn, [broker_big, client_big, keyless_big] + behind)
+    for row_id in (broker_big, client_big, keyless_big):
+        published_at, parked_at, reason, error = state[row_id]
+        assert published_at is None and parked_at is not None   # kept, not lost
+        assert reason == "message_too_large" and "too large" in error.lower(), (reason, error)
+    assert sorted(parks) == ["message_too_large"] * 3
+    for row_id in behind:   # same key behind a parked row: held, neither published nor parked
+        assert state[row_id][0] is None and state[row_id][1] is None
+
+    # Other keys keep flowing, the relay is alive, and the parked row is not retried.
+    more = [await insert(admin_conn, tb, stream, b"k1", b"later %d" % i) for i in range(5)]
+    await all_published(admin_conn, more, timeout=5)
+    await asyncio.sleep(1.5)
+    assert len(parks) == 3 and relay.is_leader and not relays.task(relay).done()
+    async with relays.pool.acquire() as conn:
+        assert await conn.fetchval("select outbox_parked_count()") >= 3
+        # The app role may park and count, not release (that is the operator's).
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.fetchval("select outbox_release($1::bigint[])", [broker_big])
+
+    msgs = read_all(migrated, topic)
+    assert sorted(m.outbox_id for m in msgs) == sorted(normal + more)
+    by_key = defaultdict(list)
+    for m in sorted(msgs, key=lambda m: (m.partition, m.offset)):
+        by_key[m.key].append(m.outbox_id)
+    assert all(ids == sorted(ids) for ids in by_key.values())
+
+    # The operator raises the topic's limit and releases: the parked row goes out, then the
+    # held rows of its key, in id order. A row still too large (for the producer) parks again.
+    set_topic_max_message_bytes(migrated, topic, 1_048_576)
+    assert await admin_conn.fetchval("select outbox_release($1::bigint[])", [broker_big, client_big, keyless_big]) == 3
+    await all_published(admin_conn, [broker_big, keyless_big] + behind, timeout=15)
+
+    async def parked_again():
+        return (await park_state(admin_conn, [client_big]))[client_big][1] is not None
+    await wait_until(parked_again, 10)
+    assert len(parks) == 4
+    msgs = [m for m in read_all(migrated, topic) if m.key == b"poison"]
+    assert [m.outbox_id for m in sorted(msgs, key=lambda m: m.offset)] == [broker_big] + behind
+
+
+async def test_broker_outage_is_retried_never_parked(migrated, admin_conn, new_tenant, relays):
+    from billing.devstack import free_port
+
+    stream, topic = unique("events"), unique("t.outage")
+    admin = AdminClient({"bootstrap.servers": migrated.kafka_bootstrap_servers})
+    for f in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1,
+                                           config={"max.message.bytes": "4096"})], operation_timeout=15).values():
+        f.result(15)
+    ta, _ = await two_tenants(new_tenant, relays)
+    rows = [await insert(admin_conn, ta, stream, b"k", b"v%d" % i) for i in range(5)]
+    big = await insert(admin_conn, ta, stream, b"big", os.urandom(20_000))
+
+    # No broker at all (a Kafka outage as the relay sees it): deliveries time out, rows are retried.
+    parks: list[str] = []
+    down = relays.start(topics={stream: topic}, retry_backoff_s=0.2, max_retry_backoff_s=0.5, group=unique("group"),
+                        producer_overrides={"bootstrap.servers": f"127.0.0.1:{free_port()}",
+                                            "message.timeout.ms": 800}, on_parked=parks.append)
+    await wait_until(lambda: asyncio.sleep(0, down.is_leader), 10)
+    await asyncio.sleep(4)
+    state = await park_state(admin_conn, rows + [big])
+    assert all(s[0] is None and s[1] is None for s in state.values())   # neither published nor parked
+    assert parks == [] and not relays.task(down).done()
+    await relays.stop(down)
+
+    # The broker is back: everything goes out, and only the oversized row is parked.
+    relays.start(topics={stream: topic}, retry_backoff_s=0.2, max_retry_backoff_s=0.5, on_parked=parks.append)
+    await all_published(admin_conn, rows, timeout=15)
+
+    async def big_parked():
+        return (await park_state(admin_conn, [big]))[big][1] is not None
+    await wait_until(big_parked, 10)
+    assert parks == ["message_too_large"]
+    assert [m.outbox_id for m in read_all(migrated, topic)] == rows
