@@ -127,7 +127,8 @@ def _s(value: Decimal) -> str:
 
 
 def _model(charge: UsageCharge) -> PricingModel:
-    return PricingModel(charge.pricing_model)
+    model = charge.pricing_model
+    return model if type(model) is PricingModel else PricingModel(model)
 
 
 def _unit_price(charge: UsageCharge) -> Decimal:
@@ -334,6 +335,8 @@ def base_fee_line(spec: PlanSpec, period_start: datetime, period_end: datetime) 
 
 
 def _number(value: object, name: str) -> Decimal:
+    if type(value) is Decimal and value.is_finite():
+        return value
     if value is None:
         return _ZERO
     if isinstance(value, bool):
@@ -363,15 +366,16 @@ def aggregate(
     (``None``: no events in the period) counts as 0. Only the picked value is
     looked at.
     """
-    agg = Aggregation(aggregation)
-    picked = {
-        Aggregation.SUM: ("quantity_sum", quantity_sum),
-        Aggregation.COUNT: ("event_count", event_count),
-        Aggregation.MAX: ("quantity_max", quantity_max),
-        Aggregation.LATEST: ("latest_quantity", latest_quantity),
-        Aggregation.UNIQUE_COUNT: ("unique_count", unique_count),
-    }[agg]
-    return _number(picked[1], picked[0])
+    agg = aggregation if type(aggregation) is Aggregation else Aggregation(aggregation)
+    if agg is Aggregation.SUM:
+        return _number(quantity_sum, "quantity_sum")
+    if agg is Aggregation.COUNT:
+        return _number(event_count, "event_count")
+    if agg is Aggregation.MAX:
+        return _number(quantity_max, "quantity_max")
+    if agg is Aggregation.LATEST:
+        return _number(latest_quantity, "latest_quantity")
+    return _number(unique_count, "unique_count")
 
 
 def total(lines: Iterable[Line]) -> Decimal:

@@ -11,7 +11,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from billing.domain.invoicing import PeriodUsage, close_period, invoice_request_id, is_due
+from billing.domain.invoicing import NAMESPACE, PeriodUsage, close_period, invoice_request_id, is_due
 from billing.domain.lifecycle import SubscriptionStatus as S
 from billing.domain.plans import Aggregation, BillingTiming, IntervalUnit, PlanSpec, PricingModel, Tier, UsageCharge
 from billing.domain.subscriptions import Subscription
@@ -158,6 +158,14 @@ def test_invoice_request_id_is_deterministic():
     assert a == invoice_request_id(TENANT, SUB, JAN) == close_period(TENANT, sub(), plan(), {}).invoice_request_id
     assert a != invoice_request_id(TENANT, SUB, FEB)
     assert a.version == 5
+    # The contract with the invoicing service (docs/billing.md): uuid5 of the namespace and
+    # "<tenant>/<subscription>/<period start ISO>", for any ids and times, never to change.
+    for _ in range(50):
+        t, s, when = uuid.uuid4(), uuid.uuid4(), utc(2026, 1, 31, 23, 59, 59)
+        assert invoice_request_id(t, s, when) == uuid.uuid5(NAMESPACE, f"{t}/{s}/{when.isoformat()}")
+    assert invoice_request_id(TENANT, SUB, JAN) == uuid.uuid5(
+        uuid.UUID("5b0e7c52-2f3b-4c64-9a7e-0c1d3f6a8e21"),
+        "00000000-0000-0000-0000-0000000000aa/00000000-0000-0000-0000-0000000000bb/2026-01-15T00:00:00+00:00")
 
 
 def test_is_due_and_refusals():
