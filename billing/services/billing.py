@@ -280,11 +280,11 @@ async def _next_chunk(conn, ex: _Execution) -> list[Subscription] | None:
     subs: list[Subscription] = []
     window = min(ex.chunk_size * ex.shard_count, 50_000)
     for _ in range(WINDOWS_PER_CHUNK):
-        ids = await store.id_window(conn, ex.tenant_id, ex.cursor, window)
-        if not ids:
+        last = await store.window_end(conn, ex.tenant_id, ex.cursor, window)
+        if last is None:
             return subs or None
-        ex.cursor = ids[-1]
-        subs += await store.due_subscriptions(conn, ex.tenant_id, ex.as_of, ex.failed, ids, shard=ex.shard,
+        after, ex.cursor = ex.cursor, last
+        subs += await store.due_subscriptions(conn, ex.tenant_id, ex.as_of, ex.failed, after, last, shard=ex.shard,
                                               shard_count=ex.shard_count)
         if len(subs) >= ex.chunk_size // 2:
             break
@@ -352,11 +352,11 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
     # worker's statements meanwhile, so PostgreSQL and Python overlap.
     outcomes = await asyncio.to_thread(_compute, tenant, run_id, as_of, subs, ex.plans, usage, charged, late,
                                        pending, chunk)
-    marked = await store.insert_billed_periods(conn, tenant, run_id, [
+    billed_before = await store.insert_billed_periods(conn, tenant, run_id, [
         (o.sub.id, c.period_start, c.period_end, c.invoice_request_id if c.lines else None, plan, trial)
         for o in outcomes for c, plan, trial in zip(o.closed, o.plans, o.trials)])
     rows, audits, late_billed, pending_ids, pending_requests, columns = await asyncio.to_thread(
-        _write_rows, caller, run_id, outcomes, marked, chunk)
+        _write_rows, caller, run_id, outcomes, billed_before, chunk)
     await outbox.enqueue_many(conn, tenant, rows)
     await store.advance_subscriptions(conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed],
                                       columns)
@@ -383,10 +383,10 @@ def _compute(tenant, run_id, as_of, subs, plans, usage, charged, late, pending, 
     return outcomes
 
 
-def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], marked: set, chunk: _Chunk):
-    """The rows to write for what `insert_billed_periods` marked: outbox rows, audit rows,
-    late events and pending lines billed, and the subscription columns the chunk changed;
-    counts and totals into `chunk`."""
+def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], billed_before: set, chunk: _Chunk):
+    """The rows to write for what `insert_billed_periods` marked (all but `billed_before`):
+    outbox rows, audit rows, late events and pending lines billed, and the subscription
+    columns the chunk changed; counts and totals into `chunk`."""
     rows: list[tuple] = []  # outbox: invoice requests and subscription events, in order
     audits: list[tuple] = []
     late_billed: list[tuple[str, uuid.UUID, uuid.UUID]] = []
@@ -399,7 +399,7 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], ma
         prev = o.sub
         for i, (closed, payload) in enumerate(zip(o.closed, o.payloads)):
             rid = str(closed.invoice_request_id) if closed.lines else ""
-            if (o.sub.id, closed.period_start) in marked:
+            if not billed_before or (o.sub.id, closed.period_start) not in billed_before:
                 billed = True
                 if payload is not None:
                     rows.append((INVOICES_STREAM, rid.encode(), payload,

@@ -85,32 +85,36 @@ def _in_shard(count: str, shard: str) -> str:
     return f"(hashtext(id::text) & 2147483647) % {count} = {shard}"
 
 
-async def id_window(conn: asyncpg.Connection, tenant_id: uuid.UUID, after: uuid.UUID | None,
-                    limit: int) -> list[uuid.UUID]:
-    """The next `limit` subscription ids of the tenant after `after`, in id order: an
-    index-only walk of the primary key, so a pass over the tenant reads each id once (a
-    filtered "order by id limit" lets the planner sort the whole tenant on every chunk)."""
-    rows = await conn.fetch(
-        "select id from subscriptions where tenant_id = $1 and id > $2 order by tenant_id, id limit $3",
+async def window_end(conn: asyncpg.Connection, tenant_id: uuid.UUID, after: uuid.UUID | None,
+                     limit: int) -> uuid.UUID | None:
+    """The last of the next `limit` subscription ids of the tenant after `after` (None: there
+    are none): the window (after, end] of the primary key that `due_subscriptions` reads. An
+    index-only walk, so a pass over the tenant reads each id once (a filtered "order by id
+    limit" lets the planner sort the whole tenant on every chunk); only its end crosses the
+    wire, not its thousands of ids."""
+    return await conn.fetchval(
+        """select id from (select id from subscriptions where tenant_id = $1 and id > $2
+                            order by tenant_id, id limit $3) w
+            order by id desc limit 1""",
         tenant_id, after or uuid.UUID(int=0), limit)
-    return [r[0] for r in rows]
 
 
 async def due_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_of: datetime,
-                            exclude: list[uuid.UUID], ids: list[uuid.UUID], *, shard: int = 0,
-                            shard_count: int = 1):
-    """The due subscriptions of the shard among `ids` (a window of `id_window`), in id
-    order, locked. SKIP LOCKED: rows another run (or another execution of this run, or a
-    usage batch attributing events to their periods) holds right now are left for a later
-    pass; once it commits they are no longer due, or are found by that pass."""
+                            exclude: list[uuid.UUID], after: uuid.UUID | None, last: uuid.UUID, *,
+                            shard: int = 0, shard_count: int = 1):
+    """The due subscriptions of the shard with ids in (after, last] (a window of
+    `window_end`), in id order, locked. SKIP LOCKED: rows another run (or another execution
+    of this run, or a usage batch attributing events to their periods) holds right now are
+    left for a later pass; once it commits they are no longer due, or are found by that
+    pass."""
     rows = await conn.fetch(
         f"""select {subs_store._COLUMNS} from subscriptions
-            where tenant_id = $1 and id = any($4::uuid[])
+            where tenant_id = $1 and id > $4 and id <= $5
               and status in ('trialing', 'active', 'paused') and current_period_end <= $2
-              and not (id = any($3::uuid[])) and {_in_shard("$5", "$6")}
+              and not (id = any($3::uuid[])) and {_in_shard("$6", "$7")}
             order by id
             for update skip locked""",
-        tenant_id, as_of, exclude, ids, shard_count, shard,
+        tenant_id, as_of, exclude, after or uuid.UUID(int=0), last, shard_count, shard,
     )
     return [_subscription(r) for r in rows]
 
@@ -278,22 +282,27 @@ async def mark_late_billed(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_i
 async def insert_billed_periods(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID,
                                 rows: list[tuple]) -> set[tuple[uuid.UUID, datetime]]:
     """Mark periods billed: rows of (subscription id, start, end, invoice request id or None,
-    plan id, trial). Returns the (subscription, start) pairs marked by THIS call; the others
-    were billed before (ON CONFLICT DO NOTHING: the primary key is the once-only guarantee)."""
+    plan id, trial). Returns the (subscription, start) pairs that were billed BEFORE, which
+    this call did not mark (ON CONFLICT DO NOTHING: the primary key is the once-only
+    guarantee). Those are rare, so only they come back, not one row per period marked."""
     if not rows:
         return set()
     cols = list(zip(*rows))
-    marked = await conn.fetch(
-        """insert into billed_periods (tenant_id, subscription_id, period_start, period_end, invoice_request_id,
-                                       run_id, plan_id, trial)
-           select $1, s, ps, pe, i, $2, p, t
-             from unnest($3::uuid[], $4::timestamptz[], $5::timestamptz[], $6::uuid[], $7::uuid[], $8::bool[])
-                  as u(s, ps, pe, i, p, t)
-           on conflict do nothing
-           returning subscription_id, period_start""",
+    refused = await conn.fetch(
+        """with marked as (
+               insert into billed_periods (tenant_id, subscription_id, period_start, period_end, invoice_request_id,
+                                           run_id, plan_id, trial)
+               select $1, s, ps, pe, i, $2, p, t
+                 from unnest($3::uuid[], $4::timestamptz[], $5::timestamptz[], $6::uuid[], $7::uuid[], $8::bool[])
+                      as u(s, ps, pe, i, p, t)
+               on conflict do nothing
+               returning subscription_id, period_start)
+           select s, ps from unnest($3::uuid[], $4::timestamptz[]) as u(s, ps)
+           except all
+           select subscription_id, period_start from marked""",
         tenant_id, run_id, *[list(c) for c in cols],
     )
-    return {(r["subscription_id"], r["period_start"]) for r in marked}
+    return {(r["s"], r["ps"]) for r in refused}
 
 
 # Columns of subscriptions a billing run may change, with their types (the others - id,

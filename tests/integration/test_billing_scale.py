@@ -314,3 +314,38 @@ async def test_ingest_does_not_lock_a_subscription_whose_period_is_far_from_its_
             assert recorded.duplicate is False
     finally:
         await other.close()
+
+
+async def test_a_period_billed_before_is_advanced_past_but_not_billed_again(service, stub, tenant, admin_conn):
+    """billed_periods is the once-only guarantee whatever the subscription row says: a period
+    marked billed already (here by hand, as a restored backup or a bug could leave it) gets
+    no second invoice request; the subscription only moves on, counted as skipped, with its
+    audit row. Its neighbour in the same chunk is billed as usual."""
+    plan = await _weekly_plan(stub, tenant)
+    billed = await _sub(stub, tenant, plan, NOW() - timedelta(days=10))
+    other = await _sub(stub, tenant, plan, NOW() - timedelta(days=10))
+    tid, sid = uuid.UUID(tenant.id), uuid.UUID(billed.id)
+    start = billed.current_period_start.ToDatetime(timezone.utc)
+    end = billed.current_period_end.ToDatetime(timezone.utc)
+    earlier_run = uuid.uuid4()
+    await admin_conn.execute("insert into billing_runs (tenant_id, id, idempotency_key, as_of) values ($1, $2, $3, $4)",
+                             tid, earlier_run, f"earlier-{earlier_run}", end)
+    await admin_conn.execute(
+        "insert into billed_periods (tenant_id, subscription_id, period_start, period_end, invoice_request_id, run_id)"
+        " values ($1, $2, $3, $4, $5, $6)", tid, sid, start, end, invoice_request_id(tid, sid, start), earlier_run)
+
+    done = await _run(service, tenant, NOW())
+
+    assert (done.subscriptions_due, done.subscriptions_billed, done.subscriptions_skipped,
+            done.subscriptions_failed) == (2, 1, 1, 0)
+    assert await _invoices(admin_conn, tid, billed.id) == []  # no second request for the period
+    [inv] = await _invoices(admin_conn, tid, other.id)
+    assert inv["total"] == "10.00"
+    row = await admin_conn.fetchrow("select current_period_start from subscriptions where id = $1", sid)
+    assert row["current_period_start"] == end  # moved on all the same
+    marks = await admin_conn.fetch("select run_id from billed_periods where subscription_id = $1", sid)
+    assert [m["run_id"] for m in marks] == [earlier_run]  # the first mark stays the only one
+    audit = await admin_conn.fetchrow(
+        "select action, after from audit_events where entity_id = $1 and actor like 'billing-run:%'", sid)
+    assert audit["action"] == "subscription.period_advanced"
+    assert audit["after"]["details"]["run_id"] == str(done.id)
