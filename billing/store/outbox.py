@@ -31,12 +31,26 @@ async def enqueue_many(conn: asyncpg.Connection, tenant_id: uuid.UUID,
     if not rows:
         return
     streams, keys, payloads, headers = (list(c) for c in zip(*rows))
-    # The writer's trace context goes onto every row (as enqueue does), merged in SQL so the
-    # rows' JSON is not parsed here.
+    # The writer's trace context goes onto every row (as enqueue does), spliced into each
+    # row's JSON object here: PostgreSQL then parses one document per row, not two and a
+    # merge (on the right, so it wins over a key of the row, as `||` would).
+    trace = tracing.inject({})
+    if trace:
+        extra = json.dumps(trace)[1:]
+        headers = [_splice(h, extra) for h in headers]
     await conn.execute(
         """insert into outbox (tenant_id, stream, key, payload, headers)
-           select $1, s, k, p, h::jsonb || $6::text::jsonb
+           select $1, s, k, p, h::jsonb
              from unnest($2::text[], $3::bytea[], $4::bytea[], $5::text[]) with ordinality as u(s, k, p, h, n)
             order by n""",
-        tenant_id, streams, keys, payloads, headers, json.dumps(tracing.inject({})),
+        tenant_id, streams, keys, payloads, headers,
     )
+
+
+def _splice(obj: str, members: str) -> str:
+    """JSON object text `obj` with the members of another object's text (without its "{").
+    Not an object (never, from this service): parsed and merged instead."""
+    body = obj.rstrip()
+    if not (body.startswith("{") and body.endswith("}")):
+        return json.dumps({**json.loads(obj), **json.loads("{" + members)})
+    return body[:-1] + (", " if body[1:-1].strip() else "") + members
