@@ -193,13 +193,18 @@ async def unique_counts(conn: asyncpg.Connection, tenant_id: uuid.UUID, metric: 
                         periods: list[tuple[uuid.UUID, datetime]], before: datetime) -> list[asyncpg.Record]:
     """count(distinct properties->>prop) per (subscription, period) for one metric, over the
     same periods as `usage_totals_from`."""
+    # Per subscription, an index range of usage_events_period (as usage_totals_from): a
+    # join with the id list was planned, generically, as a nested loop comparing every
+    # event of the chunk's subscriptions with every subscription of the chunk.
     return await conn.fetch(
-        """select e.subscription_id, e.period_start, count(distinct e.properties ->> $5) as n
+        """select p.id as subscription_id, c.period_start, c.n
              from unnest($2::uuid[], $3::timestamptz[]) as p(id, start)
-             join usage_events e on e.tenant_id = $1 and e.subscription_id = p.id and e.metric_code = $4
-                                and e.period_start >= p.start and e.period_start < $6
-            where e.properties ? $5 and e.subscription_id = any($2::uuid[])
-            group by 1, 2""",
+            cross join lateral (
+                select e.period_start, count(distinct e.properties ->> $5) as n
+                  from usage_events e
+                 where e.tenant_id = $1 and e.subscription_id = p.id and e.metric_code = $4
+                   and e.period_start >= p.start and e.period_start < $6 and e.properties ? $5
+                 group by e.period_start) c""",
         tenant_id, [s for s, _ in periods], [t for _, t in periods], metric, prop, before,
     )
 

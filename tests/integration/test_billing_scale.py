@@ -349,3 +349,36 @@ async def test_a_period_billed_before_is_advanced_past_but_not_billed_again(serv
         "select action, after from audit_events where entity_id = $1 and actor like 'billing-run:%'", sid)
     assert audit["action"] == "subscription.period_advanced"
     assert audit["after"]["details"]["run_id"] == str(done.id)
+
+
+async def test_unique_count_charges_are_counted_per_period_from_the_raw_events(service, stub, tenant, admin_conn):
+    """A unique_count charge bills the distinct values of its property in the period, read
+    from the raw events by the chunk (one query per metric for all its subscriptions):
+    users a, b, a, c = 3 seats at 5.00; an event without the property counts for nothing;
+    a subscription of the same chunk without events gets a zero line."""
+    req = plan_request(base_fee="10.00", trial_days=0, interval=pb.INTERVAL_UNIT_WEEK,
+                       billing_timing=pb.BILLING_TIMING_IN_ARREARS, usage_charges=[
+                           pb.UsageCharge(metric_code="seats", aggregation=pb.AGGREGATION_UNIQUE_COUNT,
+                                          pricing_model=pb.PRICING_MODEL_PER_UNIT, unit_price="5.00",
+                                          unique_property="user")])
+    plan = (await stub.CreatePlan(req, metadata=tenant.md)).plan
+    busy = await _sub(stub, tenant, plan, NOW() - timedelta(days=10))
+    idle = await _sub(stub, tenant, plan, NOW() - timedelta(days=10))
+    at = busy.current_period_start.ToDatetime(timezone.utc) + timedelta(days=1)
+    for i, user in enumerate(["a", "b", "a", "c", None]):
+        await stub.RecordUsage(pb.RecordUsageRequest(
+            request_id=rid(), subscription_id=busy.id, metric_code="seats", quantity="1",
+            occurred_at=ts(at + timedelta(minutes=i)), properties={"user": user} if user else {"team": "x"}),
+            metadata=tenant.md)
+
+    done = await _run(service, tenant, NOW())
+
+    assert (done.subscriptions_billed, done.subscriptions_failed) == (2, 0)
+    tid = uuid.UUID(tenant.id)
+    [inv] = await _invoices(admin_conn, tid, busy.id)
+    [seats] = [ln for ln in inv["lines"] if ln["kind"] == "usage"]
+    assert (seats["metric_code"], seats["quantity"], seats["amount"]) == ("seats", "3", "15.00")
+    assert inv["total"] == "25.00"
+    [none] = await _invoices(admin_conn, tid, idle.id)
+    assert [(ln["quantity"], ln["amount"]) for ln in none["lines"] if ln["kind"] == "usage"] == [("0", "0.00")]
+    assert none["total"] == "10.00"
