@@ -89,62 +89,67 @@ async def schedule_once(db: Database, now: datetime, interval_s: int, resume_bat
     return len(tenants)
 
 
-class Scheduler:
+class _Periodic:
+    """A task of `billing serve` repeated every `interval_s` until stopped: one span per
+    round; a failed round is logged and retried next round, never a dead loop."""
+
+    span_name = ""
+    failure = ""
+
+    def __init__(self, db: Database, interval_s: float):
+        self.db = db
+        self.interval_s = interval_s
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def round(self, span) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            with tracer.start_as_current_span(self.span_name, record_exception=True) as span:
+                try:
+                    await self.round(span)
+                except Exception as exc:  # noqa: BLE001 - retried next round
+                    span.record_exception(exc)
+                    log.exception(self.failure)
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=self.interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+
+class Scheduler(_Periodic):
     """A role of `billing serve`: every `interval_s`, the current slot's runs (each tenant's
     due resumes first, `resume_batch_size` per transaction; 0: none)."""
 
+    # One trace per round: the runs it requests (and their invoice requests) are in it.
+    span_name, failure = "scheduler round", "scheduling billing runs failed"
+
     def __init__(self, db: Database, interval_s: int, resume_batch_size: int = 0):
-        self.db = db
-        self.interval_s = interval_s
+        super().__init__(db, interval_s)
         self.resume_batch_size = resume_batch_size
-        self._stop = asyncio.Event()
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            # One trace per round: the runs it requests (and their invoice requests) are in it.
-            with tracer.start_as_current_span("scheduler round", record_exception=True) as span:
-                try:
-                    count = await schedule_once(self.db, datetime.now(timezone.utc), self.interval_s,
-                                                self.resume_batch_size)
-                    span.set_attribute("billing.tenants", count)
-                    log.info("billing runs scheduled", extra={"tenants": count})
-                except Exception as exc:  # noqa: BLE001 - a failed round is retried next round, never a dead loop
-                    span.record_exception(exc)
-                    log.exception("scheduling billing runs failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=self.interval_s)
-            except asyncio.TimeoutError:
-                pass
+    async def round(self, span) -> None:
+        count = await schedule_once(self.db, datetime.now(timezone.utc), self.interval_s, self.resume_batch_size)
+        span.set_attribute("billing.tenants", count)
+        log.info("billing runs scheduled", extra={"tenants": count})
 
 
-class AutoResumer:
+class AutoResumer(_Periodic):
     """Part of the `scheduler` role of `billing serve`: every `interval_s`, an automatic-resume
     pass (`resume_due`). Safe with any number of replicas (SKIP LOCKED, one resume per pause)."""
 
+    span_name, failure = "auto-resume pass", "automatic resume pass failed"
+
     def __init__(self, db: Database, interval_s: float, batch_size: int):
-        self.db = db
-        self.interval_s = interval_s
+        super().__init__(db, interval_s)
         self.batch_size = batch_size
-        self._stop = asyncio.Event()
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> None:
-        while not self._stop.is_set():
-            with tracer.start_as_current_span("auto-resume pass", record_exception=True) as span:
-                try:
-                    count = await resume_due(self.db, datetime.now(timezone.utc), self.batch_size)
-                    span.set_attribute("billing.subscriptions", count)
-                    if count:
-                        log.info("paused subscriptions resumed as scheduled", extra={"subscriptions": count})
-                except Exception as exc:  # noqa: BLE001 - a failed pass is retried next pass, never a dead loop
-                    span.record_exception(exc)
-                    log.exception("automatic resume pass failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), timeout=self.interval_s)
-            except asyncio.TimeoutError:
-                pass
+    async def round(self, span) -> None:
+        count = await resume_due(self.db, datetime.now(timezone.utc), self.batch_size)
+        span.set_attribute("billing.subscriptions", count)
+        if count:
+            log.info("paused subscriptions resumed as scheduled", extra={"subscriptions": count})
