@@ -284,8 +284,8 @@ async def _next_chunk(conn, ex: _Execution) -> list[Subscription] | None:
         if last is None:
             return subs or None
         after, ex.cursor = ex.cursor, last
-        subs += await store.due_subscriptions(conn, ex.tenant_id, ex.as_of, ex.failed, after, last, shard=ex.shard,
-                                              shard_count=ex.shard_count)
+        subs += await store.due_subscriptions(conn, ex.tenant_id, ex.as_of, ex.failed, after, last,
+                                              shard=ex.shard, shard_count=ex.shard_count)
         if len(subs) >= ex.chunk_size // 2:
             break
     return subs
@@ -417,7 +417,7 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], bi
                        "period_end": closed.period_end.isoformat(), "invoice_request_id": rid,
                        "total": decimal_to_str(closed.total), "currency": closed.currency}
             before, after = _diff(prev, closed.subscription)
-            columns.update(before)
+            columns.update(k for k in before if k != "status" or before[k] != after[k])
             after["details"] = details
             audits.append((o.sub.id, closed.event, request_id, json.dumps(before), json.dumps(after)))
             if closed.event != "subscription.period_advanced":  # status or plan changed: announce it

@@ -382,3 +382,58 @@ async def test_unique_count_charges_are_counted_per_period_from_the_raw_events(s
     [none] = await _invoices(admin_conn, tid, idle.id)
     assert [(ln["quantity"], ln["amount"]) for ln in none["lines"] if ln["kind"] == "usage"] == [("0", "0.00")]
     assert none["total"] == "10.00"
+
+
+async def test_a_run_persists_the_state_changes_of_its_closes(service, stub, tenant, admin_conn):
+    """One chunk, four kinds of close, and what each leaves in the database: a trial that
+    ended becomes active (trial_end kept), a cancel at period end becomes canceled, a plan
+    change due at period end takes effect (pending change cleared), a plain advance only
+    moves the period. The run writes only the columns its closes changed: each of these
+    must land all the same, with its audit row, and the first three with their event."""
+    plan = await _weekly_plan(stub, tenant)
+    cheap = (await stub.CreatePlan(plan_request(
+        base_fee="5.00", trial_days=0, interval=pb.INTERVAL_UNIT_WEEK, billing_timing=pb.BILLING_TIMING_IN_ARREARS,
+        usage_charges=[]), metadata=tenant.md)).plan
+    start = NOW() - timedelta(days=10)
+    trial = (await stub.CreateSubscription(pb.CreateSubscriptionRequest(
+        request_id=rid(), customer_id="c-trial", plan_id=plan.id, activate=True, start_at=ts(start), trial_days=7),
+        metadata=tenant.md)).subscription
+    assert trial.status == pb.SUBSCRIPTION_STATUS_TRIALING
+    leaving = await _sub(stub, tenant, plan, start)
+    await stub.CancelSubscription(pb.CancelSubscriptionRequest(
+        request_id=rid(), id=leaving.id, mode=pb.CANCEL_MODE_AT_PERIOD_END), metadata=tenant.md)
+    moving = await _sub(stub, tenant, plan, start)
+    await stub.ChangePlan(pb.ChangePlanRequest(
+        request_id=rid(), id=moving.id, new_plan_id=cheap.id, timing=pb.CHANGE_TIMING_AT_PERIOD_END),
+        metadata=tenant.md)
+    plain = await _sub(stub, tenant, plan, start)
+
+    done = await _run(service, tenant, NOW())
+
+    assert (done.subscriptions_billed, done.subscriptions_failed) == (4, 0)
+    rows = {str(r["id"]): r for r in await admin_conn.fetch(
+        "select id, status, plan_id, pending_plan_id, pending_change_at, trial_end, canceled_at,"
+        " cancel_at_period_end, current_period_start, current_period_end from subscriptions where tenant_id = $1",
+        uuid.UUID(tenant.id))}
+    t, c, m, p = rows[trial.id], rows[leaving.id], rows[moving.id], rows[plain.id]
+    trial_end = trial.current_period_end.ToDatetime(timezone.utc)
+    assert (t["status"], t["trial_end"]) == ("active", trial_end)
+    assert t["current_period_start"] == trial_end  # the first paid period follows the trial
+    assert (c["status"], c["cancel_at_period_end"]) == ("canceled", False)
+    assert c["canceled_at"] == leaving.current_period_end.ToDatetime(timezone.utc)
+    assert (str(m["plan_id"]), m["pending_plan_id"], m["pending_change_at"]) == (cheap.id, None, None)
+    assert m["status"] == p["status"] == "active"
+    assert p["current_period_start"] == plain.current_period_end.ToDatetime(timezone.utc)
+    assert p["current_period_end"] == p["current_period_start"] + timedelta(days=7)
+    actions = {str(r["entity_id"]): r["action"] for r in await admin_conn.fetch(
+        "select entity_id, action from audit_events where tenant_id = $1 and actor like 'billing-run:%'",
+        uuid.UUID(tenant.id))}
+    assert actions == {trial.id: "subscription.trial_ended", leaving.id: "subscription.canceled",
+                       moving.id: "subscription.plan_changed", plain.id: "subscription.period_advanced"}
+    published = [codec.decode(codec.Schema.SUBSCRIPTION_EVENT, r["payload"]) for r in await admin_conn.fetch(
+        "select payload from outbox where tenant_id = $1 and stream = 'subscription_events'", uuid.UUID(tenant.id))]
+    by_run = {(e["subscription_id"], e["type"], e["from_status"], e["to_status"]) for e in published
+              if (e["request_id"] or "").startswith("billing-run:")}
+    assert by_run == {(trial.id, "subscription.trial_ended", "trialing", "active"),
+                      (leaving.id, "subscription.canceled", "active", "canceled"),
+                      (moving.id, "subscription.plan_changed", "active", None)}
