@@ -102,6 +102,14 @@ panels = [
         (f"{Q}(0.5, sum by (le) (rate(billing_outbox_delivery_delay_seconds_bucket[5m])))", "p50"),
         (f"{Q}(0.99, sum by (le) (rate(billing_outbox_delivery_delay_seconds_bucket[5m])))", "p99"),
     ], unit="s", w=24, h=6),
+    stat("Parked rows (not released)", "max(billing_outbox_parked_rows)", w=6, h=8,
+         thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 1}],
+         description="Rows Kafka refused for good, kept unpublished until released; later rows of the same "
+                     "stream and key wait behind them. See docs/operations.md, Parked outbox rows."),
+    ts("Parked rows / s by reason", [
+        ("sum by (reason) (rate(billing_outbox_parked_total[5m]))", "{{reason}}")], unit="ops", w=18, stack=True,
+       description="message_too_large: over message.max.bytes or the topic's max.message.bytes even sent alone; "
+                   "invalid_record: the broker refuses the record itself."),
 
     row("Billing runs"),
     ts("Runs by status / h", [("sum by (status) (increase(billing_runs_total[1h]))", "{{status}}")], w=8),
