@@ -36,14 +36,14 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.fixtures import metered_tenant
 from billing.config import Settings
 from billing.devstack import LocalPostgres, free_port
 from billing.domain.periods import add_interval
-from billing.domain.plans import IntervalUnit, PlanInput, UsageChargeInput, parse_plan, plan_to_dict
+from billing.domain.plans import IntervalUnit
 from billing.runtime import tune_gc
 from billing.services import billing
 from billing.services.context import Caller
-from billing.services.tenants import create_tenant
 from billing.store.db import Database, init_connection
 from billing.store.migrations import migrate
 
@@ -61,14 +61,8 @@ async def setup(settings: Settings, subscriptions: int, seed: int = 1) -> uuid.U
     rnd = random.Random(seed)
     admin = await asyncpg.connect(settings.admin_database_url)
     await init_connection(admin)
-    tenant = await create_tenant(admin, f"bench-{uuid.uuid4().hex[:6]}")
+    tenant, plan_id = await metered_tenant(admin, "bench", base_fee="10.00", unit_price="0.0025")
     tid = tenant.tenant_id
-    spec = parse_plan(PlanInput(code="metered", name="Metered", currency="EUR", interval="month", interval_count=1,
-                                base_fee="10.00", billing_timing="in_arrears", trial_days=0,
-                                usage_charges=[UsageChargeInput("calls", "sum", "per_unit", unit_price="0.0025")]))
-    plan_id = uuid.uuid4()
-    await admin.execute("insert into plans (tenant_id, id, code, spec) values ($1, $2, 'metered', $3)",
-                        tid, plan_id, plan_to_dict(spec))
     earliest = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=40)
     subs = []
     for _ in range(subscriptions):

@@ -33,12 +33,11 @@ import asyncpg
 import psutil
 from confluent_kafka import Consumer, TopicPartition
 
+from bench.fixtures import metered_tenant
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
-from billing.domain.plans import PlanInput, UsageChargeInput, parse_plan, plan_to_dict
 from billing.kafka import ensure_topics
 from billing.runtime import USAGE_GROUP
-from billing.services.tenants import create_tenant
 from billing.store.db import init_connection
 from billing.store.migrations import migrate
 
@@ -50,13 +49,7 @@ def log(msg: str) -> None:
 async def setup_tenant(settings: Settings, subscriptions: int) -> tuple[str, list[str]]:
     admin = await asyncpg.connect(settings.admin_database_url)
     await init_connection(admin)
-    tenant = await create_tenant(admin, f"bench-{uuid.uuid4().hex[:6]}")
-    spec = parse_plan(PlanInput(code="metered", name="Metered", currency="EUR", interval="month", interval_count=1,
-                                base_fee="0", billing_timing="in_arrears", trial_days=0,
-                                usage_charges=[UsageChargeInput("calls", "sum", "per_unit", unit_price="0.001")]))
-    plan_id = uuid.uuid4()
-    await admin.execute("insert into plans (tenant_id, id, code, spec) values ($1, $2, 'metered', $3)",
-                        tenant.tenant_id, plan_id, plan_to_dict(spec))
+    tenant, plan_id = await metered_tenant(admin, "bench", base_fee="0", unit_price="0.001")
     start = datetime.now(timezone.utc) - timedelta(days=1)
     subs = [uuid.uuid4() for _ in range(subscriptions)]
     await admin.executemany(

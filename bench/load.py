@@ -46,12 +46,11 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.fixtures import metered_tenant
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
-from billing.domain.plans import PlanInput, UsageChargeInput, parse_plan, plan_to_dict
 from billing.kafka import ensure_topics
 from billing.runtime import USAGE_GROUP
-from billing.services.tenants import create_tenant
 from billing.store.db import init_connection
 from billing.store.migrations import migrate
 
@@ -68,14 +67,8 @@ def log(msg: str) -> None:
 async def setup_tenant(settings: Settings, active: int, due: int) -> tuple[str, str, list[str]]:
     admin = await asyncpg.connect(settings.admin_database_url)
     await init_connection(admin)
-    tenant = await create_tenant(admin, f"load-{uuid.uuid4().hex[:6]}")
+    tenant, plan_id = await metered_tenant(admin, "load", base_fee="10.00", unit_price="0.001")
     tid = tenant.tenant_id
-    spec = parse_plan(PlanInput(code="metered", name="Metered", currency="EUR", interval="month", interval_count=1,
-                                base_fee="10.00", billing_timing="in_arrears", trial_days=0,
-                                usage_charges=[UsageChargeInput("calls", "sum", "per_unit", unit_price="0.001")]))
-    plan_id = uuid.uuid4()
-    await admin.execute("insert into plans (tenant_id, id, code, spec) values ($1, $2, 'metered', $3)",
-                        tid, plan_id, plan_to_dict(spec))
     now = datetime.now(timezone.utc)
     columns = ["tenant_id", "id", "customer_id", "plan_id", "status", "created_at", "start_at", "billing_anchor",
                "trial_days", "current_period_start", "current_period_end"]

@@ -1,0 +1,24 @@
+"""What the benches set up alike: a new tenant with one metered plan, written straight into
+the database as the owner (a bench measures one path, not the API that creates its data)."""
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from billing.domain.plans import PlanInput, UsageChargeInput, parse_plan, plan_to_dict
+from billing.services.tenants import create_tenant
+
+
+async def metered_tenant(admin: asyncpg.Connection, prefix: str, *, base_fee: str, unit_price: str):
+    """(the new tenant, as `create_tenant` returns it with its API key; the plan's id): a
+    tenant named `<prefix>-<random>` with the plan "metered", EUR monthly in arrears,
+    `base_fee` plus `unit_price` per call (metric "calls", sum)."""
+    tenant = await create_tenant(admin, f"{prefix}-{uuid.uuid4().hex[:6]}")
+    spec = parse_plan(PlanInput(code="metered", name="Metered", currency="EUR", interval="month", interval_count=1,
+                                base_fee=base_fee, billing_timing="in_arrears", trial_days=0,
+                                usage_charges=[UsageChargeInput("calls", "sum", "per_unit", unit_price=unit_price)]))
+    plan_id = uuid.uuid4()
+    await admin.execute("insert into plans (tenant_id, id, code, spec) values ($1, $2, 'metered', $3)",
+                        tenant.tenant_id, plan_id, plan_to_dict(spec))
+    return tenant, plan_id
