@@ -462,6 +462,14 @@ async def park_state(admin_conn, ids) -> dict[int, tuple]:
     return {r["id"]: (r["published_at"], r["parked_at"], r["park_reason"], r["park_error"]) for r in rows}
 
 
+def create_small_topic(settings, topic: str, partitions: int) -> None:
+    """A topic that refuses messages over 4 KiB."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    for f in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
+                                           config={"max.message.bytes": "4096"})], operation_timeout=15).values():
+        f.result(15)
+
+
 def set_topic_max_message_bytes(settings, topic: str, value: int) -> None:
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
@@ -475,10 +483,7 @@ def set_topic_max_message_bytes(settings, topic: str, value: int) -> None:
 async def test_oversized_rows_are_parked_other_keys_flow_same_key_held_until_released(
         migrated, admin_conn, new_tenant, relays):
     stream, topic = unique("events"), unique("t.small")
-    admin = AdminClient({"bootstrap.servers": migrated.kafka_bootstrap_servers})
-    for f in admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1,
-                                           config={"max.message.bytes": "4096"})], operation_timeout=15).values():
-        f.result(15)
+    create_small_topic(migrated, topic, 3)
     ta, tb = await two_tenants(new_tenant, relays)
     normal: list[int] = []
     for i in range(10):
@@ -550,10 +555,7 @@ async def test_broker_outage_is_retried_never_parked(migrated, admin_conn, new_t
     from billing.devstack import free_port
 
     stream, topic = unique("events"), unique("t.outage")
-    admin = AdminClient({"bootstrap.servers": migrated.kafka_bootstrap_servers})
-    for f in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1,
-                                           config={"max.message.bytes": "4096"})], operation_timeout=15).values():
-        f.result(15)
+    create_small_topic(migrated, topic, 1)
     ta, _ = await two_tenants(new_tenant, relays)
     rows = [await insert(admin_conn, ta, stream, b"k", b"v%d" % i) for i in range(5)]
     big = await insert(admin_conn, ta, stream, b"big", os.urandom(20_000))
