@@ -120,7 +120,10 @@ panels = [
     ts("Subscriptions by outcome / h", [
         ("sum by (outcome) (increase(billing_subscriptions_total[1h]))", "{{outcome}}")], w=8),
     ts("Amount billed per currency / h", [
-        ("sum by (currency) (increase(billing_amount_billed_total[1h]))", "{{currency}}")], w=24, h=6),
+        ("sum by (currency) (increase(billing_amount_billed_total[1h]))", "{{currency}}")], w=16, h=6),
+    ts("Paused subscriptions resumed as scheduled / h", [
+        ("sum by (outcome) (increase(billing_subscriptions_auto_resumed_total[1h]))", "{{outcome}}")], w=8, h=6,
+       description="The scheduler role's automatic resumes at pause_resumes_at; failed ones are retried next pass."),
 
     row("Database"),
     ts("Pool connections by replica", [
