@@ -14,6 +14,9 @@ set-based chunks (docs/billing.md):
   recorded with its reason and not tried again by this run; the others go on;
 * a subscription is billed period after period until its period ends after as_of; late
   usage and pending lines go into the first period closed.
+* when the shard has nothing due left, the transaction that completes it bills the late
+  usage of the shard's canceled subscriptions (they close no period again), one invoice
+  request each (`_bill_canceled_late_usage`).
 
 Safe to repeat: a crash loses at most the uncommitted chunks, and executing the shard
 again (the consumer redelivers the request) continues with what is still due. Two
@@ -24,6 +27,7 @@ completed by the execution that completes its last shard.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import uuid
@@ -233,6 +237,7 @@ async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *, chunk_si
     ex = _Execution(tenant_id, run_id, row["as_of"], shard, row["shard_count"], chunk_size,
                     [uuid.UUID(f["subscription_id"]) for f in row["failures"]])
     caller = Caller(tenant_id, f"billing-run:{run_id}")
+    late: _Chunk | None = None
     while True:
         await asyncio.gather(*(_worker(db, caller, ex) for _ in range(max(1, workers))))
         async with db.tenant_tx(tenant_id) as conn:
@@ -241,6 +246,9 @@ async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *, chunk_si
             # are still to come.
             if not await store.any_due(conn, tenant_id, ex.as_of, ex.failed, shard=shard,
                                        shard_count=ex.shard_count):
+                # The shard's canceled subscriptions with late usage not billed yet: billed
+                # here, in the transaction that completes the shard (nothing when none).
+                late = await _bill_canceled_late_usage(conn, caller, ex)
                 # Lock order everywhere: the run row, then the shard row (a chunk's progress
                 # does the same; the other order deadlocks with a second execution).
                 run = await store.get_run(conn, tenant_id, run_id, for_update=True)  # shards finish one by one
@@ -254,6 +262,8 @@ async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *, chunk_si
                 break
         ex.cursor = None  # another pass from the start: what was locked may be due still
         await asyncio.sleep(BUSY_WAIT_S)
+    if late is not None:
+        _observe_chunk(late)
     return _run(run)
 
 
@@ -364,6 +374,89 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
     await store.mark_late_billed(conn, tenant, run_id, late_billed)
     if pending_ids:
         await pending_lines.mark_billed(conn, tenant, pending_ids, pending_requests)
+    return chunk
+
+
+async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex: _Execution) -> _Chunk | None:
+    """Late usage of the shard's canceled subscriptions (docs/billing.md, Late usage): a
+    canceled subscription never closes a period again, so its late events, which would wait
+    for its next period, get an invoice request of their own: one per subscription, with a
+    late_usage line per metric and original period, priced as in a chunk
+    (`_late_lines`, billing/domain/late_usage.py). Set-based like a chunk: one query finds
+    (and locks) the candidates, one reads their late usage, then bulk writes (outbox rows,
+    audit rows, late_usage_billed), in the caller's transaction, which completes the shard.
+    Returns the counts to add to the run (None: nothing to bill, nothing written).
+
+    The request id is derived from the events it bills (`late:<sha256 of their sorted
+    ids>`): each late event is billed once (late_usage_billed's primary key, written in
+    the transaction of the outbox row), so two committed requests never bill the same set
+    and never share an id; a redelivered run request finds the events billed (nothing to
+    do) or, after a crash before the commit, nothing was written and it bills them again."""
+    tenant = ex.tenant_id
+    subs = await store.canceled_with_late_usage(conn, tenant, shard=ex.shard, shard_count=ex.shard_count)
+    if not subs:
+        return None
+    by_id = {s.id: s for s in subs}
+    rows: dict[uuid.UUID, list[dict]] = {}
+    for r in await store.unbilled_late_usage(conn, tenant, list(by_id)):
+        r = dict(r)
+        sub = by_id[r["subscription_id"]]
+        if r["billed_start"] is None and sub.canceled_at is not None:
+            # No billed period holds it: the period an immediate cancel cut short (its final
+            # request billed it up to the cancel). Its plan is the subscription's (it cannot
+            # change after the cancel), it was a trial if it started before the trial's end,
+            # and it ended at the cancel.
+            r["trial"] = sub.trial_end is not None and r["period_start"] < sub.trial_end
+            r["billed_end"] = min(r["period_end"], sub.canceled_at)
+        rows.setdefault(sub.id, []).append(r)
+    await _load_plans(conn, tenant, ex.plans, {s.plan_id for s in subs}
+                      | {r["plan_id"] for rs in rows.values() for r in rs if r["plan_id"]})
+    chunk = _Chunk()
+    issued = now()
+    outbox_rows: list[tuple] = []
+    audits: list[tuple] = []
+    billed: list[tuple[str, uuid.UUID, uuid.UUID]] = []
+    run_text = str(ex.run_id)
+    for sub in subs:
+        if sub.id not in rows:
+            continue  # its late events were billed between the two reads
+        chunk.due += 1
+        try:
+            items = (await _late_lines(conn, tenant, ex.plans, [sub], rows[sub.id])).get(sub.id, [])
+            events = sorted(e for ids, _ in items for e in ids)
+            lines = [ln for _, ln in items]
+            digest = hashlib.sha256("\x00".join(events).encode()).hexdigest()  # NUL is not allowed in an event id
+            request = invoice_requests.request_id(tenant, sub.id, f"late:{digest}")
+            currency = ex.plans[sub.plan_id].currency
+            start, end = invoice_requests.span(lines)
+            record = invoice_requests.invoice_record(
+                tenant_id=tenant, invoice_request_id=request, run_id=ex.run_id, sub=sub, currency=currency,
+                period_start=start, period_end=end, lines=lines, issued_at=issued)
+            payload = codec.encode(codec.Schema.INVOICE_REQUEST, record)
+        except Exception as exc:  # noqa: BLE001 - recorded with its reason; the others go on
+            reason = f"late usage: {type(exc).__name__}: {exc}"[:1000]
+            chunk.failures.append({"subscription_id": str(sub.id), "reason": reason})
+            log.warning("late usage not billed", extra={"subscription_id": str(sub.id), "reason": reason})
+            continue
+        rid = str(request)
+        outbox_rows.append((INVOICES_STREAM, rid.encode(), payload,
+                            f'{{"content-type": "{_INVOICE_CONTENT_TYPE}", "invoice-request-id": "{rid}"}}'))
+        billed += [(e, sub.id, request) for e in events]
+        amount = invoice_requests.amount(lines)
+        chunk.totals[currency] = chunk.totals.get(currency, _ZERO) + amount
+        chunk.billed += 1
+        details = {"run_id": run_text, "invoice_request_id": rid, "late_events": len(events),
+                   "period_start": start.isoformat(), "period_end": end.isoformat(),
+                   "total": decimal_to_str(amount), "currency": currency}
+        audits.append((sub.id, "subscription.late_usage_billed", run_text, None, json.dumps({"details": details})))
+    if outbox_rows:
+        await outbox.enqueue_many(conn, tenant, outbox_rows)
+        await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor, rows=audits)
+        marked = await store.mark_late_billed(conn, tenant, ex.run_id, billed)
+        if marked != len(billed):  # cannot happen (the rows are locked): roll back rather than bill twice
+            raise RuntimeError(f"late usage billed concurrently: marked {marked} of {len(billed)} events")
+    if chunk.due:
+        await _add_progress(conn, ex, chunk)
     return chunk
 
 

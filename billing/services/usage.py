@@ -234,6 +234,11 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
                 start, end, late = sub.period_start_us, sub.period_end_us, False
             else:
                 start, end, late = _period_of(plans.spec(tenant, sub.plan_id), sub, t)
+            if sub.canceled_us is not None:
+                # Before the cancel (checked above) but arriving after it: its period was
+                # billed (the last close, or an immediate cancel's final request) and the
+                # subscription bills no period again. Late: a run bills it (docs/billing.md).
+                late = True
             add(e, sub_id, start, end, late)
             periods[i] = (start, end)
     if rows:

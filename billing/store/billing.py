@@ -150,6 +150,29 @@ async def any_due(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_of: datetim
     )
 
 
+async def canceled_with_late_usage(conn: asyncpg.Connection, tenant_id: uuid.UUID, *, shard: int = 0,
+                                   shard_count: int = 1) -> list[Subscription]:
+    """The canceled subscriptions of the shard that have late usage not billed yet, locked
+    (FOR UPDATE SKIP LOCKED, in id order): a canceled subscription never bills a period
+    again, so a run's late-usage pass bills it on a request of its own. Driven by the
+    partial index usage_events_late (late events are rare; `= any(array(...))`: the ids
+    are found first, then probed in the primary key, never a scan of the tenant's
+    subscriptions): with none unbilled, one index range and nothing else. A row someone
+    else holds (a usage batch, another execution) is left for the next run."""
+    rows = await conn.fetch(
+        f"""select {subs_store._COLUMNS} from subscriptions
+            where tenant_id = $1 and status = 'canceled' and {_in_shard("$2", "$3")}
+              and id = any(array(select distinct e.subscription_id from usage_events e
+                                  where e.tenant_id = $1 and e.late
+                                    and not exists (select 1 from late_usage_billed b
+                                                     where b.tenant_id = $1 and b.event_id = e.event_id)))
+            order by id
+            for update skip locked""",
+        tenant_id, shard_count, shard,
+    )
+    return [_subscription(r) for r in rows]
+
+
 async def opened_by_a_run(conn: asyncpg.Connection, tenant_id: uuid.UUID, subs: list[tuple[uuid.UUID, datetime]],
                           ) -> set[uuid.UUID]:
     """The subscriptions whose current period (given by its start) follows a billed period,
