@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import random
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -145,7 +146,7 @@ def main() -> int:
                         help="shards of the run, each executed by a process of its own (like billing consumers)")
     args = parser.parse_args()
 
-    pg = None
+    pg, finished = None, False
     if os.environ.get("BILLING_DATABASE_URL"):
         settings = Settings()
     else:
@@ -172,9 +173,15 @@ def main() -> int:
                           "naive_subscriptions": args.naive_subscriptions,
                           "naive_subs_per_s": round(naive), "naive_run": naive_run}))
         print(f"billing_subs_per_s={rate:.0f} ratio_vs_naive={rate / naive:.1f}")
+        finished = True
     finally:
         if pg is not None:
             pg.stop(quiet=True)
+            # The database is ~0.7 GB per 100,000 subscriptions: removed, unless the run failed.
+            if finished:
+                shutil.rmtree(pg.data_dir.parent, ignore_errors=True)
+            else:
+                log(f"data kept in {pg.data_dir}")
     return 0
 
 

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -173,7 +174,7 @@ def main() -> int:
     parser.add_argument("--naive-events", type=int, default=5000)
     args = parser.parse_args()
 
-    stack = None
+    stack, finished = None, False
     if os.environ.get("BILLING_DATABASE_URL"):
         settings = Settings()
     else:
@@ -212,9 +213,15 @@ def main() -> int:
                    "naive_events_per_s": round(naive), "ratio_vs_naive": round(rate / naive, 1)}
         print(json.dumps(figures))
         print(f"ingest_events_per_s={rate:.0f} ratio_vs_naive={rate / naive:.1f}")
+        finished = True
     finally:
         if stack is not None:
             stack.stop()
+            # Data and logs (~0.7 GB per 1,000,000 events): removed, unless the run failed.
+            if finished:
+                shutil.rmtree(state, ignore_errors=True)
+            else:
+                log(f"logs and data kept in {state}")
     return 0
 
 
