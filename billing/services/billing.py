@@ -439,8 +439,7 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
             log.warning("late usage not billed", extra={"subscription_id": str(sub.id), "reason": reason})
             continue
         rid = str(request)
-        outbox_rows.append((INVOICES_STREAM, rid.encode(), payload,
-                            f'{{"content-type": "{_INVOICE_CONTENT_TYPE}", "invoice-request-id": "{rid}"}}'))
+        outbox_rows.append(_invoice_row(rid, payload))
         billed += [(e, sub.id, request) for e in events]
         amount = invoice_requests.amount(lines)
         chunk.totals[currency] = chunk.totals.get(currency, _ZERO) + amount
@@ -495,8 +494,7 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], bi
             if not billed_before or (o.sub.id, closed.period_start) not in billed_before:
                 billed = True
                 if payload is not None:
-                    rows.append((INVOICES_STREAM, rid.encode(), payload,
-                                 f'{{"content-type": "{_INVOICE_CONTENT_TYPE}", "invoice-request-id": "{rid}"}}'))
+                    rows.append(_invoice_row(rid, payload))
                     chunk.totals[closed.currency] = chunk.totals.get(closed.currency, _ZERO) + closed.total
                     if i == 0:  # late usage and pending lines went into the first closed period
                         late_billed += [(e, o.sub.id, closed.invoice_request_id) for e in o.late_events]
@@ -529,6 +527,14 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], bi
 
 _ZERO = Decimal(0)
 _INVOICE_CONTENT_TYPE = codec.content_type(codec.Schema.INVOICE_REQUEST)
+
+
+def _invoice_row(request_id: str, payload: bytes) -> tuple[str, bytes, bytes, str]:
+    """The outbox row of an encoded invoice request (`outbox.enqueue_many`'s shape), with the
+    headers `invoice_requests.enqueue` writes; the JSON is formatted, not dumped: both values
+    are fixed ASCII (a content type, a UUID)."""
+    return (INVOICES_STREAM, request_id.encode(), payload,
+            f'{{"content-type": "{_INVOICE_CONTENT_TYPE}", "invoice-request-id": "{request_id}"}}')
 _SUB_FIELDS = tuple(f.name for f in fields(Subscription) if f.name != "status")
 
 
