@@ -92,12 +92,25 @@ async def _caught_up(svc, admin_conn) -> None:
     await wait_until(done, timeout_s=90)
 
 
+async def _settled_scrape(svc) -> str:
+    """A scrape taken once the relay has counted every row it marked: it counts a row just
+    after marking it, so a drained outbox can still be a moment ahead of the counters."""
+    text = await scrape(svc)
+    while True:
+        await asyncio.sleep(0.3)
+        again = await scrape(svc)
+        if all(_value(again, name) == _value(text, name) for name in
+               ("billing_outbox_published_total", "billing_outbox_delivery_delay_seconds_count")):
+            return again
+        text = again
+
+
 async def test_metrics_move_by_the_right_amounts(roles, service, stub, tenant, admin_conn, migrated):
     await _caught_up(roles, admin_conn)
     _, sub = await _setup(stub, tenant)  # CreatePlan + CreateSubscription over gRPC (outbox rows)
     await wait_until(lambda: admin_conn.fetchval("select count(*) = 0 from outbox where published_at is null"))
     max_id = await admin_conn.fetchval("select coalesce(max(id), 0) from outbox")
-    before = await scrape(roles)
+    before = await _settled_scrape(roles)
 
     # gRPC: one OK, one NOT_FOUND, one UNAUTHENTICATED
     await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id), metadata=tenant.md)
@@ -119,14 +132,23 @@ async def test_metrics_move_by_the_right_amounts(roles, service, stub, tenant, a
                             [(sub.id, pause), (sub.id, b"\x00garbage")])
 
     async def processed():
+        # The relay counts a row after marking it, so the database is read before the scrape
+        # and the scrape must show every marked row counted (waited for, asserted exactly below).
+        published = await admin_conn.fetchval(
+            "select count(*) filter (where published_at is not null) from outbox where id > $1"
+            " having bool_and(published_at is not null)", max_id)
+        if not published:
+            return None
         text = await scrape(roles)
         moved = (_value(text, "billing_consumer_messages_total", group=USAGE)
                  - _value(before, "billing_consumer_messages_total", group=USAGE) >= 5
                  and _value(text, "billing_consumer_messages_total", group=COMMANDS)
-                 - _value(before, "billing_consumer_messages_total", group=COMMANDS) >= 2)
-        drained = await admin_conn.fetchval(
-            "select count(*) > 0 and bool_and(published_at is not null) from outbox where id > $1", max_id)
-        return text if moved and drained else None
+                 - _value(before, "billing_consumer_messages_total", group=COMMANDS) >= 2
+                 and _value(text, "billing_outbox_published_total")
+                 - _value(before, "billing_outbox_published_total") >= published
+                 and _value(text, "billing_outbox_delivery_delay_seconds_count")
+                 - _value(before, "billing_outbox_delivery_delay_seconds_count") >= published)
+        return text if moved else None
 
     after = await wait_until(processed)
     new_rows = await admin_conn.fetchval("select count(*) from outbox where id > $1", max_id)
