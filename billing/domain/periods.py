@@ -70,10 +70,14 @@ def _add_months(anchor: datetime, months: int) -> datetime:
     year, month0 = divmod(index, 12)
     if not 1 <= year <= 9999:
         raise ValueError("period boundary out of the supported date range")
-    month = month0 + 1
-    # The month's length without calendar.monthrange (which also computes a weekday).
-    last = 29 if month == 2 and calendar.isleap(year) else _MONTH_DAYS[month]
-    return anchor.replace(year=year, month=month, day=min(anchor.day, last))
+    day = anchor.day
+    if day > 28:  # clamped to the month's length (calendar.monthrange would also compute a weekday)
+        last = (29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28) if month0 == 1 \
+            else _MONTH_DAYS[month0 + 1]
+        day = min(day, last)
+    # The constructor, not anchor.replace(year=..., ...): keyword parsing made it twice as slow.
+    return datetime(year, month0 + 1, day, anchor.hour, anchor.minute, anchor.second, anchor.microsecond,
+                    anchor.tzinfo)
 
 
 def _boundary(anchor: datetime, unit: IntervalUnit, count: int, n: int) -> datetime:
@@ -112,15 +116,15 @@ def _search(anchor: datetime, unit: IntervalUnit, count: int, t: datetime) -> tu
     per = count * (12 if unit is IntervalUnit.YEAR else 1)
     months = (t.year - anchor.year) * 12 + (t.month - anchor.month)
     n = months // per  # estimate; off by at most one because of day/time within the month
-    start, end = _boundary(anchor, unit, count, n), None
+    start, end = _add_months(anchor, n * per), None
     while start > t:
         n, end = n - 1, start
-        start = _boundary(anchor, unit, count, n)
+        start = _add_months(anchor, n * per)
     if end is None:
-        end = _boundary(anchor, unit, count, n + 1)
+        end = _add_months(anchor, (n + 1) * per)
     while end <= t:
         n, start = n + 1, end
-        end = _boundary(anchor, unit, count, n + 1)
+        end = _add_months(anchor, (n + 1) * per)
     return n, start, end
 
 
@@ -145,7 +149,10 @@ def period_containing(
 def _period_containing_cached(
     anchor: datetime, unit: IntervalUnit, count: int, t: datetime
 ) -> tuple[datetime, datetime]:
-    return _period_containing(anchor, unit, count, t)
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    _, start, end = _search(anchor, unit, count, t)  # the types were checked by period_containing
+    return start, end
 
 
 def _period_containing(

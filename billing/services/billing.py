@@ -370,7 +370,8 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
     await outbox.enqueue_many(conn, tenant, rows)
     await store.advance_subscriptions(conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed],
                                       columns)
-    await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor, rows=audits)
+    await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor,
+                                  request_id=str(run_id), rows=audits)
     await store.mark_late_billed(conn, tenant, run_id, late_billed)
     if pending_ids:
         await pending_lines.mark_billed(conn, tenant, pending_ids, pending_requests)
@@ -447,10 +448,11 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
         details = {"run_id": run_text, "invoice_request_id": rid, "late_events": len(events),
                    "period_start": start.isoformat(), "period_end": end.isoformat(),
                    "total": decimal_to_str(amount), "currency": currency}
-        audits.append((sub.id, "subscription.late_usage_billed", run_text, None, json.dumps({"details": details})))
+        audits.append((sub.id, "subscription.late_usage_billed", None, {"details": details}))
     if outbox_rows:
         await outbox.enqueue_many(conn, tenant, outbox_rows)
-        await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor, rows=audits)
+        await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor,
+                                      request_id=run_text, rows=audits)
         marked = await store.mark_late_billed(conn, tenant, ex.run_id, billed)
         if marked != len(billed):  # cannot happen (the rows are locked): roll back rather than bill twice
             raise RuntimeError(f"late usage billed concurrently: marked {marked} of {len(billed)} events")
@@ -510,7 +512,7 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], bi
             before, after = _diff(prev, closed.subscription)
             columns.update(k for k in before if k != "status" or before[k] != after[k])
             after["details"] = details
-            audits.append((o.sub.id, closed.event, request_id, json.dumps(before), json.dumps(after)))
+            audits.append((o.sub.id, closed.event, before, after))
             if closed.event != "subscription.period_advanced":  # status or plan changed: announce it
                 _, key, payload, headers = events.build(
                     caller, event_type=closed.event, subscription_id=str(o.sub.id), customer_id=o.sub.customer_id,
@@ -536,6 +538,7 @@ def _invoice_row(request_id: str, payload: bytes) -> tuple[str, bytes, bytes, st
     return (INVOICES_STREAM, request_id.encode(), payload,
             f'{{"content-type": "{_INVOICE_CONTENT_TYPE}", "invoice-request-id": "{request_id}"}}')
 _SUB_FIELDS = tuple(f.name for f in fields(Subscription) if f.name != "status")
+_JSON_PLAIN = frozenset({str, int, bool, float})
 
 
 def _diff(before: Subscription, after: Subscription) -> tuple[dict, dict]:
@@ -554,6 +557,8 @@ def _diff(before: Subscription, after: Subscription) -> tuple[dict, dict]:
 
 def _json_value(v):
     """A field as `subscriptions.snapshot` writes it: times ISO 8601, ids as text."""
+    if v is None or type(v) in _JSON_PLAIN:  # before the Mapping check, an abstract base class: slow
+        return v
     if isinstance(v, datetime):
         return v.isoformat()
     if isinstance(v, uuid.UUID):
