@@ -96,6 +96,20 @@ class Line:
 # ----------------------------------------------------------------------- helpers
 
 
+def _line(*, kind: str, description: str, metric_code: str | None, quantity: Decimal, unit_price: Decimal,
+          amount: Decimal, period_start: datetime, period_end: datetime, fraction: Fraction | None,
+          tier: int | None) -> Line:
+    """``Line(...)`` for the lines a billing run makes by the thousand: the same frozen object
+    (Line has no __post_init__), its __dict__ filled at once instead of the frozen __init__'s
+    setattr per field, which cost two thirds of making a line."""
+    line = object.__new__(Line)
+    line.__dict__.update(kind=kind, description=description, metric_code=metric_code, quantity=quantity,
+                         unit_price=unit_price, amount=amount, period_start=period_start, period_end=period_end,
+                         fraction=fraction, tier=tier, original_period_start=None)
+    return line
+
+
+
 def _quantity(quantity: object) -> Decimal:
     if isinstance(quantity, bool):
         raise TypeError("quantity must be a Decimal, not bool")
@@ -248,7 +262,7 @@ def usage_lines(
     metric = charge.metric_code
 
     def line(description: str, qty: Decimal, price: Decimal, exact: Decimal, tier: int | None) -> Line:
-        return Line(
+        return _line(
             kind="usage",
             description=description,
             metric_code=metric,
@@ -320,7 +334,7 @@ def usage_lines(
 def base_fee_line(spec: PlanSpec, period_start: datetime, period_end: datetime) -> Line:
     """The full-period base fee of ``spec`` as one line (kind ``"base_fee"``, quantity 1)."""
     _period(period_start, period_end)
-    return Line(
+    return _line(
         kind="base_fee",
         description=f"{spec.name} ({spec.code}) base fee",
         metric_code=None,

@@ -505,3 +505,18 @@ def test_usage_amount_is_exact(charge, q):
         t = next(t for t in charge.tiers if t.up_to is None or q_f <= Fraction(t.up_to))
         expected = q_f * Fraction(t.unit_price) + Fraction(t.flat_fee) if q_f > 0 else Fraction(0)
     assert Fraction(usage_amount(charge, q)) == expected
+
+
+def test_fast_line_is_the_dataclass_line():
+    # base_fee_line and usage_lines build their lines with pricing._line (no frozen
+    # __init__): the very same object as Line(...), with every field of Line set, still frozen.
+    from dataclasses import fields
+
+    start, end = datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 2, 1, tzinfo=timezone.utc)
+    kw = dict(kind="usage", description="calls", metric_code="calls", quantity=D("3"), unit_price=D("0.5"),
+              amount=D("1.50"), period_start=start, period_end=end, fraction=None, tier=2)
+    fast = pricing._line(**kw)
+    assert fast == Line(**kw) and hash(fast) == hash(Line(**kw))
+    assert set(fast.__dict__) == {f.name for f in fields(Line)}
+    with pytest.raises(AttributeError):
+        fast.amount = D("2")  # type: ignore[misc]
