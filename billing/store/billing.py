@@ -360,10 +360,19 @@ async def advance_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, 
     sets = "".join(f"{c} = u.{c}, " for c in columns)
     params = "".join(f", ${i + 3}::{_type(c)}[]" for i, c in enumerate(columns))
     names = "".join(f", {c}" for c in columns)
+    # Each row is found by one primary-key probe (LATERAL ... OFFSET 0) and updated by its
+    # ctid: joined by id instead, the planner chose a hash join over a sequential scan of
+    # the tenant's subscriptions for every chunk (19 of 27 ms at 50,000, growing with the
+    # tenant: quadratic over a run). The ctid read here is the version this statement
+    # updates: the run holds these rows locked (FOR UPDATE) since it read them.
     await conn.execute(
-        f"""update subscriptions s set {sets}updated_at = now()
-              from unnest($2::uuid[]{params}) as u(id{names})
-             where s.tenant_id = $1 and s.id = u.id""",
+        f"""with u as (
+                select r.tid, u.* from unnest($2::uuid[]{params}) as u(id{names})
+                 cross join lateral (select ctid as tid from subscriptions s
+                                      where s.tenant_id = $1 and s.id = u.id offset 0) r)
+            update subscriptions s set {sets}updated_at = now()
+              from u
+             where s.ctid = u.tid and s.tenant_id = $1""",
         tenant_id, [s.id for s in subs], *arrays,
     )
 
