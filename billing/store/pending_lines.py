@@ -128,8 +128,11 @@ async def period_opened_by_a_run(conn: asyncpg.Connection, tenant_id: uuid.UUID,
                                  period_start: datetime) -> bool:
     """Whether a billing run opened the period that starts at ``period_start`` (it billed the
     period that ends there), and so charged it in advance for an in-advance plan."""
+    # The latest billed period starting before it (billed periods do not overlap): one
+    # backward step in the primary key (migration 013).
     return await conn.fetchval(
-        """select exists(select 1 from billed_periods
-            where tenant_id = $1 and subscription_id = $2 and period_end = $3)""",
+        """select coalesce((select period_end = $3 from billed_periods
+                             where tenant_id = $1 and subscription_id = $2 and period_start < $3
+                             order by period_start desc limit 1), false)""",
         tenant_id, subscription_id, period_start,
     )

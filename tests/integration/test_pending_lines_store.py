@@ -61,3 +61,37 @@ async def test_add_unbilled_mark_billed(migrated, stub, tenant, new_tenant):
             assert await pending_lines.unbilled(conn, tid, [sid]) == {}  # RLS, not only the where clause
     finally:
         await conn.close()
+
+
+async def test_opened_by_a_run_is_the_billed_period_ending_at_the_start(migrated, stub, tenant):
+    """Both reads of "did a run bill the period that ends where this one starts?" (the batch
+    one of a chunk, the single one of an API call) against billed periods [T0, T1), [T1, T2),
+    written by insert_billed_periods, which also reports a period billed before (its
+    fallback after a unique violation) without marking it twice."""
+    from billing.store import billing as billing_store
+
+    plan = await make_plan(stub, tenant)
+    sub, other = await make_sub(stub, tenant, plan), await make_sub(stub, tenant, plan)
+    tid, sid, oid = uuid.UUID(tenant.id), uuid.UUID(sub.id), uuid.UUID(other.id)
+    run = uuid.uuid4()
+    conn = await _app_conn(migrated, tenant.id)
+    try:
+        async with conn.transaction():
+            await set_tenant(conn, tid)
+            await conn.execute("insert into billing_runs (tenant_id, id, idempotency_key, as_of) values ($1, $2, $3, $4)",
+                               tid, run, f"k-{run}", T2)
+            row = lambda s, a, b: (s, a, b, uuid.uuid4(), uuid.UUID(plan.id), False)  # noqa: E731
+            assert await billing_store.insert_billed_periods(conn, tid, run, [row(sid, T0, T1)]) == set()
+            # [T0, T1) again, with [T1, T2) beside it: only the new one is marked
+            again = await billing_store.insert_billed_periods(conn, tid, run, [row(sid, T0, T1), row(sid, T1, T2)])
+            assert again == {(sid, T0)}
+            assert await conn.fetchval("select count(*) from billed_periods where subscription_id = $1", sid) == 2
+            later = datetime(2026, 3, 1, tzinfo=timezone.utc)
+            asked = [(sid, T0), (sid, T1), (sid, T2), (sid, later), (oid, T1)]
+            assert await billing_store.opened_by_a_run(conn, tid, asked) == {sid}
+            assert await billing_store.opened_by_a_run(conn, tid, [(sid, T1)]) == {sid}
+            assert await billing_store.opened_by_a_run(conn, tid, [(sid, later), (sid, T0), (oid, T2)]) == set()
+            single = [await pending_lines.period_opened_by_a_run(conn, tid, s, t) for s, t in asked]
+            assert single == [False, True, True, False, False]
+    finally:
+        await conn.close()
