@@ -51,7 +51,7 @@ from billing.domain.subscriptions import Subscription
 from billing.ops import metrics
 from billing.services import audit, events, idempotency, invoice_requests, paging
 from billing.services.context import Caller
-from billing.services.errors import NotFound, ValidationError
+from billing.services.errors import FailedPrecondition, NotFound, ValidationError
 from billing.store import audit as audit_store
 from billing.store import billing as store
 from billing.store import outbox, pending_lines
@@ -206,6 +206,7 @@ class _Execution:
     plans: dict[uuid.UUID, PlanSpec] = field(default_factory=dict)
     cursor: uuid.UUID | None = None  # the id keyset: the last subscription handed to a worker
     fetching: asyncio.Lock = field(default_factory=asyncio.Lock)
+    request_id: str = ""  # of the audit rows and events (default: the run id)
 
 
 async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *, chunk_size: int = CHUNK_SIZE,
@@ -365,13 +366,14 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
     billed_before = await store.insert_billed_periods(conn, tenant, run_id, [
         (o.sub.id, c.period_start, c.period_end, c.invoice_request_id if c.lines else None, plan, trial)
         for o in outcomes for c, plan, trial in zip(o.closed, o.plans, o.trials)])
+    request_id = ex.request_id or str(run_id)
     rows, audits, late_billed, pending_ids, pending_requests, columns = await asyncio.to_thread(
-        _write_rows, caller, run_id, outcomes, billed_before, chunk)
+        _write_rows, caller, run_id, request_id, outcomes, billed_before, chunk)
     await outbox.enqueue_many(conn, tenant, rows)
     await store.advance_subscriptions(conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed],
                                       columns)
     await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor,
-                                  request_id=str(run_id), rows=audits)
+                                  request_id=request_id, rows=audits)
     await store.mark_late_billed(conn, tenant, run_id, late_billed)
     if pending_ids:
         await pending_lines.mark_billed(conn, tenant, pending_ids, pending_requests)
@@ -461,6 +463,30 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
     return chunk
 
 
+async def close_ended_periods(conn: asyncpg.Connection, caller: Caller, sub: Subscription, as_of: datetime,
+                              request_id: str) -> bool:
+    """Bill the periods of `sub` that ended by `as_of` and no run closed yet, in the caller's
+    transaction, which holds the subscription's row locked: what a run would do for it
+    (one chunk of one subscription: invoice requests, billed periods, the advance, audit
+    rows and events, late usage and pending lines billed), with no run (`run_id` the nil
+    UUID) and the caller as the actor. A change made after a period ended but before a run
+    closed it (an immediate cancel, a plan change, a pause) then applies to the period that
+    holds its time, and the ended period is billed in full, not left to a run that would
+    never bill it (a canceled subscription) or bill it at the new state.
+
+    Returns whether something was closed (the caller reads the subscription again).
+    FailedPrecondition when the subscription cannot be billed (its reason): the caller's
+    change is refused rather than applied to a period that stays unbilled."""
+    if not invoicing.is_due(sub, as_of):
+        return False
+    ex = _Execution(caller.tenant_id, invoice_requests.NO_RUN, as_of, 0, 1, 1, [], request_id=request_id)
+    chunk = await _bill_chunk(conn, caller, ex, [sub])
+    if chunk.failures:
+        raise FailedPrecondition(f"subscription {sub.id}: its ended period cannot be billed: "
+                                 f"{chunk.failures[0]['reason']}")
+    return True  # not in the run metrics (billing_subscriptions_total counts what runs bill)
+
+
 def _compute(tenant, run_id, as_of, subs, plans, usage, charged, late, pending, chunk: _Chunk) -> list["_Billed"]:
     """Every closed period of the chunk, in the pure domain; failures recorded in `chunk`."""
     outcomes: list[_Billed] = []
@@ -477,7 +503,8 @@ def _compute(tenant, run_id, as_of, subs, plans, usage, charged, late, pending, 
     return outcomes
 
 
-def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], billed_before: set, chunk: _Chunk):
+def _write_rows(caller: Caller, run_id: uuid.UUID, request_id: str, outcomes: list["_Billed"], billed_before: set,
+                chunk: _Chunk):
     """The rows to write for what `insert_billed_periods` marked (all but `billed_before`):
     outbox rows, audit rows, late events and pending lines billed, and the subscription
     columns the chunk changed; counts and totals into `chunk`."""
@@ -487,7 +514,7 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], bi
     pending_ids: list[uuid.UUID] = []
     pending_requests: list[uuid.UUID] = []
     columns: set[str] = set()  # subscription columns changed by some close of the chunk
-    request_id = str(run_id)
+    run_text = str(run_id)
     for o in outcomes:
         billed = skipped = False
         prev = o.sub
@@ -506,7 +533,7 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, outcomes: list["_Billed"], bi
                 # Billed before, yet the subscription was not advanced past it: advance only
                 # (its late usage and pending lines stay unbilled, for the next period).
                 skipped = True
-            details = {"run_id": request_id, "period_start": closed.period_start.isoformat(),
+            details = {"run_id": run_text, "period_start": closed.period_start.isoformat(),
                        "period_end": closed.period_end.isoformat(), "invoice_request_id": rid,
                        "total": decimal_to_str(closed.total), "currency": closed.currency}
             before, after = _diff(prev, closed.subscription)

@@ -22,7 +22,7 @@ from billing.domain.money import decimal_to_str
 from billing.domain.plans import PlanSpec, plan_from_dict
 from billing.domain.pricing import Line, aggregate, total, usage_lines
 from billing.domain.subscriptions import CancelMode, Change, ChangeTiming, Subscription
-from billing.services import audit, events, idempotency, invoice_requests, paging
+from billing.services import audit, billing, events, idempotency, invoice_requests, paging
 from billing.services.context import Caller
 from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError
 from billing.store import audit as audit_store
@@ -270,6 +270,10 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
         before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
         if before is None:
             raise NotFound("subscription", subscription_id)
+        # A period that ended and no run has closed yet is billed first, as a run would:
+        # the change then applies to the period its time falls in (docs/billing.md).
+        if await billing.close_ended_periods(conn, caller, before, now(), request_id):
+            before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
         spec, _, _ = await _plan(conn, caller, before.plan_id, "plan_id")
         change = await rule(conn, before, spec)
         if change.event:

@@ -32,10 +32,12 @@ async def _cancel(stub, tenant, sub_id: str, mode) -> pb.Subscription:
                                           metadata=tenant.md)).subscription
 
 
-async def _canceled_at_period_end(stub, service, tenant, plan, start) -> pb.Subscription:
-    """A subscription whose first period [start, start + 7d) ended, canceled at its end by a run."""
+async def _canceled_at_period_end(stub, admin_conn, tenant, plan, start) -> pb.Subscription:
+    """A subscription whose first period [start, start + 7d) ended, to be canceled at its end
+    by a run: cancel at period end as if asked before that end (asked now, the ended period
+    would be closed first and the cancel would wait for the next one's end)."""
     sub = await _sub(stub, tenant, plan, start)
-    await _cancel(stub, tenant, sub.id, pb.CANCEL_MODE_AT_PERIOD_END)
+    await admin_conn.execute("update subscriptions set cancel_at_period_end = true where id = $1", uuid.UUID(sub.id))
     return sub
 
 
@@ -52,7 +54,7 @@ async def test_canceled_at_period_end_late_usage_is_billed_once_by_the_next_run(
         service, stub, tenant, admin_conn, monkeypatch):
     plan = await _weekly_plan(stub, tenant)  # 10.00 a week in arrears + 0.0025 per call
     tid = uuid.UUID(tenant.id)
-    sub = await _canceled_at_period_end(stub, service, tenant, plan, NOW() - timedelta(days=10))
+    sub = await _canceled_at_period_end(stub, admin_conn, tenant, plan, NOW() - timedelta(days=10))
     p1_start, p1_end = _dt(sub.current_period_start), _dt(sub.current_period_end)  # [-10d, -3d)
     await _usage(stub, tenant, sub.id, "1000", p1_start + timedelta(days=1))
     first = await _run(service, tenant, NOW())  # closes P1 and cancels at its end
@@ -202,9 +204,9 @@ async def test_an_active_subscriptions_late_usage_still_goes_into_its_next_invoi
 async def test_two_shards_bill_each_canceled_subscriptions_late_usage_once(service, stub, tenant, admin_conn):
     plan = await _weekly_plan(stub, tenant)
     tid = uuid.UUID(tenant.id)
-    subs = [await _canceled_at_period_end(stub, service, tenant, plan, NOW() - timedelta(days=10)) for _ in range(8)]
+    subs = [await _canceled_at_period_end(stub, admin_conn, tenant, plan, NOW() - timedelta(days=10)) for _ in range(8)]
     while len({await _shard(admin_conn, sub.id) for sub in subs}) < 2:  # both shards hold some (random ids)
-        subs.append(await _canceled_at_period_end(stub, service, tenant, plan, NOW() - timedelta(days=10)))
+        subs.append(await _canceled_at_period_end(stub, admin_conn, tenant, plan, NOW() - timedelta(days=10)))
     n = len(subs)
     first = await _run(service, tenant, NOW())  # closes P1 of each and cancels them
     assert first.subscriptions_billed == n
