@@ -399,13 +399,14 @@ async def test_a_run_persists_the_state_changes_of_its_closes(service, stub, ten
         request_id=rid(), customer_id="c-trial", plan_id=plan.id, activate=True, start_at=ts(start), trial_days=7),
         metadata=tenant.md)).subscription
     assert trial.status == pb.SUBSCRIPTION_STATUS_TRIALING
+    # The cancel and the plan change at period end as if asked before the period ended (asked
+    # now, the ended period would be closed first: docs/subscriptions.md).
     leaving = await _sub(stub, tenant, plan, start)
-    await stub.CancelSubscription(pb.CancelSubscriptionRequest(
-        request_id=rid(), id=leaving.id, mode=pb.CANCEL_MODE_AT_PERIOD_END), metadata=tenant.md)
+    await admin_conn.execute("update subscriptions set cancel_at_period_end = true where id = $1",
+                             uuid.UUID(leaving.id))
     moving = await _sub(stub, tenant, plan, start)
-    await stub.ChangePlan(pb.ChangePlanRequest(
-        request_id=rid(), id=moving.id, new_plan_id=cheap.id, timing=pb.CHANGE_TIMING_AT_PERIOD_END),
-        metadata=tenant.md)
+    await admin_conn.execute("update subscriptions set pending_plan_id = $2, pending_change_at = current_period_end"
+                             " where id = $1", uuid.UUID(moving.id), uuid.UUID(cheap.id))
     plain = await _sub(stub, tenant, plan, start)
 
     done = await _run(service, tenant, NOW())
