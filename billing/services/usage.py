@@ -28,11 +28,6 @@ from billing.store.db import set_tenant
 _QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?", re.ASCII)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 MAX_EVENT_ID = 200
-# A subscription whose current period ends before now plus this margin is read FOR KEY
-# SHARE (billing/store/usage.py `subscriptions`): a billing run may be closing that period.
-# A run's as_of is at most 5 minutes ahead of the clock; the margin also covers clock skew
-# between hosts and a long batch.
-LOCK_MARGIN_US = 3600 * 1_000_000
 MAX_PROPERTIES = 50
 # An event property is a label (a user id, a region), stored with every raw event: a
 # megabyte of it is a producer bug, refused like NUL rather than kept forever.
@@ -174,9 +169,8 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             except ValueError:
                 sub_ids[text] = None
     subs: dict[uuid.UUID, _Sub] = {}
-    lock_before = from_us(now_us + LOCK_MARGIN_US)  # periods a billing run may be closing right now
-    for row in await usage_store.subscriptions(conn, tenant, [s for s in sub_ids.values() if s],
-                                               lock_ending_before=lock_before):
+    # Read FOR KEY SHARE, held until the batch commits (billing/store/usage.py, `subscriptions`).
+    for row in await usage_store.subscriptions(conn, tenant, [s for s in sub_ids.values() if s]):
         subs[row["id"]] = _Sub(
             row["plan_id"], row["status"], to_us(row["start_at"]), row["billing_anchor"],
             to_us(row["current_period_start"]) if row["current_period_start"] else None,

@@ -100,28 +100,27 @@ async def tenant_exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
     return bool(await conn.fetchval("select exists(select 1 from tenants where id = $1)", tenant_id))
 
 
-async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: list[uuid.UUID], *,
-                        lock_ending_before: datetime | None = None) -> list[asyncpg.Record]:
-    """The batch's subscriptions; those whose current period ends before
-    `lock_ending_before` (all of them when it is None) read FOR KEY SHARE, held until the
-    batch commits.
+async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    """The batch's subscriptions, read FOR KEY SHARE and held until the batch commits: an
+    event is attributed to a period (or found late, or refused) from this read.
 
-    The lock closes a race with billing: an event is attributed to the subscription's
-    current period (or found late) from this read; a billing chunk closing that period at
-    the same moment would otherwise bill the period's totals without the event, which then
-    lands in an already billed period as on-time usage and is never billed. KEY SHARE
-    conflicts with the billing run's FOR UPDATE only: a chunk skips (SKIP LOCKED) the
-    subscriptions a usage batch holds and bills them on its next pass, and a usage batch
-    waits for a chunk that holds them, then reads the advanced period (so the event is late,
-    and billed as late usage). Usage batches do not block each other (KEY SHARE is shared).
+    KEY SHARE conflicts only with FOR UPDATE, which every writer of a subscription takes: a
+    billing chunk closing a period (it skips, SKIP LOCKED, the subscriptions a batch holds,
+    and bills them on its next pass) and a change, by gRPC or a command (an immediate cancel
+    billing the usage up to now, a pause refusing the usage after it, a catch-up closing an
+    ended period). Either the batch reads first and the writer waits for its commit, so the
+    batch's events are in the totals the writer bills; or the writer commits first and the
+    batch reads what it wrote, so an event of a period already billed is late (and billed
+    as late usage) and one after a cancel or in a pause is refused. Usage batches do not
+    block each other (KEY SHARE is shared).
 
-    Only a period that has ended can be closed by a run (as_of is at most a few minutes
-    ahead of the clock), so the caller asks to lock only the subscriptions whose period ends
-    before now plus a margin: the rows of other periods are read without a lock, which
-    spares the tuple locks (and, with two usage consumers sharing subscriptions, the
-    multixacts) on nearly every row of a batch.
+    Until session 4 only the subscriptions whose period ended within the hour were locked
+    (only those can be closed by a run): an event committed while an immediate cancel billed
+    its period was then on time in a period no request bills. The lock costs about 2 us of
+    PostgreSQL time per distinct subscription of a batch (docs/decisions.md).
     """
-    query = """select id, plan_id, status, start_at, billing_anchor, current_period_start, current_period_end, canceled_at,
+    return await conn.fetch(
+        """select id, plan_id, status, start_at, billing_anchor, current_period_start, current_period_end, canceled_at,
                   paused_at, pause_resumes_at,
                   -- past pauses (migration 009): usage in them is not billed
                   array(select w.paused_at from pause_windows w where w.tenant_id = $1 and w.subscription_id = s.id
@@ -129,18 +128,10 @@ async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: lis
                   array(select w.resumed_at from pause_windows w where w.tenant_id = $1 and w.subscription_id = s.id
                          order by w.paused_at) as paused_to
              from subscriptions s where tenant_id = $1 and id = any($2::uuid[])
-            order by id"""
-    if lock_ending_before is None:
-        return await conn.fetch(query + " for key share of s", tenant_id, ids)
-    rows = await conn.fetch(query, tenant_id, ids)
-    ending = [r["id"] for r in rows
-              if r["current_period_end"] is not None and r["current_period_end"] <= lock_ending_before]
-    if not ending:
-        return rows
-    # A statement of its own: it waits for a billing chunk holding a row, then sees the
-    # row as that chunk committed it (the first read's snapshot would not).
-    locked = {r["id"]: r for r in await conn.fetch(query + " for key share of s", tenant_id, ending)}
-    return [locked.get(r["id"], r) for r in rows]
+            order by id
+              for key share of s""",
+        tenant_id, ids,
+    )
 
 
 async def plan_specs(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> list[tuple]:

@@ -300,20 +300,67 @@ async def test_a_sharded_run_is_executed_by_two_billing_consumers(migrated, serv
     assert len({s["executed_by"] for s in shards}) == 2  # both consumers executed shards
 
 
-async def test_ingest_does_not_lock_a_subscription_whose_period_is_far_from_its_end(service, stub, tenant, migrated):
-    """Only periods a run may be closing (ending within the hour) are locked: usage for a
-    subscription in the middle of its period neither waits for nor blocks a row lock."""
+async def test_an_immediate_cancel_waits_for_a_usage_batch_and_bills_its_event(service, stub, tenant, admin_conn):
+    """The race with a change mid-period, batch first: a usage batch holding the subscription
+    (KEY SHARE, not committed yet) makes an immediate cancel wait, and the cancel's final
+    request then bills the batch's event. Before session 4 mid-period usage took no lock:
+    the cancel billed the period without the event, which then landed on time in a period
+    no request bills."""
     plan = await _weekly_plan(stub, tenant)
-    sub = await _sub(stub, tenant, plan, NOW() - timedelta(days=1))  # period ends in ~6 days
+    sub = await _sub(stub, tenant, plan, NOW() - timedelta(days=1))  # mid-period: ends in ~6 days
     sid, tid = uuid.UUID(sub.id), uuid.UUID(tenant.id)
-    other = await asyncpg.connect(migrated.admin_database_url)
+    release = asyncio.Event()
+
+    async def usage_batch():
+        async with service.db.tenant_tx(tid) as conn:
+            event = UsageEvent("mid-1", str(tid), str(sid), "api_calls", "2000", to_us(NOW() - timedelta(hours=1)))
+            result = await ingest(conn, [event], now_us=to_us(NOW()), limits=UsageLimits(), plans=PlanCache())
+            assert result.inserted == 1 and result.late == 0
+            await release.wait()
+
+    async def cancel_now():
+        return await stub.CancelSubscription(pb.CancelSubscriptionRequest(
+            request_id=rid(), id=sub.id, mode=pb.CANCEL_MODE_IMMEDIATELY), metadata=tenant.md)
+
+    batch = asyncio.create_task(usage_batch())
     try:
-        async with other.transaction():
-            await other.execute("select 1 from subscriptions where tenant_id = $1 and id = $2 for update", tid, sid)
-            recorded = await asyncio.wait_for(_usage(stub, tenant, sub.id, "5", NOW() - timedelta(hours=1)), 5)
-            assert recorded.duplicate is False
+        await asyncio.sleep(0.5)
+        cancel = asyncio.create_task(cancel_now())
+        await asyncio.sleep(1.5)
+        assert not cancel.done()  # waits for the batch's commit
     finally:
-        await other.close()
+        release.set()
+        await batch
+    assert (await asyncio.wait_for(cancel, 10)).subscription.status == pb.SUBSCRIPTION_STATUS_CANCELED
+    [final] = await _invoices(admin_conn, tid, sub.id)
+    usage = [ln for ln in final["lines"] if ln["kind"] == "usage"]
+    assert [(u["quantity"], u["amount"]) for u in usage] == [("2000", "5.00")]
+
+
+async def test_a_usage_batch_waits_for_a_change_and_then_sees_it(service, stub, tenant, migrated):
+    """The race with a change mid-period, change first: a usage batch waits for a change
+    holding the subscription's row (FOR UPDATE, as every change does), then reads what it
+    committed: here a cancel, so an event from before the cancel is late (billed by the next
+    run as late usage), not on time in the period the cancel billed."""
+    plan = await _weekly_plan(stub, tenant)
+    sub = await _sub(stub, tenant, plan, NOW() - timedelta(days=1))
+    sid, tid = uuid.UUID(sub.id), uuid.UUID(tenant.id)
+    change = await asyncpg.connect(migrated.admin_database_url)
+    try:
+        tx = change.transaction()
+        await tx.start()
+        await change.execute("select 1 from subscriptions where tenant_id = $1 and id = $2 for update", tid, sid)
+        await change.execute("update subscriptions set status = 'canceled', canceled_at = now() where id = $1", sid)
+        record = asyncio.create_task(_usage(stub, tenant, sub.id, "5", NOW() - timedelta(hours=1), "waits"))
+        await asyncio.sleep(1.0)
+        assert not record.done()  # held by the change's row lock
+        await tx.commit()
+        assert (await asyncio.wait_for(record, 10)).duplicate is False
+        row = await change.fetchrow("select late from usage_events where tenant_id = $1 and event_id = $2",
+                                    tid, "waits")
+        assert row["late"] is True
+    finally:
+        await change.close()
 
 
 async def test_a_period_billed_before_is_advanced_past_but_not_billed_again(service, stub, tenant, admin_conn):
