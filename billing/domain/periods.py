@@ -17,7 +17,6 @@ otherwise); results carry ``datetime.timezone.utc``.
 
 from __future__ import annotations
 
-import calendar
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 

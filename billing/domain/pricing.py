@@ -109,7 +109,6 @@ def _line(*, kind: str, description: str, metric_code: str | None, quantity: Dec
     return line
 
 
-
 def _quantity(quantity: object) -> Decimal:
     if isinstance(quantity, bool):
         raise TypeError("quantity must be a Decimal, not bool")

@@ -564,6 +564,8 @@ def _invoice_row(request_id: str, payload: bytes) -> tuple[str, bytes, bytes, st
     are fixed ASCII (a content type, a UUID)."""
     return (INVOICES_STREAM, request_id.encode(), payload,
             f'{{"content-type": "{_INVOICE_CONTENT_TYPE}", "invoice-request-id": "{request_id}"}}')
+
+
 _SUB_FIELDS = tuple(f.name for f in fields(Subscription) if f.name != "status")
 _JSON_PLAIN = frozenset({str, int, bool, float})
 

@@ -314,7 +314,8 @@ async def insert_billed_periods(conn: asyncpg.Connection, tenant_id: uuid.UUID, 
                                 rows: list[tuple]) -> set[tuple[uuid.UUID, datetime]]:
     """Mark periods billed: rows of (subscription id, start, end, invoice request id or None,
     plan id, trial). Returns the (subscription, start) pairs that were billed BEFORE, which
-    this call did not mark (the primary key is the once-only guarantee). Those are rare, so only they come back, not one row per period marked."""
+    this call did not mark (the primary key is the once-only guarantee). Those are rare,
+    so only they come back, not one row per period marked."""
     if not rows:
         return set()
     cols = [list(c) for c in zip(*rows)]
