@@ -26,6 +26,7 @@ from billing.services import audit, billing, events, idempotency, invoice_reques
 from billing.services.context import Caller
 from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError
 from billing.store import audit as audit_store
+from billing.store import billing as billing_store
 from billing.store import pending_lines
 from billing.store import plans as plans_store
 from billing.store import subscriptions as store
@@ -146,7 +147,7 @@ async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, bef
 async def _charged_in_advance(conn: asyncpg.Connection, caller: Caller, sub: Subscription) -> bool:
     if sub.current_period_start is None:
         return False
-    return await pending_lines.period_opened_by_a_run(conn, caller.tenant_id, sub.id, sub.current_period_start)
+    return sub.id in await billing_store.opened_by_a_run(conn, caller.tenant_id, [(sub.id, sub.current_period_start)])
 
 
 async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscription, spec: PlanSpec,

@@ -310,6 +310,14 @@ async def mark_late_billed(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_i
     return int(status.split()[-1])
 
 
+_INSERT_BILLED_PERIODS = """
+    insert into billed_periods (tenant_id, subscription_id, period_start, period_end, invoice_request_id, run_id,
+                                plan_id, trial)
+    select $1, s, ps, pe, i, $2, p, t
+      from unnest($3::uuid[], $4::timestamptz[], $5::timestamptz[], $6::uuid[], $7::uuid[], $8::bool[])
+           as u(s, ps, pe, i, p, t)"""
+
+
 async def insert_billed_periods(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID,
                                 rows: list[tuple]) -> set[tuple[uuid.UUID, datetime]]:
     """Mark periods billed: rows of (subscription id, start, end, invoice request id or None,
@@ -325,24 +333,12 @@ async def insert_billed_periods(conn: asyncpg.Connection, tenant_id: uuid.UUID, 
     # periods are inserted again, skipping and returning those billed before.
     try:
         async with conn.transaction():
-            await conn.execute(
-                """insert into billed_periods (tenant_id, subscription_id, period_start, period_end,
-                                               invoice_request_id, run_id, plan_id, trial)
-                   select $1, s, ps, pe, i, $2, p, t
-                     from unnest($3::uuid[], $4::timestamptz[], $5::timestamptz[], $6::uuid[], $7::uuid[],
-                                 $8::bool[]) as u(s, ps, pe, i, p, t)""",
-                tenant_id, run_id, *cols,
-            )
+            await conn.execute(_INSERT_BILLED_PERIODS, tenant_id, run_id, *cols)
         return set()
     except asyncpg.UniqueViolationError:
         pass
     refused = await conn.fetch(
-        """with marked as (
-               insert into billed_periods (tenant_id, subscription_id, period_start, period_end, invoice_request_id,
-                                           run_id, plan_id, trial)
-               select $1, s, ps, pe, i, $2, p, t
-                 from unnest($3::uuid[], $4::timestamptz[], $5::timestamptz[], $6::uuid[], $7::uuid[], $8::bool[])
-                      as u(s, ps, pe, i, p, t)
+        f"""with marked as ({_INSERT_BILLED_PERIODS}
                on conflict do nothing
                returning subscription_id, period_start)
            select s, ps from unnest($3::uuid[], $4::timestamptz[]) as u(s, ps)

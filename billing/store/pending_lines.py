@@ -19,7 +19,7 @@ import asyncpg
 
 from billing.domain.pricing import Line
 
-__all__ = ["NAMESPACE", "line_id", "add", "unbilled", "mark_billed", "for_subscription", "period_opened_by_a_run"]
+__all__ = ["NAMESPACE", "line_id", "add", "unbilled", "mark_billed", "for_subscription"]
 
 #: Namespace of pending line ids. Never change it: replays must find the same ids.
 NAMESPACE = uuid.UUID("0d6c1f7e-5a43-4b8e-9d2f-6e1b7c3a9f50")
@@ -121,18 +121,4 @@ async def for_subscription(conn: asyncpg.Connection, tenant_id: uuid.UUID,
     return await conn.fetch(
         f"select {_COLUMNS} from pending_lines where tenant_id = $1 and subscription_id = $2 order by created_at, id",
         tenant_id, subscription_id,
-    )
-
-
-async def period_opened_by_a_run(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID,
-                                 period_start: datetime) -> bool:
-    """Whether a billing run opened the period that starts at ``period_start`` (it billed the
-    period that ends there), and so charged it in advance for an in-advance plan."""
-    # The latest billed period starting before it (billed periods do not overlap): one
-    # backward step in the primary key (migration 013).
-    return await conn.fetchval(
-        """select coalesce((select period_end = $3 from billed_periods
-                             where tenant_id = $1 and subscription_id = $2 and period_start < $3
-                             order by period_start desc limit 1), false)""",
-        tenant_id, subscription_id, period_start,
     )

@@ -64,8 +64,8 @@ async def test_add_unbilled_mark_billed(migrated, stub, tenant, new_tenant):
 
 
 async def test_opened_by_a_run_is_the_billed_period_ending_at_the_start(migrated, stub, tenant):
-    """Both reads of "did a run bill the period that ends where this one starts?" (the batch
-    one of a chunk, the single one of an API call) against billed periods [T0, T1), [T1, T2),
+    """The read "did a run bill the period that ends where this one starts?" (a chunk asks it
+    for many subscriptions, an API call for one) against billed periods [T0, T1), [T1, T2),
     written by insert_billed_periods, which also reports a period billed before (its
     fallback after a unique violation) without marking it twice."""
     from billing.store import billing as billing_store
@@ -91,7 +91,7 @@ async def test_opened_by_a_run_is_the_billed_period_ending_at_the_start(migrated
             assert await billing_store.opened_by_a_run(conn, tid, asked) == {sid}
             assert await billing_store.opened_by_a_run(conn, tid, [(sid, T1)]) == {sid}
             assert await billing_store.opened_by_a_run(conn, tid, [(sid, later), (sid, T0), (oid, T2)]) == set()
-            single = [await pending_lines.period_opened_by_a_run(conn, tid, s, t) for s, t in asked]
+            single = [s in await billing_store.opened_by_a_run(conn, tid, [(s, t)]) for s, t in asked]
             assert single == [False, True, True, False, False]
     finally:
         await conn.close()
