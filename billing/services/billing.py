@@ -34,7 +34,7 @@ import uuid
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Mapping, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import asyncpg
 
@@ -533,8 +533,9 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, request_id: str, outcomes: li
                 # Billed before, yet the subscription was not advanced past it: advance only
                 # (its late usage and pending lines stay unbilled, for the next period).
                 skipped = True
-            details = {"run_id": run_text, "period_start": closed.period_start.isoformat(),
-                       "period_end": closed.period_end.isoformat(), "invoice_request_id": rid,
+            # Times as they are: the audit rows' JSON writes them (store.db.json_text).
+            details = {"run_id": run_text, "period_start": closed.period_start,
+                       "period_end": closed.period_end, "invoice_request_id": rid,
                        "total": decimal_to_str(closed.total), "currency": closed.currency}
             before, after = _diff(prev, closed.subscription)
             columns.update(k for k in before if k != "status" or before[k] != after[k])
@@ -544,7 +545,9 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, request_id: str, outcomes: li
                 _, key, payload, headers = events.build(
                     caller, event_type=closed.event, subscription_id=str(o.sub.id), customer_id=o.sub.customer_id,
                     occurred_at=closed.period_end, cause=f"billing-run:{closed.invoice_request_id}",
-                    from_status=prev.status.value, to_status=closed.subscription.status.value, data=details)
+                    from_status=prev.status.value, to_status=closed.subscription.status.value,
+                    data={**details, "period_start": closed.period_start.isoformat(),
+                          "period_end": closed.period_end.isoformat()})
                 rows.append((events.STREAM, key, payload, json.dumps(headers)))
             prev = closed.subscription
         if billed:
@@ -567,34 +570,21 @@ def _invoice_row(request_id: str, payload: bytes) -> tuple[str, bytes, bytes, st
 
 
 _SUB_FIELDS = tuple(f.name for f in fields(Subscription) if f.name != "status")
-_JSON_PLAIN = frozenset({str, int, bool, float})
 
 
 def _diff(before: Subscription, after: Subscription) -> tuple[dict, dict]:
-    """The fields a period close changed, and the status, as they were and as they are, in
-    the audit trail's JSON form (`subscriptions.snapshot`): the audit row of a period close
-    holds these, not two whole snapshots. The audit rows are the run's largest write; the
-    full state at any point follows from the subscription's earlier rows."""
+    """The fields a period close changed, and the status, as they were and as they are: the
+    audit row of a period close holds these, not two whole snapshots. The audit rows are
+    the run's largest write; the full state at any point follows from the subscription's
+    earlier rows. Values as they are (times, ids): `audit_store.append_many` writes them in
+    the audit trail's JSON form (`subscriptions.snapshot`'s)."""
     b, a = {"status": before.status.value}, {"status": after.status.value}
     old, new = before.__dict__, after.__dict__
     for k in _SUB_FIELDS:
         x, y = old[k], new[k]
         if x is not y and x != y:
-            b[k], a[k] = _json_value(x), _json_value(y)
+            b[k], a[k] = x, y
     return b, a
-
-
-def _json_value(v):
-    """A field as `subscriptions.snapshot` writes it: times ISO 8601, ids as text."""
-    if v is None or type(v) in _JSON_PLAIN:  # before the Mapping check, an abstract base class: slow
-        return v
-    if isinstance(v, datetime):
-        return v.isoformat()
-    if isinstance(v, uuid.UUID):
-        return str(v)
-    if isinstance(v, Mapping):
-        return dict(v)
-    return v
 
 
 async def _load_plans(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], wanted: set[uuid.UUID]) -> None:

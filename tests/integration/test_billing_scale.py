@@ -256,6 +256,8 @@ async def test_one_failing_subscription_does_not_stop_a_set_based_chunk(service,
         "status": "active", "current_period_start": sub_row["current_period_start"].isoformat(),
         "current_period_end": sub_row["current_period_end"].isoformat()}
     assert row["after"]["details"]["total"] == "10.00" and row["after"]["details"]["run_id"] == str(done.id)
+    assert (row["after"]["details"]["period_start"], row["after"]["details"]["period_end"]) == (
+        sub_row["start_at"].isoformat(), sub_row["current_period_start"].isoformat())
     row = await admin_conn.fetchrow("select current_period_start, start_at from subscriptions where id = $1",
                                     uuid.UUID(bad.id))
     assert row["current_period_start"] == row["start_at"]  # not advanced

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from decimal import Decimal as D
 
 import pytest
+from hypothesis import given, strategies as st
 
 from billing.domain.invoicing import NAMESPACE, PeriodUsage, close_period, invoice_request_id, is_due
 from billing.domain.lifecycle import SubscriptionStatus as S
@@ -166,6 +167,15 @@ def test_invoice_request_id_is_deterministic():
     assert invoice_request_id(TENANT, SUB, JAN) == uuid.uuid5(
         uuid.UUID("5b0e7c52-2f3b-4c64-9a7e-0c1d3f6a8e21"),
         "00000000-0000-0000-0000-0000000000aa/00000000-0000-0000-0000-0000000000bb/2026-01-15T00:00:00+00:00")
+
+
+@given(st.uuids(), st.uuids(), st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
+                                          timezones=st.just(timezone.utc)))
+def test_invoice_request_id_is_uuid5_of_the_contract_for_any_time(t, s, when):
+    got = invoice_request_id(t, s, when)
+    want = uuid.uuid5(NAMESPACE, f"{t}/{s}/{when.isoformat()}")
+    assert got == want and str(got) == str(want) and got.version == 5 and got.variant == want.variant
+    assert hash(got) == hash(want) and got.is_safe == want.is_safe
 
 
 def test_is_due_and_refusals():
