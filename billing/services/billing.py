@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 import json
 import logging
 import uuid
@@ -204,7 +205,10 @@ class _Execution:
     chunk_size: int
     failed: list[uuid.UUID]  # not tried again by this run (they would stay due)
     plans: dict[uuid.UUID, PlanSpec] = field(default_factory=dict)
-    cursor: uuid.UUID | None = None  # the id keyset: the last subscription handed to a worker
+    # The id windows of the pass still to hand out, by their last id (None: no upper bound,
+    # the last one), and the end of the last window handed out; None: a pass starts.
+    windows: deque[uuid.UUID | None] | None = None
+    cursor: uuid.UUID | None = None
     fetching: asyncio.Lock = field(default_factory=asyncio.Lock)
     request_id: str = ""  # of the audit rows and events (default: the run id)
 
@@ -261,7 +265,7 @@ async def execute_run(pool, tenant_id: uuid.UUID, run_id: uuid.UUID, *, chunk_si
                     _observe_finished(run)
                     log.info("billing run completed", extra={"tenant_id": str(tenant_id), "run_id": str(run_id)})
                 break
-        ex.cursor = None  # another pass from the start: what was locked may be due still
+        ex.windows = None  # another pass from the start: what was locked may be due still
         await asyncio.sleep(BUSY_WAIT_S)
     if late is not None:
         _observe_chunk(late)
@@ -286,14 +290,20 @@ async def _worker(db: Database, caller: Caller, ex: _Execution) -> None:
 
 async def _next_chunk(conn, ex: _Execution) -> list[Subscription] | None:
     """Up to about chunk_size due subscriptions of the shard, locked; None at the end of
-    the pass. Walks id windows of the primary key (a shard holds 1/shard_count of each
-    window) until the chunk is full or a few windows were read."""
+    the pass. Reads id windows of the primary key (a shard holds 1/shard_count of each
+    window) until the chunk is full or a few windows were read. The windows of a pass are
+    found at its start, in one walk of the index (`store.window_ends`); the last one has no
+    upper bound, so subscriptions created since are read too."""
     subs: list[Subscription] = []
-    window = min(ex.chunk_size * ex.shard_count, 50_000)
+    if ex.windows is None:
+        window = min(ex.chunk_size * ex.shard_count, 50_000)
+        ex.windows = deque(await store.window_ends(conn, ex.tenant_id, window))
+        ex.windows.append(None)
+        ex.cursor = None
     for _ in range(WINDOWS_PER_CHUNK):
-        last = await store.window_end(conn, ex.tenant_id, ex.cursor, window)
-        if last is None:
+        if not ex.windows:
             return subs or None
+        last = ex.windows.popleft()
         after, ex.cursor = ex.cursor, last
         subs += await store.due_subscriptions(conn, ex.tenant_id, ex.as_of, ex.failed, after, last,
                                               shard=ex.shard, shard_count=ex.shard_count)
@@ -330,6 +340,7 @@ class _Billed:
     plans: list[uuid.UUID]  # the plan in effect during each closed period
     trials: list[bool]  # whether each closed period was a trial
     payloads: list[bytes | None]  # the encoded invoice request of each closed period (None: no lines)
+    request_ids: list[str]  # the invoice request id of each closed period, as text ("": no lines)
     late_events: list[str]  # late event ids billed by the first closed period
     pending: list[uuid.UUID]  # pending line ids billed by the first closed period
 
@@ -519,7 +530,7 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, request_id: str, outcomes: li
         billed = skipped = False
         prev = o.sub
         for i, (closed, payload) in enumerate(zip(o.closed, o.payloads)):
-            rid = str(closed.invoice_request_id) if closed.lines else ""
+            rid = o.request_ids[i]
             if not billed_before or (o.sub.id, closed.period_start) not in billed_before:
                 billed = True
                 if payload is not None:
@@ -662,7 +673,7 @@ def _close_all(tenant: uuid.UUID, ids: _RequestIds, as_of: datetime, sub: Subscr
                late: Sequence[tuple[list[str], Line]], pending: Sequence[tuple[uuid.UUID, Line]]) -> _Billed:
     """Close every ended period of `sub` (pure computation and encoding, nothing written).
     Late usage and pending adjustment lines go into the first period closed."""
-    out = _Billed(sub, [], [], [], [], [e for ids, _ in late for e in ids], [i for i, _ in pending])
+    out = _Billed(sub, [], [], [], [], [], [e for ids, _ in late for e in ids], [i for i, _ in pending])
     extra = [ln for _, ln in late] + [ln for _, ln in pending]
     current = sub
     while invoicing.is_due(current, as_of):
@@ -677,7 +688,16 @@ def _close_all(tenant: uuid.UUID, ids: _RequestIds, as_of: datetime, sub: Subscr
         out.closed.append(closed)
         out.plans.append(current.plan_id)
         out.trials.append(current.status is SubscriptionStatus.TRIALING)
-        out.payloads.append(_encode(ids, current, closed) if closed.lines else None)
+        if closed.lines:
+            rid = str(closed.invoice_request_id)
+            out.request_ids.append(rid)
+            out.payloads.append(codec.encode(codec.Schema.INVOICE_REQUEST, invoice_requests.invoice_record(
+                tenant_id=ids.tenant, invoice_request_id=rid, run_id=ids.run, sub=current,
+                currency=closed.currency, period_start=closed.period_start, period_end=closed.period_end,
+                lines=closed.lines, issued_at=ids.issued_at)))
+        else:
+            out.request_ids.append("")
+            out.payloads.append(None)
         current = closed.subscription
         charged_in_advance = True  # the next period was opened (and, in advance, charged) right here
         extra = []
@@ -685,10 +705,6 @@ def _close_all(tenant: uuid.UUID, ids: _RequestIds, as_of: datetime, sub: Subscr
 
 
 _NO_USAGE: dict[str, PeriodUsage] = {}
-
-
-def _encode(ids: _RequestIds, sub: Subscription, closed: ClosedPeriod) -> bytes:
-    return codec.encode(codec.Schema.INVOICE_REQUEST, invoice_request(ids.tenant, ids.run, sub, closed, ids.issued_at))
 
 
 # -- metrics ------------------------------------------------------------------------------
@@ -706,13 +722,3 @@ def _observe_finished(row) -> None:
     if row["started_at"] and row["finished_at"]:
         metrics.BILLING_RUN_SECONDS.observe((row["finished_at"] - row["started_at"]).total_seconds())
 
-
-def invoice_request(tenant: uuid.UUID | str, run_id: uuid.UUID | str, sub: Subscription, closed: ClosedPeriod,
-                    issued_at: datetime | None = None) -> dict:
-    """The InvoiceRequest record of a closed period (schemas/avro/invoice_request.avsc; see
-    docs/billing.md). Built by `invoice_requests.invoice_record`, the one builder of the
-    record, shared with the requests invoiced outside a run."""
-    return invoice_requests.invoice_record(
-        tenant_id=tenant, invoice_request_id=closed.invoice_request_id, run_id=run_id, sub=sub,
-        currency=closed.currency, period_start=closed.period_start, period_end=closed.period_end,
-        lines=closed.lines, issued_at=issued_at or now())

@@ -85,25 +85,28 @@ def _in_shard(count: str, shard: str) -> str:
     return f"(hashtext(id::text) & 2147483647) % {count} = {shard}"
 
 
-async def window_end(conn: asyncpg.Connection, tenant_id: uuid.UUID, after: uuid.UUID | None,
-                     limit: int) -> uuid.UUID | None:
-    """The last of the next `limit` subscription ids of the tenant after `after` (None: there
-    are none): the window (after, end] of the primary key that `due_subscriptions` reads. An
-    index-only walk, so a pass over the tenant reads each id once (a filtered "order by id
-    limit" lets the planner sort the whole tenant on every chunk); only its end crosses the
-    wire, not its thousands of ids."""
-    return await conn.fetchval(
-        """select id from (select id from subscriptions where tenant_id = $1 and id > $2
-                            order by tenant_id, id limit $3) w
-            order by id desc limit 1""",
-        tenant_id, after or uuid.UUID(int=0), limit)
+async def window_ends(conn: asyncpg.Connection, tenant_id: uuid.UUID, size: int) -> list[uuid.UUID]:
+    """Every `size`-th subscription id of the tenant, in order: the ends of the windows
+    (after, end] of the primary key that `due_subscriptions` reads, for a whole pass. One
+    index-only walk at the start of the pass, while the visibility map still says that the
+    pages hold nothing new; found window by window instead, during the run, each walk
+    fetched the heap row of every id (the run's own updates clear the map): 6 us of
+    PostgreSQL time per subscription instead of half of one. Only the ends cross the wire."""
+    return [r[0] for r in await conn.fetch(
+        """select id from (select id, row_number() over (order by id) as n
+                             from subscriptions where tenant_id = $1) w
+            where n % $2 = 0 order by id""",
+        tenant_id, size)]
+
+
+_LAST_ID = uuid.UUID(int=2**128 - 1)
 
 
 async def due_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_of: datetime,
-                            exclude: list[uuid.UUID], after: uuid.UUID | None, last: uuid.UUID, *,
+                            exclude: list[uuid.UUID], after: uuid.UUID | None, last: uuid.UUID | None, *,
                             shard: int = 0, shard_count: int = 1):
     """The due subscriptions of the shard with ids in (after, last] (a window of
-    `window_end`), in id order, locked. SKIP LOCKED: rows another run (or another execution
+    `window_ends`; None: no bound), in id order, locked. SKIP LOCKED: rows another run (or another execution
     of this run, or a usage batch attributing events to their periods) holds right now are
     left for a later pass; once it commits they are no longer due, or are found by that
     pass."""
@@ -114,7 +117,7 @@ async def due_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_o
               and not (id = any($3::uuid[])) and {_in_shard("$6", "$7")}
             order by id
             for update skip locked""",
-        tenant_id, as_of, exclude, after or uuid.UUID(int=0), last, shard_count, shard,
+        tenant_id, as_of, exclude, after or uuid.UUID(int=0), last or _LAST_ID, shard_count, shard,
     )
     return [_subscription(r) for r in rows]
 

@@ -327,3 +327,15 @@ def test_decimal_to_str_round_trips_through_parse(amount):
     assert back == amount
     if not amount.is_zero():
         assert back.as_tuple() == amount.as_tuple()
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False))
+def test_decimal_to_str_is_format_f_for_any_finite_decimal(amount):
+    # Any exponent (1E+2, 1E-7, 0E-9, -0): str()'s fast path must never change the text.
+    assert decimal_to_str(amount) == format(amount, "f")
+
+
+@pytest.mark.parametrize("value", [D("NaN"), D("sNaN"), D("Infinity"), D("-Infinity"), 1.5, 2, "3"])
+def test_decimal_to_str_refuses_what_is_not_a_finite_decimal(value):
+    with pytest.raises(ValueError):
+        decimal_to_str(value)
