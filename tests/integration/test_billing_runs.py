@@ -44,11 +44,11 @@ async def _usage_plan(stub, tenant, timing=pb.BILLING_TIMING_IN_ADVANCE) -> pb.P
     return (await stub.CreatePlan(req, metadata=tenant.md)).plan
 
 
-async def _sub_started(stub, tenant, plan, days_ago: int) -> pb.Subscription:
+async def _sub_started(stub, tenant, plan, days_ago: int, labels: dict | None = None) -> pb.Subscription:
     start = datetime.now(timezone.utc) - timedelta(days=days_ago)
     return (await stub.CreateSubscription(pb.CreateSubscriptionRequest(
-        request_id=rid(), customer_id="cust-9", plan_id=plan.id, activate=True, start_at=ts(start)),
-        metadata=tenant.md)).subscription
+        request_id=rid(), customer_id="cust-9", plan_id=plan.id, activate=True, start_at=ts(start),
+        metadata=labels or {}), metadata=tenant.md)).subscription
 
 
 async def _completed(stub, tenant, run_id: str) -> pb.BillingRun:
@@ -76,7 +76,7 @@ def _read_invoices(settings, subscription_id: str, wanted: int) -> list[dict]:
 
 async def test_run_billing_end_to_end(kafka_roles, migrated, stub, tenant, admin_conn):
     plan = await _usage_plan(stub, tenant)
-    sub = await _sub_started(stub, tenant, plan, days_ago=40)
+    sub = await _sub_started(stub, tenant, plan, days_ago=40, labels={"crm": "42"})
     p1_start, p1_end = sub.current_period_start.ToDatetime(timezone.utc), sub.current_period_end.ToDatetime(timezone.utc)
     assert p1_end < datetime.now(timezone.utc)  # the first period has ended
     for q in ("1000", "234"):
@@ -114,6 +114,7 @@ async def test_run_billing_end_to_end(kafka_roles, migrated, stub, tenant, admin
         ("usage", "api_calls", "1234", "0.0025", "3.08", p1_start),
     ]
     assert inv["subtotal"] == inv["total"] == "23.08"
+    assert inv["metadata"] == {"crm": "42"}  # the subscription's labels travel with the request
     assert sum(D(ln["amount"]) for ln in inv["lines"]) == D("23.08")
 
     after = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id), metadata=tenant.md)).subscription
