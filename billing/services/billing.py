@@ -378,8 +378,9 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
         (o.sub.id, c.period_start, c.period_end, c.invoice_request_id if c.lines else None, plan, trial)
         for o in outcomes for c, plan, trial in zip(o.closed, o.plans, o.trials)])
     request_id = ex.request_id or str(run_id)
-    rows, audits, late_billed, pending_ids, pending_requests, columns = await asyncio.to_thread(
+    invoices, rows, audits, late_billed, pending_ids, pending_requests, columns = await asyncio.to_thread(
         _write_rows, caller, run_id, request_id, outcomes, billed_before, chunk)
+    await _enqueue_invoices(conn, tenant, invoices)
     await outbox.enqueue_many(conn, tenant, rows)
     await store.advance_subscriptions(conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed],
                                       columns)
@@ -427,7 +428,7 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
                       | {r["plan_id"] for rs in rows.values() for r in rs if r["plan_id"]})
     chunk = _Chunk()
     issued = now()
-    outbox_rows: list[tuple] = []
+    invoices: list[tuple[str, bytes]] = []
     audits: list[tuple] = []
     billed: list[tuple[str, uuid.UUID, uuid.UUID]] = []
     run_text = str(ex.run_id)
@@ -453,7 +454,7 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
             log.warning("late usage not billed", extra={"subscription_id": str(sub.id), "reason": reason})
             continue
         rid = str(request)
-        outbox_rows.append(_invoice_row(rid, payload))
+        invoices.append((rid, payload))
         billed += [(e, sub.id, request) for e in events]
         amount = invoice_requests.amount(lines)
         chunk.totals[currency] = chunk.totals.get(currency, _ZERO) + amount
@@ -462,8 +463,8 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
                    "period_start": start.isoformat(), "period_end": end.isoformat(),
                    "total": decimal_to_str(amount), "currency": currency}
         audits.append((sub.id, "subscription.late_usage_billed", None, {"details": details}))
-    if outbox_rows:
-        await outbox.enqueue_many(conn, tenant, outbox_rows)
+    if invoices:
+        await _enqueue_invoices(conn, tenant, invoices)
         await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor,
                                       request_id=run_text, rows=audits)
         marked = await store.mark_late_billed(conn, tenant, ex.run_id, billed)
@@ -519,7 +520,8 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, request_id: str, outcomes: li
     """The rows to write for what `insert_billed_periods` marked (all but `billed_before`):
     outbox rows, audit rows, late events and pending lines billed, and the subscription
     columns the chunk changed; counts and totals into `chunk`."""
-    rows: list[tuple] = []  # outbox: invoice requests and subscription events, in order
+    invoices: list[tuple[str, bytes]] = []  # (invoice request id, encoded request)
+    rows: list[tuple] = []  # outbox rows of the subscription events
     audits: list[tuple] = []
     late_billed: list[tuple[str, uuid.UUID, uuid.UUID]] = []
     pending_ids: list[uuid.UUID] = []
@@ -534,7 +536,7 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, request_id: str, outcomes: li
             if not billed_before or (o.sub.id, closed.period_start) not in billed_before:
                 billed = True
                 if payload is not None:
-                    rows.append(_invoice_row(rid, payload))
+                    invoices.append((rid, payload))
                     chunk.totals[closed.currency] = chunk.totals.get(closed.currency, _ZERO) + closed.total
                     if i == 0:  # late usage and pending lines went into the first closed period
                         late_billed += [(e, o.sub.id, closed.invoice_request_id) for e in o.late_events]
@@ -565,19 +567,19 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, request_id: str, outcomes: li
             chunk.billed += 1
         elif skipped:
             chunk.skipped += 1
-    return rows, audits, late_billed, pending_ids, pending_requests, columns
+    return invoices, rows, audits, late_billed, pending_ids, pending_requests, columns
 
 
 _ZERO = Decimal(0)
 _INVOICE_CONTENT_TYPE = codec.content_type(codec.Schema.INVOICE_REQUEST)
 
 
-def _invoice_row(request_id: str, payload: bytes) -> tuple[str, bytes, bytes, str]:
-    """The outbox row of an encoded invoice request (`outbox.enqueue_many`'s shape), with the
-    headers `invoice_requests.enqueue` writes; the JSON is formatted, not dumped: both values
-    are fixed ASCII (a content type, a UUID)."""
-    return (INVOICES_STREAM, request_id.encode(), payload,
-            f'{{"content-type": "{_INVOICE_CONTENT_TYPE}", "invoice-request-id": "{request_id}"}}')
+async def _enqueue_invoices(conn: asyncpg.Connection, tenant: uuid.UUID, invoices: list[tuple[str, bytes]]) -> None:
+    """The outbox rows of encoded invoice requests, (id, payload): keyed by their id, with the
+    headers `invoice_requests.enqueue` writes. Before the chunk's subscription events: the
+    relay publishes in outbox order, and the two go to different topics."""
+    await outbox.enqueue_keyed(conn, tenant, INVOICES_STREAM, {"content-type": _INVOICE_CONTENT_TYPE},
+                               "invoice-request-id", invoices)
 
 
 _SUB_FIELDS = tuple(f.name for f in fields(Subscription) if f.name != "status")

@@ -14,6 +14,7 @@ import uuid
 import asyncpg
 
 from billing.ops import tracing
+from billing.store.db import json_text
 
 
 async def enqueue(conn: asyncpg.Connection, tenant_id: uuid.UUID, *, stream: str, key: bytes | None,
@@ -44,6 +45,24 @@ async def enqueue_many(conn: asyncpg.Connection, tenant_id: uuid.UUID,
              from unnest($2::text[], $3::bytea[], $4::bytea[], $5::text[]) with ordinality as u(s, k, p, h, n)
             order by n""",
         tenant_id, streams, keys, payloads, headers,
+    )
+
+
+async def enqueue_keyed(conn: asyncpg.Connection, tenant_id: uuid.UUID, stream: str, headers: dict[str, str],
+                        key_header: str, rows: list[tuple[str, bytes]]) -> None:
+    """Many rows of one stream in one statement, in this order: (key as text, payload). Each
+    row's headers are `headers`, the writer's trace context and its key under `key_header`
+    (an invoice request's id). Two arrays instead of `enqueue_many`'s four, and no JSON
+    text per row: the key is written once, the headers are built by PostgreSQL."""
+    if not rows:
+        return
+    common = json_text(tracing.inject(dict(headers)))
+    await conn.execute(
+        """insert into outbox (tenant_id, stream, key, payload, headers)
+           select $1, $2, convert_to(k, 'UTF8'), p, $3::text::jsonb || jsonb_build_object($4::text, k)
+             from unnest($5::text[], $6::bytea[]) with ordinality as u(k, p, n)
+            order by n""",
+        tenant_id, stream, common, key_header, [k for k, _ in rows], [p for _, p in rows],
     )
 
 

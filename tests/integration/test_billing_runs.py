@@ -58,7 +58,7 @@ async def _completed(stub, tenant, run_id: str) -> pb.BillingRun:
     return await _wait(done)
 
 
-def _read_invoices(settings, subscription_id: str, wanted: int) -> list[dict]:
+def _read_invoices(settings, subscription_id: str, wanted: int, *, headers: bool = False) -> list[tuple]:
     reader = TopicReader(settings, settings.topics.invoice_requests)
 
     def mine(ms):
@@ -70,8 +70,9 @@ def _read_invoices(settings, subscription_id: str, wanted: int) -> list[dict]:
         msgs = list(reader.messages)
     finally:
         reader.close()
-    found = [(m.key(), codec.decode(codec.Schema.INVOICE_REQUEST, m.value())) for m in msgs]
-    return [(k, d) for k, d in found if d["subscription_id"] == subscription_id]
+    found = [(m.key(), codec.decode(codec.Schema.INVOICE_REQUEST, m.value()),
+              {k: v.decode() for k, v in m.headers() or []}) for m in msgs]
+    return [(k, d, h) if headers else (k, d) for k, d, h in found if d["subscription_id"] == subscription_id]
 
 
 async def test_run_billing_end_to_end(kafka_roles, migrated, stub, tenant, admin_conn):
@@ -99,11 +100,13 @@ async def test_run_billing_end_to_end(kafka_roles, migrated, stub, tenant, admin
     # 10.00 (first period, never charged in advance) + 10.00 (next period) + 1234 * 0.0025 = 3.085 -> 3.08.
     assert [(t.currency, t.amount) for t in done.totals] == [("EUR", "23.08")]
 
-    found = await asyncio.to_thread(_read_invoices, migrated, sub.id, 1)
+    found = await asyncio.to_thread(_read_invoices, migrated, sub.id, 1, headers=True)
     assert len(found) == 1
-    msg_key, inv = found[0]
+    msg_key, inv, headers = found[0]
     expected_id = str(invoice_request_id(uuid.UUID(tenant.id), uuid.UUID(sub.id), p1_start))
     assert msg_key == expected_id.encode() and inv["invoice_request_id"] == expected_id
+    assert headers["invoice-request-id"] == expected_id
+    assert headers["content-type"] == codec.content_type(codec.Schema.INVOICE_REQUEST)
     assert (inv["tenant_id"], inv["customer_id"], inv["run_id"], inv["currency"]) == (tenant.id, "cust-9", run.id, "EUR")
     assert (_time(inv["period_start_us"]), _time(inv["period_end_us"])) == (p1_start, p1_end)
     lines = [(ln["kind"], ln["metric_code"], ln["quantity"], ln["unit_price"], ln["amount"],
