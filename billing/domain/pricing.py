@@ -45,6 +45,7 @@ Tiers are numbered from 1 in ``Line.tier``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 from fractions import Fraction
@@ -333,18 +334,29 @@ def usage_lines(
 def base_fee_line(spec: PlanSpec, period_start: datetime, period_end: datetime) -> Line:
     """The full-period base fee of ``spec`` as one line (kind ``"base_fee"``, quantity 1)."""
     _period(period_start, period_end)
+    description, amount = _base_fee(spec.name, spec.code, spec.base_fee, spec.currency)
     return _line(
         kind="base_fee",
-        description=f"{spec.name} ({spec.code}) base fee",
+        description=description,
         metric_code=None,
-        quantity=Decimal(1),
+        quantity=_ONE,
         unit_price=spec.base_fee,
-        amount=round_money(spec.base_fee, spec.currency),
+        amount=amount,
         period_start=period_start,
         period_end=period_end,
         fraction=None,
         tier=None,
     )
+
+
+_ONE = Decimal(1)
+
+
+@lru_cache(maxsize=1024)
+def _base_fee(name: str, code: str, fee: Decimal, currency: str) -> tuple[str, Decimal]:
+    """The text and rounded amount of a plan's base fee line: the same for every period of
+    the plan, and a run makes one per subscription (all immutable values)."""
+    return f"{name} ({code}) base fee", round_money(fee, currency)
 
 
 def _number(value: object, name: str) -> Decimal:

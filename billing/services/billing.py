@@ -46,7 +46,7 @@ from billing.domain.late_usage import LateUsage, late_usage_line
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import decimal_to_str
 from billing.domain.periods import to_us
-from billing.domain.plans import PlanSpec, plan_from_dict
+from billing.domain.plans import Aggregation, PlanSpec, plan_from_dict
 from billing.domain.pricing import Line
 from billing.domain.subscriptions import Subscription
 from billing.ops import metrics
@@ -360,11 +360,11 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
     ids = [s.id for s in subs]
     firsts = [(s.id, s.current_period_start) for s in subs]
     late_rows = await store.unbilled_late_usage(conn, tenant, ids)
-    await _load_plans(conn, tenant, ex.plans, {s.plan_id for s in subs}
-                      | {s.pending_plan_id for s in subs if s.pending_plan_id}
-                      | {r["plan_id"] for r in late_rows if r["plan_id"]})
+    plan_ids = {s.plan_id for s in subs} | {s.pending_plan_id for s in subs if s.pending_plan_id}
+    await _load_plans(conn, tenant, ex.plans, plan_ids | {r["plan_id"] for r in late_rows if r["plan_id"]})
     charged = await store.opened_by_a_run(conn, tenant, firsts)
-    usage = _usage_by_period(await store.usage_totals_from(conn, tenant, firsts, as_of))
+    usage = _usage_by_period(firsts, await store.usage_totals_from(conn, tenant, firsts, as_of,
+                                                                   _totals_charged(ex.plans, plan_ids)))
     await _add_unique_counts(conn, tenant, ex.plans, subs, firsts, as_of, usage)
     late = await _late_lines(conn, tenant, ex.plans, subs, late_rows)
     pending = await pending_lines.unbilled(conn, tenant, ids)
@@ -606,12 +606,25 @@ async def _load_plans(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec],
         plans[plan_id] = plan_from_dict(spec)  # plans never change once created
 
 
-def _usage_by_period(rows) -> dict[tuple[uuid.UUID, datetime], dict[str, PeriodUsage]]:
+def _usage_by_period(firsts: list[tuple[uuid.UUID, datetime]], rows) -> dict[tuple[uuid.UUID, datetime],
+                                                                                 dict[str, PeriodUsage]]:
+    """The rows of `store.usage_totals_from(firsts, ...)` by (subscription, period start)."""
     out: dict[tuple[uuid.UUID, datetime], dict[str, PeriodUsage]] = {}
-    for r in rows:
-        out.setdefault((r["subscription_id"], r["period_start"]), {})[r["metric_code"]] = PeriodUsage(
-            r["quantity_sum"], r["event_count"], r["quantity_max"], r["latest_quantity"])
+    for n, start, metric, total, count, most, latest in rows:
+        sub_id, first = firsts[n - 1]
+        out.setdefault((sub_id, start or first), {})[metric] = invoicing.period_usage(total, count, most, latest)
     return out
+
+
+# The usage total each aggregation prices (unique_count is counted from the events).
+_TOTAL_OF = {Aggregation.SUM: "quantity_sum", Aggregation.COUNT: "event_count", Aggregation.MAX: "quantity_max",
+             Aggregation.LATEST: "latest_quantity"}
+
+
+def _totals_charged(plans: dict[uuid.UUID, PlanSpec], plan_ids: set[uuid.UUID]) -> set[str]:
+    """The usage totals these plans price on."""
+    return {_TOTAL_OF[c.aggregation] for p in plan_ids if p in plans for c in plans[p].usage_charges
+            if c.aggregation in _TOTAL_OF}
 
 
 async def _add_unique_counts(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], subs: list[Subscription],

@@ -487,3 +487,46 @@ async def test_a_run_persists_the_state_changes_of_its_closes(service, stub, ten
     assert by_run == {(trial.id, "subscription.trial_ended", "trialing", "active"),
                       (leaving.id, "subscription.canceled", "active", "canceled"),
                       (moving.id, "subscription.plan_changed", "active", None)}
+
+
+async def test_one_chunk_prices_every_aggregation_from_the_totals_it_reads(service, stub, tenant, admin_conn):
+    """A run reads only the usage totals the chunk's plans price on: a chunk holding a
+    subscription of a sum-only plan and one of a plan with every total-based aggregation
+    must still price max, latest and count from their own totals."""
+    gauges = (await stub.CreatePlan(plan_request(
+        base_fee="0.00", trial_days=0, interval=pb.INTERVAL_UNIT_WEEK, billing_timing=pb.BILLING_TIMING_IN_ARREARS,
+        usage_charges=[
+            pb.UsageCharge(metric_code="api_calls", aggregation=pb.AGGREGATION_SUM,
+                           pricing_model=pb.PRICING_MODEL_PER_UNIT, unit_price="0.0025"),
+            pb.UsageCharge(metric_code="storage_gb", aggregation=pb.AGGREGATION_MAX,
+                           pricing_model=pb.PRICING_MODEL_PER_UNIT, unit_price="0.10"),
+            pb.UsageCharge(metric_code="seats", aggregation=pb.AGGREGATION_LATEST,
+                           pricing_model=pb.PRICING_MODEL_PER_UNIT, unit_price="5.00"),
+            pb.UsageCharge(metric_code="requests", aggregation=pb.AGGREGATION_COUNT,
+                           pricing_model=pb.PRICING_MODEL_PER_UNIT, unit_price="0.01"),
+        ]), metadata=tenant.md)).plan
+    summed = await _weekly_plan(stub, tenant)
+    start = NOW() - timedelta(days=8)
+    a, b = await _sub(stub, tenant, gauges, start), await _sub(stub, tenant, summed, start)
+    p1 = a.current_period_start.ToDatetime(timezone.utc)
+    for metric, quantity, hours in [("api_calls", "1500", 1), ("api_calls", "500", 2),
+                                    ("storage_gb", "30", 1), ("storage_gb", "50", 2), ("storage_gb", "40", 3),
+                                    ("seats", "3", 1), ("seats", "9", 5), ("seats", "7", 4),
+                                    ("requests", "100", 1), ("requests", "200", 2), ("requests", "1", 3)]:
+        await stub.RecordUsage(pb.RecordUsageRequest(
+            request_id=rid(), subscription_id=a.id, metric_code=metric, quantity=quantity,
+            occurred_at=ts(p1 + timedelta(hours=hours))), metadata=tenant.md)
+    await _usage(stub, tenant, b.id, "1000", p1 + timedelta(hours=1))
+
+    done = await _run(service, tenant, p1 + timedelta(days=7, hours=1))
+    assert (done.subscriptions_billed, done.subscriptions_failed) == (2, 0)
+    tid = uuid.UUID(tenant.id)
+    [inv_a], [inv_b] = await _invoices(admin_conn, tid, a.id), await _invoices(admin_conn, tid, b.id)
+    # sum 2,000 x 0.0025 = 5.00; max 50 x 0.10 = 5.00; latest (by time: 9 at +5h) 9 x 5.00 = 45.00;
+    # count 3 x 0.01 = 0.03; no base fee.
+    assert sorted((ln["metric_code"], ln["quantity"], ln["amount"]) for ln in inv_a["lines"]) == [
+        ("api_calls", "2000", "5.00"), ("requests", "3", "0.03"), ("seats", "9", "45.00"),
+        ("storage_gb", "50", "5.00")]
+    assert inv_a["total"] == "55.03"
+    assert [(ln["kind"], ln["amount"]) for ln in inv_b["lines"]] == [("base_fee", "10.00"), ("usage", "2.50")]
+    assert done.totals == (("EUR", "67.53"),)

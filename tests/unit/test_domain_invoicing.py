@@ -12,7 +12,7 @@ from decimal import Decimal as D
 import pytest
 from hypothesis import given, strategies as st
 
-from billing.domain.invoicing import NAMESPACE, PeriodUsage, close_period, invoice_request_id, is_due
+from billing.domain.invoicing import NAMESPACE, PeriodUsage, close_period, invoice_request_id, is_due, period_usage
 from billing.domain.lifecycle import SubscriptionStatus as S
 from billing.domain.plans import Aggregation, BillingTiming, IntervalUnit, PlanSpec, PricingModel, Tier, UsageCharge
 from billing.domain.subscriptions import Subscription
@@ -176,6 +176,15 @@ def test_invoice_request_id_is_uuid5_of_the_contract_for_any_time(t, s, when):
     want = uuid.uuid5(NAMESPACE, f"{t}/{s}/{when.isoformat()}")
     assert got == want and str(got) == str(want) and got.version == 5 and got.variant == want.variant
     assert hash(got) == hash(want) and got.is_safe == want.is_safe
+
+
+def test_period_usage_is_the_dataclass():
+    fast = period_usage(D("1.5"), 3, D("2"), None)
+    assert fast == PeriodUsage(D("1.5"), 3, D("2"), None) and type(fast) is PeriodUsage
+    assert period_usage(None, None, None, None, 7) == PeriodUsage(unique_count=7)
+    assert hash(fast) == hash(PeriodUsage(D("1.5"), 3, D("2"), None))
+    with pytest.raises(AttributeError):
+        fast.event_count = 4  # frozen like any other
 
 
 def test_is_due_and_refusals():
