@@ -46,7 +46,7 @@ from billing.domain.late_usage import LateUsage, late_usage_line
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import decimal_to_str
 from billing.domain.periods import to_us
-from billing.domain.plans import Aggregation, PlanSpec, plan_from_dict
+from billing.domain.plans import Aggregation, BillingTiming, PlanSpec, plan_from_dict
 from billing.domain.pricing import Line
 from billing.domain.subscriptions import Subscription
 from billing.ops import metrics
@@ -362,7 +362,10 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
     late_rows = await store.unbilled_late_usage(conn, tenant, ids)
     plan_ids = {s.plan_id for s in subs} | {s.pending_plan_id for s in subs if s.pending_plan_id}
     await _load_plans(conn, tenant, ex.plans, plan_ids | {r["plan_id"] for r in late_rows if r["plan_id"]})
-    charged = await store.opened_by_a_run(conn, tenant, firsts)
+    # "Opened (and charged in advance) by a run" matters only to a period whose plan charges
+    # its fee in advance: asked for those alone, not for a chunk of in-arrears plans.
+    in_advance = [p for p, s in zip(firsts, subs) if _fee_in_advance(ex.plans[s.plan_id])]
+    charged = await store.opened_by_a_run(conn, tenant, in_advance) if in_advance else set()
     usage = _usage_by_period(firsts, await store.usage_totals_from(conn, tenant, firsts, as_of,
                                                                    _totals_charged(ex.plans, plan_ids)))
     await _add_unique_counts(conn, tenant, ex.plans, subs, firsts, as_of, usage)
@@ -619,6 +622,10 @@ def _usage_by_period(firsts: list[tuple[uuid.UUID, datetime]], rows) -> dict[tup
 # The usage total each aggregation prices (unique_count is counted from the events).
 _TOTAL_OF = {Aggregation.SUM: "quantity_sum", Aggregation.COUNT: "event_count", Aggregation.MAX: "quantity_max",
              Aggregation.LATEST: "latest_quantity"}
+
+
+def _fee_in_advance(spec: PlanSpec) -> bool:
+    return spec.billing_timing is BillingTiming.IN_ADVANCE and bool(spec.base_fee)
 
 
 def _totals_charged(plans: dict[uuid.UUID, PlanSpec], plan_ids: set[uuid.UUID]) -> set[str]:
