@@ -212,6 +212,8 @@ def _fee(tier: Tier) -> str:
 
 
 def _period(period_start: datetime, period_end: datetime) -> None:
+    if type(period_start) is datetime and type(period_end) is datetime and period_start < period_end:
+        return  # the common case, twice per period a run closes; the checks below say what is wrong
     for name, value in (("period_start", period_start), ("period_end", period_end)):
         if not isinstance(value, datetime):
             raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
