@@ -131,14 +131,19 @@ class Service:
     async def _sample_outbox(self, relay) -> None:
         """The outbox gauges, every `outbox_backlog_interval_s`, from every relay process (leader
         or standby: the backlog is the same from all; aggregate with max())."""
-        from producers.outbox_relay import oldest_pending_age_s, parked
+        from producers.outbox_relay import backlog, oldest_pending_age_s, parked
 
         while True:
             OUTBOX_LEADER.set(1 if relay.is_leader else 0)
             try:
-                OUTBOX_BACKLOG.set(await relay.backlog())
-                OUTBOX_OLDEST_AGE.set(await oldest_pending_age_s(self.db.pool))
-                OUTBOX_PARKED_ROWS.set(await parked(self.db.pool))
+                # One snapshot for the three, set together: a scrape must never see a backlog
+                # of 0 beside the age of a row sampled a moment earlier (or the reverse).
+                async with self.db.pool.acquire() as conn, \
+                        conn.transaction(isolation="repeatable_read", readonly=True):
+                    rows, age, parked_rows = await backlog(conn), await oldest_pending_age_s(conn), await parked(conn)
+                OUTBOX_BACKLOG.set(rows)
+                OUTBOX_OLDEST_AGE.set(age)
+                OUTBOX_PARKED_ROWS.set(parked_rows)
             except Exception as exc:  # noqa: BLE001 - PostgreSQL away: readiness says so; keep sampling
                 log.debug("outbox gauges not sampled: %s", exc)
             await asyncio.sleep(self.settings.outbox_backlog_interval_s)
