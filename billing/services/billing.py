@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections import deque
 import json
 import logging
 import uuid
+from collections import deque
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
