@@ -2,8 +2,8 @@
 subscription's final lines.
 
 ``invoice_record`` builds the InvoiceRequest record (schemas/avro/invoice_request.avsc), the
-one builder of it: the billing run (``billing.services.billing``) uses it too. ``enqueue`` writes one request to the outbox stream
-``invoice_requests`` in the caller's transaction.
+one builder of it: the billing run (``billing.services.billing``) uses it too. ``enqueue``
+writes one request to the outbox stream ``invoice_requests`` in the caller's transaction.
 
 Ids: ``request_id(tenant, subscription, source)`` = uuid5 of the subscription and what
 caused the request (``change_plan:<request id>``, ``cancel:<request id>``), in the

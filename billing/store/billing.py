@@ -131,7 +131,8 @@ _ROW_IS_FIELDS = subs_store._FIELDS == tuple(f.name for f in fields(Subscription
 # The subscription columns a run reads: the empty metadata most subscriptions have comes as
 # NULL, not as a JSON document that the connection's codec parses once per row (a sixth of
 # decoding a row).
-_RUN_COLUMNS = subs_store._COLUMNS.replace("metadata", "nullif(metadata, '{}'::jsonb) as metadata")
+_RUN_COLUMNS = ", ".join("nullif(metadata, '{}'::jsonb) as metadata" if f == "metadata" else f
+                         for f in subs_store._FIELDS)
 
 
 def _subscription(row: asyncpg.Record) -> Subscription:

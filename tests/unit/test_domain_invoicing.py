@@ -169,7 +169,8 @@ def test_invoice_request_id_is_deterministic():
         "00000000-0000-0000-0000-0000000000aa/00000000-0000-0000-0000-0000000000bb/2026-01-15T00:00:00+00:00")
 
 
-@given(st.uuids(), st.uuids(), st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
+@given(st.uuids(), st.uuids(), st.datetimes(min_value=datetime(1, 1, 1),
+                                          max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
                                           timezones=st.just(timezone.utc)))
 def test_invoice_request_id_is_uuid5_of_the_contract_for_any_time(t, s, when):
     got = invoice_request_id(t, s, when)
