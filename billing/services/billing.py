@@ -435,9 +435,11 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
     audits: list[tuple] = []
     billed: list[tuple[str, uuid.UUID, uuid.UUID]] = []
     run_text = str(ex.run_id)
+    stale: list[uuid.UUID] = []
     for sub in subs:
         if sub.id not in rows:
-            continue  # its late events were billed between the two reads
+            stale.append(sub.id)  # its late events were billed between the two reads
+            continue
         chunk.due += 1
         try:
             items = (await _late_lines(conn, tenant, ex.plans, [sub], rows[sub.id])).get(sub.id, [])
@@ -473,6 +475,8 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
         marked = await store.mark_late_billed(conn, tenant, ex.run_id, billed)
         if marked != len(billed):  # cannot happen (the rows are locked): roll back rather than bill twice
             raise RuntimeError(f"late usage billed concurrently: marked {marked} of {len(billed)} events")
+    if stale:
+        await store.clear_late_pending(conn, tenant, stale)
     if chunk.due:
         await _add_progress(conn, ex, chunk)
     return chunk

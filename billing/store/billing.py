@@ -168,18 +168,16 @@ async def canceled_with_late_usage(conn: asyncpg.Connection, tenant_id: uuid.UUI
                                    shard_count: int = 1) -> list[Subscription]:
     """The canceled subscriptions of the shard that have late usage not billed yet, locked
     (FOR UPDATE SKIP LOCKED, in id order): a canceled subscription never bills a period
-    again, so a run's late-usage pass bills it on a request of its own. Driven by the
-    partial index usage_events_late (late events are rare; `= any(array(...))`: the ids
-    are found first, then probed in the primary key, never a scan of the tenant's
-    subscriptions): with none unbilled, one index range and nothing else. A row someone
-    else holds (a usage batch, another execution) is left for the next run."""
+    again, so a run's late-usage pass bills it on a request of its own. Driven by
+    late_usage_pending (migration 014: the subscriptions with late usage still to bill,
+    not every late event ever stored; `= any(array(...))`: the ids are found first, then
+    probed in the primary key, never a scan of the tenant's subscriptions): with none
+    unbilled, one index range and nothing else. A row someone else holds (a usage batch,
+    another execution) is left for the next run."""
     rows = await conn.fetch(
         f"""select {_RUN_COLUMNS} from subscriptions
             where tenant_id = $1 and status = 'canceled' and {_in_shard("$2", "$3")}
-              and id = any(array(select distinct e.subscription_id from usage_events e
-                                  where e.tenant_id = $1 and e.late
-                                    and not exists (select 1 from late_usage_billed b
-                                                     where b.tenant_id = $1 and b.event_id = e.event_id)))
+              and id = any(array(select p.subscription_id from late_usage_pending p where p.tenant_id = $1))
             order by id
             for update skip locked""",
         tenant_id, shard_count, shard,
@@ -265,13 +263,17 @@ async def unbilled_late_usage(conn: asyncpg.Connection, tenant_id: uuid.UUID,
                               subscription_ids: list[uuid.UUID]) -> list[asyncpg.Record]:
     """Late events not billed yet, grouped by (subscription, metric, original period), with the
     period's totals without them (`b_*`: what was billed already) and with them (`a_*`), and
-    the billed period they belong to (its plan and whether it was a trial). Rare rows: the
-    partial index usage_events_late finds them."""
+    the billed period they belong to (its plan and whether it was a trial). Rare rows: only
+    the subscriptions late_usage_pending names are read (migration 014), through the partial
+    index usage_events_late."""
     return await conn.fetch(
         """with late as (
                select e.event_id, e.subscription_id, e.metric_code, e.period_start, e.period_end
                  from usage_events e
-                where e.tenant_id = $1 and e.subscription_id = any($2::uuid[]) and e.late
+                where e.tenant_id = $1 and e.late
+                  and e.subscription_id = any(array(
+                      select p.subscription_id from late_usage_pending p
+                       where p.tenant_id = $1 and p.subscription_id = any($2::uuid[])))
                   and not exists (select 1 from late_usage_billed b where b.tenant_id = $1 and b.event_id = e.event_id)
            ), groups as (
                select subscription_id, metric_code, period_start, max(period_end) as period_end,
@@ -327,13 +329,30 @@ async def mark_late_billed(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_i
     billed already keeps its first record (and is not counted)."""
     if not rows:
         return 0
+    subs = [r[1] for r in rows]
     status = await conn.execute(
         """insert into late_usage_billed (tenant_id, event_id, subscription_id, invoice_request_id, run_id)
            select $1, e, s, i, $5 from unnest($2::text[], $3::uuid[], $4::uuid[]) as u(e, s, i)
            on conflict do nothing""",
-        tenant_id, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], run_id,
+        tenant_id, [r[0] for r in rows], subs, [r[2] for r in rows], run_id,
     )
+    await clear_late_pending(conn, tenant_id, list(set(subs)))
     return int(status.split()[-1])
+
+
+async def clear_late_pending(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_ids: list[uuid.UUID]) -> None:
+    """Drop the late_usage_pending row (migration 014) of each of these subscriptions that has
+    no unbilled late event left. The caller holds the subscriptions locked FOR UPDATE, so no
+    usage batch is storing a late event for them meanwhile."""
+    await conn.execute(
+        """delete from late_usage_pending p
+            where p.tenant_id = $1 and p.subscription_id = any($2::uuid[])
+              and not exists (select 1 from usage_events e
+                               where e.tenant_id = $1 and e.subscription_id = p.subscription_id and e.late
+                                 and not exists (select 1 from late_usage_billed b
+                                                  where b.tenant_id = $1 and b.event_id = e.event_id))""",
+        tenant_id, subscription_ids,
+    )
 
 
 _INSERT_BILLED_PERIODS = """

@@ -36,6 +36,11 @@ with staged as (
       from input
     on conflict (tenant_id, event_id) do nothing
     returning event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late
+), pending as (
+    -- a late event's subscription has late usage to bill (migration 014); nothing when none is late
+    insert into late_usage_pending (tenant_id, subscription_id)
+    select distinct $1, subscription_id from inserted where late
+    on conflict do nothing
 ), folded as (
     select subscription_id, metric_code, period_start, max(period_end) as period_end,
            sum(quantity) as quantity_sum, count(*) as event_count, max(quantity) as quantity_max,

@@ -50,6 +50,12 @@ def _dt(t) -> datetime:
     return t.ToDatetime(timezone.utc)
 
 
+async def _pending(admin_conn, tid: uuid.UUID) -> set[str]:
+    """The subscriptions late_usage_pending names (migration 014): those with late usage to bill."""
+    return {str(r["subscription_id"]) for r in await admin_conn.fetch(
+        "select subscription_id from late_usage_pending where tenant_id = $1", tid)}
+
+
 async def test_canceled_at_period_end_late_usage_is_billed_once_by_the_next_run(
         service, stub, tenant, admin_conn, monkeypatch):
     plan = await _weekly_plan(stub, tenant)  # 10.00 a week in arrears + 0.0025 per call
@@ -71,6 +77,7 @@ async def test_canceled_at_period_end_late_usage_is_billed_once_by_the_next_run(
         "select event_id, late, period_start from usage_events where tenant_id = $1 and event_id like 'cl-late-%'", tid)
     assert sorted((r["event_id"], r["late"], r["period_start"]) for r in late) == [
         ("cl-late-1", True, p1_start), ("cl-late-2", True, p1_start)]
+    assert await _pending(admin_conn, tid) == {sub.id}  # stored with the events
 
     # A crash before the commit (after every write of the pass): nothing is left behind.
     caller = Caller(tid, "test")
@@ -86,6 +93,7 @@ async def test_canceled_at_period_end_late_usage_is_billed_once_by_the_next_run(
     monkeypatch.setattr(billing_store, "mark_late_billed", real)
     assert len(await _invoices(admin_conn, tid, sub.id)) == 1
     assert await admin_conn.fetchval("select count(*) from late_usage_billed where tenant_id = $1", tid) == 0
+    assert await _pending(admin_conn, tid) == {sub.id}  # rolled back with the rest
 
     # The request delivered again: the run bills the late usage, once.
     done = await billing_service.execute_run(service.db, tid, second.id)
@@ -110,6 +118,7 @@ async def test_canceled_at_period_end_late_usage_is_billed_once_by_the_next_run(
         "select event_id, invoice_request_id, run_id from late_usage_billed where tenant_id = $1 order by event_id", tid)
     assert [(r["event_id"], str(r["invoice_request_id"]), r["run_id"]) for r in billed] == [
         ("cl-late-1", inv["invoice_request_id"], second.id), ("cl-late-2", inv["invoice_request_id"], second.id)]
+    assert await _pending(admin_conn, tid) == set()  # nothing left to bill: the pass reads nothing of it again
     audit = await admin_conn.fetchval(
         """select count(*) from audit_events where tenant_id = $1 and entity_id = $2
               and action = 'subscription.late_usage_billed'""", tid, uuid.UUID(sub.id))
@@ -124,11 +133,13 @@ async def test_canceled_at_period_end_late_usage_is_billed_once_by_the_next_run(
 
     # A new late event later is billed alone, priced as the increase of P1's price.
     await _usage(stub, tenant, sub.id, "3", p1_start + timedelta(days=4), event_id="cl-late-3")
+    assert await _pending(admin_conn, tid) == {sub.id}
     fourth = await _run(service, tenant, NOW())
     assert (fourth.subscriptions_billed, fourth.totals) == (1, (("EUR", "0.01"),))  # 1604 - 1601 calls: 0.0075
     last = (await _invoices(admin_conn, tid, sub.id))[-1]
     assert last["invoice_request_id"] == _late_id(tid, sub.id, ["cl-late-3"])
     assert [(x["quantity"], x["amount"]) for x in last["lines"]] == [("3", "0.01")]
+    assert await _pending(admin_conn, tid) == set()
 
 
 async def test_immediate_cancel_late_usage_before_the_cancel_is_billed_by_the_next_run(
@@ -149,6 +160,7 @@ async def test_immediate_cancel_late_usage_before_the_cancel_is_billed_by_the_ne
     row = await admin_conn.fetchrow("select late, period_start from usage_events where tenant_id = $1 and event_id = $2",
                                     tid, "im-late-1")
     assert (row["late"], row["period_start"]) == (True, p_start)
+    assert await _pending(admin_conn, tid) == {sub.id}
 
     done = await _run(service, tenant, NOW())
     assert (done.subscriptions_due, done.subscriptions_billed, done.totals) == (1, 1, (("EUR", "1.00"),))
@@ -165,6 +177,7 @@ async def test_immediate_cancel_late_usage_before_the_cancel_is_billed_by_the_ne
     assert (ln["period_start_us"], ln["period_end_us"]) == (to_us(p_start), to_us(canceled_at))
     assert (inv["period_start_us"], inv["period_end_us"]) == (to_us(p_start), to_us(canceled_at))
     assert canceled_at < p_end and inv["total"] == "1.00"
+    assert await _pending(admin_conn, tid) == set()
 
     again = await _run(service, tenant, NOW())
     assert (again.subscriptions_due, again.subscriptions_billed) == (0, 0)
@@ -186,6 +199,7 @@ async def test_an_active_subscriptions_late_usage_still_goes_into_its_next_invoi
     assert (idle.subscriptions_due, idle.subscriptions_billed) == (0, 0)
     assert len(await _invoices(admin_conn, tid, active.id)) == 1
     assert await admin_conn.fetchval("select count(*) from late_usage_billed where tenant_id = $1", tid) == 0
+    assert await _pending(admin_conn, tid) == {active.id}  # still to bill
 
     second = await _run(service, tenant, NOW())  # closes P2, with P1's late usage
     assert (second.subscriptions_due, second.subscriptions_billed) == (1, 1)
@@ -199,6 +213,7 @@ async def test_an_active_subscriptions_late_usage_still_goes_into_its_next_invoi
     billed = await admin_conn.fetch("select event_id, invoice_request_id from late_usage_billed where tenant_id = $1",
                                     tid)
     assert [(r["event_id"], str(r["invoice_request_id"])) for r in billed] == [("ac-late-1", p2["invoice_request_id"])]
+    assert await _pending(admin_conn, tid) == set()
 
 
 async def test_two_shards_bill_each_canceled_subscriptions_late_usage_once(service, stub, tenant, admin_conn):
@@ -238,4 +253,25 @@ async def test_two_shards_bill_each_canceled_subscriptions_late_usage_once(servi
         assert late["invoice_request_id"] == _late_id(tid, sub.id, [f"sh-late-{i}"])
         assert [(ln["kind"], ln["quantity"]) for ln in late["lines"]] == [("late_usage", str(100 * (i + 1)))]
     assert await admin_conn.fetchval("select count(*) from late_usage_billed where tenant_id = $1", tid) == n
+    assert await _pending(admin_conn, tid) == set()
     assert (await _run(service, tenant, NOW())).subscriptions_billed == 0
+
+
+async def test_a_pending_row_with_nothing_left_to_bill_is_dropped_by_the_next_run(service, stub, tenant, admin_conn):
+    """late_usage_pending names a canceled subscription whose late events are all billed (an
+    operator's hand, a row left by a bug): the pass bills nothing for it and drops the row,
+    so later runs do not look at it again."""
+    plan = await _weekly_plan(stub, tenant)
+    tid = uuid.UUID(tenant.id)
+    sub = await _canceled_at_period_end(stub, admin_conn, tenant, plan, NOW() - timedelta(days=10))
+    await _run(service, tenant, NOW())  # closes P1 and cancels at its end
+    await _usage(stub, tenant, sub.id, "400", _dt(sub.current_period_start) + timedelta(days=1), event_id="st-late-1")
+    billed = await _run(service, tenant, NOW())
+    assert (billed.subscriptions_billed, billed.totals) == (1, (("EUR", "1.00"),))
+    await admin_conn.execute("insert into late_usage_pending (tenant_id, subscription_id) values ($1, $2)",
+                             tid, uuid.UUID(sub.id))
+
+    done = await _run(service, tenant, NOW())
+    assert (done.subscriptions_due, done.subscriptions_billed, done.totals) == (0, 0, ())
+    assert await _pending(admin_conn, tid) == set()
+    assert len(await _invoices(admin_conn, tid, sub.id)) == 2  # P1 and the late request, nothing more
