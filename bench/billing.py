@@ -11,7 +11,9 @@ server of yours. Subscriptions (each with its own anchor and usage) and their us
 straight into the database; what is measured is the run, from start to completed, split into `--processes`
 shards (default 2) executed by as many processes, as two billing consumers would (the outbox relay's
 publication is not part of it). The baseline is the same code with chunks of ONE
-subscription and one worker: one subscription per transaction. Also printed: the peak RSS
+subscription and one worker: one subscription per transaction. Also printed: the CPU the
+run took per subscription billed (`cpu_us_per_sub`: the shard processes' and PostgreSQL's;
+the VM's speed varies by the hour, and this tells a slower code from a slower hour), the peak RSS
 of the main process (setup included; the shard processes are smaller) and the 1-minute
 load average (a shared machine makes
 absolute figures noisy; the ratio is measured under the same load).
@@ -25,6 +27,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import queue
 import random
 import resource
 import shutil
@@ -86,12 +89,35 @@ async def setup(settings: Settings, subscriptions: int, seed: int = 1) -> uuid.U
     return tid
 
 
+def postgres_cpu_s() -> float | None:
+    """CPU seconds used so far by the processes named postgres (server, backends, workers),
+    from /proc: the database's share of a run, when it runs on this machine (None: no /proc)."""
+    if not os.path.isdir("/proc"):
+        return None
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        if stat[stat.index("(") + 1:stat.rindex(")")].startswith("postgres"):
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, workers: int,
                processes: int = 1) -> tuple[float, dict]:
     """One run, timed from its start to completed. With `processes` > 1 the run is split into
     that many shards, each executed by a process of its own (what as many billing consumers
     of one group do), all at once. The processes are started, and connected, before the
-    clock starts: a billing consumer is running already when a run request arrives."""
+    clock starts: a billing consumer is running already when a run request arrives.
+
+    Also measured with `processes` > 1: the CPU time of the run, the shard processes' own
+    (`time.process_time` around `execute_run`) and PostgreSQL's (/proc, while the shards'
+    connections are still open), per subscription billed. The machine is a shared VM whose
+    speed varies by the hour: CPU per subscription tells a slower code from a slower hour."""
     db = await Database.connect(settings.database_url, min_size=1, max_size=workers + 2)
     try:
         caller = Caller(tenant_id, "bench")
@@ -103,34 +129,62 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
             done = await billing.execute_run(db, tenant_id, run.id, chunk_size=chunk_size, workers=workers)
         else:
             ctx = multiprocessing.get_context("spawn")
-            ready, go = ctx.Barrier(processes + 1), ctx.Event()
+            ready, go, measured, cpu = ctx.Barrier(processes + 1), ctx.Event(), ctx.Event(), ctx.Queue()
             procs = [ctx.Process(target=_shard, args=(settings.database_url, tenant_id, run.id, shard, chunk_size,
-                                                      workers, ready, go)) for shard in range(processes)]
+                                                      workers, ready, go, measured, cpu))
+                     for shard in range(processes)]
             for p in procs:
                 p.start()
             ready.wait()
+            pg_before = postgres_cpu_s()
             started = time.perf_counter()
             go.set()
+            python_cpu = await asyncio.get_running_loop().run_in_executor(None, _cpu_of_shards, cpu, procs)
+            pg_after = postgres_cpu_s()
+            measured.set()
             for p in procs:
                 p.join()
+            seconds = time.perf_counter() - started
             done = await billing.get_billing_run(db, caller, str(run.id))
-        seconds = time.perf_counter() - started
+            billed = max(1, done.subscriptions_billed)
+            cpu_per_sub = {"python": round(python_cpu / billed * 1e6),
+                           "postgres": None if pg_before is None else round((pg_after - pg_before) / billed * 1e6)}
+        if processes == 1:
+            seconds = time.perf_counter() - started
+            cpu_per_sub = None
     finally:
         await db.close()
     return seconds, {"status": done.status, "billed": done.subscriptions_billed, "failed": done.subscriptions_failed,
-                     "totals": dict(done.totals)}
+                     "totals": dict(done.totals), "cpu_us_per_sub": cpu_per_sub}
+
+
+def _cpu_of_shards(cpu, procs) -> float:
+    """The sum of the CPU seconds each shard process reports when its execution returned."""
+    total, reported = 0.0, 0
+    while reported < len(procs):
+        try:
+            total += cpu.get(timeout=1)
+            reported += 1
+        except queue.Empty:
+            if not all(p.is_alive() for p in procs):
+                raise RuntimeError("a shard process ended without reporting (see its traceback above)") from None
+    return total
 
 
 def _shard(url: str, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int, chunk_size: int, workers: int,
-           ready, go) -> None:
+           ready, go, measured, cpu) -> None:
     tune_gc()  # as `billing serve` does for the billing consumer
 
     async def run():
         db = await Database.connect(url, min_size=workers + 1, max_size=workers + 2)
         try:
             ready.wait()
-            await asyncio.get_running_loop().run_in_executor(None, go.wait)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, go.wait)
+            before = time.process_time()
             await billing.execute_run(db, tenant_id, run_id, shard=shard, chunk_size=chunk_size, workers=workers)
+            cpu.put(time.process_time() - before)
+            await loop.run_in_executor(None, measured.wait)  # connections open until PostgreSQL's CPU is read
         finally:
             await db.close()
     asyncio.run(run())
