@@ -26,7 +26,7 @@ from billing.ops.metrics import (
     OUTBOX_BACKLOG, OUTBOX_LEADER, OUTBOX_OLDEST_AGE, OUTBOX_PARKED_ROWS, ConsumerMetrics, outbox_delays,
     outbox_observer, outbox_parked, track_pool,
 )
-from billing.ops.readiness import Readiness
+from billing.ops.readiness import Readiness, wait_for_migrations
 from billing.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ class Service:
     _roles: list[tuple[str, object, asyncio.Task]] = field(default_factory=list)
     _http_runner: object | None = None
     failed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when every migration is applied (or on stop): no role starts before (wait_for_migrations).
+    _schema_current: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
 
     async def start(self) -> None:
         s = self.settings
@@ -64,6 +67,7 @@ class Service:
         track_pool(self.db.pool)
         self.readiness = Readiness(self.db, s.kafka_bootstrap_servers, s.migrations_dir,
                                    required_topics=tuple(s.topics.all()), check_kafka=s.readiness_requires_kafka)
+        self._tasks.append(asyncio.create_task(self._wait_for_schema(), name="wait-for-migrations"))
         if "api" in self.roles:
             self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port)
             await self.grpc.start()
@@ -148,9 +152,16 @@ class Service:
                 log.debug("outbox gauges not sampled: %s", exc)
             await asyncio.sleep(self.settings.outbox_backlog_interval_s)
 
+    async def _wait_for_schema(self) -> None:
+        await wait_for_migrations(self.db, self.settings.migrations_dir, self.readiness.interval_s)
+        self._schema_current.set()
+
     def _start_role(self, name: str, component) -> None:
         async def run() -> None:
             try:
+                await self._schema_current.wait()
+                if self._stopping:
+                    return
                 await component.run()
             except asyncio.CancelledError:
                 raise
@@ -162,6 +173,8 @@ class Service:
 
     async def stop(self) -> None:
         """Graceful: stop taking calls and messages, let in-flight work finish, close the pool."""
+        self._stopping = True
+        self._schema_current.set()  # roles still waiting for migrations end without starting
         if self.grpc:
             await self.grpc.set_serving(False)
             await self.grpc.stop(grace_s=5)

@@ -95,5 +95,26 @@ class Readiness:
         return f"missing topics: {', '.join(missing)}" if missing else "ok"
 
 
+async def wait_for_migrations(db: Database, migrations_dir: Path, interval_s: float = 2.0) -> None:
+    """Return once every migration of `migrations_dir` is applied. The roles of a process wait
+    on this before they consume or write anything: new code may rely on what a pending
+    migration adds (015: the trigger that records late usage still to bill), so a replica
+    deployed before `billing migrate` must not store a message meanwhile. PostgreSQL away:
+    retried, like a pending migration."""
+    warned = False
+    while True:
+        try:
+            async with db.pool.acquire() as conn:
+                todo = await migrations.pending(conn, migrations_dir)
+        except Exception as exc:  # noqa: BLE001 - unreachable now, retried
+            todo = [f"(not checked: {type(exc).__name__})"]
+        if not todo:
+            return
+        if not warned:
+            log.warning("roles wait for migrations", extra={"pending": todo})
+            warned = True
+        await asyncio.sleep(interval_s)
+
+
 async def _not_required() -> str:
     return "not required"

@@ -11,7 +11,8 @@ import asyncpg
 # empties the staging table, inserts the raw events dropping duplicates (also duplicates
 # within the batch), and folds exactly the inserted rows into the totals. Measured: COPY
 # then this statement ~60-70k events/s, array parameters with unnest ~45-50k.
-# Times travel as integer microseconds and quantities as text, converted here.
+# Times travel as integer microseconds and quantities as text, converted here. A late
+# event's late_usage_pending row is written by a trigger (migration 015), not here.
 STAGING_TABLE = """
 create temp table if not exists usage_staging (
     event_id text, subscription_id uuid, metric_code text, quantity text, occurred_us bigint, start_us bigint,
@@ -36,11 +37,6 @@ with staged as (
       from input
     on conflict (tenant_id, event_id) do nothing
     returning event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late
-), pending as (
-    -- a late event's subscription has late usage to bill (migration 014); nothing when none is late
-    insert into late_usage_pending (tenant_id, subscription_id)
-    select distinct $1, subscription_id from inserted where late
-    on conflict do nothing
 ), folded as (
     select subscription_id, metric_code, period_start, max(period_end) as period_end,
            sum(quantity) as quantity_sum, count(*) as event_count, max(quantity) as quantity_max,
