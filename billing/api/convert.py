@@ -138,6 +138,8 @@ def usage_report(report) -> pb.GetUsageResponse:
             metric_code=m.metric_code, aggregation=enum_number(pb.Aggregation, m.aggregation, "AGGREGATION_"),
             quantity=decimal_to_str(m.quantity), amount=decimal_to_str(m.amount),
             series=[pb.UsagePoint(at=timestamp(at), quantity=decimal_to_str(q)) for at, q in m.series],
+            late_event_count=m.late.event_count, late_quantity_sum=decimal_to_str(m.late.quantity_sum),
+            late_billed_event_count=m.late.billed_event_count,
         ) for m in report.metrics],
         total_amount=decimal_to_str(report.total),
     )

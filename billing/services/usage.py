@@ -14,6 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 
 import asyncpg
 
@@ -340,6 +341,7 @@ class Usage:
             else:
                 start, end = period_start, None
             rows = {r["metric_code"]: r for r in await usage_store.totals(conn, caller.tenant_id, sub_uuid, start)}
+            late = {r["metric_code"]: r for r in await usage_store.late_usage(conn, caller.tenant_id, sub_uuid, start)}
             metrics = []
             for charge in spec.usage_charges:
                 row = rows.get(charge.metric_code)
@@ -359,12 +361,26 @@ class Usage:
                     points = [(p["at"], p["quantity"]) for p in await usage_store.series(
                         conn, caller.tenant_id, sub_uuid, charge.metric_code, start, series)]
                 amount = round_money(usage_amount(charge, quantity), spec.currency)
-                metrics.append(MetricUsage(charge.metric_code, charge.aggregation.value, quantity, amount, points))
+                lr = late.get(charge.metric_code)
+                metrics.append(MetricUsage(
+                    charge.metric_code, charge.aggregation.value, quantity, amount, points,
+                    LateUsage(lr["event_count"], lr["quantity_sum"], lr["billed_count"]) if lr else NO_LATE_USAGE))
         if end is None:  # a period with no usage yet: its end follows from the anchor
             anchor = sub.billing_anchor or sub.start_at
             end = period_containing(anchor, spec.interval, spec.interval_count, start)[1]
         total = round_money(sum((m.amount for m in metrics), start=0), spec.currency)
         return UsageReport(sub_uuid, start, end, spec.currency, metrics, total)
+
+
+@dataclass(frozen=True)
+class LateUsage:
+    """Events of a period stored after the period was billed (docs/billing.md, late usage)."""
+    event_count: int
+    quantity_sum: object  # Decimal
+    billed_event_count: int  # billed already as a late line; the rest by the next run
+
+
+NO_LATE_USAGE = LateUsage(0, Decimal(0), 0)
 
 
 @dataclass(frozen=True)
@@ -374,6 +390,7 @@ class MetricUsage:
     quantity: object  # Decimal
     amount: object  # Decimal, rounded
     series: list
+    late: LateUsage = NO_LATE_USAGE
 
 
 @dataclass(frozen=True)

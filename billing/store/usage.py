@@ -151,6 +151,21 @@ async def totals(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id
     )
 
 
+async def late_usage(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID,
+                     period_start: datetime) -> list[asyncpg.Record]:
+    """Per metric, the events of a period stored late: how many, their quantity, how many are
+    billed (the partial index usage_events_late, then one probe each in late_usage_billed)."""
+    return await conn.fetch(
+        """select e.metric_code, count(*) as event_count, sum(e.quantity) as quantity_sum,
+                  count(b.event_id) as billed_count
+             from usage_events e
+             left join late_usage_billed b on b.tenant_id = e.tenant_id and b.event_id = e.event_id
+            where e.tenant_id = $1 and e.subscription_id = $2 and e.late and e.period_start = $3
+            group by e.metric_code""",
+        tenant_id, subscription_id, period_start,
+    )
+
+
 async def unique_count(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID, metric: str,
                        period_start: datetime, prop: str) -> int:
     return await conn.fetchval(

@@ -570,18 +570,24 @@ class GetUsageResponse(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., currency: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[MetricUsage, _Mapping]]] = ..., total_amount: _Optional[str] = ...) -> None: ...
 
 class MetricUsage(_message.Message):
-    __slots__ = ("metric_code", "aggregation", "quantity", "amount", "series")
+    __slots__ = ("metric_code", "aggregation", "quantity", "amount", "series", "late_event_count", "late_quantity_sum", "late_billed_event_count")
     METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
     SERIES_FIELD_NUMBER: _ClassVar[int]
+    LATE_EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LATE_QUANTITY_SUM_FIELD_NUMBER: _ClassVar[int]
+    LATE_BILLED_EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     metric_code: str
     aggregation: Aggregation
     quantity: str
     amount: str
     series: _containers.RepeatedCompositeFieldContainer[UsagePoint]
-    def __init__(self, metric_code: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., quantity: _Optional[str] = ..., amount: _Optional[str] = ..., series: _Optional[_Iterable[_Union[UsagePoint, _Mapping]]] = ...) -> None: ...
+    late_event_count: int
+    late_quantity_sum: str
+    late_billed_event_count: int
+    def __init__(self, metric_code: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., quantity: _Optional[str] = ..., amount: _Optional[str] = ..., series: _Optional[_Iterable[_Union[UsagePoint, _Mapping]]] = ..., late_event_count: _Optional[int] = ..., late_quantity_sum: _Optional[str] = ..., late_billed_event_count: _Optional[int] = ...) -> None: ...
 
 class UsagePoint(_message.Message):
     __slots__ = ("at", "quantity")

@@ -81,6 +81,9 @@ async def test_late_usage_is_billed_once_in_the_next_invoice_naming_its_period(s
     await _usage(stub, tenant, sub.id, "100", p1_end + timedelta(days=1))
     late = await admin_conn.fetch("select event_id, late from usage_events where tenant_id = $1 and late", tid)
     assert sorted(r["event_id"] for r in late) == ["late-1", "late-2"]
+    # GetUsage of P1 counts them in its quantity and shows them as late, none billed yet.
+    assert await _late_report(stub, tenant, sub.id, p1_start) == ("1601", 2, "601", 0)
+    assert await _late_report(stub, tenant, sub.id, p1_end) == ("100", 0, "0", 0)
 
     second = await _run(service, tenant, NOW())  # bills P2, with P1's late usage
     assert second.subscriptions_billed == 1
@@ -100,6 +103,7 @@ async def test_late_usage_is_billed_once_in_the_next_invoice_naming_its_period(s
         "select event_id, invoice_request_id from late_usage_billed where tenant_id = $1 order by event_id", tid)
     assert [(r["event_id"], str(r["invoice_request_id"])) for r in billed] == [
         ("late-1", p2["invoice_request_id"]), ("late-2", p2["invoice_request_id"])]
+    assert await _late_report(stub, tenant, sub.id, p1_start) == ("1601", 2, "601", 2)
 
     # Once only: a later run (P3 has not ended: nothing due) bills no late usage again, and a
     # new late event for P1 is billed alone, priced as the increase of P1's price.
@@ -110,6 +114,15 @@ async def test_late_usage_is_billed_once_in_the_next_invoice_naming_its_period(s
     third = await _run(service, tenant, NOW())
     assert third.subscriptions_due == 0 and len(await _invoices(admin_conn, tid, sub.id)) == 2
     # (the third late event waits for P3's invoice)
+    assert await _late_report(stub, tenant, sub.id, p1_start) == ("1604", 3, "604", 2)
+
+
+async def _late_report(stub, tenant, sub_id: str, period_start: datetime) -> tuple[str, int, str, int]:
+    """GetUsage of one period: (quantity, late events, their quantity, late events billed)."""
+    report = await stub.GetUsage(pb.GetUsageRequest(subscription_id=sub_id, period_start=ts(period_start)),
+                                 metadata=tenant.md)
+    (m,) = report.metrics
+    return m.quantity, m.late_event_count, m.late_quantity_sum, m.late_billed_event_count
 
 
 async def test_ingest_waits_for_a_billing_chunk_and_then_finds_the_event_late(service, stub, tenant, migrated):
