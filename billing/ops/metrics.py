@@ -165,8 +165,21 @@ BILLING_SUBSCRIPTIONS = Counter(
 )
 BILLING_AMOUNT = Counter(
     "billing_amount_billed_total",
-    "Invoice request totals billed, in the currency's major unit (a float: for dashboards, not accounting)",
+    "Totals of the invoice requests with a total >= 0, by runs and by changes, in the currency's major unit "
+    "(a float: for dashboards, not accounting)",
     ["currency"],
+)
+BILLING_CREDITED = Counter(
+    "billing_amount_credited_total",
+    "Totals of the invoice requests with a negative total (credit above the charges), as a positive amount in "
+    "the currency's major unit; billed minus credited is the net invoiced",
+    ["currency"],
+)
+INVOICE_REQUESTS = Counter(
+    "billing_invoice_requests_total",
+    "Invoice requests committed to the outbox, by what wrote them: run (a billing run), change (a subscription "
+    "change: a period it closed first, an immediate cancel, a proration invoiced now)",
+    ["source"],
 )
 
 # -- automatic resumption (billing.services.scheduler) -----------------------------------

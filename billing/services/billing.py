@@ -189,6 +189,10 @@ class _Chunk:
     due: int = 0
     billed: int = 0
     skipped: int = 0
+    invoices: int = 0  # invoice requests written (a subscription may close several periods)
+    # Of `totals`, what requests with a negative total (a credit larger than the charges)
+    # added, as a positive amount: a Prometheus counter cannot go down (observe_invoices).
+    credited: dict[str, Decimal] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
     totals: dict[str, Decimal] = field(default_factory=dict)
 
@@ -384,6 +388,7 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
     invoices, rows, audits, late_billed, pending_ids, pending_requests, columns = await asyncio.to_thread(
         _write_rows, caller, run_id, request_id, outcomes, billed_before, chunk)
     await _enqueue_invoices(conn, tenant, invoices)
+    chunk.invoices = len(invoices)
     await outbox.enqueue_many(conn, tenant, rows)
     await store.advance_subscriptions(conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed],
                                       columns)
@@ -463,6 +468,8 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
         billed += [(e, sub.id, request) for e in events]
         amount = invoice_requests.amount(lines)
         chunk.totals[currency] = chunk.totals.get(currency, _ZERO) + amount
+        if amount < 0:  # a late line can lower a period's price (volume tiers)
+            chunk.credited[currency] = chunk.credited.get(currency, _ZERO) - amount
         chunk.billed += 1
         details = {"run_id": run_text, "invoice_request_id": rid, "late_events": len(events),
                    "period_start": start.isoformat(), "period_end": end.isoformat(),
@@ -470,6 +477,7 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
         audits.append((sub.id, "subscription.late_usage_billed", None, {"details": details}))
     if invoices:
         await _enqueue_invoices(conn, tenant, invoices)
+        chunk.invoices = len(invoices)
         await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor,
                                       request_id=run_text, rows=audits)
         marked = await store.mark_late_billed(conn, tenant, ex.run_id, billed)
@@ -483,7 +491,7 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
 
 
 async def close_ended_periods(conn: asyncpg.Connection, caller: Caller, sub: Subscription, as_of: datetime,
-                              request_id: str) -> bool:
+                              request_id: str) -> "_Chunk | None":
     """Bill the periods of `sub` that ended by `as_of` and no run closed yet, in the caller's
     transaction, which holds the subscription's row locked: what a run would do for it
     (one chunk of one subscription: invoice requests, billed periods, the advance, audit
@@ -493,17 +501,24 @@ async def close_ended_periods(conn: asyncpg.Connection, caller: Caller, sub: Sub
     holds its time, and the ended period is billed in full, not left to a run that would
     never bill it (a canceled subscription) or bill it at the new state.
 
-    Returns whether something was closed (the caller reads the subscription again).
+    Returns what was billed, None when nothing was due (the caller reads the subscription
+    again, and passes it to `observe_closed` once its transaction committed).
     FailedPrecondition when the subscription cannot be billed (its reason): the caller's
     change is refused rather than applied to a period that stays unbilled."""
     if not invoicing.is_due(sub, as_of):
-        return False
+        return None
     ex = _Execution(caller.tenant_id, invoice_requests.NO_RUN, as_of, 0, 1, 1, [], request_id=request_id)
     chunk = await _bill_chunk(conn, caller, ex, [sub])
     if chunk.failures:
         raise FailedPrecondition(f"subscription {sub.id}: its ended period cannot be billed: "
                                  f"{chunk.failures[0]['reason']}")
-    return True  # not in the run metrics (billing_subscriptions_total counts what runs bill)
+    return chunk
+
+
+def observe_closed(chunk: "_Chunk") -> None:
+    """Count the invoice requests of periods a change closed (`close_ended_periods`), once
+    the change committed: a change refused after the close counts nothing."""
+    observe_invoices("change", chunk.invoices, chunk.totals, chunk.credited)
 
 
 def _compute(tenant, run_id, as_of, subs, plans, usage, charged, late, pending, chunk: _Chunk) -> list["_Billed"]:
@@ -545,6 +560,8 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, request_id: str, outcomes: li
                 if payload is not None:
                     invoices.append((rid, payload))
                     chunk.totals[closed.currency] = chunk.totals.get(closed.currency, _ZERO) + closed.total
+                    if closed.total < 0:
+                        chunk.credited[closed.currency] = chunk.credited.get(closed.currency, _ZERO) - closed.total
                     if i == 0:  # late usage and pending lines went into the first closed period
                         late_billed += [(e, o.sub.id, closed.invoice_request_id) for e in o.late_events]
                         pending_ids += o.pending
@@ -739,8 +756,22 @@ def _observe_chunk(chunk: _Chunk) -> None:
     metrics.BILLING_SUBSCRIPTIONS.labels("billed").inc(chunk.billed)
     metrics.BILLING_SUBSCRIPTIONS.labels("skipped").inc(chunk.skipped)
     metrics.BILLING_SUBSCRIPTIONS.labels("failed").inc(len(chunk.failures))
-    for currency, amount in chunk.totals.items():
-        metrics.BILLING_AMOUNT.labels(currency).inc(float(amount))
+    observe_invoices("run", chunk.invoices, chunk.totals, chunk.credited)
+
+
+def observe_invoices(source: str, count: int, totals: dict[str, Decimal], credited: dict[str, Decimal]) -> None:
+    """Invoice requests committed to the outbox, by who wrote them (run, change), and their
+    totals: every invoice request is counted here once, whatever wrote it. `totals` is the
+    net sum per currency, `credited` the part of it from requests with a negative total
+    (as a positive amount): those go to their own counter, the others to the billed one,
+    so billed minus credited is the net amount invoiced."""
+    if count:
+        metrics.INVOICE_REQUESTS.labels(source).inc(count)
+    for currency, amount in totals.items():
+        credit = credited.get(currency, _ZERO)
+        metrics.BILLING_AMOUNT.labels(currency).inc(float(amount + credit))
+        if credit:
+            metrics.BILLING_CREDITED.labels(currency).inc(float(credit))
 
 
 def _observe_finished(row) -> None:

@@ -10,6 +10,7 @@ import logging
 import uuid
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Awaitable, Callable, Mapping
 
 import asyncpg
@@ -273,7 +274,8 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
             raise NotFound("subscription", subscription_id)
         # A period that ended and no run has closed yet is billed first, as a run would:
         # the change then applies to the period its time falls in (docs/billing.md).
-        if await billing.close_ended_periods(conn, caller, before, now(), request_id):
+        closed = await billing.close_ended_periods(conn, caller, before, now(), request_id)
+        if closed is not None:
             before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
         spec, _, _ = await _plan(conn, caller, before.plan_id, "plan_id")
         change = await rule(conn, before, spec)
@@ -282,7 +284,12 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
             await _record(conn, caller, request_id, before, change)
         view = await _view(conn, caller, change.subscription)
         await idempotency.remember(conn, caller, request_id, _outcome(view))
-        return view
+    if closed is not None:
+        billing.observe_closed(closed)
+    if "invoice_request_id" in change.details:  # _bill: an invoice request now
+        invoiced = Decimal(change.details["invoice_total"])
+        billing.observe_invoices("change", 1, {spec.currency: invoiced}, {spec.currency: max(-invoiced, Decimal(0))})
+    return view
 
 
 async def activate_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:

@@ -119,8 +119,15 @@ panels = [
     ], unit="s", w=8),
     ts("Subscriptions by outcome / h", [
         ("sum by (outcome) (increase(billing_subscriptions_total[1h]))", "{{outcome}}")], w=8),
-    ts("Amount billed per currency / h", [
-        ("sum by (currency) (increase(billing_amount_billed_total[1h]))", "{{currency}}")], w=16, h=6),
+    ts("Amount billed and credited per currency / h", [
+        ("sum by (currency) (increase(billing_amount_billed_total[1h]))", "{{currency}} billed"),
+        ("sum by (currency) (increase(billing_amount_credited_total[1h]))", "{{currency}} credited")], w=8, h=6,
+       description="Credited: invoice requests whose total is negative (credit above the charges), as a positive "
+                   "amount."),
+    ts("Invoice requests by source / h", [
+        ("sum by (source) (increase(billing_invoice_requests_total[1h]))", "{{source}}")], w=8, h=6,
+       description="run: billing runs; change: a subscription change (a period it closed first, a final or "
+                   "immediate invoice)."),
     ts("Paused subscriptions resumed as scheduled / h", [
         ("sum by (outcome) (increase(billing_subscriptions_auto_resumed_total[1h]))", "{{outcome}}")], w=8, h=6,
        description="The scheduler role's automatic resumes at pause_resumes_at; failed ones are retried next pass."),

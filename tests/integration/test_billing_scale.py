@@ -217,6 +217,35 @@ async def test_pending_lines_go_into_the_next_invoice_and_are_marked_billed(serv
     assert dict(done.totals)["EUR"] == "23.50"
 
 
+async def test_an_invoice_request_with_a_negative_total_is_billed_and_counted_as_credited(
+        service, stub, tenant, admin_conn):
+    """A pending credit larger than the period's charges (a downgrade's unused time, say)
+    makes an invoice request with a negative total: it is billed like any other, counted in
+    billing_amount_credited_total, and billed minus credited is what the run totals say.
+    Before session 10 the run's amount counter was incremented by the chunk's negative
+    total, which Prometheus refuses (ValueError) after the chunk had committed."""
+    plan = await _weekly_plan(stub, tenant)
+    sub = await _sub(stub, tenant, plan, NOW() - timedelta(days=10))
+    other = await _sub(stub, tenant, plan, NOW() - timedelta(days=10))
+    sid, tid = uuid.UUID(sub.id), uuid.UUID(tenant.id)
+    start = sub.current_period_start.ToDatetime(timezone.utc)
+    credit = Line(kind="proration_credit", description="unused time of Pro", metric_code=None, quantity=D(1),
+                  unit_price=D("-25.00"), amount=D("-25.00"), period_start=start, period_end=start + timedelta(days=7))
+    async with service.db.tenant_tx(tid) as conn:
+        await pending_lines.add(conn, tid, sid, "EUR", [credit], "test:downgrade")
+    before = _billing_metrics()
+    done = await _run(service, tenant, NOW(), chunk_size=50)  # both in one chunk: net total -5.00
+    moved = {k: round(v - before[k], 2) for k, v in _billing_metrics().items()}
+    assert (done.status, done.subscriptions_billed, done.subscriptions_failed) == ("completed", 2, 0)
+    assert done.totals == (("EUR", "-5.00"),)
+    [inv] = await _invoices(admin_conn, tid, sub.id)
+    assert inv["total"] == "-15.00"  # 10.00 base + 0.00 usage - 25.00
+    [plain] = await _invoices(admin_conn, tid, other.id)
+    assert plain["total"] == "10.00"
+    assert moved == {"billed": 2, "failed": 0, "skipped": 0, "eur": 10.0, "eur_credited": 15.0, "run_invoices": 2,
+                     "change_invoices": 0, "completed": 1, "durations": 1}
+
+
 def _billing_metrics() -> dict[str, float]:
     from prometheus_client import REGISTRY
 
@@ -226,6 +255,9 @@ def _billing_metrics() -> dict[str, float]:
             "failed": value("billing_subscriptions_total", outcome="failed"),
             "skipped": value("billing_subscriptions_total", outcome="skipped"),
             "eur": value("billing_amount_billed_total", currency="EUR"),
+            "eur_credited": value("billing_amount_credited_total", currency="EUR"),
+            "run_invoices": value("billing_invoice_requests_total", source="run"),
+            "change_invoices": value("billing_invoice_requests_total", source="change"),
             "completed": value("billing_runs_total", status="completed"),
             "durations": value("billing_run_duration_seconds_count")}
 
@@ -243,7 +275,8 @@ async def test_one_failing_subscription_does_not_stop_a_set_based_chunk(service,
     # The billing metrics moved by this run (other tests in this process only add to them
     # before or after, never during: the run is awaited here).
     assert {k: round(after[k] - before[k], 2) for k in after} == {
-        "billed": 11, "failed": 1, "skipped": 0, "eur": 110.0, "completed": 1, "durations": 1}
+        "billed": 11, "failed": 1, "skipped": 0, "eur": 110.0, "eur_credited": 0.0, "run_invoices": 11,
+        "change_invoices": 0, "completed": 1, "durations": 1}
     assert (done.status, done.subscriptions_due, done.subscriptions_billed, done.subscriptions_failed) == (
         "completed", 12, 11, 1)
     assert [s for s, _ in done.failures] == [bad.id] and "CodecError" in done.failures[0][1]

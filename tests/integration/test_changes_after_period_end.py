@@ -15,7 +15,7 @@ import pytest
 
 from billing.domain.invoicing import invoice_request_id
 from billing.v1 import billing_pb2 as pb
-from tests.integration.test_billing_scale import NOW, _invoices, _run, _sub, _usage, _weekly_plan
+from tests.integration.test_billing_scale import NOW, _billing_metrics, _invoices, _run, _sub, _usage, _weekly_plan
 from tests.integration.test_subscriptions_api import rid
 
 NIL = "00000000-0000-0000-0000-000000000000"
@@ -35,8 +35,10 @@ async def test_immediate_cancel_after_the_period_ended_bills_it_and_then_the_gap
     await _usage(stub, tenant, sub.id, "2000", NOW() - timedelta(days=1))  # P2, before the cancel: 5.00
 
     request = rid()
+    before = _billing_metrics()
     canceled = (await stub.CancelSubscription(pb.CancelSubscriptionRequest(
         request_id=request, id=sub.id, mode=pb.CANCEL_MODE_IMMEDIATELY), metadata=tenant.md)).subscription
+    moved = {k: round(v - before[k], 2) for k, v in _billing_metrics().items()}
 
     assert canceled.status == pb.SUBSCRIPTION_STATUS_CANCELED
     assert canceled.current_period_start.ToDatetime(timezone.utc) == p1_end  # P2 was the period cut short
@@ -54,6 +56,9 @@ async def test_immediate_cancel_after_the_period_ended_bills_it_and_then_the_gap
     [fee] = [ln for ln in final["lines"] if ln["kind"] != "usage"]
     assert fee["period_start_us"] == usage["period_start_us"]
     assert D("4.28") <= D(fee["amount"]) <= D("4.30")  # 3 of 7 days of 10.00, to the second
+    # Both invoice requests counted as written by a change, with their totals; no run moved
+    assert moved == {"billed": 0, "failed": 0, "skipped": 0, "eur": float(D("12.50") + D(final["total"])),
+                     "eur_credited": 0.0, "run_invoices": 0, "change_invoices": 2, "completed": 0, "durations": 0}
     # P1 is marked billed (no run), with its audit row under the cancel's request id
     mark = await admin_conn.fetchrow("select run_id, period_end from billed_periods where subscription_id = $1", sid)
     assert (str(mark["run_id"]), mark["period_end"]) == (NIL, p1_end)
@@ -65,9 +70,11 @@ async def test_immediate_cancel_after_the_period_ended_bills_it_and_then_the_gap
     # A run afterwards has nothing left to bill for it; the same request again changes nothing
     done = await _run(service, tenant, NOW())
     assert done.subscriptions_due == 0
+    replayed = _billing_metrics()
     again = (await stub.CancelSubscription(pb.CancelSubscriptionRequest(
         request_id=request, id=sub.id, mode=pb.CANCEL_MODE_IMMEDIATELY), metadata=tenant.md)).subscription
     assert again == canceled
+    assert _billing_metrics() == replayed
     assert len(await _invoices(admin_conn, tid, sub.id)) == 2
 
 
@@ -81,9 +88,11 @@ async def test_a_refused_change_after_the_period_ended_bills_nothing(service, st
     # asked before P1 ended (a request now would be caught up first and cancel at P2's end)
     await admin_conn.execute("update subscriptions set cancel_at_period_end = true where id = $1", uuid.UUID(sub.id))
 
+    before = _billing_metrics()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.PauseSubscription(pb.PauseSubscriptionRequest(request_id=rid(), id=sub.id), metadata=tenant.md)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _billing_metrics() == before  # the close it rolled back is not counted
 
     assert await _invoices(admin_conn, tid, sub.id) == []
     assert await admin_conn.fetchval("select count(*) from billed_periods where subscription_id = $1",

@@ -17,6 +17,7 @@ import pytest
 from billing import codec
 from billing.domain.proration import prorated_amount
 from billing.v1 import billing_pb2 as pb
+from tests.integration.test_billing_scale import _billing_metrics
 from tests.integration.test_plans_api import plan_request
 from tests.integration.test_subscriptions_api import rid, ts
 
@@ -165,9 +166,11 @@ async def test_cancel_now_in_advance_invoices_the_credit_and_what_was_pending(st
     await _change(stub, tenant, sub, pro)  # credit + charge, pending
     before = datetime.now(UTC)
     request_id = rid()
+    counted = _billing_metrics()
     canceled = (await stub.CancelSubscription(pb.CancelSubscriptionRequest(
         request_id=request_id, id=sub.id, mode=pb.CANCEL_MODE_IMMEDIATELY), metadata=tenant.md)).subscription
     called = (before, datetime.now(UTC))
+    moved = {k: round(v - counted[k], 2) for k, v in _billing_metrics().items()}
     assert canceled.status == pb.SUBSCRIPTION_STATUS_CANCELED
     rows = await _lines(admin_conn, sub.id)
     assert [r["kind"] for r in rows] == ["proration_credit", "proration_charge", "proration_credit"]
@@ -176,6 +179,9 @@ async def test_cancel_now_in_advance_invoices_the_credit_and_what_was_pending(st
     assert [D(ln["amount"]) for ln in inv["lines"]] == [r["amount"] for r in rows]
     assert {r["invoice_request_id"] for r in rows} == {uuid.UUID(inv["invoice_request_id"])}
     assert D(inv["total"]) == sum(r["amount"] for r in rows)
+    # A negative total (the credits outweigh the charge): counted as credited, not billed
+    assert D(inv["total"]) < 0
+    assert (moved["change_invoices"], moved["eur"], moved["eur_credited"]) == (1, 0.0, float(-D(inv["total"])))
     # Replay: same outcome, no second request.
     await stub.CancelSubscription(pb.CancelSubscriptionRequest(
         request_id=request_id, id=sub.id, mode=pb.CANCEL_MODE_IMMEDIATELY), metadata=tenant.md)
