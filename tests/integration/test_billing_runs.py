@@ -156,6 +156,40 @@ async def test_bad_requests(stub, tenant):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in err.value.details()
 
 
+async def test_list_billing_runs_pages_newest_first_and_filters_by_creation_time(service, stub, tenant):
+    """ListBillingRuns: newest first, pages that neither repeat nor skip a run, and the
+    created_after (inclusive) / created_before (exclusive) window."""
+    made = []
+    for i in range(5):
+        made.append((await stub.RunBilling(pb.RunBillingRequest(request_id=rid(), idempotency_key=f"list-{i}"),
+                                           metadata=tenant.md)).run)
+        await asyncio.sleep(0.002)  # distinct creation times, so the window below is exact
+    newest_first = [r.id for r in reversed(made)]
+
+    pages, token = [], ""
+    while True:
+        resp = await stub.ListBillingRuns(pb.ListBillingRunsRequest(page_size=2, page_token=token),
+                                          metadata=tenant.md)
+        pages.append([r.id for r in resp.runs])
+        token = resp.next_page_token
+        if not token:
+            break
+    assert pages == [newest_first[0:2], newest_first[2:4], newest_first[4:]]
+
+    window = pb.ListBillingRunsRequest(created_after=made[1].created_at, created_before=made[3].created_at)
+    assert [r.id for r in (await stub.ListBillingRuns(window, metadata=tenant.md)).runs] == [made[2].id, made[1].id]
+    later = pb.ListBillingRunsRequest(created_after=made[3].created_at, page_size=1)
+    first = await stub.ListBillingRuns(later, metadata=tenant.md)
+    rest = await stub.ListBillingRuns(pb.ListBillingRunsRequest(created_after=made[3].created_at, page_size=1,
+                                                                page_token=first.next_page_token), metadata=tenant.md)
+    assert ([r.id for r in first.runs], [r.id for r in rest.runs]) == ([made[4].id], [made[3].id])
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ListBillingRuns(pb.ListBillingRunsRequest(created_after=made[3].created_at,
+                                                             created_before=made[1].created_at), metadata=tenant.md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "created_before" in err.value.details()
+
+
 async def test_two_runs_at_once_bill_each_period_once_and_a_rerun_resumes(service, stub, tenant, admin_conn):
     """execute_run called directly (no Kafka): two runs for the same time at once, then
     both executed again (a redelivered request) - every period is billed exactly once."""
