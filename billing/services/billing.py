@@ -196,6 +196,13 @@ class _Chunk:
     failures: list[dict] = field(default_factory=list)
     totals: dict[str, Decimal] = field(default_factory=dict)
 
+    def add_invoice(self, currency: str, total: Decimal) -> None:
+        """One invoice request written: its total into the run's totals (and the metrics')."""
+        self.invoices += 1
+        self.totals[currency] = self.totals.get(currency, _ZERO) + total
+        if total < 0:
+            self.credited[currency] = self.credited.get(currency, _ZERO) - total
+
 
 @dataclass
 class _Execution:
@@ -388,7 +395,6 @@ async def _bill_chunk(conn: asyncpg.Connection, caller: Caller, ex: _Execution, 
     invoices, rows, audits, late_billed, pending_ids, pending_requests, columns = await asyncio.to_thread(
         _write_rows, caller, run_id, request_id, outcomes, billed_before, chunk)
     await _enqueue_invoices(conn, tenant, invoices)
-    chunk.invoices = len(invoices)
     await outbox.enqueue_many(conn, tenant, rows)
     await store.advance_subscriptions(conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed],
                                       columns)
@@ -467,9 +473,7 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
         invoices.append((rid, payload))
         billed += [(e, sub.id, request) for e in events]
         amount = invoice_requests.amount(lines)
-        chunk.totals[currency] = chunk.totals.get(currency, _ZERO) + amount
-        if amount < 0:  # a late line can lower a period's price (volume tiers)
-            chunk.credited[currency] = chunk.credited.get(currency, _ZERO) - amount
+        chunk.add_invoice(currency, amount)  # negative when late usage lowered a price (volume tiers)
         chunk.billed += 1
         details = {"run_id": run_text, "invoice_request_id": rid, "late_events": len(events),
                    "period_start": start.isoformat(), "period_end": end.isoformat(),
@@ -477,7 +481,6 @@ async def _bill_canceled_late_usage(conn: asyncpg.Connection, caller: Caller, ex
         audits.append((sub.id, "subscription.late_usage_billed", None, {"details": details}))
     if invoices:
         await _enqueue_invoices(conn, tenant, invoices)
-        chunk.invoices = len(invoices)
         await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor,
                                       request_id=run_text, rows=audits)
         marked = await store.mark_late_billed(conn, tenant, ex.run_id, billed)
@@ -518,7 +521,15 @@ async def close_ended_periods(conn: asyncpg.Connection, caller: Caller, sub: Sub
 def observe_closed(chunk: "_Chunk") -> None:
     """Count the invoice requests of periods a change closed (`close_ended_periods`), once
     the change committed: a change refused after the close counts nothing."""
-    observe_invoices("change", chunk.invoices, chunk.totals, chunk.credited)
+    observe_invoices("change", chunk)
+
+
+def observe_change_invoice(currency: str, total: Decimal) -> None:
+    """Count the invoice request a change wrote itself (an immediate cancel's final one, a
+    proration invoiced now), once the change committed."""
+    chunk = _Chunk()
+    chunk.add_invoice(currency, total)
+    observe_invoices("change", chunk)
 
 
 def _compute(tenant, run_id, as_of, subs, plans, usage, charged, late, pending, chunk: _Chunk) -> list["_Billed"]:
@@ -559,9 +570,7 @@ def _write_rows(caller: Caller, run_id: uuid.UUID, request_id: str, outcomes: li
                 billed = True
                 if payload is not None:
                     invoices.append((rid, payload))
-                    chunk.totals[closed.currency] = chunk.totals.get(closed.currency, _ZERO) + closed.total
-                    if closed.total < 0:
-                        chunk.credited[closed.currency] = chunk.credited.get(closed.currency, _ZERO) - closed.total
+                    chunk.add_invoice(closed.currency, closed.total)
                     if i == 0:  # late usage and pending lines went into the first closed period
                         late_billed += [(e, o.sub.id, closed.invoice_request_id) for e in o.late_events]
                         pending_ids += o.pending
@@ -756,19 +765,18 @@ def _observe_chunk(chunk: _Chunk) -> None:
     metrics.BILLING_SUBSCRIPTIONS.labels("billed").inc(chunk.billed)
     metrics.BILLING_SUBSCRIPTIONS.labels("skipped").inc(chunk.skipped)
     metrics.BILLING_SUBSCRIPTIONS.labels("failed").inc(len(chunk.failures))
-    observe_invoices("run", chunk.invoices, chunk.totals, chunk.credited)
+    observe_invoices("run", chunk)
 
 
-def observe_invoices(source: str, count: int, totals: dict[str, Decimal], credited: dict[str, Decimal]) -> None:
-    """Invoice requests committed to the outbox, by who wrote them (run, change), and their
-    totals: every invoice request is counted here once, whatever wrote it. `totals` is the
-    net sum per currency, `credited` the part of it from requests with a negative total
-    (as a positive amount): those go to their own counter, the others to the billed one,
-    so billed minus credited is the net amount invoiced."""
-    if count:
-        metrics.INVOICE_REQUESTS.labels(source).inc(count)
-    for currency, amount in totals.items():
-        credit = credited.get(currency, _ZERO)
+def observe_invoices(source: str, chunk: _Chunk) -> None:
+    """The invoice requests of a committed chunk, by who wrote them (run, change), and their
+    totals: every invoice request is counted here once, whatever wrote it. Requests with a
+    negative total go to the credited counter as a positive amount, the others to the
+    billed one, so billed minus credited is the net amount invoiced."""
+    if chunk.invoices:
+        metrics.INVOICE_REQUESTS.labels(source).inc(chunk.invoices)
+    for currency, amount in chunk.totals.items():
+        credit = chunk.credited.get(currency, _ZERO)
         metrics.BILLING_AMOUNT.labels(currency).inc(float(amount + credit))
         if credit:
             metrics.BILLING_CREDITED.labels(currency).inc(float(credit))

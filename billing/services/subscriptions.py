@@ -287,8 +287,7 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
     if closed is not None:
         billing.observe_closed(closed)
     if "invoice_request_id" in change.details:  # _bill: an invoice request now
-        invoiced = Decimal(change.details["invoice_total"])
-        billing.observe_invoices("change", 1, {spec.currency: invoiced}, {spec.currency: max(-invoiced, Decimal(0))})
+        billing.observe_change_invoice(spec.currency, Decimal(change.details["invoice_total"]))
     return view
 
 
