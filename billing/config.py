@@ -72,6 +72,21 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
 
+    # gRPC transport security and overload (docs/operations.md). Certificate and key both set:
+    # TLS; a client CA set as well: mutual TLS (clients must present a certificate it signed).
+    # No certificate: plaintext, logged as a warning at start.
+    grpc_tls_cert_file: Path | None = None
+    grpc_tls_key_file: Path | None = None
+    grpc_tls_client_ca_file: Path | None = None
+    # Calls handled at once by this process; beyond it a call is answered RESOURCE_EXHAUSTED
+    # at once (health checks and reflection are never refused). 0: no bound.
+    grpc_max_concurrent_calls: int = 200
+    # On SIGTERM: health turns NOT_SERVING, calls are still answered for this long (load
+    # balancers see the change and stop sending), then the server closes and the roles stop.
+    shutdown_drain_s: float = 5.0
+    # In-flight calls get this long to finish once the server closes.
+    shutdown_grace_s: float = 5.0
+
     log_level: str = "INFO"
     # Tracing (docs/operations.md): spans are always made (log lines carry their ids) and
     # exported over OTLP/gRPC only when an endpoint is set here or in the standard

@@ -19,6 +19,7 @@ import signal
 from dataclasses import dataclass, field
 
 from billing.api.server import GrpcServer
+from billing.api.tls import ServerTls
 from billing.config import Settings
 from billing.ops import http
 from billing.ops import tracing
@@ -27,6 +28,7 @@ from billing.ops.metrics import (
     outbox_observer, outbox_parked, track_pool,
 )
 from billing.ops.readiness import Readiness, wait_for_migrations
+from billing.ops.transport_checks import database_warnings, grpc_warning
 from billing.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -63,24 +65,29 @@ class Service:
         from billing.services import billing as billing_service
 
         billing_service.DEFAULT_SHARDS = s.run_shards  # runs requested by this process (api, scheduler)
+        for warning in database_warnings(s):
+            log.warning(warning)
         self.db = await Database.connect(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
         track_pool(self.db.pool)
         self.readiness = Readiness(self.db, s.kafka_bootstrap_servers, s.migrations_dir,
                                    required_topics=tuple(s.topics.all()), check_kafka=s.readiness_requires_kafka)
         self._tasks.append(asyncio.create_task(self._wait_for_schema(), name="wait-for-migrations"))
         if "api" in self.roles:
-            self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port)
+            self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, tls=ServerTls.from_settings(s),
+                                   max_concurrent_calls=s.grpc_max_concurrent_calls)
+            if warning := grpc_warning(self.grpc.tls.mode, self.grpc.address):
+                log.warning(warning)
             await self.grpc.start()
             await self.grpc.set_serving(False)
             self.readiness.listeners.append(
                 lambda ready: asyncio.get_running_loop().create_task(self.grpc.set_serving(ready))
             )
         if "commands" in self.roles:
-            self._start_role("commands", self._command_consumer())
+            self._start_consumer("commands", self._command_consumer())
         if "usage" in self.roles:
-            self._start_role("usage", usage_consumer(s, self.db.pool))
+            self._start_consumer("usage", usage_consumer(s, self.db.pool))
         if "billing" in self.roles:
-            self._start_role("billing", self._billing_consumer())
+            self._start_consumer("billing", self._billing_consumer())
         if "scheduler" in self.roles and s.scheduler_interval_s > 0:
             from billing.services.scheduler import Scheduler
 
@@ -104,6 +111,7 @@ class Service:
         self._http_runner = await http.start(self.readiness, s.http_host, s.http_port)
         log.info("service started", extra={
             "roles": list(self.roles), "grpc": self.grpc.address if self.grpc else None,
+            "grpc_tls": self.grpc.tls.mode if self.grpc else None,
             "http": f"{s.http_host}:{s.http_port}", "ready": self.readiness.ready,
         })
 
@@ -156,6 +164,11 @@ class Service:
         await wait_for_migrations(self.db, self.settings.migrations_dir, self.readiness.interval_s)
         self._schema_current.set()
 
+    def _start_consumer(self, name: str, runner) -> None:
+        """A consumer role; readiness checks that its assigned partitions have a leader."""
+        self._start_role(name, runner)
+        self.readiness.assignments.append(lambda: runner.assignment)
+
     def _start_role(self, name: str, component) -> None:
         async def run() -> None:
             try:
@@ -171,13 +184,24 @@ class Service:
 
         self._roles.append((name, component, asyncio.create_task(run(), name=name)))
 
+    async def drain(self) -> None:
+        """Not ready (/readyz and gRPC health), still answering, for `shutdown_drain_s`: the
+        load balancers and clients watching health stop sending before the port closes."""
+        if self.readiness:
+            self.readiness.drain()
+        if self.grpc:
+            await self.grpc.drain()
+            if self.settings.shutdown_drain_s > 0:
+                log.info("draining", extra={"drain_s": self.settings.shutdown_drain_s})
+                await asyncio.sleep(self.settings.shutdown_drain_s)
+
     async def stop(self) -> None:
         """Graceful: stop taking calls and messages, let in-flight work finish, close the pool."""
         self._stopping = True
         self._schema_current.set()  # roles still waiting for migrations end without starting
         if self.grpc:
-            await self.grpc.set_serving(False)
-            await self.grpc.stop(grace_s=5)
+            await self.grpc.drain()
+            await self.grpc.stop(grace_s=self.settings.shutdown_grace_s)
         for _, component, _ in self._roles:
             component.stop()
         done = await asyncio.gather(*(asyncio.wait_for(t, 30) for _, _, t in self._roles), return_exceptions=True)
@@ -189,6 +213,8 @@ class Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._http_runner:
             await self._http_runner.cleanup()
+        if self.readiness:
+            await self.readiness.close()
         if self.db:
             await self.db.close()
         tracing.shutdown()
@@ -210,7 +236,8 @@ def tune_gc() -> None:
 
 
 async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
-    """Run until SIGTERM/SIGINT (exit 0) or until a role fails (exit 1)."""
+    """Run until SIGTERM/SIGINT (drain, then exit 0) or until a role fails (exit 1, no drain:
+    the process is broken, not being replaced)."""
     service = Service(settings, roles)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -224,6 +251,8 @@ async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
         await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         failed.cancel()
+        if stop.is_set() and not service.failed.is_set():
+            await service.drain()
     finally:
         await service.stop()
     return 1 if service.failed.is_set() else 0

@@ -40,14 +40,15 @@ def _json_default(value):
 
 
 class Database:
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, url: str | None = None):
         self.pool = pool
+        self.url = url  # for what needs a connection outside the pool (readiness)
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> "Database":
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init_connection,
                                          command_timeout=30)
-        return cls(pool)
+        return cls(pool, url)
 
     async def close(self) -> None:
         await self.pool.close()
