@@ -121,3 +121,24 @@ async def test_every_tenant_table_has_row_level_security(admin_conn):
     assert len(rows) >= 8
     unprotected = [r["relname"] for r in rows if not (r["relrowsecurity"] and r["policy"])]
     assert unprotected == []
+
+
+async def test_audit_actor_names_the_key_id_and_no_part_of_the_key(stub, tenant, admin_conn):
+    from billing.services.tenants import issue_key
+
+    plan = (await stub.CreatePlan(plan_request(trial_days=0), metadata=tenant.md)).plan
+    sub = (await stub.CreateSubscription(pb.CreateSubscriptionRequest(
+        request_id=str(uuid.uuid4()), customer_id="c", plan_id=plan.id, activate=True), metadata=tenant.md)).subscription
+    # a second key of the same tenant: each change names the key that made it
+    second_id, second = await issue_key(admin_conn, uuid.UUID(tenant.id))
+    await stub.PauseSubscription(pb.PauseSubscriptionRequest(request_id=str(uuid.uuid4()), id=sub.id),
+                                 metadata=(("authorization", f"Bearer {second}"),))
+    got = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id, include_history=True),
+                                      metadata=tenant.md)).subscription
+    actors = [h.actor for h in got.history]
+    assert actors == [f"api:{tenant.api_key_id}"] * (len(actors) - 1) + [f"api:{second_id}"] and len(actors) >= 3
+    secret = tenant.api_key.removeprefix("bk_")
+    for actor in actors:
+        assert "bk_" not in actor
+        for key in (secret, second.removeprefix("bk_")):  # not even 6 characters of a secret in a row
+            assert not any(key[i:i + 6] in actor for i in range(len(key) - 5)), actor
