@@ -61,6 +61,10 @@ def test_sigterm_drains_then_exits_zero(migrated, tmp_path):
         assert code == 503 and body["ready"] is False and body["checks"]["shutdown"] == "draining"
         # still answering within the window
         create_and_get_plan(grpc_port, api_key)
+        # and it stays not ready through the window, though readiness re-checks every 2 s
+        time.sleep(max(0.0, DRAIN_S - 1.2 - (time.monotonic() - signalled)))
+        assert status() == health_pb2.HealthCheckResponse.NOT_SERVING and _readyz(http_port)[0] == 503
+        create_and_get_plan(grpc_port, api_key)
         assert time.monotonic() - signalled < DRAIN_S and proc.poll() is None
 
         assert proc.wait(timeout=60) == 0
