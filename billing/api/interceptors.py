@@ -43,6 +43,13 @@ def _wrap_unary(handler: grpc.RpcMethodHandler, around: Callable) -> grpc.RpcMet
     )
 
 
+def _gave_up(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status of a call whose handler was cancelled: the client cancelled it, or its
+    deadline passed (the time left is then 0)."""
+    left = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0.001 else grpc.StatusCode.CANCELLED
+
+
 def _bearer(metadata: tuple) -> str | None:
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
@@ -112,8 +119,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     code = context.code().name if context.code() else "UNKNOWN"
                     raise
                 except asyncio.CancelledError:
-                    left = context.time_remaining()
-                    code = "DEADLINE_EXCEEDED" if left is not None and left <= 0.001 else "CANCELLED"
+                    code = _gave_up(context).name
                     raise
                 except Exception:
                     code = "INTERNAL"
@@ -150,16 +156,20 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
                     full, context=parent, kind=SpanKind.SERVER, record_exception=False, set_status_on_exception=False,
                     attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
                 ) as span:
+                    gave_up = None
                     try:
                         return await behavior(request, context)
                     except grpc.aio.AbortError:
+                        raise
+                    except asyncio.CancelledError:
+                        gave_up = _gave_up(context)
                         raise
                     except Exception as exc:  # becomes UNKNOWN for the client
                         span.record_exception(exc)
                         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                         raise
                     finally:
-                        code = context.code() or grpc.StatusCode.OK
+                        code = gave_up or context.code() or grpc.StatusCode.OK
                         span.set_attribute("rpc.grpc.status_code", code.value[0])
                         if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE,
                                     grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DATA_LOSS,
