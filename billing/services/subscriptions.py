@@ -17,17 +17,16 @@ import asyncpg
 
 from billing.domain import proration as pr
 from billing.domain import subscriptions as rules
-from billing.domain.invoicing import PeriodUsage
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import decimal_to_str
 from billing.domain.plans import PlanSpec, plan_from_dict
-from billing.domain.pricing import Line, aggregate, total, usage_lines
+from billing.domain.pricing import Line, price_usage, total
 from billing.domain.subscriptions import CancelMode, Change, ChangeTiming, Subscription
-from billing.services import audit, billing, events, idempotency, invoice_requests, paging
+from billing.services import audit, events, idempotency, invoice_requests, paging, period_close, period_reads, run_metrics
 from billing.services.context import Caller
 from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError
 from billing.store import audit as audit_store
-from billing.store import billing as billing_store
+from billing.store import billed_periods
 from billing.store import pending_lines
 from billing.store import plans as plans_store
 from billing.store import subscriptions as store
@@ -148,7 +147,7 @@ async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, bef
 async def _charged_in_advance(conn: asyncpg.Connection, caller: Caller, sub: Subscription) -> bool:
     if sub.current_period_start is None:
         return False
-    return sub.id in await billing_store.opened_by_a_run(conn, caller.tenant_id, [(sub.id, sub.current_period_start)])
+    return sub.id in await billed_periods.opened_by_a_run(conn, caller.tenant_id, [(sub.id, sub.current_period_start)])
 
 
 async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscription, spec: PlanSpec,
@@ -161,20 +160,9 @@ async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscripti
     end = min(end, sub.current_period_end)  # a cancel after the period ended (run not yet there)
     if end <= start:
         return []
-    rows = {r["metric_code"]: r for r in await usage_store.totals(conn, caller.tenant_id, sub.id, start)}
-    lines: list[Line] = []
-    for charge in spec.usage_charges:
-        row = rows.get(charge.metric_code)
-        u = PeriodUsage(row["quantity_sum"], row["event_count"], row["quantity_max"], row["latest_quantity"]) \
-            if row else PeriodUsage()
-        unique = None
-        if charge.unique_property:
-            unique = await usage_store.unique_count(conn, caller.tenant_id, sub.id, charge.metric_code, start,
-                                                    charge.unique_property)
-        quantity = aggregate(charge.aggregation, quantity_sum=u.quantity_sum, event_count=u.event_count,
-                             quantity_max=u.quantity_max, latest_quantity=u.latest_quantity, unique_count=unique)
-        lines.extend(usage_lines(charge, quantity, spec.currency, start, end))
-    return lines
+    usage, _ = await period_reads.usage_of_period(conn, caller.tenant_id, sub.id, spec, start)
+    return [ln for priced in price_usage(spec, usage, start, end) for ln in priced.lines]
+
 
 
 async def _bill(conn: asyncpg.Connection, caller: Caller, source: str, before: Subscription, spec: PlanSpec,
@@ -201,11 +189,9 @@ async def _bill(conn: asyncpg.Connection, caller: Caller, source: str, before: S
         all_lines = [ln for _, ln in unbilled] + lines
         if all_lines:
             request = invoice_requests.request_id(tenant, sub.id, source)
-            start, end = invoice_requests.span(all_lines)
-            record = invoice_requests.invoice_record(
+            await invoice_requests.enqueue(conn, tenant, [invoice_requests.encode(
                 tenant_id=tenant, invoice_request_id=request, run_id=invoice_requests.NO_RUN, sub=sub,
-                currency=currency, period_start=start, period_end=end, lines=all_lines)
-            await invoice_requests.enqueue(conn, tenant, record)
+                currency=currency, lines=all_lines)])
             await pending_lines.mark_billed(conn, tenant, [i for i, _ in unbilled], [request] * len(unbilled))
             await pending_lines.add(conn, tenant, sub.id, currency, lines, source, invoice_request_id=request)
             details["invoice_request_id"] = str(request)
@@ -274,7 +260,7 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
             raise NotFound("subscription", subscription_id)
         # A period that ended and no run has closed yet is billed first, as a run would:
         # the change then applies to the period its time falls in (docs/billing.md).
-        closed = await billing.close_ended_periods(conn, caller, before, now(), request_id)
+        closed = await period_close.close_ended_periods(conn, caller, before, now(), request_id)
         if closed is not None:
             before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
         spec, _, _ = await _plan(conn, caller, before.plan_id, "plan_id")
@@ -285,9 +271,9 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
         view = await _view(conn, caller, change.subscription)
         await idempotency.remember(conn, caller, request_id, _outcome(view))
     if closed is not None:
-        billing.observe_closed(closed)
+        run_metrics.observe_closed(closed)
     if "invoice_request_id" in change.details:  # _bill: an invoice request now
-        billing.observe_change_invoice(spec.currency, Decimal(change.details["invoice_total"]))
+        run_metrics.observe_change_invoice(spec.currency, Decimal(change.details["invoice_total"]))
     return view
 
 
