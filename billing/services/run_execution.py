@@ -94,7 +94,9 @@ async def _start(db: Database, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: i
             log.warning("billing run not found", extra={"tenant_id": str(tenant_id), "run_id": str(run_id)})
             return None
         if row["status"] in ("completed", "failed"):
-            return from_row(row)  # a repeated request: nothing left to do
+            # A repeated request: nothing left to do (a job left over closes, not to be claimed again).
+            await runs_store.finish_shard(conn, tenant_id, run_id, shard)
+            return from_row(row)
         if not 0 <= shard < row["shard_count"]:
             log.error("billing run request for a shard the run does not have",
                       extra={"run_id": str(run_id), "shard": shard, "shard_count": row["shard_count"]})

@@ -33,7 +33,8 @@ class ExecutorSettings:
     lease_s: float = 15.0  # a crashed executor's shard is claimed again this long after its last renewal
     renew_s: float = 5.0
     poll_s: float = 0.25  # how often an idle executor looks for recorded shards
-    backoff_s: float = 1.0  # after a failed claim or execution (the database away, say)
+    backoff_s: float = 1.0  # after a failed claim or execution (the database away, say), doubled
+    max_backoff_s: float = 30.0  # up to this while the failures go on
     chunk_size: int = run_execution.CHUNK_SIZE
     workers: int = run_execution.WORKERS
 
@@ -67,6 +68,7 @@ class RunExecutor:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._current: asyncio.Task | None = None
+        self._failures = 0  # in a row
 
     def wake(self) -> None:
         self._wake.set()
@@ -84,14 +86,20 @@ class RunExecutor:
             try:
                 job = await self._claim()
             except Exception as exc:  # noqa: BLE001 - the database away: retried after a backoff
-                self.stats.retries += 1
                 log.warning("claiming a billing run shard failed: %s", exc)
-                await self._sleep(self.settings.backoff_s)
+                await self._back_off()
                 continue
+            self._failures = 0
             if job is None:
                 await self._sleep(self.settings.poll_s)
                 continue
             await self._execute(job)
+
+    async def _back_off(self) -> None:
+        self.stats.retries += 1
+        self._failures += 1
+        s = self.settings
+        await self._sleep(min(s.max_backoff_s, s.backoff_s * 2 ** min(self._failures - 1, 16)))
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
@@ -117,16 +125,16 @@ class RunExecutor:
         try:
             await current
             self.stats.executed += 1
+            self._failures = 0
         except asyncio.CancelledError:
             current.cancel()
             await self._release(job)
             if not self._stop.is_set():
                 raise
         except Exception:  # noqa: BLE001 - the database away, say: given back and retried
-            self.stats.retries += 1
             log.exception("billing run shard execution failed", extra={"run_id": str(job.run_id)})
             await self._release(job)
-            await self._sleep(self.settings.backoff_s)
+            await self._back_off()
         finally:
             self._current = None
             renewing.cancel()

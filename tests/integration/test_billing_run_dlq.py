@@ -139,7 +139,7 @@ async def test_a_database_outage_during_a_run_is_retried_not_dead_lettered(migra
     away = await asyncpg.create_pool(f"postgresql://billing_app:billing_app@127.0.0.1:{free_port()}/billing",
                                      min_size=0, max_size=2, init=init_connection)
     strategy = BillingRunStrategy()
-    executor = RunExecutor(Database(away), ExecutorSettings(backoff_s=0.1, poll_s=0.05))
+    executor = RunExecutor(Database(away), ExecutorSettings(backoff_s=0.1, max_backoff_s=0.5, poll_s=0.05))
     group = f"billing-run-dlq-test-{uuid.uuid4().hex[:8]}"
     runner = ConsumerRunner(
         pool=pool, kafka_config=consumer_config(migrated, group, **{"session.timeout.ms": 6000}), topics=[topic],
