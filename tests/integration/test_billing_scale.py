@@ -346,7 +346,7 @@ async def test_a_sharded_run_is_executed_by_two_billing_consumers(migrated, serv
         "select shard, status, subscriptions_due, executed_by from billing_run_shards where run_id = $1", run.id)
     assert sorted(s["shard"] for s in shards) == list(range(16))
     assert {s["status"] for s in shards} == {"completed"} and sum(s["subscriptions_due"] for s in shards) == n
-    assert len({s["executed_by"] for s in shards}) == 2  # both consumers executed shards
+    assert len({s["executed_by"] for s in shards}) == 2  # both executors executed shards
 
 
 async def test_an_immediate_cancel_waits_for_a_usage_batch_and_bills_its_event(service, stub, tenant, admin_conn):
