@@ -62,9 +62,6 @@ class Service:
         if unknown:
             raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ALL_ROLES)}")
         tracing.configure(s)
-        from billing.services import billing as billing_service
-
-        billing_service.DEFAULT_SHARDS = s.run_shards  # runs requested by this process (api, scheduler)
         for warning in database_warnings(s):
             log.warning(warning)
         self.db = await Database.connect(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
@@ -74,7 +71,7 @@ class Service:
         self._tasks.append(asyncio.create_task(self._wait_for_schema(), name="wait-for-migrations"))
         if "api" in self.roles:
             self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, tls=ServerTls.from_settings(s),
-                                   max_concurrent_calls=s.grpc_max_concurrent_calls)
+                                   max_concurrent_calls=s.grpc_max_concurrent_calls, run_shards=s.run_shards)
             if warning := grpc_warning(self.grpc.tls.mode, self.grpc.address):
                 log.warning(warning)
             await self.grpc.start()
@@ -87,13 +84,18 @@ class Service:
         if "usage" in self.roles:
             self._start_consumer("usage", usage_consumer(s, self.db.pool))
         if "billing" in self.roles:
-            self._start_consumer("billing", self._billing_consumer())
+            from billing.services.run_executor import RunExecutor
+
+            executor = RunExecutor(self.db)  # executes the shards the consumer records
+            self._start_role("billing-executor", executor)
+            self._start_consumer("billing", self._billing_consumer(executor.wake))
         if "scheduler" in self.roles and s.scheduler_interval_s > 0:
             from billing.services.scheduler import Scheduler
 
             # Each round resumes what is due before it requests the runs (unless auto-resume is off).
             resume_batch = s.auto_resume_batch_size if s.auto_resume_interval_s > 0 else 0
-            self._start_role("scheduler", Scheduler(self.db, s.scheduler_interval_s, resume_batch_size=resume_batch))
+            self._start_role("scheduler", Scheduler(self.db, s.scheduler_interval_s, resume_batch_size=resume_batch,
+                                                    run_shards=s.run_shards))
         if "scheduler" in self.roles and s.auto_resume_interval_s > 0:
             from billing.services.scheduler import AutoResumer
 
@@ -127,16 +129,16 @@ class Service:
             producer_config=producer_config(s), max_batch_size=500, observer=ConsumerMetrics(COMMANDS_GROUP),
         )
 
-    def _billing_consumer(self):
+    def _billing_consumer(self, on_recorded):
         from billing.kafka import consumer_config, producer_config
         from consumers.billing import BillingRunStrategy
         from consumers.runner import ConsumerRunner
 
         s = self.settings
-        # Small batches: each message is a whole run, executed in chunk transactions of its own.
+        # Each message records a shard for the executor: the batch commits at once.
         return ConsumerRunner(
             pool=self.db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
-            group_id=BILLING_GROUP, strategy=BillingRunStrategy(self.db.pool), dlq_topic=s.topics.billing_runs_dlq,
+            group_id=BILLING_GROUP, strategy=BillingRunStrategy(on_recorded), dlq_topic=s.topics.billing_runs_dlq,
             producer_config=producer_config(s), max_batch_size=10, observer=ConsumerMetrics(BILLING_GROUP),
         )
 

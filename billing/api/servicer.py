@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from billing.api import convert
 from billing.api.errors import rpc
-from billing.services import billing, plans, subscriptions
+from billing.services import billing_runs, plans, subscriptions
 from billing.services.usage import Usage
 from billing.services.context import Caller
 from billing.store.db import Database
@@ -13,8 +13,9 @@ from billing.v1 import billing_pb2_grpc
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, *, run_shards: int = 1):
         self.db = db
+        self.run_shards = run_shards  # the shards of each run RunBilling requests (BILLING_RUN_SHARDS)
         self.usage = Usage()
 
     # -- plans -------------------------------------------------------------------------
@@ -135,19 +136,19 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     @rpc
     async def RunBilling(self, request: pb.RunBillingRequest, caller: Caller) -> pb.RunBillingResponse:
-        run = await billing.run_billing(self.db, caller, request.request_id, request.idempotency_key,
-                                        convert.optional_time(request, "as_of"))
+        run = await billing_runs.run_billing(self.db, caller, request.request_id, request.idempotency_key,
+                                             convert.optional_time(request, "as_of"), shards=self.run_shards)
         return pb.RunBillingResponse(run=convert.billing_run_message(run))
 
     @rpc
     async def GetBillingRun(self, request: pb.GetBillingRunRequest, caller: Caller) -> pb.GetBillingRunResponse:
-        run = await billing.get_billing_run(self.db, caller, request.id)
+        run = await billing_runs.get_billing_run(self.db, caller, request.id)
         return pb.GetBillingRunResponse(run=convert.billing_run_message(run))
 
     @rpc
     async def ListBillingRuns(self, request: pb.ListBillingRunsRequest,
                               caller: Caller) -> pb.ListBillingRunsResponse:
-        page = await billing.list_billing_runs(
+        page = await billing_runs.list_billing_runs(
             self.db, caller, page_size=request.page_size, page_token=request.page_token,
             status=convert.enum_value(pb.BillingRunStatus, request.status, "BILLING_RUN_STATUS_"),
             created_after=convert.optional_time(request, "created_after"),

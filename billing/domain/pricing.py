@@ -1,45 +1,9 @@
 """Pricing: what a usage charge and a base fee cost, as invoice lines.
 
-Exactness and rounding
-----------------------
-``usage_amount`` is exact: every product and sum is computed in a private
-``decimal`` context with a huge precision that TRAPS ``Inexact``, so a result is
-either exact or an exception - never silently rounded (the ambient decimal
-context is not used). Money is rounded only when a ``Line`` is built, once per
-line, by ``money.round_money`` (half-even to the currency's minor unit). Totals
-are sums of already rounded lines. No ``float`` anywhere.
-
-Quantities are non-negative decimals (fractional quantities such as GB-hours are
-allowed); a negative or non-finite quantity raises ``ValueError``.
-
-Pricing models
---------------
-* ``per_unit``: ``q * unit_price``.
-* ``package``: ``ceil(q / package_size) * unit_price`` - every STARTED package is
-  charged in full (250 units in packages of 100 = 3 packages; exactly 200 = 2;
-  0 units = 0 packages = 0). The line's quantity is the number of packages and its
-  unit price the price per package, so quantity * unit_price = amount; the usage
-  quantity itself is named in the description.
-* ``graduated``: the quantity is split across the tiers and each part is priced at
-  its own tier's unit price; a tier's ``flat_fee`` is charged once for every tier
-  that holds a positive quantity (Stripe semantics: the flat fee applies as soon as
-  the tier is reached). Quantity 0 reaches no tier: amount 0, no flat fee.
-  ``usage_lines`` gives one line per tier used (amount = part * tier unit price +
-  tier flat fee, rounded once per line) so the invoice explains itself; quantity 0
-  gives a single zero line for tier 1 so that every charge shows on the invoice.
-* ``volume``: the ONE tier that contains the total quantity prices all of it:
-  ``q * tier.unit_price + tier.flat_fee``. Quantity 0 costs 0 (no flat fee) and is
-  shown as a zero line of tier 1.
-
-Tier bounds
------------
-``up_to`` is an inclusive upper bound, as in Stripe: with tiers up to 10, up to
-100, unbounded, tier 1 holds units 1..10, tier 2 units 11..100, tier 3 the rest.
-For fractional quantities the tiers are the half-open ranges ``(0, 10]``,
-``(10, 100]``, ``(100, inf)``: a total of 10 lies entirely in tier 1; a total of
-10.5 puts 10 in tier 1 and 0.5 in tier 2 (so tier 2 is reached and its flat fee
-is charged). For volume pricing, 10 is priced by tier 1 and 10.000001 by tier 2.
-Tiers are numbered from 1 in ``Line.tier``.
+Exact arithmetic (a private decimal context that traps Inexact), money rounded once per
+line; the pricing models and tier bounds are described in docs/pricing.md. `price_usage`
+is THE pricing of a period's usage: the run's period close, an immediate cancel's final
+usage and GetUsage's preview all call it.
 """
 
 from __future__ import annotations
@@ -49,13 +13,16 @@ from functools import lru_cache
 from datetime import datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 from fractions import Fraction
-from typing import Iterable
+from typing import Iterable, Mapping, NamedTuple
 
 from billing.domain.money import decimal_to_str, round_money
 from billing.domain.plans import Aggregation, PlanSpec, PricingModel, Tier, UsageCharge
 
 __all__ = [
     "Line",
+    "PeriodUsage",
+    "PricedCharge",
+    "price_usage",
     "usage_amount",
     "usage_lines",
     "base_fee_line",
@@ -92,6 +59,38 @@ class Line:
     fraction: Fraction | None = None
     tier: int | None = None
     original_period_start: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    """One metric's totals for a period; ``None`` where there was no event."""
+
+    quantity_sum: Decimal | None = None
+    event_count: int | None = None
+    quantity_max: Decimal | None = None
+    latest_quantity: Decimal | None = None
+    unique_count: int | None = None
+
+
+def period_usage(quantity_sum: Decimal | None, event_count: int | None, quantity_max: Decimal | None,
+                 latest_quantity: Decimal | None, unique_count: int | None = None) -> PeriodUsage:
+    """``PeriodUsage(...)`` for the totals a billing run reads by the thousand: the same
+    frozen object, its __dict__ filled at once instead of a setattr per field."""
+    usage = object.__new__(PeriodUsage)
+    usage.__dict__.update(quantity_sum=quantity_sum, event_count=event_count, quantity_max=quantity_max,
+                          latest_quantity=latest_quantity, unique_count=unique_count)
+    return usage
+
+
+_NO_USAGE = PeriodUsage()
+
+
+class PricedCharge(NamedTuple):
+    """One usage charge of a period, priced: the quantity it charges and its lines."""
+
+    charge: UsageCharge
+    quantity: Decimal
+    lines: list[Line]
 
 
 # ----------------------------------------------------------------------- helpers
@@ -246,13 +245,8 @@ def usage_amount(charge: UsageCharge, quantity: Decimal) -> Decimal:
     return _tier_amount(tier, q)
 
 
-def usage_lines(
-    charge: UsageCharge,
-    quantity: Decimal,
-    currency: str,
-    period_start: datetime,
-    period_end: datetime,
-) -> list[Line]:
+def usage_lines(charge: UsageCharge, quantity: Decimal, currency: str, period_start: datetime,
+                period_end: datetime) -> list[Line]:
     """Invoice lines (kind ``"usage"``) for ``quantity`` of ``charge``, each rounded once.
 
     per_unit, package, volume: one line. graduated: one line per tier reached
@@ -264,18 +258,9 @@ def usage_lines(
     metric = charge.metric_code
 
     def line(description: str, qty: Decimal, price: Decimal, exact: Decimal, tier: int | None) -> Line:
-        return _line(
-            kind="usage",
-            description=description,
-            metric_code=metric,
-            quantity=qty,
-            unit_price=price,
-            amount=round_money(exact, currency),
-            period_start=period_start,
-            period_end=period_end,
-            fraction=None,
-            tier=tier,
-        )
+        return _line(kind="usage", description=description, metric_code=metric, quantity=qty, unit_price=price,
+                     amount=round_money(exact, currency), period_start=period_start, period_end=period_end,
+                     fraction=None, tier=tier)
 
     if model is PricingModel.PER_UNIT:
         price = _unit_price(charge)
@@ -284,71 +269,34 @@ def usage_lines(
     if model is PricingModel.PACKAGE:
         price, size = _unit_price(charge), _package_size(charge)
         packages = Decimal(_packages(q, size))
-        return [
-            line(
-                f"{metric}: {_s(q)} in {_s(packages)} package(s) of {_s(size)} at {_s(price)}",
-                packages,
-                price,
-                _mul(packages, price),
-                None,
-            )
-        ]
+        return [line(f"{metric}: {_s(q)} in {_s(packages)} package(s) of {_s(size)} at {_s(price)}",
+                     packages, price, _mul(packages, price), None)]
 
     if model is PricingModel.GRADUATED:
         parts = _graduated_parts(charge, q)
         if not parts:  # quantity 0: show the charge, cost nothing
             first = charge.tiers[0]
-            return [
-                line(
-                    f"{metric} tier 1 {_range(charge, 1)}: {_s(q)} at {_s(first.unit_price)}",
-                    q,
-                    first.unit_price,
-                    _ZERO,
-                    1,
-                )
-            ]
-        return [
-            line(
-                f"{metric} tier {n} {_range(charge, n)}: {_s(units)} at {_s(tier.unit_price)}{_fee(tier)}",
-                units,
-                tier.unit_price,
-                _tier_amount(tier, units),
-                n,
-            )
-            for n, tier, units in parts
-        ]
+            return [line(f"{metric} tier 1 {_range(charge, 1)}: {_s(q)} at {_s(first.unit_price)}",
+                         q, first.unit_price, _ZERO, 1)]
+        return [line(f"{metric} tier {n} {_range(charge, n)}: {_s(units)} at {_s(tier.unit_price)}{_fee(tier)}",
+                     units, tier.unit_price, _tier_amount(tier, units), n)
+                for n, tier, units in parts]
 
     # VOLUME
     n, tier = _volume_tier(charge, q)
     exact = _ZERO if q == 0 else _tier_amount(tier, q)
     fee = _fee(tier) if q != 0 else ""
-    return [
-        line(
-            f"{metric} volume tier {n} {_range(charge, n)}: {_s(q)} at {_s(tier.unit_price)}{fee}",
-            q,
-            tier.unit_price,
-            exact,
-            n,
-        )
-    ]
+    return [line(f"{metric} volume tier {n} {_range(charge, n)}: {_s(q)} at {_s(tier.unit_price)}{fee}",
+                 q, tier.unit_price, exact, n)]
 
 
 def base_fee_line(spec: PlanSpec, period_start: datetime, period_end: datetime) -> Line:
     """The full-period base fee of ``spec`` as one line (kind ``"base_fee"``, quantity 1)."""
     _period(period_start, period_end)
     description, amount = _base_fee(spec.name, spec.code, spec.base_fee, spec.currency)
-    return _line(
-        kind="base_fee",
-        description=description,
-        metric_code=None,
-        quantity=_ONE,
-        unit_price=spec.base_fee,
-        amount=amount,
-        period_start=period_start,
-        period_end=period_end,
-        fraction=None,
-        tier=None,
-    )
+    return _line(kind="base_fee", description=description, metric_code=None, quantity=_ONE,
+                 unit_price=spec.base_fee, amount=amount, period_start=period_start, period_end=period_end,
+                 fraction=None, tier=None)
 
 
 _ONE = Decimal(1)
@@ -411,3 +359,22 @@ def total(lines: Iterable[Line]) -> Decimal:
     for ln in lines:
         result = _add(result, ln.amount)
     return result
+
+
+def charge_quantity(charge: UsageCharge, usage: PeriodUsage) -> Decimal:
+    """The number ``charge`` is priced on, of a period's totals of its metric."""
+    return aggregate(charge.aggregation, quantity_sum=usage.quantity_sum, event_count=usage.event_count,
+                     quantity_max=usage.quantity_max, latest_quantity=usage.latest_quantity,
+                     unique_count=usage.unique_count)
+
+
+def price_usage(plan: PlanSpec, usage: Mapping[str, PeriodUsage], period_start: datetime,
+                period_end: datetime) -> list[PricedCharge]:
+    """Every usage charge of ``plan`` priced on a period's totals (by metric code): one or
+    more lines each, a charge without usage as a zero line so that every charge shows."""
+    priced = []
+    for charge in plan.usage_charges:
+        quantity = charge_quantity(charge, usage.get(charge.metric_code) or _NO_USAGE)
+        priced.append(PricedCharge(charge, quantity, usage_lines(charge, quantity, plan.currency, period_start,
+                                                                 period_end)))
+    return priced

@@ -154,7 +154,7 @@ def outbox_observer(count: int, took_s: float) -> None:
     OUTBOX_PUBLISHED.inc(count)
     OUTBOX_PUBLISH_SECONDS.observe(took_s)
 
-# -- billing runs (billing.services.billing) ---------------------------------------------
+# -- billing runs (billing.services.run_execution, billing_runs) ---------------------------------------------
 BILLING_RUNS = Counter(
     "billing_runs_total", "Billing runs by the status they reached (pending: requested)", ["status"]
 )
