@@ -23,6 +23,7 @@ def _env(settings, **extra) -> dict:
         # Deterministic tests: no scheduler billing every tenant of the shared test database.
         "BILLING_SCHEDULER_INTERVAL_S": "0",
         "BILLING_DATABASE_URL": settings.database_url,
+        "BILLING_WORKER_DATABASE_URL": settings.worker_database_url,
         "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
         "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         **extra,
