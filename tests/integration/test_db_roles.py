@@ -20,6 +20,7 @@ from billing.services.tenants import hash_key
 from billing.store.db import init_connection
 from billing.store.roles import UnsafeDatabaseRole
 from billing.store.tenants import tenant_for_key_hash
+from billing.v1 import billing_pb2 as pb
 from tests.conftest import PROJECT_ROOT
 from tests.integration.test_plans_api import plan_request
 
@@ -181,3 +182,19 @@ def test_billing_serve_with_the_owners_url_exits_with_a_clear_error(migrated):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "BILLING_DATABASE_URL connects as role 'billing_owner'" in proc.stderr
     assert "row-level security would not isolate tenants" in proc.stderr
+
+
+async def test_a_new_secret_voids_issued_tokens_and_calls_go_on(app, stub, tenant, admin_conn):
+    token = await app.fetchval("select token from authenticate_api_key_token($1)", hash_key(tenant.api_key))
+    await stub.ListPlans(pb.ListPlansRequest(), metadata=tenant.md)
+    await admin_conn.execute(
+        "update tenant_context_secret set secret = decode(replace(gen_random_uuid()::text || gen_random_uuid()::text,"
+        " '-', ''), 'hex')")
+    async with app.transaction():
+        await app.execute("select set_config('billing.tenant_id', $1, true), set_config('billing.tenant_token', $2, true)",
+                          tenant.id, token)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await app.fetchval("select count(*) from plans")
+    # The API authenticates every call, so it holds the new token at once.
+    await stub.CreatePlan(plan_request(), metadata=tenant.md)
+    assert len((await stub.ListPlans(pb.ListPlansRequest(), metadata=tenant.md)).plans) == 1
