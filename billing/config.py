@@ -32,7 +32,7 @@ class Topics(BaseSettings):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
 
-    # The service connects as the application role, which row-level security applies to.
+    # The API's role, which row-level security applies to (see worker_database_url below).
     database_url: str = "postgresql://billing_app:billing_app@127.0.0.1:5432/billing"
     # Migrations and admin commands (tenants create) connect as the schema owner.
     admin_database_url: str = "postgresql://billing_owner:billing_owner@127.0.0.1:5432/billing"

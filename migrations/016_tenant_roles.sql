@@ -40,11 +40,11 @@ create function tenant_token_for(p_tenant uuid) returns text
 $$;
 revoke all on function tenant_token_for(uuid) from public;
 
--- The app role's way into a tenant: the tenant of a live key and its token (nothing for an
--- unknown or revoked key).
-create function authenticate_api_key_token(p_key_hash bytea) returns table (tenant_id uuid, token text)
+-- The app role's way into a tenant: the tenant of a live key, the key's id (never a part
+-- of the secret key) and the tenant token; nothing for an unknown or revoked key.
+create function authenticate_api_key_token(p_key_hash bytea) returns table (tenant_id uuid, key_id uuid, token text)
     language sql stable security definer set search_path = pg_catalog, pg_temp as $$
-    select k.tenant_id, public.tenant_token_for(k.tenant_id)
+    select k.tenant_id, k.id, public.tenant_token_for(k.tenant_id)
       from public.api_keys k
      where k.key_hash = p_key_hash and k.revoked_at is null
 $$;
@@ -62,8 +62,10 @@ grant execute on function tenant_token_valid(uuid, text) to billing_app;
 -- `(select current_tenant())`: an initplan, run once per statement, not once per row.
 -- A tenant set without a valid token by a role that is neither a worker nor the owner is an
 -- error, not an empty result: a caller that bypassed the token would otherwise only see
--- nothing and not know why.
-create function current_tenant() returns uuid language plpgsql stable as $$
+-- nothing and not know why. search_path is pinned: it runs as its caller, whose own objects
+-- must never stand in for the catalog's.
+create function current_tenant() returns uuid
+    language plpgsql stable set search_path = pg_catalog, pg_temp as $$
 declare
     t uuid := nullif(pg_catalog.current_setting('billing.tenant_id', true), '')::uuid;
 begin
@@ -89,8 +91,8 @@ begin
     execute format('alter table %s enable row level security', p_table);
     execute format('alter table %s force row level security', p_table);
     execute format('drop policy if exists tenant_isolation on %s', p_table);
-    execute format('create policy tenant_isolation on %s using (%I = (select current_tenant())) '
-                   'with check (%I = (select current_tenant()))', p_table, col, col);
+    execute format('create policy tenant_isolation on %s using (%I = (select public.current_tenant())) '
+                   'with check (%I = (select public.current_tenant()))', p_table, col, col);
     execute format('drop policy if exists owner_all on %s', p_table);
     execute format('create policy owner_all on %s to %I using (true) with check (true)',
                    p_table, (select r.rolname from pg_class c join pg_roles r on r.oid = c.relowner
