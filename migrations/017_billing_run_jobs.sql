@@ -12,8 +12,8 @@ alter table billing_run_shards add column traceparent text not null default '';
 create index billing_run_shards_open on billing_run_shards (lease_until nulls first)
     where status <> 'completed';
 
--- The executor runs as the application role, to which row-level security shows no tenant
--- without one set: this function gives it the shards to claim, across tenants, and nothing else.
+-- The executor runs as the worker role, to which row-level security shows no tenant without
+-- one set: this function gives it the shards to claim, across tenants, and nothing else.
 create function billing_run_shards_claimable(p_limit integer)
     returns table (tenant_id uuid, run_id uuid, shard integer)
     language sql stable security definer set search_path = public, pg_temp as $$
@@ -23,4 +23,4 @@ create function billing_run_shards_claimable(p_limit integer)
      limit p_limit
 $$;
 revoke all on function billing_run_shards_claimable(integer) from public;
-grant execute on function billing_run_shards_claimable(integer) to billing_app;
+grant execute on function billing_run_shards_claimable(integer) to billing_worker;
