@@ -13,6 +13,7 @@ replication factor of a topic is a partition reassignment, an operator's decisio
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -150,7 +151,23 @@ def create_missing(settings: Settings, *, timeout_s: float = 30.0, raise_errors:
             if raise_errors:
                 raise
             report.failed[topic] = _kafka_error(exc)
+    _wait_visible(admin, report.created, timeout_s)
     return report
+
+
+def _wait_visible(admin, names: list[str], timeout_s: float) -> None:
+    """Until the created topics show in metadata with their partitions (a check or a consumer
+    right after creation would otherwise find them missing)."""
+    deadline = time.monotonic() + timeout_s
+    while names and time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        if all(_present(topics.get(n)) for n in names):
+            return
+        time.sleep(0.1)
+
+
+def _present(topic) -> bool:
+    return topic is not None and topic.error is None and bool(topic.partitions)
 
 
 def check_existing(settings: Settings, *, timeout_s: float = 10.0, admin=None,
@@ -166,7 +183,7 @@ def check_existing(settings: Settings, *, timeout_s: float = 10.0, admin=None,
     present = []
     for spec in specs:
         topic = metadata.topics.get(spec.name)
-        if topic is None or topic.error is not None and not topic.partitions:
+        if not _present(topic):
             if report_missing:
                 problems.append(f"{spec.name}: missing")
             continue
