@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 
 MIN_ISR = "min.insync.replicas"
 _OWN_KEYS = ("partitions", "replication.factor")
+# The topics the service consumes are stored in zstd whatever producers send (the broker
+# recompresses): librdkafka caps the decompressed size of zstd batches only, so this is
+# what keeps a small compressed message from expanding to gigabytes in a consumer
+# (consumers/limits.py). A per-topic compression.type in BILLING_KAFKA_TOPIC_CONFIG wins.
+_CONSUMED_DEFAULTS = {"compression.type": "zstd"}
+_CONSUMED = ("usage", "subscription_commands", "billing_runs")
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,10 @@ def _positive_int(where: str, value) -> int:
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     per_topic = _per_topic(settings)
+    consumed = {getattr(settings.topics, key) for key in _CONSUMED}
     specs = []
     for name in settings.topics.all():
-        entry = per_topic.get(name, {})
+        entry = {**(_CONSUMED_DEFAULTS if name in consumed else {}), **per_topic.get(name, {})}
         where = f"BILLING_KAFKA_TOPIC_CONFIG[{name!r}]"
         partitions = _positive_int(f"{where}.partitions", entry.get("partitions", settings.kafka_partitions))
         rf = _positive_int(f"{where}.replication.factor",
