@@ -35,6 +35,7 @@ from billing.store.roles import open_databases
 log = logging.getLogger(__name__)
 
 ALL_ROLES = ("api", "commands", "usage", "billing", "scheduler", "relay")
+KAFKA_ROLES = frozenset({"commands", "usage", "billing", "relay"})  # roles with Kafka clients
 COMMANDS_GROUP = "billing-commands"
 USAGE_GROUP = "billing-usage"
 BILLING_GROUP = "billing-runs"
@@ -68,10 +69,17 @@ class Service:
         tracing.configure(s)
         for warning in database_warnings(s):
             log.warning(warning)
+        if set(self.roles) & KAFKA_ROLES:  # refuse topics below the replication settings
+            from billing.kafka_topics import check_at_start
+
+            await asyncio.to_thread(check_at_start, s)
         self.db, self.worker_db = await open_databases(s, self.roles)
         track_pool(self.db.pool)
+        from billing.kafka import admin_config
+
         self.readiness = Readiness(self.db, s.kafka_bootstrap_servers, s.migrations_dir,
-                                   required_topics=tuple(s.topics.all()), check_kafka=s.readiness_requires_kafka)
+                                   required_topics=tuple(s.topics.all()), check_kafka=s.readiness_requires_kafka,
+                                   kafka_config=admin_config(s))
         self._tasks.append(asyncio.create_task(self._wait_for_schema(), name="wait-for-migrations"))
         if "api" in self.roles:
             self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, tls=ServerTls.from_settings(s),
@@ -132,6 +140,7 @@ class Service:
             pool=self.worker_db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
             group_id=COMMANDS_GROUP, strategy=CommandStrategy(), dlq_topic=s.topics.subscription_commands_dlq,
             producer_config=producer_config(s), max_batch_size=500, observer=ConsumerMetrics(COMMANDS_GROUP),
+            max_message_bytes=s.kafka_max_message_bytes,
         )
 
     def _billing_consumer(self, on_recorded):
@@ -145,6 +154,7 @@ class Service:
             pool=self.worker_db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
             group_id=BILLING_GROUP, strategy=BillingRunStrategy(on_recorded), dlq_topic=s.topics.billing_runs_dlq,
             producer_config=producer_config(s), max_batch_size=10, observer=ConsumerMetrics(BILLING_GROUP),
+            max_message_bytes=s.kafka_max_message_bytes,
         )
 
     async def _sample_outbox(self, relay) -> None:
@@ -279,11 +289,11 @@ def usage_consumer(settings: Settings, pool, **overrides):
     from consumers.usage import UsageStrategy
 
     options = dict(
-        pool=pool, kafka_config=consumer_config(settings, USAGE_GROUP, **{"fetch.max.bytes": 64 * 1024 * 1024}),
+        pool=pool, kafka_config=consumer_config(settings, USAGE_GROUP),
         topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(usage_limits(settings)),
         dlq_topic=settings.topics.usage_dlq, producer_config=producer_config(settings),
         max_batch_size=settings.usage_batch_size, max_batch_wait_s=0.5, max_bad_share=settings.usage_max_bad_share,
-        observer=ConsumerMetrics(USAGE_GROUP),
+        observer=ConsumerMetrics(USAGE_GROUP), max_message_bytes=settings.kafka_max_message_bytes,
     )
     options.update(overrides)
     return ConsumerRunner(**options)

@@ -3,7 +3,8 @@
 Nothing is mocked: the stack is the same `billing.devstack` that `make run` uses, in a
 temporary state directory, so a running `make run` and the test suite never collide.
 Set BILLING_TEST_DATABASE_URL, BILLING_TEST_WORKER_DATABASE_URL, BILLING_TEST_ADMIN_DATABASE_URL
-and BILLING_TEST_KAFKA_BOOTSTRAP_SERVERS to run against servers of your own instead.
+and BILLING_TEST_KAFKA_BOOTSTRAP_SERVERS to run against servers of your own instead
+(BILLING_TEST_KAFKA_REPLICATION_FACTOR / _MIN_INSYNC_REPLICAS: 1 unless set).
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ def settings(stack) -> Settings:
             "worker_database_url": os.environ["BILLING_TEST_WORKER_DATABASE_URL"],
             "admin_database_url": os.environ["BILLING_TEST_ADMIN_DATABASE_URL"],
             "kafka_bootstrap_servers": os.environ["BILLING_TEST_KAFKA_BOOTSTRAP_SERVERS"],
+            # Like the local stack (one broker) unless told otherwise.
+            "kafka_replication_factor": os.environ.get("BILLING_TEST_KAFKA_REPLICATION_FACTOR", "1"),
+            "kafka_min_insync_replicas": os.environ.get("BILLING_TEST_KAFKA_MIN_INSYNC_REPLICAS", "1"),
         }
     else:
         env = {k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()}

@@ -28,6 +28,8 @@ def _env(settings, **extra) -> dict:
         "BILLING_WORKER_DATABASE_URL": settings.worker_database_url,
         "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
         "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "BILLING_KAFKA_REPLICATION_FACTOR": str(settings.kafka_replication_factor),
+        "BILLING_KAFKA_MIN_INSYNC_REPLICAS": str(settings.kafka_min_insync_replicas),
         **extra,
     })
     return env
