@@ -18,6 +18,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 
+from billing import bootstrap
 from billing.api.server import GrpcServer
 from billing.config import Settings
 from billing.ops import http
@@ -46,6 +47,7 @@ class Service:
     db: Database | None = None
     grpc: GrpcServer | None = None
     readiness: Readiness | None = None
+    components: bootstrap.Components | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _roles: list[tuple[str, object, asyncio.Task]] = field(default_factory=list)
     _http_runner: object | None = None
@@ -63,13 +65,14 @@ class Service:
         from billing.services import billing as billing_service
 
         billing_service.DEFAULT_SHARDS = s.run_shards  # runs requested by this process (api, scheduler)
+        self.components = app = bootstrap.build(s)
         self.db = await Database.connect(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
         track_pool(self.db.pool)
         self.readiness = Readiness(self.db, s.kafka_bootstrap_servers, s.migrations_dir,
                                    required_topics=tuple(s.topics.all()), check_kafka=s.readiness_requires_kafka)
         self._tasks.append(asyncio.create_task(self._wait_for_schema(), name="wait-for-migrations"))
         if "api" in self.roles:
-            self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port)
+            self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, usage=app.usage)
             await self.grpc.start()
             await self.grpc.set_serving(False)
             self.readiness.listeners.append(
@@ -78,7 +81,7 @@ class Service:
         if "commands" in self.roles:
             self._start_role("commands", self._command_consumer())
         if "usage" in self.roles:
-            self._start_role("usage", usage_consumer(s, self.db.pool))
+            self._start_role("usage", usage_consumer(s, self.db.pool, components=app))
         if "billing" in self.roles:
             self._start_role("billing", self._billing_consumer())
         if "scheduler" in self.roles and s.scheduler_interval_s > 0:
@@ -229,22 +232,18 @@ async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
     return 1 if service.failed.is_set() else 0
 
 
-def usage_limits(settings: Settings):
-    from billing.services.usage import UsageLimits
-
-    return UsageLimits(max_future_skew_us=settings.usage_max_future_skew_s * 1_000_000,
-                       max_age_us=settings.usage_max_age_days * 86_400 * 1_000_000)
-
-
-def usage_consumer(settings: Settings, pool, **overrides):
-    """The usage consumer as configured (the benchmark builds the same one)."""
+def usage_consumer(settings: Settings, pool, components: bootstrap.Components | None = None, **overrides):
+    """The usage consumer as configured (the benchmark builds the same one); `components`:
+    what it shares with the process's other roles (billing/bootstrap.py)."""
     from billing.kafka import consumer_config, producer_config
     from consumers.runner import ConsumerRunner
     from consumers.usage import UsageStrategy
 
+    app = components or bootstrap.build(settings)
+
     options = dict(
         pool=pool, kafka_config=consumer_config(settings, USAGE_GROUP, **{"fetch.max.bytes": 64 * 1024 * 1024}),
-        topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(usage_limits(settings)),
+        topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(app.usage_limits, app.plans),
         dlq_topic=settings.topics.usage_dlq, producer_config=producer_config(settings),
         max_batch_size=settings.usage_batch_size, max_batch_wait_s=0.5, max_bad_share=settings.usage_max_bad_share,
         observer=ConsumerMetrics(USAGE_GROUP),

@@ -8,7 +8,8 @@ from grpc_reflection.v1alpha import reflection
 from billing.api.interceptors import AuthInterceptor, MetricsInterceptor, TracingInterceptor
 from billing.api.malformed import MalformedRequestInterceptor
 from billing.api.servicer import BillingServicer
-from billing.store.db import Database
+from billing.services.uow import Database
+from billing.services.usage import Usage
 from billing.v1 import billing_pb2, billing_pb2_grpc
 
 SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name
@@ -16,13 +17,13 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class GrpcServer:
-    def __init__(self, db: Database, host: str, port: int):
+    def __init__(self, db: Database, host: str, port: int, *, usage: Usage):
         self.server = grpc.aio.server(
             # Outermost first: the span covers authentication, and so does the latency.
             interceptors=[TracingInterceptor(), MetricsInterceptor(), AuthInterceptor(db), MalformedRequestInterceptor()],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
-        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db), self.server)
+        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db, usage), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

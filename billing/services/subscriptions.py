@@ -20,10 +20,10 @@ from billing.domain import subscriptions as rules
 from billing.domain.invoicing import PeriodUsage
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import decimal_to_str
-from billing.domain.plans import PlanSpec, plan_from_dict
+from billing.domain.plans import PlanSpec
 from billing.domain.pricing import Line, aggregate, total, usage_lines
 from billing.domain.subscriptions import CancelMode, Change, ChangeTiming, Subscription
-from billing.services import audit, billing, events, idempotency, invoice_requests, paging
+from billing.services import audit, billing, events, idempotency, invoice_requests, paging, plans
 from billing.services.context import Caller
 from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError
 from billing.store import audit as audit_store
@@ -104,10 +104,10 @@ def _from_outcome(d: Mapping) -> SubscriptionView:
 # -- helpers ----------------------------------------------------------------------------
 
 async def _plan(conn: asyncpg.Connection, caller: Caller, plan_id: uuid.UUID, field: str) -> tuple[PlanSpec, str, bool]:
-    row = await plans_store.get(conn, caller.tenant_id, plan_id)
-    if row is None:
+    plan = await plans.load(conn, caller.tenant_id, plan_id)
+    if plan is None:
         raise NotFound("plan", str(plan_id)) if field == "plan_id" else ValidationError(field, "no such plan")
-    return plan_from_dict(row["spec"]), row["code"], row["status"] == "active"
+    return plan.spec, plan.spec.code, plan.status == "active"
 
 
 async def _view(conn: asyncpg.Connection, caller: Caller, sub: Subscription) -> SubscriptionView:
@@ -414,12 +414,12 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
         raise ValidationError("timing", f"must be immediately or at_period_end, got {timing!r}") from None
 
     async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        row = await plans_store.get(conn, caller.tenant_id, new_uuid)
-        if row is None:
+        new_plan = await plans.load(conn, caller.tenant_id, new_uuid)
+        if new_plan is None:
             raise NotFound("plan", new_plan_id)
         at = now()
-        new_spec = plan_from_dict(row["spec"])
-        change = rules.change_plan(sub, spec, new_uuid, new_spec, row["status"] == "active", change_timing, at)
+        new_spec = new_plan.spec
+        change = rules.change_plan(sub, spec, new_uuid, new_spec, new_plan.status == "active", change_timing, at)
         if change.event != "subscription.plan_changed":
             return change  # scheduled for the period end (or withdrawn): nothing to prorate
         behavior = pr.Behavior.parse(proration_behavior)

@@ -7,6 +7,8 @@ from datetime import datetime
 
 import asyncpg
 
+from billing.store import plans
+
 # The batch is COPYed (binary) into a session-local staging table, then ONE statement
 # empties the staging table, inserts the raw events dropping duplicates (also duplicates
 # within the batch), and folds exactly the inserted rows into the totals. Measured: COPY
@@ -136,10 +138,8 @@ async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: lis
 
 
 async def plan_specs(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> list[tuple]:
-    if not ids:
-        return []
-    rows = await conn.fetch("select id, spec from plans where tenant_id = $1 and id = any($2::uuid[])", tenant_id, ids)
-    return [(r["id"], r["spec"]) for r in rows]
+    """Kept for billing/services/billing.py until it loads specs through services.plans.PlanCache."""
+    return await plans.specs(conn, tenant_id, ids)
 
 
 async def totals(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID,
