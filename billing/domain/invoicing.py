@@ -60,6 +60,7 @@ from billing.domain.periods import period_containing
 from billing.domain.plans import BillingTiming, PlanSpec
 from billing.domain.pricing import Line, aggregate, base_fee_line, total, usage_lines
 from billing.domain.subscriptions import Subscription
+from billing.domain.events import EventType
 
 __all__ = ["NAMESPACE", "PeriodUsage", "ClosedPeriod", "invoice_request_id", "close_period", "is_due"]
 
@@ -157,8 +158,8 @@ def _next_state(sub: Subscription, plan: PlanSpec, next_plan: PlanSpec | None) -
     end = sub.current_period_end
     if sub.cancel_at_period_end:
         return (_evolve(sub, status=S.CANCELED, canceled_at=end, cancel_at_period_end=False, pending_plan_id=None,
-                        pending_change_at=None, period_fee_from=None), plan, "subscription.canceled")
-    new, spec, event = sub, plan, "subscription.period_advanced"
+                        pending_change_at=None, period_fee_from=None), plan, EventType.CANCELED)
+    new, spec, event = sub, plan, EventType.PERIOD_ADVANCED
     if sub.pending_plan_id is not None and (sub.pending_change_at is None or sub.pending_change_at <= end):
         if next_plan is None:
             raise ValueError(f"subscription {sub.id} has a pending change to plan {sub.pending_plan_id}: "
@@ -166,10 +167,10 @@ def _next_state(sub: Subscription, plan: PlanSpec, next_plan: PlanSpec | None) -
         new = _evolve(new, plan_id=sub.pending_plan_id, pending_plan_id=None, pending_change_at=None)
         if (next_plan.interval, next_plan.interval_count) != (plan.interval, plan.interval_count):
             new = _evolve(new, billing_anchor=end)  # the new plan's periods start at the change
-        spec, event = next_plan, "subscription.plan_changed"
+        spec, event = next_plan, EventType.PLAN_CHANGED
     if sub.status is S.TRIALING:
         new = _evolve(new, status=S.ACTIVE, trial_end=sub.trial_end or end)
-        event = "subscription.trial_ended"
+        event = EventType.TRIAL_ENDED
     anchor = new.billing_anchor or end
     next_end = period_containing(anchor, spec.interval, spec.interval_count, end)[1]
     # A new period starts with nothing settled; one that starts paused has nothing to charge.

@@ -32,6 +32,7 @@ from billing.store import pending_lines
 from billing.store import plans as plans_store
 from billing.store import subscriptions as store
 from billing.store import usage as usage_store
+from billing.domain.events import EventType
 
 
 _log = logging.getLogger(__name__)
@@ -329,7 +330,7 @@ async def resume_subscription(db, caller: Caller, request_id: str, subscription_
     async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
         at = now()
         change = rules.resume(sub, at)
-        if change.event != "subscription.resumed":
+        if change.event != EventType.RESUMED:
             return change
         return await _resumed(conn, caller, request_id, sub, spec, change, at)
 
@@ -392,7 +393,7 @@ async def cancel_subscription(db, caller: Caller, request_id: str, subscription_
     async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
         at = now()
         change = rules.cancel(sub, at, cancel_mode)
-        if change.event != "subscription.canceled":
+        if change.event != EventType.CANCELED:
             return change  # at period end: the last run bills the period, nothing is prorated
         behavior = pr.Behavior.parse(proration_value)
         settled = pr.on_cancel(sub, spec, change.subscription, at,
@@ -420,7 +421,7 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
         at = now()
         new_spec = new_plan.spec
         change = rules.change_plan(sub, spec, new_uuid, new_spec, new_plan.status == "active", change_timing, at)
-        if change.event != "subscription.plan_changed":
+        if change.event != EventType.PLAN_CHANGED:
             return change  # scheduled for the period end (or withdrawn): nothing to prorate
         behavior = pr.Behavior.parse(proration_behavior)
         settled = pr.on_change(sub, spec, change.subscription, new_spec, at,

@@ -14,8 +14,7 @@ import asyncpg
 import orjson
 from opentelemetry.trace import SpanKind
 
-from billing.ops.logging import current_tenant
-from billing.ops.tracing import tracer
+from billing.telemetry import current_tenant, tracer
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
