@@ -11,9 +11,8 @@ import pytest
 from billing.config import Settings
 from billing.devstack import free_port
 from billing.runtime import Service
-from billing.v1 import billing_pb2 as pb
 from billing.v1 import billing_pb2_grpc
-from tests.integration.test_subscriptions_api import rid, ts
+from tests.integration.test_subscriptions_api import ts
 from tests.integration.test_usage_api import record
 from tests.integration.test_usage_ingest import _setup
 
