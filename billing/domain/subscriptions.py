@@ -187,6 +187,7 @@ def resume_as_scheduled(sub: Subscription, now: datetime) -> Change:
         raise PreconditionFailed(
             f"subscription {sub.id} has no scheduled resume due by {now.isoformat()}")
     at = sub.pause_resumes_at
+    assert at is not None  # resume_is_due
     change = resume(sub, at)
     return Change(change.subscription, change.event,
                   {**change.details, "resumed_at": at.isoformat(), "trigger": "scheduled"})
@@ -229,6 +230,7 @@ def change_plan(sub: Subscription, current: PlanSpec, new_plan_id: uuid.UUID, ne
     details = {"from_plan_id": str(sub.plan_id), "to_plan_id": str(new_plan_id),
                "direction": "upgrade" if upgrade else "downgrade"}
     if not immediate:
+        assert sub.current_period_end is not None
         return Change(replace(sub, pending_plan_id=new_plan_id, pending_change_at=sub.current_period_end),
                       EventType.PLAN_CHANGE_SCHEDULED, {**details, "effective_at": sub.current_period_end.isoformat()})
     new_sub = replace(sub, plan_id=new_plan_id, pending_plan_id=None, pending_change_at=None)
