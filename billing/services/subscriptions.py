@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Awaitable, Callable, Mapping
+from typing import Awaitable, Callable, Mapping, Sequence
 
 import asyncpg
 
@@ -156,7 +156,8 @@ async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscripti
                        end: datetime) -> list[Line]:
     """Usage of the current period up to an immediate cancel, priced like a period close
     (the run never bills a canceled subscription again). A trial's usage is free."""
-    if sub.status is SubscriptionStatus.TRIALING or sub.current_period_start is None or not spec.usage_charges:
+    if (sub.status is SubscriptionStatus.TRIALING or sub.current_period_start is None
+            or sub.current_period_end is None or not spec.usage_charges):
         return []
     start = sub.current_period_start
     end = min(end, sub.current_period_end)  # a cancel after the period ended (run not yet there)
@@ -278,6 +279,7 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
         closed = await billing.close_ended_periods(conn, caller, before, now(), request_id)
         if closed is not None:
             before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
+            assert before is not None  # locked above
         spec, _, _ = await _plan(conn, caller, before.plan_id, "plan_id")
         change = await rule(conn, before, spec)
         if change.event:
@@ -350,7 +352,7 @@ class AutoResumeBatch:
 
 
 async def resume_due_batch(db, caller: Caller, at: datetime, limit: int,
-                           exclude: list[uuid.UUID] = ()) -> AutoResumeBatch:
+                           exclude: Sequence[uuid.UUID] = ()) -> AutoResumeBatch:
     """One transaction: up to `limit` of the tenant's paused subscriptions whose
     `pause_resumes_at` is at or before `at`, locked FOR UPDATE SKIP LOCKED, each resumed as
     ResumeSubscription would (same transition, audit row, event through the outbox, pause
@@ -370,6 +372,7 @@ async def resume_due_batch(db, caller: Caller, at: datetime, limit: int,
                     spec = specs[sub.plan_id]
                     request_id = auto_resume_request_id(sub)
                     change = rules.resume_as_scheduled(sub, at)
+                    assert sub.pause_resumes_at is not None  # due_to_resume selects those with one
                     change = await _resumed(conn, caller, request_id, sub, spec, change, sub.pause_resumes_at)
                     await store.update(conn, caller.tenant_id, change.subscription)
                     await _record(conn, caller, request_id, sub, change, occurred_at=sub.pause_resumes_at)

@@ -176,7 +176,7 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
         elif e.metric_code not in metrics:
             reject(Rejection(i, "unknown_metric", f"metric {e.metric_code[:64]!r} is not on the subscription's plan"))
         elif not quantity_ok(e.quantity):
-            reject(Rejection(i, check_quantity(e.quantity), f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
+            reject(Rejection(i, check_quantity(e.quantity) or "invalid_quantity", f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
         elif t > latest:
             reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - now_us) // 1_000_000} s ahead of now"))
         elif t < earliest:
@@ -314,7 +314,7 @@ class Usage:
         if end is None:  # a period with no usage yet: its end follows from the anchor
             anchor = sub.billing_anchor or sub.start_at
             end = period_containing(anchor, spec.interval, spec.interval_count, start)[1]
-        total = round_money(sum((m.amount for m in metrics), start=0), spec.currency)
+        total = round_money(sum((m.amount for m in metrics), start=Decimal(0)), spec.currency)
         return UsageReport(sub_uuid, start, end, spec.currency, metrics, total)
 
 
@@ -322,7 +322,7 @@ class Usage:
 class LateUsageReport:
     """Events of a period stored after the period was billed (docs/billing.md, late usage)."""
     event_count: int
-    quantity_sum: object  # Decimal
+    quantity_sum: Decimal
     billed_event_count: int  # billed already as a late line; the rest by the next run
 
 
@@ -333,9 +333,9 @@ NO_LATE_USAGE = LateUsageReport(0, Decimal(0), 0)
 class MetricUsage:
     metric_code: str
     aggregation: str
-    quantity: object  # Decimal
-    amount: object  # Decimal, rounded
-    series: list
+    quantity: Decimal
+    amount: Decimal  # rounded
+    series: list[tuple[datetime, Decimal]]
     late: LateUsageReport = NO_LATE_USAGE
 
 
@@ -346,4 +346,4 @@ class UsageReport:
     period_end: datetime
     currency: str
     metrics: list[MetricUsage]
-    total: object
+    total: Decimal
