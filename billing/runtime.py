@@ -202,10 +202,9 @@ def tune_gc() -> None:
     """Keep the cyclic garbage collector off the hot path.
 
     A consumer batch allocates hundreds of thousands of short-lived, acyclic objects
-    (messages, tuples, dicts) that reference counting frees on its own. With the default
-    gen-0 threshold (700 allocations) the collector ran constantly and took about a fifth
-    of the usage consumer's CPU (py-spy). Freeze what start-up built, so full collections
-    never walk it, and collect young objects far less often.
+    (messages, tuples, dicts) that reference counting frees on its own; at the default gen-0
+    threshold the collector runs constantly (docs/usage.md, Throughput). Freeze what start-up
+    built, so full collections never walk it, and collect young objects far less often.
     """
     gc.collect()
     gc.freeze()

@@ -1,48 +1,9 @@
 """Closing a billing period: the invoice lines it produces and the subscription's next state.
 
-Pure: no I/O, no clock. The billing run (``billing.services.billing``) loads a due
-subscription, its plan(s) and the period's usage totals, calls ``close_period`` once per
-ended period, and persists the outcome in one transaction.
-
-What a closed period ``[start, end)`` bills
--------------------------------------------
-* Base fee, ``in_advance``: the fee of the NEXT period ``[end, next_end)``, at the price of
-  the plan in effect from ``end`` (a pending plan change takes effect first). Not charged
-  when the subscription is canceled at ``end`` (cancel at period end) or still paused.
-  A period that no earlier run opened (the first period after activation, after a trial
-  ended early, after an immediate change to another interval) had no run to charge it in
-  advance: the service says so with ``charged_in_advance=False`` and its fee is charged
-  as well, as a base_fee line covering the closed period.
-* Base fee, ``in_arrears``: the fee of the closed period at the plan in effect during it.
-  Not charged for a period that was paused from its start (pause bills nothing for paused
-  time).
-* Proration (``billing.domain.proration``, docs/proration.md): a short period (a first
-  period cut by a billing anchor other than the start, or the first paid period after a
-  trial) costs its exact share of the nominal anchor-aligned period, to the second. When a
-  mid-period event (plan change, pause, resume) settled part of the period,
-  ``Subscription.period_fee_from`` is set: only ``[period_fee_from, end)`` is charged here,
-  at the plan in effect, whatever the timing, and nothing while paused (the lines for the
-  settled part went to pending_lines). A new period starts with ``period_fee_from`` unset,
-  or set to its end when it starts paused.
-* Usage: one or more ``usage`` lines per usage charge of the plan in effect during the
-  period, priced on the period's totals (``pricing.usage_lines``; a charge without usage
-  shows as a zero line, so every charge is visible).
-* A trial period bills nothing of its own: no base fee and no usage (usage in a trial is
-  free). Closing it with an in-advance plan charges the first paid period's fee.
-
-Lines are rounded once each (``pricing``); the invoice total is their exact sum.
-
-The next state
---------------
-* trialing -> active at the trial's end; the paid periods follow the billing anchor.
-* ``cancel_at_period_end`` -> canceled at ``end`` (the last period stays the current one).
-* a pending plan change due by ``end`` -> the new plan; when its interval differs, the
-  anchor moves to ``end`` so the new plan's periods start there.
-* otherwise the next period is ``[end, next anchor boundary after end)``.
-
-The invoice request id is ``uuid5(NAMESPACE, f"{tenant}/{subscription}/{period_start_iso}")``:
-the same subscription period always gets the same id, so the invoicing service can drop
-a request it has already seen.
+Pure: no I/O, no clock. The billing run loads a due subscription, its plan(s) and the
+period's usage totals, calls ``close_period`` once per ended period and persists the
+outcome in one transaction. What a closed period bills, and the next state: docs/billing.md
+("What a closed period bills"); the invoice request id: docs/billing.md (the contract).
 """
 from __future__ import annotations
 
@@ -144,7 +105,7 @@ _FIELDS = frozenset(f.name for f in fields(Subscription))
 def _evolve(sub: Subscription, **changes: object) -> Subscription:
     """``dataclasses.replace`` for the hot path of a run: the same new frozen Subscription
     (it has no __post_init__ to run) without replace's per-field checks and the frozen
-    __init__'s setattr per field, which together were a fifth of a period close."""
+    __init__'s setattr per field (docs/billing.md, Throughput)."""
     if not changes.keys() <= _FIELDS:
         raise TypeError(f"not fields of Subscription: {sorted(changes.keys() - _FIELDS)}")
     new = object.__new__(Subscription)
