@@ -62,9 +62,6 @@ class Service:
         if unknown:
             raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ALL_ROLES)}")
         tracing.configure(s)
-        from billing.services import billing as billing_service
-
-        billing_service.DEFAULT_SHARDS = s.run_shards  # runs requested by this process (api, scheduler)
         self.components = app = bootstrap.build(s)
         self.db = await Database.connect(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
         track_pool(self.db.pool)
@@ -72,7 +69,8 @@ class Service:
                                    required_topics=tuple(s.topics.all()), check_kafka=s.readiness_requires_kafka)
         self._tasks.append(asyncio.create_task(self._wait_for_schema(), name="wait-for-migrations"))
         if "api" in self.roles:
-            self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, usage=app.usage)
+            self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, usage=app.usage,
+                                   run_shards=app.runs.shards)
             await self.grpc.start()
             await self.grpc.set_serving(False)
             self.readiness.listeners.append(
@@ -89,7 +87,8 @@ class Service:
 
             # Each round resumes what is due before it requests the runs (unless auto-resume is off).
             resume_batch = s.auto_resume_batch_size if s.auto_resume_interval_s > 0 else 0
-            self._start_role("scheduler", Scheduler(self.db, s.scheduler_interval_s, resume_batch_size=resume_batch))
+            self._start_role("scheduler", Scheduler(self.db, s.scheduler_interval_s, resume_batch_size=resume_batch,
+                                                          shards=app.runs.shards))
         if "scheduler" in self.roles and s.auto_resume_interval_s > 0:
             from billing.services.scheduler import AutoResumer
 

@@ -17,13 +17,13 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class GrpcServer:
-    def __init__(self, db: Database, host: str, port: int, *, usage: Usage):
+    def __init__(self, db: Database, host: str, port: int, *, usage: Usage, run_shards: int):
         self.server = grpc.aio.server(
             # Outermost first: the span covers authentication, and so does the latency.
             interceptors=[TracingInterceptor(), MetricsInterceptor(), AuthInterceptor(db), MalformedRequestInterceptor()],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
-        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db, usage), self.server)
+        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db, usage, run_shards), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
