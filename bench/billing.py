@@ -5,8 +5,8 @@ bills one subscription per transaction, measured in the same run.
     python -m bench.billing --subscriptions 20000
 
 Starts its own PostgreSQL (the local stack's, in a temporary directory; no Kafka needed:
-the run is executed directly with `billing.services.billing.execute_run`, exactly what the
-billing consumer calls) unless BILLING_DATABASE_URL / BILLING_ADMIN_DATABASE_URL point at a
+the run is executed directly with `billing.services.run_execution.execute_run`, what the billing
+role's executor calls) unless BILLING_DATABASE_URL / BILLING_WORKER_DATABASE_URL / BILLING_ADMIN_DATABASE_URL point at a
 server of yours. Subscriptions (each with its own anchor and usage) and their usage totals are written
 straight into the database; what is measured is the run, from start to completed, split into `--processes`
 shards (default 2) executed by as many processes, as two billing consumers would (the outbox relay's
@@ -46,7 +46,7 @@ from billing.devstack import LocalPostgres, free_port
 from billing.domain.periods import add_interval
 from billing.domain.plans import IntervalUnit
 from billing.runtime import tune_gc
-from billing.services import billing
+from billing.services import billing_runs, run_execution
 from billing.services.context import Caller
 from billing.store.db import Database, init_connection
 from billing.store.migrations import migrate
@@ -118,19 +118,19 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
     (`time.process_time` around `execute_run`) and PostgreSQL's (/proc, while the shards'
     connections are still open), per subscription billed. The machine is a shared VM whose
     speed varies by the hour: CPU per subscription tells a slower code from a slower hour."""
-    db = await Database.connect(settings.database_url, min_size=1, max_size=workers + 2)
+    db = await Database.connect(settings.worker_database_url, min_size=1, max_size=workers + 2)
     try:
         caller = Caller(tenant_id, "bench")
         key = str(uuid.uuid4())
-        run = await billing.run_billing(db, caller, key, key, None, shards=processes)
+        run = await billing_runs.run_billing(db, caller, key, key, None, shards=processes)
         if processes == 1:
             tune_gc()  # as `billing serve` does for the billing consumer
             started = time.perf_counter()
-            done = await billing.execute_run(db, tenant_id, run.id, chunk_size=chunk_size, workers=workers)
+            done = await run_execution.execute_run(db, tenant_id, run.id, chunk_size=chunk_size, workers=workers)
         else:
             ctx = multiprocessing.get_context("spawn")
             ready, go, measured, cpu = ctx.Barrier(processes + 1), ctx.Event(), ctx.Event(), ctx.Queue()
-            procs = [ctx.Process(target=_shard, args=(settings.database_url, tenant_id, run.id, shard, chunk_size,
+            procs = [ctx.Process(target=_shard, args=(settings.worker_database_url, tenant_id, run.id, shard, chunk_size,
                                                       workers, ready, go, measured, cpu))
                      for shard in range(processes)]
             for p in procs:
@@ -145,7 +145,7 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
             for p in procs:
                 p.join()
             seconds = time.perf_counter() - started
-            done = await billing.get_billing_run(db, caller, str(run.id))
+            done = await billing_runs.get_billing_run(db, caller, str(run.id))
             billed = max(1, done.subscriptions_billed)
             cpu_per_sub = {"python": round(python_cpu / billed * 1e6),
                            "postgres": None if pg_before is None else round((pg_after - pg_before) / billed * 1e6)}
@@ -182,7 +182,7 @@ def _shard(url: str, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int, chunk_
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, go.wait)
             before = time.process_time()
-            await billing.execute_run(db, tenant_id, run_id, shard=shard, chunk_size=chunk_size, workers=workers)
+            await run_execution.execute_run(db, tenant_id, run_id, shard=shard, chunk_size=chunk_size, workers=workers)
             cpu.put(time.process_time() - before)
             await loop.run_in_executor(None, measured.wait)  # connections open until PostgreSQL's CPU is read
         finally:
@@ -194,8 +194,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscriptions", type=int, default=100_000)
     parser.add_argument("--naive-subscriptions", type=int, default=1_000)
-    parser.add_argument("--chunk", type=int, default=billing.CHUNK_SIZE)
-    parser.add_argument("--workers", type=int, default=billing.WORKERS)
+    parser.add_argument("--chunk", type=int, default=run_execution.CHUNK_SIZE)
+    parser.add_argument("--workers", type=int, default=run_execution.WORKERS)
     parser.add_argument("--processes", type=int, default=2,
                         help="shards of the run, each executed by a process of its own (like billing consumers)")
     args = parser.parse_args()
@@ -207,7 +207,7 @@ def main() -> int:
         pg = LocalPostgres(data_dir=Path(tempfile.mkdtemp(prefix="bench-billing-")) / "postgres", port=free_port())
         log(f"starting PostgreSQL in {pg.data_dir}")
         pg.start()
-        settings = Settings(database_url=pg.app_url, admin_database_url=pg.admin_url)
+        settings = Settings(database_url=pg.app_url, worker_database_url=pg.worker_url, admin_database_url=pg.admin_url)
     try:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         log(f"setting up {args.subscriptions:,} due subscriptions with usage")

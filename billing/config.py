@@ -32,10 +32,15 @@ class Topics(BaseSettings):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
 
-    # The service connects as the application role, which row-level security applies to.
+    # The API's role, which row-level security applies to (see worker_database_url below).
     database_url: str = "postgresql://billing_app:billing_app@127.0.0.1:5432/billing"
     # Migrations and admin commands (tenants create) connect as the schema owner.
     admin_database_url: str = "postgresql://billing_owner:billing_owner@127.0.0.1:5432/billing"
+    # Database roles (docs/operations.md, "Database roles"): database_url is the API's role,
+    # which enters a tenant only through an API key; the consumers, the scheduler and the
+    # relay connect as the worker role, which may enter any tenant (their messages name it).
+    # The service refuses to start as a role that bypasses row-level security.
+    worker_database_url: str = "postgresql://billing_worker:billing_worker@127.0.0.1:5432/billing"
     db_pool_min: int = 2
     db_pool_max: int = 10
 
@@ -71,6 +76,21 @@ class Settings(BaseSettings):
     grpc_port: int = 50051
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+
+    # gRPC transport security and overload (docs/operations.md). Certificate and key both set:
+    # TLS; a client CA set as well: mutual TLS (clients must present a certificate it signed).
+    # No certificate: plaintext, logged as a warning at start.
+    grpc_tls_cert_file: Path | None = None
+    grpc_tls_key_file: Path | None = None
+    grpc_tls_client_ca_file: Path | None = None
+    # Calls handled at once by this process; beyond it a call is answered RESOURCE_EXHAUSTED
+    # at once (health checks and reflection are never refused). 0: no bound.
+    grpc_max_concurrent_calls: int = 200
+    # On SIGTERM: health turns NOT_SERVING, calls are still answered for this long (load
+    # balancers see the change and stop sending), then the server closes and the roles stop.
+    shutdown_drain_s: float = 5.0
+    # In-flight calls get this long to finish once the server closes.
+    shutdown_grace_s: float = 5.0
 
     log_level: str = "INFO"
     # Tracing (docs/operations.md): spans are always made (log lines carry their ids) and

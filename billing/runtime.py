@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from billing import bootstrap
 from billing.api.server import GrpcServer
+from billing.api.tls import ServerTls
 from billing.config import Settings
 from billing.ops import http
 from billing.ops import tracing
@@ -28,7 +29,9 @@ from billing.ops.metrics import (
     outbox_observer, outbox_parked, track_pool,
 )
 from billing.ops.readiness import Readiness, wait_for_migrations
+from billing.ops.transport_checks import database_warnings, grpc_warning
 from billing.store.db import Database
+from billing.store.roles import open_databases
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ class Service:
     settings: Settings
     roles: tuple[str, ...] = ALL_ROLES
     db: Database | None = None
+    # The worker role's pool (consumers, scheduler, relay); `db` is the API role's, or this one
+    # in a process without the api role (billing/store/roles.py).
+    worker_db: Database | None = None
     grpc: GrpcServer | None = None
     readiness: Readiness | None = None
     components: bootstrap.Components | None = None
@@ -62,41 +68,51 @@ class Service:
         if unknown:
             raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ALL_ROLES)}")
         tracing.configure(s)
+        for warning in database_warnings(s):
+            log.warning(warning)
         self.components = app = bootstrap.build(s)
-        self.db = await Database.connect(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
+        self.db, self.worker_db = await open_databases(s, self.roles)
         track_pool(self.db.pool)
         self.readiness = Readiness(self.db, s.kafka_bootstrap_servers, s.migrations_dir,
                                    required_topics=tuple(s.topics.all()), check_kafka=s.readiness_requires_kafka)
         self._tasks.append(asyncio.create_task(self._wait_for_schema(), name="wait-for-migrations"))
         if "api" in self.roles:
-            self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, usage=app.usage,
+            self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, tls=ServerTls.from_settings(s),
+                                   max_concurrent_calls=s.grpc_max_concurrent_calls, usage=app.usage,
                                    run_shards=app.runs.shards)
+            if warning := grpc_warning(self.grpc.tls.mode, self.grpc.address):
+                log.warning(warning)
             await self.grpc.start()
             await self.grpc.set_serving(False)
             self.readiness.listeners.append(
                 lambda ready: asyncio.get_running_loop().create_task(self.grpc.set_serving(ready))
             )
         if "commands" in self.roles:
-            self._start_role("commands", self._command_consumer())
+            self._start_consumer("commands", self._command_consumer())
         if "usage" in self.roles:
-            self._start_role("usage", usage_consumer(s, self.db.pool, components=app))
+            self._start_consumer("usage", usage_consumer(s, self.worker_db.pool, components=app))
         if "billing" in self.roles:
-            self._start_role("billing", self._billing_consumer())
+            from billing.services.run_executor import RunExecutor
+
+            executor = RunExecutor(self.worker_db)  # executes the shards the consumer records
+            self._start_role("billing-executor", executor)
+            self._start_consumer("billing", self._billing_consumer(executor.wake))
         if "scheduler" in self.roles and s.scheduler_interval_s > 0:
             from billing.services.scheduler import Scheduler
 
             # Each round resumes what is due before it requests the runs (unless auto-resume is off).
             resume_batch = s.auto_resume_batch_size if s.auto_resume_interval_s > 0 else 0
-            self._start_role("scheduler", Scheduler(self.db, s.scheduler_interval_s, resume_batch_size=resume_batch,
-                                                          shards=app.runs.shards))
+            self._start_role("scheduler", Scheduler(self.worker_db, s.scheduler_interval_s, resume_batch_size=resume_batch,
+                                                    run_shards=app.runs.shards))
         if "scheduler" in self.roles and s.auto_resume_interval_s > 0:
             from billing.services.scheduler import AutoResumer
 
-            self._start_role("auto-resume", AutoResumer(self.db, s.auto_resume_interval_s, s.auto_resume_batch_size))
+            self._start_role("auto-resume", AutoResumer(self.worker_db, s.auto_resume_interval_s,
+                                                        s.auto_resume_batch_size))
         if "relay" in self.roles:
             from producers.outbox_relay import OutboxRelay
 
-            relay = OutboxRelay(pool=self.db.pool, listen_dsn=s.database_url, settings=s,
+            relay = OutboxRelay(pool=self.worker_db.pool, listen_dsn=s.worker_database_url, settings=s,
                                 on_published=outbox_observer, on_delivered=outbox_delays,
                                 on_parked=outbox_parked)
             self._start_role("relay", relay)
@@ -106,6 +122,7 @@ class Service:
         self._http_runner = await http.start(self.readiness, s.http_host, s.http_port)
         log.info("service started", extra={
             "roles": list(self.roles), "grpc": self.grpc.address if self.grpc else None,
+            "grpc_tls": self.grpc.tls.mode if self.grpc else None,
             "http": f"{s.http_host}:{s.http_port}", "ready": self.readiness.ready,
         })
 
@@ -116,21 +133,21 @@ class Service:
 
         s = self.settings
         return ConsumerRunner(
-            pool=self.db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
+            pool=self.worker_db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
             group_id=COMMANDS_GROUP, strategy=CommandStrategy(), dlq_topic=s.topics.subscription_commands_dlq,
             producer_config=producer_config(s), max_batch_size=500, observer=ConsumerMetrics(COMMANDS_GROUP),
         )
 
-    def _billing_consumer(self):
+    def _billing_consumer(self, on_recorded):
         from billing.kafka import consumer_config, producer_config
         from consumers.billing import BillingRunStrategy
         from consumers.runner import ConsumerRunner
 
         s = self.settings
-        # Small batches: each message is a whole run, executed in chunk transactions of its own.
+        # Each message records a shard for the executor: the batch commits at once.
         return ConsumerRunner(
-            pool=self.db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
-            group_id=BILLING_GROUP, strategy=BillingRunStrategy(self.db.pool), dlq_topic=s.topics.billing_runs_dlq,
+            pool=self.worker_db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
+            group_id=BILLING_GROUP, strategy=BillingRunStrategy(on_recorded), dlq_topic=s.topics.billing_runs_dlq,
             producer_config=producer_config(s), max_batch_size=10, observer=ConsumerMetrics(BILLING_GROUP),
         )
 
@@ -144,7 +161,7 @@ class Service:
             try:
                 # One snapshot for the three, set together: a scrape must never see a backlog
                 # of 0 beside the age of a row sampled a moment earlier (or the reverse).
-                async with self.db.pool.acquire() as conn, \
+                async with self.worker_db.pool.acquire() as conn, \
                         conn.transaction(isolation="repeatable_read", readonly=True):
                     rows, age, parked_rows = await backlog(conn), await oldest_pending_age_s(conn), await parked(conn)
                 OUTBOX_BACKLOG.set(rows)
@@ -157,6 +174,11 @@ class Service:
     async def _wait_for_schema(self) -> None:
         await wait_for_migrations(self.db, self.settings.migrations_dir, self.readiness.interval_s)
         self._schema_current.set()
+
+    def _start_consumer(self, name: str, runner) -> None:
+        """A consumer role; readiness checks that its assigned partitions have a leader."""
+        self._start_role(name, runner)
+        self.readiness.assignments.append(lambda: runner.assignment)
 
     def _start_role(self, name: str, component) -> None:
         async def run() -> None:
@@ -173,13 +195,24 @@ class Service:
 
         self._roles.append((name, component, asyncio.create_task(run(), name=name)))
 
+    async def drain(self) -> None:
+        """Not ready (/readyz and gRPC health), still answering, for `shutdown_drain_s`: the
+        load balancers and clients watching health stop sending before the port closes."""
+        if self.readiness:
+            self.readiness.drain()
+        if self.grpc:
+            await self.grpc.drain()
+            if self.settings.shutdown_drain_s > 0:
+                log.info("draining", extra={"drain_s": self.settings.shutdown_drain_s})
+                await asyncio.sleep(self.settings.shutdown_drain_s)
+
     async def stop(self) -> None:
         """Graceful: stop taking calls and messages, let in-flight work finish, close the pool."""
         self._stopping = True
         self._schema_current.set()  # roles still waiting for migrations end without starting
         if self.grpc:
-            await self.grpc.set_serving(False)
-            await self.grpc.stop(grace_s=5)
+            await self.grpc.drain()
+            await self.grpc.stop(grace_s=self.settings.shutdown_grace_s)
         for _, component, _ in self._roles:
             component.stop()
         done = await asyncio.gather(*(asyncio.wait_for(t, 30) for _, _, t in self._roles), return_exceptions=True)
@@ -191,8 +224,10 @@ class Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._http_runner:
             await self._http_runner.cleanup()
-        if self.db:
-            await self.db.close()
+        if self.readiness:
+            await self.readiness.close()
+        for db in {id(d): d for d in (self.db, self.worker_db) if d}.values():
+            await db.close()
         tracing.shutdown()
         log.info("service stopped")
 
@@ -211,7 +246,8 @@ def tune_gc() -> None:
 
 
 async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
-    """Run until SIGTERM/SIGINT (exit 0) or until a role fails (exit 1)."""
+    """Run until SIGTERM/SIGINT (drain, then exit 0) or until a role fails (exit 1, no drain:
+    the process is broken, not being replaced)."""
     service = Service(settings, roles)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -225,6 +261,8 @@ async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
         await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         failed.cancel()
+        if stop.is_set() and not service.failed.is_set():
+            await service.drain()
     finally:
         await service.stop()
     return 1 if service.failed.is_set() else 0

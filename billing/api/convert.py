@@ -146,7 +146,7 @@ def usage_report(report) -> pb.GetUsageResponse:
 
 
 def billing_run_message(run) -> pb.BillingRun:
-    """A `billing.services.billing.BillingRun` as its message."""
+    """A `billing.services.billing_runs.BillingRun` as its message."""
     return pb.BillingRun(
         id=str(run.id), idempotency_key=run.idempotency_key,
         status=enum_number(pb.BillingRunStatus, run.status, "BILLING_RUN_STATUS_"),

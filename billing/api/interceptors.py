@@ -3,14 +3,14 @@
 Each wraps the method handler rather than the call, so the tenant context variable and the
 current span are set in the same task that runs the handler (the pattern of the grpc.aio
 examples). The API key is never logged nor put on a span: only the tenant it resolves to,
-and in the audit trail the key's first characters (`key_prefix`).
+and in the audit trail the key's id (`api:<api_key_id>`).
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
-import uuid
 from typing import Awaitable, Callable
 
 import grpc
@@ -22,7 +22,7 @@ from billing.ops import tracing
 from billing.ops.logging import current_tenant
 from billing.ops.metrics import GRPC_LATENCY, GRPC_REQUESTS
 from billing.services.context import Caller
-from billing.services.tenants import authenticate, key_prefix
+from billing.services.tenants import Authenticator, KeyIdentity
 from billing.services.uow import Database
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,13 @@ def _wrap_unary(handler: grpc.RpcMethodHandler, around: Callable) -> grpc.RpcMet
     )
 
 
+def _gave_up(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status of a call whose handler was cancelled: the client cancelled it, or its
+    deadline passed (the time left is then 0)."""
+    left = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0.001 else grpc.StatusCode.CANCELLED
+
+
 def _bearer(metadata: tuple) -> str | None:
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
@@ -53,6 +60,7 @@ def _bearer(metadata: tuple) -> str | None:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, db: Database):
         self._db = db
+        self._authenticate = Authenticator()
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
@@ -69,17 +77,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                                         "missing API key: send metadata 'authorization: Bearer <key>'")
                 try:
                     async with self._db.pool.acquire() as conn:
-                        tenant_id: uuid.UUID | None = await authenticate(conn, key)
+                        identity: KeyIdentity | None = await self._authenticate(conn, key)
                 except UNAVAILABLE_ERRORS as exc:  # not UNKNOWN: the client should retry
                     log.warning("database unavailable for authentication: %s: %s", type(exc).__name__, exc)
                     await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
-                if tenant_id is None:
+                if identity is None:
                     # Never the key itself, not even its prefix: a mistyped key is nearly a real one.
                     log.info("unauthenticated call refused", extra={"method": method,
                                                                     "reason": "unknown or revoked API key"})
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
+                tenant_id = identity.tenant_id
                 trace.get_current_span().set_attribute("billing.tenant_id", str(tenant_id))
-                caller_token = current_caller.set(Caller(tenant_id, f"api:{key_prefix(key)}"))
+                caller_token = current_caller.set(Caller(tenant_id, identity.actor))
                 tenant_token = current_tenant.set(str(tenant_id))
                 try:
                     return await behavior(request, context)
@@ -92,6 +101,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every call by its outcome, those the client gave up on included: a call
+    cancelled by the client or past its deadline has its task cancelled (CancelledError, no
+    status code on the context), so it is told apart here by the time left."""
+
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         method = details.method.rsplit("/", 1)[-1] if handler is not None else "unknown"
@@ -104,6 +117,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     return await behavior(request, context)
                 except grpc.aio.AbortError:
                     code = context.code().name if context.code() else "UNKNOWN"
+                    raise
+                except asyncio.CancelledError:
+                    code = _gave_up(context).name
                     raise
                 except Exception:
                     code = "INTERNAL"
@@ -140,16 +156,20 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
                     full, context=parent, kind=SpanKind.SERVER, record_exception=False, set_status_on_exception=False,
                     attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": method},
                 ) as span:
+                    gave_up = None
                     try:
                         return await behavior(request, context)
                     except grpc.aio.AbortError:
+                        raise
+                    except asyncio.CancelledError:
+                        gave_up = _gave_up(context)
                         raise
                     except Exception as exc:  # becomes UNKNOWN for the client
                         span.record_exception(exc)
                         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                         raise
                     finally:
-                        code = context.code() or grpc.StatusCode.OK
+                        code = gave_up or context.code() or grpc.StatusCode.OK
                         span.set_attribute("rpc.grpc.status_code", code.value[0])
                         if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE,
                                     grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DATA_LOSS,

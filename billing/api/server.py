@@ -7,7 +7,9 @@ from grpc_reflection.v1alpha import reflection
 
 from billing.api.interceptors import AuthInterceptor, MetricsInterceptor, TracingInterceptor
 from billing.api.malformed import MalformedRequestInterceptor
+from billing.api.overload import ConcurrencyLimitInterceptor
 from billing.api.servicer import BillingServicer
+from billing.api.tls import ServerTls
 from billing.services.uow import Database
 from billing.services.usage import Usage
 from billing.v1 import billing_pb2, billing_pb2_grpc
@@ -17,10 +19,16 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class GrpcServer:
-    def __init__(self, db: Database, host: str, port: int, *, usage: Usage, run_shards: int):
+    def __init__(self, db: Database, host: str, port: int, *, usage: Usage, run_shards: int,
+                 tls: ServerTls | None = None, max_concurrent_calls: int = 0):
+        self.tls = tls or ServerTls()
+        credentials = self.tls.credentials()  # before binding: a bad setting fails the start
+        self.limiter = ConcurrencyLimitInterceptor(max_concurrent_calls)
         self.server = grpc.aio.server(
-            # Outermost first: the span covers authentication, and so does the latency.
-            interceptors=[TracingInterceptor(), MetricsInterceptor(), AuthInterceptor(db), MalformedRequestInterceptor()],
+            # Outermost first: the metrics count the calls refused by the bound too; the span
+            # covers authentication, and so does the latency.
+            interceptors=[MetricsInterceptor(), self.limiter, TracingInterceptor(), AuthInterceptor(db),
+                          MalformedRequestInterceptor()],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
         billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db, usage, run_shards), self.server)
@@ -30,7 +38,10 @@ class GrpcServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if credentials is None:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        else:
+            self.port = self.server.add_secure_port(f"{host}:{port}", credentials)
         self.address = f"{host}:{self.port}"
 
     async def start(self) -> None:
@@ -40,6 +51,10 @@ class GrpcServer:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+
+    async def drain(self) -> None:
+        """NOT_SERVING for good: later set_serving calls (readiness changes) are ignored."""
+        await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.server.stop(grace_s)

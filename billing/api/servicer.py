@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from billing.api import convert
 from billing.api.errors import rpc
-from billing.services import billing, plans, subscriptions
+from billing.services import billing_runs, plans, subscriptions
 from billing.services.context import Caller
 from billing.services.uow import Database
 from billing.services.usage import Usage
@@ -138,19 +138,19 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     @rpc
     async def RunBilling(self, request: pb.RunBillingRequest, caller: Caller) -> pb.RunBillingResponse:
-        run = await billing.run_billing(self.db, caller, request.request_id, request.idempotency_key,
-                                        convert.optional_time(request, "as_of"), shards=self.run_shards)
+        run = await billing_runs.run_billing(self.db, caller, request.request_id, request.idempotency_key,
+                                             convert.optional_time(request, "as_of"), shards=self.run_shards)
         return pb.RunBillingResponse(run=convert.billing_run_message(run))
 
     @rpc
     async def GetBillingRun(self, request: pb.GetBillingRunRequest, caller: Caller) -> pb.GetBillingRunResponse:
-        run = await billing.get_billing_run(self.db, caller, request.id)
+        run = await billing_runs.get_billing_run(self.db, caller, request.id)
         return pb.GetBillingRunResponse(run=convert.billing_run_message(run))
 
     @rpc
     async def ListBillingRuns(self, request: pb.ListBillingRunsRequest,
                               caller: Caller) -> pb.ListBillingRunsResponse:
-        page = await billing.list_billing_runs(
+        page = await billing_runs.list_billing_runs(
             self.db, caller, page_size=request.page_size, page_token=request.page_token,
             status=convert.enum_value(pb.BillingRunStatus, request.status, "BILLING_RUN_STATUS_"),
             created_after=convert.optional_time(request, "created_after"),

@@ -1,9 +1,10 @@
 """Closing a billing period: the invoice lines it produces and the subscription's next state.
 
-Pure: no I/O, no clock. The billing run loads a due subscription, its plan(s) and the
-period's usage totals, calls ``close_period`` once per ended period and persists the
-outcome in one transaction. What a closed period bills, and the next state: docs/billing.md
-("What a closed period bills"); the invoice request id: docs/billing.md (the contract).
+Pure: no I/O, no clock. The billing run (``billing.services.period_close``) loads a due
+subscription, its plan(s) and the period's usage totals, calls ``close_period`` once per
+ended period and persists the outcome in one transaction. What a closed period bills, and
+the next state: docs/billing.md ("What a closed period bills"); the invoice request id:
+docs/billing.md (the contract).
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from billing.domain import proration
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.periods import period_containing
 from billing.domain.plans import BillingTiming, PlanSpec
-from billing.domain.pricing import Line, aggregate, base_fee_line, total, usage_lines
+from billing.domain.pricing import Line, PeriodUsage, base_fee_line, period_usage, price_usage, total
 from billing.domain.subscriptions import Subscription
 from billing.domain.events import EventType
 
-__all__ = ["NAMESPACE", "PeriodUsage", "ClosedPeriod", "invoice_request_id", "close_period", "is_due"]
+__all__ = ["NAMESPACE", "PeriodUsage", "period_usage", "ClosedPeriod", "invoice_request_id", "close_period", "is_due"]
 
 S = SubscriptionStatus
 
@@ -32,28 +33,6 @@ NAMESPACE = uuid.UUID("5b0e7c52-2f3b-4c64-9a7e-0c1d3f6a8e21")
 
 #: Statuses a run bills; pending has no period yet and canceled has no next one.
 BILLABLE = (S.TRIALING, S.ACTIVE, S.PAUSED)
-
-
-@dataclass(frozen=True)
-class PeriodUsage:
-    """One metric's totals for a period; ``None`` where there was no event."""
-
-    quantity_sum: Decimal | None = None
-    event_count: int | None = None
-    quantity_max: Decimal | None = None
-    latest_quantity: Decimal | None = None
-    unique_count: int | None = None
-
-
-def period_usage(quantity_sum: Decimal | None, event_count: int | None, quantity_max: Decimal | None,
-                 latest_quantity: Decimal | None, unique_count: int | None = None) -> PeriodUsage:
-    """``PeriodUsage(...)`` for the totals a billing run reads by the thousand: the same
-    frozen object (no __post_init__), its __dict__ filled at once instead of the frozen
-    __init__'s setattr per field."""
-    usage = object.__new__(PeriodUsage)
-    usage.__dict__.update(quantity_sum=quantity_sum, event_count=event_count, quantity_max=quantity_max,
-                          latest_quantity=latest_quantity, unique_count=unique_count)
-    return usage
 
 
 @dataclass(frozen=True)
@@ -175,12 +154,8 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
         lines.extend(_piece(spec, after.current_period_start, after.current_period_end,
                             proration.nominal_period(after, spec)))
     if not trial:
-        for charge in plan.usage_charges:
-            u = usage.get(charge.metric_code) or PeriodUsage()
-            quantity = aggregate(charge.aggregation, quantity_sum=u.quantity_sum, event_count=u.event_count,
-                                 quantity_max=u.quantity_max, latest_quantity=u.latest_quantity,
-                                 unique_count=u.unique_count)
-            lines.extend(usage_lines(charge, quantity, plan.currency, start, end))
+        for priced in price_usage(plan, usage, start, end):
+            lines.extend(priced.lines)
     lines.extend(extra_lines)
     return ClosedPeriod(invoice_request_id(tenant_id, sub.id, start), start, end, plan.currency, tuple(lines),
                         total(lines), after, event)

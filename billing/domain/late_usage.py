@@ -37,10 +37,9 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 
-from billing.domain.invoicing import PeriodUsage
 from billing.domain.money import decimal_to_str, round_money
 from billing.domain.plans import PricingModel, UsageCharge
-from billing.domain.pricing import Line, aggregate, usage_amount
+from billing.domain.pricing import Line, PeriodUsage, charge_quantity, usage_amount
 
 __all__ = ["LateUsage", "late_usage_line", "KIND"]
 
@@ -65,11 +64,6 @@ def _packages(quantity: Decimal, size: Decimal) -> int:
     return -((-Fraction(quantity)) // Fraction(size))  # ceil, exactly (Fraction floors)
 
 
-def _agg(charge: UsageCharge, u: PeriodUsage) -> Decimal:
-    return aggregate(charge.aggregation, quantity_sum=u.quantity_sum, event_count=u.event_count,
-                     quantity_max=u.quantity_max, latest_quantity=u.latest_quantity, unique_count=u.unique_count)
-
-
 def late_usage_line(late: LateUsage, charge: UsageCharge | None, currency: str, *, trial: bool) -> Line:
     """One ``late_usage`` line (see the module docstring for the rule)."""
     period = (f"{late.original_start.date().isoformat()}..{late.original_end.date().isoformat()}")
@@ -84,7 +78,7 @@ def late_usage_line(late: LateUsage, charge: UsageCharge | None, currency: str, 
     if trial or charge is None:
         why = "trial period: usage is free" if trial else "the plan of that period does not charge this metric"
         return line(f"{head}: {why}", _ZERO, _ZERO, _ZERO)
-    q_before, q_after = _agg(charge, late.before), _agg(charge, late.after)
+    q_before, q_after = charge_quantity(charge, late.before), charge_quantity(charge, late.after)
     exact = usage_amount(charge, q_after) - usage_amount(charge, q_before)
     quantity = q_after - q_before
     model = PricingModel(charge.pricing_model)

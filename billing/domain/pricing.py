@@ -1,8 +1,9 @@
 """Pricing: what a usage charge and a base fee cost, as invoice lines.
 
-Exact arithmetic (a private decimal context that traps ``Inexact``, never a float); money
-is rounded once per ``Line`` (``money.round_money``) and totals are sums of rounded lines.
-The pricing models and tier bounds are specified in docs/pricing.md.
+Exact arithmetic (a private decimal context that traps Inexact), money rounded once per
+line; the pricing models and tier bounds are described in docs/pricing.md. `price_usage`
+is THE pricing of a period's usage: the run's period close, an immediate cancel's final
+usage and GetUsage's preview all call it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from functools import lru_cache
 from datetime import datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 from fractions import Fraction
-from typing import Iterable
+from typing import Iterable, Mapping, NamedTuple
 
 from billing.domain.money import decimal_to_str, round_money
 from billing.domain.plans import Aggregation, PlanSpec, PricingModel, Tier, UsageCharge
 
 __all__ = [
     "Line",
+    "PeriodUsage",
+    "PricedCharge",
+    "price_usage",
     "usage_amount",
     "usage_lines",
     "base_fee_line",
@@ -55,6 +59,38 @@ class Line:
     fraction: Fraction | None = None
     tier: int | None = None
     original_period_start: datetime | None = None
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    """One metric's totals for a period; ``None`` where there was no event."""
+
+    quantity_sum: Decimal | None = None
+    event_count: int | None = None
+    quantity_max: Decimal | None = None
+    latest_quantity: Decimal | None = None
+    unique_count: int | None = None
+
+
+def period_usage(quantity_sum: Decimal | None, event_count: int | None, quantity_max: Decimal | None,
+                 latest_quantity: Decimal | None, unique_count: int | None = None) -> PeriodUsage:
+    """``PeriodUsage(...)`` for the totals a billing run reads by the thousand: the same
+    frozen object, its __dict__ filled at once instead of a setattr per field."""
+    usage = object.__new__(PeriodUsage)
+    usage.__dict__.update(quantity_sum=quantity_sum, event_count=event_count, quantity_max=quantity_max,
+                          latest_quantity=latest_quantity, unique_count=unique_count)
+    return usage
+
+
+_NO_USAGE = PeriodUsage()
+
+
+class PricedCharge(NamedTuple):
+    """One usage charge of a period, priced: the quantity it charges and its lines."""
+
+    charge: UsageCharge
+    quantity: Decimal
+    lines: list[Line]
 
 
 # ----------------------------------------------------------------------- helpers
@@ -209,13 +245,8 @@ def usage_amount(charge: UsageCharge, quantity: Decimal) -> Decimal:
     return _tier_amount(tier, q)
 
 
-def usage_lines(
-    charge: UsageCharge,
-    quantity: Decimal,
-    currency: str,
-    period_start: datetime,
-    period_end: datetime,
-) -> list[Line]:
+def usage_lines(charge: UsageCharge, quantity: Decimal, currency: str, period_start: datetime,
+                period_end: datetime) -> list[Line]:
     """Invoice lines (kind ``"usage"``) for ``quantity`` of ``charge``, each rounded once.
 
     per_unit, package, volume: one line. graduated: one line per tier reached
@@ -227,18 +258,9 @@ def usage_lines(
     metric = charge.metric_code
 
     def line(description: str, qty: Decimal, price: Decimal, exact: Decimal, tier: int | None) -> Line:
-        return _line(
-            kind="usage",
-            description=description,
-            metric_code=metric,
-            quantity=qty,
-            unit_price=price,
-            amount=round_money(exact, currency),
-            period_start=period_start,
-            period_end=period_end,
-            fraction=None,
-            tier=tier,
-        )
+        return _line(kind="usage", description=description, metric_code=metric, quantity=qty, unit_price=price,
+                     amount=round_money(exact, currency), period_start=period_start, period_end=period_end,
+                     fraction=None, tier=tier)
 
     if model is PricingModel.PER_UNIT:
         price = _unit_price(charge)
@@ -247,71 +269,34 @@ def usage_lines(
     if model is PricingModel.PACKAGE:
         price, size = _unit_price(charge), _package_size(charge)
         packages = Decimal(_packages(q, size))
-        return [
-            line(
-                f"{metric}: {_s(q)} in {_s(packages)} package(s) of {_s(size)} at {_s(price)}",
-                packages,
-                price,
-                _mul(packages, price),
-                None,
-            )
-        ]
+        return [line(f"{metric}: {_s(q)} in {_s(packages)} package(s) of {_s(size)} at {_s(price)}",
+                     packages, price, _mul(packages, price), None)]
 
     if model is PricingModel.GRADUATED:
         parts = _graduated_parts(charge, q)
         if not parts:  # quantity 0: show the charge, cost nothing
             first = charge.tiers[0]
-            return [
-                line(
-                    f"{metric} tier 1 {_range(charge, 1)}: {_s(q)} at {_s(first.unit_price)}",
-                    q,
-                    first.unit_price,
-                    _ZERO,
-                    1,
-                )
-            ]
-        return [
-            line(
-                f"{metric} tier {n} {_range(charge, n)}: {_s(units)} at {_s(tier.unit_price)}{_fee(tier)}",
-                units,
-                tier.unit_price,
-                _tier_amount(tier, units),
-                n,
-            )
-            for n, tier, units in parts
-        ]
+            return [line(f"{metric} tier 1 {_range(charge, 1)}: {_s(q)} at {_s(first.unit_price)}",
+                         q, first.unit_price, _ZERO, 1)]
+        return [line(f"{metric} tier {n} {_range(charge, n)}: {_s(units)} at {_s(tier.unit_price)}{_fee(tier)}",
+                     units, tier.unit_price, _tier_amount(tier, units), n)
+                for n, tier, units in parts]
 
     # VOLUME
     n, tier = _volume_tier(charge, q)
     exact = _ZERO if q == 0 else _tier_amount(tier, q)
     fee = _fee(tier) if q != 0 else ""
-    return [
-        line(
-            f"{metric} volume tier {n} {_range(charge, n)}: {_s(q)} at {_s(tier.unit_price)}{fee}",
-            q,
-            tier.unit_price,
-            exact,
-            n,
-        )
-    ]
+    return [line(f"{metric} volume tier {n} {_range(charge, n)}: {_s(q)} at {_s(tier.unit_price)}{fee}",
+                 q, tier.unit_price, exact, n)]
 
 
 def base_fee_line(spec: PlanSpec, period_start: datetime, period_end: datetime) -> Line:
     """The full-period base fee of ``spec`` as one line (kind ``"base_fee"``, quantity 1)."""
     _period(period_start, period_end)
     description, amount = _base_fee(spec.name, spec.code, spec.base_fee, spec.currency)
-    return _line(
-        kind="base_fee",
-        description=description,
-        metric_code=None,
-        quantity=_ONE,
-        unit_price=spec.base_fee,
-        amount=amount,
-        period_start=period_start,
-        period_end=period_end,
-        fraction=None,
-        tier=None,
-    )
+    return _line(kind="base_fee", description=description, metric_code=None, quantity=_ONE,
+                 unit_price=spec.base_fee, amount=amount, period_start=period_start, period_end=period_end,
+                 fraction=None, tier=None)
 
 
 _ONE = Decimal(1)
@@ -374,3 +359,22 @@ def total(lines: Iterable[Line]) -> Decimal:
     for ln in lines:
         result = _add(result, ln.amount)
     return result
+
+
+def charge_quantity(charge: UsageCharge, usage: PeriodUsage) -> Decimal:
+    """The number ``charge`` is priced on, of a period's totals of its metric."""
+    return aggregate(charge.aggregation, quantity_sum=usage.quantity_sum, event_count=usage.event_count,
+                     quantity_max=usage.quantity_max, latest_quantity=usage.latest_quantity,
+                     unique_count=usage.unique_count)
+
+
+def price_usage(plan: PlanSpec, usage: Mapping[str, PeriodUsage], period_start: datetime,
+                period_end: datetime) -> list[PricedCharge]:
+    """Every usage charge of ``plan`` priced on a period's totals (by metric code): one or
+    more lines each, a charge without usage as a zero line so that every charge shows."""
+    priced = []
+    for charge in plan.usage_charges:
+        quantity = charge_quantity(charge, usage.get(charge.metric_code) or _NO_USAGE)
+        priced.append(PricedCharge(charge, quantity, usage_lines(charge, quantity, plan.currency, period_start,
+                                                                 period_end)))
+    return priced

@@ -17,6 +17,9 @@ GRPC_LATENCY = Histogram(
     "billing_grpc_request_duration_seconds", "gRPC request latency, by method", ["method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+GRPC_IN_FLIGHT = Gauge(
+    "billing_grpc_calls_in_flight", "gRPC calls being handled now (bounded by BILLING_GRPC_MAX_CONCURRENT_CALLS)", []
+)
 READY = Gauge("billing_ready", "1 when PostgreSQL, Kafka and migrations are all ready", [])
 DEPENDENCY_UP = Gauge("billing_dependency_up", "1 when the dependency answered the last check", ["dependency"])
 
@@ -151,7 +154,7 @@ def outbox_observer(count: int, took_s: float) -> None:
     OUTBOX_PUBLISHED.inc(count)
     OUTBOX_PUBLISH_SECONDS.observe(took_s)
 
-# -- billing runs (billing.services.billing) ---------------------------------------------
+# -- billing runs (billing.services.run_execution, billing_runs) ---------------------------------------------
 BILLING_RUNS = Counter(
     "billing_runs_total", "Billing runs by the status they reached (pending: requested)", ["status"]
 )

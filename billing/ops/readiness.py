@@ -1,11 +1,15 @@
 """What 'ready' means: PostgreSQL reachable, every migration applied, Kafka reachable (and
-the service's topics there).
+the service's topics there, with a leader for every partition this process consumes), and
+the process not draining for shutdown.
 
 Checked in the background every few seconds, so /readyz and the gRPC health service
 answer at once from the last result rather than probing on every request. Each check is
 bounded by `timeout_s`, so an unreachable dependency turns the process not-ready within
 `interval_s + timeout_s`, and ready again within `interval_s` of its return. Liveness
 (/healthz) never depends on these: a process that waits for its dependencies is alive.
+
+PostgreSQL is checked on a connection of the check's own, never one of the request pool:
+a pool fully held by a burst of calls is busy, not unreachable.
 """
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
+import asyncpg
 from confluent_kafka.admin import AdminClient
 
 from billing.ops.metrics import DEPENDENCY_UP, READY
@@ -36,24 +41,45 @@ class Readiness:
     export_metrics: bool = True  # billing_ready / billing_dependency_up (off for a second, ad hoc instance)
     checks: dict[str, str] = field(default_factory=dict)  # dependency -> "ok" or why not
     listeners: list[Callable[[bool], None]] = field(default_factory=list)
+    # The (topic, partition) pairs each consumer role of the process holds (ConsumerRunner.assignment).
+    assignments: list[Callable[[], Iterable[tuple[str, int]]]] = field(default_factory=list)
+    dsn: str | None = None  # the check's own connection; default: the URL the pool was opened with
     _ready: bool = False
+    _draining: bool = False
+    _conn: asyncpg.Connection | None = None
 
     @property
     def ready(self) -> bool:
         return self._ready
 
     async def check_once(self) -> bool:
-        kafka_check = asyncio.to_thread(self._check_kafka) if self.check_kafka else _not_required()
+        assigned = {tp for source in self.assignments for tp in source()}
+        kafka_check = asyncio.to_thread(self._check_kafka, assigned) if self.check_kafka else _not_required()
         results = await asyncio.gather(self._check_postgres(), kafka_check, return_exceptions=True)
         pg = results[0] if not isinstance(results[0], BaseException) else (f"check failed: {results[0]!r}", "unknown")
         kafka = results[1] if not isinstance(results[1], BaseException) else f"check failed: {results[1]!r}"
-        self.checks = {"postgres": pg[0], "migrations": pg[1], "kafka": kafka}
-        for name, state in self.checks.items():
+        checks = {"postgres": pg[0], "migrations": pg[1], "kafka": kafka}
+        for name, state in checks.items():
             if self.export_metrics and state != "not required":
                 DEPENDENCY_UP.labels(name).set(1 if state == "ok" else 0)
-        ready = all(v in ("ok", "not required") for v in self.checks.values())
+        ready = all(v in ("ok", "not required") for v in checks.values())
+        if self._draining:
+            checks["shutdown"] = "draining"
+            ready = False
+        self.checks = checks
         self._set(ready)
         return ready
+
+    def drain(self) -> None:
+        """Not ready for good (SIGTERM): the load balancer stops sending while calls in hand finish."""
+        self._draining = True
+        self.checks = {**self.checks, "shutdown": "draining"}
+        self._set(False)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
 
     def _set(self, ready: bool) -> None:
         if ready != self._ready:
@@ -77,13 +103,15 @@ class Readiness:
     async def _check_postgres(self) -> tuple[str, str]:
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with self.db.pool.acquire() as conn:
-                    todo = await migrations.pending(conn, self.migrations_dir)
-        except Exception as exc:  # noqa: BLE001
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(self.dsn or self.db.url)
+                todo = await migrations.pending(self._conn, self.migrations_dir)
+        except Exception as exc:  # noqa: BLE001 - a connection cut mid-check is not reused
+            await self.close()
             return f"unreachable: {type(exc).__name__}", "unknown"
         return "ok", ("ok" if not todo else f"pending: {', '.join(todo)}")
 
-    def _check_kafka(self) -> str:  # in a worker thread: the admin client blocks
+    def _check_kafka(self, assigned: set[tuple[str, int]]) -> str:  # in a worker thread: the admin client blocks
         admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap, "log_level": 0, "socket.timeout.ms": 2000})
         try:
             metadata = admin.list_topics(timeout=self.timeout_s)
@@ -92,7 +120,24 @@ class Readiness:
         if not metadata.brokers:
             return "no brokers"
         missing = [t for t in self.required_topics if t not in metadata.topics]
-        return f"missing topics: {', '.join(missing)}" if missing else "ok"
+        if missing:
+            return f"missing topics: {', '.join(missing)}"
+        return leader_check(metadata.topics, assigned)
+
+
+def leader_check(topics: Mapping[str, object], assigned: Iterable[tuple[str, int]]) -> str:
+    """"ok", or which assigned partitions have no leader (metadata leader -1, or the partition
+    absent from the metadata): the consumer holding them fetches nothing until one is elected,
+    so its process is not ready. `topics`: AdminClient.list_topics().topics."""
+    leaderless: dict[str, list[int]] = {}
+    for topic, partition in sorted(assigned):
+        meta = topics.get(topic)
+        part = meta.partitions.get(partition) if meta is not None else None
+        if part is None or part.leader < 0:
+            leaderless.setdefault(topic, []).append(partition)
+    if not leaderless:
+        return "ok"
+    return "no leader for " + "; ".join(f"{t} partitions {', '.join(map(str, ps))}" for t, ps in leaderless.items())
 
 
 async def wait_for_migrations(db: Database, migrations_dir: Path, interval_s: float = 2.0) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Caller:
     tenant_id: uuid.UUID
-    # "api:<key prefix>", "command:<topic>", "system:scheduler": recorded in the audit trail.
+    # "api:<api key id>", "command:<topic>", "system:scheduler": recorded in the audit trail.
     actor: str
     # Set when the change comes from a Kafka command (its command_id), for the events it emits.
     command_id: str | None = None

@@ -31,7 +31,7 @@ async def emit(conn: asyncpg.Connection, caller: Caller, *, event_type: str, sub
 
 def build(caller: Caller, *, event_type: str, subscription_id: str, customer_id: str, occurred_at: datetime,
           cause: str, from_status: str | None = None, to_status: str | None = None, reason: str | None = None,
-          data: Mapping[str, str] | None = None) -> tuple[str, bytes, bytes, dict[str, str]]:
+          data: Mapping[str, object] | None = None) -> tuple[str, bytes, bytes, dict[str, str]]:
     """(event id, key, payload, headers) of one event, for callers that write many at once
     (`outbox.enqueue_many`, stream STREAM)."""
     event_id = str(uuid.uuid5(_NAMESPACE, f"{caller.tenant_id}/{subscription_id}/{cause}/{event_type}"))

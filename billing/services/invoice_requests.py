@@ -1,15 +1,15 @@
-"""Invoice requests outside a billing run: proration lines invoiced at once, a canceled
-subscription's final lines.
+"""Invoice requests: the one builder of the InvoiceRequest record and the one outbox path.
 
-``invoice_record`` builds the InvoiceRequest record (schemas/avro/invoice_request.avsc), the
-one builder of it: the billing run (``billing.services.billing``) uses it too. ``enqueue``
-writes one request to the outbox stream ``invoice_requests`` in the caller's transaction.
+Every invoice request - a period a run or a change closed, a canceled subscription's late
+usage, proration invoiced at once, an immediate cancel's final lines - is encoded by
+`encode` and written by `enqueue`, to the outbox stream `invoice_requests`, keyed and
+headed by its id, in the caller's transaction.
 
-Ids: ``request_id(tenant, subscription, source)`` = uuid5 of the subscription and what
-caused the request (``change_plan:<request id>``, ``cancel:<request id>``), in the
-namespace of the billing run's ids, so a replayed cause names the same request and the
-invoicing service can drop a duplicate. ``run_id`` is the nil UUID: no billing run made
-the request.
+Ids outside a period close: `request_id(tenant, subscription, source)` = uuid5 of the
+subscription and what caused the request (`change_plan:<request id>`, `cancel:<request
+id>`, `late:<digest>`), in the namespace of the period ids, so a replayed cause names the
+same request and the invoicing service can drop a duplicate. `NO_RUN` (the nil UUID) is
+the run_id of a request no billing run made.
 """
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ from billing.store import outbox
 STREAM = Stream.INVOICE_REQUESTS
 #: run_id of a request that no billing run made.
 NO_RUN = uuid.UUID(int=0)
+_HEADERS = {"content-type": codec.content_type(codec.Schema.INVOICE_REQUEST)}
+_KEY_HEADER = "invoice-request-id"
+
+#: An encoded request ready for the outbox: (invoice request id as text, Avro payload).
+Encoded = tuple[str, bytes]
 
 
 def request_id(tenant_id: uuid.UUID, subscription_id: uuid.UUID, source: str) -> uuid.UUID:
@@ -57,8 +62,8 @@ def line_record(ln: Line, times: Mapping[datetime, int] | None = None) -> dict:
 def invoice_record(*, tenant_id: uuid.UUID | str, invoice_request_id: uuid.UUID | str, run_id: uuid.UUID | str,
                    sub: Subscription, currency: str, period_start: datetime, period_end: datetime,
                    lines: Sequence[Line], issued_at: datetime | None = None) -> dict:
-    """The InvoiceRequest record; subtotal and total are the exact sum of the rounded lines.
-    The ids may be given as text already (a run formats them once)."""
+    """The InvoiceRequest record (schemas/avro/invoice_request.avsc); subtotal and total are
+    the exact sum of the rounded lines. The ids may be given as text already."""
     amount = decimal_to_str(total(lines))
     start, end = to_us(period_start), to_us(period_end)
     times = {period_start: start, period_end: end}
@@ -72,13 +77,21 @@ def invoice_record(*, tenant_id: uuid.UUID | str, invoice_request_id: uuid.UUID 
     }
 
 
-async def enqueue(conn: asyncpg.Connection, tenant_id: uuid.UUID, record: dict) -> None:
-    await outbox.enqueue(
-        conn, tenant_id, stream=STREAM, key=record["invoice_request_id"].encode(),
-        payload=codec.encode(codec.Schema.INVOICE_REQUEST, record),
-        headers={"content-type": codec.content_type(codec.Schema.INVOICE_REQUEST),
-                 "invoice-request-id": record["invoice_request_id"]},
-    )
+def encode(*, tenant_id: uuid.UUID | str, invoice_request_id: uuid.UUID | str, run_id: uuid.UUID | str,
+           sub: Subscription, currency: str, lines: Sequence[Line],
+           period: tuple[datetime, datetime] | None = None, issued_at: datetime | None = None) -> Encoded:
+    """The one builder: an invoice request encoded for `enqueue`. `period` defaults to the
+    time the lines cover (`span`)."""
+    start, end = period or span(lines)
+    record = invoice_record(tenant_id=tenant_id, invoice_request_id=invoice_request_id, run_id=run_id, sub=sub,
+                            currency=currency, period_start=start, period_end=end, lines=lines, issued_at=issued_at)
+    return record["invoice_request_id"], codec.encode(codec.Schema.INVOICE_REQUEST, record)
+
+
+async def enqueue(conn: asyncpg.Connection, tenant_id: uuid.UUID, requests: list[Encoded]) -> None:
+    """The one outbox path: encoded requests, in this order, keyed and headed by their id.
+    Written before a chunk's subscription events: the relay publishes in outbox order."""
+    await outbox.enqueue_keyed(conn, tenant_id, STREAM, _HEADERS, _KEY_HEADER, requests)
 
 
 def span(lines: Sequence[Line]) -> tuple[datetime, datetime]:

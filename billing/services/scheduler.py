@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 
 from billing.ops.metrics import AUTO_RESUMED
 from billing.ops.tracing import tracer
-from billing.services import billing
+from billing.services import billing_runs
 from billing.services import subscriptions
 from billing.services.context import Caller
 from billing.store import tenants as tenants_store
@@ -74,7 +74,7 @@ async def resume_due(db: Database, now: datetime, batch_size: int) -> int:
 
 
 async def schedule_once(db: Database, now: datetime, interval_s: int, resume_batch_size: int = 0, *,
-                        shards: int | None = None) -> int:
+                        run_shards: int = 1) -> int:
     """Request this slot's run for every tenant; return how many tenants were asked.
 
     With `resume_batch_size`, each tenant's due resumes are carried out first, so a run never
@@ -88,7 +88,7 @@ async def schedule_once(db: Database, now: datetime, interval_s: int, resume_bat
                 await resume_due_for_tenant(db, tenant_id, now, resume_batch_size)
             except Exception:  # noqa: BLE001 - the run goes on; the auto-resume pass retries
                 log.exception("resuming due subscriptions before the billing run failed")
-        await billing.run_billing(db, Caller(tenant_id, ACTOR), key, key, slot, shards=shards)
+        await billing_runs.run_billing(db, Caller(tenant_id, ACTOR), key, key, slot, shards=run_shards)
     return len(tenants)
 
 
@@ -131,14 +131,14 @@ class Scheduler(_Periodic):
     # One trace per round: the runs it requests (and their invoice requests) are in it.
     span_name, failure = "scheduler round", "scheduling billing runs failed"
 
-    def __init__(self, db: Database, interval_s: int, resume_batch_size: int = 0, *, shards: int | None = None):
+    def __init__(self, db: Database, interval_s: int, resume_batch_size: int = 0, *, run_shards: int = 1):
         super().__init__(db, interval_s)
         self.resume_batch_size = resume_batch_size
-        self.shards = shards  # of each run it requests (billing/bootstrap.py RunSettings)
+        self.run_shards = billing_runs.check_shards(run_shards)
 
     async def round(self, span) -> None:
-        count = await schedule_once(self.db, datetime.now(timezone.utc), int(self.interval_s),
-                                    self.resume_batch_size, shards=self.shards)
+        count = await schedule_once(self.db, datetime.now(timezone.utc), int(self.interval_s), self.resume_batch_size,
+                                    run_shards=self.run_shards)
         span.set_attribute("billing.tenants", count)
         log.info("billing runs scheduled", extra={"tenants": count})
 

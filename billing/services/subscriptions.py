@@ -17,18 +17,13 @@ import asyncpg
 
 from billing.domain import proration as pr
 from billing.domain import subscriptions as rules
-from billing.domain.invoicing import PeriodUsage
 from billing.domain.lifecycle import SubscriptionStatus
-from billing.domain.money import decimal_to_str
 from billing.domain.plans import PlanSpec
-from billing.domain.pricing import Line, aggregate, total, usage_lines
 from billing.domain.subscriptions import CancelMode, Change, ChangeTiming, Subscription
-from billing.services import audit, billing, events, idempotency, invoice_requests, paging, plans
+from billing.services import audit, change_billing, events, idempotency, paging, period_close, plans, run_metrics
 from billing.services.context import Caller
 from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError
 from billing.store import audit as audit_store
-from billing.store import billing as billing_store
-from billing.store import pending_lines
 from billing.store import plans as plans_store
 from billing.store import subscriptions as store
 from billing.store import usage as usage_store
@@ -144,83 +139,6 @@ async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, bef
     )
 
 
-# -- proration: where its lines go ---------------------------------------------------------
-
-async def _charged_in_advance(conn: asyncpg.Connection, caller: Caller, sub: Subscription) -> bool:
-    if sub.current_period_start is None:
-        return False
-    return sub.id in await billing_store.opened_by_a_run(conn, caller.tenant_id, [(sub.id, sub.current_period_start)])
-
-
-async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscription, spec: PlanSpec,
-                       end: datetime) -> list[Line]:
-    """Usage of the current period up to an immediate cancel, priced like a period close
-    (the run never bills a canceled subscription again). A trial's usage is free."""
-    if (sub.status is SubscriptionStatus.TRIALING or sub.current_period_start is None
-            or sub.current_period_end is None or not spec.usage_charges):
-        return []
-    start = sub.current_period_start
-    end = min(end, sub.current_period_end)  # a cancel after the period ended (run not yet there)
-    if end <= start:
-        return []
-    rows = {r["metric_code"]: r for r in await usage_store.totals(conn, caller.tenant_id, sub.id, start)}
-    lines: list[Line] = []
-    for charge in spec.usage_charges:
-        row = rows.get(charge.metric_code)
-        u = PeriodUsage(row["quantity_sum"], row["event_count"], row["quantity_max"], row["latest_quantity"]) \
-            if row else PeriodUsage()
-        unique = None
-        if charge.unique_property:
-            unique = await usage_store.unique_count(conn, caller.tenant_id, sub.id, charge.metric_code, start,
-                                                    charge.unique_property)
-        quantity = aggregate(charge.aggregation, quantity_sum=u.quantity_sum, event_count=u.event_count,
-                             quantity_max=u.quantity_max, latest_quantity=u.latest_quantity, unique_count=unique)
-        lines.extend(usage_lines(charge, quantity, spec.currency, start, end))
-    return lines
-
-
-async def _bill(conn: asyncpg.Connection, caller: Caller, source: str, before: Subscription, spec: PlanSpec,
-                change: Change, settled: pr.Proration, behavior: pr.Behavior, *,
-                final_at: datetime | None = None) -> Change:
-    """Put the proration lines where `behavior` says and return the change, its details
-    naming what was billed.
-
-    NEXT_INVOICE: into pending_lines, for the subscription's next invoice request.
-    INVOICE_NOW, and always for an immediate cancel (`final_at`; the run bills a canceled
-    subscription no more): one invoice request now, with every line of the subscription not
-    billed yet, these lines and (cancel) the usage of the cut-short period; the lines are
-    kept in pending_lines, marked billed by that request. NONE: the domain made no lines.
-    """
-    tenant = caller.tenant_id
-    sub = settled.subscription
-    lines = list(settled.lines)
-    details = dict(change.details)
-    currency = spec.currency
-    if final_at is not None or behavior is pr.Behavior.INVOICE_NOW:
-        if final_at is not None:
-            lines += await _final_usage(conn, caller, before, spec, final_at)
-        unbilled = (await pending_lines.unbilled(conn, tenant, [sub.id])).get(sub.id, [])
-        all_lines = [ln for _, ln in unbilled] + lines
-        if all_lines:
-            request = invoice_requests.request_id(tenant, sub.id, source)
-            start, end = invoice_requests.span(all_lines)
-            record = invoice_requests.invoice_record(
-                tenant_id=tenant, invoice_request_id=request, run_id=invoice_requests.NO_RUN, sub=sub,
-                currency=currency, period_start=start, period_end=end, lines=all_lines)
-            await invoice_requests.enqueue(conn, tenant, record)
-            await pending_lines.mark_billed(conn, tenant, [i for i, _ in unbilled], [request] * len(unbilled))
-            await pending_lines.add(conn, tenant, sub.id, currency, lines, source, invoice_request_id=request)
-            details["invoice_request_id"] = str(request)
-            details["invoice_total"] = decimal_to_str(total(all_lines))
-    elif lines:
-        await pending_lines.add(conn, tenant, sub.id, currency, lines, source)
-    if settled.lines:
-        details["proration_lines"] = str(len(settled.lines))
-        details["proration_total"] = decimal_to_str(total(settled.lines))
-        details["proration_behavior"] = behavior.value
-    return Change(sub, change.event, details)
-
-
 # -- use cases --------------------------------------------------------------------------
 
 async def create_subscription(db, caller: Caller, request_id: str, *, customer_id: str, plan_id: str,
@@ -276,7 +194,7 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
             raise NotFound("subscription", subscription_id)
         # A period that ended and no run has closed yet is billed first, as a run would:
         # the change then applies to the period its time falls in (docs/billing.md).
-        closed = await billing.close_ended_periods(conn, caller, before, now(), request_id)
+        closed = await period_close.close_ended_periods(conn, caller, before, now(), request_id)
         if closed is not None:
             before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
             assert before is not None  # locked above
@@ -288,9 +206,9 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
         view = await _view(conn, caller, change.subscription)
         await idempotency.remember(conn, caller, request_id, _outcome(view))
     if closed is not None:
-        billing.observe_closed(closed)
-    if "invoice_request_id" in change.details:  # _bill: an invoice request now
-        billing.observe_change_invoice(spec.currency, Decimal(change.details["invoice_total"]))
+        run_metrics.observe_closed(closed)
+    if "invoice_request_id" in change.details:  # change_billing.bill: an invoice request now
+        run_metrics.observe_change_invoice(spec.currency, Decimal(change.details["invoice_total"]))
     return view
 
 
@@ -308,8 +226,8 @@ async def pause_subscription(db, caller: Caller, request_id: str, subscription_i
         at = now()
         change = rules.pause(sub, at, resumes_at)
         settled = pr.on_pause(sub, spec, change.subscription, at,
-                                     charged_in_advance=await _charged_in_advance(conn, caller, sub))
-        return await _bill(conn, caller, f"pause:{request_id}", sub, spec, change, settled,
+                                     charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub))
+        return await change_billing.bill(conn, caller, f"pause:{request_id}", sub, spec, change, settled,
                            pr.Behavior.NEXT_INVOICE)
 
     return await _mutate(db, caller, request_id, subscription_id, "PauseSubscription",
@@ -325,7 +243,8 @@ async def _resumed(conn: asyncpg.Connection, caller: Caller, request_id: str, su
     settled = pr.on_resume(sub, spec, change.subscription, at)
     if sub.paused_at is not None:
         await usage_store.add_pause_window(conn, caller.tenant_id, sub.id, sub.paused_at, max(at, sub.paused_at))
-    return await _bill(conn, caller, f"resume:{request_id}", sub, spec, change, settled, pr.Behavior.NEXT_INVOICE)
+    return await change_billing.bill(conn, caller, f"resume:{request_id}", sub, spec, change, settled,
+                                     pr.Behavior.NEXT_INVOICE)
 
 
 async def resume_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
@@ -400,9 +319,10 @@ async def cancel_subscription(db, caller: Caller, request_id: str, subscription_
             return change  # at period end: the last run bills the period, nothing is prorated
         behavior = pr.Behavior.parse(proration_value)
         settled = pr.on_cancel(sub, spec, change.subscription, at,
-                                      charged_in_advance=await _charged_in_advance(conn, caller, sub),
+                                      charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub),
                                       behavior=behavior)
-        return await _bill(conn, caller, f"cancel:{request_id}", sub, spec, change, settled, behavior, final_at=at)
+        return await change_billing.bill(conn, caller, f"cancel:{request_id}", sub, spec, change, settled, behavior,
+                                         final_at=at)
 
     return await _mutate(db, caller, request_id, subscription_id, "CancelSubscription",
                          {"mode": cancel_mode.value, "proration": proration_value}, rule)
@@ -428,9 +348,10 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
             return change  # scheduled for the period end (or withdrawn): nothing to prorate
         behavior = pr.Behavior.parse(proration_behavior)
         settled = pr.on_change(sub, spec, change.subscription, new_spec, at,
-                                      charged_in_advance=await _charged_in_advance(conn, caller, sub),
+                                      charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub),
                                       behavior=behavior)
-        return await _bill(conn, caller, f"change_plan:{request_id}", sub, spec, change, settled, behavior)
+        return await change_billing.bill(conn, caller, f"change_plan:{request_id}", sub, spec, change, settled,
+                                         behavior)
 
     return await _mutate(db, caller, request_id, subscription_id, "ChangePlan",
                          {"new_plan_id": str(new_uuid), "timing": change_timing.value,

@@ -266,8 +266,9 @@ class Usage:
         """Totals per metric of the plan for a period (default: the current one), each with
         the amount it would be billed at now (a preview), and optionally a series."""
         from billing.domain.money import round_money
-        from billing.domain.pricing import aggregate, usage_amount
-        from billing.services import paging
+        from billing.domain.pricing import price_usage
+        from billing.domain.pricing import total as pricing_total
+        from billing.services import paging, period_reads
         from billing.services.errors import FailedPrecondition, NotFound, ValidationError
         from billing.store import subscriptions as subs_store
 
@@ -286,34 +287,24 @@ class Usage:
                 start, end = sub.current_period_start, sub.current_period_end
             else:
                 start, end = period_start, None
-            rows = {r["metric_code"]: r for r in await usage_store.totals(conn, caller.tenant_id, sub_uuid, start)}
+            usage, stored_end = await period_reads.usage_of_period(conn, caller.tenant_id, sub_uuid, spec, start)
+            end = end or stored_end
+            if end is None:  # a period with no usage yet: its end follows from the anchor
+                anchor = sub.billing_anchor or sub.start_at
+                end = period_containing(anchor, spec.interval, spec.interval_count, start)[1]
             late = {r["metric_code"]: r for r in await usage_store.late_usage(conn, caller.tenant_id, sub_uuid, start)}
             metrics = []
-            for charge in spec.usage_charges:
-                row = rows.get(charge.metric_code)
-                if row is not None:
-                    end = end or row["period_end"]
-                unique = None
-                if charge.unique_property:
-                    unique = await usage_store.unique_count(conn, caller.tenant_id, sub_uuid, charge.metric_code,
-                                                            start, charge.unique_property)
-                quantity = aggregate(
-                    charge.aggregation, quantity_sum=row and row["quantity_sum"], event_count=row and row["event_count"],
-                    quantity_max=row and row["quantity_max"], latest_quantity=row and row["latest_quantity"],
-                    unique_count=unique,
-                )
+            # Priced as the period's close prices it: the amount is the sum of its rounded lines.
+            for priced in price_usage(spec, usage, start, end):
+                code = priced.charge.metric_code
                 points = []
                 if series:
                     points = [(p["at"], p["quantity"]) for p in await usage_store.series(
-                        conn, caller.tenant_id, sub_uuid, charge.metric_code, start, series)]
-                amount = round_money(usage_amount(charge, quantity), spec.currency)
-                lr = late.get(charge.metric_code)
+                        conn, caller.tenant_id, sub_uuid, code, start, series)]
+                lr = late.get(code)
                 metrics.append(MetricUsage(
-                    charge.metric_code, charge.aggregation.value, quantity, amount, points,
+                    code, priced.charge.aggregation.value, priced.quantity, pricing_total(priced.lines), points,
                     LateUsageReport(lr["event_count"], lr["quantity_sum"], lr["billed_count"]) if lr else NO_LATE_USAGE))
-        if end is None:  # a period with no usage yet: its end follows from the anchor
-            anchor = sub.billing_anchor or sub.start_at
-            end = period_containing(anchor, spec.interval, spec.interval_count, start)[1]
         total = round_money(sum((m.amount for m in metrics), start=Decimal(0)), spec.currency)
         return UsageReport(sub_uuid, start, end, spec.currency, metrics, total)
 

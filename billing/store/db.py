@@ -38,14 +38,15 @@ def _json_default(value):
 
 
 class Database:
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, url: str | None = None):
         self.pool = pool
+        self.url = url  # for what needs a connection outside the pool (readiness)
 
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> "Database":
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init_connection,
                                          command_timeout=30)
-        return cls(pool)
+        return cls(pool, url)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -107,7 +108,17 @@ class _log_tenant:
         current_tenant.reset(self.token)
 
 
+# Tenant tokens this process obtained by authenticating an API key (migration 016): the API
+# role enters a tenant only with one. Workers enter any tenant without (their role may).
+_tenant_tokens: dict[uuid.UUID, str] = {}
+
+
+def remember_tenant_token(tenant_id: uuid.UUID, token: str) -> None:
+    _tenant_tokens[tenant_id] = token
+
+
 async def set_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> None:
-    # is_local=true: the setting ends with the transaction, so a pooled connection never
+    # is_local=true: the settings end with the transaction, so a pooled connection never
     # carries one tenant's identity into the next request.
-    await conn.execute("select set_config('billing.tenant_id', $1, true)", str(tenant_id))
+    await conn.execute("select set_config('billing.tenant_id', $1, true), set_config('billing.tenant_token', $2, true)",
+                       str(tenant_id), _tenant_tokens.get(tenant_id, ""))

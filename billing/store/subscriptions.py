@@ -9,37 +9,37 @@ import asyncpg
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.subscriptions import Subscription
 
-_FIELDS = (
+FIELDS = (
     "id", "customer_id", "plan_id", "status", "created_at", "start_at", "billing_anchor", "trial_days",
     "current_period_start", "current_period_end", "trial_end", "cancel_at_period_end", "canceled_at", "paused_at",
     "pause_resumes_at", "pending_plan_id", "pending_change_at", "metadata", "period_fee_from",
 )
-_COLUMNS = ", ".join(_FIELDS)
+_COLUMNS = ", ".join(FIELDS)
 
 
 def from_row(row: asyncpg.Record) -> Subscription:
-    values = {f: row[f] for f in _FIELDS}
+    values = {f: row[f] for f in FIELDS}
     values["status"] = SubscriptionStatus(values["status"])
     return Subscription(**values)
 
 
 def _values(sub: Subscription) -> list:
-    values = [getattr(sub, f) for f in _FIELDS]
-    values[_FIELDS.index("status")] = sub.status.value
-    values[_FIELDS.index("metadata")] = dict(sub.metadata)
+    values = [getattr(sub, f) for f in FIELDS]
+    values[FIELDS.index("status")] = sub.status.value
+    values[FIELDS.index("metadata")] = dict(sub.metadata)
     return values
 
 
 async def insert(conn: asyncpg.Connection, tenant_id: uuid.UUID, sub: Subscription) -> None:
-    placeholders = ", ".join(f"${i + 2}" for i in range(len(_FIELDS)))
+    placeholders = ", ".join(f"${i + 2}" for i in range(len(FIELDS)))
     await conn.execute(f"insert into subscriptions (tenant_id, {_COLUMNS}) values ($1, {placeholders})",
                        tenant_id, *_values(sub))
 
 
 async def update(conn: asyncpg.Connection, tenant_id: uuid.UUID, sub: Subscription) -> None:
-    fields = [f for f in _FIELDS if f != "id"]
+    fields = [f for f in FIELDS if f != "id"]
     sets = ", ".join(f"{f} = ${i + 3}" for i, f in enumerate(fields))
-    values = [v for f, v in zip(_FIELDS, _values(sub)) if f != "id"]
+    values = [v for f, v in zip(FIELDS, _values(sub)) if f != "id"]
     await conn.execute(f"update subscriptions set {sets}, updated_at = now() where tenant_id = $1 and id = $2",
                        tenant_id, sub.id, *values)
 

@@ -7,8 +7,6 @@ from datetime import datetime
 
 import asyncpg
 
-from billing.store import plans
-
 # The batch is COPYed (binary) into a session-local staging table, then ONE statement
 # empties the staging table, inserts the raw events dropping duplicates (also duplicates
 # within the batch), and folds exactly the inserted rows into the totals (faster than
@@ -131,11 +129,6 @@ async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: lis
               for key share of s""",
         tenant_id, ids,
     )
-
-
-async def plan_specs(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> list[tuple]:
-    """Kept for billing/services/billing.py until it loads specs through services.plans.PlanCache."""
-    return await plans.specs(conn, tenant_id, ids)
 
 
 async def totals(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID,

@@ -22,7 +22,10 @@ def _env(settings, **extra) -> dict:
     env.update({
         # Deterministic tests: no scheduler billing every tenant of the shared test database.
         "BILLING_SCHEDULER_INTERVAL_S": "0",
+        # A short drain on SIGTERM: these tests stop the process often (tests/e2e/test_drain.py checks the window).
+        "BILLING_SHUTDOWN_DRAIN_S": "0.5",
         "BILLING_DATABASE_URL": settings.database_url,
+        "BILLING_WORKER_DATABASE_URL": settings.worker_database_url,
         "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
         "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         **extra,

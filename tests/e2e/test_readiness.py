@@ -244,13 +244,14 @@ async def test_pending_migrations_mean_not_ready(own_stack, tmp_path):
     (migrations / "999_next.sql").write_text("select 1;")
 
     db = await Database.connect(settings.database_url, min_size=1, max_size=2)
+    readiness = Readiness(db, settings.kafka_bootstrap_servers, migrations, export_metrics=False)
     try:
-        readiness = Readiness(db, settings.kafka_bootstrap_servers, migrations, export_metrics=False)
         assert await readiness.check_once() is False
         assert readiness.checks["migrations"] == "pending: 999_next.sql"
         (migrations / "999_next.sql").unlink()
         assert await readiness.check_once() is True
     finally:
+        await readiness.close()
         await db.close()
 
 

@@ -7,6 +7,9 @@ import asyncpg
 import grpc
 import pytest
 
+from billing.services.tenants import hash_key
+from billing.store.db import set_tenant
+from billing.store.tenants import tenant_for_key_hash
 from billing.v1 import billing_pb2 as pb
 from tests.integration.test_plans_api import plan_request
 
@@ -82,8 +85,10 @@ async def test_sql_level_app_role_sees_only_its_tenant(migrated, stub, new_tenan
     try:
         role = await conn.fetchrow("select rolsuper, rolbypassrls from pg_roles where rolname = current_user")
         assert not role["rolsuper"] and not role["rolbypassrls"]
+        # The API role's way into a tenant: A's key gives A's token (tests/integration/test_db_roles.py).
+        assert await tenant_for_key_hash(conn, hash_key(a.api_key)) == uuid.UUID(a.id)
         async with conn.transaction():
-            await conn.execute("select set_config('billing.tenant_id', $1, true)", a.id)
+            await set_tenant(conn, uuid.UUID(a.id))
             for table in ("plans", "audit_events", "idempotency_keys", "api_keys", "tenants"):
                 column = "id" if table == "tenants" else "tenant_id"
                 seen = {r[0] for r in await conn.fetch(f"select distinct {column} from {table}")}
@@ -98,7 +103,7 @@ async def test_sql_level_app_role_sees_only_its_tenant(migrated, stub, new_tenan
         assert await conn.fetchval("select count(*) from plans") == 0
         # The audit trail cannot be rewritten, even by the app's own tenant.
         async with conn.transaction():
-            await conn.execute("select set_config('billing.tenant_id', $1, true)", a.id)
+            await set_tenant(conn, uuid.UUID(a.id))
             with pytest.raises(asyncpg.PostgresError):
                 await conn.execute("delete from audit_events")
     finally:
@@ -121,3 +126,24 @@ async def test_every_tenant_table_has_row_level_security(admin_conn):
     assert len(rows) >= 8
     unprotected = [r["relname"] for r in rows if not (r["relrowsecurity"] and r["policy"])]
     assert unprotected == []
+
+
+async def test_audit_actor_names_the_key_id_and_no_part_of_the_key(stub, tenant, admin_conn):
+    from billing.services.tenants import issue_key
+
+    plan = (await stub.CreatePlan(plan_request(trial_days=0), metadata=tenant.md)).plan
+    sub = (await stub.CreateSubscription(pb.CreateSubscriptionRequest(
+        request_id=str(uuid.uuid4()), customer_id="c", plan_id=plan.id, activate=True), metadata=tenant.md)).subscription
+    # a second key of the same tenant: each change names the key that made it
+    second_id, second = await issue_key(admin_conn, uuid.UUID(tenant.id))
+    await stub.PauseSubscription(pb.PauseSubscriptionRequest(request_id=str(uuid.uuid4()), id=sub.id),
+                                 metadata=(("authorization", f"Bearer {second}"),))
+    got = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id, include_history=True),
+                                      metadata=tenant.md)).subscription
+    actors = [h.actor for h in got.history]
+    assert actors == [f"api:{tenant.api_key_id}"] * (len(actors) - 1) + [f"api:{second_id}"] and len(actors) >= 3
+    secret = tenant.api_key.removeprefix("bk_")
+    for actor in actors:
+        assert "bk_" not in actor
+        for key in (secret, second.removeprefix("bk_")):  # not even 6 characters of a secret in a row
+            assert not any(key[i:i + 6] in actor for i in range(len(key) - 5)), actor

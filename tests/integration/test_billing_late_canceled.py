@@ -13,10 +13,11 @@ import pytest
 
 from billing.domain.invoicing import invoice_request_id
 from billing.domain.periods import to_us
-from billing.services import billing as billing_service
+from billing.services import billing_runs as billing_service
+from billing.services.run_execution import execute_run
 from billing.services import invoice_requests
 from billing.services.context import Caller
-from billing.store import billing as billing_store
+from billing.store import billed_periods as billing_store
 from billing.v1 import billing_pb2 as pb
 from tests.integration.test_billing_scale import NOW, _invoices, _run, _sub, _usage, _weekly_plan
 from tests.integration.test_subscriptions_api import rid
@@ -42,7 +43,7 @@ async def _canceled_at_period_end(stub, admin_conn, tenant, plan, start) -> pb.S
 
 
 async def _shard(admin_conn, sub_id: str) -> int:
-    """The shard of 2 a subscription belongs to (store.billing._in_shard's hash)."""
+    """The shard of 2 a subscription belongs to (store.subscription_scans._in_shard's hash)."""
     return await admin_conn.fetchval("select (hashtext($1::uuid::text) & 2147483647) % 2", uuid.UUID(sub_id))
 
 
@@ -89,14 +90,14 @@ async def test_canceled_at_period_end_late_usage_is_billed_once_by_the_next_run(
         raise ConnectionResetError("killed mid-transaction")
     monkeypatch.setattr(billing_store, "mark_late_billed", crash)
     with pytest.raises(ConnectionResetError):
-        await billing_service.execute_run(service.db, tid, second.id)
+        await execute_run(service.db, tid, second.id)
     monkeypatch.setattr(billing_store, "mark_late_billed", real)
     assert len(await _invoices(admin_conn, tid, sub.id)) == 1
     assert await admin_conn.fetchval("select count(*) from late_usage_billed where tenant_id = $1", tid) == 0
     assert await _pending(admin_conn, tid) == {sub.id}  # rolled back with the rest
 
     # The request delivered again: the run bills the late usage, once.
-    done = await billing_service.execute_run(service.db, tid, second.id)
+    done = await execute_run(service.db, tid, second.id)
     assert done.status == "completed"
     assert (done.subscriptions_due, done.subscriptions_billed, done.subscriptions_failed) == (1, 1, 0)
     assert done.totals == (("EUR", "1.50"),)
@@ -125,7 +126,7 @@ async def test_canceled_at_period_end_late_usage_is_billed_once_by_the_next_run(
     assert audit == 1
 
     # Redelivered once more, then a new run: nothing left to bill.
-    again = await billing_service.execute_run(service.db, tid, second.id)
+    again = await execute_run(service.db, tid, second.id)
     assert again.subscriptions_billed == 1
     third = await _run(service, tenant, NOW())
     assert (third.subscriptions_due, third.subscriptions_billed, third.totals) == (0, 0, ())
@@ -235,8 +236,8 @@ async def test_two_shards_bill_each_canceled_subscriptions_late_usage_once(servi
     caller = Caller(tid, "test")
     run = await billing_service.run_billing(service.db, caller, rid(), "", NOW(), shards=2)
     # Each shard executed twice at once (a redelivery during a rebalance), then again.
-    await asyncio.gather(*(billing_service.execute_run(service.db, tid, run.id, shard=s) for s in (0, 1, 0, 1)))
-    await asyncio.gather(*(billing_service.execute_run(service.db, tid, run.id, shard=s) for s in (0, 1)))
+    await asyncio.gather(*(execute_run(service.db, tid, run.id, shard=s) for s in (0, 1, 0, 1)))
+    await asyncio.gather(*(execute_run(service.db, tid, run.id, shard=s) for s in (0, 1)))
     done = await billing_service.get_billing_run(service.db, caller, str(run.id))
     assert done.status == "completed"
     assert (done.subscriptions_due, done.subscriptions_billed, done.subscriptions_failed) == (n, n, 0)

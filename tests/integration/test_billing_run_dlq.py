@@ -17,7 +17,8 @@ from billing import codec
 from billing.devstack import free_port
 from billing.kafka import consumer_config, producer_config
 from billing.runtime import BILLING_GROUP
-from billing.store.db import init_connection
+from billing.services.run_executor import ExecutorSettings, RunExecutor
+from billing.store.db import Database, init_connection
 from billing.v1 import billing_pb2 as pb
 from consumers.billing import BillingRunStrategy
 from consumers.runner import ConsumerRunner
@@ -27,9 +28,10 @@ from tests.kafka_helpers import TopicReader, produce, running_roles, wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def kafka_roles(migrated):
-    """The billing consumer and the outbox relay, running in this process."""
+    """The billing consumer (and its executor) and the outbox relay, running in this process;
+    stopped after the test, so that no executor but the next test's own runs meanwhile."""
     async with running_roles(migrated, ("billing", "relay")) as svc:
         yield svc
 
@@ -122,8 +124,9 @@ async def _true(value: bool) -> bool:
 
 
 async def test_a_database_outage_during_a_run_is_retried_not_dead_lettered(migrated, stub, tenant, admin_conn):
-    """execute_run's database is unreachable (connection refused): the batch rolls back and
-    is retried until it comes back, nothing is dead-lettered, and the run then completes."""
+    """The executor's database is unreachable (connection refused): the consumer recorded the
+    run request and committed its offset at once (a durable job), the executor retries
+    until the database comes back, nothing is dead-lettered, and the run then completes."""
     plan = await _usage_plan(stub, tenant)
     await _sub_started(stub, tenant, plan, days_ago=40)
     run_id = await _recorded_run(admin_conn, tenant.id)
@@ -132,32 +135,40 @@ async def test_a_database_outage_during_a_run_is_retried_not_dead_lettered(migra
     for future in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
         future.result(30)
 
-    pool = await asyncpg.create_pool(migrated.database_url, min_size=1, max_size=4, init=init_connection)
+    pool = await asyncpg.create_pool(migrated.worker_database_url, min_size=1, max_size=4, init=init_connection)
     # Nothing listens there: every connection attempt of the run fails with an OSError.
     away = await asyncpg.create_pool(f"postgresql://billing_app:billing_app@127.0.0.1:{free_port()}/billing",
                                      min_size=0, max_size=2, init=init_connection)
-    strategy = BillingRunStrategy(away)
+    strategy = BillingRunStrategy()
+    executor = RunExecutor(Database(away), ExecutorSettings(backoff_s=0.1, max_backoff_s=0.5, poll_s=0.05))
     group = f"billing-run-dlq-test-{uuid.uuid4().hex[:8]}"
     runner = ConsumerRunner(
         pool=pool, kafka_config=consumer_config(migrated, group, **{"session.timeout.ms": 6000}), topics=[topic],
         group_id=group, strategy=strategy, dlq_topic=migrated.topics.billing_runs_dlq,
         producer_config=producer_config(migrated), max_batch_size=10, max_batch_wait_s=0.05, backoff_max_s=0.3)
     task = asyncio.create_task(runner.run())
+    executing = asyncio.create_task(executor.run())
     try:
         await asyncio.to_thread(produce, migrated, topic, [(f"{run_id}/0".encode(), _request(tenant.id, str(run_id)))])
-        await wait_until(lambda: _true(runner.stats.retries >= 3), timeout_s=30)
-        assert runner.stats.dead_letters == 0 and runner.stats.messages == 0  # nothing committed, nothing lost
+        await wait_until(lambda: _true(executor.stats.retries >= 3), timeout_s=30)
+        await wait_until(lambda: _true(runner.stats.messages == 1))  # recorded and committed at once
+        assert runner.stats.dead_letters == 0 and runner.stats.counters["runs"] == 1
+        assert await admin_conn.fetchval("select status from billing_run_shards where run_id = $1", run_id) \
+            == "pending"  # the job is durable; nothing executed, nothing lost
         status = await admin_conn.fetchval("select status from billing_runs where id = $1", run_id)
         assert status == "pending"
+        assert executor.stats.executed == 0
 
-        strategy.pool = pool  # the database is back
+        executor.db = Database(pool)  # the database is back
         done = await _completed(stub, tenant, str(run_id))
         assert (done.status, done.subscriptions_billed) == (pb.BILLING_RUN_STATUS_COMPLETED, 1)
-        await wait_until(lambda: _true(runner.stats.messages == 1))
-        assert runner.stats.dead_letters == 0 and runner.stats.counters["runs"] == 1
+        await wait_until(lambda: _true(executor.stats.executed == 1))
+        assert runner.stats.dead_letters == 0 and runner.stats.messages == 1
     finally:
         runner.stop()
+        executor.stop()
         await asyncio.wait_for(task, 30)
+        await asyncio.wait_for(executing, 30)
         await away.close()
         await pool.close()
         admin.delete_topics([topic])

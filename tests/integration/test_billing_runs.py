@@ -13,7 +13,8 @@ import pytest
 
 from billing import codec
 from billing.domain.invoicing import invoice_request_id
-from billing.services import billing as billing_service
+from billing.services import billing_runs as billing_service
+from billing.services.run_execution import execute_run
 from billing.services.context import Caller
 from billing.v1 import billing_pb2 as pb
 from tests.integration.test_plans_api import plan_request
@@ -202,8 +203,8 @@ async def test_two_runs_at_once_bill_each_period_once_and_a_rerun_resumes(servic
     a = await billing_service.run_billing(service.db, caller, rid(), "a", as_of)
     b = await billing_service.run_billing(service.db, caller, rid(), "b", as_of)
     ra, rb = await asyncio.gather(
-        billing_service.execute_run(service.db, caller.tenant_id, a.id, chunk_size=5),
-        billing_service.execute_run(service.db, caller.tenant_id, b.id, chunk_size=5))
+        execute_run(service.db, caller.tenant_id, a.id, chunk_size=5),
+        execute_run(service.db, caller.tenant_id, b.id, chunk_size=5))
     assert ra.status == rb.status == "completed"
     assert ra.subscriptions_billed + rb.subscriptions_billed == 12 and ra.subscriptions_failed == 0
     # In arrears, 10.00 per ended period, no usage: 12 subscriptions * 2 periods * 10.00 = 240.00.
@@ -217,7 +218,7 @@ async def test_two_runs_at_once_bill_each_period_once_and_a_rerun_resumes(servic
         "select count(*) from outbox where tenant_id = $1 and stream = 'invoice_requests'", uuid.UUID(tenant.id))
     assert outbox == 24
     # Executing a run again (a redelivered request) changes nothing.
-    again = await billing_service.execute_run(service.db, caller.tenant_id, a.id)
+    again = await execute_run(service.db, caller.tenant_id, a.id)
     assert again == await billing_service.get_billing_run(service.db, caller, str(a.id))
     assert again.subscriptions_billed == ra.subscriptions_billed
     assert await admin_conn.fetchval(
@@ -233,7 +234,7 @@ async def test_a_failing_subscription_is_recorded_and_does_not_stop_the_run(serv
     await admin_conn.execute("""update subscriptions set metadata = '{"n": 1}' where id = $1""", uuid.UUID(bad.id))
     caller = Caller(uuid.UUID(tenant.id), "test")
     run = await billing_service.run_billing(service.db, caller, rid(), "", datetime.now(timezone.utc))
-    done = await billing_service.execute_run(service.db, caller.tenant_id, run.id, chunk_size=2)
+    done = await execute_run(service.db, caller.tenant_id, run.id, chunk_size=2)
     assert (done.status, done.subscriptions_due, done.subscriptions_billed, done.subscriptions_failed) == (
         "completed", 4, 3, 1)
     assert [s for s, _ in done.failures] == [bad.id] and "CodecError" in done.failures[0][1]

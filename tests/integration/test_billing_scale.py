@@ -15,10 +15,11 @@ from billing.domain.invoicing import invoice_request_id
 from billing.domain.periods import add_interval, to_us
 from billing.domain.plans import IntervalUnit
 from billing.domain.pricing import Line
-from billing.services import billing as billing_service
+from billing.services import billing_runs as billing_service
+from billing.services.run_execution import execute_run
 from billing.services.context import Caller
 from billing.services.usage import PlanCache, UsageEvent, UsageLimits, ingest
-from billing.store import billing as billing_store
+from billing.store import period_usage as billing_store
 from billing.store import pending_lines
 from billing.v1 import billing_pb2 as pb
 from tests.integration.test_plans_api import plan_request
@@ -59,7 +60,7 @@ async def _invoices(admin_conn, tenant_id: uuid.UUID, sub_id: str) -> list[dict]
 async def _run(service, tenant, as_of: datetime, **kw) -> billing_service.BillingRun:
     caller = Caller(uuid.UUID(tenant.id), "test")
     run = await billing_service.run_billing(service.db, caller, rid(), "", as_of)
-    return await billing_service.execute_run(service.db, caller.tenant_id, run.id, **kw)
+    return await execute_run(service.db, caller.tenant_id, run.id, **kw)
 
 
 async def test_late_usage_is_billed_once_in_the_next_invoice_naming_its_period(service, stub, tenant, admin_conn):
@@ -178,7 +179,7 @@ async def test_a_run_skips_a_subscription_a_usage_batch_holds_then_bills_its_usa
     await asyncio.sleep(0.5)
     caller = Caller(tid, "test")
     run = await billing_service.run_billing(service.db, caller, rid(), "", NOW())
-    execution = asyncio.create_task(billing_service.execute_run(service.db, tid, run.id))
+    execution = asyncio.create_task(execute_run(service.db, tid, run.id))
     await asyncio.sleep(1.5)
     assert not execution.done()  # the held subscription is still due
     assert await admin_conn.fetchval("select count(*) from billed_periods where subscription_id = $1", sid) == 0
@@ -345,7 +346,7 @@ async def test_a_sharded_run_is_executed_by_two_billing_consumers(migrated, serv
         "select shard, status, subscriptions_due, executed_by from billing_run_shards where run_id = $1", run.id)
     assert sorted(s["shard"] for s in shards) == list(range(16))
     assert {s["status"] for s in shards} == {"completed"} and sum(s["subscriptions_due"] for s in shards) == n
-    assert len({s["executed_by"] for s in shards}) == 2  # both consumers executed shards
+    assert len({s["executed_by"] for s in shards}) == 2  # both executors executed shards
 
 
 async def test_an_immediate_cancel_waits_for_a_usage_batch_and_bills_its_event(service, stub, tenant, admin_conn):

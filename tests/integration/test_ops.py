@@ -80,14 +80,18 @@ async def test_readiness_names_what_is_missing_and_kafka_can_be_left_out(migrate
 
     nowhere = f"127.0.0.1:{free_port()}"
     down = Readiness(service.db, nowhere, migrated.migrations_dir, timeout_s=1, export_metrics=False)
-    assert await down.check_once() is False
-    assert down.checks["kafka"].startswith("unreachable") and down.checks["postgres"] == "ok"
-
     missing = Readiness(service.db, migrated.kafka_bootstrap_servers, migrated.migrations_dir,
                         required_topics=("billing.no-such-topic.v1",), export_metrics=False)
-    assert await missing.check_once() is False
-    assert missing.checks["kafka"] == "missing topics: billing.no-such-topic.v1"
-
     api_only = Readiness(service.db, nowhere, migrated.migrations_dir, check_kafka=False, export_metrics=False)
-    assert await api_only.check_once() is True
-    assert api_only.checks == {"postgres": "ok", "migrations": "ok", "kafka": "not required"}
+    try:
+        assert await down.check_once() is False
+        assert down.checks["kafka"].startswith("unreachable") and down.checks["postgres"] == "ok"
+
+        assert await missing.check_once() is False
+        assert missing.checks["kafka"] == "missing topics: billing.no-such-topic.v1"
+
+        assert await api_only.check_once() is True
+        assert api_only.checks == {"postgres": "ok", "migrations": "ok", "kafka": "not required"}
+    finally:
+        for readiness in (down, missing, api_only):  # each checks on a connection of its own
+            await readiness.close()

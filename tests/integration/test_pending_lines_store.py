@@ -24,7 +24,7 @@ def _line(kind: str, amount: str, fraction: Fraction | None = Fraction(1, 2)) ->
 
 
 async def _app_conn(migrated, tenant_id: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(migrated.database_url)
+    conn = await asyncpg.connect(migrated.worker_database_url)
     await init_connection(conn)
     return conn
 
@@ -68,7 +68,7 @@ async def test_opened_by_a_run_is_the_billed_period_ending_at_the_start(migrated
     for many subscriptions, an API call for one) against billed periods [T0, T1), [T1, T2),
     written by insert_billed_periods, which also reports a period billed before (its
     fallback after a unique violation) without marking it twice."""
-    from billing.store import billing as billing_store
+    from billing.store import billed_periods as billing_store
 
     plan = await make_plan(stub, tenant)
     sub, other = await make_sub(stub, tenant, plan), await make_sub(stub, tenant, plan)

@@ -64,7 +64,7 @@ async def test_create_get_list_archive(stub, tenant, admin_conn):
     assert [r["action"] for r in rows] == ["plan.created", "plan.archived"]
     assert rows[0]["before"] is None and rows[0]["after"]["status"] == "active"
     assert rows[1]["before"]["status"] == "active" and rows[1]["after"]["status"] == "archived"
-    assert rows[0]["request_id"] == req.request_id and rows[0]["actor"].startswith("api:bk_")
+    assert rows[0]["request_id"] == req.request_id and rows[0]["actor"] == f"api:{tenant.api_key_id}"
 
 
 async def test_duplicate_code_is_already_exists(stub, tenant):

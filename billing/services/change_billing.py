@@ -1,0 +1,80 @@
+"""What a subscription change bills: its proration lines (and an immediate cancel's final
+usage) put where the proration behavior says - pending lines for the next invoice, or one
+invoice request now (docs/proration.md)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from billing.domain import proration as pr
+from billing.domain.lifecycle import SubscriptionStatus
+from billing.domain.money import decimal_to_str
+from billing.domain.plans import PlanSpec
+from billing.domain.pricing import Line, price_usage, total
+from billing.domain.subscriptions import Change, Subscription
+from billing.services import invoice_requests, period_reads
+from billing.services.context import Caller
+from billing.store import billed_periods, pending_lines
+
+
+async def charged_in_advance(conn: asyncpg.Connection, caller: Caller, sub: Subscription) -> bool:
+    if sub.current_period_start is None:
+        return False
+    return sub.id in await billed_periods.opened_by_a_run(conn, caller.tenant_id, [(sub.id, sub.current_period_start)])
+
+
+async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscription, spec: PlanSpec,
+                       end: datetime) -> list[Line]:
+    """Usage of the current period up to an immediate cancel, priced like a period close
+    (the run never bills a canceled subscription again). A trial's usage is free."""
+    if (sub.status is SubscriptionStatus.TRIALING or sub.current_period_start is None
+            or sub.current_period_end is None or not spec.usage_charges):
+        return []
+    start = sub.current_period_start
+    end = min(end, sub.current_period_end)  # a cancel after the period ended (run not yet there)
+    if end <= start:
+        return []
+    usage, _ = await period_reads.usage_of_period(conn, caller.tenant_id, sub.id, spec, start)
+    return [ln for priced in price_usage(spec, usage, start, end) for ln in priced.lines]
+
+
+
+async def bill(conn: asyncpg.Connection, caller: Caller, source: str, before: Subscription, spec: PlanSpec,
+                change: Change, settled: pr.Proration, behavior: pr.Behavior, *,
+                final_at: datetime | None = None) -> Change:
+    """Put the proration lines where `behavior` says and return the change, its details
+    naming what was billed.
+
+    NEXT_INVOICE: into pending_lines, for the subscription's next invoice request.
+    INVOICE_NOW, and always for an immediate cancel (`final_at`; the run bills a canceled
+    subscription no more): one invoice request now, with every line of the subscription not
+    billed yet, these lines and (cancel) the usage of the cut-short period; the lines are
+    kept in pending_lines, marked billed by that request. NONE: the domain made no lines.
+    """
+    tenant = caller.tenant_id
+    sub = settled.subscription
+    lines = list(settled.lines)
+    details = dict(change.details)
+    currency = spec.currency
+    if final_at is not None or behavior is pr.Behavior.INVOICE_NOW:
+        if final_at is not None:
+            lines += await _final_usage(conn, caller, before, spec, final_at)
+        unbilled = (await pending_lines.unbilled(conn, tenant, [sub.id])).get(sub.id, [])
+        all_lines = [ln for _, ln in unbilled] + lines
+        if all_lines:
+            request = invoice_requests.request_id(tenant, sub.id, source)
+            await invoice_requests.enqueue(conn, tenant, [invoice_requests.encode(
+                tenant_id=tenant, invoice_request_id=request, run_id=invoice_requests.NO_RUN, sub=sub,
+                currency=currency, lines=all_lines)])
+            await pending_lines.mark_billed(conn, tenant, [i for i, _ in unbilled], [request] * len(unbilled))
+            await pending_lines.add(conn, tenant, sub.id, currency, lines, source, invoice_request_id=request)
+            details["invoice_request_id"] = str(request)
+            details["invoice_total"] = decimal_to_str(total(all_lines))
+    elif lines:
+        await pending_lines.add(conn, tenant, sub.id, currency, lines, source)
+    if settled.lines:
+        details["proration_lines"] = str(len(settled.lines))
+        details["proration_total"] = decimal_to_str(total(settled.lines))
+        details["proration_behavior"] = behavior.value
+    return Change(sub, change.event, details)

@@ -1,0 +1,165 @@
+"""Closing periods, one chunk of subscriptions at a time: bulk read -> pure compute -> bulk
+write, in the caller's transaction (docs/billing.md, "A chunk"). A billing run closes its
+shard chunk by chunk (run_execution); a change closes the ended periods of the one
+subscription it changes first (`close_ended_periods`)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import NamedTuple, Sequence
+
+import asyncpg
+
+from billing.domain import invoicing
+from billing.domain.invoicing import ClosedPeriod
+from billing.domain.lifecycle import SubscriptionStatus
+from billing.domain.plans import PlanSpec
+from billing.domain.pricing import Line, PeriodUsage
+from billing.domain.subscriptions import Subscription
+from billing.services import invoice_requests, period_reads, period_writes
+from billing.services.context import Caller
+from billing.services.errors import FailedPrecondition
+from billing.services.run_metrics import ChunkOutcome
+from billing.store import billed_periods
+
+log = logging.getLogger(__name__)
+
+# A run bills at most this many periods of one subscription (a daily plan a year behind
+# is 366); more means something is wrong with the subscription: it fails alone.
+MAX_PERIODS_PER_SUBSCRIPTION = 1000
+_NO_USAGE: dict[str, PeriodUsage] = {}
+
+
+@dataclass
+class CloseContext:
+    """What the closes of a chunk share: who closes (a run, or none: NO_RUN), as of when,
+    and the plans read so far (plans never change once created)."""
+
+    tenant_id: uuid.UUID
+    run_id: uuid.UUID
+    as_of: datetime
+    request_id: str = ""  # of the audit rows and events (default: the run id)
+    plans: dict[uuid.UUID, PlanSpec] = field(default_factory=dict)
+
+
+@dataclass
+class Billed:
+    """One subscription's outcome in a chunk, computed before anything is written."""
+
+    sub: Subscription  # as it was
+    closed: list[ClosedPeriod]
+    plans: list[uuid.UUID]  # the plan in effect during each closed period
+    trials: list[bool]  # whether each closed period was a trial
+    payloads: list[bytes | None]  # the encoded invoice request of each closed period (None: no lines)
+    request_ids: list[str]  # the invoice request id of each closed period, as text ("": no lines)
+    late_events: list[str]  # late event ids billed by the first closed period
+    pending: list[uuid.UUID]  # pending line ids billed by the first closed period
+
+
+async def bill_chunk(conn: asyncpg.Connection, caller: Caller, ctx: CloseContext,
+                     subs: list[Subscription]) -> ChunkOutcome:
+    """One chunk, set-based: a fixed number of round trips whatever its size. A subscription
+    whose computation raises is left out before anything is written (recorded as failed,
+    with its reason); billed_periods refuses a period billed before, whose close then only
+    advances the subscription."""
+    inputs = await period_reads.read_chunk(conn, ctx.tenant_id, ctx.plans, subs, ctx.as_of)
+    chunk = ChunkOutcome(due=len(subs))
+    # The Python work runs in a thread: the event loop stays free to drive another worker's
+    # statements meanwhile, so PostgreSQL and Python overlap.
+    outcomes = await asyncio.to_thread(_compute, ctx, subs, inputs, chunk)
+    billed_before = await billed_periods.insert_billed_periods(conn, ctx.tenant_id, ctx.run_id, [
+        (o.sub.id, c.period_start, c.period_end, c.invoice_request_id if c.lines else None, plan, trial)
+        for o in outcomes for c, plan, trial in zip(o.closed, o.plans, o.trials)])
+    request_id = ctx.request_id or str(ctx.run_id)
+    writes = await asyncio.to_thread(period_writes.rows_of, caller, ctx.run_id, outcomes, billed_before, chunk)
+    await period_writes.write(conn, caller, ctx.run_id, request_id, outcomes, writes)
+    return chunk
+
+
+class _RequestIds(NamedTuple):
+    tenant: str
+    run: str
+    issued_at: datetime
+
+
+def _compute(ctx: CloseContext, subs: list[Subscription], inputs: period_reads.ChunkInputs,
+             chunk: ChunkOutcome) -> list[Billed]:
+    """Every closed period of the chunk, in the pure domain; failures recorded in `chunk`."""
+    outcomes: list[Billed] = []
+    # One issue time per chunk, and the ids as text once, not per invoice request.
+    ids = _RequestIds(str(ctx.tenant_id), str(ctx.run_id), datetime.now(timezone.utc))
+    for sub in subs:
+        try:
+            outcomes.append(_close_all(ctx, ids, sub, inputs.usage, sub.id in inputs.charged,
+                                       inputs.late.get(sub.id, ()), inputs.pending.get(sub.id, ())))
+        except Exception as exc:  # noqa: BLE001 - recorded with its reason; the run goes on
+            chunk.fail(sub.id, f"{type(exc).__name__}: {exc}")
+            log.warning("subscription not billed", extra={"subscription_id": str(sub.id),
+                                                          "reason": chunk.failures[-1]["reason"]})
+    return outcomes
+
+
+def _close_all(ctx: CloseContext, ids: _RequestIds, sub: Subscription, usage: period_reads.UsageByPeriod,
+               charged_in_advance: bool, late: Sequence[tuple[list[str], Line]],
+               pending: Sequence[tuple[uuid.UUID, Line]]) -> Billed:
+    """Close every ended period of `sub` (pure computation and encoding, nothing written).
+    Late usage and pending adjustment lines go into the first period closed."""
+    out = Billed(sub, [], [], [], [], [], [e for ids, _ in late for e in ids], [i for i, _ in pending])
+    extra = [ln for _, ln in late] + [ln for _, ln in pending]
+    plans, current = ctx.plans, sub
+    while invoicing.is_due(current, ctx.as_of):
+        if len(out.closed) >= MAX_PERIODS_PER_SUBSCRIPTION:
+            raise RuntimeError(f"more than {MAX_PERIODS_PER_SUBSCRIPTION} periods due")
+        assert current.current_period_start is not None  # is_due: it has a period
+        closed = invoicing.close_period(
+            ctx.tenant_id, current, plans[current.plan_id],
+            usage.get((current.id, current.current_period_start), _NO_USAGE),
+            next_plan=plans.get(current.pending_plan_id) if current.pending_plan_id else None,
+            charged_in_advance=charged_in_advance, extra_lines=extra,
+        )
+        _add_closed(out, ids, current, closed)
+        current = closed.subscription
+        charged_in_advance = True  # the next period was opened (and, in advance, charged) right here
+        extra = []
+    return out
+
+
+def _add_closed(out: Billed, ids: _RequestIds, current: Subscription, closed: ClosedPeriod) -> None:
+    out.closed.append(closed)
+    out.plans.append(current.plan_id)
+    out.trials.append(current.status is SubscriptionStatus.TRIALING)
+    if not closed.lines:
+        out.request_ids.append("")
+        out.payloads.append(None)
+        return
+    rid, payload = invoice_requests.encode(
+        tenant_id=ids.tenant, invoice_request_id=str(closed.invoice_request_id), run_id=ids.run, sub=current,
+        currency=closed.currency, lines=closed.lines, period=(closed.period_start, closed.period_end),
+        issued_at=ids.issued_at)
+    out.request_ids.append(rid)
+    out.payloads.append(payload)
+
+
+async def close_ended_periods(conn: asyncpg.Connection, caller: Caller, sub: Subscription, as_of: datetime,
+                              request_id: str) -> ChunkOutcome | None:
+    """Bill the periods of `sub` that ended by `as_of` and no run closed yet, in the caller's
+    transaction, which holds the subscription's row locked: what a run would do for it,
+    with no run (`run_id` the nil UUID) and the caller as the actor. A change made after a
+    period ended but before a run closed it then applies to the period that holds its
+    time, and the ended period is billed in full (docs/billing.md).
+
+    Returns what was billed, None when nothing was due (the caller reads the subscription
+    again, and passes it to `run_metrics.observe_closed` once its transaction committed).
+    FailedPrecondition when the subscription cannot be billed (its reason): the caller's
+    change is refused rather than applied to a period that stays unbilled."""
+    if not invoicing.is_due(sub, as_of):
+        return None
+    ctx = CloseContext(caller.tenant_id, invoice_requests.NO_RUN, as_of, request_id=request_id)
+    chunk = await bill_chunk(conn, caller, ctx, [sub])
+    if chunk.failures:
+        raise FailedPrecondition(f"subscription {sub.id}: its ended period cannot be billed: "
+                                 f"{chunk.failures[0]['reason']}")
+    return chunk
