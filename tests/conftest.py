@@ -88,6 +88,16 @@ async def service(migrated):
 
 
 @pytest.fixture(scope="session")
+async def worker_db(migrated):
+    """A pool as the worker role (consumers, scheduler, relay, run executor): it may enter any tenant."""
+    from billing.store.db import Database
+
+    db = await Database.connect(migrated.worker_database_url, min_size=1, max_size=4)
+    yield db
+    await db.close()
+
+
+@pytest.fixture(scope="session")
 async def channel(service):
     import grpc
 

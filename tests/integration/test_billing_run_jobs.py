@@ -28,36 +28,36 @@ async def _record(db, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int, trace
         return await record_shard_request(ConnectionScope(conn), tenant_id, run_id, shard, traceparent)
 
 
-async def test_the_consumer_records_a_shard_once_and_refuses_unknown_ones(service, stub, tenant, admin_conn):
+async def test_the_consumer_records_a_shard_once_and_refuses_unknown_ones(tenant, admin_conn, worker_db):
     tid = uuid.UUID(tenant.id)
-    run = await billing_runs.run_billing(service.db, Caller(tid, "test"), rid(), "", datetime.now(timezone.utc),
+    run = await billing_runs.run_billing(worker_db, Caller(tid, "test"), rid(), "", datetime.now(timezone.utc),
                                          shards=2)
-    first = await _record(service.db, tid, run.id, 1, "00-" + "a" * 32 + "-" + "b" * 16 + "-01")
-    again = await _record(service.db, tid, run.id, 1)
+    first = await _record(worker_db, tid, run.id, 1, "00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    again = await _record(worker_db, tid, run.id, 1)
     assert first.outcome is again.outcome is ShardRequest.RECORDED and first.shard_count == 2
     rows = await admin_conn.fetch("select shard, status, traceparent, lease_until from billing_run_shards "
                                   "where run_id = $1", run.id)
     assert [(r["shard"], r["status"], r["lease_until"]) for r in rows] == [(1, "pending", None)]
     assert rows[0]["traceparent"].startswith("00-aaaa")  # the first recording's, kept
-    assert (await _record(service.db, tid, run.id, 2)).outcome is ShardRequest.UNKNOWN_SHARD
-    assert (await _record(service.db, tid, uuid.uuid4(), 0)).outcome is ShardRequest.UNKNOWN_RUN
-    assert (await _record(service.db, uuid.uuid4(), run.id, 0)).outcome is ShardRequest.UNKNOWN_RUN
+    assert (await _record(worker_db, tid, run.id, 2)).outcome is ShardRequest.UNKNOWN_SHARD
+    assert (await _record(worker_db, tid, uuid.uuid4(), 0)).outcome is ShardRequest.UNKNOWN_RUN
+    assert (await _record(worker_db, uuid.uuid4(), run.id, 0)).outcome is ShardRequest.UNKNOWN_RUN
     with pytest.raises(Exception, match="shards"):
-        await billing_runs.run_billing(service.db, Caller(tid, "test"), rid(), "", None, shards=0)
+        await billing_runs.run_billing(worker_db, Caller(tid, "test"), rid(), "", None, shards=0)
 
 
 async def test_a_crashed_executors_shard_is_claimed_again_once_its_lease_ran_out(service, stub, tenant,
-                                                                                 admin_conn):
+                                                                                 admin_conn, worker_db):
     plan = await _usage_plan(stub, tenant, timing=pb.BILLING_TIMING_IN_ARREARS)
     sub = await _sub_started(stub, tenant, plan, days_ago=40)
     tid = uuid.UUID(tenant.id)
-    run = await billing_runs.run_billing(service.db, Caller(tid, "test"), rid(), "", datetime.now(timezone.utc))
-    assert (await _record(service.db, tid, run.id, 0)).outcome is ShardRequest.RECORDED
+    run = await billing_runs.run_billing(worker_db, Caller(tid, "test"), rid(), "", datetime.now(timezone.utc))
+    assert (await _record(worker_db, tid, run.id, 0)).outcome is ShardRequest.RECORDED
     # An executor claims the shard and dies at once: it never renews its lease.
-    async with service.db.tenant_tx(tid) as conn:
+    async with worker_db.tenant_tx(tid) as conn:
         assert await runs_store.claim_shard(conn, tid, run.id, 0, "dead", 2.0) == ""
         assert await runs_store.claim_shard(conn, tid, run.id, 0, "other", 2.0) is None  # leased: not twice
-    executor = RunExecutor(service.db, ExecutorSettings(lease_s=5.0, renew_s=1.0, poll_s=0.05))
+    executor = RunExecutor(worker_db, ExecutorSettings(lease_s=5.0, renew_s=1.0, poll_s=0.05))
     task = asyncio.create_task(executor.run())
     try:
         await asyncio.sleep(0.5)

@@ -35,7 +35,7 @@ async def test_readiness_checks_the_leaders_of_the_partitions_the_consumer_role_
     svc = Service(settings, roles=("billing",))
     await svc.start()
     try:
-        (_, runner, _), = svc._roles
+        runner = next(component for name, component, _ in svc._roles if name == "billing")
         await asyncio.wait_for(runner.assigned.wait(), 60)
         held = {tp for source in svc.readiness.assignments for tp in source()}
         assert held == {(topic, 0), (topic, 1), (topic, 2)}
