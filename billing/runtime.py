@@ -18,6 +18,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 
+from billing import bootstrap
 from billing.api.server import GrpcServer
 from billing.api.tls import ServerTls
 from billing.config import Settings
@@ -53,6 +54,7 @@ class Service:
     worker_db: Database | None = None
     grpc: GrpcServer | None = None
     readiness: Readiness | None = None
+    components: bootstrap.Components | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _roles: list[tuple[str, object, asyncio.Task]] = field(default_factory=list)
     _http_runner: object | None = None
@@ -73,6 +75,7 @@ class Service:
             from billing.kafka_topics import check_at_start
 
             await asyncio.to_thread(check_at_start, s)
+        self.components = app = bootstrap.build(s)
         self.db, self.worker_db = await open_databases(s, self.roles)
         track_pool(self.db.pool)
         from billing.kafka import admin_config
@@ -83,7 +86,8 @@ class Service:
         self._tasks.append(asyncio.create_task(self._wait_for_schema(), name="wait-for-migrations"))
         if "api" in self.roles:
             self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, tls=ServerTls.from_settings(s),
-                                   max_concurrent_calls=s.grpc_max_concurrent_calls, run_shards=s.run_shards)
+                                   max_concurrent_calls=s.grpc_max_concurrent_calls, usage=app.usage,
+                                   run_shards=app.runs.shards)
             if warning := grpc_warning(self.grpc.tls.mode, self.grpc.address):
                 log.warning(warning)
             await self.grpc.start()
@@ -94,7 +98,7 @@ class Service:
         if "commands" in self.roles:
             self._start_consumer("commands", self._command_consumer())
         if "usage" in self.roles:
-            self._start_consumer("usage", usage_consumer(s, self.worker_db.pool))
+            self._start_consumer("usage", usage_consumer(s, self.worker_db.pool, components=app))
         if "billing" in self.roles:
             from billing.services.run_executor import RunExecutor
 
@@ -107,7 +111,7 @@ class Service:
             # Each round resumes what is due before it requests the runs (unless auto-resume is off).
             resume_batch = s.auto_resume_batch_size if s.auto_resume_interval_s > 0 else 0
             self._start_role("scheduler", Scheduler(self.worker_db, s.scheduler_interval_s, resume_batch_size=resume_batch,
-                                                    run_shards=s.run_shards))
+                                                    run_shards=app.runs.shards))
         if "scheduler" in self.roles and s.auto_resume_interval_s > 0:
             from billing.services.scheduler import AutoResumer
 
@@ -242,10 +246,9 @@ def tune_gc() -> None:
     """Keep the cyclic garbage collector off the hot path.
 
     A consumer batch allocates hundreds of thousands of short-lived, acyclic objects
-    (messages, tuples, dicts) that reference counting frees on its own. With the default
-    gen-0 threshold (700 allocations) the collector ran constantly and took about a fifth
-    of the usage consumer's CPU (py-spy). Freeze what start-up built, so full collections
-    never walk it, and collect young objects far less often.
+    (messages, tuples, dicts) that reference counting frees on its own; at the default gen-0
+    threshold the collector runs constantly (docs/usage.md, Throughput). Freeze what start-up
+    built, so full collections never walk it, and collect young objects far less often.
     """
     gc.collect()
     gc.freeze()
@@ -275,22 +278,18 @@ async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
     return 1 if service.failed.is_set() else 0
 
 
-def usage_limits(settings: Settings):
-    from billing.services.usage import UsageLimits
-
-    return UsageLimits(max_future_skew_us=settings.usage_max_future_skew_s * 1_000_000,
-                       max_age_us=settings.usage_max_age_days * 86_400 * 1_000_000)
-
-
-def usage_consumer(settings: Settings, pool, **overrides):
-    """The usage consumer as configured (the benchmark builds the same one)."""
+def usage_consumer(settings: Settings, pool, components: bootstrap.Components | None = None, **overrides):
+    """The usage consumer as configured (the benchmark builds the same one); `components`:
+    what it shares with the process's other roles (billing/bootstrap.py)."""
     from billing.kafka import consumer_config, producer_config
     from consumers.runner import ConsumerRunner
     from consumers.usage import UsageStrategy
 
+    app = components or bootstrap.build(settings)
+
     options = dict(
         pool=pool, kafka_config=consumer_config(settings, USAGE_GROUP),
-        topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(usage_limits(settings)),
+        topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(app.usage_limits, app.plans),
         dlq_topic=settings.topics.usage_dlq, producer_config=producer_config(settings),
         max_batch_size=settings.usage_batch_size, max_batch_wait_s=0.5, max_bad_share=settings.usage_max_bad_share,
         observer=ConsumerMetrics(USAGE_GROUP), max_message_bytes=settings.kafka_max_message_bytes,

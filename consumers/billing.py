@@ -30,7 +30,7 @@ from billing import codec
 from billing.ops import tracing
 from billing.ops.logging import current_tenant
 from billing.services.billing_runs import ShardRequest, record_shard_request
-from billing.store.db import ConnectionScope
+from billing.services.uow import ConnectionScope, in_batch
 from consumers.runner import BatchResult, DeadLetter, Message
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class BillingRunStrategy:
     async def process(self, conn, batch: list[Message]) -> BatchResult:
         recorded = 0
         dead: list[DeadLetter] = []
-        scope = ConnectionScope(conn)
+        scope = in_batch(conn)
         for msg in batch:
             letter = await self._record(scope, msg)
             if letter is not None:

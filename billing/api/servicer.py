@@ -5,18 +5,20 @@ from __future__ import annotations
 from billing.api import convert
 from billing.api.errors import rpc
 from billing.services import billing_runs, plans, subscriptions
-from billing.services.usage import Usage
 from billing.services.context import Caller
-from billing.store.db import Database
+from billing.services.uow import Database
+from billing.services.usage import Usage
 from billing.v1 import billing_pb2 as pb
 from billing.v1 import billing_pb2_grpc
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, db: Database, *, run_shards: int = 1):
+    def __init__(self, db: Database, usage: Usage, run_shards: int):
+        # Built once from the settings (billing/bootstrap.py): the usage limits and plan
+        # cache shared with the usage consumer, and the shard count of the runs it requests.
         self.db = db
-        self.run_shards = run_shards  # the shards of each run RunBilling requests (BILLING_RUN_SHARDS)
-        self.usage = Usage()
+        self.usage = usage
+        self.run_shards = run_shards
 
     # -- plans -------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 
 from billing import codec
+from billing.domain.events import Stream
 from billing.domain.periods import to_us
 from billing.ops import metrics
 from billing.services import audit, idempotency, paging
@@ -23,7 +24,7 @@ from billing.services.errors import NotFound, ValidationError
 from billing.store import billing_runs as store
 from billing.store import outbox
 
-RUNS_STREAM = "billing_runs"
+RUNS_STREAM = Stream.BILLING_RUNS
 STATUSES = ("pending", "running", "completed", "failed")
 MAX_SHARDS = 1024
 # RunBilling's as_of may be at most this far ahead of our clock (client clock skew).

@@ -28,7 +28,8 @@ async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscripti
                        end: datetime) -> list[Line]:
     """Usage of the current period up to an immediate cancel, priced like a period close
     (the run never bills a canceled subscription again). A trial's usage is free."""
-    if sub.status is SubscriptionStatus.TRIALING or sub.current_period_start is None or not spec.usage_charges:
+    if (sub.status is SubscriptionStatus.TRIALING or sub.current_period_start is None
+            or sub.current_period_end is None or not spec.usage_charges):
         return []
     start = sub.current_period_start
     end = min(end, sub.current_period_end)  # a cancel after the period ended (run not yet there)

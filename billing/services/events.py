@@ -8,11 +8,12 @@ from typing import Mapping
 import asyncpg
 
 from billing import codec
+from billing.domain.events import Stream
 from billing.domain.periods import to_us
 from billing.services.context import Caller
 from billing.store import outbox
 
-STREAM = "subscription_events"
+STREAM = Stream.SUBSCRIPTION_EVENTS
 _NAMESPACE = uuid.UUID("8f6c1b0e-6a4e-4f43-9d38-3f1b0c2f7a11")
 
 
@@ -30,7 +31,7 @@ async def emit(conn: asyncpg.Connection, caller: Caller, *, event_type: str, sub
 
 def build(caller: Caller, *, event_type: str, subscription_id: str, customer_id: str, occurred_at: datetime,
           cause: str, from_status: str | None = None, to_status: str | None = None, reason: str | None = None,
-          data: Mapping[str, str] | None = None) -> tuple[str, bytes, bytes, dict[str, str]]:
+          data: Mapping[str, object] | None = None) -> tuple[str, bytes, bytes, dict[str, str]]:
     """(event id, key, payload, headers) of one event, for callers that write many at once
     (`outbox.enqueue_many`, stream STREAM)."""
     event_id = str(uuid.uuid5(_NAMESPACE, f"{caller.tenant_id}/{subscription_id}/{cause}/{event_type}"))

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 
 import asyncpg
 
+from billing.domain.events import EventType
 from billing.domain.money import decimal_to_str
 from billing.domain.subscriptions import Subscription
 from billing.services import invoice_requests
@@ -108,7 +109,7 @@ def _audit_row(chunk: ChunkOutcome, ctx: CloseContext, sub: Subscription, rid: s
     details = {"run_id": str(ctx.run_id), "invoice_request_id": rid, "late_events": len(events),
                "period_start": start.isoformat(), "period_end": end.isoformat(),
                "total": decimal_to_str(amount), "currency": currency}
-    return sub.id, "subscription.late_usage_billed", None, {"details": details}
+    return sub.id, EventType.LATE_USAGE_BILLED, None, {"details": details}
 
 
 async def _write(conn: asyncpg.Connection, caller: Caller, ctx: CloseContext, invoices: list, audits: list,

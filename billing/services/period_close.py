@@ -113,6 +113,7 @@ def _close_all(ctx: CloseContext, ids: _RequestIds, sub: Subscription, usage: pe
     while invoicing.is_due(current, ctx.as_of):
         if len(out.closed) >= MAX_PERIODS_PER_SUBSCRIPTION:
             raise RuntimeError(f"more than {MAX_PERIODS_PER_SUBSCRIPTION} periods due")
+        assert current.current_period_start is not None  # is_due: it has a period
         closed = invoicing.close_period(
             ctx.tenant_id, current, plans[current.plan_id],
             usage.get((current.id, current.current_period_start), _NO_USAGE),

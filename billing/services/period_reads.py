@@ -13,6 +13,7 @@ from billing.domain.plans import Aggregation, BillingTiming, PlanSpec, plan_from
 from billing.domain.pricing import Line, PeriodUsage, period_usage
 from billing.domain.subscriptions import Subscription
 from billing.store import billed_periods, pending_lines, period_usage as usage_reads
+from billing.store import plans as plans_store
 from billing.store import usage as usage_store
 
 # (subscription id, period start) -> metric code -> the period's totals
@@ -37,7 +38,10 @@ async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uu
     """Plans (into the `plans` cache), "opened by a run", usage totals of every period to
     close, unique counts, late usage and pending lines of `subs`."""
     ids = [s.id for s in subs]
-    firsts = [(s.id, s.current_period_start) for s in subs]
+    firsts: list[tuple[uuid.UUID, datetime]] = []
+    for s in subs:
+        assert s.current_period_start is not None  # a due subscription has a period
+        firsts.append((s.id, s.current_period_start))
     late_rows = await usage_reads.unbilled_late_usage(conn, tenant, ids)
     plan_ids = {s.plan_id for s in subs} | {s.pending_plan_id for s in subs if s.pending_plan_id}
     await load_plans(conn, tenant, plans, plan_ids | {r["plan_id"] for r in late_rows if r["plan_id"]})
@@ -55,7 +59,7 @@ async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uu
 
 async def load_plans(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], wanted: set[uuid.UUID]) -> None:
     missing = [p for p in wanted if p not in plans]
-    for plan_id, spec in await usage_store.plan_specs(conn, tenant, missing):
+    for plan_id, spec in await plans_store.specs(conn, tenant, missing):
         plans[plan_id] = plan_from_dict(spec)  # plans never change once created
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from billing.domain.events import EventType
 from billing.domain.money import decimal_to_str
 from billing.domain.subscriptions import Subscription
 from billing.services import events, invoice_requests
@@ -95,7 +96,7 @@ def _add_audit_and_event(w: ChunkWrites, caller: Caller, run_text: str, o: "Bill
     w.columns.update(k for k in before if k != "status" or before[k] != after[k])
     after["details"] = details
     w.audits.append((o.sub.id, closed.event, before, after))
-    if closed.event == "subscription.period_advanced":
+    if closed.event == EventType.PERIOD_ADVANCED:
         return  # only a change of status or plan is announced
     _, key, payload, headers = events.build(
         caller, event_type=closed.event, subscription_id=str(o.sub.id), customer_id=o.sub.customer_id,

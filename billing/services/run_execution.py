@@ -126,6 +126,7 @@ async def _complete_if_done(conn: asyncpg.Connection, caller: Caller,
     # Lock order everywhere: the run row, then the shard row (a chunk's progress does the
     # same; the other order deadlocks with a second execution).
     run = await runs_store.get_run(conn, tenant_id, run_id, for_update=True)  # shards finish one by one
+    assert run is not None  # the run of a claimed shard
     await runs_store.finish_shard(conn, tenant_id, run_id, ex.shard)
     if run["status"] == "running" and await runs_store.completed_shards(conn, tenant_id, run_id) >= run["shard_count"]:
         await runs_store.mark_finished(conn, tenant_id, run_id, "completed")
@@ -179,6 +180,7 @@ async def add_progress(conn: asyncpg.Connection, ex: ShardExecution, chunk: Chun
     """Add a chunk's counts to the run and the shard, under the run row's lock."""
     tenant_id, run_id = ex.ctx.tenant_id, ex.ctx.run_id
     run = await runs_store.get_run(conn, tenant_id, run_id, for_update=True)  # serializes concurrent chunks
+    assert run is not None  # the run of a claimed shard
     # Another execution of this run (a repeated request) may have recorded a failure of the
     # same subscription already: record each once, and skip those from now on.
     known = {f["subscription_id"] for f in run["failures"]}

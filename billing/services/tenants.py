@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from billing.store import tenants as tenants_store
+from billing.store.db import set_tenant
 
 KEY_PREFIX = "bk_"
 
@@ -62,6 +63,14 @@ async def authenticate(conn: asyncpg.Connection, api_key: str) -> uuid.UUID | No
     if not api_key.startswith(KEY_PREFIX) or len(api_key) > 200:
         return None
     return await tenants_store.tenant_for_key_hash(conn, hash_key(api_key))
+
+
+async def exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
+    """Whether the tenant exists, asked inside the caller's transaction (in a savepoint that
+    sets the tenant, which row-level security needs to show its row)."""
+    async with conn.transaction():
+        await set_tenant(conn, tenant_id)
+        return await tenants_store.exists(conn, tenant_id)
 
 
 @dataclass(frozen=True)
