@@ -6,6 +6,7 @@ from billing.api import convert
 from billing.api.errors import rpc
 from billing.services import billing_runs, plans, subscriptions
 from billing.services.context import Caller
+from billing.services.paging import PageTokens
 from billing.services.uow import Database
 from billing.services.usage import Usage
 from billing.v1 import billing_pb2 as pb
@@ -13,12 +14,13 @@ from billing.v1 import billing_pb2_grpc
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, db: Database, usage: Usage, run_shards: int):
+    def __init__(self, db: Database, usage: Usage, run_shards: int, page_tokens: PageTokens | None = None):
         # Built once from the settings (billing/bootstrap.py): the usage limits and plan
         # cache shared with the usage consumer, and the shard count of the runs it requests.
         self.db = db
         self.usage = usage
         self.run_shards = run_shards
+        self.tokens = page_tokens or PageTokens()
 
     # -- plans -------------------------------------------------------------------------
 
@@ -34,8 +36,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     @rpc
     async def ListPlans(self, request: pb.ListPlansRequest, caller: Caller) -> pb.ListPlansResponse:
-        page = await plans.list_plans(self.db, caller, page_size=request.page_size, page_token=request.page_token,
-                                      include_archived=request.include_archived, code=request.code)
+        page = await plans.list_plans(self.db, caller, tokens=self.tokens, page_size=request.page_size,
+                                      page_token=request.page_token, include_archived=request.include_archived,
+                                      code=request.code)
         return pb.ListPlansResponse(plans=[convert.plan_message(p) for p in page.plans],
                                     next_page_token=page.next_page_token)
 
@@ -67,7 +70,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ListSubscriptions(self, request: pb.ListSubscriptionsRequest,
                                 caller: Caller) -> pb.ListSubscriptionsResponse:
         page = await subscriptions.list_subscriptions(
-            self.db, caller, page_size=request.page_size, page_token=request.page_token,
+            self.db, caller, tokens=self.tokens, page_size=request.page_size, page_token=request.page_token,
             status=convert.enum_value(pb.SubscriptionStatus, request.status, "SUBSCRIPTION_STATUS_"),
             customer_id=request.customer_id, plan_id=request.plan_id,
         )
@@ -151,7 +154,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ListBillingRuns(self, request: pb.ListBillingRunsRequest,
                               caller: Caller) -> pb.ListBillingRunsResponse:
         page = await billing_runs.list_billing_runs(
-            self.db, caller, page_size=request.page_size, page_token=request.page_token,
+            self.db, caller, tokens=self.tokens, page_size=request.page_size, page_token=request.page_token,
             status=convert.enum_value(pb.BillingRunStatus, request.status, "BILLING_RUN_STATUS_"),
             created_after=convert.optional_time(request, "created_after"),
             created_before=convert.optional_time(request, "created_before"),
