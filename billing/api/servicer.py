@@ -26,7 +26,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     @rpc
     async def CreatePlan(self, request: pb.CreatePlanRequest, caller: Caller) -> pb.CreatePlanResponse:
-        plan = await plans.create_plan(self.db, caller, request.request_id, convert.plan_input(request))
+        draft, refused = convert.plan_input(request)
+        plan = await plans.create_plan(self.db, caller, request.request_id, draft, refused)
         return pb.CreatePlanResponse(plan=convert.plan_message(plan))
 
     @rpc
@@ -71,7 +72,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                                 caller: Caller) -> pb.ListSubscriptionsResponse:
         page = await subscriptions.list_subscriptions(
             self.db, caller, tokens=self.tokens, page_size=request.page_size, page_token=request.page_token,
-            status=convert.enum_value(pb.SubscriptionStatus, request.status, "SUBSCRIPTION_STATUS_"),
+            status=convert.enum_value(pb.SubscriptionStatus, request.status, "SUBSCRIPTION_STATUS_", "status"),
             customer_id=request.customer_id, plan_id=request.plan_id,
         )
         return convert.subscription_page(page)
@@ -100,8 +101,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                                  caller: Caller) -> pb.CancelSubscriptionResponse:
         view = await subscriptions.cancel_subscription(
             self.db, caller, request.request_id, request.id,
-            mode=convert.enum_value(pb.CancelMode, request.mode, "CANCEL_MODE_"),
-            proration=convert.enum_value(pb.ProrationBehavior, request.proration, "PRORATION_BEHAVIOR_"),
+            mode=convert.enum_value(pb.CancelMode, request.mode, "CANCEL_MODE_", "mode"),
+            proration=convert.enum_value(pb.ProrationBehavior, request.proration, "PRORATION_BEHAVIOR_", "proration"),
         )
         return pb.CancelSubscriptionResponse(subscription=convert.subscription_message(view))
 
@@ -109,9 +110,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ChangePlan(self, request: pb.ChangePlanRequest, caller: Caller) -> pb.ChangePlanResponse:
         view = await subscriptions.change_plan(
             self.db, caller, request.request_id, request.id, request.new_plan_id,
-            timing=convert.enum_value(pb.ChangeTiming, request.timing, "CHANGE_TIMING_"),
+            timing=convert.enum_value(pb.ChangeTiming, request.timing, "CHANGE_TIMING_", "timing"),
             proration_behavior=convert.enum_value(pb.ProrationBehavior, request.proration_behavior,
-                                                  "PRORATION_BEHAVIOR_"),
+                                                  "PRORATION_BEHAVIOR_", "proration_behavior"),
         )
         return pb.ChangePlanResponse(subscription=convert.subscription_message(view))
 
@@ -133,7 +134,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         report = await self.usage.get(
             self.db, caller, subscription_id=request.subscription_id,
             period_start=convert.optional_time(request, "period_start"),
-            series=convert.enum_value(pb.SeriesGranularity, request.series, "SERIES_GRANULARITY_"),
+            series=convert.enum_value(pb.SeriesGranularity, request.series, "SERIES_GRANULARITY_", "series"),
         )
         return convert.usage_report(report)
 
@@ -155,7 +156,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                               caller: Caller) -> pb.ListBillingRunsResponse:
         page = await billing_runs.list_billing_runs(
             self.db, caller, tokens=self.tokens, page_size=request.page_size, page_token=request.page_token,
-            status=convert.enum_value(pb.BillingRunStatus, request.status, "BILLING_RUN_STATUS_"),
+            status=convert.enum_value(pb.BillingRunStatus, request.status, "BILLING_RUN_STATUS_", "status"),
             created_after=convert.optional_time(request, "created_after"),
             created_before=convert.optional_time(request, "created_before"),
         )

@@ -8,13 +8,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Sequence
 
 import asyncpg
 
 from billing.domain.plans import PlanInput, PlanSpec, parse_plan, plan_from_dict, plan_to_dict
 from billing.services import audit, idempotency, paging
 from billing.services.context import Caller
-from billing.services.errors import AlreadyExists, NotFound
+from billing.services.errors import AlreadyExists, NotFound, Violations
 from billing.store import plans as plans_store
 from billing.store.db import Database
 
@@ -87,9 +88,18 @@ class PlanPage:
     next_page_token: str
 
 
-async def create_plan(db: Database, caller: Caller, request_id: str, draft: PlanInput) -> Plan:
-    idempotency.check_key(request_id)
-    spec = parse_plan(draft)
+async def create_plan(db: Database, caller: Caller, request_id: str, draft: PlanInput,
+                      refused: Sequence[tuple[str, str]] = ()) -> Plan:
+    """`refused`: violations the caller found already (enum numbers the API does not know,
+    their fields left empty in `draft`), reported with every other one, in their place."""
+    v = Violations()
+    v.check(idempotency.check_key, request_id)
+    spec = v.check(parse_plan, draft)
+    if refused:
+        given = dict(refused)
+        v.items = [(f, given.pop(f, m)) for f, m in v.items] + list(given.items())
+    v.raise_if_any()
+    assert spec is not None
     async with db.tenant_tx(caller.tenant_id) as conn:
         replay = await idempotency.claim(conn, caller, request_id, "CreatePlan", plan_to_dict(spec))
         if replay is not None:

@@ -237,3 +237,16 @@ async def test_unauthenticated_carries_its_reason(stub, tenant):
                        ((("authorization", "bearer nope"),), "API_KEY_INVALID")):
         _, details = await refused(stub.ListPlans, pb.ListPlansRequest(), md, grpc.StatusCode.UNAUTHENTICATED)
         assert details["ErrorInfo"].reason == reason
+
+
+async def test_unknown_enum_numbers_are_refused_with_the_protos_names(stub, tenant):
+    req = plan_request(interval=99, code="")
+    req.usage_charges[0].pricing_model = 42
+    _, details = await refused(stub.CreatePlan, req, tenant.md)
+    violations = {v.field: v.description for v in details["BadRequest"].field_violations}
+    assert list(violations) == ["code", "interval", "usage_charges[0].pricing_model"]
+    assert violations["interval"] == ("must be one of INTERVAL_UNIT_DAY, INTERVAL_UNIT_WEEK, INTERVAL_UNIT_MONTH, "
+                                      "INTERVAL_UNIT_YEAR, got 99")
+    assert "PRICING_MODEL_PER_UNIT" in violations["usage_charges[0].pricing_model"]
+    message, _ = await refused(stub.ListSubscriptions, pb.ListSubscriptionsRequest(status=77), tenant.md)
+    assert message.startswith("status: must be one of SUBSCRIPTION_STATUS_PENDING")
