@@ -119,3 +119,7 @@ class TransitionRefused(DomainError):
 class PreconditionFailed(DomainError):
     """The request is well formed but the current state does not allow it (e.g. a plan
     change to a plan of another currency, or to an archived plan)."""
+
+    def __init__(self, message: str, reason: str = "FAILED_PRECONDITION") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -235,13 +235,15 @@ def change_plan(sub: Subscription, current: PlanSpec, new_plan_id: uuid.UUID, ne
         raise TransitionRefused(sub.status, "change_plan", "cannot change the plan of a subscription in state 'canceled'")
     if new_plan_id == sub.plan_id:
         if sub.pending_plan_id is None:
-            raise PreconditionFailed("the subscription is already on this plan and has no pending change to withdraw")
+            raise PreconditionFailed("the subscription is already on this plan and has no pending change to withdraw",
+                                     "SAME_PLAN")
         return Change(replace(sub, pending_plan_id=None, pending_change_at=None), EventType.PLAN_CHANGE_WITHDRAWN,
                       {"withdrawn_plan_id": str(sub.pending_plan_id)})
     if not new_plan_active:
-        raise PreconditionFailed("the new plan is archived and takes no new subscriptions")
+        raise PreconditionFailed("the new plan is archived and takes no new subscriptions", "PLAN_ARCHIVED")
     if new.currency != current.currency:
-        raise PreconditionFailed(f"the new plan is in {new.currency}, the subscription in {current.currency}")
+        raise PreconditionFailed(f"the new plan is in {new.currency}, the subscription in {current.currency}",
+                                 "CURRENCY_MISMATCH")
     upgrade = is_upgrade(current, new)
     immediate = timing is ChangeTiming.IMMEDIATELY or (timing is ChangeTiming.DEFAULT and upgrade)
     if sub.status is S.PENDING or sub.current_period_end is None:
