@@ -20,7 +20,9 @@ from billing.domain import subscriptions as rules
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.plans import PlanSpec
 from billing.domain.subscriptions import CancelMode, Change, ChangeTiming, Subscription
-from billing.services import audit, change_billing, events, idempotency, paging, period_close, plans, run_metrics
+from billing.services import (
+    audit, change_billing, events, history, idempotency, paging, period_close, plans, run_metrics,
+)
 from billing.services.context import Caller
 from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError, Violations
 from billing.store import audit as audit_store
@@ -375,37 +377,8 @@ async def get_subscription(db, caller: Caller, subscription_id: str, include_his
         if include_history:
             rows = await audit_store.history(conn, caller.tenant_id, "subscription", sub_uuid)
             view = SubscriptionView(view.subscription, view.plan_code, view.pending_plan_code,
-                                    tuple(_history_entry(r) for r in rows))
+                                    tuple(history.entry(r) for r in rows))
     return view
-
-
-def _history_entry(row: asyncpg.Record) -> dict:
-    before, after = row["before"] or {}, row["after"] or {}
-    details = {k: str(v) for k, v in (after.get("details") or {}).items()}
-    actor = history_actor(row["actor"], row["request_id"])
-    if actor == "system" and row["actor"] != "system":
-        details.setdefault("system_actor", row["actor"])  # e.g. "billing-run:<run id>"
-    return {"at": row["at"], "action": history_action(row["action"]), "actor": actor,
-            "from_status": before.get("status", ""), "to_status": after.get("status", ""), "details": details}
-
-
-def history_action(stored: str) -> str:
-    """The API's action of an audit row: the event type without its "subscription." prefix
-    (the audit trail is append-only and keeps what it recorded; the API maps on read)."""
-    return stored.removeprefix("subscription.")
-
-
-def history_actor(stored: str, request_id: str | None) -> str:
-    """The API's actor of an audit row, as the proto states it: "api_key:<key id>",
-    "command:<command_id>" (the command's idempotency key is "cmd:<command_id>"), or
-    "system" for the service's own jobs (billing runs, the scheduler, automatic resumes)."""
-    if stored.startswith("api:"):
-        return "api_key:" + stored.removeprefix("api:")
-    if stored.startswith("command:"):
-        if request_id and request_id.startswith("cmd:"):
-            return "command:" + request_id.removeprefix("cmd:")
-        return stored
-    return "system"
 
 
 async def list_subscriptions(db, caller: Caller, *, tokens: paging.PageTokens, page_size: int, page_token: str,

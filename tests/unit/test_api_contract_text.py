@@ -12,7 +12,7 @@ import pytest
 from billing.domain.events import EventType
 from billing.services.errors import ValidationError
 from billing.services.paging import PageTokens
-from billing.services.subscriptions import history_action, history_actor
+from billing.services.history import history_action, history_actor
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO = (ROOT / "schemas/proto/billing/v1/billing.proto").read_text()
