@@ -81,9 +81,9 @@ class PageTokens:
             raise ValidationError("page_token", "is not a token this service issued") from None
         expected = self._mac(self._scope(method, tenant, filters).encode() + b"\n" + position)
         if not hmac.compare_digest(mac, expected):
-            raise ValidationError("page_token", f"was not issued by {method} for these filters (a page token is "
-                                                "valid only with the method and filters of the request that "
-                                                "returned it)")
+            raise ValidationError("page_token", f"is not valid for this {method} request: a page token is valid "
+                                                "only, unedited, for the method, filters and tenant of the "
+                                                "request that returned it")
         try:
             created_at, ident = json.loads(position)
             at = datetime.fromisoformat(created_at)
@@ -91,7 +91,7 @@ class PageTokens:
                 raise ValueError("naive time")
             # In UTC here, so a time PostgreSQL cannot take is refused now, not by the driver later.
             return at.astimezone(timezone.utc), uuid.UUID(ident)
-        except Exception:  # noqa: BLE001 - signed by us, so only a changed key gets here
+        except Exception:  # noqa: BLE001 - signed with our key, so a guard only
             raise ValidationError("page_token", "is not a token this service issued") from None
 
 
