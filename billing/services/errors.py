@@ -32,6 +32,7 @@ class FailedPrecondition(DomainError):
 class IdempotencyConflict(ValidationError):
     """The same request_id was used before for a different request."""
 
+    reason = "REQUEST_ID_REUSED"
+
     def __init__(self, key: str, operation: str):
         super().__init__("request_id", f"{key!r} was already used for a different {operation} request")
-        self.reason = "REQUEST_ID_REUSED"
