@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from billing.config import Settings
+from billing.services.paging import PageTokens
 from billing.services.plans import PlanCache
 from billing.services.usage import Usage, UsageLimits
 
@@ -31,6 +32,7 @@ class Components:
     plans: PlanCache  # one cache per process: RecordUsage, GetUsage and the usage consumer
     usage: Usage
     runs: RunSettings
+    page_tokens: PageTokens  # one signing key per process (BILLING_PAGE_TOKEN_SECRET, else random)
 
 
 def usage_limits(settings: Settings) -> UsageLimits:
@@ -43,4 +45,5 @@ def build(settings: Settings | None = None) -> Components:
     limits = usage_limits(settings)
     plans = PlanCache()
     return Components(settings=settings, usage_limits=limits, plans=plans, usage=Usage(limits, plans),
-                      runs=RunSettings(shards=settings.run_shards))
+                      runs=RunSettings(shards=settings.run_shards),
+                      page_tokens=PageTokens(settings.page_token_secret.get_secret_value()))

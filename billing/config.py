@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing import kafka_properties
@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     kafka_version: str = "4.1.1"
     # Seconds to wait for PostgreSQL or Kafka to become ready before giving up.
     readiness_timeout_s: float = 90.0
+
+    # API page tokens are signed with this key (HMAC-SHA256), binding each to its method,
+    # filters and tenant. Set the same value on every api replica behind one address; unset,
+    # each process draws a random key, so a token works only on the replica that issued it
+    # and until it restarts.
+    page_token_secret: SecretStr = SecretStr("")
 
     @field_validator("kafka_config", mode="before")
     @classmethod

@@ -6,19 +6,21 @@ from datetime import datetime, timezone
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.domain.money import decimal_to_str
-from billing.services.errors import ValidationError
+from billing.services.errors import ValidationError, Violations
 from billing.services.subscriptions import SubscriptionPage, SubscriptionView
 from billing.domain.plans import PlanInput, TierInput, UsageChargeInput
 from billing.services.plans import Plan
 from billing.v1 import billing_pb2 as pb
 
 
-def enum_value(enum_type, number: int, prefix: str) -> str:
-    """Proto enum number -> the domain's lowercase name; "" for UNSPECIFIED or unknown numbers."""
+def enum_value(enum_type, number: int, prefix: str, field: str) -> str:
+    """Proto enum number -> the domain's lowercase name; "" for UNSPECIFIED. A number the
+    enum does not have is refused here, naming the enum's values as the caller spells them."""
     try:
         name = enum_type.Name(number)
     except ValueError:
-        return f"<unknown {number}>"
+        names = ", ".join(n for n in enum_type.keys() if not n.endswith("_UNSPECIFIED"))
+        raise ValidationError(field, f"must be one of {names}, got {number}") from None
     return "" if name.endswith("_UNSPECIFIED") else name[len(prefix):].lower()
 
 
@@ -52,25 +54,34 @@ def _dec(value) -> str:
     return "" if value is None else decimal_to_str(value)
 
 
-def plan_input(req: pb.CreatePlanRequest) -> PlanInput:
-    return PlanInput(
+def plan_input(req: pb.CreatePlanRequest) -> tuple[PlanInput, list[tuple[str, str]]]:
+    """The draft, and the violations of enum numbers the proto does not have (their fields
+    are left empty in the draft; `plans.create_plan` reports them with the others)."""
+    v = Violations()
+
+    def enum(enum_type, number: int, prefix: str, field: str) -> str:
+        return v.check(enum_value, enum_type, number, prefix, field) or ""
+
+    draft = PlanInput(
         code=req.code, name=req.name, description=req.description, currency=req.currency,
-        interval=enum_value(pb.IntervalUnit, req.interval, "INTERVAL_UNIT_"),
+        interval=enum(pb.IntervalUnit, req.interval, "INTERVAL_UNIT_", "interval"),
         interval_count=req.interval_count, base_fee=req.base_fee,
-        billing_timing=enum_value(pb.BillingTiming, req.billing_timing, "BILLING_TIMING_"),
+        billing_timing=enum(pb.BillingTiming, req.billing_timing, "BILLING_TIMING_", "billing_timing"),
         trial_days=req.trial_days,
         usage_charges=[
             UsageChargeInput(
                 metric_code=c.metric_code,
-                aggregation=enum_value(pb.Aggregation, c.aggregation, "AGGREGATION_"),
-                pricing_model=enum_value(pb.PricingModel, c.pricing_model, "PRICING_MODEL_"),
+                aggregation=enum(pb.Aggregation, c.aggregation, "AGGREGATION_", f"usage_charges[{i}].aggregation"),
+                pricing_model=enum(pb.PricingModel, c.pricing_model, "PRICING_MODEL_",
+                                   f"usage_charges[{i}].pricing_model"),
                 unit_price=c.unit_price, package_size=c.package_size,
                 tiers=[TierInput(up_to=t.up_to, unit_price=t.unit_price, flat_fee=t.flat_fee) for t in c.tiers],
                 unique_property=c.unique_property,
             )
-            for c in req.usage_charges
+            for i, c in enumerate(req.usage_charges)
         ],
     )
+    return draft, v.items
 
 
 def plan_message(plan: Plan) -> pb.Plan:

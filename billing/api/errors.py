@@ -6,6 +6,7 @@ import logging
 
 import grpc
 
+from billing.api import status
 from billing.api.interceptors import current_caller
 from billing.api.unavailable import UNAVAILABLE_ERRORS, UNAVAILABLE_MESSAGE
 from billing.services.context import Caller
@@ -31,6 +32,31 @@ def status_for(exc: DomainError) -> grpc.StatusCode:
     return grpc.StatusCode.FAILED_PRECONDITION
 
 
+def _reason(exc: DomainError, code: grpc.StatusCode) -> str:
+    if exc.reason:
+        return exc.reason
+    if isinstance(exc, ValidationError):
+        return "PAGE_TOKEN_INVALID" if exc.field == "page_token" else "INVALID_FIELD"
+    if isinstance(exc, TransitionRefused):
+        return "TRANSITION_REFUSED"
+    return code.name
+
+
+async def refuse(context: grpc.aio.ServicerContext, exc: DomainError) -> None:
+    """End the call with the status of a refusal and its google.rpc details."""
+    code = status_for(exc)
+    metadata: dict[str, str] = {}
+    violations: tuple[tuple[str, str], ...] = ()
+    resource = None
+    if isinstance(exc, ValidationError):
+        violations = exc.violations
+        metadata["field"] = exc.field
+    elif isinstance(exc, NotFound):
+        resource = (exc.kind, exc.ident)
+    await status.abort(context, code, str(exc), reason=_reason(exc, code), metadata=metadata,
+                       violations=violations, resource=resource)
+
+
 def rpc(method):
     """Run a servicer method with the authenticated caller; turn refusals into statuses."""
 
@@ -38,18 +64,21 @@ def rpc(method):
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         caller: Caller | None = current_caller.get()
         if caller is None:  # the auth interceptor always sets it; never serve without a tenant
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "not authenticated")
+            await status.abort(context, grpc.StatusCode.UNAUTHENTICATED, "not authenticated",
+                               reason="API_KEY_MISSING")
         try:
             return await method(self, request, caller)
         except DomainError as exc:
-            await context.abort(status_for(exc), str(exc))
+            await refuse(context, exc)
         except grpc.aio.AbortError:
             raise
         except UNAVAILABLE_ERRORS as exc:
             log.warning("database unavailable in %s: %s: %s", method.__name__, type(exc).__name__, exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+            await status.abort(context, grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE,
+                               reason="DATABASE_UNAVAILABLE")
         except Exception:
             log.exception("unexpected error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
+            await status.abort(context, grpc.StatusCode.INTERNAL, "internal error; it has been logged",
+                               reason="INTERNAL")
 
     return wrapper

@@ -17,6 +17,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from billing.api import status
 from billing.api.unavailable import UNAVAILABLE_ERRORS, UNAVAILABLE_MESSAGE
 from billing.ops import tracing
 from billing.ops.logging import current_tenant
@@ -51,9 +52,12 @@ def _gave_up(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
 
 
 def _bearer(metadata: tuple) -> str | None:
+    """The key of `authorization: Bearer <key>`; the scheme is case-insensitive (RFC 9110)."""
     for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-            return value[len("Bearer "):].strip()
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, credentials = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip()
     return None
 
 
@@ -73,19 +77,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             async def call(request, context: grpc.aio.ServicerContext):
                 if not key:
                     log.info("unauthenticated call refused", extra={"method": method, "reason": "no API key"})
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                        "missing API key: send metadata 'authorization: Bearer <key>'")
+                    await status.abort(context, grpc.StatusCode.UNAUTHENTICATED,
+                                       "missing API key: send metadata 'authorization: Bearer <key>'",
+                                       reason="API_KEY_MISSING")
                 try:
                     async with self._db.pool.acquire() as conn:
                         identity: KeyIdentity | None = await self._authenticate(conn, key)
                 except UNAVAILABLE_ERRORS as exc:  # not UNKNOWN: the client should retry
                     log.warning("database unavailable for authentication: %s: %s", type(exc).__name__, exc)
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+                    await status.abort(context, grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE,
+                                       reason="DATABASE_UNAVAILABLE")
                 if identity is None:
                     # Never the key itself, not even its prefix: a mistyped key is nearly a real one.
                     log.info("unauthenticated call refused", extra={"method": method,
                                                                     "reason": "unknown or revoked API key"})
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key")
+                    await status.abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key",
+                                       reason="API_KEY_INVALID")
                 tenant_id = identity.tenant_id
                 trace.get_current_span().set_attribute("billing.tenant_id", str(tenant_id))
                 caller_token = current_caller.set(Caller(tenant_id, identity.actor))

@@ -12,6 +12,8 @@ from typing import Awaitable, Callable
 
 import grpc
 
+from billing.api import status
+
 
 class MalformedRequest:
     __slots__ = ("reason",)
@@ -42,8 +44,9 @@ class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
 
         async def call(request, context: grpc.aio.ServicerContext):
             if isinstance(request, MalformedRequest):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                     f"request: not a valid protobuf message ({request.reason})")
+                message = f"request: not a valid protobuf message ({request.reason})"
+                await status.abort(context, grpc.StatusCode.INVALID_ARGUMENT, message, reason="MALFORMED_REQUEST",
+                                   violations=[("request", message)])
             return await behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(

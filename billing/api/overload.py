@@ -15,6 +15,7 @@ from typing import Awaitable, Callable
 
 import grpc
 
+from billing.api import status
 from billing.ops.metrics import GRPC_IN_FLIGHT
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -38,7 +39,8 @@ class ConcurrencyLimitInterceptor(grpc.aio.ServerInterceptor):
         async def call(request, context: grpc.aio.ServicerContext):
             if self.in_flight >= self.limit:
                 # The metrics interceptor (outside this one) counts it as RESOURCE_EXHAUSTED.
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOAD_MESSAGE)
+                await status.abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOAD_MESSAGE,
+                                   reason="TOO_MANY_CONCURRENT_CALLS")
             self.in_flight += 1
             GRPC_IN_FLIGHT.inc()
             try:

@@ -1,6 +1,8 @@
 """The gRPC server: BillingService, the standard health service and reflection."""
 from __future__ import annotations
 
+import logging
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -10,9 +12,12 @@ from billing.api.malformed import MalformedRequestInterceptor
 from billing.api.overload import ConcurrencyLimitInterceptor
 from billing.api.servicer import BillingServicer
 from billing.api.tls import ServerTls
+from billing.services.paging import PageTokens
 from billing.services.uow import Database
 from billing.services.usage import Usage
 from billing.v1 import billing_pb2, billing_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -20,7 +25,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 class GrpcServer:
     def __init__(self, db: Database, host: str, port: int, *, usage: Usage, run_shards: int,
-                 tls: ServerTls | None = None, max_concurrent_calls: int = 0):
+                 tls: ServerTls | None = None, max_concurrent_calls: int = 0, page_tokens: PageTokens | None = None):
         self.tls = tls or ServerTls()
         credentials = self.tls.credentials()  # before binding: a bad setting fails the start
         self.limiter = ConcurrencyLimitInterceptor(max_concurrent_calls)
@@ -31,7 +36,12 @@ class GrpcServer:
                           MalformedRequestInterceptor()],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
-        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db, usage, run_shards), self.server)
+        page_tokens = page_tokens or PageTokens()
+        if not page_tokens.shared:
+            log.info("BILLING_PAGE_TOKEN_SECRET is not set: page tokens are signed with a key of this process "
+                     "alone, valid only on this replica until it restarts (docs/api.md#page-tokens)")
+        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db, usage, run_shards, page_tokens),
+                                                              self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -6,6 +6,7 @@ from billing.api import convert
 from billing.api.errors import rpc
 from billing.services import billing_runs, plans, subscriptions
 from billing.services.context import Caller
+from billing.services.paging import PageTokens
 from billing.services.uow import Database
 from billing.services.usage import Usage
 from billing.v1 import billing_pb2 as pb
@@ -13,18 +14,20 @@ from billing.v1 import billing_pb2_grpc
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, db: Database, usage: Usage, run_shards: int):
+    def __init__(self, db: Database, usage: Usage, run_shards: int, page_tokens: PageTokens | None = None):
         # Built once from the settings (billing/bootstrap.py): the usage limits and plan
         # cache shared with the usage consumer, and the shard count of the runs it requests.
         self.db = db
         self.usage = usage
         self.run_shards = run_shards
+        self.tokens = page_tokens or PageTokens()
 
     # -- plans -------------------------------------------------------------------------
 
     @rpc
     async def CreatePlan(self, request: pb.CreatePlanRequest, caller: Caller) -> pb.CreatePlanResponse:
-        plan = await plans.create_plan(self.db, caller, request.request_id, convert.plan_input(request))
+        draft, refused = convert.plan_input(request)
+        plan = await plans.create_plan(self.db, caller, request.request_id, draft, refused)
         return pb.CreatePlanResponse(plan=convert.plan_message(plan))
 
     @rpc
@@ -34,8 +37,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     @rpc
     async def ListPlans(self, request: pb.ListPlansRequest, caller: Caller) -> pb.ListPlansResponse:
-        page = await plans.list_plans(self.db, caller, page_size=request.page_size, page_token=request.page_token,
-                                      include_archived=request.include_archived, code=request.code)
+        page = await plans.list_plans(self.db, caller, tokens=self.tokens, page_size=request.page_size,
+                                      page_token=request.page_token, include_archived=request.include_archived,
+                                      code=request.code)
         return pb.ListPlansResponse(plans=[convert.plan_message(p) for p in page.plans],
                                     next_page_token=page.next_page_token)
 
@@ -67,8 +71,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ListSubscriptions(self, request: pb.ListSubscriptionsRequest,
                                 caller: Caller) -> pb.ListSubscriptionsResponse:
         page = await subscriptions.list_subscriptions(
-            self.db, caller, page_size=request.page_size, page_token=request.page_token,
-            status=convert.enum_value(pb.SubscriptionStatus, request.status, "SUBSCRIPTION_STATUS_"),
+            self.db, caller, tokens=self.tokens, page_size=request.page_size, page_token=request.page_token,
+            status=convert.enum_value(pb.SubscriptionStatus, request.status, "SUBSCRIPTION_STATUS_", "status"),
             customer_id=request.customer_id, plan_id=request.plan_id,
         )
         return convert.subscription_page(page)
@@ -97,8 +101,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                                  caller: Caller) -> pb.CancelSubscriptionResponse:
         view = await subscriptions.cancel_subscription(
             self.db, caller, request.request_id, request.id,
-            mode=convert.enum_value(pb.CancelMode, request.mode, "CANCEL_MODE_"),
-            proration=convert.enum_value(pb.ProrationBehavior, request.proration, "PRORATION_BEHAVIOR_"),
+            mode=convert.enum_value(pb.CancelMode, request.mode, "CANCEL_MODE_", "mode"),
+            proration=convert.enum_value(pb.ProrationBehavior, request.proration, "PRORATION_BEHAVIOR_", "proration"),
         )
         return pb.CancelSubscriptionResponse(subscription=convert.subscription_message(view))
 
@@ -106,9 +110,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ChangePlan(self, request: pb.ChangePlanRequest, caller: Caller) -> pb.ChangePlanResponse:
         view = await subscriptions.change_plan(
             self.db, caller, request.request_id, request.id, request.new_plan_id,
-            timing=convert.enum_value(pb.ChangeTiming, request.timing, "CHANGE_TIMING_"),
+            timing=convert.enum_value(pb.ChangeTiming, request.timing, "CHANGE_TIMING_", "timing"),
             proration_behavior=convert.enum_value(pb.ProrationBehavior, request.proration_behavior,
-                                                  "PRORATION_BEHAVIOR_"),
+                                                  "PRORATION_BEHAVIOR_", "proration_behavior"),
         )
         return pb.ChangePlanResponse(subscription=convert.subscription_message(view))
 
@@ -130,7 +134,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         report = await self.usage.get(
             self.db, caller, subscription_id=request.subscription_id,
             period_start=convert.optional_time(request, "period_start"),
-            series=convert.enum_value(pb.SeriesGranularity, request.series, "SERIES_GRANULARITY_"),
+            series=convert.enum_value(pb.SeriesGranularity, request.series, "SERIES_GRANULARITY_", "series"),
         )
         return convert.usage_report(report)
 
@@ -151,8 +155,8 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ListBillingRuns(self, request: pb.ListBillingRunsRequest,
                               caller: Caller) -> pb.ListBillingRunsResponse:
         page = await billing_runs.list_billing_runs(
-            self.db, caller, page_size=request.page_size, page_token=request.page_token,
-            status=convert.enum_value(pb.BillingRunStatus, request.status, "BILLING_RUN_STATUS_"),
+            self.db, caller, tokens=self.tokens, page_size=request.page_size, page_token=request.page_token,
+            status=convert.enum_value(pb.BillingRunStatus, request.status, "BILLING_RUN_STATUS_", "status"),
             created_after=convert.optional_time(request, "created_after"),
             created_before=convert.optional_time(request, "created_before"),
         )

@@ -7,11 +7,21 @@ gRPC ``INVALID_ARGUMENT`` (or a dead-lettered Kafka command) and
 
 from __future__ import annotations
 
-__all__ = ["DomainError", "ValidationError", "TransitionRefused", "PreconditionFailed"]
+from typing import Callable, ParamSpec, TypeVar
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+__all__ = ["DomainError", "ValidationError", "Violations", "TransitionRefused", "PreconditionFailed"]
 
 
 class DomainError(Exception):
-    """Base class of every error the domain core raises on purpose."""
+    """Base class of every error the domain core raises on purpose.
+
+    ``reason`` is a stable UPPER_SNAKE_CASE name of the cause, sent to API clients as
+    ``google.rpc.ErrorInfo.reason``; empty means the default of the error's kind."""
+
+    reason: str = ""
 
 
 class ValidationError(DomainError):
@@ -22,16 +32,49 @@ class ValidationError(DomainError):
     in words fit for an API client. ``str(err)`` is ``"<field>: <message>"``.
     """
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, more: tuple[tuple[str, str], ...] = ()) -> None:
         self.field = field
         self.message = message
-        super().__init__(f"{field}: {message}")
+        # Every violation of the request, this one first (``ValidationError.of``).
+        self.violations: tuple[tuple[str, str], ...] = ((field, message), *more)
+        super().__init__(str(self))
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # keep the two-argument constructor picklable
-        return (type(self), (self.field, self.message))
+    @classmethod
+    def of(cls, violations: list[tuple[str, str]]) -> "ValidationError":
+        """One error carrying several violations (at least one)."""
+        (field, message), *more = violations
+        return cls(field, message, more=tuple(more))
+
+    def __reduce__(self) -> tuple[Callable[..., "ValidationError"], tuple[type, tuple[tuple[str, str], ...]]]:  # keep the constructor picklable, the other violations too
+        return (_rebuild, (type(self), self.violations))
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
+        return "; ".join(f"{f}: {m}" for f, m in self.violations)
+
+
+def _rebuild(cls: type, violations: tuple[tuple[str, str], ...]) -> "ValidationError":
+    err: ValidationError = ValidationError.__new__(cls)
+    ValidationError.__init__(err, violations[0][0], violations[0][1], more=tuple(violations[1:]))
+    return err
+
+
+class Violations:
+    """Collects the ValidationErrors of several checks, so a request is refused once with
+    all of them: ``v.check(fn, *args)`` returns fn's value, or None when it refused."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def check(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T | None:
+        try:
+            return fn(*args, **kwargs)
+        except ValidationError as exc:
+            self.items.extend(exc.violations)
+            return None
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ValidationError.of(self.items)
 
 
 _ACTION_PHRASES = {
@@ -76,3 +119,7 @@ class TransitionRefused(DomainError):
 class PreconditionFailed(DomainError):
     """The request is well formed but the current state does not allow it (e.g. a plan
     change to a plan of another currency, or to an archived plan)."""
+
+    def __init__(self, message: str, reason: str = "FAILED_PRECONDITION") -> None:
+        super().__init__(message)
+        self.reason = reason

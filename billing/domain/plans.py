@@ -41,7 +41,7 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any, Literal, Mapping, Sequence, TypeVar, overload
 
-from billing.domain.errors import ValidationError
+from billing.domain.errors import ValidationError, Violations
 from billing.domain.money import (
     decimal_to_str,
     minor_units,
@@ -387,46 +387,73 @@ def _check_property_name(value: str, field: str) -> str:
     return value
 
 
-def parse_plan(inp: PlanInput) -> PlanSpec:
-    """Validate raw plan input; return an immutable ``PlanSpec`` or raise ``ValidationError``."""
-    code = _check_code(inp.code, "code")
-    name = _check_name(inp.name, "name")
-    description = _check_description(inp.description, "description")
-    currency = validate_currency(_text(inp.currency, "currency"), "currency")
-    interval = _enum(IntervalUnit, inp.interval, "interval")
-    interval_count = _int(inp.interval_count, "interval_count")
-    limit = MAX_INTERVAL_COUNT[interval]
-    if not 1 <= interval_count <= limit:
-        raise ValidationError(
-            "interval_count", f"must be between 1 and {limit} for interval '{interval.value}'"
-        )
-    base_fee_text = _text(inp.base_fee, "base_fee")
-    if base_fee_text == "":
-        raise ValidationError("base_fee", "is required (use 0 for a plan without a base fee)")
-    base_fee = _money(base_fee_text, "base_fee", currency)
-    billing_timing = _enum(BillingTiming, inp.billing_timing, "billing_timing")
-    trial_days = _int(inp.trial_days, "trial_days")
-    if not 0 <= trial_days <= MAX_TRIAL_DAYS:
-        raise ValidationError("trial_days", f"must be between 0 and {MAX_TRIAL_DAYS}")
+def _check_interval_count(value: object, interval: IntervalUnit | None) -> int:
+    count = _int(value, "interval_count")
+    limit = MAX_INTERVAL_COUNT[interval] if interval is not None else max(MAX_INTERVAL_COUNT.values())
+    if not 1 <= count <= limit:
+        raise ValidationError("interval_count", f"must be between 1 and {limit}"
+                              + (f" for interval '{interval.value}'" if interval is not None else ""))
+    return count
 
-    charges_in = inp.usage_charges or ()
-    if isinstance(charges_in, (str, bytes)):
+
+def _check_base_fee(value: object, currency: str | None) -> Decimal:
+    text = _text(value, "base_fee")
+    if text == "":
+        raise ValidationError("base_fee", "is required (use 0 for a plan without a base fee)")
+    if currency is None:  # the currency is refused too; its minor unit is unknown
+        return parse_decimal(text, "base_fee", max_scale=PRICE_MAX_SCALE)
+    return _money(text, "base_fee", currency)
+
+
+def _check_trial_days(value: object) -> int:
+    days = _int(value, "trial_days")
+    if not 0 <= days <= MAX_TRIAL_DAYS:
+        raise ValidationError("trial_days", f"must be between 0 and {MAX_TRIAL_DAYS}")
+    return days
+
+
+def _check_charges(given: Sequence[UsageChargeInput], currency: str, v: Violations) -> list[UsageCharge]:
+    if isinstance(given, (str, bytes)):
         raise ValidationError("usage_charges", "must be a list of usage charges")
-    charges_in = tuple(charges_in)
+    charges_in: tuple[object, ...] = tuple(given or ())
     if len(charges_in) > MAX_USAGE_CHARGES:
         raise ValidationError("usage_charges", f"must have at most {MAX_USAGE_CHARGES} entries")
     charges: list[UsageCharge] = []
     seen: dict[str, int] = {}
-    for i, c in enumerate(charges_in):
-        charge = _parse_charge(c, f"usage_charges[{i}]", currency)
+    for i, c in enumerate(charges_in):  # each charge reports its first violation
+        charge = v.check(_parse_charge, c, f"usage_charges[{i}]", currency)
+        if charge is None:
+            continue
         first = seen.get(charge.metric_code)
         if first is not None:
-            raise ValidationError(
-                f"usage_charges[{i}].metric_code",
-                f"duplicates usage_charges[{first}].metric_code '{charge.metric_code}'",
-            )
+            v.items.append((f"usage_charges[{i}].metric_code",
+                            f"duplicates usage_charges[{first}].metric_code '{charge.metric_code}'"))
+            continue
         seen[charge.metric_code] = i
         charges.append(charge)
+    return charges
+
+
+def parse_plan(inp: PlanInput) -> PlanSpec:
+    """Validate raw plan input; return an immutable ``PlanSpec`` or raise ONE
+    ``ValidationError`` carrying every violation found (``violations``)."""
+    v = Violations()
+    code = v.check(_check_code, inp.code, "code")
+    name = v.check(_check_name, inp.name, "name")
+    description = v.check(_check_description, inp.description, "description")
+    currency = v.check(lambda: validate_currency(_text(inp.currency, "currency"), "currency"))
+    interval = v.check(_enum, IntervalUnit, inp.interval, "interval")
+    interval_count = v.check(_check_interval_count, inp.interval_count, interval)
+    base_fee = v.check(_check_base_fee, inp.base_fee, currency)
+    billing_timing = v.check(_enum, BillingTiming, inp.billing_timing, "billing_timing")
+    trial_days = v.check(_check_trial_days, inp.trial_days)
+    # With the currency refused, the charges are still checked, against the currency of the
+    # most minor units (CLF, 4): no amount is refused for a scale the real currency may allow.
+    charges = v.check(_check_charges, inp.usage_charges, currency or "CLF", v)
+    v.raise_if_any()
+    assert code is not None and name is not None and description is not None and currency is not None
+    assert interval is not None and interval_count is not None and base_fee is not None
+    assert billing_timing is not None and trial_days is not None and charges is not None
 
     return PlanSpec(
         code=code,

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Mapping
 
-from billing.domain.errors import PreconditionFailed, TransitionRefused, ValidationError
+from billing.domain.errors import PreconditionFailed, TransitionRefused, ValidationError, Violations
 from billing.domain.lifecycle import Action, SubscriptionStatus, transition
 from billing.domain.periods import add_interval, period_containing
 from billing.domain.plans import PlanSpec, is_upgrade
@@ -100,27 +100,46 @@ def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return dict(metadata)
 
 
+def _check_start(start_at: datetime | None, now: datetime) -> None:
+    if start_at is not None and not now - START_WINDOW <= start_at <= now + START_WINDOW:
+        raise ValidationError("start_at", "must be within a year of now")
+
+
+def _check_trial_days(days: int | None) -> None:
+    if days is not None and not 0 <= days <= MAX_TRIAL_DAYS:
+        raise ValidationError("trial_days", f"must be 0..{MAX_TRIAL_DAYS}")
+
+
+def check_create(v: Violations, *, customer_id: str, now: datetime, start_at: datetime | None,
+                 trial_days: int | None, metadata: Mapping[str, str]) -> None:
+    """The checks of a new subscription that need no plan, each violation into `v`."""
+    v.check(_check_customer_id, customer_id)
+    v.check(_check_start, start_at, now)
+    v.check(_check_trial_days, trial_days)
+    v.check(_check_metadata, metadata)
+
+
 def create(*, subscription_id: uuid.UUID, customer_id: str, plan_id: uuid.UUID, plan: PlanSpec, now: datetime,
            start_at: datetime | None, billing_anchor: datetime | None, trial_days: int | None,
            metadata: Mapping[str, str]) -> Change:
-    """A new pending subscription. `activate` may follow in the same transaction."""
-    _check_customer_id(customer_id)
+    """A new pending subscription. `activate` may follow in the same transaction. Refuses
+    with one ValidationError carrying every violation."""
+    v = Violations()
+    check_create(v, customer_id=customer_id, now=now, start_at=start_at, trial_days=trial_days, metadata={})
     start = start_at or now
-    if not now - START_WINDOW <= start <= now + START_WINDOW:
-        raise ValidationError("start_at", "must be within a year of now")
     days = plan.trial_days if trial_days is None else trial_days
-    if not 0 <= days <= MAX_TRIAL_DAYS:
-        raise ValidationError("trial_days", f"must be 0..{MAX_TRIAL_DAYS}")
-    if billing_anchor is not None:
+    if billing_anchor is not None and 0 <= days <= MAX_TRIAL_DAYS:
         first_paid = start + timedelta(days=days)
         latest = add_interval(first_paid, plan.interval, plan.interval_count)
         if not first_paid <= billing_anchor <= latest:
-            raise ValidationError(
+            v.items.append((
                 "billing_anchor", "must fall between the end of the trial (or the start) and one billing period later"
-            )
+            ))
+    v.check(_check_metadata, metadata)
+    v.raise_if_any()
     sub = Subscription(
         id=subscription_id, customer_id=customer_id, plan_id=plan_id, status=S.PENDING, created_at=now,
-        start_at=start, billing_anchor=billing_anchor, trial_days=days, metadata=_check_metadata(metadata),
+        start_at=start, billing_anchor=billing_anchor, trial_days=days, metadata=dict(metadata),
     )
     return Change(sub, EventType.CREATED)
 
@@ -216,13 +235,15 @@ def change_plan(sub: Subscription, current: PlanSpec, new_plan_id: uuid.UUID, ne
         raise TransitionRefused(sub.status, "change_plan", "cannot change the plan of a subscription in state 'canceled'")
     if new_plan_id == sub.plan_id:
         if sub.pending_plan_id is None:
-            raise PreconditionFailed("the subscription is already on this plan and has no pending change to withdraw")
+            raise PreconditionFailed("the subscription is already on this plan and has no pending change to withdraw",
+                                     "SAME_PLAN")
         return Change(replace(sub, pending_plan_id=None, pending_change_at=None), EventType.PLAN_CHANGE_WITHDRAWN,
                       {"withdrawn_plan_id": str(sub.pending_plan_id)})
     if not new_plan_active:
-        raise PreconditionFailed("the new plan is archived and takes no new subscriptions")
+        raise PreconditionFailed("the new plan is archived and takes no new subscriptions", "PLAN_ARCHIVED")
     if new.currency != current.currency:
-        raise PreconditionFailed(f"the new plan is in {new.currency}, the subscription in {current.currency}")
+        raise PreconditionFailed(f"the new plan is in {new.currency}, the subscription in {current.currency}",
+                                 "CURRENCY_MISMATCH")
     upgrade = is_upgrade(current, new)
     immediate = timing is ChangeTiming.IMMEDIATELY or (timing is ChangeTiming.DEFAULT and upgrade)
     if sub.status is S.PENDING or sub.current_period_end is None:

@@ -13,7 +13,7 @@ from datetime import datetime
 from billing.domain.periods import from_us, period_containing, to_us
 from billing.domain.plans import PlanSpec
 
-__all__ = ["UsageSubscription", "refusal"]
+__all__ = ["UsageSubscription", "period_at", "refusal"]
 
 
 @dataclass(slots=True)
@@ -71,3 +71,13 @@ def refusal(sub: UsageSubscription, t: int) -> str | None:
     if (sub.paused_us is not None or sub.pauses) and sub.paused(t):
         return "subscription_paused"
     return None
+
+
+def period_at(sub: UsageSubscription, spec: PlanSpec, t: int) -> tuple[int, int] | None:
+    """The period of the subscription that starts exactly at ``t`` ([start, end) in
+    microseconds), as `attribute` draws periods, or None when no period starts there: before
+    the subscription started, inside a period, or while it has no period at all."""
+    if sub.period_start_us is None or t < sub.start_us:
+        return None
+    start, end, _ = sub.attribute(spec, t)
+    return (start, end) if start == t else None

@@ -117,19 +117,23 @@ async def get_billing_run(db, caller: Caller, run_id: str) -> BillingRun:
     return from_row(row)
 
 
-async def list_billing_runs(db, caller: Caller, *, page_size: int, page_token: str, status: str,
-                            created_after: datetime | None, created_before: datetime | None) -> BillingRunPage:
+async def list_billing_runs(db, caller: Caller, *, tokens: paging.PageTokens, page_size: int, page_token: str,
+                            status: str, created_after: datetime | None,
+                            created_before: datetime | None) -> BillingRunPage:
     limit = paging.page_size(page_size)
-    after = paging.decode_token(page_token)
     if status and status not in STATUSES:
         raise ValidationError("status", f"unknown status {status!r}")
     if created_after and created_before and created_after >= created_before:
         raise ValidationError("created_before", "must be after created_after")
+    filters = {"status": status, "created_after": created_after.isoformat() if created_after else "",
+               "created_before": created_before.isoformat() if created_before else ""}
+    after = tokens.decode(page_token, "ListBillingRuns", caller.tenant_id, filters)
     async with db.tenant_tx(caller.tenant_id) as conn:
         rows = await store.list_runs(conn, caller.tenant_id, status=status or None, created_after=created_after,
                                      created_before=created_before, after=after, limit=limit + 1)
     runs = [from_row(r) for r in rows[:limit]]
-    token = paging.encode_token(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if len(rows) > limit else ""
+    token = tokens.encode("ListBillingRuns", caller.tenant_id, filters, rows[limit - 1]["created_at"],
+                          rows[limit - 1]["id"]) if len(rows) > limit else ""
     return BillingRunPage(runs, token)
 
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import secrets
 import uuid
 from datetime import datetime, timezone
 
@@ -38,22 +41,64 @@ def page_size(size: int) -> int:
     return min(size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def encode_token(created_at: datetime, ident: uuid.UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(ident)]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
+class PageTokens:
+    """Signs and checks page tokens. A token names the position after which the next page
+    starts, and is bound by an HMAC-SHA256 to the method, the filters and the tenant it was
+    issued for: a token edited, forged, or given to another method, other filters or by
+    another tenant is refused with INVALID_ARGUMENT naming page_token.
+
+    The key comes from BILLING_PAGE_TOKEN_SECRET; unset, each process draws a random one,
+    so a token is good only on the replica that issued it and until it restarts (set the
+    same secret on every replica behind one address; docs/api.md)."""
+
+    def __init__(self, secret: str | bytes = b""):
+        key = secret.encode() if isinstance(secret, str) else secret
+        self.shared = bool(key)
+        self._key = key or secrets.token_bytes(32)
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:16]
+
+    @staticmethod
+    def _scope(method: str, tenant: uuid.UUID, filters: dict) -> str:
+        return json.dumps([method, str(tenant), filters], sort_keys=True, separators=(",", ":"), default=str)
+
+    def encode(self, method: str, tenant: uuid.UUID, filters: dict, created_at: datetime, ident: uuid.UUID) -> str:
+        position = json.dumps([created_at.isoformat(), str(ident)], separators=(",", ":")).encode()
+        mac = self._mac(self._scope(method, tenant, filters).encode() + b"\n" + position)
+        return (base64.urlsafe_b64encode(position).decode().rstrip("=") + "."
+                + base64.urlsafe_b64encode(mac).decode().rstrip("="))
+
+    def decode(self, token: str, method: str, tenant: uuid.UUID, filters: dict) -> tuple[datetime, uuid.UUID] | None:
+        """The position after which the next page starts; None for the first page."""
+        if not token:
+            return None
+        try:
+            body_text, mac_text = token.split(".")
+            position = _unb64(body_text)
+            mac = _unb64(mac_text)
+        except ValueError:
+            raise ValidationError("page_token", "is not a token this service issued") from None
+        expected = self._mac(self._scope(method, tenant, filters).encode() + b"\n" + position)
+        if not hmac.compare_digest(mac, expected):
+            raise ValidationError("page_token", f"is not valid for this {method} request: a page token is valid "
+                                                "only, unedited, for the method, filters and tenant of the "
+                                                "request that returned it")
+        try:
+            created_at, ident = json.loads(position)
+            at = datetime.fromisoformat(created_at)
+            if at.tzinfo is None:
+                raise ValueError("naive time")
+            # In UTC here, so a time PostgreSQL cannot take is refused now, not by the driver later.
+            return at.astimezone(timezone.utc), uuid.UUID(ident)
+        except Exception:  # noqa: BLE001 - signed with our key, so a guard only
+            raise ValidationError("page_token", "is not a token this service issued") from None
 
 
-def decode_token(token: str) -> tuple[datetime, uuid.UUID] | None:
-    """The position after which the next page starts; None for the first page."""
-    if not token:
-        return None
+def _unb64(text: str) -> bytes:
+    if not text or len(text) > 400:
+        raise ValueError("empty or too long")
     try:
-        created_at, ident = json.loads(base64.urlsafe_b64decode(token.encode()))
-        at = datetime.fromisoformat(created_at)
-        if at.tzinfo is None:
-            raise ValueError("naive time")
-        # In UTC here, so a time PostgreSQL cannot take (out of datetime's range once
-        # converted, e.g. year 9999 at -14:00) is refused now, not by the driver later.
-        return at.astimezone(timezone.utc), uuid.UUID(ident)
-    except Exception:  # noqa: BLE001 - any malformed token is the caller's error
-        raise ValidationError("page_token", "is not a token this service issued") from None
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except Exception as exc:  # noqa: BLE001 - binascii.Error and friends
+        raise ValueError(str(exc)) from None

@@ -8,13 +8,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Sequence
 
 import asyncpg
 
 from billing.domain.plans import PlanInput, PlanSpec, parse_plan, plan_from_dict, plan_to_dict
 from billing.services import audit, idempotency, paging
 from billing.services.context import Caller
-from billing.services.errors import AlreadyExists, NotFound
+from billing.services.errors import AlreadyExists, NotFound, Violations
 from billing.store import plans as plans_store
 from billing.store.db import Database
 
@@ -87,16 +88,26 @@ class PlanPage:
     next_page_token: str
 
 
-async def create_plan(db: Database, caller: Caller, request_id: str, draft: PlanInput) -> Plan:
-    idempotency.check_key(request_id)
-    spec = parse_plan(draft)
+async def create_plan(db: Database, caller: Caller, request_id: str, draft: PlanInput,
+                      refused: Sequence[tuple[str, str]] = ()) -> Plan:
+    """`refused`: violations the caller found already (enum numbers the API does not know,
+    their fields left empty in `draft`), reported with every other one, in their place."""
+    v = Violations()
+    v.check(idempotency.check_key, request_id)
+    spec = v.check(parse_plan, draft)
+    if refused:
+        given = dict(refused)
+        v.items = [(f, given.pop(f, m)) for f, m in v.items] + list(given.items())
+    v.raise_if_any()
+    assert spec is not None
     async with db.tenant_tx(caller.tenant_id) as conn:
         replay = await idempotency.claim(conn, caller, request_id, "CreatePlan", plan_to_dict(spec))
         if replay is not None:
             return Plan.from_snapshot(replay)
         row = await plans_store.insert(conn, caller.tenant_id, uuid.uuid4(), spec.code, plan_to_dict(spec))
         if row is None:
-            raise AlreadyExists(f"a plan with code {spec.code!r} already exists")
+            raise AlreadyExists(f"a plan with code {spec.code!r} already exists (plan codes are never reused)",
+                                reason="PLAN_CODE_TAKEN")
         plan = Plan.from_row(row)
         await audit.record_change(conn, caller, entity_type="plan", entity_id=plan.id, action="plan.created",
                                   before=None, after=plan.snapshot(), request_id=request_id)
@@ -113,16 +124,18 @@ async def get_plan(db: Database, caller: Caller, plan_id: str) -> Plan:
     return plan
 
 
-async def list_plans(db: Database, caller: Caller, *, page_size: int, page_token: str, include_archived: bool,
-                     code: str) -> PlanPage:
+async def list_plans(db: Database, caller: Caller, *, tokens: paging.PageTokens, page_size: int, page_token: str,
+                     include_archived: bool, code: str) -> PlanPage:
     limit = paging.page_size(page_size)
-    after = paging.decode_token(page_token)
     code = paging.filter_text(code, "code")
+    filters = {"include_archived": include_archived, "code": code}
+    after = tokens.decode(page_token, "ListPlans", caller.tenant_id, filters)
     async with db.tenant_tx(caller.tenant_id) as conn:
         rows = await plans_store.list_page(conn, caller.tenant_id, include_archived=include_archived,
                                            code=code or None, after=after, limit=limit + 1)
     plans = [Plan.from_row(r) for r in rows[:limit]]
-    token = paging.encode_token(plans[-1].created_at, plans[-1].id) if len(rows) > limit else ""
+    token = tokens.encode("ListPlans", caller.tenant_id, filters, plans[-1].created_at, plans[-1].id) \
+        if len(rows) > limit else ""
     return PlanPage(plans, token)
 
 

@@ -20,9 +20,11 @@ from billing.domain import subscriptions as rules
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.plans import PlanSpec
 from billing.domain.subscriptions import CancelMode, Change, ChangeTiming, Subscription
-from billing.services import audit, change_billing, events, idempotency, paging, period_close, plans, run_metrics
+from billing.services import (
+    audit, change_billing, events, history, idempotency, paging, period_close, plans, run_metrics,
+)
 from billing.services.context import Caller
-from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError
+from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError, Violations
 from billing.store import audit as audit_store
 from billing.store import plans as plans_store
 from billing.store import subscriptions as store
@@ -147,9 +149,15 @@ async def create_subscription(db, caller: Caller, request_id: str, *, customer_i
                               subscription_id: str = "") -> SubscriptionView:
     """`subscription_id` lets a command producer choose the id up front (so it can key later
     commands by it); gRPC leaves it empty and the service assigns one."""
-    idempotency.check_key(request_id)
-    plan_uuid = paging.parse_uuid(plan_id, "plan_id")
-    new_id = paging.parse_uuid(subscription_id, "subscription_id") if subscription_id else uuid.uuid4()
+    # Every violation of the request at once, before anything is read.
+    v = Violations()
+    v.check(idempotency.check_key, request_id)
+    plan_uuid = v.check(paging.parse_uuid, plan_id, "plan_id")
+    new_id = v.check(paging.parse_uuid, subscription_id, "subscription_id") if subscription_id else uuid.uuid4()
+    rules.check_create(v, customer_id=customer_id, now=now(), start_at=start_at, trial_days=trial_days,
+                       metadata=metadata)
+    v.raise_if_any()
+    assert plan_uuid is not None and new_id is not None
     payload = {"id": subscription_id, "customer_id": customer_id, "plan_id": str(plan_uuid), "start_at": start_at, "anchor": billing_anchor,
                "trial_days": trial_days, "activate": activate, "metadata": dict(metadata)}
     async with db.tenant_tx(caller.tenant_id) as conn:
@@ -158,10 +166,11 @@ async def create_subscription(db, caller: Caller, request_id: str, *, customer_i
             return _from_outcome(replay)
         spec, code, active = await _plan(conn, caller, plan_uuid, "plan_id")
         if not active:
-            raise FailedPrecondition(f"plan {code!r} is archived and takes no new subscriptions")
+            raise FailedPrecondition(f"plan {code!r} is archived and takes no new subscriptions",
+                                     reason="PLAN_ARCHIVED")
         at = now()
         if subscription_id and await store.get(conn, caller.tenant_id, new_id) is not None:
-            raise AlreadyExists(f"subscription {subscription_id!r} already exists")
+            raise AlreadyExists(f"subscription {subscription_id!r} already exists", reason="SUBSCRIPTION_EXISTS")
         change = rules.create(subscription_id=new_id, customer_id=customer_id, plan_id=plan_uuid, plan=spec,
                               now=at, start_at=start_at, billing_anchor=billing_anchor, trial_days=trial_days,
                               metadata=metadata)
@@ -368,28 +377,23 @@ async def get_subscription(db, caller: Caller, subscription_id: str, include_his
         if include_history:
             rows = await audit_store.history(conn, caller.tenant_id, "subscription", sub_uuid)
             view = SubscriptionView(view.subscription, view.plan_code, view.pending_plan_code,
-                                    tuple(_history_entry(r) for r in rows))
+                                    tuple(history.entry(r) for r in rows))
     return view
 
 
-def _history_entry(row: asyncpg.Record) -> dict:
-    before, after = row["before"] or {}, row["after"] or {}
-    return {"at": row["at"], "action": row["action"], "actor": row["actor"],
-            "from_status": before.get("status", ""), "to_status": after.get("status", ""),
-            "details": {k: str(v) for k, v in (after.get("details") or {}).items()}}
-
-
-async def list_subscriptions(db, caller: Caller, *, page_size: int, page_token: str, status: str, customer_id: str,
-                             plan_id: str) -> SubscriptionPage:
+async def list_subscriptions(db, caller: Caller, *, tokens: paging.PageTokens, page_size: int, page_token: str,
+                             status: str, customer_id: str, plan_id: str) -> SubscriptionPage:
     limit = paging.page_size(page_size)
-    after = paging.decode_token(page_token)
     plan_uuid = paging.parse_uuid(plan_id, "plan_id") if plan_id else None
     customer_id = paging.filter_text(customer_id, "customer_id")
     if status and status not in SubscriptionStatus.__members__.values():
         raise ValidationError("status", f"unknown status {status!r}")
+    filters = {"status": status, "customer_id": customer_id, "plan_id": str(plan_uuid or "")}
+    after = tokens.decode(page_token, "ListSubscriptions", caller.tenant_id, filters)
     async with db.tenant_tx(caller.tenant_id) as conn:
         subs = await store.list_page(conn, caller.tenant_id, status=status or None, customer_id=customer_id or None,
                                      plan_id=plan_uuid, after=after, limit=limit + 1)
         views = await _views(conn, caller, subs[:limit])
-    token = paging.encode_token(subs[limit - 1].created_at, subs[limit - 1].id) if len(subs) > limit else ""
+    token = tokens.encode("ListSubscriptions", caller.tenant_id, filters, subs[limit - 1].created_at,
+                          subs[limit - 1].id) if len(subs) > limit else ""
     return SubscriptionPage(views, token)

@@ -18,9 +18,9 @@ from decimal import Decimal
 
 import asyncpg
 
-from billing.domain.periods import from_us, period_containing, to_us
+from billing.domain.periods import from_us, to_us
 from billing.domain.plans import PlanSpec
-from billing.domain.usage_rules import UsageSubscription, refusal
+from billing.domain.usage_rules import UsageSubscription, period_at, refusal
 from billing.services.plans import PlanCache
 from billing.store import usage as usage_store
 from billing.store.db import set_tenant
@@ -208,7 +208,7 @@ _REJECTION_STATUS = {
     "subscription_not_started": ("precondition", "subscription_id"),
     "subscription_canceled": ("precondition", "subscription_id"),
     "subscription_paused": ("precondition", "subscription_id"),
-    "before_subscription_start": ("invalid", "occurred_at"),
+    "before_subscription_start": ("precondition", "occurred_at"),
     "unknown_metric": ("invalid", "metric_code"),
     "invalid_quantity": ("invalid", "quantity"),
     "negative_quantity": ("invalid", "quantity"),
@@ -237,29 +237,42 @@ class Usage:
 
     async def record(self, db, caller, *, request_id: str, event_id: str, subscription_id: str, metric_code: str,
                      quantity: str, occurred_at: datetime | None, properties: dict[str, str]) -> Recorded:
-        """Durable when it returns; deduplicated with the Kafka path by event id."""
+        """Durable when it returns; deduplicated with the Kafka path by event id. A replay of
+        `request_id` answers exactly as the first call did (its `duplicate` included)."""
         from billing.services import idempotency
         from billing.services.errors import FailedPrecondition, NotFound, ValidationError
 
         idempotency.check_key(request_id)
         event_id = event_id or request_id
+        if occurred_at is None:
+            raise ValidationError("occurred_at", "is required: when the usage happened")
         if len(properties) > MAX_PROPERTIES:
             raise ValidationError("properties", f"at most {MAX_PROPERTIES} properties")
         now_us = to_us(datetime.now(timezone.utc))
         event = UsageEvent(event_id, str(caller.tenant_id), subscription_id, metric_code, quantity,
-                           to_us(occurred_at) if occurred_at else now_us, dict(properties) or None)
+                           to_us(occurred_at), dict(properties) or None)
+        payload = {"event_id": event_id, "subscription_id": subscription_id, "metric_code": metric_code,
+                   "quantity": quantity, "occurred_at": occurred_at.isoformat(), "properties": properties}
         async with db.tenant_tx(caller.tenant_id) as conn:
+            replay = await idempotency.claim(conn, caller, request_id, "RecordUsage", payload)
+            if replay is not None:
+                return Recorded(replay["event_id"], replay["duplicate"], datetime.fromisoformat(replay["period_start"]),
+                                datetime.fromisoformat(replay["period_end"]))
             result = await ingest(conn, [event], now_us=now_us, limits=self.limits, plans=self.plans)
-        if result.rejected:
-            r = result.rejected[0]
-            kind, field_name = _REJECTION_STATUS.get(r.reason, ("invalid", r.reason))
-            if kind == "not_found":
-                raise NotFound("subscription", subscription_id)
-            if kind == "precondition":
-                raise FailedPrecondition(f"{r.reason}: {r.detail}")
-            raise ValidationError(field_name, r.detail)
-        start, end = result.periods[0]
-        return Recorded(event_id, result.inserted == 0, from_us(start), from_us(end))
+            if result.rejected:  # raised inside the transaction: the request_id is not kept
+                r = result.rejected[0]
+                kind, field_name = _REJECTION_STATUS.get(r.reason, ("invalid", r.reason))
+                if kind == "not_found":
+                    raise NotFound("subscription", subscription_id)
+                if kind == "precondition":
+                    raise FailedPrecondition(f"{r.reason}: {r.detail}", reason=r.reason.upper())
+                raise ValidationError(field_name, r.detail)
+            start, end = result.periods[0]
+            recorded = Recorded(event_id, result.inserted == 0, from_us(start), from_us(end))
+            await idempotency.remember(conn, caller, request_id, {
+                "event_id": event_id, "duplicate": recorded.duplicate,
+                "period_start": recorded.period_start.isoformat(), "period_end": recorded.period_end.isoformat()})
+        return recorded
 
     async def get(self, db, caller, *, subscription_id: str, period_start: datetime | None,
                   series: str) -> "UsageReport":
@@ -283,15 +296,18 @@ class Usage:
             spec = self.plans.spec(caller.tenant_id, sub.plan_id)
             if period_start is None:
                 if sub.current_period_start is None:
-                    raise FailedPrecondition(f"subscription {subscription_id} has not started (it is {sub.status})")
+                    raise FailedPrecondition(f"subscription {subscription_id} has not started (it is {sub.status})",
+                                             reason="SUBSCRIPTION_NOT_STARTED")
                 start, end = sub.current_period_start, sub.current_period_end
             else:
-                start, end = period_start, None
+                start, end = period_start, _period_end_at(sub, spec, period_start)
             usage, stored_end = await period_reads.usage_of_period(conn, caller.tenant_id, sub_uuid, spec, start)
+            # A start the periods as drawn now do not have may still be one usage was stored
+            # under (a period reopened by a resume); anything else names no period at all.
             end = end or stored_end
-            if end is None:  # a period with no usage yet: its end follows from the anchor
-                anchor = sub.billing_anchor or sub.start_at
-                end = period_containing(anchor, spec.interval, spec.interval_count, start)[1]
+            if end is None:
+                raise ValidationError("period_start", f"{start.isoformat()} is not the start of a billing "
+                                      f"period of subscription {subscription_id} (unset: the current period)")
             late = {r["metric_code"]: r for r in await usage_store.late_usage(conn, caller.tenant_id, sub_uuid, start)}
             metrics = []
             # Priced as the period's close prices it: the amount is the sum of its rounded lines.
@@ -307,6 +323,17 @@ class Usage:
                     LateUsageReport(lr["event_count"], lr["quantity_sum"], lr["billed_count"]) if lr else NO_LATE_USAGE))
         total = round_money(sum((m.amount for m in metrics), start=Decimal(0)), spec.currency)
         return UsageReport(sub_uuid, start, end, spec.currency, metrics, total)
+
+
+def _period_end_at(sub, spec: PlanSpec, start: datetime) -> datetime | None:
+    """The end of the subscription's period starting at `start`; None if none starts there."""
+    state = UsageSubscription(
+        sub.plan_id, sub.status.value, to_us(sub.start_at) if sub.start_at else 0, sub.billing_anchor,
+        to_us(sub.current_period_start) if sub.current_period_start else None,
+        to_us(sub.current_period_end) if sub.current_period_end else None,
+        to_us(sub.canceled_at) if sub.canceled_at else None)
+    found = period_at(state, spec, to_us(start)) if sub.start_at else None
+    return from_us(found[1]) if found else None
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ class BillingServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreatePlan(self, request, context):
-        """Plans. Plans are versioned and never edited in place.
+        """Plans. A plan is never edited; a new price is a new plan with a new code.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -141,7 +141,8 @@ async def test_audit_actor_names_the_key_id_and_no_part_of_the_key(stub, tenant,
     got = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id, include_history=True),
                                       metadata=tenant.md)).subscription
     actors = [h.actor for h in got.history]
-    assert actors == [f"api:{tenant.api_key_id}"] * (len(actors) - 1) + [f"api:{second_id}"] and len(actors) >= 3
+    assert actors == [f"api_key:{tenant.api_key_id}"] * (len(actors) - 1) + [f"api_key:{second_id}"] \
+        and len(actors) >= 3
     secret = tenant.api_key.removeprefix("bk_")
     for actor in actors:
         assert "bk_" not in actor

@@ -100,7 +100,8 @@ async def test_a_due_pause_is_resumed_once_at_its_resume_time(migrated, stub, te
         got = await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id, include_history=True),
                                          metadata=tenant.md)
         assert got.subscription.status == pb.SUBSCRIPTION_STATUS_ACTIVE
-        assert got.subscription.history[-1].actor == "system:scheduler"
+        last = got.subscription.history[-1]
+        assert (last.action, last.actor, last.details["system_actor"]) == ("resumed", "system", "system:scheduler")
 
         # A second pass does nothing more.
         counts = (len(await _audit(admin_conn, sub.id)), len(await _events(admin_conn, sub.id)))

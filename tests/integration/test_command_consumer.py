@@ -48,9 +48,10 @@ async def test_commands_change_subscription_and_events_appear(kafka_roles, migra
     plan = await make_plan(stub, tenant)
     sub_id = str(uuid.uuid4())
     topic = migrated.topics.subscription_commands
+    create_id, pause_id = str(uuid.uuid4()), str(uuid.uuid4())
     create = command(tenant.id, sub_id, "CreateSubscription",
-                     {"customer_id": "c-1", "plan_id": plan.id, "activate": True, "metadata": {}})
-    pause = command(tenant.id, sub_id, "PauseSubscription", {"resumes_at_us": None})
+                     {"customer_id": "c-1", "plan_id": plan.id, "activate": True, "metadata": {}}, create_id)
+    pause = command(tenant.id, sub_id, "PauseSubscription", {"resumes_at_us": None}, pause_id)
     produce(migrated, topic, [(sub_id, create), (sub_id, pause), (sub_id, create)])  # the create twice
 
     async def paused():
@@ -59,9 +60,9 @@ async def test_commands_change_subscription_and_events_appear(kafka_roles, migra
     await _wait(paused)
     got = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub_id, include_history=True),
                                       metadata=tenant.md)).subscription
-    assert [h.action for h in got.history] == ["subscription.created", "subscription.activated",
-                                              "subscription.paused"]
-    assert all(h.actor == f"command:{topic}" for h in got.history)
+    # The proto's actions and actors: the create's two entries name its command, the pause its own
+    assert [h.action for h in got.history] == ["created", "activated", "paused"]
+    assert [h.actor for h in got.history] == [f"command:{create_id}"] * 2 + [f"command:{pause_id}"]
     events = await _events_for(migrated, sub_id, 3)
     assert [e["type"] for e in events][:3] == ["subscription.created", "subscription.activated",
                                                "subscription.paused"]

@@ -123,11 +123,10 @@ async def test_create_get_and_history(stub, tenant):
                                                                mode=pb.CANCEL_MODE_AT_PERIOD_END), metadata=tenant.md)
     got = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id, include_history=True),
                                       metadata=tenant.md)).subscription
-    assert [h.action for h in got.history] == ["subscription.created", "subscription.trial_started",
-                                              "subscription.cancel_scheduled"]
+    assert [h.action for h in got.history] == ["created", "trial_started", "cancel_scheduled"]
     assert got.history[1].from_status == S.SUBSCRIPTION_STATUS_PENDING
     assert got.history[1].to_status == S.SUBSCRIPTION_STATUS_TRIALING
-    assert all(h.actor.startswith("api:") for h in got.history)
+    assert all(h.actor == f"api_key:{tenant.api_key_id}" for h in got.history)
     plain = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id), metadata=tenant.md)).subscription
     assert len(plain.history) == 0
 

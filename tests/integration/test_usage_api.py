@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import grpc
 import pytest
@@ -15,8 +15,7 @@ from tests.integration.test_subscriptions_api import rid, ts
 async def record(stub, tenant, sub, quantity="1", metric="calls", event_id="", props=None, at=None):
     req = pb.RecordUsageRequest(request_id=rid(), event_id=event_id, subscription_id=sub.id, metric_code=metric,
                                 quantity=quantity, properties=props or {})
-    if at is not None:
-        req.occurred_at.CopyFrom(ts(at))
+    req.occurred_at.CopyFrom(ts(at or datetime.now(timezone.utc)))
     return await stub.RecordUsage(req, metadata=tenant.md)
 
 
@@ -61,7 +60,8 @@ async def test_get_usage_of_a_period_without_usage(stub, tenant):
 ])
 async def test_bad_record_usage(stub, tenant, admin_conn, overrides, code, field):
     _, sub = await _setup(stub, tenant)
-    fields = dict(request_id=rid(), subscription_id=sub.id, metric_code="calls", quantity="1")
+    fields = dict(request_id=rid(), subscription_id=sub.id, metric_code="calls", quantity="1",
+                  occurred_at=ts(datetime.now(timezone.utc)))
     fields.update(overrides)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.RecordUsage(pb.RecordUsageRequest(**fields), metadata=tenant.md)
@@ -78,7 +78,8 @@ async def test_usage_is_isolated_between_tenants(stub, new_tenant):
     await record(stub, a, sub_a, "5")
     for call, req in [(stub.GetUsage, pb.GetUsageRequest(subscription_id=sub_a.id)),
                       (stub.RecordUsage, pb.RecordUsageRequest(request_id=rid(), subscription_id=sub_a.id,
-                                                               metric_code="calls", quantity="1"))]:
+                                                               metric_code="calls", quantity="1",
+                                                               occurred_at=ts(datetime.now(timezone.utc))))]:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call(req, metadata=b.md)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND

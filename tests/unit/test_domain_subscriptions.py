@@ -240,6 +240,12 @@ def test_create_reports_the_first_failing_field():
     assert field_of(e) == "billing_anchor"
 
 
+def test_create_reports_every_failing_field_at_once():
+    with pytest.raises(ValidationError) as e:
+        new(customer_id="", start_at=utc(2030, 1, 1), trial_days=-1, metadata={"k": "v" * 501})
+    assert [f for f, _ in e.value.violations] == ["customer_id", "start_at", "trial_days", "metadata['k']"]
+
+
 # ========================================================================= activate
 
 
