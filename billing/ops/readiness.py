@@ -36,6 +36,9 @@ class Readiness:
     export_metrics: bool = True  # billing_ready / billing_dependency_up (off for a second, ad hoc instance)
     checks: dict[str, str] = field(default_factory=dict)  # dependency -> "ok" or why not
     listeners: list[Callable[[bool], None]] = field(default_factory=list)
+    # The admin client's configuration (billing.kafka.admin_config: security settings and
+    # all); None: just bootstrap.servers = kafka_bootstrap.
+    kafka_config: dict | None = None
     _ready: bool = False
 
     @property
@@ -84,7 +87,8 @@ class Readiness:
         return "ok", ("ok" if not todo else f"pending: {', '.join(todo)}")
 
     def _check_kafka(self) -> str:  # in a worker thread: the admin client blocks
-        admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap, "log_level": 0, "socket.timeout.ms": 2000})
+        base = self.kafka_config if self.kafka_config is not None else {"bootstrap.servers": self.kafka_bootstrap}
+        admin = AdminClient({**base, "log_level": 0, "socket.timeout.ms": 2000})
         try:
             metadata = admin.list_topics(timeout=self.timeout_s)
         except Exception as exc:  # noqa: BLE001
