@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient
 
 from billing.ops.metrics import DEPENDENCY_UP, READY
@@ -88,10 +89,21 @@ class Readiness:
 
     def _check_kafka(self) -> str:  # in a worker thread: the admin client blocks
         base = self.kafka_config if self.kafka_config is not None else {"bootstrap.servers": self.kafka_bootstrap}
-        admin = AdminClient({**base, "log_level": 0, "socket.timeout.ms": 2000})
+        # A refused login (wrong SASL password, bad certificate) only shows as a transport
+        # failure of list_topics; the error callback hears the reason, and /readyz says it.
+        refused: list[str] = []
+
+        def on_error(err) -> None:
+            if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
+                refused.append(err.str())
+
+        admin = AdminClient({**base, "log_level": 0, "socket.timeout.ms": 2000, "error_cb": on_error})
         try:
             metadata = admin.list_topics(timeout=self.timeout_s)
         except Exception as exc:  # noqa: BLE001
+            admin.poll(0)  # serves the error callback
+            if refused:
+                return f"authentication failed: {refused[-1]}"
             return f"unreachable: {type(exc).__name__}"
         if not metadata.brokers:
             return "no brokers"
