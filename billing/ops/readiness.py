@@ -51,6 +51,9 @@ class Readiness:
         results = await asyncio.gather(self._check_postgres(), kafka_check, return_exceptions=True)
         pg = results[0] if not isinstance(results[0], BaseException) else (f"check failed: {results[0]!r}", "unknown")
         kafka = results[1] if not isinstance(results[1], BaseException) else f"check failed: {results[1]!r}"
+        if kafka.startswith("authentication failed") and kafka != self.checks.get("kafka"):
+            # A configuration error, not an outage: said at once, whatever else is pending.
+            log.error("Kafka refused the login; check BILLING_KAFKA_CONFIG (sasl.*, ssl.*)", extra={"reason": kafka})
         self.checks = {"postgres": pg[0], "migrations": pg[1], "kafka": kafka}
         for name, state in self.checks.items():
             if self.export_metrics and state != "not required":
