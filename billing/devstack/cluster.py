@@ -97,6 +97,10 @@ class KafkaNode(LocalKafka):
             f"share.coordinator.state.topic.min.isr={isr}",
             "group.initial.rebalance.delay.ms=0",
             "message.max.bytes=10485760",
+            # A node restarted after SIGKILL can register again only once its old session
+            # has expired: shorter than the default 9 s, so a restart is back sooner.
+            "broker.heartbeat.interval.ms=1000",
+            "broker.session.timeout.ms=6000",
         ]
         if sec:
             password = sec.passwords[BROKER_USER]
@@ -155,6 +159,9 @@ class KafkaCluster:
         nodes = [
             KafkaNode(data_dir=state_dir / f"node-{i + 1}", port=ports[i], controller_port=controller_ports[i],
                       version=version, cache_dir=cache_dir, node_id=i + 1, heap_min="128m", heap_max=heap_max,
+                      # Three JVMs on a laptop: the quick JIT tier only, which starts (and
+                      # restarts, in the fault tests) in a fraction of the CPU time.
+                      jvm_flags=("-XX:TieredStopAtLevel=1",),
                       voters=voters, cluster_id=cluster_id, security=security,
                       replication_factor=rf, min_insync_replicas=min(2, rf))
             for i in range(brokers)

@@ -107,6 +107,7 @@ class LocalKafka:
     node_id: int = 1
     heap_min: str = "256m"
     heap_max: str = "768m"
+    jvm_flags: tuple[str, ...] = ()
     _proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -152,7 +153,7 @@ class LocalKafka:
 
     def _java(self, lib_dir: Path, main: str, *args: str) -> list[str]:
         return [
-            _require("java"), f"-Xms{self.heap_min}", f"-Xmx{self.heap_max}", "-XX:+UseG1GC",
+            _require("java"), f"-Xms{self.heap_min}", f"-Xmx{self.heap_max}", "-XX:+UseG1GC", *self.jvm_flags,
             f"-Dkafka.logs.dir={self.data_dir}",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.xml'}",
             "-cp", str(lib_dir / "*"), main, *args,
