@@ -13,6 +13,7 @@ replication factor of a topic is a partition reassignment, an operator's decisio
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,12 @@ log = logging.getLogger(__name__)
 
 MIN_ISR = "min.insync.replicas"
 _OWN_KEYS = ("partitions", "replication.factor")
+# The topics the service consumes are stored in zstd whatever producers send (the broker
+# recompresses): librdkafka caps the decompressed size of zstd batches only, so this is
+# what keeps a small compressed message from expanding to gigabytes in a consumer
+# (consumers/limits.py). A per-topic compression.type in BILLING_KAFKA_TOPIC_CONFIG wins.
+_CONSUMED_DEFAULTS = {"compression.type": "zstd"}
+_CONSUMED = ("usage", "subscription_commands", "billing_runs")
 
 
 @dataclass(frozen=True)
@@ -84,9 +91,10 @@ def _positive_int(where: str, value) -> int:
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     per_topic = _per_topic(settings)
+    consumed = {getattr(settings.topics, key) for key in _CONSUMED}
     specs = []
     for name in settings.topics.all():
-        entry = per_topic.get(name, {})
+        entry = {**(_CONSUMED_DEFAULTS if name in consumed else {}), **per_topic.get(name, {})}
         where = f"BILLING_KAFKA_TOPIC_CONFIG[{name!r}]"
         partitions = _positive_int(f"{where}.partitions", entry.get("partitions", settings.kafka_partitions))
         rf = _positive_int(f"{where}.replication.factor",
@@ -150,7 +158,23 @@ def create_missing(settings: Settings, *, timeout_s: float = 30.0, raise_errors:
             if raise_errors:
                 raise
             report.failed[topic] = _kafka_error(exc)
+    _wait_visible(admin, report.created, timeout_s)
     return report
+
+
+def _wait_visible(admin, names: list[str], timeout_s: float) -> None:
+    """Until the created topics show in metadata with their partitions (a check or a consumer
+    right after creation would otherwise find them missing)."""
+    deadline = time.monotonic() + timeout_s
+    while names and time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        if all(_present(topics.get(n)) for n in names):
+            return
+        time.sleep(0.1)
+
+
+def _present(topic) -> bool:
+    return topic is not None and topic.error is None and bool(topic.partitions)
 
 
 def check_existing(settings: Settings, *, timeout_s: float = 10.0, admin=None,
@@ -166,7 +190,7 @@ def check_existing(settings: Settings, *, timeout_s: float = 10.0, admin=None,
     present = []
     for spec in specs:
         topic = metadata.topics.get(spec.name)
-        if topic is None or topic.error is not None and not topic.partitions:
+        if not _present(topic):
             if report_missing:
                 problems.append(f"{spec.name}: missing")
             continue

@@ -125,6 +125,7 @@ class Service:
             pool=self.db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
             group_id=COMMANDS_GROUP, strategy=CommandStrategy(), dlq_topic=s.topics.subscription_commands_dlq,
             producer_config=producer_config(s), max_batch_size=500, observer=ConsumerMetrics(COMMANDS_GROUP),
+            max_message_bytes=s.kafka_max_message_bytes,
         )
 
     def _billing_consumer(self):
@@ -138,6 +139,7 @@ class Service:
             pool=self.db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
             group_id=BILLING_GROUP, strategy=BillingRunStrategy(self.db.pool), dlq_topic=s.topics.billing_runs_dlq,
             producer_config=producer_config(s), max_batch_size=10, observer=ConsumerMetrics(BILLING_GROUP),
+            max_message_bytes=s.kafka_max_message_bytes,
         )
 
     async def _sample_outbox(self, relay) -> None:
@@ -255,7 +257,7 @@ def usage_consumer(settings: Settings, pool, **overrides):
         topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(usage_limits(settings)),
         dlq_topic=settings.topics.usage_dlq, producer_config=producer_config(settings),
         max_batch_size=settings.usage_batch_size, max_batch_wait_s=0.5, max_bad_share=settings.usage_max_bad_share,
-        observer=ConsumerMetrics(USAGE_GROUP),
+        observer=ConsumerMetrics(USAGE_GROUP), max_message_bytes=settings.kafka_max_message_bytes,
     )
     options.update(overrides)
     return ConsumerRunner(**options)

@@ -114,7 +114,9 @@ def test_topic_settings_defaults_and_per_topic_overrides():
                                                                      "cleanup.policy": "delete"}})
     specs = {t.name: t for t in topic_specs(s)}
     assert specs["billing.usage.v1"].partitions == 12 and specs["billing.usage.v1"].replication_factor == 3
-    assert specs["billing.usage.v1"].config == {"retention.ms": "604800000", "min.insync.replicas": "2"}
+    assert specs["billing.usage.v1"].config == {"compression.type": "zstd", "retention.ms": "604800000",
+                                                "min.insync.replicas": "2"}
+    assert specs["billing.invoice-requests.v1"].config.get("compression.type") is None
     assert specs["billing.invoice-requests.v1"].min_insync_replicas == 3
     assert specs["billing.usage.dlq.v1"].partitions == 6
 
