@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run lint test test-unit test-chaos proto bench-ingest bench-billing bench-load dashboard clean
+.PHONY: install system-deps run lint test test-unit test-chaos test-cluster proto bench-ingest bench-billing bench-load dashboard clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ test-unit: install
 ## its bounded form). Longer: make test-chaos CHAOS_SECONDS=600 [CHAOS_ROUNDS=5] [CHAOS_SEED=n]
 test-chaos: install
 	$(PY) -m pytest -m chaos -s tests/chaos
+
+## The cluster test alone: three SASL_SSL brokers, one SIGKILLed, one wiped, under load (part of
+## `make test` in its bounded form). Longer: make test-cluster CLUSTER_SECONDS=300 [CLUSTER_SEED=n]
+test-cluster: install
+	$(PY) -m pytest -m cluster -s tests/cluster
 
 ## The abuse suite alone: gRPC fuzzing of every RPC, topic abuse, the tenant isolation matrix
 ## (part of `make test` in its bounded form). The big run: make test-abuse FUZZ_EXAMPLES=3000

@@ -133,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("devstack", help="start or stop only the local PostgreSQL and Kafka")
     p.add_argument("action", choices=["up", "down"])
     p.add_argument("--pg-port", type=int, default=55432)
-    p.add_argument("--kafka-port", type=int, default=59092)
-    p.add_argument("--controller-port", type=int, default=59093)
+    p.add_argument("--kafka-port", type=int, default=59092, help="the first broker's; the next ones +2, +4, ...")
+    p.add_argument("--controller-port", type=int, default=59093, help="the first controller's; the next ones +2, ...")
+    p.add_argument("--brokers", type=int, default=1, help="KRaft nodes (broker and controller each); 3 for a cluster")
+    p.add_argument("--sasl", action="store_true", help="SASL_SSL (SCRAM-SHA-512) with TLS certificates made at start")
     p.set_defaults(func=cmd_devstack)
 
     from producers.load import add_arguments as produce_usage_arguments

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import sys
 
 from billing import admin
@@ -16,6 +17,7 @@ def _stack(settings: Settings, args: argparse.Namespace) -> LocalStack:
     return LocalStack.create(
         settings.state_dir, pg_port=args.pg_port, kafka_port=args.kafka_port, controller_port=args.controller_port,
         kafka_version=settings.kafka_version, kafka_cache_dir=settings.kafka_cache_dir,
+        brokers=getattr(args, "brokers", 1), sasl=getattr(args, "sasl", False),
     )
 
 
@@ -25,7 +27,7 @@ def run_devstack(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "up":
             stack.start(settings.readiness_timeout_s)
             for key, value in stack.env().items():
-                print(f"export {key}={value}")
+                print(f"export {key}={shlex.quote(value)}")
         else:
             stack.stop()
     except DevstackError as exc:
@@ -57,7 +59,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         print(f"devstack: {exc}", file=sys.stderr)
         return 2
     try:
-        settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()})
+        settings = Settings(**stack.settings_kwargs())
         asyncio.run(admin.migrate(settings))
         ensure_topics(settings)
         tenant = asyncio.run(_demo_tenant(settings))

@@ -104,59 +104,73 @@ class LocalKafka:
     version: str
     cache_dir: Path
     host: str = "127.0.0.1"
+    node_id: int = 1
+    heap_min: str = "256m"
+    heap_max: str = "768m"
+    jvm_flags: tuple[str, ...] = ()
     _proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def _properties(self) -> list[str]:
+        """server.properties of the one-node stack (a cluster node overrides this)."""
+        return [
+            "process.roles=broker,controller",
+            f"node.id={self.node_id}",
+            f"controller.quorum.voters={self.node_id}@{self.host}:{self.controller_port}",
+            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={self.data_dir / 'logs'}",
+            "num.partitions=6",
+            "auto.create.topics.enable=false",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=6",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "group.initial.rebalance.delay.ms=0",
+            "message.max.bytes=10485760",
+        ]
+
+    def _format_args(self) -> list[str]:
+        return [f"--cluster-id={_new_cluster_id()}"]
+
+    def admin_config(self) -> dict:
+        """What a client needs to reach this broker (a SASL_SSL node adds its security)."""
+        return {"bootstrap.servers": self.bootstrap_servers}
+
     def _write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
-        props.write_text(
-            "\n".join([
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@{self.host}:{self.controller_port}",
-                f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                f"log.dirs={self.data_dir / 'logs'}",
-                "num.partitions=6",
-                "auto.create.topics.enable=false",
-                "offsets.topic.replication.factor=1",
-                "offsets.topic.num.partitions=6",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "group.initial.rebalance.delay.ms=0",
-                "message.max.bytes=10485760",
-                "",
-            ])
-        )
+        props.write_text("\n".join([*self._properties(), ""]))
         (self.data_dir / "log4j2.xml").write_text(_LOG4J2)
         return props
 
     def _java(self, lib_dir: Path, main: str, *args: str) -> list[str]:
         return [
-            _require("java"), "-Xms256m", "-Xmx768m", "-XX:+UseG1GC",
+            _require("java"), f"-Xms{self.heap_min}", f"-Xmx{self.heap_max}", "-XX:+UseG1GC", *self.jvm_flags,
             f"-Dkafka.logs.dir={self.data_dir}",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.xml'}",
             "-cp", str(lib_dir / "*"), main, *args,
         ]
 
-    def start(self, timeout_s: float = 90.0) -> None:
+    def start(self, timeout_s: float = 90.0, wait: bool = True) -> None:
+        """Format the data directory if it is new, start the broker, wait until it answers
+        (unless `wait` is false: a cluster node cannot answer before its quorum has formed)."""
         lib_dir = resolve_kafka_jars(self.version, self.cache_dir)
         props = self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
             proc = subprocess.run(
-                self._java(lib_dir, "kafka.tools.StorageTool", "format", f"--cluster-id={_new_cluster_id()}", "-c", str(props)),
+                self._java(lib_dir, "kafka.tools.StorageTool", "format", *self._format_args(), "-c", str(props)),
                 capture_output=True, text=True, timeout=120,
             )
             if proc.returncode != 0:
-                raise DevstackError(f"Kafka storage format failed: {proc.stderr[-2000:]}")
+                raise DevstackError(f"Kafka storage format failed: {(proc.stdout + proc.stderr)[-2000:]}")
         self.stop()
         out = open(self.data_dir / "stdout.log", "ab")
         self._proc = subprocess.Popen(
@@ -164,7 +178,8 @@ class LocalKafka:
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         (self.data_dir / "kafka.pid").write_text(str(self._proc.pid))
-        self.wait_ready(timeout_s)
+        if wait:
+            self.wait_ready(timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:
         from confluent_kafka.admin import AdminClient
@@ -174,10 +189,10 @@ class LocalKafka:
             if self._proc is not None and self._proc.poll() is not None:
                 raise DevstackError(f"Kafka exited with {self._proc.returncode}; see {self.data_dir}/server.log")
             if port_is_open(self.host, self.port):
-                admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+                admin = AdminClient({**self.admin_config(), "log_level": 0})
                 try:
                     md = admin.list_topics(timeout=5)
-                    if md.brokers:
+                    if self.node_id in md.brokers:  # this node, registered and unfenced
                         return
                 except Exception:  # noqa: BLE001 - not ready yet, retried until the deadline
                     pass

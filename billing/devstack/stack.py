@@ -1,10 +1,12 @@
 """Both servers together under one state directory, on the ports asked for."""
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from billing.devstack.cluster import KafkaCluster
 from billing.devstack.kafka import LocalKafka
 from billing.devstack.postgres import LocalPostgres
 
@@ -19,16 +21,25 @@ def free_port() -> int:
 @dataclass
 class LocalStack:
     postgres: LocalPostgres
-    kafka: LocalKafka
+    kafka: LocalKafka | KafkaCluster
 
     @classmethod
     def create(cls, state_dir: Path, *, pg_port: int, kafka_port: int, controller_port: int,
-               kafka_version: str, kafka_cache_dir: Path) -> "LocalStack":
-        return cls(
-            postgres=LocalPostgres(data_dir=state_dir / "postgres", port=pg_port),
-            kafka=LocalKafka(data_dir=state_dir / "kafka", port=kafka_port, controller_port=controller_port,
-                             version=kafka_version, cache_dir=kafka_cache_dir),
-        )
+               kafka_version: str, kafka_cache_dir: Path, brokers: int = 1, sasl: bool = False) -> "LocalStack":
+        """One broker (the default, `make run`), or a cluster of `brokers` KRaft nodes, on
+        kafka_port, kafka_port + 2, ... and controller_port, controller_port + 2, ...;
+        `sasl` makes the cluster SASL_SSL (a cluster of one node then, if brokers is 1)."""
+        postgres = LocalPostgres(data_dir=state_dir / "postgres", port=pg_port)
+        if brokers == 1 and not sasl:
+            kafka = LocalKafka(data_dir=state_dir / "kafka", port=kafka_port, controller_port=controller_port,
+                               version=kafka_version, cache_dir=kafka_cache_dir)
+        else:
+            kafka = KafkaCluster.create(
+                state_dir / f"kafka-cluster-{brokers}{'-sasl' if sasl else ''}", brokers=brokers,
+                ports=[kafka_port + 2 * i for i in range(brokers)],
+                controller_ports=[controller_port + 2 * i for i in range(brokers)],
+                version=kafka_version, cache_dir=kafka_cache_dir, sasl=sasl)
+        return cls(postgres=postgres, kafka=kafka)
 
     def start(self, timeout_s: float = 90.0) -> None:
         self.postgres.start(timeout_s)
@@ -46,7 +57,7 @@ class LocalStack:
 
     def env(self) -> dict[str, str]:
         """The settings that point the service at this stack."""
-        return {
+        env = {
             "BILLING_DATABASE_URL": self.postgres.app_url,
             "BILLING_ADMIN_DATABASE_URL": self.postgres.admin_url,
             "BILLING_WORKER_DATABASE_URL": self.postgres.worker_url,
@@ -55,3 +66,17 @@ class LocalStack:
             "BILLING_KAFKA_REPLICATION_FACTOR": "1",
             "BILLING_KAFKA_MIN_INSYNC_REPLICAS": "1",
         }
+        if isinstance(self.kafka, KafkaCluster):
+            env["BILLING_KAFKA_REPLICATION_FACTOR"] = str(self.kafka.replication_factor)
+            env["BILLING_KAFKA_MIN_INSYNC_REPLICAS"] = str(self.kafka.min_insync_replicas)
+            if self.kafka.security:
+                env["BILLING_KAFKA_CONFIG"] = json.dumps(self.kafka.client_config(), sort_keys=True)
+        return env
+
+    def settings_kwargs(self) -> dict:
+        """env() as keyword arguments of Settings (the JSON setting parsed as the environment would)."""
+        out = {}
+        for key, value in self.env().items():
+            name = key.removeprefix("BILLING_").lower()
+            out[name] = json.loads(value) if name == "kafka_config" else value
+        return out

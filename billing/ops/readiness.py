@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import asyncpg
+from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient
 
 from billing.ops.metrics import DEPENDENCY_UP, READY
@@ -62,6 +63,9 @@ class Readiness:
         pg = results[0] if not isinstance(results[0], BaseException) else (f"check failed: {results[0]!r}", "unknown")
         kafka = results[1] if not isinstance(results[1], BaseException) else f"check failed: {results[1]!r}"
         checks = {"postgres": pg[0], "migrations": pg[1], "kafka": kafka}
+        if kafka.startswith("authentication failed") and kafka != self.checks.get("kafka"):
+            # A configuration error, not an outage: said at once, whatever else is pending.
+            log.error("Kafka refused the login; check BILLING_KAFKA_CONFIG (sasl.*, ssl.*)", extra={"reason": kafka})
         for name, state in checks.items():
             if self.export_metrics and state != "not required":
                 DEPENDENCY_UP.labels(name).set(1 if state == "ok" else 0)
@@ -116,10 +120,21 @@ class Readiness:
 
     def _check_kafka(self, assigned: set[tuple[str, int]]) -> str:  # in a worker thread: the admin client blocks
         base = self.kafka_config if self.kafka_config is not None else {"bootstrap.servers": self.kafka_bootstrap}
-        admin = AdminClient({**base, "log_level": 0, "socket.timeout.ms": 2000})
+        # A refused login (wrong SASL password, bad certificate) only shows as a transport
+        # failure of list_topics; the error callback hears the reason, and /readyz says it.
+        refused: list[str] = []
+
+        def on_error(err) -> None:
+            if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
+                refused.append(err.str())
+
+        admin = AdminClient({**base, "log_level": 0, "socket.timeout.ms": 2000, "error_cb": on_error})
         try:
             metadata = admin.list_topics(timeout=self.timeout_s)
         except Exception as exc:  # noqa: BLE001
+            admin.poll(0)  # serves the error callback
+            if refused:
+                return f"authentication failed: {refused[-1]}"
             return f"unreachable: {type(exc).__name__}"
         if not metadata.brokers:
             return "no brokers"

@@ -46,10 +46,11 @@ class Counts:
 class RoleProcess:
     """One `billing serve --roles <role>` process, restartable."""
 
-    def __init__(self, role: str, env: dict, log_dir: Path):
-        self.role = role
+    def __init__(self, role: str, env: dict, log_dir: Path, name: str | None = None):
+        self.role = role  # what --roles gets: one role, or several comma-separated
+        self.name = name or role  # unique per process (two usage consumers: usage-1, usage-2)
         self.env = env
-        self.log_path = log_dir / f"{role}.log"
+        self.log_path = log_dir / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -95,18 +96,21 @@ class Cluster:
     """The dedicated stack plus the role processes."""
 
     def __init__(self, state_dir: Path, *, roles=ROLES, scheduler_interval_s: int = 5,
-                 usage_batch_size: int = 2000):
+                 usage_batch_size: int = 2000, stack: LocalStack | None = None):
+        """`roles`: one process per entry, a role name or (process name, --roles value);
+        `stack`: a stack of the caller's (a Kafka cluster), else a one-broker one of its own."""
         base = Settings()
         self.state_dir = state_dir
-        self.stack = LocalStack.create(state_dir, pg_port=free_port(), kafka_port=free_port(),
-                                       controller_port=free_port(), kafka_version=base.kafka_version,
-                                       kafka_cache_dir=base.kafka_cache_dir)
+        self.stack = stack or LocalStack.create(state_dir, pg_port=free_port(), kafka_port=free_port(),
+                                                controller_port=free_port(), kafka_version=base.kafka_version,
+                                                kafka_cache_dir=base.kafka_cache_dir)
         self.grpc_port = free_port()
-        env = {k.removeprefix("BILLING_").lower(): v for k, v in self.stack.env().items()}
-        self.settings = Settings(**env, grpc_port=self.grpc_port, http_port=free_port(), db_pool_min=1, db_pool_max=4)
+        self.settings = Settings(**self.stack.settings_kwargs(), grpc_port=self.grpc_port, http_port=free_port(),
+                                 db_pool_min=1, db_pool_max=4)
         self.log_dir = state_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.roles = tuple(roles)
+        specs = [r if isinstance(r, tuple) else (r, r) for r in roles]
+        self.roles = tuple(name for name, _ in specs)
         self.counts = Counts()
         self._lock = threading.RLock()  # one fault at a time; the supervisor waits for it
         base_env = dict(os.environ)
@@ -114,13 +118,13 @@ class Cluster:
                          "BILLING_USAGE_BATCH_SIZE": str(usage_batch_size), "BILLING_DB_POOL_MIN": "1",
                          "BILLING_DB_POOL_MAX": "4"})
         self.procs: dict[str, RoleProcess] = {}
-        for role in self.roles:
+        for name, role in specs:
             env = dict(base_env, BILLING_HTTP_PORT=str(free_port()))
-            if role == "api":
+            if "api" in role.split(","):
                 env["BILLING_GRPC_PORT"] = str(self.grpc_port)
-            if role == "scheduler":
+            if "scheduler" in role.split(","):
                 env["BILLING_SCHEDULER_INTERVAL_S"] = str(scheduler_interval_s)
-            self.procs[role] = RoleProcess(role, env, self.log_dir)
+            self.procs[name] = RoleProcess(role, env, self.log_dir, name=name)
         self._supervising = threading.Event()
         self._supervisor: threading.Thread | None = None
         self.timeline: list[str] = []
@@ -151,8 +155,8 @@ class Cluster:
                     break
                 for p in self.procs.values():
                     if p.proc is not None and p.proc.poll() is not None:
-                        self.counts.self_exits.append(f"{p.role}:{p.proc.returncode}")
-                        self.note(f"{p.role} exited on its own with {p.proc.returncode}; restarted")
+                        self.counts.self_exits.append(f"{p.name}:{p.proc.returncode}")
+                        self.note(f"{p.name} exited on its own with {p.proc.returncode}; restarted")
                         p.start()
             time.sleep(0.5)
 

@@ -52,6 +52,7 @@ from billing import codec
 from billing.domain import invoicing, pricing
 from billing.domain.periods import from_us, period_containing, to_us
 from billing.domain.plans import PlanInput, UsageChargeInput, parse_plan, plan_to_dict
+from billing.kafka import client_config
 from billing.v1 import billing_pb2 as pb
 from billing.v1 import billing_pb2_grpc
 from tests.chaos.harness import ROLES, Cluster, Counts
@@ -154,7 +155,7 @@ class Admin:
 def watermarks(settings, topic: str) -> dict[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"chaos-probe-{uuid.uuid4()}"})
+    c = Consumer({**client_config(settings), "group.id": f"chaos-probe-{uuid.uuid4()}"})
     try:
         md = c.list_topics(topic, timeout=20).topics[topic]
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1] for p in md.partitions}
@@ -170,7 +171,7 @@ def read_topic(settings, topic: str) -> list:
     want = sum(marks.values())
     if want == 0:
         return []
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": f"chaos-reader-{uuid.uuid4()}",
+    c = Consumer({**client_config(settings), "group.id": f"chaos-reader-{uuid.uuid4()}",
                   "enable.auto.commit": False, "isolation.level": "read_committed"})
     c.assign([TopicPartition(topic, p, 0) for p in marks])
     out, done = [], dict.fromkeys(marks, False)
@@ -199,7 +200,7 @@ def wait_for_leaders(settings, timeout_s: float = 60) -> None:
     seconds later); the command was then missing, through no fault of the service."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = AdminClient(client_config(settings))
     deadline = time.monotonic() + timeout_s
     while True:
         md = admin.list_topics(timeout=10)
@@ -213,7 +214,7 @@ def wait_for_leaders(settings, timeout_s: float = 60) -> None:
         time.sleep(0.3)
 
 
-async def setup_world(cluster: Cluster, rng: random.Random) -> World:
+async def setup_world(cluster: Cluster, rng: random.Random, seconds: float = SECONDS) -> World:
     from billing.kafka import ensure_topics
     from billing.services.tenants import create_tenant
     from billing.store.db import init_connection
@@ -224,7 +225,7 @@ async def setup_world(cluster: Cluster, rng: random.Random) -> World:
     await asyncio.to_thread(ensure_topics, s)
     await asyncio.to_thread(wait_for_leaders, s)
     t0 = datetime.now(timezone.utc)
-    final_as_of = t0 + timedelta(seconds=SECONDS + 150)
+    final_as_of = t0 + timedelta(seconds=seconds + 150)
     conn = await asyncpg.connect(s.admin_database_url)
     await init_connection(conn)
     tenants, plans, subs = {}, {}, []
@@ -243,7 +244,7 @@ async def setup_world(cluster: Cluster, rng: random.Random) -> World:
             plans[t.tenant_id] = (plan_id, spec)
             for group, count in GROUPS.items():
                 for _ in range(count):
-                    during = timedelta(seconds=rng.uniform(0.15, 0.85) * SECONDS)
+                    during = timedelta(seconds=rng.uniform(0.15, 0.85) * seconds)
                     at_final = final_as_of - timedelta(seconds=rng.uniform(0, 20))
                     end = {"A": at_final - DAY, "B": t0 + during, "C": at_final, "D": t0 + during - DAY}[group]
                     start = end - DAY
@@ -261,7 +262,8 @@ async def setup_world(cluster: Cluster, rng: random.Random) -> World:
 # ---------------------------------------------------------------------------- load
 
 
-def usage_load(cluster: Cluster, world: World, rng: random.Random, stop: threading.Event) -> None:
+def usage_load(cluster: Cluster, world: World, rng: random.Random, stop: threading.Event,
+               rate: float = USAGE_RATE) -> None:
     """Valid usage events at a steady rate, a share of them exact re-sends of earlier ones."""
     from producers.usage_client import AVRO_HEADERS, UsageProducer
 
@@ -288,7 +290,7 @@ def usage_load(cluster: Cluster, world: World, rng: random.Random, stop: threadi
             sent.append((key, value))
         producer.send_encoded(key, value, AVRO_HEADERS)
         world.usage_messages += 1
-        ahead = started + n / USAGE_RATE - time.monotonic()
+        ahead = started + n / rate - time.monotonic()
         if ahead > 0:
             time.sleep(ahead)
     producer.producer.flush(240)
@@ -298,7 +300,8 @@ def usage_load(cluster: Cluster, world: World, rng: random.Random, stop: threadi
         raise AssertionError(f"{producer.pending} usage messages still unconfirmed after 240s")
 
 
-def command_load(cluster: Cluster, world: World, rng: random.Random, stop: threading.Event) -> None:
+def command_load(cluster: Cluster, world: World, rng: random.Random, stop: threading.Event,
+                 seconds: float = SECONDS) -> None:
     """Create (and activate), pause and resume each command subscription, in waves over the
     load phase; about one command in seven produced twice (same command id)."""
     from confluent_kafka import Producer
@@ -328,7 +331,7 @@ def command_load(cluster: Cluster, world: World, rng: random.Random, stop: threa
     per_wave = 3
     waves = -(-len(world.command_subs) // per_wave)
     steps = [("CreateSubscription", 0), ("PauseSubscription", 3), ("ResumeSubscription", 6)]
-    tick = max(0.2, SECONDS * 0.7 / (waves + 6))
+    tick = max(0.2, seconds * 0.7 / (waves + 6))
     for w in range(waves + 7):
         if stop.is_set():
             break
