@@ -172,8 +172,9 @@ def test_unknown_variables_are_named_with_the_closest_setting(caplog):
 
 def test_unknown_variable_warned_by_the_cli():
     env = {"BILLING_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "BILLING_KAFKA_REPLICATION_FACTR": "1",
-           "BILLING_KAFKA_REPLICATION_FACTOR": "1", "BILLING_KAFKA_MIN_INSYNC_REPLICAS": "1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "billing.cli", "tenants", "revoke-key", "not-a-uuid"], env=env,
+           "BILLING_KAFKA_REPLICATION_FACTOR": "1", "BILLING_KAFKA_MIN_INSYNC_REPLICAS": "1", "PATH": "/usr/bin:/bin",
+           "BILLING_ADMIN_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/billing", "BILLING_ENV_FILE": ""}
+    proc = subprocess.run([sys.executable, "-m", "billing.cli", "migrate"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert "unknown setting BILLING_KAFKA_REPLICATION_FACTR is ignored; did you mean " \
            "BILLING_KAFKA_REPLICATION_FACTOR?" in proc.stderr
