@@ -98,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.setup:
         from billing.kafka import ensure_topics
 
+        reach.check_postgres(settings.admin_database_url, "BILLING_ADMIN_DATABASE_URL")
         asyncio.run(admin.migrate(settings))
         ensure_topics(settings)
     return asyncio.run(serve(settings, roles))
@@ -223,9 +224,12 @@ def _expected() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
+    from billing.kafka_topics import UnderReplicatedTopics
     from billing.store.migrations import MigrationError
+    from billing.store.roles import UnsafeDatabaseRole
 
-    return (CommandError, reach.Unreachable, ValueError, ValidationError, SettingsError, MigrationError)
+    return (CommandError, reach.Unreachable, ValueError, ValidationError, SettingsError, MigrationError,
+            UnsafeDatabaseRole, UnderReplicatedTopics)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -242,7 +246,7 @@ def _one_line(exc: BaseException) -> str:
         return f"configuration refused: {exc}" + (f": {exc.__cause__}" if exc.__cause__ else "")
     if isinstance(exc, MigrationError):
         return f"migration refused: {exc}"
-    if isinstance(exc, (CommandError, reach.Unreachable, ValueError)):
+    if isinstance(exc, _expected()):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
 

@@ -104,7 +104,7 @@ def test_missing_secret_or_properties_file_is_refused_at_start(tmp_path):
     ("{not json", 'error parsing value for field "kafka_config"'),
 ])
 def test_cli_refuses_a_bad_setting_with_a_clear_message(value, says):
-    env = {"BILLING_KAFKA_CONFIG": value, "PATH": "/usr/bin:/bin"}
+    env = {"BILLING_KAFKA_CONFIG": value, "PATH": "/usr/bin:/bin", "BILLING_ENV_FILE": ""}
     proc = subprocess.run([sys.executable, "-m", "billing.cli", "topics"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2
