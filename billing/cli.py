@@ -166,12 +166,20 @@ def cmd_produce_usage(args: argparse.Namespace) -> int:
     return run_cli(settings, args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too (argparse prints the whole usage first); subcommands
+    inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (--help for usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="billing", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="billing", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"billing {version()}")
     parser.add_argument("--debug", action="store_true", help="on failure, show the traceback too")
     # --debug after the command too (`billing migrate --debug`); SUPPRESS keeps the top-level value.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="on failure, show the traceback too")
     sub = parser.add_subparsers(dest="command", required=True)

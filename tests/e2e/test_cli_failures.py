@@ -101,6 +101,7 @@ def test_commands_fail_in_one_line_naming_address_and_setting(migrated, args, se
      "billing tenants revoke-key: api_key_id must be a UUID (the api_key_id `tenants create` printed), "
      "got 'not-a-uuid'"),
     (["serve", "--roles", "api,nonsense"], None),
+    (["tenants", "create"], "billing tenants create: the following arguments are required: name (--help for usage)"),
 ])
 def test_bad_input_is_one_line(migrated, args, expected):
     proc, _ = _billing(*args, env=_env(migrated))
