@@ -29,6 +29,8 @@ def test_constraints_pin_every_dependency():
     wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
     for requirement in wanted:
         name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]).lower()
+        if name == "setuptools":  # the build tool: pip freeze leaves it out, pip keeps it current
+            continue
         assert name in pins, f"{name} is not pinned in constraints.txt (make constraints)"
     assert "billing-service" not in pins
     assert "-c constraints.txt" in (PROJECT_ROOT / "Makefile").read_text()
