@@ -19,7 +19,6 @@ RUN pip install --no-cache-dir -c /tmp/constraints.txt /tmp/wheels/billing_servi
     && rm -rf /tmp/wheels /tmp/constraints.txt \
     && useradd --system --uid 10001 --no-create-home billing
 USER billing
-WORKDIR /tmp
 ENV BILLING_GRPC_HOST=0.0.0.0 BILLING_HTTP_HOST=0.0.0.0 \
     PYTHONUNBUFFERED=1
 EXPOSE 50051 8080
