@@ -4,15 +4,26 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run lint test test-unit test-chaos test-cluster proto bench-ingest bench-billing bench-load dashboard clean
+.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-cluster proto bench-ingest bench-billing bench-load dashboard clean
 
-$(STAMP): pyproject.toml
+# Dependencies at the versions of constraints.txt (reproducible installs; the Dockerfile uses it too).
+$(STAMP): pyproject.toml setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## Re-pin constraints.txt to what the venv holds now (after changing dependencies in pyproject.toml:
+## `$(PY) -m pip install -U -e '.[dev]'` first, then this, then run the tests).
+constraints: install
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+## The wheel users install (schemas and migrations inside): dist/billing_service-<version>-py3-none-any.whl
+wheel: install
+	$(PY) -m pip wheel --no-deps --wheel-dir dist .
 
 # kcat (a Kafka client that is not ours) produces CloudEvents in one test. Debian package.
 system-deps:

@@ -35,6 +35,8 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint as _fingerprint_hex
 from fastavro.schema import to_parsing_canonical_form
 
+from billing.resources import schemas_dir
+
 __all__ = [
     "SCHEMA_DIR",
     "HISTORY_DIR",
@@ -52,7 +54,8 @@ __all__ = [
     "register_history_schema",
 ]
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas" / "avro"
+# schemas/avro of the repository, installed as billing._schemas (billing/resources.py).
+SCHEMA_DIR = schemas_dir() / "avro"
 HISTORY_DIR = SCHEMA_DIR / "history"
 NAMESPACE = "billing.v1"
 

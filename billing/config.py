@@ -13,11 +13,35 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from billing import kafka_properties
+from billing.resources import migrations_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The file `billing dev` / `billing devstack up` write in the state directory.
+STACK_ENV_FILE = "env"
+
+
+def default_state_dir() -> Path:
+    """A source checkout (editable install): its .state, where `make run` keeps the stack.
+    An installed wheel: $XDG_STATE_HOME/billing-service (~/.local/state/billing-service)."""
+    if (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "billing").is_dir():
+        return PROJECT_ROOT / ".state"
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "billing-service"
+
+
+def stack_env_file(init_kwargs: Mapping[str, Any] | None = None,
+                   environ: Mapping[str, str] | None = None) -> Path | None:
+    """The local stack's settings file Settings reads: BILLING_ENV_FILE (or env_file=) when
+    set ("" turns the file off), else <state dir>/env. None: no file is read."""
+    init_kwargs = init_kwargs or {}
+    environ = os.environ if environ is None else environ
+    explicit = init_kwargs.get("env_file", environ.get("BILLING_ENV_FILE"))
+    if explicit is not None:
+        return Path(explicit) if str(explicit) else None
+    state = init_kwargs.get("state_dir") or environ.get("BILLING_STATE_DIR")
+    return (Path(state) if state else default_state_dir()) / STACK_ENV_FILE
 
 
 class Topics(BaseSettings):
@@ -132,9 +156,16 @@ class Settings(BaseSettings):
     readiness_requires_kafka: bool = True
     # How often the relay role samples the outbox backlog gauges.
     outbox_backlog_interval_s: float = 5.0
-    migrations_dir: Path = PROJECT_ROOT / "migrations"
-    # Where `billing dev` keeps PostgreSQL data, Kafka logs and the Kafka jars' classpath.
-    state_dir: Path = PROJECT_ROOT / ".state"
+    # The numbered SQL files `billing migrate` applies and readiness checks: by default the
+    # ones installed with the code (migrations/ of the repository, billing/resources.py).
+    migrations_dir: Path = Field(default_factory=migrations_dir)
+    # Where `billing dev` keeps PostgreSQL data, Kafka logs, the Kafka jars' classpath and
+    # the stack's settings file (default_state_dir above).
+    state_dir: Path = Field(default_factory=default_state_dir)
+    # The local stack's settings file (stack_env_file above): read when it exists, below
+    # explicit values and the environment, so every command finds the stack `billing dev`
+    # started. "" reads no file (the test suite sets that).
+    env_file: str | None = None
     # Kafka jars are resolved once with Maven and cached here, outside the work tree.
     kafka_cache_dir: Path = Path.home() / ".cache" / "billing-devstack"
     kafka_version: str = "4.1.1"
@@ -146,6 +177,17 @@ class Settings(BaseSettings):
     # each process draws a random key, so a token works only on the replica that issued it
     # and until it restarts.
     page_token_secret: SecretStr = SecretStr("")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit values, then the environment, then the stack's file, then defaults.
+        path = stack_env_file(getattr(init_settings, "init_kwargs", None))
+        stack = [DotEnvSettingsSource(settings_cls, env_file=path)] if path is not None and path.is_file() else []
+        return (init_settings, env_settings, *stack, file_secret_settings)
 
     @field_validator("kafka_config", mode="before")
     @classmethod

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from billing.config import Settings
+# A developer's local stack (`billing dev` writes .state/env, which Settings reads when
+# present) must never reach the suite: its settings are explicit, and this turns the file
+# off for every Settings() here and in every process the tests start (they inherit it).
+os.environ["BILLING_ENV_FILE"] = ""
+
+from billing.config import Settings  # noqa: E402
 from billing.devstack import LocalStack, free_port
 
 

@@ -6,9 +6,10 @@ import asyncio
 import json
 import shlex
 import sys
+from pathlib import Path
 
 from billing import admin
-from billing.config import Settings
+from billing.config import STACK_ENV_FILE, Settings
 from billing.devstack.postgres import DevstackError
 from billing.devstack.stack import LocalStack
 
@@ -21,14 +22,33 @@ def _stack(settings: Settings, args: argparse.Namespace) -> LocalStack:
     )
 
 
+def write_env_file(settings: Settings, env: dict[str, str]) -> Path:
+    """The stack's settings in <state dir>/env, which every `billing` command and Settings()
+    read while it exists (the environment wins); removed when the stack stops."""
+    path = settings.state_dir / STACK_ENV_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{key}={shlex.quote(value)}\n" for key, value in env.items()))
+    return path
+
+
+def remove_env_file(settings: Settings) -> None:
+    (settings.state_dir / STACK_ENV_FILE).unlink(missing_ok=True)
+
+
+def export_lines(env: dict[str, str]) -> str:
+    return "\n".join(f"export {key}={shlex.quote(value)}" for key, value in env.items())
+
+
 def run_devstack(settings: Settings, args: argparse.Namespace) -> int:
     stack = _stack(settings, args)
     try:
         if args.action == "up":
             stack.start(settings.readiness_timeout_s)
-            for key, value in stack.env().items():
-                print(f"export {key}={shlex.quote(value)}")
+            path = write_env_file(settings, stack.env())
+            print(f"# written to {path}, read by every billing command; for other tools:")
+            print(export_lines(stack.env()))
         else:
+            remove_env_file(settings)
             stack.stop()
     except DevstackError as exc:
         print(f"devstack: {exc}", file=sys.stderr)
@@ -52,6 +72,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     from billing.runtime import serve
 
     configure(settings.log_level)
+    stack_settings = settings  # whose state directory holds the env file
     stack = _stack(settings, args)
     try:
         stack.start(settings.readiness_timeout_s)
@@ -59,6 +80,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         print(f"devstack: {exc}", file=sys.stderr)
         return 2
     try:
+        path = write_env_file(settings, stack.env())
         settings = Settings(**stack.settings_kwargs())
         asyncio.run(admin.migrate(settings))
         ensure_topics(settings)
@@ -75,6 +97,10 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
                 f"  API key     {tenant['api_key']}",
                 "  (send it as gRPC metadata  authorization: Bearer <key>;  Ctrl-C stops everything)",
                 "",
+                f"every billing command reads the stack's settings from {path} while it runs;",
+                "for other tools (and the README's Python snippets in another shell):",
+                export_lines(stack.env()),
+                "",
             ]),
             flush=True,
         )
@@ -82,5 +108,6 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        remove_env_file(stack_settings)
         stack.stop()
     return 0

@@ -109,6 +109,10 @@ class Readiness:
 
     async def _check_postgres(self) -> tuple[str, str]:
         try:
+            migrations.load_migrations(self.migrations_dir)
+        except migrations.MigrationError as exc:  # never "ok" without the files to compare with
+            return await self._check_postgres_only(), f"broken: {exc}"
+        try:
             async with asyncio.timeout(self.timeout_s):
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await asyncpg.connect(self.dsn or self.db.url)
@@ -117,6 +121,17 @@ class Readiness:
             await self.close()
             return f"unreachable: {type(exc).__name__}", "unknown"
         return "ok", ("ok" if not todo else f"pending: {', '.join(todo)}")
+
+    async def _check_postgres_only(self) -> str:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(self.dsn or self.db.url)
+                await self._conn.fetchval("select 1")
+        except Exception as exc:  # noqa: BLE001
+            await self.close()
+            return f"unreachable: {type(exc).__name__}"
+        return "ok"
 
     def _check_kafka(self, assigned: set[tuple[str, int]]) -> str:  # in a worker thread: the admin client blocks
         base = self.kafka_config if self.kafka_config is not None else {"bootstrap.servers": self.kafka_bootstrap}

@@ -33,12 +33,19 @@ class Migration:
 
 
 def load_migrations(directory: Path) -> list[Migration]:
+    """The migrations of `directory`, in order. None at all is an error, never "nothing to
+    do": a package installed without its SQL files would otherwise report an empty database
+    as migrated (BILLING_MIGRATIONS_DIR names another directory)."""
+    if not directory.is_dir():
+        raise MigrationError(f"no migrations directory at {directory} (BILLING_MIGRATIONS_DIR)")
     found: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
         match = _FILE.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files are named NNN_name.sql")
         found.append(Migration(int(match.group(1)), path.name, path.read_text()))
+    if not found:
+        raise MigrationError(f"no migration files (NNN_name.sql) in {directory} (BILLING_MIGRATIONS_DIR)")
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"two migration files share a number in {directory}")

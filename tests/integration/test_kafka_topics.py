@@ -85,7 +85,8 @@ def test_min_insync_replicas_read_from_the_topic_config(settings):
 
 
 def _cli_env(settings: Settings, topics: Topics, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_")}
+    # BILLING_ENV_FILE stays (empty: tests/conftest.py): no developer's stack file leaks in.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BILLING_") or k == "BILLING_ENV_FILE"}
     env.update({"BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, **extra})
     env.update({f"BILLING_TOPIC_{key.upper()}": name for key, name in topics.model_dump().items()})
     return env

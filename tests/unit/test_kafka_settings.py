@@ -104,7 +104,7 @@ def test_missing_secret_or_properties_file_is_refused_at_start(tmp_path):
     ("{not json", 'error parsing value for field "kafka_config"'),
 ])
 def test_cli_refuses_a_bad_setting_with_a_clear_message(value, says):
-    env = {"BILLING_KAFKA_CONFIG": value, "PATH": "/usr/bin:/bin"}
+    env = {"BILLING_KAFKA_CONFIG": value, "PATH": "/usr/bin:/bin", "BILLING_ENV_FILE": ""}
     proc = subprocess.run([sys.executable, "-m", "billing.cli", "topics"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2
@@ -172,8 +172,9 @@ def test_unknown_variables_are_named_with_the_closest_setting(caplog):
 
 def test_unknown_variable_warned_by_the_cli():
     env = {"BILLING_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "BILLING_KAFKA_REPLICATION_FACTR": "1",
-           "BILLING_KAFKA_REPLICATION_FACTOR": "1", "BILLING_KAFKA_MIN_INSYNC_REPLICAS": "1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "billing.cli", "tenants", "revoke-key", "not-a-uuid"], env=env,
+           "BILLING_KAFKA_REPLICATION_FACTOR": "1", "BILLING_KAFKA_MIN_INSYNC_REPLICAS": "1", "PATH": "/usr/bin:/bin",
+           "BILLING_ADMIN_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/billing", "BILLING_ENV_FILE": ""}
+    proc = subprocess.run([sys.executable, "-m", "billing.cli", "migrate"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert "unknown setting BILLING_KAFKA_REPLICATION_FACTR is ignored; did you mean " \
            "BILLING_KAFKA_REPLICATION_FACTOR?" in proc.stderr
