@@ -187,7 +187,9 @@ def main() -> int:
         settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()})
     env = {**os.environ, "BILLING_DATABASE_URL": settings.database_url,
            "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
-           "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "BILLING_LOG_LEVEL": "WARNING"}
+           "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "BILLING_KAFKA_REPLICATION_FACTOR": str(settings.kafka_replication_factor),
+           "BILLING_KAFKA_MIN_INSYNC_REPLICAS": str(settings.kafka_min_insync_replicas), "BILLING_LOG_LEVEL": "WARNING"}
     try:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         ensure_topics(settings)

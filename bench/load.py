@@ -321,7 +321,9 @@ def main() -> int:
     address = f"127.0.0.1:{grpc_port}"
     env = {**os.environ, "BILLING_DATABASE_URL": settings.database_url,
            "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
-           "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "BILLING_LOG_LEVEL": "WARNING",
+           "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "BILLING_KAFKA_REPLICATION_FACTOR": str(settings.kafka_replication_factor),
+           "BILLING_KAFKA_MIN_INSYNC_REPLICAS": str(settings.kafka_min_insync_replicas), "BILLING_LOG_LEVEL": "WARNING",
            "BILLING_SCHEDULER_INTERVAL_S": "0"}
     procs: list[tuple[subprocess.Popen, int]] = []
     finished = False

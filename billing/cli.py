@@ -10,8 +10,13 @@ import uuid
 from billing.config import Settings
 
 
-def _settings() -> Settings:
-    return Settings()
+def _settings(warn: bool = True) -> Settings:
+    settings = Settings()
+    if warn:
+        from billing.config import warn_unknown_env
+
+        warn_unknown_env()
+    return settings
 
 
 async def _migrate(settings: Settings) -> list[str]:
@@ -50,8 +55,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from billing.ops.logging import configure
     from billing.runtime import ALL_ROLES, serve
 
-    settings = _settings()
+    from billing.config import warn_unknown_env
+
+    settings = _settings(warn=False)
     configure(settings.log_level)
+    warn_unknown_env()
     roles = tuple(r.strip() for r in args.roles.split(",")) if args.roles else ALL_ROLES
     if args.setup:
         from billing.kafka import ensure_topics
@@ -85,10 +93,19 @@ def cmd_tenants_revoke_key(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(_: argparse.Namespace) -> int:
-    from billing.kafka import ensure_topics
+    """Create missing topics, check every topic against the replication settings; exit 1
+    on a topic that could not be created, one below the settings, or Kafka unreachable."""
+    from billing.kafka_topics import sync
 
-    print(json.dumps({"created": ensure_topics(_settings())}))
-    return 0
+    report = sync(_settings())
+    print(json.dumps(report.as_dict()))
+    for topic, why in report.failed.items():
+        print(f"topic {topic} not created: {why}", file=sys.stderr)
+    for problem in report.problems:
+        print(f"topic {problem}", file=sys.stderr)
+    if report.unchecked:
+        print(f"topics not checked: {report.unchecked}", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -121,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply pending migrations (as BILLING_ADMIN_DATABASE_URL)")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("topics", help="create the service's Kafka topics that do not exist yet")
+    p = sub.add_parser("topics", help="create the service's Kafka topics that do not exist yet and check "
+                                       "every topic's replication factor and min.insync.replicas (exit 1 if below)")
     p.set_defaults(func=cmd_topics)
 
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="tenants_command", required=True)
@@ -154,8 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ValidationError as exc:  # a bad setting: say which, no traceback
+        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        print(f"configuration refused: {errors}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

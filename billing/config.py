@@ -5,10 +5,17 @@ PostgreSQL and Kafka needs no code change (see the Configuration section of READ
 """
 from __future__ import annotations
 
+import difflib
+import logging
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from billing import kafka_properties
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +47,26 @@ class Settings(BaseSettings):
     db_pool_max: int = 10
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # librdkafka properties for EVERY Kafka client the service and its tools create
+    # (security.protocol, sasl.*, ssl.*, ...): a JSON object, and/or a Java .properties
+    # file; the JSON wins for a key in both. `file:/path` values are read from that file.
+    # Properties the service's guarantees need are refused (billing/kafka_properties.py).
+    kafka_config: dict[str, str] = Field(default_factory=dict)
+    kafka_config_file: Path | None = None
+    # Topics `billing topics` creates, and the floor it (and the service at start) checks
+    # existing topics against. The one-broker local stack sets both to 1.
+    kafka_replication_factor: int = Field(default=3, ge=1)
+    kafka_min_insync_replicas: int = Field(default=2, ge=1)
+    # Per topic (by name, or by its BILLING_TOPIC_* key such as "usage"): "partitions",
+    # "replication.factor", and any topic config ("retention.ms", "min.insync.replicas", ...).
+    kafka_topic_config: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Start anyway on topics below the replication settings (a warning is logged).
+    kafka_accept_under_replicated: bool = False
+    # Bounded consumption (docs/kafka.md): the most a consumer fetches at once, and the
+    # largest message value (after decompression) the usage and command consumers accept;
+    # larger ones are dead-lettered with the reason `too_large`.
+    kafka_fetch_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
+    kafka_max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
     kafka_partitions: int = 6
     # How long the group waits for a consumer that vanished (SIGKILL, lost host) before
     # handing its partitions to the others. Kafka's default is 45 s; 10 s fails over faster.
@@ -108,3 +135,55 @@ class Settings(BaseSettings):
     kafka_version: str = "4.1.1"
     # Seconds to wait for PostgreSQL or Kafka to become ready before giving up.
     readiness_timeout_s: float = 90.0
+
+    @field_validator("kafka_config", mode="before")
+    @classmethod
+    def _kafka_config_text(cls, value):
+        # JSON numbers and booleans are accepted and passed on as librdkafka text.
+        if isinstance(value, dict):
+            return {str(k): kafka_properties.stringify(v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_checks(self) -> "Settings":
+        kafka_properties.check(kafka_properties.merged(self.kafka_config, self.kafka_config_file))
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(f"BILLING_KAFKA_MIN_INSYNC_REPLICAS ({self.kafka_min_insync_replicas}) must not exceed "
+                             f"BILLING_KAFKA_REPLICATION_FACTOR ({self.kafka_replication_factor}): every acks=all "
+                             "write would fail")
+        from billing.kafka_topics import check_topic_config
+
+        check_topic_config(self)
+        if self.kafka_fetch_max_bytes < self.kafka_max_message_bytes:
+            raise ValueError("BILLING_KAFKA_FETCH_MAX_BYTES must be at least BILLING_KAFKA_MAX_MESSAGE_BYTES")
+        return self
+
+
+# Prefixes of variables that are not Settings fields: the test harness's own.
+_NOT_SETTINGS = ("BILLING_TEST_",)
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """BILLING_* variables no setting reads, each with the closest known name (or None).
+    A typo (BILLING_KAFKA_BOOTSTRAP_SERVER) would otherwise be silently ignored."""
+    environ = os.environ if environ is None else environ
+    known = {f"BILLING_{name.upper()}" for name in Settings.model_fields}
+    known |= {f"BILLING_TOPIC_{name.upper()}" for name in Topics.model_fields}
+    out = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("BILLING_") or upper in known or upper.startswith(_NOT_SETTINGS):
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.75)
+        out.append((name, close[0] if close else None))
+    return out
+
+
+def warn_unknown_env(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """Log a warning per unknown BILLING_* variable (see unknown_env); return them."""
+    found = unknown_env(environ)
+    for name, close in found:
+        logging.getLogger("billing.config").warning(
+            "unknown setting %s is ignored%s", name, f"; did you mean {close}?" if close else "",
+            extra={"variable": name, "did_you_mean": close})
+    return found

@@ -1,63 +1,68 @@
-"""Kafka plumbing shared by every role: client settings and topic creation."""
+"""Kafka plumbing shared by every role: the configuration of every client it creates.
+
+Every client (consumers, producers, the relay, dead-letter producers, admin clients of
+`billing topics`, readiness and the start-up check, `billing produce-usage`,
+`UsageProducer`) is configured from `client_config`: the bootstrap servers, the user's
+properties (BILLING_KAFKA_CONFIG / BILLING_KAFKA_CONFIG_FILE, `file:` secrets read now)
+and our logger. Topic creation and checks are in billing.kafka_topics.
+"""
 from __future__ import annotations
 
 import logging
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
-
+from billing import kafka_properties
 from billing.config import Settings
 
 # librdkafka's own log lines go through Python logging (served by the client's poll and
 # consume calls), so they come out as JSON like everything else, never raw on stderr.
 KAFKA_LOG = logging.getLogger("librdkafka")
 
+# Fixed last, over anything a caller passes: the delivery guarantees rest on them.
+_PRODUCER_FIXED = {"enable.idempotence": True, "acks": "all"}
+_CONSUMER_FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False,
+                   "isolation.level": "read_committed"}
+
+
+def user_properties(settings: Settings) -> dict[str, str]:
+    """The user's librdkafka properties, file then JSON, with `file:` secrets resolved."""
+    return kafka_properties.resolve(kafka_properties.merged(settings.kafka_config, settings.kafka_config_file))
+
+
+def client_config(settings: Settings) -> dict:
+    """What every Kafka client gets: bootstrap servers, the user's properties, the logger."""
+    return {"bootstrap.servers": settings.kafka_bootstrap_servers, **user_properties(settings), "logger": KAFKA_LOG}
+
 
 def producer_config(settings: Settings, **extra) -> dict:
     # Idempotent producer: retries never duplicate or reorder within a partition.
-    return {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 5,
-        "compression.type": "lz4",
-        "logger": KAFKA_LOG,
-        **extra,
-    }
+    return {"linger.ms": 5, "compression.type": "lz4", **client_config(settings), **extra, **_PRODUCER_FIXED}
 
 
 def consumer_config(settings: Settings, group_id: str, **extra) -> dict:
     # Offsets live in PostgreSQL with the effects; Kafka's own commit is off.
+    # fetch.max.bytes bounds one fetch response; receive.message.max.bytes (librdkafka keeps it
+    # at least fetch.max.bytes + 512) also caps what one zstd batch may decompress to.
+    fetch = settings.kafka_fetch_max_bytes
     return {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
+        **client_config(settings),
+        "group.id": group_id,
         "session.timeout.ms": settings.kafka_session_timeout_ms,
-        "logger": KAFKA_LOG,
+        "fetch.max.bytes": fetch,
+        "max.partition.fetch.bytes": min(fetch, max(settings.kafka_max_message_bytes, 1024 * 1024)),
+        "receive.message.max.bytes": fetch + 512,
         **extra,
+        **_CONSUMER_FIXED,
     }
 
 
+def admin_config(settings: Settings, **extra) -> dict:
+    return {**client_config(settings), **extra}
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
-    """Create the service's topics that do not exist yet; return the names created."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = [t for t in settings.topics.all() if t not in existing]
-    if not wanted:
-        return []
-    futures = admin.create_topics(
-        [NewTopic(t, num_partitions=settings.kafka_partitions, replication_factor=1) for t in wanted],
-        operation_timeout=timeout_s,
-    )
-    created = []
-    for topic, future in futures.items():
-        try:
-            future.result(timeout_s)
-            created.append(topic)
-        except KafkaException as exc:
-            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-                raise
-    return created
+    """Create the service's topics that do not exist yet; return the names created.
+    Raises when a topic cannot be created (see billing.kafka_topics.create_missing)."""
+    from billing.kafka_topics import create_missing
+
+    return create_missing(settings, timeout_s=timeout_s, raise_errors=True).created

@@ -34,6 +34,7 @@ from billing.store.db import Database
 log = logging.getLogger(__name__)
 
 ALL_ROLES = ("api", "commands", "usage", "billing", "scheduler", "relay")
+KAFKA_ROLES = frozenset({"commands", "usage", "billing", "relay"})  # roles with Kafka clients
 COMMANDS_GROUP = "billing-commands"
 USAGE_GROUP = "billing-usage"
 BILLING_GROUP = "billing-runs"
@@ -62,6 +63,10 @@ class Service:
         if unknown:
             raise ValueError(f"unknown roles {sorted(unknown)}; known: {', '.join(ALL_ROLES)}")
         tracing.configure(s)
+        if set(self.roles) & KAFKA_ROLES:  # refuse topics below the replication settings
+            from billing.kafka_topics import check_at_start
+
+            await asyncio.to_thread(check_at_start, s)
         from billing.services import billing as billing_service
 
         billing_service.DEFAULT_SHARDS = s.run_shards  # runs requested by this process (api, scheduler)
@@ -69,8 +74,11 @@ class Service:
             log.warning(warning)
         self.db = await Database.connect(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
         track_pool(self.db.pool)
+        from billing.kafka import admin_config
+
         self.readiness = Readiness(self.db, s.kafka_bootstrap_servers, s.migrations_dir,
-                                   required_topics=tuple(s.topics.all()), check_kafka=s.readiness_requires_kafka)
+                                   required_topics=tuple(s.topics.all()), check_kafka=s.readiness_requires_kafka,
+                                   kafka_config=admin_config(s))
         self._tasks.append(asyncio.create_task(self._wait_for_schema(), name="wait-for-migrations"))
         if "api" in self.roles:
             self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, tls=ServerTls.from_settings(s),
@@ -125,6 +133,7 @@ class Service:
             pool=self.db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
             group_id=COMMANDS_GROUP, strategy=CommandStrategy(), dlq_topic=s.topics.subscription_commands_dlq,
             producer_config=producer_config(s), max_batch_size=500, observer=ConsumerMetrics(COMMANDS_GROUP),
+            max_message_bytes=s.kafka_max_message_bytes,
         )
 
     def _billing_consumer(self):
@@ -138,6 +147,7 @@ class Service:
             pool=self.db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
             group_id=BILLING_GROUP, strategy=BillingRunStrategy(self.db.pool), dlq_topic=s.topics.billing_runs_dlq,
             producer_config=producer_config(s), max_batch_size=10, observer=ConsumerMetrics(BILLING_GROUP),
+            max_message_bytes=s.kafka_max_message_bytes,
         )
 
     async def _sample_outbox(self, relay) -> None:
@@ -272,11 +282,11 @@ def usage_consumer(settings: Settings, pool, **overrides):
     from consumers.usage import UsageStrategy
 
     options = dict(
-        pool=pool, kafka_config=consumer_config(settings, USAGE_GROUP, **{"fetch.max.bytes": 64 * 1024 * 1024}),
+        pool=pool, kafka_config=consumer_config(settings, USAGE_GROUP),
         topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(usage_limits(settings)),
         dlq_topic=settings.topics.usage_dlq, producer_config=producer_config(settings),
         max_batch_size=settings.usage_batch_size, max_batch_wait_s=0.5, max_bad_share=settings.usage_max_bad_share,
-        observer=ConsumerMetrics(USAGE_GROUP),
+        observer=ConsumerMetrics(USAGE_GROUP), max_message_bytes=settings.kafka_max_message_bytes,
     )
     options.update(overrides)
     return ConsumerRunner(**options)

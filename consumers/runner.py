@@ -107,6 +107,7 @@ from opentelemetry.trace import SpanKind
 from billing.ops import tracing
 
 from billing.store import offsets as offset_store
+from consumers.limits import UndecompressableTracker, is_undecompressable, placeholder, split_too_large
 from consumers.dlq import (
     BadShareWindow,
     DeadLetterDeliveryError,
@@ -268,6 +269,7 @@ class ConsumerRunner:
         on_batch: Callable[[int, int, float], None] | None = None,
         observer: RunnerObserver | None = None,
         lag_interval_s: float = 1.0,
+        max_message_bytes: int | None = None,
     ):
         if not topics:
             raise ValueError("topics must not be empty")
@@ -302,6 +304,10 @@ class ConsumerRunner:
         self._on_batch = on_batch
         self._observer = observer
         self._lag_interval_s = lag_interval_s
+        # Larger values, and batches librdkafka would not decompress, are dead-lettered as
+        # too_large before the strategy sees them (consumers/limits.py).
+        self._max_message_bytes = max_message_bytes
+        self._undecompressable = UndecompressableTracker()  # consumer thread
         self._watermarks_at = 0.0  # consumer thread: when watermarks were last read
         self._watermark_queried: dict[TopicPartition, float] = {}  # consumer thread: last broker query
         self._high: dict[TopicPartition, tuple[int, int]] = {}  # runner task: (low, high) as last fetched
@@ -532,10 +538,11 @@ class ConsumerRunner:
                 moved = {tp for tp, value in expected.items() if current.get(tp) != value}
                 if moved:
                     raise _Fenced(moved)
-                result = await self._strategy.process(conn, batch)  # (1)
+                work, too_large = split_too_large(batch, self._max_message_bytes)
+                result = await self._strategy.process(conn, work) if work else None  # (1)
                 if result is None:
                     result = BatchResult()
-                dead = list(result.dead_letters)
+                dead = too_large + list(result.dead_letters)
                 flags = self._dead_flags(batch, dead)
                 over, bad, sample = self._window.exceeded(flags)
                 if over:
@@ -673,6 +680,9 @@ class ConsumerRunner:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
+                if is_undecompressable(err) and (msg.topic(), msg.partition()) in self._assignment:
+                    out.append(self._placeholder_sync(msg, err))
+                    continue
                 if err.fatal():
                     raise KafkaException(err)
                 log.warning("consumer error: %s", err, extra={
@@ -687,6 +697,12 @@ class ConsumerRunner:
                 self._events.append(("watermarks", self._watermarks_sync()))
         events, self._events = self._events, []
         return events, out
+
+    def _placeholder_sync(self, msg: KafkaMessage, err: KafkaError) -> Message:
+        """librdkafka would report this batch forever: stand in for its next offset, move on."""
+        offset = self._undecompressable.next_offset(msg.topic(), msg.partition(), msg.offset())
+        self._consumer.seek(KafkaTopicPartition(msg.topic(), msg.partition(), offset + 1))
+        return placeholder(msg.topic(), msg.partition(), offset, err.str())
 
     def _rebuild_sync(self) -> None:
         """The partitions were lost (session timeout) and no assignment came back within
@@ -739,6 +755,7 @@ class ConsumerRunner:
         self._paused = False
 
     def _seek_sync(self, positions: dict[TopicPartition, int | None]) -> None:
+        self._undecompressable.forget()
         for (topic, partition), offset in positions.items():
             if (topic, partition) in self._assignment:
                 # Failing here would skip messages; raise instead (restart resumes from PG).
@@ -749,6 +766,7 @@ class ConsumerRunner:
         if consumer is not self._consumer:
             return  # a client given up by _rebuild_sync
         self._lost_at = None
+        self._undecompressable.forget()
         keys = [(tp.topic, tp.partition) for tp in partitions]
         future = asyncio.run_coroutine_threadsafe(self._load_offsets(keys), self._loop)
         try:

@@ -45,6 +45,9 @@ def settings(stack) -> Settings:
             "database_url": os.environ["BILLING_TEST_DATABASE_URL"],
             "admin_database_url": os.environ["BILLING_TEST_ADMIN_DATABASE_URL"],
             "kafka_bootstrap_servers": os.environ["BILLING_TEST_KAFKA_BOOTSTRAP_SERVERS"],
+            # Like the local stack (one broker) unless told otherwise.
+            "kafka_replication_factor": os.environ.get("BILLING_TEST_KAFKA_REPLICATION_FACTOR", "1"),
+            "kafka_min_insync_replicas": os.environ.get("BILLING_TEST_KAFKA_MIN_INSYNC_REPLICAS", "1"),
         }
     else:
         env = {k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()}

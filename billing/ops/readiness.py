@@ -44,6 +44,9 @@ class Readiness:
     # The (topic, partition) pairs each consumer role of the process holds (ConsumerRunner.assignment).
     assignments: list[Callable[[], Iterable[tuple[str, int]]]] = field(default_factory=list)
     dsn: str | None = None  # the check's own connection; default: the URL the pool was opened with
+    # The admin client's configuration (billing.kafka.admin_config: security settings and
+    # all); None: just bootstrap.servers = kafka_bootstrap.
+    kafka_config: dict | None = None
     _ready: bool = False
     _draining: bool = False
     _conn: asyncpg.Connection | None = None
@@ -112,7 +115,8 @@ class Readiness:
         return "ok", ("ok" if not todo else f"pending: {', '.join(todo)}")
 
     def _check_kafka(self, assigned: set[tuple[str, int]]) -> str:  # in a worker thread: the admin client blocks
-        admin = AdminClient({"bootstrap.servers": self.kafka_bootstrap, "log_level": 0, "socket.timeout.ms": 2000})
+        base = self.kafka_config if self.kafka_config is not None else {"bootstrap.servers": self.kafka_bootstrap}
+        admin = AdminClient({**base, "log_level": 0, "socket.timeout.ms": 2000})
         try:
             metadata = admin.list_topics(timeout=self.timeout_s)
         except Exception as exc:  # noqa: BLE001

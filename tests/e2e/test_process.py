@@ -27,6 +27,8 @@ def _env(settings, **extra) -> dict:
         "BILLING_DATABASE_URL": settings.database_url,
         "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
         "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "BILLING_KAFKA_REPLICATION_FACTOR": str(settings.kafka_replication_factor),
+        "BILLING_KAFKA_MIN_INSYNC_REPLICAS": str(settings.kafka_min_insync_replicas),
         **extra,
     })
     return env
