@@ -6,7 +6,7 @@ bills one subscription per transaction, measured in the same run.
 
 Starts its own PostgreSQL (the local stack's, in a temporary directory; no Kafka needed:
 the run is executed directly with `billing.services.billing.execute_run`, exactly what the
-billing consumer calls) unless BILLING_DATABASE_URL / BILLING_ADMIN_DATABASE_URL point at a
+billing consumer calls) unless BILLING_DATABASE_URL / BILLING_WORKER_DATABASE_URL / BILLING_ADMIN_DATABASE_URL point at a
 server of yours. Subscriptions (each with its own anchor and usage) and their usage totals are written
 straight into the database; what is measured is the run, from start to completed, split into `--processes`
 shards (default 2) executed by as many processes, as two billing consumers would (the outbox relay's
@@ -118,7 +118,7 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
     (`time.process_time` around `execute_run`) and PostgreSQL's (/proc, while the shards'
     connections are still open), per subscription billed. The machine is a shared VM whose
     speed varies by the hour: CPU per subscription tells a slower code from a slower hour."""
-    db = await Database.connect(settings.database_url, min_size=1, max_size=workers + 2)
+    db = await Database.connect(settings.worker_database_url, min_size=1, max_size=workers + 2)
     try:
         caller = Caller(tenant_id, "bench")
         key = str(uuid.uuid4())
@@ -130,7 +130,7 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
         else:
             ctx = multiprocessing.get_context("spawn")
             ready, go, measured, cpu = ctx.Barrier(processes + 1), ctx.Event(), ctx.Event(), ctx.Queue()
-            procs = [ctx.Process(target=_shard, args=(settings.database_url, tenant_id, run.id, shard, chunk_size,
+            procs = [ctx.Process(target=_shard, args=(settings.worker_database_url, tenant_id, run.id, shard, chunk_size,
                                                       workers, ready, go, measured, cpu))
                      for shard in range(processes)]
             for p in procs:
@@ -207,7 +207,7 @@ def main() -> int:
         pg = LocalPostgres(data_dir=Path(tempfile.mkdtemp(prefix="bench-billing-")) / "postgres", port=free_port())
         log(f"starting PostgreSQL in {pg.data_dir}")
         pg.start()
-        settings = Settings(database_url=pg.app_url, admin_database_url=pg.admin_url)
+        settings = Settings(database_url=pg.app_url, worker_database_url=pg.worker_url, admin_database_url=pg.admin_url)
     try:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         log(f"setting up {args.subscriptions:,} due subscriptions with usage")

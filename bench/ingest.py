@@ -4,7 +4,8 @@
     python -m bench.ingest --events 200000 --consumers 1
 
 1. Starts its own PostgreSQL and Kafka (the local stack, in a temporary directory) unless
-   BILLING_DATABASE_URL / BILLING_ADMIN_DATABASE_URL / BILLING_KAFKA_BOOTSTRAP_SERVERS
+   BILLING_DATABASE_URL / BILLING_WORKER_DATABASE_URL / BILLING_ADMIN_DATABASE_URL /
+   BILLING_KAFKA_BOOTSTRAP_SERVERS
    point at servers of yours; migrates; creates a tenant, a plan and subscriptions.
 2. Produces N events (with a share of duplicates and of bad events) BEFORE any consumer
    runs, so the consumer is measured alone: events per second from its first stored offset
@@ -147,7 +148,7 @@ _NAIVE_TOTALS = """insert into usage_totals as t (tenant_id, subscription_id, me
 
 async def measure_naive(settings: Settings, tenant_id: str, subs: list[str], n: int) -> float:
     """One transaction per event: dedup insert, then the totals upsert."""
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.worker_database_url)  # the usage consumer's role
     tenant = uuid.UUID(tenant_id)
     start = datetime.now(timezone.utc) - timedelta(hours=1)
     end = start + timedelta(days=30)
@@ -186,6 +187,7 @@ def main() -> int:
         stack.start()
         settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()})
     env = {**os.environ, "BILLING_DATABASE_URL": settings.database_url,
+           "BILLING_WORKER_DATABASE_URL": settings.worker_database_url,
            "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
            "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
            "BILLING_KAFKA_REPLICATION_FACTOR": str(settings.kafka_replication_factor),

@@ -4,7 +4,8 @@
     python -m bench.load --seconds 15        # a short run while developing
 
 1. Starts its own PostgreSQL and Kafka (the local stack, in a temporary directory) unless
-   BILLING_DATABASE_URL / BILLING_ADMIN_DATABASE_URL / BILLING_KAFKA_BOOTSTRAP_SERVERS
+   BILLING_DATABASE_URL / BILLING_WORKER_DATABASE_URL / BILLING_ADMIN_DATABASE_URL /
+   BILLING_KAFKA_BOOTSTRAP_SERVERS
    point at servers of yours; migrates; creates a tenant with --subscriptions active
    subscriptions (the ones usage is sent for and read back) and --due subscriptions whose
    period has ended (what the billing run bills).
@@ -320,6 +321,7 @@ def main() -> int:
     grpc_port = free_port()
     address = f"127.0.0.1:{grpc_port}"
     env = {**os.environ, "BILLING_DATABASE_URL": settings.database_url,
+           "BILLING_WORKER_DATABASE_URL": settings.worker_database_url,
            "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
            "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
            "BILLING_KAFKA_REPLICATION_FACTOR": str(settings.kafka_replication_factor),

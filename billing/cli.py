@@ -66,7 +66,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         asyncio.run(_migrate(settings))
         ensure_topics(settings)
-    return asyncio.run(serve(settings, roles))
+    from billing.store.roles import UnsafeDatabaseRole
+
+    try:
+        return asyncio.run(serve(settings, roles))
+    except UnsafeDatabaseRole as exc:
+        print(f"billing serve refused to start: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:

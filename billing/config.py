@@ -39,10 +39,15 @@ class Topics(BaseSettings):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BILLING_", extra="ignore")
 
-    # The service connects as the application role, which row-level security applies to.
+    # The API's role, which row-level security applies to (see worker_database_url below).
     database_url: str = "postgresql://billing_app:billing_app@127.0.0.1:5432/billing"
     # Migrations and admin commands (tenants create) connect as the schema owner.
     admin_database_url: str = "postgresql://billing_owner:billing_owner@127.0.0.1:5432/billing"
+    # Database roles (docs/operations.md, "Database roles"): database_url is the API's role,
+    # which enters a tenant only through an API key; the consumers, the scheduler and the
+    # relay connect as the worker role, which may enter any tenant (their messages name it).
+    # The service refuses to start as a role that bypasses row-level security.
+    worker_database_url: str = "postgresql://billing_worker:billing_worker@127.0.0.1:5432/billing"
     db_pool_min: int = 2
     db_pool_max: int = 10
 

@@ -30,6 +30,7 @@ from billing.ops.metrics import (
 from billing.ops.readiness import Readiness, wait_for_migrations
 from billing.ops.transport_checks import database_warnings, grpc_warning
 from billing.store.db import Database
+from billing.store.roles import open_databases
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class Service:
     settings: Settings
     roles: tuple[str, ...] = ALL_ROLES
     db: Database | None = None
+    # The worker role's pool (consumers, scheduler, relay); `db` is the API role's, or this one
+    # in a process without the api role (billing/store/roles.py).
+    worker_db: Database | None = None
     grpc: GrpcServer | None = None
     readiness: Readiness | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -72,7 +76,7 @@ class Service:
         billing_service.DEFAULT_SHARDS = s.run_shards  # runs requested by this process (api, scheduler)
         for warning in database_warnings(s):
             log.warning(warning)
-        self.db = await Database.connect(s.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
+        self.db, self.worker_db = await open_databases(s, self.roles)
         track_pool(self.db.pool)
         from billing.kafka import admin_config
 
@@ -93,7 +97,7 @@ class Service:
         if "commands" in self.roles:
             self._start_consumer("commands", self._command_consumer())
         if "usage" in self.roles:
-            self._start_consumer("usage", usage_consumer(s, self.db.pool))
+            self._start_consumer("usage", usage_consumer(s, self.worker_db.pool))
         if "billing" in self.roles:
             self._start_consumer("billing", self._billing_consumer())
         if "scheduler" in self.roles and s.scheduler_interval_s > 0:
@@ -101,15 +105,17 @@ class Service:
 
             # Each round resumes what is due before it requests the runs (unless auto-resume is off).
             resume_batch = s.auto_resume_batch_size if s.auto_resume_interval_s > 0 else 0
-            self._start_role("scheduler", Scheduler(self.db, s.scheduler_interval_s, resume_batch_size=resume_batch))
+            self._start_role("scheduler", Scheduler(self.worker_db, s.scheduler_interval_s,
+                                                    resume_batch_size=resume_batch))
         if "scheduler" in self.roles and s.auto_resume_interval_s > 0:
             from billing.services.scheduler import AutoResumer
 
-            self._start_role("auto-resume", AutoResumer(self.db, s.auto_resume_interval_s, s.auto_resume_batch_size))
+            self._start_role("auto-resume", AutoResumer(self.worker_db, s.auto_resume_interval_s,
+                                                        s.auto_resume_batch_size))
         if "relay" in self.roles:
             from producers.outbox_relay import OutboxRelay
 
-            relay = OutboxRelay(pool=self.db.pool, listen_dsn=s.database_url, settings=s,
+            relay = OutboxRelay(pool=self.worker_db.pool, listen_dsn=s.worker_database_url, settings=s,
                                 on_published=outbox_observer, on_delivered=outbox_delays,
                                 on_parked=outbox_parked)
             self._start_role("relay", relay)
@@ -130,7 +136,7 @@ class Service:
 
         s = self.settings
         return ConsumerRunner(
-            pool=self.db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
+            pool=self.worker_db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
             group_id=COMMANDS_GROUP, strategy=CommandStrategy(), dlq_topic=s.topics.subscription_commands_dlq,
             producer_config=producer_config(s), max_batch_size=500, observer=ConsumerMetrics(COMMANDS_GROUP),
             max_message_bytes=s.kafka_max_message_bytes,
@@ -144,8 +150,8 @@ class Service:
         s = self.settings
         # Small batches: each message is a whole run, executed in chunk transactions of its own.
         return ConsumerRunner(
-            pool=self.db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
-            group_id=BILLING_GROUP, strategy=BillingRunStrategy(self.db.pool), dlq_topic=s.topics.billing_runs_dlq,
+            pool=self.worker_db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
+            group_id=BILLING_GROUP, strategy=BillingRunStrategy(self.worker_db.pool), dlq_topic=s.topics.billing_runs_dlq,
             producer_config=producer_config(s), max_batch_size=10, observer=ConsumerMetrics(BILLING_GROUP),
             max_message_bytes=s.kafka_max_message_bytes,
         )
@@ -160,7 +166,7 @@ class Service:
             try:
                 # One snapshot for the three, set together: a scrape must never see a backlog
                 # of 0 beside the age of a row sampled a moment earlier (or the reverse).
-                async with self.db.pool.acquire() as conn, \
+                async with self.worker_db.pool.acquire() as conn, \
                         conn.transaction(isolation="repeatable_read", readonly=True):
                     rows, age, parked_rows = await backlog(conn), await oldest_pending_age_s(conn), await parked(conn)
                 OUTBOX_BACKLOG.set(rows)
@@ -225,8 +231,8 @@ class Service:
             await self._http_runner.cleanup()
         if self.readiness:
             await self.readiness.close()
-        if self.db:
-            await self.db.close()
+        for db in {id(d): d for d in (self.db, self.worker_db) if d}.values():
+            await db.close()
         tracing.shutdown()
         log.info("service stopped")
 

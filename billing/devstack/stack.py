@@ -49,6 +49,7 @@ class LocalStack:
         return {
             "BILLING_DATABASE_URL": self.postgres.app_url,
             "BILLING_ADMIN_DATABASE_URL": self.postgres.admin_url,
+            "BILLING_WORKER_DATABASE_URL": self.postgres.worker_url,
             "BILLING_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
             # One broker: topics cannot be replicated; said explicitly (the defaults are 3 and 2).
             "BILLING_KAFKA_REPLICATION_FACTOR": "1",

@@ -110,7 +110,17 @@ class _log_tenant:
         current_tenant.reset(self.token)
 
 
+# Tenant tokens this process obtained by authenticating an API key (migration 016): the API
+# role enters a tenant only with one. Workers enter any tenant without (their role may).
+_tenant_tokens: dict[uuid.UUID, str] = {}
+
+
+def remember_tenant_token(tenant_id: uuid.UUID, token: str) -> None:
+    _tenant_tokens[tenant_id] = token
+
+
 async def set_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> None:
-    # is_local=true: the setting ends with the transaction, so a pooled connection never
+    # is_local=true: the settings end with the transaction, so a pooled connection never
     # carries one tenant's identity into the next request.
-    await conn.execute("select set_config('billing.tenant_id', $1, true)", str(tenant_id))
+    await conn.execute("select set_config('billing.tenant_id', $1, true), set_config('billing.tenant_token', $2, true)",
+                       str(tenant_id), _tenant_tokens.get(tenant_id, ""))

@@ -3,7 +3,8 @@
 A row holds the *next* offset to read for (consumer group, topic, partition), i.e. the
 last processed offset + 1, written in the same transaction as the effects of the messages
 before it. Not a tenant table (one partition carries many tenants), so no row-level
-security applies; the application role may select, insert and update.
+security applies; the worker role (`billing_worker`, the consumers') may select, insert and
+update, the API role nothing (migration 016).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """SQL of the outbox relay: leadership lock, wake-ups, pending rows, marking, backlog.
 
-The relay runs as the application role, which row-level security confines to one tenant;
-the cross-tenant reads, the marking and the parking go through the security-definer functions of
-migrations 003 and 011 and nothing else (see producers/outbox_relay.py for the guarantees).
+The relay runs as the worker role (`billing_worker`), which row-level security confines to
+the tenant it names; the cross-tenant reads, the marking and the parking go through the
+security-definer functions of migrations 003 and 011, which only the worker role may call
+(migration 016), and nothing else (see producers/outbox_relay.py for the guarantees).
 """
 from __future__ import annotations
 

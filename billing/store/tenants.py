@@ -5,7 +5,7 @@ import uuid
 
 import asyncpg
 
-from billing.store.db import set_tenant
+from billing.store.db import remember_tenant_token, set_tenant
 
 
 async def insert_tenant(admin: asyncpg.Connection, tenant_id: uuid.UUID, name: str) -> None:
@@ -28,8 +28,14 @@ async def revoke_key(admin: asyncpg.Connection, key_id: uuid.UUID) -> bool:
 
 
 async def tenant_for_key_hash(conn: asyncpg.Connection, key_hash: bytes) -> uuid.UUID | None:
-    # A security-definer function: the one lookup that crosses tenants (see migration 001).
-    return await conn.fetchval("select authenticate_api_key($1)", key_hash)
+    """The tenant of a live key. A security-definer function: the one lookup that crosses
+    tenants. It also returns the tenant token without which the API role cannot enter the
+    tenant (migration 016); `set_tenant` sends it from then on."""
+    row = await conn.fetchrow("select tenant_id, token from authenticate_api_key_token($1)", key_hash)
+    if row is None:
+        return None
+    remember_tenant_token(row["tenant_id"], row["token"])
+    return row["tenant_id"]
 
 
 async def key_id_for_hash(conn: asyncpg.Connection, tenant_id: uuid.UUID, key_hash: bytes) -> uuid.UUID | None:

@@ -25,6 +25,7 @@ def _env(settings, **extra) -> dict:
         # A short drain on SIGTERM: these tests stop the process often (tests/e2e/test_drain.py checks the window).
         "BILLING_SHUTDOWN_DRAIN_S": "0.5",
         "BILLING_DATABASE_URL": settings.database_url,
+        "BILLING_WORKER_DATABASE_URL": settings.worker_database_url,
         "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
         "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "BILLING_KAFKA_REPLICATION_FACTOR": str(settings.kafka_replication_factor),

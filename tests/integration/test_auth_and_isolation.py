@@ -7,6 +7,9 @@ import asyncpg
 import grpc
 import pytest
 
+from billing.services.tenants import hash_key
+from billing.store.db import set_tenant
+from billing.store.tenants import tenant_for_key_hash
 from billing.v1 import billing_pb2 as pb
 from tests.integration.test_plans_api import plan_request
 
@@ -82,8 +85,10 @@ async def test_sql_level_app_role_sees_only_its_tenant(migrated, stub, new_tenan
     try:
         role = await conn.fetchrow("select rolsuper, rolbypassrls from pg_roles where rolname = current_user")
         assert not role["rolsuper"] and not role["rolbypassrls"]
+        # The API role's way into a tenant: A's key gives A's token (tests/integration/test_db_roles.py).
+        assert await tenant_for_key_hash(conn, hash_key(a.api_key)) == uuid.UUID(a.id)
         async with conn.transaction():
-            await conn.execute("select set_config('billing.tenant_id', $1, true)", a.id)
+            await set_tenant(conn, uuid.UUID(a.id))
             for table in ("plans", "audit_events", "idempotency_keys", "api_keys", "tenants"):
                 column = "id" if table == "tenants" else "tenant_id"
                 seen = {r[0] for r in await conn.fetch(f"select distinct {column} from {table}")}
@@ -98,7 +103,7 @@ async def test_sql_level_app_role_sees_only_its_tenant(migrated, stub, new_tenan
         assert await conn.fetchval("select count(*) from plans") == 0
         # The audit trail cannot be rewritten, even by the app's own tenant.
         async with conn.transaction():
-            await conn.execute("select set_config('billing.tenant_id', $1, true)", a.id)
+            await set_tenant(conn, uuid.UUID(a.id))
             with pytest.raises(asyncpg.PostgresError):
                 await conn.execute("delete from audit_events")
     finally:

@@ -63,7 +63,7 @@ async def _events(admin_conn, sub_id: str, event_type: str = "subscription.resum
 
 
 async def _db(migrated, max_size: int = 4) -> Database:
-    return await Database.connect(migrated.database_url, min_size=1, max_size=max_size)
+    return await Database.connect(migrated.worker_database_url, min_size=1, max_size=max_size)
 
 
 async def test_a_due_pause_is_resumed_once_at_its_resume_time(migrated, stub, tenant, admin_conn):

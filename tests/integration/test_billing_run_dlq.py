@@ -131,7 +131,7 @@ async def test_a_database_outage_during_a_run_is_retried_not_dead_lettered(migra
     for future in admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]).values():
         future.result(30)
 
-    pool = await asyncpg.create_pool(migrated.database_url, min_size=1, max_size=4, init=init_connection)
+    pool = await asyncpg.create_pool(migrated.worker_database_url, min_size=1, max_size=4, init=init_connection)
     # Nothing listens there: every connection attempt of the run fails with an OSError.
     away = await asyncpg.create_pool(f"postgresql://billing_app:billing_app@127.0.0.1:{free_port()}/billing",
                                      min_size=0, max_size=2, init=init_connection)

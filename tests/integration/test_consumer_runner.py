@@ -33,7 +33,7 @@ async def effects_table(admin_conn):
 
 @pytest.fixture
 async def pool(migrated, effects_table):
-    pool = await asyncpg.create_pool(migrated.database_url, min_size=1, max_size=4, init=init_connection)
+    pool = await asyncpg.create_pool(migrated.worker_database_url, min_size=1, max_size=4, init=init_connection)
     yield pool
     await pool.close()
 

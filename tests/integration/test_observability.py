@@ -371,7 +371,7 @@ async def test_lag_per_partition_rises_while_behind_and_returns_to_zero(migrated
 
     topic = new_topic(migrated, partitions=3)  # partition 2 stays empty: reported too, at 0
     await asyncio.to_thread(produce_to, migrated, topic, [(0, f"m{i}") for i in range(20)] + [(1, "x")])
-    pool = await asyncpg.create_pool(migrated.database_url, min_size=1, max_size=2, init=init_connection)
+    pool = await asyncpg.create_pool(migrated.worker_database_url, min_size=1, max_size=2, init=init_connection)
     recorder = _LagRecorder()
     runner = make_runner(migrated, pool, topic, f"lag-{uuid.uuid4().hex[:8]}", _SlowStrategy(),
                          observer=recorder, lag_interval_s=0.05, max_batch_size=1)

@@ -121,7 +121,7 @@ async def all_published(admin_conn, ids, timeout: float = 10.0) -> None:
 
 @pytest.fixture
 async def app_pool(migrated):
-    pool = await asyncpg.create_pool(migrated.database_url, min_size=1, max_size=2, init=init_connection)
+    pool = await asyncpg.create_pool(migrated.worker_database_url, min_size=1, max_size=2, init=init_connection)
     yield pool
     await pool.close()
 
@@ -143,7 +143,7 @@ class Relays:
         kw.setdefault("group", self.group)
         kw.setdefault("poll_interval_s", 0.5)
         kw.setdefault("standby_retry_s", 0.3)
-        relay = OutboxRelay(pool=self.pool, listen_dsn=self.settings.database_url, **kw)
+        relay = OutboxRelay(pool=self.pool, listen_dsn=self.settings.worker_database_url, **kw)
         self.started.append((relay, asyncio.create_task(relay.run(), name="outbox-relay")))
         return relay
 
@@ -308,7 +308,7 @@ from billing.config import Settings
 from producers.outbox_relay import OutboxRelay
 cfg = json.loads(sys.argv[1])
 async def main():
-    settings = Settings(database_url=cfg["dsn"], kafka_bootstrap_servers=cfg["kafka"])
+    settings = Settings(worker_database_url=cfg["dsn"], kafka_bootstrap_servers=cfg["kafka"])
     relay = OutboxRelay(pool=None, listen_dsn=cfg["dsn"], settings=settings, topics=cfg["topics"],
                         group=cfg["group"], poll_interval_s=0.5)
     task = asyncio.create_task(relay.run())
@@ -325,7 +325,7 @@ async def test_killed_leader_process_frees_the_lock_for_the_standby(migrated, ad
     create_topics(migrated, topic)
     ta, _ = await two_tenants(new_tenant, relays)
     group = unique("group")
-    cfg = {"dsn": migrated.database_url, "kafka": migrated.kafka_bootstrap_servers, "topics": {stream: topic},
+    cfg = {"dsn": migrated.worker_database_url, "kafka": migrated.kafka_bootstrap_servers, "topics": {stream: topic},
            "group": group}
     proc = subprocess.Popen([sys.executable, "-c", RELAY_PROCESS, json.dumps(cfg)], cwd=PROJECT_ROOT,
                             stdout=subprocess.PIPE, text=True,
@@ -394,7 +394,7 @@ async def test_app_role_sees_one_tenant_but_relay_functions_cross_tenants(migrat
     ib = await insert(admin_conn, tb, stream, b"k", b"b")
 
     async with app_pool.acquire() as conn:
-        # Plain SQL as billing_app: no tenant, no rows; one tenant, only its rows.
+        # Plain SQL as billing_worker (the relay's role): no tenant, no rows; one tenant, only its rows.
         assert await conn.fetchval("select count(*) from outbox where id = any($1::bigint[])", [ia, ib]) == 0
         async with conn.transaction():
             await set_tenant(conn, uuid.UUID(ta))
@@ -413,15 +413,16 @@ async def test_app_role_sees_one_tenant_but_relay_functions_cross_tenants(migrat
         assert await conn.fetchval("select outbox_mark_published($1::bigint[])", [ia, ib]) == 0   # once only
         assert await backlog(app_pool) <= before - 2
 
-    # The functions run as their owner and nobody but billing_app may call them.
+    # The functions run as their owner and nobody but billing_worker may call them.
     acl = await admin_conn.fetch(
         "select p.proname, p.prosecdef, pg_get_userbyid(p.proowner) as owner, p.proacl::text[] as acl "
         "from pg_proc p where p.proname in ('outbox_pending', 'outbox_mark_published', 'outbox_backlog')")
     assert len(acl) == 3
     for r in acl:
-        assert r["prosecdef"] and r["owner"] != "billing_app"
+        assert r["prosecdef"] and r["owner"] not in ("billing_app", "billing_worker")
         grantees = {entry.split("=")[0] for entry in r["acl"]}
-        assert "" not in grantees and "billing_app" in grantees   # "" would be PUBLIC
+        assert "" not in grantees and "billing_worker" in grantees   # "" would be PUBLIC
+        assert "billing_app" not in grantees   # the API role: tests/integration/test_db_roles.py
 
 
 async def test_lost_session_steps_down_and_relaying_resumes(stack, migrated, admin_conn, new_tenant, relays):
@@ -526,7 +527,7 @@ async def test_oversized_rows_are_parked_other_keys_flow_same_key_held_until_rel
     assert len(parks) == 3 and relay.is_leader and not relays.task(relay).done()
     async with relays.pool.acquire() as conn:
         assert await conn.fetchval("select outbox_parked_count()") >= 3
-        # The app role may park and count, not release (that is the operator's).
+        # The relay's role may park and count, not release (that is the operator's).
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.fetchval("select outbox_release($1::bigint[])", [broker_big])
 

@@ -24,7 +24,7 @@ def _line(kind: str, amount: str, fraction: Fraction | None = Fraction(1, 2)) ->
 
 
 async def _app_conn(migrated, tenant_id: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(migrated.database_url)
+    conn = await asyncpg.connect(migrated.worker_database_url)
     await init_connection(conn)
     return conn
 

@@ -17,7 +17,7 @@ def test_slots_are_aligned():
 
 async def test_every_tenant_gets_one_run_per_slot(migrated, new_tenant, admin_conn):
     a, b = await new_tenant(), await new_tenant()
-    db = await Database.connect(migrated.database_url, min_size=1, max_size=4)
+    db = await Database.connect(migrated.worker_database_url, min_size=1, max_size=4)
     try:
         now = datetime.now(timezone.utc)
         # Three schedulers at once (replicas), then one more later in the same slot.

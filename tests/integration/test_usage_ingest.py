@@ -17,7 +17,7 @@ from tests.integration.test_subscriptions_api import rid
 
 @pytest.fixture
 async def app_conn(migrated):
-    conn = await asyncpg.connect(migrated.database_url)
+    conn = await asyncpg.connect(migrated.worker_database_url)
     await init_connection(conn)
     yield conn
     await conn.close()
