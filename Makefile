@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run test test-unit test-chaos proto bench-ingest bench-billing bench-load dashboard clean
+.PHONY: install system-deps run lint test test-unit test-chaos proto bench-ingest bench-billing bench-load dashboard clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,14 @@ system-deps:
 run: install
 	$(VENV)/bin/billing dev
 
-## The whole suite: unit tests, then integration tests against real PostgreSQL and Kafka the tests start.
-test: install system-deps
+## Lint (ruff), types (mypy) and the import contracts (lint-imports); config in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check billing consumers producers tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+## The whole suite: lint, unit tests, then integration tests against real PostgreSQL and Kafka the tests start.
+test: install system-deps lint
 	$(PY) -m pytest
 
 test-unit: install

@@ -5,8 +5,8 @@ import argparse
 import asyncio
 import json
 import sys
-import uuid
 
+from billing import admin
 from billing.config import Settings
 
 
@@ -17,38 +17,6 @@ def _settings(warn: bool = True) -> Settings:
 
         warn_unknown_env()
     return settings
-
-
-async def _migrate(settings: Settings) -> list[str]:
-    from billing.store.migrations import migrate
-
-    return await migrate(settings.admin_database_url, settings.migrations_dir)
-
-
-async def _create_tenant(settings: Settings, name: str) -> dict:
-    import asyncpg
-
-    from billing.services.tenants import create_tenant
-
-    conn = await asyncpg.connect(settings.admin_database_url)
-    try:
-        tenant = await create_tenant(conn, name)
-    finally:
-        await conn.close()
-    return {"tenant_id": str(tenant.tenant_id), "name": tenant.name, "api_key_id": str(tenant.api_key_id),
-            "api_key": tenant.api_key}
-
-
-async def _revoke_key(settings: Settings, key_id: str) -> bool:
-    import asyncpg
-
-    from billing.services.tenants import revoke_key
-
-    conn = await asyncpg.connect(settings.admin_database_url)
-    try:
-        return await revoke_key(conn, uuid.UUID(key_id))
-    finally:
-        await conn.close()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -64,7 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.setup:
         from billing.kafka import ensure_topics
 
-        asyncio.run(_migrate(settings))
+        asyncio.run(admin.migrate(settings))
         ensure_topics(settings)
     from billing.store.roles import UnsafeDatabaseRole
 
@@ -79,7 +47,7 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     from billing.store.migrations import MigrationError
 
     try:
-        applied = asyncio.run(_migrate(_settings()))
+        applied = asyncio.run(admin.migrate(_settings()))
     except MigrationError as exc:
         print(f"migration refused: {exc}", file=sys.stderr)
         return 1
@@ -88,12 +56,12 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def cmd_tenants_create(args: argparse.Namespace) -> int:
-    print(json.dumps(asyncio.run(_create_tenant(_settings(), args.name))))
+    print(json.dumps(asyncio.run(admin.create_tenant(_settings(), args.name))))
     return 0
 
 
 def cmd_tenants_revoke_key(args: argparse.Namespace) -> int:
-    revoked = asyncio.run(_revoke_key(_settings(), args.api_key_id))
+    revoked = asyncio.run(admin.revoke_key(_settings(), args.api_key_id))
     print(json.dumps({"api_key_id": args.api_key_id, "revoked": revoked}))
     return 0 if revoked else 1
 

@@ -18,6 +18,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 
+from billing import bootstrap
 from billing.api.server import GrpcServer
 from billing.api.tls import ServerTls
 from billing.config import Settings
@@ -53,6 +54,7 @@ class Service:
     worker_db: Database | None = None
     grpc: GrpcServer | None = None
     readiness: Readiness | None = None
+    components: bootstrap.Components | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _roles: list[tuple[str, object, asyncio.Task]] = field(default_factory=list)
     _http_runner: object | None = None
@@ -74,6 +76,7 @@ class Service:
         from billing.services import billing as billing_service
 
         billing_service.DEFAULT_SHARDS = s.run_shards  # runs requested by this process (api, scheduler)
+        self.components = app = bootstrap.build(s)
         for warning in database_warnings(s):
             log.warning(warning)
         self.db, self.worker_db = await open_databases(s, self.roles)
@@ -85,7 +88,8 @@ class Service:
                                    kafka_config=admin_config(s))
         self._tasks.append(asyncio.create_task(self._wait_for_schema(), name="wait-for-migrations"))
         if "api" in self.roles:
-            self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, tls=ServerTls.from_settings(s),
+            self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, usage=app.usage,
+                                   tls=ServerTls.from_settings(s),
                                    max_concurrent_calls=s.grpc_max_concurrent_calls)
             if warning := grpc_warning(self.grpc.tls.mode, self.grpc.address):
                 log.warning(warning)
@@ -97,7 +101,7 @@ class Service:
         if "commands" in self.roles:
             self._start_consumer("commands", self._command_consumer())
         if "usage" in self.roles:
-            self._start_consumer("usage", usage_consumer(s, self.worker_db.pool))
+            self._start_consumer("usage", usage_consumer(s, self.worker_db.pool, components=app))
         if "billing" in self.roles:
             self._start_consumer("billing", self._billing_consumer())
         if "scheduler" in self.roles and s.scheduler_interval_s > 0:
@@ -241,10 +245,9 @@ def tune_gc() -> None:
     """Keep the cyclic garbage collector off the hot path.
 
     A consumer batch allocates hundreds of thousands of short-lived, acyclic objects
-    (messages, tuples, dicts) that reference counting frees on its own. With the default
-    gen-0 threshold (700 allocations) the collector ran constantly and took about a fifth
-    of the usage consumer's CPU (py-spy). Freeze what start-up built, so full collections
-    never walk it, and collect young objects far less often.
+    (messages, tuples, dicts) that reference counting frees on its own; at the default gen-0
+    threshold the collector runs constantly (docs/usage.md, Throughput). Freeze what start-up
+    built, so full collections never walk it, and collect young objects far less often.
     """
     gc.collect()
     gc.freeze()
@@ -274,22 +277,18 @@ async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
     return 1 if service.failed.is_set() else 0
 
 
-def usage_limits(settings: Settings):
-    from billing.services.usage import UsageLimits
-
-    return UsageLimits(max_future_skew_us=settings.usage_max_future_skew_s * 1_000_000,
-                       max_age_us=settings.usage_max_age_days * 86_400 * 1_000_000)
-
-
-def usage_consumer(settings: Settings, pool, **overrides):
-    """The usage consumer as configured (the benchmark builds the same one)."""
+def usage_consumer(settings: Settings, pool, components: bootstrap.Components | None = None, **overrides):
+    """The usage consumer as configured (the benchmark builds the same one); `components`:
+    what it shares with the process's other roles (billing/bootstrap.py)."""
     from billing.kafka import consumer_config, producer_config
     from consumers.runner import ConsumerRunner
     from consumers.usage import UsageStrategy
 
+    app = components or bootstrap.build(settings)
+
     options = dict(
         pool=pool, kafka_config=consumer_config(settings, USAGE_GROUP),
-        topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(usage_limits(settings)),
+        topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(app.usage_limits, app.plans),
         dlq_topic=settings.topics.usage_dlq, producer_config=producer_config(settings),
         max_batch_size=settings.usage_batch_size, max_batch_wait_s=0.5, max_bad_share=settings.usage_max_bad_share,
         observer=ConsumerMetrics(USAGE_GROUP), max_message_bytes=settings.kafka_max_message_bytes,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
 import asyncpg
@@ -26,11 +27,11 @@ from billing import codec
 from billing.domain.periods import from_us
 from billing.ops import tracing
 from billing.ops.logging import current_tenant
-from billing.services import events, subscriptions
+from billing.services import events, subscriptions, tenants
 from billing.services.context import Caller
 from billing.services.errors import DomainError, ValidationError
-from billing.store import tenants as tenants_store
-from billing.store.db import ConnectionScope, set_tenant
+from billing.services.uow import ConnectionScope, in_batch
+from billing.domain.events import EventType
 from consumers.runner import BatchResult, DeadLetter, Message
 
 log = logging.getLogger(__name__)
@@ -64,37 +65,63 @@ def _bad_ids(command: dict) -> str | None:
     return None
 
 
+Handler = Callable[[ConnectionScope, Caller, str, str, dict], Awaitable[object]]
+
+
+async def _create(scope: ConnectionScope, caller: Caller, key: str, sub_id: str, body: dict) -> object:
+    return await subscriptions.create_subscription(
+        scope, caller, key, customer_id=body["customer_id"], plan_id=body["plan_id"],
+        start_at=_time(body.get("start_at_us"), "start_at_us"),
+        billing_anchor=_time(body.get("billing_anchor_us"), "billing_anchor_us"),
+        trial_days=body.get("trial_days"), activate=body.get("activate", False),
+        metadata=body.get("metadata") or {}, subscription_id=sub_id,
+    )
+
+
+async def _activate(scope: ConnectionScope, caller: Caller, key: str, sub_id: str, body: dict) -> object:
+    return await subscriptions.activate_subscription(scope, caller, key, sub_id)
+
+
+async def _pause(scope: ConnectionScope, caller: Caller, key: str, sub_id: str, body: dict) -> object:
+    return await subscriptions.pause_subscription(scope, caller, key, sub_id,
+                                                  _time(body.get("resumes_at_us"), "resumes_at_us"))
+
+
+async def _resume(scope: ConnectionScope, caller: Caller, key: str, sub_id: str, body: dict) -> object:
+    return await subscriptions.resume_subscription(scope, caller, key, sub_id)
+
+
+async def _cancel(scope: ConnectionScope, caller: Caller, key: str, sub_id: str, body: dict) -> object:
+    return await subscriptions.cancel_subscription(scope, caller, key, sub_id, mode=body["mode"].lower(),
+                                                   proration=body.get("proration", ""))
+
+
+async def _change_plan(scope: ConnectionScope, caller: Caller, key: str, sub_id: str, body: dict) -> object:
+    timing = body.get("timing", "DEFAULT").lower()
+    return await subscriptions.change_plan(scope, caller, key, sub_id, body["new_plan_id"],
+                                           timing="" if timing == "default" else timing,
+                                           proration_behavior=body.get("proration_behavior", ""))
+
+
+# The command union's branch (its record name without namespace) -> its service call.
+HANDLERS: dict[str, Handler] = {
+    "CreateSubscription": _create,
+    "ActivateSubscription": _activate,
+    "PauseSubscription": _pause,
+    "ResumeSubscription": _resume,
+    "CancelSubscription": _cancel,
+    "ChangePlan": _change_plan,
+}
+
+
 async def apply(scope: ConnectionScope, caller: Caller, command: dict) -> None:
-    """Dispatch one decoded command to its service function."""
+    """Dispatch one decoded command to its service function, with `cmd:<command_id>` as the
+    idempotency key."""
     name, body = command["command"]
-    key = f"cmd:{command['command_id']}"
-    sub_id = command["subscription_id"]
-    kind = name.rsplit(".", 1)[-1]
-    if kind == "CreateSubscription":
-        await subscriptions.create_subscription(
-            scope, caller, key, customer_id=body["customer_id"], plan_id=body["plan_id"],
-            start_at=_time(body.get("start_at_us"), "start_at_us"),
-            billing_anchor=_time(body.get("billing_anchor_us"), "billing_anchor_us"),
-            trial_days=body.get("trial_days"), activate=body.get("activate", False),
-            metadata=body.get("metadata") or {}, subscription_id=sub_id,
-        )
-    elif kind == "ActivateSubscription":
-        await subscriptions.activate_subscription(scope, caller, key, sub_id)
-    elif kind == "PauseSubscription":
-        await subscriptions.pause_subscription(scope, caller, key, sub_id,
-                                               _time(body.get("resumes_at_us"), "resumes_at_us"))
-    elif kind == "ResumeSubscription":
-        await subscriptions.resume_subscription(scope, caller, key, sub_id)
-    elif kind == "CancelSubscription":
-        await subscriptions.cancel_subscription(scope, caller, key, sub_id, mode=body["mode"].lower(),
-                                                proration=body.get("proration", ""))
-    elif kind == "ChangePlan":
-        timing = body.get("timing", "DEFAULT").lower()
-        await subscriptions.change_plan(scope, caller, key, sub_id, body["new_plan_id"],
-                                        timing="" if timing == "default" else timing,
-                                        proration_behavior=body.get("proration_behavior", ""))
-    else:  # a union branch this version does not know: the codec refuses those first
+    handler = HANDLERS.get(name.rsplit(".", 1)[-1])
+    if handler is None:  # a union branch this version does not know: the codec refuses those first
         raise ValueError(f"unknown command {name}")
+    await handler(scope, caller, f"cmd:{command['command_id']}", command["subscription_id"], body)
 
 
 class CommandStrategy:
@@ -102,7 +129,7 @@ class CommandStrategy:
 
     async def process(self, conn: asyncpg.Connection, batch: list[Message]) -> BatchResult:
         dead: list[DeadLetter] = []
-        scope = ConnectionScope(conn)
+        scope = in_batch(conn)
         for msg in batch:
             span = tracing.start_message_span("command", msg.headers, attributes={
                 "messaging.system": "kafka", "messaging.destination.name": msg.topic,
@@ -132,10 +159,7 @@ class CommandStrategy:
             tenant_id = uuid.UUID(command["tenant_id"])
         except ValueError:
             return DeadLetter(msg, "unknown_tenant", f"tenant_id {command['tenant_id'][:64]!r} is not a UUID")
-        async with conn.transaction():
-            await set_tenant(conn, tenant_id)
-            known = await tenants_store.exists(conn, tenant_id)
-        if not known:
+        if not await tenants.exists(conn, tenant_id):
             return DeadLetter(msg, "unknown_tenant", f"no tenant {tenant_id}")
         span.set_attribute("billing.tenant_id", str(tenant_id))
         span.set_attribute("billing.subscription_id", command["subscription_id"])
@@ -154,7 +178,7 @@ class CommandStrategy:
         name = command["command"][0].rsplit(".", 1)[-1]
         async with scope.tenant_tx(caller.tenant_id) as conn:
             await events.emit(
-                conn, caller, event_type="command.rejected", subscription_id=command["subscription_id"],
+                conn, caller, event_type=EventType.COMMAND_REJECTED, subscription_id=command["subscription_id"],
                 customer_id="", occurred_at=datetime.now(timezone.utc), cause=f"cmd:{command['command_id']}",
                 reason=str(exc), data={"command": name, "error": type(exc).__name__},
             )

@@ -32,12 +32,9 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer
-
-if TYPE_CHECKING:
-    from consumers.runner import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +43,35 @@ MAX_DETAIL_CHARS = 4000
 # broker's limit for the DLQ topic decides in the end, and beyond it the value is cut.
 MAX_DLQ_MESSAGE_BYTES = 16 * 1024 * 1024
 TRUNCATED_VALUE_BYTES = 64 * 1024
+
+
+class _Message(Protocol):
+    """What a dead letter needs of its message (consumers.runner.Message has it)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def header_list(self) -> tuple[tuple[str, bytes | None], ...]: ...
+
+
+class DeadLetter(Protocol):
+    """A message given up on (consumers.runner.DeadLetter); a protocol, so the runner
+    depends on this module and not the reverse."""
+
+    @property
+    def message(self) -> _Message: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
 
 
 class DeadLetterDeliveryError(Exception):

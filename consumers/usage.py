@@ -25,9 +25,9 @@ from consumers.usage_payloads import decode_batch
 
 
 class UsageStrategy:
-    def __init__(self, limits: usage.UsageLimits | None = None):
-        self.limits = limits or usage.UsageLimits()
-        self.plans = usage.PlanCache()
+    def __init__(self, limits: usage.UsageLimits, plans: usage.PlanCache):
+        self.limits = limits  # from the settings (billing/bootstrap.py), as RecordUsage's
+        self.plans = plans
 
     async def process(self, conn: asyncpg.Connection, batch: list[Message]) -> BatchResult:
         spans = _event_spans(batch)

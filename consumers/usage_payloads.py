@@ -1,56 +1,9 @@
 """Usage payloads on `billing.usage.v1`: Avro or CloudEvents JSON -> `UsageEvent`s.
 
-`decode_batch(batch)` turns a runner batch into ``(events, positions, dead_letters)``:
-``events[k]`` came from ``batch[positions[k]]``; events keep the batch's order. Messages
-that cannot be decoded become dead letters; nothing here raises on bad input. Decoding
-only checks the shape of a message: whether the tenant, subscription, metric, quantity
-and time are acceptable is decided by `billing.services.usage.ingest`.
-
-Two formats, told apart by the value's first bytes:
-
-* **Avro** (value starts with ``C3 01``): a `billing.v1.UsageEvent` in single-object
-  encoding (`billing.codec`), written with any known version of the schema. The
-  ``properties`` map becomes a dict, or ``None`` when empty.
-* **CloudEvents 1.0, structured mode, JSON** (value starts with ``{``, or the Kafka header
-  ``content-type`` is ``application/cloudevents+json``). The mapping:
-
-  ========================  ==============================================================
-  CloudEvents               UsageEvent
-  ========================  ==============================================================
-  ``specversion``           must be ``"1.0"``
-  ``id``                    ``event_id`` (non-empty string)
-  ``time``                  ``occurred_at_us``: RFC 3339 with a ``Z`` or ``+hh:mm`` /
-                            ``-hh:mm`` offset, ``T``, ``t`` or space between date and time,
-                            0 to any number of fractional digits. Converted exactly with
-                            integer arithmetic to microseconds since the epoch (UTC);
-                            digits past the 6th (nanoseconds) are truncated, i.e. the time
-                            is rounded down to the microsecond. Leap seconds (``:60``) are
-                            refused.
-  ``subject``               ``subscription_id`` (else ``data.subscription_id``)
-  ``tenantid`` (extension)  ``tenant_id`` (else ``data.tenant_id``)
-  ``data.metric``           ``metric_code`` (or ``data.metric_code``)
-  ``data.quantity``         ``quantity``: a JSON string (``"12.5"``) or a JSON number, kept
-                            as the exact text written (``0.1`` stays ``"0.1"``, ``1e3``
-                            stays ``"1e3"`` and is then refused by ingest as
-                            ``invalid_quantity``, like ``"-2"`` as ``negative_quantity``)
-  ``data.properties``       ``properties``: optional object of string -> string; ``None``
-                            when absent or empty
-  ========================  ==============================================================
-
-  ``type``, ``source`` and other attributes are not used. When ``datacontenttype`` is
-  given it must be JSON (``application/json``, ``text/json`` or a ``+json`` type);
-  ``data_base64`` is not supported. The top-level ``subject`` / ``tenantid`` win over the
-  ``data`` fields. Binary-mode (``ce_*`` headers) and batch-mode CloudEvents are not
-  supported.
-
-Dead-letter reasons:
-
-* ``invalid_cloudevent``: JSON object that is not a usable CloudEvent; the detail starts
-  with the field at fault, e.g. ``"time: missing"``, ``"data.quantity: must be a decimal
-  string or number"``, ``"specversion: must be '1.0'"``.
-* ``undecodable``: anything else: not Avro and not a JSON object (random bytes, empty
-  value, tombstone), invalid JSON or UTF-8, truncated or corrupt Avro, Avro of another
-  record type or of an unknown schema version (the detail says which).
+`decode_batch(batch)` turns a runner batch into ``(events, positions, dead_letters)``
+(``events[k]`` came from ``batch[positions[k]]``) and never raises on bad input. Only the
+shape is checked here; whether an event is acceptable is `billing.services.usage.ingest`'s
+call. The formats, the CloudEvents mapping and the dead-letter reasons: docs/usage.md.
 """
 from __future__ import annotations
 

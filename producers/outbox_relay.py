@@ -98,6 +98,7 @@ from opentelemetry.trace import SpanKind
 from billing.ops import tracing
 
 from billing.config import Settings
+from billing.domain.events import Stream
 from billing.kafka import producer_config
 from billing.store import outbox_relay as sql
 from billing.store.db import init_connection
@@ -142,9 +143,9 @@ def stream_topics(settings: Settings) -> dict[str, str]:
     """Logical outbox stream -> Kafka topic."""
     t = settings.topics
     return {
-        "subscription_events": t.subscription_events,
-        "invoice_requests": t.invoice_requests,
-        "billing_runs": t.billing_runs,
+        Stream.SUBSCRIPTION_EVENTS: t.subscription_events,
+        Stream.INVOICE_REQUESTS: t.invoice_requests,
+        Stream.BILLING_RUNS: t.billing_runs,
     }
 
 

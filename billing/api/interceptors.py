@@ -23,7 +23,7 @@ from billing.ops.logging import current_tenant
 from billing.ops.metrics import GRPC_LATENCY, GRPC_REQUESTS
 from billing.services.context import Caller
 from billing.services.tenants import Authenticator, KeyIdentity
-from billing.store.db import Database
+from billing.services.uow import Database
 
 log = logging.getLogger(__name__)
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 from billing.api import convert
 from billing.api.errors import rpc
 from billing.services import billing, plans, subscriptions
-from billing.services.usage import Usage
 from billing.services.context import Caller
-from billing.store.db import Database
+from billing.services.uow import Database
+from billing.services.usage import Usage
 from billing.v1 import billing_pb2 as pb
 from billing.v1 import billing_pb2_grpc
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, usage: Usage):
         self.db = db
-        self.usage = Usage()
+        self.usage = usage  # limits from the settings, shared with the consumer (billing/bootstrap.py)
 
     # -- plans -------------------------------------------------------------------------
 

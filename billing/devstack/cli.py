@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 
+from billing import admin
 from billing.config import Settings
 from billing.devstack.postgres import DevstackError
 from billing.devstack.stack import LocalStack
@@ -35,18 +36,15 @@ def run_devstack(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _demo_tenant(settings: Settings) -> dict:
     """The demo tenant's key is kept in the state directory so every `make run` shows the same one."""
-    from billing.cli import _create_tenant
-
     path = settings.state_dir / "demo-tenant.json"
     if path.exists():
         return json.loads(path.read_text())
-    tenant = await _create_tenant(settings, "demo")
+    tenant = await admin.create_tenant(settings, "demo")
     path.write_text(json.dumps(tenant))
     return tenant
 
 
 def run_dev(settings: Settings, args: argparse.Namespace) -> int:
-    from billing.cli import _migrate
     from billing.kafka import ensure_topics
     from billing.ops.logging import configure
     from billing.runtime import serve
@@ -60,7 +58,7 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     try:
         settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()})
-        asyncio.run(_migrate(settings))
+        asyncio.run(admin.migrate(settings))
         ensure_topics(settings)
         tenant = asyncio.run(_demo_tenant(settings))
         print(

@@ -27,7 +27,7 @@ class ValidationError(DomainError):
         self.message = message
         super().__init__(f"{field}: {message}")
 
-    def __reduce__(self):  # keep the two-argument constructor picklable
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # keep the two-argument constructor picklable
         return (type(self), (self.field, self.message))
 
     def __str__(self) -> str:
@@ -66,7 +66,7 @@ class TransitionRefused(DomainError):
         self.message = message
         super().__init__(message)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type, tuple[object, object, str]]:
         return (type(self), (self.current_state, self.action, self.message))
 
     def __str__(self) -> str:

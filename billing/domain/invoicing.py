@@ -1,48 +1,9 @@
 """Closing a billing period: the invoice lines it produces and the subscription's next state.
 
-Pure: no I/O, no clock. The billing run (``billing.services.billing``) loads a due
-subscription, its plan(s) and the period's usage totals, calls ``close_period`` once per
-ended period, and persists the outcome in one transaction.
-
-What a closed period ``[start, end)`` bills
--------------------------------------------
-* Base fee, ``in_advance``: the fee of the NEXT period ``[end, next_end)``, at the price of
-  the plan in effect from ``end`` (a pending plan change takes effect first). Not charged
-  when the subscription is canceled at ``end`` (cancel at period end) or still paused.
-  A period that no earlier run opened (the first period after activation, after a trial
-  ended early, after an immediate change to another interval) had no run to charge it in
-  advance: the service says so with ``charged_in_advance=False`` and its fee is charged
-  as well, as a base_fee line covering the closed period.
-* Base fee, ``in_arrears``: the fee of the closed period at the plan in effect during it.
-  Not charged for a period that was paused from its start (pause bills nothing for paused
-  time).
-* Proration (``billing.domain.proration``, docs/proration.md): a short period (a first
-  period cut by a billing anchor other than the start, or the first paid period after a
-  trial) costs its exact share of the nominal anchor-aligned period, to the second. When a
-  mid-period event (plan change, pause, resume) settled part of the period,
-  ``Subscription.period_fee_from`` is set: only ``[period_fee_from, end)`` is charged here,
-  at the plan in effect, whatever the timing, and nothing while paused (the lines for the
-  settled part went to pending_lines). A new period starts with ``period_fee_from`` unset,
-  or set to its end when it starts paused.
-* Usage: one or more ``usage`` lines per usage charge of the plan in effect during the
-  period, priced on the period's totals (``pricing.usage_lines``; a charge without usage
-  shows as a zero line, so every charge is visible).
-* A trial period bills nothing of its own: no base fee and no usage (usage in a trial is
-  free). Closing it with an in-advance plan charges the first paid period's fee.
-
-Lines are rounded once each (``pricing``); the invoice total is their exact sum.
-
-The next state
---------------
-* trialing -> active at the trial's end; the paid periods follow the billing anchor.
-* ``cancel_at_period_end`` -> canceled at ``end`` (the last period stays the current one).
-* a pending plan change due by ``end`` -> the new plan; when its interval differs, the
-  anchor moves to ``end`` so the new plan's periods start there.
-* otherwise the next period is ``[end, next anchor boundary after end)``.
-
-The invoice request id is ``uuid5(NAMESPACE, f"{tenant}/{subscription}/{period_start_iso}")``:
-the same subscription period always gets the same id, so the invoicing service can drop
-a request it has already seen.
+Pure: no I/O, no clock. The billing run loads a due subscription, its plan(s) and the
+period's usage totals, calls ``close_period`` once per ended period and persists the
+outcome in one transaction. What a closed period bills, and the next state: docs/billing.md
+("What a closed period bills"); the invoice request id: docs/billing.md (the contract).
 """
 from __future__ import annotations
 
@@ -60,6 +21,7 @@ from billing.domain.periods import period_containing
 from billing.domain.plans import BillingTiming, PlanSpec
 from billing.domain.pricing import Line, aggregate, base_fee_line, total, usage_lines
 from billing.domain.subscriptions import Subscription
+from billing.domain.events import EventType
 
 __all__ = ["NAMESPACE", "PeriodUsage", "ClosedPeriod", "invoice_request_id", "close_period", "is_due"]
 
@@ -140,10 +102,10 @@ def is_due(sub: Subscription, as_of: datetime) -> bool:
 _FIELDS = frozenset(f.name for f in fields(Subscription))
 
 
-def _evolve(sub: Subscription, **changes) -> Subscription:
+def _evolve(sub: Subscription, **changes: object) -> Subscription:
     """``dataclasses.replace`` for the hot path of a run: the same new frozen Subscription
     (it has no __post_init__ to run) without replace's per-field checks and the frozen
-    __init__'s setattr per field, which together were a fifth of a period close."""
+    __init__'s setattr per field (docs/billing.md, Throughput)."""
     if not changes.keys() <= _FIELDS:
         raise TypeError(f"not fields of Subscription: {sorted(changes.keys() - _FIELDS)}")
     new = object.__new__(Subscription)
@@ -155,10 +117,11 @@ def _evolve(sub: Subscription, **changes) -> Subscription:
 
 def _next_state(sub: Subscription, plan: PlanSpec, next_plan: PlanSpec | None) -> tuple[Subscription, PlanSpec, str]:
     end = sub.current_period_end
+    assert end is not None  # only a started subscription's period is closed
     if sub.cancel_at_period_end:
         return (_evolve(sub, status=S.CANCELED, canceled_at=end, cancel_at_period_end=False, pending_plan_id=None,
-                        pending_change_at=None, period_fee_from=None), plan, "subscription.canceled")
-    new, spec, event = sub, plan, "subscription.period_advanced"
+                        pending_change_at=None, period_fee_from=None), plan, EventType.CANCELED)
+    new, spec, event = sub, plan, EventType.PERIOD_ADVANCED
     if sub.pending_plan_id is not None and (sub.pending_change_at is None or sub.pending_change_at <= end):
         if next_plan is None:
             raise ValueError(f"subscription {sub.id} has a pending change to plan {sub.pending_plan_id}: "
@@ -166,10 +129,10 @@ def _next_state(sub: Subscription, plan: PlanSpec, next_plan: PlanSpec | None) -
         new = _evolve(new, plan_id=sub.pending_plan_id, pending_plan_id=None, pending_change_at=None)
         if (next_plan.interval, next_plan.interval_count) != (plan.interval, plan.interval_count):
             new = _evolve(new, billing_anchor=end)  # the new plan's periods start at the change
-        spec, event = next_plan, "subscription.plan_changed"
+        spec, event = next_plan, EventType.PLAN_CHANGED
     if sub.status is S.TRIALING:
         new = _evolve(new, status=S.ACTIVE, trial_end=sub.trial_end or end)
-        event = "subscription.trial_ended"
+        event = EventType.TRIAL_ENDED
     anchor = new.billing_anchor or end
     next_end = period_containing(anchor, spec.interval, spec.interval_count, end)[1]
     # A new period starts with nothing settled; one that starts paused has nothing to charge.
@@ -208,6 +171,7 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
             lines.extend(_piece(plan, start, end, nominal))
     # The next period's fee in advance: only for a subscription that goes on, unpaused.
     if after.status is S.ACTIVE and spec.billing_timing is BillingTiming.IN_ADVANCE and spec.base_fee:
+        assert after.current_period_start is not None and after.current_period_end is not None
         lines.extend(_piece(spec, after.current_period_start, after.current_period_end,
                             proration.nominal_period(after, spec)))
     if not trial:

@@ -92,12 +92,14 @@ def late_usage_line(late: LateUsage, charge: UsageCharge | None, currency: str, 
         unit_price = charge.unit_price
     elif model is PricingModel.PACKAGE:
         size = charge.package_size
+        assert size is not None  # a package charge has one (plans.parse_plan)
         quantity = Decimal(_packages(q_after, size) - _packages(q_before, size))  # packages newly started
         unit_price = charge.unit_price
     elif quantity:
         unit_price = (exact / quantity).quantize(_PRICE_PLACES, rounding=ROUND_HALF_EVEN)
     else:
         unit_price = _ZERO
+    assert unit_price is not None  # per_unit and package charges have one (plans.parse_plan)
     description = (f"{head}: {charge.aggregation.value} {decimal_to_str(q_before)} -> {decimal_to_str(q_after)}, "
                    f"charged the increase of the period's {model.value} price")
     return line(description, quantity, unit_price, exact)

@@ -227,7 +227,7 @@ def _exact_minor(value: Decimal, units: int) -> int | None:
     frac = Fraction(value) * (10**units)
     if frac.denominator != 1:
         return None
-    return frac.numerator
+    return int(frac.numerator)
 
 
 def to_minor_units(amount: Decimal, currency: str) -> int:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from fractions import Fraction
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence, TypeVar, overload
 
 from billing.domain.errors import ValidationError
 from billing.domain.money import (
@@ -254,7 +254,10 @@ def _check_description(value: object, field: str) -> str:
     return text
 
 
-def _enum(enum_cls: type[StrEnum], value: object, field: str):
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _enum(enum_cls: type[_E], value: object, field: str) -> _E:
     text = _text(value, field)
     if text == "":
         raise ValidationError(field, "is required")
@@ -480,7 +483,6 @@ def plan_to_dict(spec: PlanSpec) -> dict[str, Any]:
     }
 
 
-_STORED_DECIMAL = dict(allow_negative=False, max_scale=28, max_digits_before_point=28)
 
 
 def _get(d: object, key: str, path: str) -> Any:
@@ -504,6 +506,12 @@ def _stored_int(d: object, key: str, path: str) -> int:
     return _int(_get(d, key, path), field)
 
 
+@overload
+def _stored_dec(d: object, key: str, path: str, *, nullable: Literal[False] = False) -> Decimal: ...
+@overload
+def _stored_dec(d: object, key: str, path: str, *, nullable: Literal[True]) -> Decimal | None: ...
+
+
 def _stored_dec(d: object, key: str, path: str, *, nullable: bool = False) -> Decimal | None:
     field = f"{path}.{key}" if path else key
     value = _get(d, key, path)
@@ -511,7 +519,7 @@ def _stored_dec(d: object, key: str, path: str, *, nullable: bool = False) -> De
         return None
     if not isinstance(value, str):
         raise ValidationError(field, "must be a decimal string" + (" or null" if nullable else ""))
-    return parse_decimal(value, field, **_STORED_DECIMAL)
+    return parse_decimal(value, field, allow_negative=False, max_scale=28, max_digits_before_point=28)
 
 
 def _stored_list(d: object, key: str, path: str) -> list[Any]:
@@ -522,7 +530,7 @@ def _stored_list(d: object, key: str, path: str) -> list[Any]:
     return list(value)
 
 
-def _stored_enum(enum_cls: type[StrEnum], d: object, key: str, path: str):
+def _stored_enum(enum_cls: type[_E], d: object, key: str, path: str) -> _E:
     field = f"{path}.{key}" if path else key
     return _enum(enum_cls, _stored_str(d, key, path), field)
 

@@ -1,45 +1,8 @@
 """Pricing: what a usage charge and a base fee cost, as invoice lines.
 
-Exactness and rounding
-----------------------
-``usage_amount`` is exact: every product and sum is computed in a private
-``decimal`` context with a huge precision that TRAPS ``Inexact``, so a result is
-either exact or an exception - never silently rounded (the ambient decimal
-context is not used). Money is rounded only when a ``Line`` is built, once per
-line, by ``money.round_money`` (half-even to the currency's minor unit). Totals
-are sums of already rounded lines. No ``float`` anywhere.
-
-Quantities are non-negative decimals (fractional quantities such as GB-hours are
-allowed); a negative or non-finite quantity raises ``ValueError``.
-
-Pricing models
---------------
-* ``per_unit``: ``q * unit_price``.
-* ``package``: ``ceil(q / package_size) * unit_price`` - every STARTED package is
-  charged in full (250 units in packages of 100 = 3 packages; exactly 200 = 2;
-  0 units = 0 packages = 0). The line's quantity is the number of packages and its
-  unit price the price per package, so quantity * unit_price = amount; the usage
-  quantity itself is named in the description.
-* ``graduated``: the quantity is split across the tiers and each part is priced at
-  its own tier's unit price; a tier's ``flat_fee`` is charged once for every tier
-  that holds a positive quantity (Stripe semantics: the flat fee applies as soon as
-  the tier is reached). Quantity 0 reaches no tier: amount 0, no flat fee.
-  ``usage_lines`` gives one line per tier used (amount = part * tier unit price +
-  tier flat fee, rounded once per line) so the invoice explains itself; quantity 0
-  gives a single zero line for tier 1 so that every charge shows on the invoice.
-* ``volume``: the ONE tier that contains the total quantity prices all of it:
-  ``q * tier.unit_price + tier.flat_fee``. Quantity 0 costs 0 (no flat fee) and is
-  shown as a zero line of tier 1.
-
-Tier bounds
------------
-``up_to`` is an inclusive upper bound, as in Stripe: with tiers up to 10, up to
-100, unbounded, tier 1 holds units 1..10, tier 2 units 11..100, tier 3 the rest.
-For fractional quantities the tiers are the half-open ranges ``(0, 10]``,
-``(10, 100]``, ``(100, inf)``: a total of 10 lies entirely in tier 1; a total of
-10.5 puts 10 in tier 1 and 0.5 in tier 2 (so tier 2 is reached and its flat fee
-is charged). For volume pricing, 10 is priced by tier 1 and 10.000001 by tier 2.
-Tiers are numbered from 1 in ``Line.tier``.
+Exact arithmetic (a private decimal context that traps ``Inexact``, never a float); money
+is rounded once per ``Line`` (``money.round_money``) and totals are sums of rounded lines.
+The pricing models and tier bounds are specified in docs/pricing.md.
 """
 
 from __future__ import annotations

@@ -231,13 +231,17 @@ def _keep(*lines: Line | None) -> list[Line]:
     return [ln for ln in lines if ln is not None]
 
 
-def _settle_old(before: Subscription, plan: PlanSpec, state: FeeState, at: datetime, nominal) -> list[Line]:
+def _settle_old(before: Subscription, plan: PlanSpec, state: FeeState, at: datetime,
+                nominal: tuple[datetime, datetime]) -> list[Line]:
     """Close the old plan's account at ``at``: credit unused prepaid time, charge used postpaid time."""
     end = before.current_period_end
+    assert end is not None  # the callers return early for a subscription without a period
     if state.settled is Settled.PREPAID:
         return _keep(credit_line(plan, at, end, nominal))
-    if state.settled is Settled.POSTPAID and state.since < at:
-        return _keep(charge_line(plan, state.since, at, nominal, used=True))
+    if state.settled is Settled.POSTPAID:
+        assert state.since is not None  # POSTPAID always names it (fee_state)
+        if state.since < at:
+            return _keep(charge_line(plan, state.since, at, nominal, used=True))
     return []
 
 
@@ -258,6 +262,7 @@ def on_change(before: Subscription, old: PlanSpec, after: Subscription, new: Pla
     """
     if before.status not in (S.ACTIVE, S.PAUSED) or before.current_period_end is None:
         return Proration((), after)  # pending or trialing: nothing is billed yet
+    assert before.current_period_start is not None and after.current_period_start is not None
     nominal = nominal_period(before, old)
     t = floor_to_second(nominal, max(at, before.current_period_start))
     end = before.current_period_end
@@ -278,6 +283,7 @@ def on_change(before: Subscription, old: PlanSpec, after: Subscription, new: Pla
         # [t, t + interval): the new plan's first period, anchored at the change
         if new.billing_timing is BillingTiming.IN_ADVANCE:
             a, b = after.current_period_start, after.current_period_end
+            assert b is not None
             lines += _keep(charge_line(new, a, b, (a, b)))
             return Proration(tuple(lines), replace(after, period_fee_from=b))
         return Proration(tuple(lines), replace(after, period_fee_from=None))
@@ -297,11 +303,13 @@ def on_cancel(before: Subscription, plan: PlanSpec, after: Subscription, at: dat
     """
     if before.status not in (S.ACTIVE, S.PAUSED) or before.current_period_end is None:
         return Proration((), after)
+    assert before.current_period_start is not None
     nominal = nominal_period(before, plan)
     t = floor_to_second(nominal, max(at, before.current_period_start))
     state = fee_state(before, plan, charged_in_advance)
     if behavior is Behavior.NONE:
         if state.settled is Settled.POSTPAID:
+            assert state.since is not None
             return Proration(tuple(_keep(fee_piece(plan, state.since, before.current_period_end, nominal))), after)
         return Proration((), after)
     return Proration(tuple(_settle_old(before, plan, state, t, nominal)), after)
@@ -316,6 +324,7 @@ def on_pause(before: Subscription, plan: PlanSpec, after: Subscription, at: date
     """
     if before.status is not S.ACTIVE or before.current_period_end is None:
         return Proration((), after)
+    assert before.current_period_start is not None
     nominal = nominal_period(before, plan)
     t = floor_to_second(nominal, max(at, before.current_period_start))
     state = fee_state(before, plan, charged_in_advance)
@@ -336,6 +345,7 @@ def on_resume(before: Subscription, plan: PlanSpec, after: Subscription, at: dat
     chargeable at its close. Paused time ends at ``at`` whenever the resume is carried out."""
     if before.status is not S.PAUSED or after.current_period_end is None:
         return Proration((), after)
+    assert after.current_period_start is not None
     nominal = nominal_period(after, plan)
     t = floor_to_second(nominal, max(at, after.current_period_start))
     lines = resumed_late_lines(after, plan, at)

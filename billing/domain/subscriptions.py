@@ -22,6 +22,7 @@ from billing.domain.errors import PreconditionFailed, TransitionRefused, Validat
 from billing.domain.lifecycle import Action, SubscriptionStatus, transition
 from billing.domain.periods import add_interval, period_containing
 from billing.domain.plans import PlanSpec, is_upgrade
+from billing.domain.events import EventType
 
 S = SubscriptionStatus
 
@@ -121,7 +122,7 @@ def create(*, subscription_id: uuid.UUID, customer_id: str, plan_id: uuid.UUID, 
         id=subscription_id, customer_id=customer_id, plan_id=plan_id, status=S.PENDING, created_at=now,
         start_at=start, billing_anchor=billing_anchor, trial_days=days, metadata=_check_metadata(metadata),
     )
-    return Change(sub, "subscription.created")
+    return Change(sub, EventType.CREATED)
 
 
 def _first_period(anchor: datetime, plan: PlanSpec, start: datetime) -> tuple[datetime, datetime]:
@@ -136,20 +137,20 @@ def activate(sub: Subscription, plan: PlanSpec, at: datetime) -> Change:
         start, end = at, add_interval(at, plan.interval, plan.interval_count)
         new = replace(sub, status=S.ACTIVE, trial_end=at, billing_anchor=at, current_period_start=start,
                       current_period_end=end)
-        return Change(new, "subscription.trial_ended", {"ended_early": "true"})
+        return Change(new, EventType.TRIAL_ENDED, {"ended_early": "true"})
     if sub.status is S.PENDING and sub.trial_days > 0:
         transition(sub.status, Action.START_TRIAL)
         trial_end = at + timedelta(days=sub.trial_days)
         new = replace(sub, status=S.TRIALING, start_at=at, trial_end=trial_end,
                       billing_anchor=sub.billing_anchor or trial_end, current_period_start=at,
                       current_period_end=trial_end)
-        return Change(new, "subscription.trial_started")
+        return Change(new, EventType.TRIAL_STARTED)
     transition(sub.status, Action.ACTIVATE)
     anchor = sub.billing_anchor or at
     start, end = _first_period(anchor, plan, at)
     new = replace(sub, status=S.ACTIVE, start_at=at, billing_anchor=anchor, current_period_start=start,
                   current_period_end=end)
-    return Change(new, "subscription.activated")
+    return Change(new, EventType.ACTIVATED)
 
 
 def pause(sub: Subscription, now: datetime, resumes_at: datetime | None) -> Change:
@@ -158,15 +159,15 @@ def pause(sub: Subscription, now: datetime, resumes_at: datetime | None) -> Chan
         raise ValidationError("resumes_at", "must be in the future")
     details = {"resumes_at": resumes_at.isoformat()} if resumes_at else {}
     return Change(replace(sub, status=status, paused_at=now, pause_resumes_at=resumes_at),
-                  "subscription.paused", details)
+                  EventType.PAUSED, details)
 
 
 def resume(sub: Subscription, now: datetime) -> Change:
     """paused -> active; or, on a subscription with a cancel pending at period end, undo it."""
     if sub.status in (S.ACTIVE, S.TRIALING) and sub.cancel_at_period_end:
-        return Change(replace(sub, cancel_at_period_end=False), "subscription.cancel_unscheduled")
+        return Change(replace(sub, cancel_at_period_end=False), EventType.CANCEL_UNSCHEDULED)
     status = transition(sub.status, Action.RESUME)
-    return Change(replace(sub, status=status, paused_at=None, pause_resumes_at=None), "subscription.resumed",
+    return Change(replace(sub, status=status, paused_at=None, pause_resumes_at=None), EventType.RESUMED,
                   {"paused_at": sub.paused_at.isoformat() if sub.paused_at else ""})
 
 
@@ -186,6 +187,7 @@ def resume_as_scheduled(sub: Subscription, now: datetime) -> Change:
         raise PreconditionFailed(
             f"subscription {sub.id} has no scheduled resume due by {now.isoformat()}")
     at = sub.pause_resumes_at
+    assert at is not None  # resume_is_due
     change = resume(sub, at)
     return Change(change.subscription, change.event,
                   {**change.details, "resumed_at": at.isoformat(), "trigger": "scheduled"})
@@ -196,10 +198,10 @@ def cancel(sub: Subscription, now: datetime, mode: CancelMode) -> Change:
     if mode is CancelMode.AT_PERIOD_END:
         if sub.cancel_at_period_end:
             return Change(sub, "")  # already scheduled: nothing changes
-        return Change(replace(sub, cancel_at_period_end=True), "subscription.cancel_scheduled",
+        return Change(replace(sub, cancel_at_period_end=True), EventType.CANCEL_SCHEDULED,
                       {"effective_at": sub.current_period_end.isoformat() if sub.current_period_end else ""})
     return Change(replace(sub, status=status, canceled_at=now, cancel_at_period_end=False, pending_plan_id=None,
-                          pending_change_at=None), "subscription.canceled")
+                          pending_change_at=None), EventType.CANCELED)
 
 
 def change_plan(sub: Subscription, current: PlanSpec, new_plan_id: uuid.UUID, new: PlanSpec, new_plan_active: bool,
@@ -215,7 +217,7 @@ def change_plan(sub: Subscription, current: PlanSpec, new_plan_id: uuid.UUID, ne
     if new_plan_id == sub.plan_id:
         if sub.pending_plan_id is None:
             raise PreconditionFailed("the subscription is already on this plan and has no pending change to withdraw")
-        return Change(replace(sub, pending_plan_id=None, pending_change_at=None), "subscription.plan_change_withdrawn",
+        return Change(replace(sub, pending_plan_id=None, pending_change_at=None), EventType.PLAN_CHANGE_WITHDRAWN,
                       {"withdrawn_plan_id": str(sub.pending_plan_id)})
     if not new_plan_active:
         raise PreconditionFailed("the new plan is archived and takes no new subscriptions")
@@ -228,12 +230,13 @@ def change_plan(sub: Subscription, current: PlanSpec, new_plan_id: uuid.UUID, ne
     details = {"from_plan_id": str(sub.plan_id), "to_plan_id": str(new_plan_id),
                "direction": "upgrade" if upgrade else "downgrade"}
     if not immediate:
+        assert sub.current_period_end is not None
         return Change(replace(sub, pending_plan_id=new_plan_id, pending_change_at=sub.current_period_end),
-                      "subscription.plan_change_scheduled", {**details, "effective_at": sub.current_period_end.isoformat()})
+                      EventType.PLAN_CHANGE_SCHEDULED, {**details, "effective_at": sub.current_period_end.isoformat()})
     new_sub = replace(sub, plan_id=new_plan_id, pending_plan_id=None, pending_change_at=None)
     same_interval = (new.interval, new.interval_count) == (current.interval, current.interval_count)
     if not same_interval and sub.status in (S.ACTIVE, S.PAUSED):
         new_sub = replace(new_sub, billing_anchor=now, current_period_start=now,
                           current_period_end=add_interval(now, new.interval, new.interval_count))
         details["new_period_start"] = now.isoformat()
-    return Change(new_sub, "subscription.plan_changed", {**details, "effective_at": now.isoformat()})
+    return Change(new_sub, EventType.PLAN_CHANGED, {**details, "effective_at": now.isoformat()})

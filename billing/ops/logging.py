@@ -8,7 +8,6 @@ exception text.
 """
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import re
@@ -17,8 +16,9 @@ from datetime import datetime, timezone
 
 from opentelemetry import trace
 
-# Set by the gRPC auth interceptor and the consumers for the duration of one unit of work.
-current_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_tenant", default=None)
+# Defined below the store (each tenant transaction sets it); used from here by the rest.
+from billing.telemetry import current_tenant
+
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 

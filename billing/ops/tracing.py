@@ -32,15 +32,14 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind
 
+# Defined below the store (which writes trace headers into outbox rows); used from here by the rest.
+from billing.telemetry import TRACE_HEADERS, inject, tracer  # noqa: F401
+
 if TYPE_CHECKING:  # pragma: no cover
     from billing.config import Settings
 
 log = logging.getLogger(__name__)
 
-# A proxy until configure() installs the provider; module-level use is safe.
-tracer = trace.get_tracer("billing")
-
-TRACE_HEADERS = ("traceparent", "tracestate")
 # Spans per consumer batch that continue the traces of individual messages, and links
 # from the batch span to them: bounded, so a 20,000-message batch never makes 20,000 spans.
 MAX_MESSAGE_SPANS = 100
@@ -116,17 +115,6 @@ def extract(carrier: Mapping[str, str | bytes | None] | Iterable[tuple[str, str 
         return None
     ctx = propagate.extract(found)
     return ctx if trace.get_current_span(ctx).get_span_context().is_valid else None
-
-
-def inject(headers: dict[str, str], context: Context | None = None) -> dict[str, str]:
-    """Write the current (or given) span's context into `headers` (str values), replacing
-    trace headers already there; nothing is written outside a valid span."""
-    span = trace.get_current_span(context)
-    for key in TRACE_HEADERS:
-        headers.pop(key, None)
-    if span.get_span_context().is_valid:
-        propagate.inject(headers, context=context)
-    return headers
 
 
 def kafka_headers(context: Context | None = None) -> list[tuple[str, bytes]]:

@@ -8,11 +8,12 @@ from typing import Mapping
 import asyncpg
 
 from billing import codec
+from billing.domain.events import Stream
 from billing.domain.periods import to_us
 from billing.services.context import Caller
 from billing.store import outbox
 
-STREAM = "subscription_events"
+STREAM = Stream.SUBSCRIPTION_EVENTS
 _NAMESPACE = uuid.UUID("8f6c1b0e-6a4e-4f43-9d38-3f1b0c2f7a11")
 
 

@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import asyncpg
 
 from billing import codec
+from billing.domain.events import Stream
 from billing.domain.invoicing import NAMESPACE
 from billing.domain.money import decimal_to_str
 from billing.domain.periods import to_us
@@ -28,7 +29,7 @@ from billing.domain.pricing import Line, total
 from billing.domain.subscriptions import Subscription
 from billing.store import outbox
 
-STREAM = "invoice_requests"
+STREAM = Stream.INVOICE_REQUESTS
 #: run_id of a request that no billing run made.
 NO_RUN = uuid.UUID(int=0)
 

@@ -1,4 +1,8 @@
-"""Plans: create, read, list, archive. A plan's pricing never changes once created."""
+"""Plans: create, read, list, archive, and the one loader of plan specs (`load`, `PlanCache`).
+
+A plan's pricing never changes once created, so a spec read once can be kept for the life
+of the process; its status (active, archived) does change and is always read afresh.
+"""
 from __future__ import annotations
 
 import uuid
@@ -44,6 +48,39 @@ class Plan:
                    datetime.fromisoformat(d["archived_at"]) if d["archived_at"] else None)
 
 
+async def load(conn: asyncpg.Connection, tenant_id: uuid.UUID, plan_id: uuid.UUID, *,
+               for_update: bool = False) -> Plan | None:
+    """One plan with its current status, or None."""
+    row = await plans_store.get(conn, tenant_id, plan_id, for_update=for_update)
+    return Plan.from_row(row) if row is not None else None
+
+
+class PlanCache:
+    """Plan specs by (tenant, plan id), loaded on first use and kept: specs are immutable.
+
+    Built once per process (billing/bootstrap.py) and shared by RecordUsage, GetUsage and
+    the usage consumer.
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[tuple[uuid.UUID, uuid.UUID], PlanSpec] = {}
+        self._metrics: dict[tuple[uuid.UUID, uuid.UUID], frozenset[str]] = {}
+
+    async def load(self, conn: asyncpg.Connection, tenant: uuid.UUID, plan_ids: set[uuid.UUID]) -> None:
+        """Make `spec` and `metric_codes` answer for these plans (one query for the missing)."""
+        missing = [p for p in plan_ids if (tenant, p) not in self._specs]
+        for plan_id, raw in await plans_store.specs(conn, tenant, missing):
+            spec = plan_from_dict(raw)
+            self._specs[(tenant, plan_id)] = spec
+            self._metrics[(tenant, plan_id)] = frozenset(c.metric_code for c in spec.usage_charges)
+
+    def spec(self, tenant: uuid.UUID, plan_id: uuid.UUID) -> PlanSpec:
+        return self._specs[(tenant, plan_id)]
+
+    def metric_codes(self, tenant: uuid.UUID, plan_id: uuid.UUID) -> frozenset[str]:
+        return self._metrics[(tenant, plan_id)]
+
+
 @dataclass(frozen=True)
 class PlanPage:
     plans: list[Plan]
@@ -70,10 +107,10 @@ async def create_plan(db: Database, caller: Caller, request_id: str, draft: Plan
 async def get_plan(db: Database, caller: Caller, plan_id: str) -> Plan:
     ident = paging.parse_uuid(plan_id, "id")
     async with db.tenant_tx(caller.tenant_id) as conn:
-        row = await plans_store.get(conn, caller.tenant_id, ident)
-    if row is None:
+        plan = await load(conn, caller.tenant_id, ident)
+    if plan is None:
         raise NotFound("plan", plan_id)
-    return Plan.from_row(row)
+    return plan
 
 
 async def list_plans(db: Database, caller: Caller, *, page_size: int, page_token: str, include_archived: bool,
@@ -97,10 +134,9 @@ async def archive_plan(db: Database, caller: Caller, request_id: str, plan_id: s
         replay = await idempotency.claim(conn, caller, request_id, "ArchivePlan", {"id": str(ident)})
         if replay is not None:
             return Plan.from_snapshot(replay)
-        row = await plans_store.get(conn, caller.tenant_id, ident, for_update=True)
-        if row is None:
+        before = await load(conn, caller.tenant_id, ident, for_update=True)
+        if before is None:
             raise NotFound("plan", plan_id)
-        before = Plan.from_row(row)
         if before.status == "archived":
             plan = before
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from datetime import datetime, timezone
 
 from billing.ops.metrics import AUTO_RESUMED
@@ -23,6 +24,7 @@ from billing.ops.tracing import tracer
 from billing.services import billing
 from billing.services import subscriptions
 from billing.services.context import Caller
+from billing.store import tenants as tenants_store
 from billing.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -36,9 +38,9 @@ def slot_start(now: datetime, interval_s: int) -> datetime:
     return datetime.fromtimestamp(seconds - seconds % interval_s, timezone.utc)
 
 
-async def _tenants(db: Database) -> list:
+async def _tenants(db: Database) -> list[uuid.UUID]:
     async with db.tx() as conn:
-        return [r[0] for r in await conn.fetch("select tenant_ids()")]
+        return await tenants_store.all_ids(conn)
 
 
 async def resume_due_for_tenant(db: Database, tenant_id, now: datetime, batch_size: int) -> int:
@@ -49,7 +51,7 @@ async def resume_due_for_tenant(db: Database, tenant_id, now: datetime, batch_si
     if batch_size <= 0:
         raise ValueError("batch_size must be positive")
     caller = Caller(tenant_id, ACTOR)
-    resumed, failed = 0, []
+    resumed, failed = 0, list[uuid.UUID]()
     while True:
         batch = await subscriptions.resume_due_batch(db, caller, now, batch_size, failed)
         resumed += len(batch.resumed)
@@ -133,7 +135,8 @@ class Scheduler(_Periodic):
         self.resume_batch_size = resume_batch_size
 
     async def round(self, span) -> None:
-        count = await schedule_once(self.db, datetime.now(timezone.utc), self.interval_s, self.resume_batch_size)
+        count = await schedule_once(self.db, datetime.now(timezone.utc), int(self.interval_s),
+                                    self.resume_batch_size)
         span.set_attribute("billing.tenants", count)
         log.info("billing runs scheduled", extra={"tenants": count})
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from billing.store import tenants as tenants_store
+from billing.store.db import set_tenant
 
 KEY_PREFIX = "bk_"
 
@@ -100,3 +101,11 @@ class Authenticator:
                 self._ids.clear()
             self._ids[key_hash] = key_id
         return KeyIdentity(tenant_id, key_id)
+
+
+async def exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
+    """Whether the tenant exists, asked inside the caller's transaction (in a savepoint that
+    sets the tenant, which row-level security needs to show its row)."""
+    async with conn.transaction():
+        await set_tenant(conn, tenant_id)
+        return await tenants_store.exists(conn, tenant_id)

@@ -19,7 +19,9 @@ from decimal import Decimal
 import asyncpg
 
 from billing.domain.periods import from_us, period_containing, to_us
-from billing.domain.plans import PlanSpec, plan_from_dict
+from billing.domain.plans import PlanSpec
+from billing.domain.usage_rules import UsageSubscription, refusal
+from billing.services.plans import PlanCache
 from billing.store import usage as usage_store
 from billing.store.db import set_tenant
 
@@ -34,6 +36,13 @@ MAX_PROPERTIES = 50
 # megabyte of it is a producer bug, refused like NUL rather than kept forever.
 MAX_PROPERTY_KEY = 100
 MAX_PROPERTY_VALUE = 1000
+
+
+_REFUSAL_DETAIL = {
+    "subscription_not_started": "subscription {sub_id} is {status}",
+    "subscription_canceled": "subscription {sub_id} was canceled before the event",
+    "subscription_paused": "subscription {sub_id} was paused when the event happened",
+}
 
 
 @dataclass(frozen=True)
@@ -74,48 +83,6 @@ class IngestResult:
     @property
     def duplicates(self) -> int:
         return self.received - len(self.rejected) - self.inserted
-
-
-@dataclass(slots=True)
-class _Sub:
-    plan_id: uuid.UUID
-    status: str
-    start_us: int
-    anchor: datetime | None
-    period_start_us: int | None
-    period_end_us: int | None
-    canceled_us: int | None
-    paused_us: int | None = None  # paused since (also kept by a subscription canceled while paused)
-    pauses: tuple[tuple[int, int], ...] = ()  # past pauses [from, to)
-    resumes_us: int | None = None  # the current pause's scheduled end (pause_resumes_at)
-
-    def paused(self, t: int) -> bool:
-        """Whether the subscription was paused at ``t`` (usage then is not billed). A pause
-        with a scheduled resume ends at it, even before the scheduler has carried it out."""
-        if self.paused_us is not None and t >= self.paused_us and (self.resumes_us is None or t < self.resumes_us):
-            return True
-        return any(a <= t < b for a, b in self.pauses)
-
-
-class PlanCache:
-    """Plans never change once created, so their specs can be cached for the process's life."""
-
-    def __init__(self) -> None:
-        self._specs: dict[tuple[uuid.UUID, uuid.UUID], PlanSpec] = {}
-        self._metrics: dict[tuple[uuid.UUID, uuid.UUID], frozenset[str]] = {}
-
-    async def metrics(self, conn: asyncpg.Connection, tenant: uuid.UUID, plan_ids: set[uuid.UUID]) -> None:
-        missing = [p for p in plan_ids if (tenant, p) not in self._specs]
-        for plan_id, spec in await usage_store.plan_specs(conn, tenant, missing):
-            spec = plan_from_dict(spec)
-            self._specs[(tenant, plan_id)] = spec
-            self._metrics[(tenant, plan_id)] = frozenset(c.metric_code for c in spec.usage_charges)
-
-    def spec(self, tenant: uuid.UUID, plan_id: uuid.UUID) -> PlanSpec:
-        return self._specs[(tenant, plan_id)]
-
-    def metric_codes(self, tenant: uuid.UUID, plan_id: uuid.UUID) -> frozenset[str]:
-        return self._metrics[(tenant, plan_id)]
 
 
 def _properties_ok(properties: dict) -> bool:
@@ -169,10 +136,10 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
                 sub_ids[text] = uuid.UUID(text)
             except ValueError:
                 sub_ids[text] = None
-    subs: dict[uuid.UUID, _Sub] = {}
+    subs: dict[uuid.UUID, UsageSubscription] = {}
     # Read FOR KEY SHARE, held until the batch commits (billing/store/usage.py, `subscriptions`).
     for row in await usage_store.subscriptions(conn, tenant, [s for s in sub_ids.values() if s]):
-        subs[row["id"]] = _Sub(
+        subs[row["id"]] = UsageSubscription(
             row["plan_id"], row["status"], to_us(row["start_at"]), row["billing_anchor"],
             to_us(row["current_period_start"]) if row["current_period_start"] else None,
             to_us(row["current_period_end"]) if row["current_period_end"] else None,
@@ -181,14 +148,15 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             tuple(zip(map(to_us, row["paused_from"]), map(to_us, row["paused_to"]))),
             to_us(row["pause_resumes_at"]) if row["pause_resumes_at"] else None,
         )
-    await plans.metrics(conn, tenant, {s.plan_id for s in subs.values()})
+    await plans.load(conn, tenant, {s.plan_id for s in subs.values()})
 
     earliest, latest = now_us - limits.max_age_us, now_us + limits.max_future_skew_us
-    # Per subscription text, once: (uuid, state, metric codes of its plan) or None.
-    known = {}
+    # Per subscription text, once: (uuid, state, metric codes and spec of its plan) or None.
+    known: dict[str, tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec] | None] = {}
     for text, sub_id in sub_ids.items():
         sub = subs.get(sub_id) if sub_id else None
-        known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id)) if sub else None
+        known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id), plans.spec(tenant, sub.plan_id)) \
+            if sub_id and sub else None
     rows = usage_store.Batch()
     add = rows.add
     periods = result.periods
@@ -200,18 +168,15 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
         if entry is None:
             reject(Rejection(i, "unknown_subscription", f"no subscription {e.subscription_id[:64]!r}"))
             continue
-        sub_id, sub, metrics = entry
+        sub_id, sub, metrics, spec = entry
         t = e.occurred_at_us
-        if sub.period_start_us is None:
-            reject(Rejection(i, "subscription_not_started", f"subscription {sub_id} is {sub.status}"))
-        elif sub.canceled_us is not None and t >= sub.canceled_us:
-            reject(Rejection(i, "subscription_canceled", f"subscription {sub_id} was canceled before the event"))
-        elif (sub.paused_us is not None or sub.pauses) and sub.paused(t):
-            reject(Rejection(i, "subscription_paused", f"subscription {sub_id} was paused when the event happened"))
+        refused = refusal(sub, t)
+        if refused is not None:
+            reject(Rejection(i, refused, _REFUSAL_DETAIL[refused].format(sub_id=sub_id, status=sub.status)))
         elif e.metric_code not in metrics:
             reject(Rejection(i, "unknown_metric", f"metric {e.metric_code[:64]!r} is not on the subscription's plan"))
         elif not quantity_ok(e.quantity):
-            reject(Rejection(i, check_quantity(e.quantity), f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
+            reject(Rejection(i, check_quantity(e.quantity) or "invalid_quantity", f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
         elif t > latest:
             reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - now_us) // 1_000_000} s ahead of now"))
         elif t < earliest:
@@ -225,33 +190,13 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
                              f"properties: at most {MAX_PROPERTIES}, keys up to {MAX_PROPERTY_KEY} and values up to "
                              f"{MAX_PROPERTY_VALUE} characters, without NUL (PostgreSQL refuses NUL)"))
         else:
-            if sub.period_start_us <= t < sub.period_end_us:  # the common case: the current period
-                start, end, late = sub.period_start_us, sub.period_end_us, False
-            else:
-                start, end, late = _period_of(plans.spec(tenant, sub.plan_id), sub, t)
-            if sub.canceled_us is not None:
-                # Before the cancel (checked above) but arriving after it: its period was
-                # billed (the last close, or an immediate cancel's final request) and the
-                # subscription bills no period again. Late: a run bills it (docs/billing.md).
-                late = True
+            start, end, late = sub.attribute(spec, t)
             add(e, sub_id, start, end, late)
             periods[i] = (start, end)
     if rows:
         inserted, late_inserted = await usage_store.insert_batch(conn, tenant, rows)
         result.inserted += inserted
         result.late += late_inserted
-
-
-def _period_of(spec: PlanSpec, sub: _Sub, t: int) -> tuple[int, int, bool]:
-    """An event outside the current period: before it, the period is closed and billed, so
-    the event is late; after it (the period ended but was not billed yet), a later period."""
-    anchor = sub.anchor or from_us(sub.start_us)
-    start, end = period_containing(anchor, spec.interval, spec.interval_count, from_us(t))
-    start_us, end_us = to_us(start), to_us(end)
-    if t < sub.period_start_us:
-        # Never reach into the current period, nor before the subscription's start.
-        return max(start_us, sub.start_us), min(end_us, sub.period_start_us), True
-    return max(start_us, sub.period_end_us), end_us, False
 
 
 # -- gRPC: RecordUsage and GetUsage ------------------------------------------------------
@@ -283,11 +228,12 @@ class Recorded:
 
 
 class Usage:
-    """The usage use cases, holding what outlives a call: the plan cache and the limits."""
+    """The usage use cases, holding what outlives a call: the limits and the plan cache,
+    both built once from the settings (billing/bootstrap.py) and shared with the consumer."""
 
-    def __init__(self, limits: UsageLimits | None = None):
-        self.limits = limits or UsageLimits()
-        self.plans = PlanCache()
+    def __init__(self, limits: UsageLimits, plans: PlanCache):
+        self.limits = limits
+        self.plans = plans
 
     async def record(self, db, caller, *, request_id: str, event_id: str, subscription_id: str, metric_code: str,
                      quantity: str, occurred_at: datetime | None, properties: dict[str, str]) -> Recorded:
@@ -332,7 +278,7 @@ class Usage:
             sub = await subs_store.get(conn, caller.tenant_id, sub_uuid)
             if sub is None:
                 raise NotFound("subscription", subscription_id)
-            await self.plans.metrics(conn, caller.tenant_id, {sub.plan_id})
+            await self.plans.load(conn, caller.tenant_id, {sub.plan_id})
             spec = self.plans.spec(caller.tenant_id, sub.plan_id)
             if period_start is None:
                 if sub.current_period_start is None:
@@ -364,33 +310,33 @@ class Usage:
                 lr = late.get(charge.metric_code)
                 metrics.append(MetricUsage(
                     charge.metric_code, charge.aggregation.value, quantity, amount, points,
-                    LateUsage(lr["event_count"], lr["quantity_sum"], lr["billed_count"]) if lr else NO_LATE_USAGE))
+                    LateUsageReport(lr["event_count"], lr["quantity_sum"], lr["billed_count"]) if lr else NO_LATE_USAGE))
         if end is None:  # a period with no usage yet: its end follows from the anchor
             anchor = sub.billing_anchor or sub.start_at
             end = period_containing(anchor, spec.interval, spec.interval_count, start)[1]
-        total = round_money(sum((m.amount for m in metrics), start=0), spec.currency)
+        total = round_money(sum((m.amount for m in metrics), start=Decimal(0)), spec.currency)
         return UsageReport(sub_uuid, start, end, spec.currency, metrics, total)
 
 
 @dataclass(frozen=True)
-class LateUsage:
+class LateUsageReport:
     """Events of a period stored after the period was billed (docs/billing.md, late usage)."""
     event_count: int
-    quantity_sum: object  # Decimal
+    quantity_sum: Decimal
     billed_event_count: int  # billed already as a late line; the rest by the next run
 
 
-NO_LATE_USAGE = LateUsage(0, Decimal(0), 0)
+NO_LATE_USAGE = LateUsageReport(0, Decimal(0), 0)
 
 
 @dataclass(frozen=True)
 class MetricUsage:
     metric_code: str
     aggregation: str
-    quantity: object  # Decimal
-    amount: object  # Decimal, rounded
-    series: list
-    late: LateUsage = NO_LATE_USAGE
+    quantity: Decimal
+    amount: Decimal  # rounded
+    series: list[tuple[datetime, Decimal]]
+    late: LateUsageReport = NO_LATE_USAGE
 
 
 @dataclass(frozen=True)
@@ -400,4 +346,4 @@ class UsageReport:
     period_end: datetime
     currency: str
     metrics: list[MetricUsage]
-    total: object
+    total: Decimal

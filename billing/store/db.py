@@ -14,8 +14,7 @@ import asyncpg
 import orjson
 from opentelemetry.trace import SpanKind
 
-from billing.ops.logging import current_tenant
-from billing.ops.tracing import tracer
+from billing.telemetry import current_tenant, tracer
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -24,10 +23,9 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 def json_text(value) -> str:
     """JSON text of a document a billing run writes by the thousand (for a `$n::text::jsonb`
-    parameter), by orjson: five times faster than json.dumps, and it writes datetimes and
-    UUIDs itself, in the form the audit trail uses (`datetime.isoformat()`, canonical UUID
-    text; tests/unit/test_json_text.py), where formatting them first cost more than the
-    dump. Mappings that are not dicts and asyncpg's own UUIDs go through `_json_default`."""
+    parameter), by orjson, which writes datetimes and UUIDs itself in the audit trail's form
+    (`datetime.isoformat()`, canonical UUID text; tests/unit/test_json_text.py). Why orjson:
+    docs/decisions.md. Mappings that are not dicts and asyncpg's UUIDs: `_json_default`."""
     return orjson.dumps(value, default=_json_default).decode()
 
 

@@ -1,7 +1,7 @@
 """Rows of the outbox: events written with the change they announce, relayed to Kafka later.
 
-`stream` is a logical name ("subscription_events", "invoice_requests", "billing_runs");
-the relay maps it to the configured topic, so services never need topic settings.
+`stream` is a logical name (billing.domain.events.Stream); the relay maps it to the
+configured topic, so services never need topic settings.
 
 The row's headers carry the trace context (`traceparent`) of the transaction that wrote it,
 so the relay's publish span, and the message it publishes, continue that trace.
@@ -13,7 +13,7 @@ import uuid
 
 import asyncpg
 
-from billing.ops import tracing
+from billing import telemetry
 from billing.store.db import json_text
 
 
@@ -21,7 +21,7 @@ async def enqueue(conn: asyncpg.Connection, tenant_id: uuid.UUID, *, stream: str
                   payload: bytes, headers: dict[str, str] | None = None) -> None:
     await conn.execute(
         "insert into outbox (tenant_id, stream, key, payload, headers) values ($1, $2, $3, $4, $5)",
-        tenant_id, stream, key, payload, tracing.inject(dict(headers or {})),
+        tenant_id, stream, key, payload, telemetry.inject(dict(headers or {})),
     )
 
 
@@ -35,7 +35,7 @@ async def enqueue_many(conn: asyncpg.Connection, tenant_id: uuid.UUID,
     # The writer's trace context goes onto every row (as enqueue does), spliced into each
     # row's JSON object here: PostgreSQL then parses one document per row, not two and a
     # merge (on the right, so it wins over a key of the row, as `||` would).
-    trace = tracing.inject({})
+    trace = telemetry.inject({})
     if trace:
         extra = json.dumps(trace)[1:]
         headers = [_splice(h, extra) for h in headers]
@@ -56,7 +56,7 @@ async def enqueue_keyed(conn: asyncpg.Connection, tenant_id: uuid.UUID, stream: 
     text per row: the key is written once, the headers are built by PostgreSQL."""
     if not rows:
         return
-    common = json_text(tracing.inject(dict(headers)))
+    common = json_text(telemetry.inject(dict(headers)))
     await conn.execute(
         """insert into outbox (tenant_id, stream, key, payload, headers)
            select $1, $2, convert_to(k, 'UTF8'), p, $3::text::jsonb || jsonb_build_object($4::text, k)

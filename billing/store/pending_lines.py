@@ -10,7 +10,6 @@ once are written already billed (``invoice_request_id=...``).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Iterable, Sequence

@@ -27,9 +27,19 @@ async def get(conn: asyncpg.Connection, tenant_id: uuid.UUID, plan_id: uuid.UUID
     )
 
 
+async def specs(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                plan_ids: list[uuid.UUID]) -> list[tuple[uuid.UUID, dict]]:
+    """(id, spec) of many plans in one round trip."""
+    if not plan_ids:
+        return []
+    rows = await conn.fetch("select id, spec from plans where tenant_id = $1 and id = any($2::uuid[])",
+                            tenant_id, plan_ids)
+    return [(r["id"], r["spec"]) for r in rows]
+
+
 async def codes(conn: asyncpg.Connection, tenant_id: uuid.UUID, plan_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
     """Plan id -> code for many plans in one round trip (a page of subscriptions names its
-    plans by code; one query per row was most of ListSubscriptions' latency)."""
+    plans by code: one query per row would dominate ListSubscriptions' latency)."""
     rows = await conn.fetch("select id, code from plans where tenant_id = $1 and id = any($2::uuid[])",
                             tenant_id, plan_ids)
     return {r["id"]: r["code"] for r in rows}

@@ -49,3 +49,8 @@ async def exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
     """Under row-level security the app role sees only the current tenant's row: call it
     with that tenant set (it answers False for any other)."""
     return bool(await conn.fetchval("select exists(select 1 from tenants where id = $1)", tenant_id))
+
+
+async def all_ids(conn: asyncpg.Connection) -> list[uuid.UUID]:
+    """Every tenant's id, with no tenant set: tenant_ids() is security definer (migration 006)."""
+    return [r[0] for r in await conn.fetch("select tenant_ids()")]

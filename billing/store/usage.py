@@ -7,10 +7,12 @@ from datetime import datetime
 
 import asyncpg
 
+from billing.store import plans
+
 # The batch is COPYed (binary) into a session-local staging table, then ONE statement
 # empties the staging table, inserts the raw events dropping duplicates (also duplicates
-# within the batch), and folds exactly the inserted rows into the totals. Measured: COPY
-# then this statement ~60-70k events/s, array parameters with unnest ~45-50k.
+# within the batch), and folds exactly the inserted rows into the totals (faster than
+# array parameters: docs/usage.md, Throughput).
 # Times travel as integer microseconds and quantities as text, converted here. A late
 # event's late_usage_pending row is written by a trigger (migration 015), not here.
 STAGING_TABLE = """
@@ -113,12 +115,8 @@ async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: lis
     batch's events are in the totals the writer bills; or the writer commits first and the
     batch reads what it wrote, so an event of a period already billed is late (and billed
     as late usage) and one after a cancel or in a pause is refused. Usage batches do not
-    block each other (KEY SHARE is shared).
-
-    Until session 4 only the subscriptions whose period ended within the hour were locked
-    (only those can be closed by a run): an event committed while an immediate cancel billed
-    its period was then on time in a period no request bills. The lock costs about 2 us of
-    PostgreSQL time per distinct subscription of a batch (docs/decisions.md).
+    block each other (KEY SHARE is shared). Why every subscription, not only those a run
+    may be closing: docs/decisions.md.
     """
     return await conn.fetch(
         """select id, plan_id, status, start_at, billing_anchor, current_period_start, current_period_end, canceled_at,
@@ -136,10 +134,8 @@ async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: lis
 
 
 async def plan_specs(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> list[tuple]:
-    if not ids:
-        return []
-    rows = await conn.fetch("select id, spec from plans where tenant_id = $1 and id = any($2::uuid[])", tenant_id, ids)
-    return [(r["id"], r["spec"]) for r in rows]
+    """Kept for billing/services/billing.py until it loads specs through services.plans.PlanCache."""
+    return await plans.specs(conn, tenant_id, ids)
 
 
 async def totals(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID,

@@ -24,7 +24,6 @@ from fastavro import parse_schema, schemaless_writer
 from billing import codec
 from billing.codec import Schema
 from billing.kafka import producer_config
-from billing.v1 import billing_pb2 as pb
 from tests.abuse.world import build_world
 from tests.kafka_helpers import TopicReader, command, running_roles, wait_until
 
@@ -96,7 +95,6 @@ def cloudevent(world, drop=(), data=None, **over) -> bytes:
 
 
 async def test_usage_topic_abuse(roles, migrated, world, admin_conn):
-    good = usage_avro(world)
     valid = codec.encode(Schema.USAGE_EVENT, {"event_id": "e", "tenant_id": world.tenant.id,
                                                "subscription_id": world.subs["active"].id, "metric_code": "calls",
                                                "quantity": "1", "occurred_at_us": 1, "properties": {}})

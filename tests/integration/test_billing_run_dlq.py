@@ -110,7 +110,8 @@ async def test_bad_run_requests_are_dead_lettered_and_the_next_request_runs(kafk
     # The dead letters are counted by reason; the good run left the subscription billed.
     for reason in set(before):
         expected = sum(1 for r, _ in bad if r == reason)
-        await wait_until(lambda: _true(_dead_letter_count(reason) - before[reason] >= expected))
+        await wait_until(lambda reason=reason, expected=expected:
+                         _true(_dead_letter_count(reason) - before[reason] >= expected))
         assert _dead_letter_count(reason) - before[reason] == expected
     assert await admin_conn.fetchval("select count(*) from billed_periods where subscription_id = $1",
                                      uuid.UUID(sub.id)) == 1

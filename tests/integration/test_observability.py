@@ -21,9 +21,7 @@ from billing.ops import tracing
 from billing.ops.logging import JsonFormatter
 from billing.services.usage import to_us
 from billing.v1 import billing_pb2 as pb
-from billing.v1 import billing_pb2_grpc
 from tests.integration.test_ops import _sample
-from tests.integration.test_plans_api import plan_request
 from tests.integration.test_usage_consumer import avro
 from tests.integration.test_usage_ingest import _setup
 from tests.kafka_helpers import TopicReader, command, produce, running_roles, wait_until
@@ -415,7 +413,7 @@ async def test_a_billing_run_is_one_trace_from_the_call_to_the_invoice_request(r
     from tests.integration.test_billing_runs import _completed, _sub_started, _usage_plan
 
     plan = await _usage_plan(stub, tenant)
-    sub = await _sub_started(stub, tenant, plan, days_ago=40)
+    await _sub_started(stub, tenant, plan, days_ago=40)
     trace_id, traceparent = _traceparent()
     async with running_roles(migrated, ("billing",)):
         run = (await stub.RunBilling(pb.RunBillingRequest(request_id=str(uuid.uuid4())),

@@ -1,0 +1,46 @@
+"""The composition root: the settings are read once, and what the gRPC servicer and the
+Kafka consumers share is built once from them and handed to both.
+
+So both ingest paths (gRPC RecordUsage and the usage consumer) apply the same configured
+limits and share one plan cache; billing/runtime.py starts the roles with these.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from billing.config import Settings
+from billing.services.plans import PlanCache
+from billing.services.usage import Usage, UsageLimits
+
+_US_PER_S = 1_000_000
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How this process requests billing runs (the api's RunBilling and the scheduler)."""
+
+    shards: int
+
+
+@dataclass(frozen=True)
+class Components:
+    """What the entry points of one process share."""
+
+    settings: Settings
+    usage_limits: UsageLimits
+    plans: PlanCache  # one cache per process: RecordUsage, GetUsage and the usage consumer
+    usage: Usage
+    runs: RunSettings
+
+
+def usage_limits(settings: Settings) -> UsageLimits:
+    return UsageLimits(max_future_skew_us=settings.usage_max_future_skew_s * _US_PER_S,
+                       max_age_us=settings.usage_max_age_days * 86_400 * _US_PER_S)
+
+
+def build(settings: Settings | None = None) -> Components:
+    settings = settings if settings is not None else Settings()
+    limits = usage_limits(settings)
+    plans = PlanCache()
+    return Components(settings=settings, usage_limits=limits, plans=plans, usage=Usage(limits, plans),
+                      runs=RunSettings(shards=settings.run_shards))
