@@ -20,7 +20,7 @@ from billing.runtime import BILLING_GROUP
 from billing.store.db import init_connection
 from billing.v1 import billing_pb2 as pb
 from consumers.billing import BillingRunStrategy
-from consumers.runner import ConsumerRunner
+from consumers.runner import Batching, ConsumerRunner, ConsumerSource, DeadLetterPolicy, Retry
 from tests.integration.test_billing_runs import _completed, _sub_started, _usage_plan
 from tests.kafka_helpers import TopicReader, produce, running_roles, wait_until
 
@@ -139,9 +139,9 @@ async def test_a_database_outage_during_a_run_is_retried_not_dead_lettered(migra
     strategy = BillingRunStrategy(away)
     group = f"billing-run-dlq-test-{uuid.uuid4().hex[:8]}"
     runner = ConsumerRunner(
-        pool=pool, kafka_config=consumer_config(migrated, group, **{"session.timeout.ms": 6000}), topics=[topic],
-        group_id=group, strategy=strategy, dlq_topic=migrated.topics.billing_runs_dlq,
-        producer_config=producer_config(migrated), max_batch_size=10, max_batch_wait_s=0.05, backoff_max_s=0.3)
+        pool, ConsumerSource(consumer_config(migrated, group, **{"session.timeout.ms": 6000}), (topic,), group),
+        strategy, batching=Batching(max_size=10, max_wait_s=0.05), retry=Retry(max_s=0.3),
+        dead_letters=DeadLetterPolicy(migrated.topics.billing_runs_dlq, producer_config(migrated)))
     task = asyncio.create_task(runner.run())
     try:
         await asyncio.to_thread(produce, migrated, topic, [(f"{run_id}/0".encode(), _request(tenant.id, str(run_id)))])
