@@ -55,9 +55,10 @@ class ConsumerRunner:
     `on_batch(messages, dead_letters, seconds)` is a plain callback for tests and benches."""
 
     def __init__(self, pool: asyncpg.Pool, source: ConsumerSource, strategy: BatchStrategy, *,
-                 batching: Batching = Batching(), retry: Retry = Retry(),
-                 dead_letters: DeadLetterPolicy = DeadLetterPolicy(), observer: RunnerObserver | None = None,
+                 batching: Batching | None = None, retry: Retry | None = None,
+                 dead_letters: DeadLetterPolicy | None = None, observer: RunnerObserver | None = None,
                  on_batch: Callable[[int, int, float], None] | None = None, lag_interval_s: float = 1.0):
+        batching, retry, dead_letters = batching or Batching(), retry or Retry(), dead_letters or DeadLetterPolicy()
         if dead_letters.topic in source.topics:
             raise ValueError("the dead-letter topic must not be one of the consumed topics")
         self.group_id = source.group_id

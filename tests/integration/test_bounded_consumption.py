@@ -27,7 +27,6 @@ from confluent_kafka import Producer
 
 from billing.kafka import producer_config
 from billing.kafka_topics import sync
-from billing.services.usage import to_us
 from billing.runtime import usage_consumer
 from tests.integration.test_usage_ingest import _setup
 from tests.kafka_helpers import TopicReader, produce
