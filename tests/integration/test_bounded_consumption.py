@@ -94,7 +94,7 @@ async def test_huge_compressed_message_is_dead_lettered_within_the_memory_bound(
 
     from billing.store.db import Database
 
-    db = await Database.connect(settings.database_url, min_size=1, max_size=2)
+    db = await Database.connect(settings.worker_database_url, min_size=1, max_size=2)
     group = f"test-bounded-{tag}"
     runner = usage_consumer(settings, db.pool, group_id=group, max_batch_wait_s=0.05)
     task = asyncio.create_task(runner.run())
