@@ -147,13 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ValidationError as exc:  # a bad setting: say which, no traceback
-        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+                           for e in exc.errors())
         print(f"configuration refused: {errors}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # e.g. a JSON setting that is not JSON
+        cause = f": {exc.__cause__}" if exc.__cause__ else ""
+        print(f"configuration refused: {exc}{cause}", file=sys.stderr)
         return 2
 
 

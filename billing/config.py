@@ -159,8 +159,10 @@ class Settings(BaseSettings):
         from billing.kafka_topics import check_topic_config
 
         check_topic_config(self)
-        if self.kafka_fetch_max_bytes < self.kafka_max_message_bytes:
-            raise ValueError("BILLING_KAFKA_FETCH_MAX_BYTES must be at least BILLING_KAFKA_MAX_MESSAGE_BYTES")
+        # librdkafka (2.16) refuses a zstd batch of unstated size whose compressed size passes
+        # half of receive.message.max.bytes: an accepted message must stay below that.
+        if self.kafka_fetch_max_bytes < 2 * self.kafka_max_message_bytes:
+            raise ValueError("BILLING_KAFKA_FETCH_MAX_BYTES must be at least twice BILLING_KAFKA_MAX_MESSAGE_BYTES")
         return self
 
 

@@ -3,7 +3,8 @@
 Nothing is mocked: the stack is the same `billing.devstack` that `make run` uses, in a
 temporary state directory, so a running `make run` and the test suite never collide.
 Set BILLING_TEST_DATABASE_URL, BILLING_TEST_WORKER_DATABASE_URL, BILLING_TEST_ADMIN_DATABASE_URL
-and BILLING_TEST_KAFKA_BOOTSTRAP_SERVERS to run against servers of your own instead.
+and BILLING_TEST_KAFKA_BOOTSTRAP_SERVERS to run against servers of your own instead
+(BILLING_TEST_KAFKA_REPLICATION_FACTOR / _MIN_INSYNC_REPLICAS: 1 unless set).
 """
 from __future__ import annotations
 

@@ -99,12 +99,16 @@ def test_missing_secret_or_properties_file_is_refused_at_start(tmp_path):
         _settings(kafka_config_file=tmp_path / "absent.properties")
 
 
-def test_cli_refuses_a_bad_setting_with_a_clear_message():
-    env = {"BILLING_KAFKA_CONFIG": '{"enable.auto.commit": true}', "PATH": "/usr/bin:/bin"}
+@pytest.mark.parametrize("value,says", [
+    ('{"enable.auto.commit": true}', "enable.auto.commit=false"),
+    ("{not json", 'error parsing value for field "kafka_config"'),
+])
+def test_cli_refuses_a_bad_setting_with_a_clear_message(value, says):
+    env = {"BILLING_KAFKA_CONFIG": value, "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "billing.cli", "topics"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2
-    assert "configuration refused" in proc.stderr and "enable.auto.commit=false" in proc.stderr
+    assert "configuration refused" in proc.stderr and says in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
