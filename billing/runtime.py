@@ -73,9 +73,6 @@ class Service:
             from billing.kafka_topics import check_at_start
 
             await asyncio.to_thread(check_at_start, s)
-        from billing.services import billing as billing_service
-
-        billing_service.DEFAULT_SHARDS = s.run_shards  # runs requested by this process (api, scheduler)
         self.components = app = bootstrap.build(s)
         for warning in database_warnings(s):
             log.warning(warning)
@@ -89,7 +86,7 @@ class Service:
         self._tasks.append(asyncio.create_task(self._wait_for_schema(), name="wait-for-migrations"))
         if "api" in self.roles:
             self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, usage=app.usage,
-                                   tls=ServerTls.from_settings(s),
+                                   run_shards=app.runs.shards, tls=ServerTls.from_settings(s),
                                    max_concurrent_calls=s.grpc_max_concurrent_calls)
             if warning := grpc_warning(self.grpc.tls.mode, self.grpc.address):
                 log.warning(warning)
@@ -110,7 +107,7 @@ class Service:
             # Each round resumes what is due before it requests the runs (unless auto-resume is off).
             resume_batch = s.auto_resume_batch_size if s.auto_resume_interval_s > 0 else 0
             self._start_role("scheduler", Scheduler(self.worker_db, s.scheduler_interval_s,
-                                                    resume_batch_size=resume_batch))
+                                                    resume_batch_size=resume_batch, shards=app.runs.shards))
         if "scheduler" in self.roles and s.auto_resume_interval_s > 0:
             from billing.services.scheduler import AutoResumer
 

@@ -19,7 +19,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class GrpcServer:
-    def __init__(self, db: Database, host: str, port: int, *, usage: Usage, tls: ServerTls | None = None,
+    def __init__(self, db: Database, host: str, port: int, *, usage: Usage, run_shards: int, tls: ServerTls | None = None,
                  max_concurrent_calls: int = 0):
         self.tls = tls or ServerTls()
         credentials = self.tls.credentials()  # before binding: a bad setting fails the start
@@ -31,7 +31,7 @@ class GrpcServer:
                           MalformedRequestInterceptor()],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )
-        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db, usage), self.server)
+        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db, usage, run_shards), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -13,9 +13,12 @@ from billing.v1 import billing_pb2_grpc
 
 
 class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
-    def __init__(self, db: Database, usage: Usage):
+    def __init__(self, db: Database, usage: Usage, run_shards: int):
+        # Built once from the settings (billing/bootstrap.py): the usage limits and plan
+        # cache shared with the usage consumer, and the shard count of the runs it requests.
         self.db = db
-        self.usage = usage  # limits from the settings, shared with the consumer (billing/bootstrap.py)
+        self.usage = usage
+        self.run_shards = run_shards
 
     # -- plans -------------------------------------------------------------------------
 
@@ -136,7 +139,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     @rpc
     async def RunBilling(self, request: pb.RunBillingRequest, caller: Caller) -> pb.RunBillingResponse:
         run = await billing.run_billing(self.db, caller, request.request_id, request.idempotency_key,
-                                        convert.optional_time(request, "as_of"))
+                                        convert.optional_time(request, "as_of"), shards=self.run_shards)
         return pb.RunBillingResponse(run=convert.billing_run_message(run))
 
     @rpc

@@ -135,7 +135,7 @@ def period_containing(
     ``t`` exactly on a boundary belongs to the period that STARTS there. Works for
     ``t`` before the anchor too. Constant time: the index is computed, not searched.
     """
-    # A billing chunk asks the same few questions thousands of times (~20 us each): cache
+    # A billing chunk asks the same few questions thousands of times: cache
     # them, but only for exact-type UTC inputs, so that equal-hashing inputs that must be
     # refused (a +00:00 offset that is not timezone.utc, count=True) are never served.
     if (type(anchor) is datetime and type(t) is datetime and anchor.tzinfo is timezone.utc

@@ -73,7 +73,8 @@ async def resume_due(db: Database, now: datetime, batch_size: int) -> int:
     return total
 
 
-async def schedule_once(db: Database, now: datetime, interval_s: int, resume_batch_size: int = 0) -> int:
+async def schedule_once(db: Database, now: datetime, interval_s: int, resume_batch_size: int = 0, *,
+                        shards: int | None = None) -> int:
     """Request this slot's run for every tenant; return how many tenants were asked.
 
     With `resume_batch_size`, each tenant's due resumes are carried out first, so a run never
@@ -87,7 +88,7 @@ async def schedule_once(db: Database, now: datetime, interval_s: int, resume_bat
                 await resume_due_for_tenant(db, tenant_id, now, resume_batch_size)
             except Exception:  # noqa: BLE001 - the run goes on; the auto-resume pass retries
                 log.exception("resuming due subscriptions before the billing run failed")
-        await billing.run_billing(db, Caller(tenant_id, ACTOR), key, key, slot)
+        await billing.run_billing(db, Caller(tenant_id, ACTOR), key, key, slot, shards=shards)
     return len(tenants)
 
 
@@ -130,13 +131,14 @@ class Scheduler(_Periodic):
     # One trace per round: the runs it requests (and their invoice requests) are in it.
     span_name, failure = "scheduler round", "scheduling billing runs failed"
 
-    def __init__(self, db: Database, interval_s: int, resume_batch_size: int = 0):
+    def __init__(self, db: Database, interval_s: int, resume_batch_size: int = 0, *, shards: int | None = None):
         super().__init__(db, interval_s)
         self.resume_batch_size = resume_batch_size
+        self.shards = shards  # of each run it requests (billing/bootstrap.py RunSettings)
 
     async def round(self, span) -> None:
         count = await schedule_once(self.db, datetime.now(timezone.utc), int(self.interval_s),
-                                    self.resume_batch_size)
+                                    self.resume_batch_size, shards=self.shards)
         span.set_attribute("billing.tenants", count)
         log.info("billing runs scheduled", extra={"tenants": count})
 

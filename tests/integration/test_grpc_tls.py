@@ -25,7 +25,8 @@ def pki(tmp_path_factory):
 
 
 async def _served(service, tls: ServerTls) -> GrpcServer:
-    server = GrpcServer(service.db, "127.0.0.1", 0, usage=service.components.usage, tls=tls)
+    server = GrpcServer(service.db, "127.0.0.1", 0, usage=service.components.usage,
+                        run_shards=service.components.runs.shards, tls=tls)
     await server.start()
     await server.set_serving(True)
     return server

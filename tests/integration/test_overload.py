@@ -46,7 +46,8 @@ async def _eventually(predicate, timeout_s: float = 10) -> None:
 
 async def test_calls_beyond_the_bound_are_refused_at_once_and_the_others_succeed(migrated, service, stub, tenant):
     plan = (await stub.CreatePlan(plan_request(), metadata=tenant.md)).plan
-    bounded = GrpcServer(service.db, "127.0.0.1", 0, usage=service.components.usage, max_concurrent_calls=3)
+    bounded = GrpcServer(service.db, "127.0.0.1", 0, usage=service.components.usage,
+                         run_shards=service.components.runs.shards, max_concurrent_calls=3)
     await bounded.start()
     await bounded.set_serving(True)
     refused_before = _count("GetPlan", "RESOURCE_EXHAUSTED")

@@ -1,8 +1,10 @@
-"""The usage limits come from the settings on the gRPC path too (billing/bootstrap.py):
-BILLING_USAGE_MAX_AGE_DAYS and BILLING_USAGE_MAX_FUTURE_SKEW_S change what RecordUsage
-accepts, as they change what the usage consumer accepts."""
+"""Settings reach the gRPC path through the composition root (billing/bootstrap.py), per
+process: BILLING_USAGE_MAX_AGE_DAYS and BILLING_USAGE_MAX_FUTURE_SKEW_S change what
+RecordUsage accepts (as they change what the usage consumer accepts), BILLING_RUN_SHARDS
+the runs RunBilling requests."""
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import grpc
@@ -11,8 +13,9 @@ import pytest
 from billing.config import Settings
 from billing.devstack import free_port
 from billing.runtime import Service
+from billing.v1 import billing_pb2 as pb
 from billing.v1 import billing_pb2_grpc
-from tests.integration.test_subscriptions_api import ts
+from tests.integration.test_subscriptions_api import rid, ts
 from tests.integration.test_usage_api import record
 from tests.integration.test_usage_ingest import _setup
 
@@ -57,3 +60,23 @@ async def test_record_usage_applies_the_configured_limits(stub, strict_stub, ten
     recent = await record(strict_stub, tenant, sub, event_id="recent", at=now - timedelta(hours=1))
     assert not recent.duplicate
     assert (await record(stub, tenant, sub, event_id="recent", at=now - timedelta(hours=1))).duplicate
+
+
+async def test_run_shards_come_from_the_settings_of_each_process(migrated, monkeypatch, stub, tenant, admin_conn):
+    """BILLING_RUN_SHARDS reaches RunBilling through the composition root, per process: a
+    second process configured with 3 shards leaves this session's default (1) alone."""
+    monkeypatch.setenv("BILLING_RUN_SHARDS", "3")
+    settings = Settings(**migrated.model_dump(exclude={"run_shards", "http_port"}), http_port=free_port())
+    assert settings.run_shards == 3
+    svc = Service(settings, roles=("api",))
+    await svc.start()
+    try:
+        async with grpc.aio.insecure_channel(svc.grpc.address) as channel:
+            sharded = (await billing_pb2_grpc.BillingServiceStub(channel).RunBilling(
+                pb.RunBillingRequest(request_id=rid()), metadata=tenant.md)).run
+    finally:
+        await svc.stop()
+    default = (await stub.RunBilling(pb.RunBillingRequest(request_id=rid()), metadata=tenant.md)).run
+    shards = "select shard_count from billing_runs where id = $1"
+    assert await admin_conn.fetchval(shards, uuid.UUID(sharded.id)) == 3
+    assert await admin_conn.fetchval(shards, uuid.UUID(default.id)) == 1
