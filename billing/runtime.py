@@ -135,31 +135,19 @@ class Service:
         })
 
     def _command_consumer(self):
-        from billing.kafka import consumer_config, producer_config
         from consumers.commands import CommandStrategy
-        from consumers.runner import ConsumerRunner
 
         s = self.settings
-        return ConsumerRunner(
-            pool=self.worker_db.pool, kafka_config=consumer_config(s, COMMANDS_GROUP), topics=[s.topics.subscription_commands],
-            group_id=COMMANDS_GROUP, strategy=CommandStrategy(), dlq_topic=s.topics.subscription_commands_dlq,
-            producer_config=producer_config(s), max_batch_size=500, observer=ConsumerMetrics(COMMANDS_GROUP),
-            max_message_bytes=s.kafka_max_message_bytes,
-        )
+        return consumer_runner(s, self.worker_db.pool, COMMANDS_GROUP, s.topics.subscription_commands,
+                               s.topics.subscription_commands_dlq, CommandStrategy(), max_batch_size=500)
 
     def _billing_consumer(self, on_recorded):
-        from billing.kafka import consumer_config, producer_config
         from consumers.billing import BillingRunStrategy
-        from consumers.runner import ConsumerRunner
 
         s = self.settings
         # Each message records a shard for the executor: the batch commits at once.
-        return ConsumerRunner(
-            pool=self.worker_db.pool, kafka_config=consumer_config(s, BILLING_GROUP), topics=[s.topics.billing_runs],
-            group_id=BILLING_GROUP, strategy=BillingRunStrategy(on_recorded), dlq_topic=s.topics.billing_runs_dlq,
-            producer_config=producer_config(s), max_batch_size=10, observer=ConsumerMetrics(BILLING_GROUP),
-            max_message_bytes=s.kafka_max_message_bytes,
-        )
+        return consumer_runner(s, self.worker_db.pool, BILLING_GROUP, s.topics.billing_runs,
+                               s.topics.billing_runs_dlq, BillingRunStrategy(on_recorded), max_batch_size=10)
 
     async def _sample_outbox(self, relay) -> None:
         """The outbox gauges, every `outbox_backlog_interval_s`, from every relay process (leader
@@ -278,21 +266,28 @@ async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
     return 1 if service.failed.is_set() else 0
 
 
-def usage_consumer(settings: Settings, pool, components: bootstrap.Components | None = None, **overrides):
-    """The usage consumer as configured (the benchmark builds the same one); `components`:
-    what it shares with the process's other roles (billing/bootstrap.py)."""
+def consumer_runner(settings: Settings, pool, group: str, topic: str, dlq_topic: str, strategy, *,
+                    max_batch_size: int, max_batch_wait_s: float = 0.2, dlq_limit=None):
+    """A consumer role's runner: its settings built once, as value objects."""
     from billing.kafka import consumer_config, producer_config
-    from consumers.runner import ConsumerRunner
+    from consumers.runner import Batching, ConsumerRunner, ConsumerSource, DeadLetterPolicy, DlqLimit
+
+    return ConsumerRunner(
+        pool, ConsumerSource(consumer_config(settings, group), (topic,), group), strategy,
+        batching=Batching(max_batch_size, max_batch_wait_s, settings.kafka_max_message_bytes),
+        dead_letters=DeadLetterPolicy(dlq_topic, producer_config(settings), limit=dlq_limit or DlqLimit()),
+        observer=ConsumerMetrics(group),
+    )
+
+
+def usage_consumer(settings: Settings, pool, components: bootstrap.Components | None = None, *,
+                   group_id: str = USAGE_GROUP, max_batch_wait_s: float = 0.5):
+    """The usage consumer as configured; `components`: what it shares with the process's
+    other roles (billing/bootstrap.py). Tests name their own group and a shorter wait."""
+    from consumers.runner import DlqLimit
     from consumers.usage import UsageStrategy
 
     app = components or bootstrap.build(settings)
-
-    options = dict(
-        pool=pool, kafka_config=consumer_config(settings, USAGE_GROUP),
-        topics=[settings.topics.usage], group_id=USAGE_GROUP, strategy=UsageStrategy(app.usage_limits, app.plans),
-        dlq_topic=settings.topics.usage_dlq, producer_config=producer_config(settings),
-        max_batch_size=settings.usage_batch_size, max_batch_wait_s=0.5, max_bad_share=settings.usage_max_bad_share,
-        observer=ConsumerMetrics(USAGE_GROUP), max_message_bytes=settings.kafka_max_message_bytes,
-    )
-    options.update(overrides)
-    return ConsumerRunner(**options)
+    return consumer_runner(settings, pool, group_id, settings.topics.usage, settings.topics.usage_dlq,
+                           UsageStrategy(app.usage_limits, app.plans), max_batch_size=settings.usage_batch_size,
+                           max_batch_wait_s=max_batch_wait_s, dlq_limit=DlqLimit(settings.usage_max_bad_share))

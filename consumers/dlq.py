@@ -1,4 +1,4 @@
-"""Dead letters: the DLQ producer, the headers it adds, and the limit on bad messages.
+"""Dead letters: the DLQ producer and the headers it adds (the limit: consumers/dlq_limit.py).
 
 A dead letter is produced with the original key and value bytes, the original headers
 (except earlier `dlq.*` ones, which are replaced) and these headers, all UTF-8 strings:
@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import deque
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer
+
+from consumers.strategy import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -45,53 +45,8 @@ MAX_DLQ_MESSAGE_BYTES = 16 * 1024 * 1024
 TRUNCATED_VALUE_BYTES = 64 * 1024
 
 
-class _Message(Protocol):
-    """What a dead letter needs of its message (consumers.runner.Message has it)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def header_list(self) -> tuple[tuple[str, bytes | None], ...]: ...
-
-
-class DeadLetter(Protocol):
-    """A message given up on (consumers.runner.DeadLetter); a protocol, so the runner
-    depends on this module and not the reverse."""
-
-    @property
-    def message(self) -> _Message: ...
-    @property
-    def reason(self) -> str: ...
-    @property
-    def detail(self) -> str: ...
-
-
 class DeadLetterDeliveryError(Exception):
     """The DLQ topic did not confirm every dead letter; the batch is retried."""
-
-
-class TooManyBadMessages(Exception):
-    """Too large a share of recent messages was dead-lettered: the runner stops.
-
-    Raised out of `ConsumerRunner.run()`; the batch that crossed the limit is not
-    committed (no effects, no offsets, nothing produced to the DLQ).
-    """
-
-    def __init__(self, *, group: str, bad: int, sample: int, limit: float, reasons: dict[str, int]):
-        self.group, self.bad, self.sample, self.limit, self.reasons = group, bad, sample, limit, reasons
-        super().__init__(
-            f"consumer group {group!r}: {bad} of the last {sample} messages were dead-lettered "
-            f"({bad / sample:.0%} > limit {limit:.0%}); stopping instead of dead-lettering everything. "
-            f"Reasons in the failing batch: {reasons}"
-        )
 
 
 def dead_letter_headers(dead_letter: DeadLetter, group: str, at: str) -> list[tuple[str, bytes | None]]:
@@ -178,30 +133,3 @@ class DeadLetterProducer:
         left = self._producer.flush(5)
         if left:
             log.warning("DLQ producer closed with %d undelivered messages", left, extra={"group": self.group})
-
-
-class BadShareWindow:
-    """Outcomes (dead-lettered or not) of the last `size` messages, in consumption order.
-
-    `check` looks at the window as it would be after a batch, never narrower than the
-    batch itself, so a batch larger than the window is judged as a whole. Only a
-    committed batch enters the window (`record`), so a retried batch is not counted twice.
-    """
-
-    def __init__(self, size: int, max_bad_share: float, min_sample: int):
-        self.size = size
-        self.max_bad_share = max_bad_share
-        self.min_sample = min_sample
-        self._outcomes: deque[bool] = deque(maxlen=size)
-
-    def exceeded(self, flags: Sequence[bool]) -> tuple[bool, int, int]:
-        """(over the limit?, bad count, sample size) for the window after `flags`."""
-        keep = max(0, self.size - len(flags))
-        tail = list(self._outcomes)[-keep:] if keep else []
-        sample = len(tail) + len(flags)
-        bad = sum(tail) + sum(flags)
-        over = sample >= self.min_sample and bad / sample > self.max_bad_share
-        return over, bad, sample
-
-    def record(self, flags: Sequence[bool]) -> None:
-        self._outcomes.extend(flags)

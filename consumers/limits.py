@@ -20,12 +20,9 @@ recompresses whatever producers send into zstd (docs/kafka.md, "Bounded consumpt
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from confluent_kafka import KafkaError
 
-if TYPE_CHECKING:  # consumers.runner imports this module
-    from consumers.runner import DeadLetter, Message
+from consumers.strategy import DeadLetter, Message
 
 TOO_LARGE = "too_large"
 # Marks a placeholder made from a _BAD_COMPRESSION error; never set by a producer (dlq.*
@@ -39,8 +36,6 @@ def is_undecompressable(err: KafkaError) -> bool:
 
 def placeholder(topic: str, partition: int, offset: int, error: str) -> Message:
     """A stand-in for a record librdkafka would not decompress."""
-    from consumers.runner import Message
-
     value = error[:1000].encode()
     return Message(topic, partition, offset, None, None, {PLACEHOLDER_HEADER: value}, None,
                    ((PLACEHOLDER_HEADER, value),))
@@ -48,8 +43,6 @@ def placeholder(topic: str, partition: int, offset: int, error: str) -> Message:
 
 def split_too_large(batch: list[Message], max_bytes: int | None) -> tuple[list[Message], list[DeadLetter]]:
     """(messages for the strategy, dead letters for the too large ones)."""
-    from consumers.runner import DeadLetter
-
     dead = []
     for m in batch:
         if PLACEHOLDER_HEADER in m.headers:

@@ -21,7 +21,7 @@ from billing.services.run_executor import ExecutorSettings, RunExecutor
 from billing.store.db import Database, init_connection
 from billing.v1 import billing_pb2 as pb
 from consumers.billing import BillingRunStrategy
-from consumers.runner import ConsumerRunner
+from consumers.runner import Batching, ConsumerRunner, ConsumerSource, DeadLetterPolicy, Retry
 from tests.integration.test_billing_runs import _completed, _sub_started, _usage_plan
 from tests.kafka_helpers import TopicReader, produce, running_roles, wait_until
 
@@ -143,9 +143,9 @@ async def test_a_database_outage_during_a_run_is_retried_not_dead_lettered(migra
     executor = RunExecutor(Database(away), ExecutorSettings(backoff_s=0.1, max_backoff_s=0.5, poll_s=0.05))
     group = f"billing-run-dlq-test-{uuid.uuid4().hex[:8]}"
     runner = ConsumerRunner(
-        pool=pool, kafka_config=consumer_config(migrated, group, **{"session.timeout.ms": 6000}), topics=[topic],
-        group_id=group, strategy=strategy, dlq_topic=migrated.topics.billing_runs_dlq,
-        producer_config=producer_config(migrated), max_batch_size=10, max_batch_wait_s=0.05, backoff_max_s=0.3)
+        pool, ConsumerSource(consumer_config(migrated, group, **{"session.timeout.ms": 6000}), (topic,), group),
+        strategy, batching=Batching(max_size=10, max_wait_s=0.05), retry=Retry(max_s=0.3),
+        dead_letters=DeadLetterPolicy(migrated.topics.billing_runs_dlq, producer_config(migrated)))
     task = asyncio.create_task(runner.run())
     executing = asyncio.create_task(executor.run())
     try:

@@ -25,7 +25,7 @@ import pytest
 from billing.config import Topics
 from confluent_kafka import Producer
 
-from billing.kafka import consumer_config, producer_config
+from billing.kafka import producer_config
 from billing.kafka_topics import sync
 from billing.runtime import usage_consumer
 from tests.integration.test_usage_ingest import _setup
@@ -96,8 +96,7 @@ async def test_huge_compressed_message_is_dead_lettered_within_the_memory_bound(
 
     db = await Database.connect(settings.worker_database_url, min_size=1, max_size=2)
     group = f"test-bounded-{tag}"
-    runner = usage_consumer(settings, db.pool, group_id=group, kafka_config=consumer_config(settings, group),
-                            max_batch_wait_s=0.05)
+    runner = usage_consumer(settings, db.pool, group_id=group, max_batch_wait_s=0.05)
     task = asyncio.create_task(runner.run())
     try:
         await asyncio.wait_for(runner.assigned.wait(), 60)

@@ -14,7 +14,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from billing.kafka import consumer_config, producer_config
 from billing.store.db import init_connection
-from consumers.runner import Backpressure, BatchResult, ConsumerRunner, DeadLetter, Message, TooManyBadMessages
+from consumers.runner import (
+    Backpressure, BatchResult, Batching, ConsumerRunner, ConsumerSource, DeadLetter, DeadLetterPolicy, DlqLimit,
+    Message, Retry, TooManyBadMessages,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -55,12 +58,18 @@ def produce(settings, topic: str, messages: list[tuple[int, str]], *, key: bytes
     assert producer.flush(30) == 0
 
 
-def make_runner(settings, pool, topic: str, group: str, strategy, **kw) -> ConsumerRunner:
+def make_runner(settings, pool, topic: str, group: str, strategy, *, max_batch_size: int = 5000,
+                max_batch_wait_s: float = 0.05, backoff_initial_s: float = 0.1, backoff_max_s: float = 0.5,
+                dlq_topic: str | None = None, max_bad_share: float = 0.5, bad_window: int = 1000,
+                bad_min_sample: int = 100, rejoin_timeout_s: float = 60.0, on_batch=None, observer=None,
+                lag_interval_s: float = 1.0) -> ConsumerRunner:
     cfg = consumer_config(settings, group, **{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
-    kw.setdefault("max_batch_wait_s", 0.05)
-    kw.setdefault("backoff_max_s", 0.5)
-    return ConsumerRunner(pool=pool, kafka_config=cfg, topics=[topic], group_id=group, strategy=strategy,
-                          producer_config=producer_config(settings), **kw)
+    return ConsumerRunner(
+        pool, ConsumerSource(cfg, (topic,), group, rejoin_timeout_s=rejoin_timeout_s), strategy,
+        batching=Batching(max_batch_size, max_batch_wait_s), retry=Retry(backoff_initial_s, backoff_max_s),
+        dead_letters=DeadLetterPolicy(dlq_topic, producer_config(settings),
+                                      limit=DlqLimit(max_bad_share, bad_window, bad_min_sample)),
+        on_batch=on_batch, observer=observer, lag_interval_s=lag_interval_s)
 
 
 async def eventually(predicate, timeout_s: float = 15.0, what: str = "condition"):

@@ -30,13 +30,13 @@ async def test_a_client_that_lost_its_partitions_and_never_rejoined_is_replaced(
     task = asyncio.create_task(runner.run())
     try:
         await eventually(lambda: _eq(effect_count(pool, topic), 30), what="30 effects")
-        first = runner._consumer
+        first = runner._kafka._consumer
         # What the wedge looks like to the runner: partitions lost a while ago, no assignment since.
-        runner._lost_at = time.monotonic() - 5
-        await eventually(lambda: _eq(asyncio.sleep(0, runner._consumer is not first), True), what="a new client")
+        runner._kafka.lost_at = time.monotonic() - 5
+        await eventually(lambda: _eq(asyncio.sleep(0, runner._kafka._consumer is not first), True), what="a new client")
         produce(migrated, topic, [(p, f"b-{p}-{i}") for p in range(3) for i in range(10)])
         await eventually(lambda: _eq(effect_count(pool, topic), 60), timeout_s=60, what="60 effects")
-        assert runner._lost_at is None  # the new client was assigned
+        assert runner._kafka.lost_at is None  # the new client was assigned
     finally:
         await stop(runner, task)
     rows = await effects(pool, topic)

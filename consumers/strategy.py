@@ -1,0 +1,105 @@
+"""What a consumer is to the runner: a `BatchStrategy` over detached `Message`s.
+
+A strategy gets a PostgreSQL connection inside the runner's open transaction and a batch,
+does its effects on that connection and returns a `BatchResult` naming the messages it
+gives up on (dead letters). `Backpressure` means "not now": the runner rolls back and
+retries the same batch later, as arroyo's MessageRejected does.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol, runtime_checkable
+
+import asyncpg
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+from confluent_kafka import Message as KafkaMessage
+
+__all__ = [
+    "Backpressure", "BatchResult", "BatchStrategy", "DeadLetter", "Message", "RunnerObserver", "RunnerStats",
+    "TopicPartition",
+]
+
+TopicPartition = tuple[str, int]
+
+
+class Message(NamedTuple):
+    """One Kafka record, detached from the client. A NamedTuple, not a frozen dataclass:
+    one is built for every message, and a tuple is far cheaper to build."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]  # last value wins when a header repeats; see header_list
+    timestamp_ms: int | None
+    # The headers exactly as received (order, repeats, null values); the DLQ copies these.
+    header_list: tuple[tuple[str, bytes | None], ...] = ()
+
+    @classmethod
+    def from_kafka(cls, msg: KafkaMessage) -> "Message":
+        raw = msg.headers()
+        raw = tuple(raw) if raw else ()
+        ts_type, ts = msg.timestamp()
+        return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                   {k: v for k, v in raw if v is not None} if raw else {},
+                   None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts, raw)
+
+    @property
+    def tp(self) -> TopicPartition:
+        return self.topic, self.partition
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    message: Message
+    reason: str  # short machine-readable code, e.g. "undecodable", "unknown_schema"
+    detail: str = ""  # free text for a human
+
+
+@dataclass
+class BatchResult:
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    # Free-form counts a strategy wants summed up (e.g. {"duplicates": 3}); see RunnerStats.
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class BatchStrategy(Protocol):
+    async def process(self, conn: asyncpg.Connection, batch: list[Message]) -> BatchResult: ...
+
+
+class RunnerObserver(Protocol):
+    """What the runner reports for metrics (billing.ops.metrics.ConsumerMetrics)."""
+
+    def batch(self, messages: int, dead_letters: dict[str, int], counters: dict[str, int],
+              seconds: float) -> None: ...
+
+    def lag(self, topic: str, partition: int, messages: int) -> None: ...
+
+    def forget(self, topic: str, partition: int) -> None: ...
+
+
+class Backpressure(Exception):
+    """Raised by a strategy (or anything under it): "not now, retry this batch later".
+
+    The batch rolls back and is retried as is after a backoff; `retry_after_s`, when
+    given, is the least time to wait.
+    """
+
+    def __init__(self, message: str = "backpressure", *, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class RunnerStats:
+    batches: int = 0  # committed batches
+    messages: int = 0  # messages whose offsets were committed (dead letters included)
+    dead_letters: int = 0
+    retries: int = 0  # failed attempts that were retried (backpressure, transient errors)
+    pauses: int = 0  # times the assigned partitions were paused for a backoff
+    fenced: int = 0  # batches rolled back because another writer moved the stored offsets
+    rebalances: int = 0  # assignments received
+    counters: Counter = field(default_factory=Counter)  # summed BatchResult.counters

@@ -1,0 +1,148 @@
+"""The relay's publisher: one batch of outbox rows produced in id order, then every
+delivery report awaited. Runs in a worker thread (the producer's calls block).
+
+Each row is published in a span of its own (`publish <topic>`, kind PRODUCER) that
+continues the trace stored in the row's `traceparent` header, or is a child of the batch
+span; it ends at the delivery report. The message carries that span's context as its
+`traceparent` header, so consumers of the topic continue the same trace.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+
+from billing.ops import tracing
+from producers.relay_holds import (
+    PERMANENT_ERRORS, TOPIC_ERRORS, Failure, HoldBook, PublishResult, hold_of, key_hold, stream_hold,
+)
+
+OUTBOX_ID_HEADER = "outbox-id"
+TENANT_ID_HEADER = "tenant-id"
+
+
+def message_headers(row, trace_headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The row's headers, then `outbox-id` and `tenant-id`, then the publish span's trace
+    context; a row header of any of those names is replaced."""
+    own = (OUTBOX_ID_HEADER, TENANT_ID_HEADER)
+    headers = [(k, v) for k, v in row.headers.items() if k not in own and k not in trace_headers]
+    return headers + [(OUTBOX_ID_HEADER, str(row.id)), (TENANT_ID_HEADER, str(row.tenant_id)),
+                      *trace_headers.items()]
+
+
+class Publisher:
+    def __init__(self, topics: Mapping[str, str], holds: HoldBook, stopping: threading.Event, stop_grace_s: float):
+        self._topics = topics
+        self._holds = holds
+        self._stopping = stopping
+        self._stop_grace_s = stop_grace_s
+
+    def publish(self, producer: Producer, rows: list) -> PublishResult:
+        batch = _Batch(producer, self._stopping, self._stop_grace_s)
+        for row in rows:
+            if batch.blocks(row):
+                continue  # an earlier row of its key failed in this batch: keep the order
+            topic = self._topics.get(row.stream)
+            if topic is None:
+                batch.fail(Failure(row, f"unknown outbox stream {row.stream!r}", topic_level=True))
+                continue
+            alone = self._holds.isolated(row.id)
+            if alone and not batch.await_reports():
+                break  # stopping: this row and the rest are left for later
+            batch.produce(row, topic)
+            if alone:
+                batch.await_alone(row)
+        batch.await_reports()
+        return batch.outcome(self._holds.isolated)
+
+
+class _Batch:
+    """The state of one publish round: what was produced, reported, and blocked."""
+
+    def __init__(self, producer: Producer, stopping: threading.Event, stop_grace_s: float):
+        self._producer = producer
+        self._stopping = stopping
+        self._stop_grace_s = stop_grace_s
+        self._result = PublishResult(started=time.perf_counter())
+        self._reports: dict[int, KafkaError | None] = {}
+        self._produced: list = []
+        self._blocked: set[Hashable] = set()
+        self._spans: dict[int, Span] = {}  # row id -> its publish span, ended by the delivery report
+
+    def blocks(self, row) -> bool:
+        return stream_hold(row.stream) in self._blocked or key_hold(row) in self._blocked
+
+    def fail(self, failure: Failure) -> None:
+        self._result.failed.append(failure)
+        self._blocked.add(hold_of(failure.row, failure.topic_level))
+
+    def produce(self, row, topic: str) -> None:
+        span = tracing.tracer.start_span(
+            f"publish {topic}", context=tracing.extract(row.headers), kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
+                        "messaging.operation.type": "send", "billing.outbox.id": row.id,
+                        "billing.tenant_id": str(row.tenant_id)})
+        self._spans[row.id] = span
+        headers = message_headers(row, tracing.inject({}, trace.set_span_in_context(span)))
+        while True:
+            try:
+                self._producer.produce(topic, value=row.payload, key=row.key, headers=headers,
+                                       on_delivery=self._on_delivery(row.id, span))
+                self._produced.append(row)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: serve reports, try again
+            except KafkaException as exc:
+                # Refused at produce(): the client checked this message alone, so a
+                # permanent error is proof at once and the row is parked.
+                err = exc.args[0]
+                self.fail(Failure(row, str(err), err.code() in TOPIC_ERRORS, fatal=err.fatal(), code=err.code(),
+                                  park_reason=PERMANENT_ERRORS.get(err.code())))
+                tracing.record_error(span, f"produce failed: {err}")
+                span.end()
+                return
+
+    def _on_delivery(self, row_id: int, span: Span) -> Callable:
+        def on_delivery(err, _msg) -> None:
+            self._reports[row_id] = err
+            if err is not None:
+                tracing.record_error(span, f"delivery failed: {err}")
+            span.end()
+        return on_delivery
+
+    def await_reports(self) -> bool:
+        """Every produced message gets exactly one report (at the latest after
+        message.timeout.ms); wait for all of them, but not past stop_grace_s after stop()."""
+        give_up_at = None
+        while len(self._reports) < len(self._produced):
+            self._producer.flush(0.2)
+            if self._stopping.is_set():
+                give_up_at = give_up_at or time.monotonic() + self._stop_grace_s
+                if time.monotonic() > give_up_at:
+                    return False
+        return True
+
+    def await_alone(self, row) -> None:
+        """A row sent alone: its failure blocks the rest of its key (or stream) at once."""
+        self.await_reports()
+        if (err := self._reports.get(row.id)) is not None:
+            self._blocked.add(hold_of(row, err.code() in TOPIC_ERRORS))
+
+    def outcome(self, isolated: Callable[[int], bool]) -> PublishResult:
+        for row in self._produced:
+            if row.id not in self._reports:
+                self._result.unconfirmed.append(row)
+                tracing.record_error(self._spans[row.id], "delivery unconfirmed at stop")
+                self._spans[row.id].end()
+            elif (err := self._reports[row.id]) is None:
+                self._result.delivered.append(row)
+            else:
+                # A broker refuses whole record batches: only a row refused alone is parked.
+                park = PERMANENT_ERRORS.get(err.code()) if isolated(row.id) else None
+                self._result.failed.append(Failure(row, str(err), err.code() in TOPIC_ERRORS, fatal=err.fatal(),
+                                                   code=err.code(), park_reason=park))
+        return self._result
