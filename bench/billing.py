@@ -40,7 +40,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.fixtures import metered_tenant
+from bench.fixtures import copy_rows, metered_tenant
 from billing.config import Settings
 from billing.devstack import LocalPostgres, free_port
 from billing.domain.periods import add_interval
@@ -72,17 +72,17 @@ async def setup(settings: Settings, subscriptions: int, seed: int = 1) -> uuid.U
     for _ in range(subscriptions):
         start = earliest + timedelta(seconds=rnd.randrange(5 * 86400))
         subs.append((uuid.uuid4(), start, add_interval(start, IntervalUnit.MONTH, 1)))
-    await admin.copy_records_to_table(
-        "subscriptions",
-        columns=["tenant_id", "id", "customer_id", "plan_id", "status", "created_at", "start_at", "billing_anchor",
-                 "trial_days", "current_period_start", "current_period_end"],
-        records=[(tid, s, f"customer-{i}", plan_id, "active", start, start, start, 0, start, end)
+    await copy_rows(
+        admin, "subscriptions",
+        ["tenant_id", "id", "customer_id", "plan_id", "status", "created_at", "start_at", "billing_anchor",
+         "trial_days", "current_period_start", "current_period_end"],
+        [(tid, s, f"customer-{i}", plan_id, "active", start, start, start, 0, start, end)
                  for i, (s, start, end) in enumerate(subs)])
-    await admin.copy_records_to_table(
-        "usage_totals",
-        columns=["tenant_id", "subscription_id", "metric_code", "period_start", "period_end", "quantity_sum",
-                 "event_count", "quantity_max", "latest_quantity", "latest_at", "latest_event_id"],
-        records=[(tid, s, "calls", start, end, rnd.randrange(1, 1_000_000), 10, 500, 7, start, "e")
+    await copy_rows(
+        admin, "usage_totals",
+        ["tenant_id", "subscription_id", "metric_code", "period_start", "period_end", "quantity_sum",
+         "event_count", "quantity_max", "latest_quantity", "latest_at", "latest_event_id"],
+        [(tid, s, "calls", start, end, rnd.randrange(1, 1_000_000), 10, 500, 7, start, "e")
                  for s, start, end in subs])
     await admin.execute("analyze subscriptions; analyze usage_totals")
     await admin.close()

@@ -22,3 +22,14 @@ async def metered_tenant(admin: asyncpg.Connection, prefix: str, *, base_fee: st
     await admin.execute("insert into plans (tenant_id, id, code, spec) values ($1, $2, 'metered', $3)",
                         tenant.tenant_id, plan_id, plan_to_dict(spec))
     return tenant, plan_id
+
+
+async def copy_rows(admin: asyncpg.Connection, table: str, columns: list[str], records) -> None:
+    """COPY many rows into a tenant table. PostgreSQL refuses COPY FROM into a table whose
+    row-level security applies (FORCEd for the owner too), so the rows go through a temporary
+    table of the same shape, then one INSERT ... SELECT under the owner's policy."""
+    cols = ", ".join(columns)
+    async with admin.transaction():
+        await admin.execute(f"create temp table bench_copy (like {table} including defaults) on commit drop")
+        await admin.copy_records_to_table("bench_copy", columns=columns, records=records)
+        await admin.execute(f"insert into {table} ({cols}) select {cols} from bench_copy")

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.fixtures import metered_tenant
+from bench.fixtures import copy_rows, metered_tenant
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
 from billing.kafka import ensure_topics
@@ -75,11 +75,11 @@ async def setup_tenant(settings: Settings, active: int, due: int) -> tuple[str, 
                "trial_days", "current_period_start", "current_period_end"]
     start = now - timedelta(days=1)
     subs = [uuid.uuid4() for _ in range(active)]
-    await admin.copy_records_to_table("subscriptions", columns=columns, records=[
+    await copy_rows(admin, "subscriptions", columns, [
         (tid, s, f"customer-{i % 97}", plan_id, "active", start, start, start, 0, start, start + timedelta(days=30))
         for i, s in enumerate(subs)])
     old = now - timedelta(days=40)
-    await admin.copy_records_to_table("subscriptions", columns=columns, records=[
+    await copy_rows(admin, "subscriptions", columns, [
         (tid, uuid.uuid4(), "due", plan_id, "active", old, old, old, 0, old, old + timedelta(days=30))
         for _ in range(due)])
     await admin.execute("analyze subscriptions")
