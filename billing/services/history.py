@@ -7,6 +7,8 @@ for old and new rows alike.
 """
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
 
 
@@ -31,9 +33,18 @@ def history_actor(stored: str, request_id: str | None) -> str:
     "command:<command_id>" (the command's idempotency key is "cmd:<command_id>"), or
     "system" for the service's own jobs (billing runs, the scheduler, automatic resumes)."""
     if stored.startswith("api:"):
-        return "api_key:" + stored.removeprefix("api:")
+        return "api_key:" + _key_id_or_redacted(stored.removeprefix("api:"))
     if stored.startswith("command:"):
         if request_id and request_id.startswith("cmd:"):
             return "command:" + request_id.removeprefix("cmd:")
         return stored
     return "system"
+
+
+def _key_id_or_redacted(recorded: str) -> str:
+    # Rows written before the actor named the key's id hold the first characters of the
+    # secret key itself: never shown again.
+    try:
+        return str(uuid.UUID(recorded))
+    except ValueError:
+        return "redacted"

@@ -42,7 +42,8 @@ def test_every_history_action_is_the_protos():
 
 
 @pytest.mark.parametrize("stored, request_id, api", [
-    ("api:1234", "r-1", "api_key:1234"),
+    ("api:0b9a3a52-4c1e-4a57-9f43-2d4f7c1e5a10", "r-1", "api_key:0b9a3a52-4c1e-4a57-9f43-2d4f7c1e5a10"),
+    ("api:bk_k6vcwu4", "r-1", "api_key:redacted"),  # an old row: a prefix of the secret key
     ("command:billing.subscription-commands.v1", "cmd:c-42", "command:c-42"),
     ("billing-run:9", "billing-run:9", "system"),
     ("system:scheduler", "auto-resume:x", "system"),
