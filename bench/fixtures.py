@@ -6,7 +6,9 @@ import uuid
 
 import asyncpg
 
-from billing.domain.plans import PlanInput, UsageChargeInput, parse_plan, plan_to_dict
+from billing.domain.plans import PlanInput, UsageChargeInput
+from billing.domain.plan_storage import plan_to_dict
+from billing.domain.plan_validation import parse_plan
 from billing.services.tenants import create_tenant
 
 

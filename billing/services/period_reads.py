@@ -9,7 +9,8 @@ from datetime import datetime
 import asyncpg
 
 from billing.domain.late_usage import LateUsage, late_usage_line
-from billing.domain.plans import Aggregation, BillingTiming, PlanSpec, plan_from_dict
+from billing.domain.plans import Aggregation, BillingTiming, PlanSpec
+from billing.domain.plan_storage import plan_from_dict
 from billing.domain.pricing import Line, PeriodUsage, period_usage
 from billing.domain.subscriptions import Subscription
 from billing.store import billed_periods, pending_lines, period_usage as usage_reads

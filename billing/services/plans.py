@@ -12,7 +12,9 @@ from typing import Sequence
 
 import asyncpg
 
-from billing.domain.plans import PlanInput, PlanSpec, parse_plan, plan_from_dict, plan_to_dict
+from billing.domain.plans import PlanInput, PlanSpec
+from billing.domain.plan_storage import plan_from_dict, plan_to_dict
+from billing.domain.plan_validation import parse_plan
 from billing.services import audit, idempotency, paging
 from billing.services.context import Caller
 from billing.services.errors import AlreadyExists, NotFound, Violations

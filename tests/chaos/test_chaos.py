@@ -51,7 +51,9 @@ import pytest
 from billing import codec
 from billing.domain import invoicing, pricing
 from billing.domain.periods import from_us, period_containing, to_us
-from billing.domain.plans import PlanInput, UsageChargeInput, parse_plan, plan_to_dict
+from billing.domain.plans import PlanInput, UsageChargeInput
+from billing.domain.plan_storage import plan_to_dict
+from billing.domain.plan_validation import parse_plan
 from billing.kafka import client_config
 from billing.v1 import billing_pb2 as pb
 from billing.v1 import billing_pb2_grpc

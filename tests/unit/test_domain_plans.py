@@ -25,10 +25,9 @@ from billing.domain.plans import (
     UsageChargeInput,
     base_fee_per_second,
     is_upgrade,
-    parse_plan,
-    plan_from_dict,
-    plan_to_dict,
 )
+from billing.domain.plan_storage import plan_from_dict, plan_to_dict
+from billing.domain.plan_validation import parse_plan
 
 
 def _plan(**overrides) -> PlanInput:

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from billing.domain.errors import PreconditionFailed, TransitionRefused, ValidationError
 from billing.domain.lifecycle import Action, SubscriptionStatus
 from billing.domain.periods import add_interval, period_containing
-from billing.domain.plans import IntervalUnit, PlanInput, PlanSpec, is_upgrade, parse_plan
+from billing.domain.plans import IntervalUnit, PlanInput, PlanSpec, is_upgrade
+from billing.domain.plan_validation import parse_plan
 from billing.domain.subscriptions import (
     CUSTOMER_ID_MAX,
     MAX_TRIAL_DAYS,
