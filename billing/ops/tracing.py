@@ -3,16 +3,22 @@
 `configure(settings)` installs the SDK tracer provider once per process (`billing serve`
 and `Service.start` call it). Spans are always made, so every log line written inside one
 carries a trace id and span id (billing/ops/logging.py); they leave the process only when
-an exporter is configured:
+an exporter endpoint is configured. The standard OTEL_* variables are honoured; a BILLING_*
+setting given explicitly wins over its OTEL_* counterpart (`resolve` below; docs/operations.md):
 
-- `BILLING_OTLP_ENDPOINT` (e.g. `http://otel-collector:4317`): OTLP over gRPC to there;
-- otherwise the standard `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`
-  (with the other standard `OTEL_EXPORTER_OTLP_*` variables: headers, certificates, ...);
-- neither: no exporter (the default).
+- service name: BILLING_OTEL_SERVICE_NAME > OTEL_SERVICE_NAME > `service.name` in
+  OTEL_RESOURCE_ATTRIBUTES > "billing-service"; the other OTEL_RESOURCE_ATTRIBUTES are kept;
+- sampler: BILLING_TRACE_SAMPLE_RATIO (parent-based ratio) > OTEL_TRACES_SAMPLER(_ARG) >
+  parentbased_always_on;
+- endpoint: BILLING_OTLP_ENDPOINT > OTEL_EXPORTER_OTLP_TRACES_ENDPOINT > OTEL_EXPORTER_OTLP_ENDPOINT;
+  none: no exporter (the default);
+- protocol: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL > OTEL_EXPORTER_OTLP_PROTOCOL > `grpc` (the
+  SDK's own default, and what port 4317 of the compose file speaks); `http/protobuf` exports
+  to <endpoint>/v1/traces. The other OTEL_EXPORTER_OTLP_* (headers, certificates, timeout)
+  are read by the exporter itself.
 
 `BILLING_TRACING_ENABLED=false` (or the standard `OTEL_SDK_DISABLED=true`) installs nothing:
-spans are then non-recording and cost next to nothing. `BILLING_TRACE_SAMPLE_RATIO` samples
-new traces (parent-based: a trace that arrives sampled stays sampled).
+spans are then non-recording and cost next to nothing.
 
 Context travels as W3C TraceContext (`traceparent`, `tracestate`) through the global
 propagator of `opentelemetry.propagate` (never parsed by hand): in gRPC metadata (in),
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -48,6 +55,40 @@ MAX_LINKS = 100
 _provider = None
 
 
+@dataclass(frozen=True)
+class TracingConfig:
+    service_name: str
+    sample_ratio: float | None  # None: the SDK's sampler from OTEL_TRACES_SAMPLER (or its default)
+    endpoint: str | None
+    protocol: str  # "grpc" or "http/protobuf"
+    endpoint_from_billing: bool  # BILLING_OTLP_ENDPOINT; else the exporter reads the OTEL_* variables itself
+
+
+PROTOCOLS = ("grpc", "http/protobuf")
+
+
+def resolve(settings: "Settings", environ: Mapping[str, str] | None = None) -> TracingConfig:
+    """Which of BILLING_* and OTEL_* apply: an explicitly set BILLING_* setting wins (explicit:
+    in the environment, the stack's env file or a keyword; not a default)."""
+    env = os.environ if environ is None else environ
+    given = settings.model_fields_set
+    resource_attrs = dict(kv.split("=", 1) for kv in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(",") if "=" in kv)
+    if "otel_service_name" in given:
+        service = settings.otel_service_name
+    else:
+        service = (env.get("OTEL_SERVICE_NAME") or resource_attrs.get("service.name", "").strip()
+                   or settings.otel_service_name)
+    ratio = settings.trace_sample_ratio if "trace_sample_ratio" in given or not env.get("OTEL_TRACES_SAMPLER") else None
+    endpoint = (settings.otlp_endpoint or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                or env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None)
+    protocol_var = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" if env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                    else "OTEL_EXPORTER_OTLP_PROTOCOL")
+    protocol = env.get(protocol_var, "").strip() or "grpc"
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"{protocol_var}={protocol!r} is not supported: use one of {', '.join(PROTOCOLS)}")
+    return TracingConfig(service, ratio, endpoint, protocol, bool(settings.otlp_endpoint))
+
+
 def configure(settings: "Settings"):
     """Install the tracer provider (once; later calls return the same one). Returns the SDK
     provider, or None when tracing is disabled. Tests add their own span processor to it."""
@@ -65,29 +106,38 @@ def configure(settings: "Settings"):
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    resource = Resource.create({"service.name": settings.otel_service_name, "service.namespace": "billing"})
-    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio)))
-    endpoint = otlp_endpoint(settings)
-    if endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    cfg = resolve(settings)
+    # Resource.create adds OTEL_RESOURCE_ATTRIBUTES; the attributes given here win over them.
+    attributes = {"service.name": cfg.service_name}
+    if "service.namespace=" not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", ""):
+        attributes["service.namespace"] = "billing"
+    sampler = ParentBased(TraceIdRatioBased(cfg.sample_ratio)) if cfg.sample_ratio is not None else None
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
+    if cfg.endpoint:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        if settings.otlp_endpoint:
-            exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint,
-                                        insecure=settings.otlp_endpoint.startswith("http://"))
-        else:  # the standard variables, read by the exporter itself
-            exporter = OTLPSpanExporter()
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(_exporter(cfg)))
     trace.set_tracer_provider(provider)
     _provider = provider
-    log.info("tracing configured", extra={"otlp_endpoint": endpoint or None,
-                                          "sample_ratio": settings.trace_sample_ratio})
+    log.info("tracing configured", extra={"otlp_endpoint": cfg.endpoint, "otlp_protocol": cfg.protocol,
+                                          "service_name": cfg.service_name, "sample_ratio": cfg.sample_ratio})
     return provider
 
 
-def otlp_endpoint(settings: "Settings") -> str | None:
-    return (settings.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None)
+def _exporter(cfg: TracingConfig):
+    """Without BILLING_OTLP_ENDPOINT the exporter reads the standard variables itself (the
+    HTTP one appends /v1/traces to OTEL_EXPORTER_OTLP_ENDPOINT, as the spec says)."""
+    endpoint = cfg.endpoint or ""
+    if cfg.protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+        # BILLING_OTLP_ENDPOINT is a base URL too, like OTEL_EXPORTER_OTLP_ENDPOINT.
+        return HttpExporter(endpoint=endpoint.rstrip("/") + "/v1/traces") if cfg.endpoint_from_billing else HttpExporter()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    if cfg.endpoint_from_billing:
+        return OTLPSpanExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))
+    return OTLPSpanExporter()
 
 
 def shutdown() -> None:
