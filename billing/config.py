@@ -145,8 +145,9 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     # Tracing (docs/operations.md): spans are always made (log lines carry their ids) and
-    # exported over OTLP/gRPC only when an endpoint is set here or in the standard
-    # OTEL_EXPORTER_OTLP_ENDPOINT; none by default.
+    # exported over OTLP only when an endpoint is set here or in the standard
+    # OTEL_EXPORTER_OTLP_ENDPOINT; none by default. The OTEL_* variables are honoured; these
+    # settings win over them only when set explicitly (billing/ops/tracing.py, resolve).
     tracing_enabled: bool = True
     otlp_endpoint: str = ""
     otel_service_name: str = "billing-service"
