@@ -276,7 +276,7 @@ def consumer_runner(settings: Settings, pool, group: str, topic: str, dlq_topic:
         pool, ConsumerSource(consumer_config(settings, group), (topic,), group), strategy,
         batching=Batching(max_batch_size, max_batch_wait_s, settings.kafka_max_message_bytes),
         dead_letters=DeadLetterPolicy(dlq_topic, producer_config(settings), limit=dlq_limit or DlqLimit()),
-        observer=ConsumerMetrics(group),
+        observer=ConsumerMetrics(group, getattr(strategy, "dead_letter_reasons", ())),
     )
 
 

@@ -47,6 +47,8 @@ class BillingRunStrategy:
     """A BatchStrategy for the billing-runs topic. `on_recorded` (the executor's wake) is
     called when a batch recorded shards."""
 
+    dead_letter_reasons = (UNDECODABLE, INVALID_REQUEST, UNKNOWN_RUN, UNKNOWN_SHARD)
+
     def __init__(self, on_recorded: Callable[[], None] | None = None):
         self.on_recorded = on_recorded
 

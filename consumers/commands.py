@@ -127,6 +127,8 @@ async def apply(scope: ConnectionScope, caller: Caller, command: dict) -> None:
 class CommandStrategy:
     """A BatchStrategy for the subscription command topic."""
 
+    dead_letter_reasons = ("undecodable", "invalid_command", "unknown_tenant")
+
     async def process(self, conn: asyncpg.Connection, batch: list[Message]) -> BatchResult:
         dead: list[DeadLetter] = []
         scope = in_batch(conn)

@@ -25,6 +25,9 @@ from consumers.usage_payloads import decode_batch
 
 
 class UsageStrategy:
+    # The dead-letter reasons this strategy gives (their metric series start at 0).
+    dead_letter_reasons = ("undecodable", *usage.REJECTION_REASONS)
+
     def __init__(self, limits: usage.UsageLimits, plans: usage.PlanCache):
         self.limits = limits  # from the settings (billing/bootstrap.py), as RecordUsage's
         self.plans = plans

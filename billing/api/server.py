@@ -20,6 +20,7 @@ from billing.v1 import billing_pb2, billing_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = billing_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name
+SERVICE_METHODS = tuple(m.name for m in billing_pb2.DESCRIPTOR.services_by_name["BillingService"].methods)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
@@ -32,7 +33,7 @@ class GrpcServer:
         self.server = grpc.aio.server(
             # Outermost first: the metrics count the calls refused by the bound too; the span
             # covers authentication, and so does the latency.
-            interceptors=[MetricsInterceptor(), self.limiter, TracingInterceptor(), AuthInterceptor(db),
+            interceptors=[MetricsInterceptor(SERVICE_METHODS), self.limiter, TracingInterceptor(), AuthInterceptor(db),
                           MalformedRequestInterceptor()],
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
         )

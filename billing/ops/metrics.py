@@ -82,14 +82,16 @@ def reason_label(reason: str) -> str:
 class ConsumerMetrics:
     """The runner's observer (consumers.runner.RunnerObserver) for one consumer group."""
 
-    def __init__(self, group: str):
+    def __init__(self, group: str, dead_letter_reasons: tuple[str, ...] = ()):
         self.group = group
         self._messages = CONSUMER_MESSAGES.labels(group)
         self._batches = CONSUMER_BATCHES.labels(group)
         self._seconds = CONSUMER_BATCH_SECONDS.labels(group)
         self._dedup = CONSUMER_DEDUP_HITS.labels(group)
-        for reason in ("undecodable",):  # the series exist (at 0) before the first dead letter
-            CONSUMER_DEAD_LETTERS.labels(group, reason)
+        # The series exist (at 0) before the first dead letter: rate()/increase() see the
+        # first one, and alerts on them can fire (a series born at 1 shows no increase).
+        for reason in ("undecodable", *dead_letter_reasons):
+            CONSUMER_DEAD_LETTERS.labels(group, reason_label(reason))
 
     def batch(self, messages: int, dead_letters: Mapping[str, int], counters: Mapping[str, int],
               seconds: float) -> None:
@@ -191,3 +193,20 @@ AUTO_RESUMED = Counter(
     "Paused subscriptions the scheduler resumed at their pause_resumes_at, by outcome (resumed, failed)",
     ["outcome"],
 )
+
+
+def _failure_series_at_zero() -> None:
+    """Create the failure series with their known label values at import, so a fresh process's
+    /metrics shows them at 0 and `increase(...) > 0` alerts fire on the first failure.
+    (Dead letters per group: ConsumerMetrics; gRPC codes per method: the interceptor.)"""
+    for status in ("pending", "completed", "failed"):
+        BILLING_RUNS.labels(status)
+    for outcome in ("billed", "skipped", "failed"):
+        BILLING_SUBSCRIPTIONS.labels(outcome)
+    for outcome in ("resumed", "failed"):
+        AUTO_RESUMED.labels(outcome)
+    for reason in ("message_too_large", "invalid_record"):
+        OUTBOX_PARKED.labels(reason)
+
+
+_failure_series_at_zero()

@@ -217,6 +217,8 @@ _REJECTION_STATUS = {
     "invalid_event_id": ("invalid", "event_id"),
     "invalid_properties": ("invalid", "properties"),
 }
+# Every reason an event can be rejected for (the usage consumer's dead-letter reasons).
+REJECTION_REASONS = tuple(_REJECTION_STATUS)
 
 
 @dataclass(frozen=True)
