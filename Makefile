@@ -26,10 +26,14 @@ wheel: install
 	$(PY) -m pip wheel --no-deps --wheel-dir dist .
 
 # kcat (a Kafka client that is not ours) produces CloudEvents in one test. Debian package.
+# grpcurl runs the README's grpcurl example (tests/e2e/test_readme.py). Go module proxy.
 system-deps:
 	@command -v kcat >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
 		(apt-get install -y -qq kcat >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq kcat)); } || \
 		echo "kcat is not installed and could not be installed (apt-get install kcat); its test will fail"
+	@command -v grpcurl >/dev/null 2>&1 || test -x $(HOME)/go/bin/grpcurl || \
+		{ command -v go >/dev/null 2>&1 && timeout 300 go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4; } || \
+		echo "grpcurl could not be installed (go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4); the README test skips its grpcurl block"
 
 ## Start PostgreSQL and Kafka locally, apply migrations, create a demo tenant, serve in the foreground.
 run: install
