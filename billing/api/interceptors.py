@@ -23,7 +23,7 @@ from billing.ops import tracing
 from billing.ops.logging import current_tenant
 from billing.ops.metrics import GRPC_LATENCY, GRPC_REQUESTS
 from billing.services.context import Caller
-from billing.services.tenants import Authenticator, KeyIdentity
+from billing.services.tenants import KeyIdentity, identify
 from billing.services.uow import Database
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ def _bearer(metadata: tuple) -> str | None:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, db: Database):
         self._db = db
-        self._authenticate = Authenticator()
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
@@ -82,7 +81,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                                        reason="API_KEY_MISSING")
                 try:
                     async with self._db.pool.acquire() as conn:
-                        identity: KeyIdentity | None = await self._authenticate(conn, key)
+                        identity: KeyIdentity | None = await identify(conn, key)
                 except UNAVAILABLE_ERRORS as exc:  # not UNKNOWN: the client should retry
                     log.warning("database unavailable for authentication: %s: %s", type(exc).__name__, exc)
                     await status.abort(context, grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE,

@@ -5,7 +5,8 @@ Every error carries an `ErrorInfo` (a stable `reason`, the `DOMAIN` below, and m
 such as the field), an INVALID_ARGUMENT a `BadRequest` listing every field violation of
 the request, a NOT_FOUND a `ResourceInfo`. The status travels in the standard
 `grpc-status-details-bin` trailer, so any gRPC client's rich-error helper reads it
-(Python: `grpc_status.rpc_status`); code and message are the plain gRPC status as before.
+(Python: `grpc_status.rpc_status`); code and message stay the plain gRPC status, so clients
+that ignore details lose nothing.
 """
 from __future__ import annotations
 

@@ -58,13 +58,6 @@ async def revoke_key(admin: asyncpg.Connection, api_key_id: uuid.UUID) -> bool:
     return await tenants_store.revoke_key(admin, api_key_id)
 
 
-async def authenticate(conn: asyncpg.Connection, api_key: str) -> uuid.UUID | None:
-    """The tenant of a live key, or None. Revocation takes effect on the next call."""
-    if not api_key.startswith(KEY_PREFIX) or len(api_key) > 200:
-        return None
-    return await tenants_store.tenant_for_key_hash(conn, hash_key(api_key))
-
-
 async def exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
     """Whether the tenant exists, asked inside the caller's transaction (in a savepoint that
     sets the tenant, which row-level security needs to show its row)."""
@@ -84,28 +77,10 @@ class KeyIdentity:
         return f"api:{self.api_key_id}"
 
 
-class Authenticator:
-    """API key -> tenant and key id. Whether the key is live is asked on every call, so a
-    revocation takes effect at once; the key's id never changes for a given key, so it is
-    remembered (by the key's hash), and a known key costs one query as before."""
-
-    def __init__(self, max_remembered: int = 10_000):
-        self._ids: dict[bytes, uuid.UUID] = {}
-        self._max = max_remembered
-
-    async def __call__(self, conn: asyncpg.Connection, api_key: str) -> KeyIdentity | None:
-        if not api_key.startswith(KEY_PREFIX) or len(api_key) > 200:
-            return None
-        key_hash = hash_key(api_key)
-        tenant_id = await tenants_store.tenant_for_key_hash(conn, key_hash)
-        if tenant_id is None:
-            return None
-        key_id = self._ids.get(key_hash)
-        if key_id is None:
-            key_id = await tenants_store.key_id_for_hash(conn, tenant_id, key_hash)
-            if key_id is None:  # revoked between the two queries
-                return None
-            if len(self._ids) >= self._max:
-                self._ids.clear()
-            self._ids[key_hash] = key_id
-        return KeyIdentity(tenant_id, key_id)
+async def identify(conn: asyncpg.Connection, api_key: str) -> KeyIdentity | None:
+    """The tenant and id of a live key, in one query, or None. Asked on every call, so a
+    revocation takes effect at once."""
+    if not api_key.startswith(KEY_PREFIX) or len(api_key) > 200:
+        return None
+    found = await tenants_store.key_for_hash(conn, hash_key(api_key))
+    return KeyIdentity(*found) if found else None

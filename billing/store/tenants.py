@@ -5,7 +5,7 @@ import uuid
 
 import asyncpg
 
-from billing.store.db import remember_tenant_token, set_tenant
+from billing.store.db import remember_tenant_token
 
 
 async def insert_tenant(admin: asyncpg.Connection, tenant_id: uuid.UUID, name: str) -> None:
@@ -27,22 +27,15 @@ async def revoke_key(admin: asyncpg.Connection, key_id: uuid.UUID) -> bool:
     return status.endswith(" 1")
 
 
-async def tenant_for_key_hash(conn: asyncpg.Connection, key_hash: bytes) -> uuid.UUID | None:
-    """The tenant of a live key. A security-definer function: the one lookup that crosses
-    tenants. It also returns the tenant token without which the API role cannot enter the
-    tenant (migration 016); `set_tenant` sends it from then on."""
-    row = await conn.fetchrow("select tenant_id, token from authenticate_api_key_token($1)", key_hash)
+async def key_for_hash(conn: asyncpg.Connection, key_hash: bytes) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """(tenant id, key id) of a live key. A security-definer function: the one lookup that
+    crosses tenants. It also returns the tenant token without which the API role cannot
+    enter the tenant (migration 016); `set_tenant` sends it from then on."""
+    row = await conn.fetchrow("select tenant_id, key_id, token from authenticate_api_key_token($1)", key_hash)
     if row is None:
         return None
     remember_tenant_token(row["tenant_id"], row["token"])
-    return row["tenant_id"]
-
-
-async def key_id_for_hash(conn: asyncpg.Connection, tenant_id: uuid.UUID, key_hash: bytes) -> uuid.UUID | None:
-    """The id of a key of this tenant, read under row-level security (the tenant set)."""
-    async with conn.transaction():
-        await set_tenant(conn, tenant_id)
-        return await conn.fetchval("select id from api_keys where key_hash = $1", key_hash)
+    return row["tenant_id"], row["key_id"]
 
 
 async def exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:

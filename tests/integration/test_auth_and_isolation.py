@@ -9,7 +9,7 @@ import pytest
 
 from billing.services.tenants import hash_key
 from billing.store.db import set_tenant
-from billing.store.tenants import tenant_for_key_hash
+from billing.store.tenants import key_for_hash
 from billing.v1 import billing_pb2 as pb
 from tests.integration.test_plans_api import plan_request
 
@@ -86,7 +86,7 @@ async def test_sql_level_app_role_sees_only_its_tenant(migrated, stub, new_tenan
         role = await conn.fetchrow("select rolsuper, rolbypassrls from pg_roles where rolname = current_user")
         assert not role["rolsuper"] and not role["rolbypassrls"]
         # The API role's way into a tenant: A's key gives A's token (tests/integration/test_db_roles.py).
-        assert await tenant_for_key_hash(conn, hash_key(a.api_key)) == uuid.UUID(a.id)
+        assert await key_for_hash(conn, hash_key(a.api_key)) == (uuid.UUID(a.id), uuid.UUID(a.api_key_id))
         async with conn.transaction():
             await set_tenant(conn, uuid.UUID(a.id))
             for table in ("plans", "audit_events", "idempotency_keys", "api_keys", "tenants"):

@@ -20,7 +20,7 @@ from billing.runtime import Service
 from billing.services.tenants import hash_key
 from billing.store.db import init_connection
 from billing.store.roles import UnsafeDatabaseRole
-from billing.store.tenants import tenant_for_key_hash
+from billing.store.tenants import key_for_hash
 from billing.v1 import billing_pb2 as pb
 from tests.conftest import PROJECT_ROOT
 from tests.integration.test_plans_api import plan_request
@@ -85,7 +85,7 @@ async def test_app_role_cannot_enter_a_tenant_by_setting_its_id(app, stub, new_t
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="without a valid tenant token"):
                 await app.execute(sql, *args)
     # A's token (a key of A is known) does not open B either.
-    await tenant_for_key_hash(app, hash_key(a.api_key))
+    await key_for_hash(app, hash_key(a.api_key))
     token = await app.fetchval("select token from authenticate_api_key_token($1)", hash_key(a.api_key))
     async with app.transaction():
         await app.execute("select set_config('billing.tenant_id', $1, true), set_config('billing.tenant_token', $2, true)",
