@@ -106,6 +106,7 @@ async def test_an_edited_or_forged_token_is_refused(stub, tenant):
     moved = base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
     forged_old_style = base64.urlsafe_b64encode(json.dumps(position).encode()).decode()
     flipped = token[:-1] + ("A" if token[-1] != "A" else "B")
+    assert len((await stub.ListPlans(pb.ListPlansRequest(page_token=token), metadata=tenant.md)).plans) == 1
     for bad in (f"{moved}.{mac}", forged_old_style, flipped, token + ".x", "not a token", "."):
         await refused_page_token(stub.ListPlans, pb.ListPlansRequest(page_token=bad), tenant.md)
 
@@ -116,6 +117,7 @@ async def test_another_tenants_token_is_refused(stub, new_tenant):
         for _ in range(2):
             await make_plan(stub, t)
     token = (await stub.ListPlans(pb.ListPlansRequest(page_size=1), metadata=a.md)).next_page_token
+    assert token and (await stub.ListPlans(pb.ListPlansRequest(page_token=token), metadata=a.md)).plans
     await refused_page_token(stub.ListPlans, pb.ListPlansRequest(page_token=token), b.md)
 
 
@@ -229,7 +231,9 @@ async def test_not_found_names_the_resource(stub, tenant):
 
 @pytest.mark.parametrize("scheme", ["bearer", "Bearer", "BEARER", "bEaReR"])
 async def test_the_auth_scheme_is_case_insensitive(stub, tenant, scheme):
-    await stub.ListPlans(pb.ListPlansRequest(), metadata=(("authorization", f"{scheme} {tenant.api_key}"),))
+    plan = await make_plan(stub, tenant)
+    listed = await stub.ListPlans(pb.ListPlansRequest(), metadata=(("authorization", f"{scheme} {tenant.api_key}"),))
+    assert [p.id for p in listed.plans] == [plan.id]
 
 
 async def test_unauthenticated_carries_its_reason(stub, tenant):
