@@ -73,6 +73,20 @@ def test_a_token_decodes_only_for_its_method_filters_tenant_and_key():
         assert err.value.field == "page_token"
 
 
+def test_every_edit_of_the_last_character_is_refused():
+    """base64's last character carries spare bits: several texts decode to the same MAC
+    bytes, and each edit must still be refused."""
+    tokens = PageTokens("s3cret")
+    token = tokens.encode("ListPlans", TENANT, {}, AT, ROW)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    edits = [token[:-1] + c for c in alphabet if c != token[-1]]
+    for edited in edits:
+        with pytest.raises(ValidationError) as err:
+            tokens.decode(edited, "ListPlans", TENANT, {})
+        assert err.value.field == "page_token"
+    assert len(edits) == 63
+
+
 def test_without_a_secret_each_process_draws_its_own_key():
     a, b = PageTokens(), PageTokens()
     assert not a.shared and PageTokens("x").shared
