@@ -124,6 +124,21 @@ async def test_app_role_cannot_touch_consumer_offsets(app, sql):
         await app.execute(sql)
 
 
+async def test_app_role_cannot_rewrite_its_own_tenants_outbox(app, admin_conn, tenant):
+    """Even inside its tenant, with its own key's token, the API role may add outbox rows but
+    not change one waiting for the relay (migration 025)."""
+    row = await _outbox_row(admin_conn, tenant.id)
+    token = await app.fetchval("select token from authenticate_api_key_token($1)", hash_key(tenant.api_key))
+    for sql in ("update outbox set payload = 'forged' where id = $1", "delete from outbox where id = $1"):
+        async with app.transaction():
+            await app.execute("select set_config('billing.tenant_id', $1, true), "
+                              "set_config('billing.tenant_token', $2, true)", tenant.id, token)
+            assert await app.fetchval("select count(*) from outbox where id = $1", row) == 1
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await app.execute(sql, row)
+    assert await admin_conn.fetchval("select payload from outbox where id = $1", row) == b"secret payload"
+
+
 async def test_worker_role_enters_any_tenant_and_runs_the_relay(worker, admin_conn, new_tenant):
     a, b = await new_tenant(), await new_tenant()
     ra, rb = await _outbox_row(admin_conn, a.id), await _outbox_row(admin_conn, b.id)
