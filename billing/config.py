@@ -5,6 +5,8 @@ PostgreSQL and Kafka needs no code change (see the Configuration section of READ
 """
 from __future__ import annotations
 
+import json
+
 import difflib
 import logging
 import os
@@ -193,7 +195,15 @@ class Settings(BaseSettings):
     @field_validator("kafka_config", mode="before")
     @classmethod
     def _kafka_config_text(cls, value):
-        # JSON numbers and booleans are accepted and passed on as librdkafka text.
+        # JSON numbers and booleans are accepted and passed on as librdkafka text. A keyword
+        # argument may carry the variable's JSON text, as the environment does.
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"BILLING_KAFKA_CONFIG is not a JSON object: {exc}") from None
+            if not isinstance(value, dict):
+                raise ValueError("BILLING_KAFKA_CONFIG is not a JSON object")
         if isinstance(value, dict):
             return {str(k): kafka_properties.stringify(v) for k, v in value.items()}
         return value

@@ -74,9 +74,5 @@ class LocalStack:
         return env
 
     def settings_kwargs(self) -> dict:
-        """env() as keyword arguments of Settings (the JSON setting parsed as the environment would)."""
-        out = {}
-        for key, value in self.env().items():
-            name = key.removeprefix("BILLING_").lower()
-            out[name] = json.loads(value) if name == "kafka_config" else value
-        return out
+        """env() as keyword arguments of Settings."""
+        return {key.removeprefix("BILLING_").lower(): value for key, value in self.env().items()}

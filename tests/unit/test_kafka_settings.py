@@ -57,6 +57,14 @@ def test_env_json_is_parsed(monkeypatch):
     assert producer_config(s)["security.protocol"] == "SSL"
 
 
+def test_json_text_as_a_keyword_is_parsed_like_the_environment():
+    s = _settings(kafka_config=json.dumps({"security.protocol": "SSL", "socket.timeout.ms": 5000}))
+    assert s.kafka_config == {"security.protocol": "SSL", "socket.timeout.ms": "5000"}
+    for bad in ("{not json", "[1, 2]"):
+        with pytest.raises(ValidationError, match="BILLING_KAFKA_CONFIG is not a JSON object"):
+            _settings(kafka_config=bad)
+
+
 @pytest.mark.parametrize("key,value,needed", [
     ("enable.idempotence", False, "enable.idempotence=true"),
     ("acks", "1", "acks=all"),
