@@ -5,9 +5,8 @@ PostgreSQL and Kafka needs no code change (see the Configuration section of READ
 """
 from __future__ import annotations
 
-import json
-
 import difflib
+import json
 import logging
 import os
 from collections.abc import Mapping
