@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     # and until it restarts.
     page_token_secret: SecretStr = SecretStr("")
 
+    # Read by the `billing` commands that call the API as a client (plans, subscriptions,
+    # runs, seed; billing/cli_common.py), never by the service: the API's address (empty:
+    # grpc_host:grpc_port) and the tenant's key. `billing dev` writes both to the stack's
+    # settings file, the key being the demo tenant's.
+    api_address: str = ""
+    api_key: SecretStr = SecretStr("")
+
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
                                    env_settings: PydanticBaseSettingsSource,
