@@ -55,7 +55,8 @@ def watch(api: Api, run: pb.BillingRun, timeout_s: float) -> pb.BillingRun:
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task("run", total=None, run=run.id[:8], status="", billed=0, skipped=0, failed=0)
         while True:
-            progress.update(task, total=run.subscriptions_due or None, completed=_done(run),
+            known = run.subscriptions_due or run.status in FINISHED  # 0 due: unknown until the run says
+            progress.update(task, total=run.subscriptions_due if known else None, completed=_done(run),
                             status=pb.BillingRunStatus.Name(run.status).removeprefix("BILLING_RUN_STATUS_").lower(),
                             billed=run.subscriptions_billed, skipped=run.subscriptions_skipped,
                             failed=run.subscriptions_failed)
