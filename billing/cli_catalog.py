@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from billing.cli_common import (Api, ApiCommand, Column, CommandError, connect_arguments, emit, enum_value,
                                 enum_words, output_arguments, request_id, timestamp)
@@ -44,7 +45,7 @@ def plan_request(args: argparse.Namespace) -> pb.CreatePlanRequest:
         from google.protobuf import json_format
 
         try:
-            text = sys.stdin.read() if args.from_json == "-" else open(args.from_json).read()
+            text = sys.stdin.read() if args.from_json == "-" else Path(args.from_json).read_text()
             request = json_format.Parse(text, pb.CreatePlanRequest())
         except (OSError, json_format.ParseError) as exc:
             raise CommandError(f"--from-json: {exc}") from None

@@ -21,6 +21,7 @@ import json
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 from billing.cli_common import Api, CommandError, api_key, connect_arguments, print_json, timestamp
 from billing.cli_runs import watch
@@ -98,7 +99,7 @@ def _wait_for_usage(api: Api, subs: list[pb.Subscription], quantity: int, timeou
     while waiting:
         sub = waiting[0]
         usage = api("GetUsage", pb.GetUsageRequest(subscription_id=sub.id, period_start=sub.start_at))
-        if any(m.metric_code == METRIC and m.quantity and float(m.quantity) >= quantity for m in usage.metrics):
+        if any(m.metric_code == METRIC and Decimal(m.quantity or 0) >= quantity for m in usage.metrics):
             waiting.pop(0)
             continue
         if time.monotonic() > deadline:

@@ -139,6 +139,7 @@ async def test_an_unknown_id_is_one_line(env, args, what):
      "--usage: expected METRIC=UNIT_PRICE"),
     (["plans", "create", "--code", "Bad Code!", "--name", "X", "--currency", "EURO", "--base-fee", "-1"],
      "billing plans create: INVALID_ARGUMENT: code: "),
+    (["plans", "create", "--from-json", "/nonexistent/plan.json"], "billing plans create: --from-json: [Errno 2]"),
     (["subscriptions", "create", "--customer", "acme"], "the following arguments are required: --plan"),
     (["subscriptions", "create", "--customer", "a", "--plan", "p", "--start-at", "2026-11-01T00:00:00"],
      "--start-at: the time needs its UTC offset"),
