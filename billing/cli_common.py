@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from billing.config import Settings
@@ -49,6 +50,34 @@ def api_key(settings: Settings, flag: str | None) -> tuple[str, str]:
                        "tenant's key to the stack's env file, which every command reads)")
 
 
+def _read(path: Path | None, setting: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CommandError(f"cannot read {setting} {path}: {exc.strerror or exc}") from None
+
+
+def channel_credentials(settings: Settings) -> Any:
+    """TLS when BILLING_API_TLS_CA_FILE is set (with a client certificate for mutual TLS);
+    None: plaintext."""
+    import grpc
+
+    cert, key = settings.api_tls_cert_file, settings.api_tls_key_file
+    if (cert is None) != (key is None):
+        raise CommandError("BILLING_API_TLS_CERT_FILE and BILLING_API_TLS_KEY_FILE go together (mutual TLS)")
+    if settings.api_tls_ca_file is None:
+        if cert is not None:
+            raise CommandError("BILLING_API_TLS_CERT_FILE needs BILLING_API_TLS_CA_FILE (the CA of the API's "
+                               "certificate)")
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.api_tls_ca_file, "BILLING_API_TLS_CA_FILE"),
+        private_key=_read(key, "BILLING_API_TLS_KEY_FILE"),
+        certificate_chain=_read(cert, "BILLING_API_TLS_CERT_FILE"))
+
+
 class Api:
     """A blocking stub over one channel; every call has a deadline and fails as one line."""
 
@@ -60,7 +89,9 @@ class Api:
         self.address, self.address_source = api_address(settings, getattr(args, "address", None))
         key, self.key_source = api_key(settings, getattr(args, "api_key", None))
         reach.check_address("the billing API", self.address, self.address_source, 50051)
-        self._channel = grpc.insecure_channel(self.address)
+        credentials = channel_credentials(settings)
+        self._channel = (grpc.secure_channel(self.address, credentials) if credentials
+                         else grpc.insecure_channel(self.address))
         self._stub = billing_pb2_grpc.BillingServiceStub(self._channel)
         self._md = (("authorization", f"Bearer {key}"),)
 

@@ -185,6 +185,11 @@ class Settings(BaseSettings):
     # settings file, the key being the demo tenant's.
     api_address: str = ""
     api_key: SecretStr = SecretStr("")
+    # TLS to that API (the service's BILLING_GRPC_TLS_*): the CA that signed its certificate
+    # (set = TLS; unset = plaintext), and a client certificate and key for mutual TLS.
+    api_tls_ca_file: Path | None = None
+    api_tls_cert_file: Path | None = None
+    api_tls_key_file: Path | None = None
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
