@@ -8,6 +8,7 @@ import uuid
 import asyncpg
 
 from billing.config import Settings
+from billing.services import tenants as _tenants
 from billing.services.tenants import create_tenant as _create, revoke_key as _revoke
 from billing.store.migrations import migrate as _migrate
 
@@ -34,3 +35,25 @@ async def revoke_key(settings: Settings, key_id: str) -> bool:
         return await _revoke(conn, uuid.UUID(key_id))
     finally:
         await conn.close()
+
+
+async def list_tenants(settings: Settings) -> list[dict]:
+    """Every tenant, oldest first: id, name, creation time and its number of live keys."""
+    conn = await asyncpg.connect(settings.admin_database_url)
+    try:
+        rows = await _tenants.list_tenants(conn)
+    finally:
+        await conn.close()
+    return [{"tenant_id": str(r["id"]), "name": r["name"], "created_at": r["created_at"].isoformat(),
+             "live_keys": r["live_keys"]} for r in rows]
+
+
+async def rotate_key(settings: Settings, tenant_id: str, revoke_others: bool) -> dict:
+    """A new key for the tenant (shown once), and the ids of the keys revoked with it."""
+    conn = await asyncpg.connect(settings.admin_database_url)
+    try:
+        rotated = await _tenants.rotate_key(conn, uuid.UUID(tenant_id), revoke_others)
+    finally:
+        await conn.close()
+    return {"tenant_id": tenant_id, "api_key_id": str(rotated.api_key_id), "api_key": rotated.api_key,
+            "revoked": [str(k) for k in rotated.revoked]}

@@ -1,4 +1,5 @@
-"""The `billing` command: serve, migrate, topics, tenants, dev (the local stack).
+"""The `billing` command: serve, migrate, topics, tenants, dev (the local stack), and the
+client commands that call the API (plans, subscriptions, runs, seed) or read Kafka (invoices).
 
 Every failure is one line on stderr and a non-zero exit code (`billing serve` writes it as a
 JSON log line, like the rest of its log); `--debug` adds the traceback. Commands that need
@@ -26,14 +27,11 @@ import sys  # noqa: E402
 import uuid  # noqa: E402
 
 from billing import admin  # noqa: E402
+from billing.cli_common import CommandError  # noqa: E402
 from billing.config import Settings  # noqa: E402
 from billing.ops import reach  # noqa: E402
 
 log = logging.getLogger("billing.cli")
-
-
-class CommandError(RuntimeError):
-    """A refusal the command explains in one line (bad input, a server out of reach)."""
 
 
 def version() -> str:
@@ -128,6 +126,40 @@ def cmd_tenants_revoke_key(args: argparse.Namespace) -> int:
     return 0 if revoked else 1
 
 
+def cmd_tenants_list(_: argparse.Namespace) -> int:
+    for tenant in asyncio.run(admin.list_tenants(_admin_settings())):
+        print(json.dumps(tenant))
+    return 0
+
+
+def cmd_tenants_rotate_key(args: argparse.Namespace) -> int:
+    from billing.services.tenants import UnknownTenant
+
+    try:
+        tenant_id = str(uuid.UUID(args.tenant_id))
+    except ValueError:
+        raise CommandError(f"tenant_id must be a UUID (see `billing tenants list`), got {args.tenant_id!r}") from None
+    try:
+        print(json.dumps(asyncio.run(admin.rotate_key(_admin_settings(), tenant_id, args.revoke_old))))
+    except UnknownTenant:
+        raise CommandError(f"no tenant {tenant_id} (see `billing tenants list`)") from None
+    return 0
+
+
+def cmd_invoices_tail(args: argparse.Namespace) -> int:
+    from billing.cli_invoices import tail
+
+    settings = _settings()
+    reach.check_kafka(settings.kafka_bootstrap_servers)
+    return tail(settings, args)
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from billing.cli_seed import seed
+
+    return seed(_settings(), args)
+
+
 def cmd_topics(_: argparse.Namespace) -> int:
     """Create missing topics, check every topic against the replication settings; exit 1
     on a topic that could not be created, one below the settings, or Kafka unreachable."""
@@ -206,6 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = tenants.add_parser("revoke-key", parents=[common], help="revoke an API key by its id; refused at once")
     p.add_argument("api_key_id")
     p.set_defaults(func=cmd_tenants_revoke_key)
+    p = tenants.add_parser("list", parents=[common], help="every tenant as JSON lines: id, name, created_at, "
+                                                          "live_keys")
+    p.set_defaults(func=cmd_tenants_list)
+    p = tenants.add_parser("rotate-key", parents=[common], help="issue a new API key for a tenant (shown once); "
+                                                                "--revoke-old revokes its other keys with it")
+    p.add_argument("tenant_id")
+    p.add_argument("--revoke-old", action="store_true",
+                   help="revoke every other live key of the tenant in the same transaction")
+    p.set_defaults(func=cmd_tenants_rotate_key)
+
+    # Client commands: over the gRPC API, as a tenant (billing/cli_common.py).
+    from billing import cli_catalog, cli_invoices, cli_runs, cli_seed
+
+    cli_catalog.add_parsers(sub, common)
+    cli_runs.add_parsers(sub, common)
+    cli_invoices.add_parsers(sub, common, cmd_invoices_tail)
+    cli_seed.add_parsers(sub, common, cmd_seed)
 
     p = command("dev", help="start the local stack, migrate, create a demo tenant, serve (make run)")
     p.add_argument("--pg-port", type=int, default=55432)
@@ -268,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - every failure ends here as one line
-        name = "billing " + " ".join(filter(None, [args.command, getattr(args, "tenants_command", None)]))
+        name = "billing " + " ".join(filter(None, [args.command, getattr(args, f"{args.command}_command", None)]))
         line = " ".join(_one_line(exc).split())  # one line, whatever the message held
         expected = isinstance(exc, _expected())
         if args.command == "serve":  # the service's log is JSON: so is its last line

@@ -180,6 +180,18 @@ class Settings(BaseSettings):
     # and until it restarts.
     page_token_secret: SecretStr = SecretStr("")
 
+    # Read by the `billing` commands that call the API as a client (plans, subscriptions,
+    # runs, seed; billing/cli_common.py), never by the service: the API's address (empty:
+    # grpc_host:grpc_port) and the tenant's key. `billing dev` writes both to the stack's
+    # settings file, the key being the demo tenant's.
+    api_address: str = ""
+    api_key: SecretStr = SecretStr("")
+    # TLS to that API (the service's BILLING_GRPC_TLS_*): the CA that signed its certificate
+    # (set = TLS; unset = plaintext), and a client certificate and key for mutual TLS.
+    api_tls_ca_file: Path | None = None
+    api_tls_cert_file: Path | None = None
+    api_tls_key_file: Path | None = None
+
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
                                    env_settings: PydanticBaseSettingsSource,

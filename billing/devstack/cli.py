@@ -85,6 +85,10 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
         asyncio.run(admin.migrate(settings))
         ensure_topics(settings)
         tenant = asyncio.run(_demo_tenant(settings))
+        # The client commands (billing plans|subscriptions|runs|seed) call this API as the demo tenant.
+        host = "127.0.0.1" if settings.grpc_host in ("0.0.0.0", "::") else settings.grpc_host
+        write_env_file(stack_settings, {**stack.env(), "BILLING_API_ADDRESS": f"{host}:{settings.grpc_port}",
+                                        "BILLING_API_KEY": tenant["api_key"]})
         print(
             "\n".join([
                 "",
@@ -97,7 +101,8 @@ def run_dev(settings: Settings, args: argparse.Namespace) -> int:
                 f"  API key     {tenant['api_key']}",
                 "  (send it as gRPC metadata  authorization: Bearer <key>;  Ctrl-C stops everything)",
                 "",
-                f"every billing command reads the stack's settings from {path} while it runs;",
+                f"every billing command reads the stack's settings from {path} while it runs",
+                "(the demo tenant's key included): try  billing seed  then  billing invoices tail --from-beginning",
                 "for other tools:",
                 export_lines(stack.env()),
                 "for the README's examples (grpcurl, Python):",

@@ -98,3 +98,11 @@ def check_can_listen(what: str, host: str, port: int, setting: str) -> None:
         except OSError as exc:
             reason = (exc.strerror or type(exc).__name__).lower()
             raise Unreachable(f"cannot listen for {what} on {host}:{port} ({setting}): {reason}") from None
+
+
+def check_address(what: str, address: str, setting: str, default_port: int, timeout_s: float = 3.0) -> None:
+    """A host:port address of another kind (the gRPC API for the client commands)."""
+    found = _host_port(address, default_port)
+    if found is None or not found[0]:
+        raise Unreachable(f"not a host:port address for {what}: {address!r} ({setting})")
+    _check(what, [found], setting, timeout_s)

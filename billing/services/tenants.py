@@ -5,6 +5,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -52,6 +53,33 @@ async def _issue_key(admin: asyncpg.Connection, tenant_id: uuid.UUID) -> tuple[u
     key_id = uuid.uuid4()
     await tenants_store.insert_key(admin, tenant_id, key_id, hash_key(key), key_prefix(key))
     return key_id, key
+
+
+@dataclass(frozen=True)
+class RotatedKey:
+    api_key_id: uuid.UUID
+    api_key: str
+    revoked: list[uuid.UUID]
+
+
+class UnknownTenant(LookupError):
+    pass
+
+
+async def rotate_key(admin: asyncpg.Connection, tenant_id: uuid.UUID, revoke_others: bool) -> RotatedKey:
+    """A new key for the tenant; with `revoke_others`, every other live key is revoked in the
+    same transaction (from the next call on), else they stay valid until revoked one by one:
+    a client can move to the new key first."""
+    async with admin.transaction():
+        if not await tenants_store.exists_any(admin, tenant_id):
+            raise UnknownTenant(f"no tenant {tenant_id}")
+        key_id, key = await _issue_key(admin, tenant_id)
+        revoked = await tenants_store.revoke_keys_except(admin, tenant_id, key_id) if revoke_others else []
+    return RotatedKey(key_id, key, revoked)
+
+
+async def list_tenants(admin: asyncpg.Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in await tenants_store.list_all(admin)]
 
 
 async def revoke_key(admin: asyncpg.Connection, api_key_id: uuid.UUID) -> bool:

@@ -47,3 +47,24 @@ async def exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
 async def all_ids(conn: asyncpg.Connection) -> list[uuid.UUID]:
     """Every tenant's id, with no tenant set: tenant_ids() is security definer (migration 006)."""
     return [r[0] for r in await conn.fetch("select tenant_ids()")]
+
+
+async def list_all(admin: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every tenant with its count of live keys, oldest first (the owner's policy sees all rows)."""
+    return await admin.fetch(
+        """select t.id, t.name, t.created_at, count(k.id) filter (where k.revoked_at is null) as live_keys
+             from tenants t left join api_keys k on k.tenant_id = t.id
+            group by t.id order by t.created_at, t.id""")
+
+
+async def exists_any(admin: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
+    """Whether the tenant exists, asked as the owner (no tenant set)."""
+    return bool(await admin.fetchval("select exists(select 1 from tenants where id = $1)", tenant_id))
+
+
+async def revoke_keys_except(admin: asyncpg.Connection, tenant_id: uuid.UUID, keep: uuid.UUID) -> list[uuid.UUID]:
+    """Revoke every live key of the tenant but `keep`; the ids revoked."""
+    rows = await admin.fetch(
+        """update api_keys set revoked_at = now()
+            where tenant_id = $1 and id <> $2 and revoked_at is null returning id""", tenant_id, keep)
+    return sorted(r["id"] for r in rows)

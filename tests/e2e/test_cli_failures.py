@@ -80,6 +80,9 @@ def test_debug_adds_the_traceback(migrated):
     (["migrate"], "BILLING_ADMIN_DATABASE_URL"),
     (["tenants", "create", "acme"], "BILLING_ADMIN_DATABASE_URL"),
     (["topics"], "BILLING_KAFKA_BOOTSTRAP_SERVERS"),
+    (["tenants", "list"], "BILLING_ADMIN_DATABASE_URL"),
+    (["tenants", "rotate-key", "00000000-0000-0000-0000-000000000001"], "BILLING_ADMIN_DATABASE_URL"),
+    (["invoices", "tail", "--max", "1"], "BILLING_KAFKA_BOOTSTRAP_SERVERS"),
     (["produce-usage", "--count", "1000", "--tenant-id", "00000000-0000-0000-0000-000000000001",
       "--subscription-ids", "s1"], "BILLING_KAFKA_BOOTSTRAP_SERVERS"),
 ], ids=lambda v: v[0] if isinstance(v, list) else None)
@@ -89,7 +92,7 @@ def test_commands_fail_in_one_line_naming_address_and_setting(migrated, args, se
                BILLING_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{nowhere}")
     proc, seconds = _billing(*args, env=env)
     what = "Kafka" if "KAFKA" in setting else "PostgreSQL"
-    command = " ".join(args[:2] if args[0] == "tenants" else args[:1])
+    command = " ".join(args[:2] if args[0] in ("tenants", "invoices") else args[:1])
     assert _one_line(proc) == f"billing {command}: cannot reach {what} at 127.0.0.1:{nowhere} ({setting}): " \
                               "connection refused"
     assert proc.returncode == 2 and proc.stdout == "" and seconds < 15

@@ -4,69 +4,38 @@ the suite's stack, as a user would run them (the first-invoice walk-through twic
 The blocks take the API key and the addresses from the variables the README exports (KEY,
 GRPC, KAFKA; TENANT and SUB from the walk-through's own `export` line), and `Settings()`
 from BILLING_* variables: the test sets those in the environment of each block and never
-edits a block. A block that is not meant to run here is preceded by
-`<!-- not run: reason -->`; a block of another language without one fails the test, so a new
-example cannot go untested by accident. Fences without a language are printed output.
+edits a block; the CLI examples find the API and the key through BILLING_API_ADDRESS and
+BILLING_API_KEY, and `billing seed` the tenant through a state directory holding the demo
+tenant as `billing dev` writes it. Which blocks run and the `<!-- not run: reason -->`
+marker: tests/doc_blocks.py (docs/*.md: tests/e2e/test_doc_blocks.py).
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import PROJECT_ROOT
+from tests.doc_blocks import RUNNABLE, Block, blocks, run, tool
 from tests.kafka_helpers import running_roles
 
 README = PROJECT_ROOT / "README.md"
-RUNNABLE = {"python", "sh"}
-_FENCE = re.compile(r"^```(\w*)\s*$")
-_NOT_RUN = re.compile(r"^<!--\s*not run:\s*(.+?)\s*-->\s*$")
 _EXPORT = re.compile(r"^export TENANT=(\S+) SUB=(\S+)$", re.MULTILINE)
 
 
-@dataclass
-class Block:
-    line: int
-    lang: str
-    code: str
-    not_run: str | None  # the reason given by a `<!-- not run: ... -->` marker right above
-
-
 def readme_blocks(text: str) -> list[Block]:
-    blocks, lines, i = [], text.splitlines(), 0
-    while i < len(lines):
-        fence = _FENCE.match(lines[i])
-        if not fence:
-            i += 1
-            continue
-        start, body = i, []
-        i += 1
-        while not lines[i].startswith("```"):
-            body.append(lines[i])
-            i += 1
-        above = next((line for line in reversed(lines[:start]) if line.strip()), "")
-        marker = _NOT_RUN.match(above)
-        blocks.append(Block(start + 1, fence.group(1), "\n".join(body) + "\n", marker and marker.group(1)))
-        i += 1
-    return blocks
+    return blocks(text)
 
 
 def _grpcurl() -> str | None:
-    return shutil.which("grpcurl") or next(
-        (str(p) for p in [Path.home() / "go" / "bin" / "grpcurl"] if p.is_file()), None)
+    return tool("grpcurl")
 
 
 def _run(block: Block, env: dict) -> str:
-    argv = [sys.executable, "-c", block.code] if block.lang == "python" else ["bash", "-euo", "pipefail", "-c", block.code]
-    proc = subprocess.run(argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, f"README.md:{block.line} ({block.lang}) failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+    return run(block, env, "README.md")
 
 
 def test_every_block_is_runnable_or_says_why_not():
@@ -85,10 +54,13 @@ def _check_walkthrough(out: str) -> tuple[str, str]:
     return exported.group(1), exported.group(2)
 
 
-async def test_readme_runs_as_written(migrated, service, tenant):
+async def test_readme_runs_as_written(migrated, service, tenant, tmp_path):
+    (tmp_path / "demo-tenant.json").write_text(json.dumps({"tenant_id": tenant.id, "api_key": tenant.api_key}))
     env = dict(os.environ)
     env.update({
         "KEY": tenant.api_key, "GRPC": service.grpc.address, "KAFKA": migrated.kafka_bootstrap_servers,
+        "BILLING_API_ADDRESS": service.grpc.address, "BILLING_API_KEY": tenant.api_key,
+        "BILLING_STATE_DIR": str(tmp_path),
         "BILLING_DATABASE_URL": migrated.database_url,
         "BILLING_WORKER_DATABASE_URL": migrated.worker_database_url,
         "BILLING_ADMIN_DATABASE_URL": migrated.admin_database_url,
@@ -98,7 +70,7 @@ async def test_readme_runs_as_written(migrated, service, tenant):
     if grpcurl:
         env["PATH"] = f"{Path(grpcurl).parent}{os.pathsep}{env['PATH']}"
     ran, skipped, subs = [], [], []
-    async with running_roles(migrated, ("billing", "relay")):
+    async with running_roles(migrated, ("usage", "billing", "relay")):
         for block in readme_blocks(README.read_text()):
             if block.lang not in RUNNABLE or block.not_run:
                 continue
@@ -115,6 +87,9 @@ async def test_readme_runs_as_written(migrated, service, tenant):
                     env.update(TENANT=tenant_id, SUB=sub_id)
                 if "ListPlans" in block.code and grpcurl:
                     assert "'pro'" in out, out  # the plan the grpcurl example created
+                if "billing seed" in block.code:  # the CLI examples
+                    assert '"plan_code": "demo-seed"' in out and '"status": "BILLING_RUN_STATUS_COMPLETED"' in out, out
+                    assert f'"subscription_id": "{env["SUB"]}"' in out, out  # invoices tail, filtered
             ran.append(block.line)
     assert len(subs) == 2 and subs[0] != subs[1], "the walk-through ran twice, each time for a subscription of its own"
     assert len(ran) >= 4, ran
