@@ -18,9 +18,10 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from billing import codec
-from billing.codec_confluent import RegistryUnavailable
+from billing.codec_confluent import RegistryUnavailable, set_registry_resolver
+from billing.config import Settings
 
-__all__ = ["Registry", "RegistryRefused", "RegistryUnavailable", "registry_for"]
+__all__ = ["Registry", "RegistryRefused", "RegistryUnavailable", "install_reader", "registry_for"]
 
 
 class RegistryRefused(Exception):
@@ -69,3 +70,13 @@ def registry_for(url: str, config: dict[str, str] | None = None) -> Registry:
             client = SchemaRegistryClient.new_client({"url": url, **(config or {})})
             registry = _REGISTRIES[url] = Registry(client, url)
         return registry
+
+
+def install_reader(settings: Settings) -> Registry | None:
+    """With BILLING_SCHEMA_REGISTRY_URL set, every decode of this process reads the Confluent
+    wire format too (billing.codec_confluent). Without it, nothing changes."""
+    if not settings.schema_registry_url:
+        return None
+    registry = registry_for(settings.schema_registry_url, settings.schema_registry_config)
+    set_registry_resolver(registry)
+    return registry

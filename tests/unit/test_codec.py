@@ -375,7 +375,7 @@ def test_wrong_record_type_is_refused():
         (b"\xc3", "truncated"),
         (b"\xc3\x01\x00\x01", "truncated"),
         (b'{"event_id": "e1"}', "marker"),
-        (b"\x00\x00\x00\x00\x01" + b"\x00" * 20, "marker"),  # Confluent wire format
+        (b"\x00\x00\x00\x00\x01" + b"\x00" * 20, "BILLING_SCHEMA_REGISTRY_URL"),  # Confluent, no registry
     ],
 )
 def test_bad_headers(data, match):
