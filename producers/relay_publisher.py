@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
+from billing.codec import CodecError
 from billing.codec_confluent import RegistryUnavailable
 from billing.registry import RegistryRefused
 from billing.ops import tracing
@@ -96,9 +97,12 @@ class _Batch:
                         "billing.tenant_id": str(row.tenant_id)})
         try:
             value, ce_headers = self._format.message(row, topic)
-        except (RegistryUnavailable, RegistryRefused) as exc:
+        except (RegistryUnavailable, RegistryRefused, CodecError) as exc:
             # The registry concerns every row of the topic: hold the stream back, retry later.
-            self.fail(Failure(row, f"schema registry: {exc}", topic_level=True))
+            # A payload that is not Avro cannot be framed for it, ever: that row is parked.
+            bad = isinstance(exc, CodecError)
+            self.fail(Failure(row, f"schema registry: {exc}", topic_level=not bad,
+                              park_reason="invalid_record" if bad else None))
             tracing.record_error(span, str(exc))
             span.end()
             return

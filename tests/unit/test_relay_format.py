@@ -78,3 +78,10 @@ def test_default_settings_keep_single_object_encoding():
 def test_confluent_without_a_registry_url_is_refused_naming_both_settings():
     with pytest.raises(ValueError, match="BILLING_KAFKA_WIRE_FORMAT=confluent needs BILLING_SCHEMA_REGISTRY_URL"):
         Settings(env_file="", kafka_wire_format="confluent")
+
+
+def test_a_payload_that_is_not_avro_cannot_be_framed():
+    fmt = relay_format(Settings(env_file="", kafka_wire_format="confluent",
+                                schema_registry_url=f"mock://relay-{uuid.uuid4().hex}"))
+    with pytest.raises(codec.CodecError, match="not a single-object"):
+        fmt.message(row("invoice_requests", {}, payload=b'{"json": true}'), "t")
