@@ -130,8 +130,7 @@ _WRITERS: dict[bytes, _Writer] = {}  # fingerprint -> writer schema, every known
 _HEADERS: dict[Schema, bytes] = {}
 _CONTENT_TYPES: dict[Schema, str] = {}
 _COMMAND_NAMES: frozenset[str] = frozenset()
-# Confluent wire format: message -> fingerprint of its writer (billing.codec_confluent).
-_confluent_fingerprint: Callable[[bytes], bytes] | None = None
+_confluent_fingerprint: Callable[[bytes], bytes] | None = None  # 00 + id -> writer fingerprint (codec_confluent)
 
 
 def _strip_logical(node: Any) -> Any:
@@ -284,8 +283,7 @@ def _header_error(data: Any) -> CodecError:
         return MalformedMessageError("empty message, not an Avro single-object encoding")
     if bytes(data[:2]) != MAGIC[:n]:
         return MalformedMessageError(
-            f"not an Avro single-object encoding: marker {bytes(data[:2]).hex()}, expected c301 "
-            "(or 00, the Confluent Schema Registry wire format)"
+            f"not an Avro single-object encoding: marker {bytes(data[:2]).hex()}, expected c301 (or 00 + schema id)"
         )
     return MalformedMessageError(
         f"truncated message: {n} bytes, the single-object header alone is {HEADER_SIZE}"
