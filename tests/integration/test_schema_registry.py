@@ -31,6 +31,7 @@ from billing.v1 import billing_pb2 as pb
 from tests.integration.test_plans_api import plan_request
 from tests.integration.test_subscriptions_api import rid, ts
 from tests.integration.test_usage_ingest import _setup
+from producers.usage_client import UsageProducer
 from tests.kafka_helpers import running_roles
 
 UTC = timezone.utc
@@ -142,13 +143,19 @@ async def test_usage_from_a_registry_aware_producer_is_ingested(registry_roles, 
             producer.produce(topic, key=sub.id, value=v)
         assert producer.flush(30) == 0
 
+    def produce_with_our_client() -> None:  # UsageProducer in confluent mode frames the same way
+        ours = UsageProducer(registry_settings)
+        ours.send(str(uuid.uuid4()), tenant.id, sub.id, "calls", "1", to_us(at) + 11)
+        ours.flush(30)
+
     await asyncio.to_thread(produce)
+    await asyncio.to_thread(produce_with_our_client)
     row = None
     for _ in range(300):
         row = await admin_conn.fetchrow("select quantity_sum, event_count from usage_totals where subscription_id = $1",
                                         uuid.UUID(sub.id))
-        if row is not None and row["event_count"] == 3:
+        if row is not None and row["event_count"] == 4:
             break
         await asyncio.sleep(0.1)
-    assert row is not None and (row["quantity_sum"], row["event_count"]) == (Decimal("5.5"), 3)
+    assert row is not None and (row["quantity_sum"], row["event_count"]) == (Decimal("6.5"), 4)
     assert subject(topic) in client.get_subjects()
