@@ -32,6 +32,7 @@ from tests.integration.test_plans_api import plan_request
 from tests.integration.test_subscriptions_api import rid, ts
 from tests.integration.test_usage_ingest import _setup
 from producers.usage_client import UsageProducer
+from tests.integration.test_outbox_relay import app_pool, relays  # noqa: F401 - fixtures
 from tests.kafka_helpers import running_roles
 
 UTC = timezone.utc
@@ -159,3 +160,42 @@ async def test_usage_from_a_registry_aware_producer_is_ingested(registry_roles, 
         await asyncio.sleep(0.1)
     assert row is not None and (row["quantity_sum"], row["event_count"]) == (Decimal("6.5"), 4)
     assert subject(topic) in client.get_subjects()
+
+
+async def test_the_relay_holds_rows_while_the_registry_is_down(migrated, schema_registry, admin_conn, new_tenant,
+                                                               relays):
+    """Registry unreachable: rows wait (neither published nor parked); with the registry
+    back they go out framed. A payload that is not Avro cannot be framed: parked."""
+    from billing.devstack import free_port
+    from tests.integration.test_outbox_relay import create_topics, insert, published, two_tenants, unique
+
+    tenant, _ = await two_tenants(new_tenant, relays)
+    avro_stream, json_stream, topic = unique("sr-avro"), unique("sr-json"), unique("t.sr")
+    create_topics(migrated, topic)
+    payload = codec.encode(codec.Schema.USAGE_EVENT, {
+        "event_id": "e-held", "tenant_id": tenant, "subscription_id": "s", "metric_code": "calls", "quantity": "1",
+        "occurred_at_us": 1})
+    held = await insert(admin_conn, tenant, avro_stream, b"k", payload)
+    down = migrated.model_copy(update={"kafka_wire_format": "confluent",
+                                       "schema_registry_url": f"http://127.0.0.1:{free_port()}/apis/ccompat/v6"})
+    relay = relays.start(settings=down, topics={avro_stream: topic})
+    await asyncio.sleep(4)
+    assert relay.is_leader
+    assert (await published(admin_conn, [held]))[held] is None
+    assert await admin_conn.fetchval("select parked_at from outbox where id = $1", held) is None
+    await relays.stop(relay)
+
+    up = migrated.model_copy(update={"kafka_wire_format": "confluent", "schema_registry_url": schema_registry})
+    not_avro = await insert(admin_conn, tenant, json_stream, b"k", b'{"not": "avro"}')
+    relays.start(settings=up, topics={avro_stream: topic, json_stream: topic})
+    for _ in range(200):
+        marks = await published(admin_conn, [held])
+        parked = await admin_conn.fetchval("select park_reason from outbox where id = $1", not_avro)
+        if marks[held] is not None and parked:
+            break
+        await asyncio.sleep(0.1)
+    assert marks[held] is not None and parked == "invalid_record"
+    [(value, headers, _)] = await asyncio.to_thread(read_values, migrated, topic, lambda seen: len(seen) >= 1)
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    assert AvroDeserializer(SchemaRegistryClient({"url": schema_registry}))(value, ctx)["event_id"] == "e-held"
+    assert headers["outbox-id"] == str(held) and headers["ce_id"] == f"{avro_stream}/{held}"
