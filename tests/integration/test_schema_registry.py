@@ -28,11 +28,11 @@ from billing.config import Topics
 from billing.kafka import consumer_config, ensure_topics, producer_config
 from billing.services.usage import to_us
 from billing.v1 import billing_pb2 as pb
+from producers.usage_client import UsageProducer
+from tests.integration.test_outbox_relay import app_pool, relays  # noqa: F401 - fixtures
 from tests.integration.test_plans_api import plan_request
 from tests.integration.test_subscriptions_api import rid, ts
 from tests.integration.test_usage_ingest import _setup
-from producers.usage_client import UsageProducer
-from tests.integration.test_outbox_relay import app_pool, relays  # noqa: F401 - fixtures
 from tests.kafka_helpers import running_roles
 
 UTC = timezone.utc
@@ -163,7 +163,7 @@ async def test_usage_from_a_registry_aware_producer_is_ingested(registry_roles, 
 
 
 async def test_the_relay_holds_rows_while_the_registry_is_down(migrated, schema_registry, admin_conn, new_tenant,
-                                                               relays):
+                                                               relays):  # noqa: F811 - the imported fixture
     """Registry unreachable: rows wait (neither published nor parked); with the registry
     back they go out framed. A payload that is not Avro cannot be framed: parked."""
     from billing.devstack import free_port
