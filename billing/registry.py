@@ -41,7 +41,9 @@ class Registry:
                 raise RegistryUnavailable(f"schema registry {self.url}: {exc}") from exc
             raise RegistryRefused(f"schema registry {self.url} refused the schema of subject {subject}: "
                                   f"{exc}") from exc
-        except Exception as exc:  # transport errors of the HTTP client (connection refused, timeout)
+        except Exception as exc:
+            if not _transport_error(exc):
+                raise
             raise RegistryUnavailable(f"schema registry {self.url} unreachable: {exc}") from exc
 
     def schema_for(self, schema_id: int) -> str:
@@ -54,7 +56,15 @@ class Registry:
                     schema_id.to_bytes(4, "big")) from exc
             raise RegistryUnavailable(f"schema registry {self.url}: {exc}") from exc
         except Exception as exc:
+            if not _transport_error(exc):
+                raise
             raise RegistryUnavailable(f"schema registry {self.url} unreachable: {exc}") from exc
+
+
+def _transport_error(exc: Exception) -> bool:
+    """Connection refused, timeouts, TLS: errors of the client's HTTP library (httpx, or the
+    httpx2 fork some confluent-kafka releases use) or the OS; anything else is a bug."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2")
 
 
 _REGISTRIES: dict[str, Registry] = {}
