@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from billing.config import Settings
+from billing.registry import install_reader
 from billing.services.paging import PageTokens
 from billing.services.plans import PlanCache
 from billing.services.usage import Usage, UsageLimits
@@ -42,6 +43,7 @@ def usage_limits(settings: Settings) -> UsageLimits:
 
 def build(settings: Settings | None = None) -> Components:
     settings = settings if settings is not None else Settings()
+    install_reader(settings)
     limits = usage_limits(settings)
     plans = PlanCache()
     return Components(settings=settings, usage_limits=limits, plans=plans, usage=Usage(limits, plans),

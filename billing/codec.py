@@ -12,10 +12,13 @@ looks the writer schema up by fingerprint and resolves it to the current schema 
 resolution: fields added since get their defaults). Docs are not part of the canonical
 form, so editing a "doc" changes no fingerprint.
 
-Representation: plain dicts, exactly as fastavro reads and writes them (no logical types:
-decimals are text, times are ``*_us`` longs). The one union of records,
-``SubscriptionCommand.command``, is a ``(full record name, fields)`` tuple, e.g.
-``("billing.v1.PauseSubscription", {"resumes_at_us": None})``, both for encode and decode.
+Representation: plain dicts as fastavro reads them without logical types: decimals are
+text, times ``*_us`` longs (the files mark times ``timestamp-micros`` for other readers; not
+part of the canonical form, so same fingerprint and bytes; stripped here). The union
+``SubscriptionCommand.command`` is a ``(full record name, fields)`` tuple both ways.
+
+The Confluent Schema Registry wire format (``00 | schema id | Avro binary``) is decoded too
+once billing.codec_confluent has a registry to resolve ids (BILLING_SCHEMA_REGISTRY_URL).
 
 Every failure on bad input raises a :class:`CodecError` subclass, never anything else.
 """
@@ -52,6 +55,7 @@ __all__ = [
     "fingerprint",
     "content_type",
     "register_history_schema",
+    "schema_json",
 ]
 
 # schemas/avro of the repository, installed as billing._schemas (billing/resources.py).
@@ -61,6 +65,8 @@ NAMESPACE = "billing.v1"
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
+CONFLUENT_MAGIC = b"\x00"
+CONFLUENT_HEADER_SIZE = 5
 _FINGERPRINT_ALGORITHM = "CRC-64-AVRO"
 
 
@@ -116,6 +122,7 @@ class _Writer:
     reader: dict[str, Any] | None  # parsed current schema; None if the writer is current
     fingerprint: bytes
     source: str
+    raw: dict[str, Any]  # the schema as written (with docs and logical types), for a registry
 
 
 _CURRENT: dict[Schema, _Writer] = {}
@@ -123,6 +130,16 @@ _WRITERS: dict[bytes, _Writer] = {}  # fingerprint -> writer schema, every known
 _HEADERS: dict[Schema, bytes] = {}
 _CONTENT_TYPES: dict[Schema, str] = {}
 _COMMAND_NAMES: frozenset[str] = frozenset()
+_confluent_fingerprint: Callable[[bytes], bytes] | None = None  # 00 + id -> writer fingerprint (codec_confluent)
+
+
+def _strip_logical(node: Any) -> Any:
+    """The schema without logicalType annotations (fastavro would turn times into datetimes)."""
+    if isinstance(node, dict):
+        return {k: _strip_logical(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical(v) for v in node]
+    return node
 
 
 def _fingerprint_of(raw: Mapping[str, Any]) -> bytes:
@@ -130,7 +147,7 @@ def _fingerprint_of(raw: Mapping[str, Any]) -> bytes:
     return bytes.fromhex(_fingerprint_hex(to_parsing_canonical_form(raw), _FINGERPRINT_ALGORITHM))
 
 
-def _load(source: str | PathLike[str] | Mapping[str, Any]) -> tuple[Schema, dict[str, Any], bytes, str]:
+def _load(source: str | PathLike[str] | Mapping[str, Any]) -> tuple[Schema, dict[str, Any], bytes, str, dict]:
     if isinstance(source, Mapping):
         raw, origin = dict(source), "<dict>"
     else:
@@ -149,11 +166,11 @@ def _load(source: str | PathLike[str] | Mapping[str, Any]) -> tuple[Schema, dict
         known = ", ".join(s.full_name for s in Schema)
         raise CodecError(f"Avro schema {origin} defines {full!r}, not one of: {known}")
     try:
-        parsed = parse_schema(raw)
+        parsed = parse_schema(_strip_logical(raw))
         fp = _fingerprint_of(raw)
     except Exception as exc:  # fastavro raises several types for invalid schemas
         raise CodecError(f"invalid Avro schema {origin}: {exc}") from exc
-    return Schema(short), parsed, fp, origin
+    return Schema(short), parsed, fp, origin, raw
 
 
 def register_history_schema(source: str | PathLike[str] | Mapping[str, Any]) -> bytes:
@@ -163,9 +180,9 @@ def register_history_schema(source: str | PathLike[str] | Mapping[str, Any]) -> 
     Returns its fingerprint. Registering the current version or an already known one is a
     no-op. Files in ``schemas/avro/history/`` are registered at import.
     """
-    schema, parsed, fp, origin = _load(source)
+    schema, parsed, fp, origin, raw = _load(source)
     if fp not in _WRITERS:
-        _WRITERS[fp] = _Writer(schema, parsed, _CURRENT[schema].parsed, fp, origin)
+        _WRITERS[fp] = _Writer(schema, parsed, _CURRENT[schema].parsed, fp, origin, raw)
     return fp
 
 
@@ -173,10 +190,10 @@ def _load_all() -> None:
     global _COMMAND_NAMES
     for schema, filename in _FILES.items():
         path = SCHEMA_DIR / filename
-        loaded, parsed, fp, origin = _load(path)
+        loaded, parsed, fp, origin, raw = _load(path)
         if loaded is not schema:
             raise CodecError(f"{path} defines {loaded.full_name}, expected {schema.full_name}")
-        writer = _Writer(schema, parsed, None, fp, origin)
+        writer = _Writer(schema, parsed, None, fp, origin, raw)
         _CURRENT[schema] = writer
         _WRITERS[fp] = writer
         _HEADERS[schema] = MAGIC + fp
@@ -199,6 +216,14 @@ _load_all()
 def fingerprint(schema: Schema) -> bytes:
     """The 8-byte CRC-64-AVRO fingerprint (little-endian) of the current version of ``schema``."""
     return _CURRENT[Schema(schema)].fingerprint
+
+
+def schema_json(fp_or_schema: bytes | Schema) -> str:
+    """A known writer schema (by fingerprint, or a Schema's current one) as its file's JSON."""
+    writer = _CURRENT[Schema(fp_or_schema)] if isinstance(fp_or_schema, str) else _WRITERS.get(fp_or_schema)
+    if writer is None:
+        raise _unknown(bytes(fp_or_schema))
+    return json.dumps(writer.raw, separators=(",", ":"))
 
 
 def content_type(schema: Schema) -> str:
@@ -258,7 +283,7 @@ def _header_error(data: Any) -> CodecError:
         return MalformedMessageError("empty message, not an Avro single-object encoding")
     if bytes(data[:2]) != MAGIC[:n]:
         return MalformedMessageError(
-            f"not an Avro single-object encoding: marker {bytes(data[:2]).hex()}, expected c301"
+            f"not an Avro single-object encoding: marker {bytes(data[:2]).hex()}, expected c301 (or 00 + schema id)"
         )
     return MalformedMessageError(
         f"truncated message: {n} bytes, the single-object header alone is {HEADER_SIZE}"
@@ -278,22 +303,29 @@ def _unknown(fp: bytes) -> UnknownSchemaError:
     )
 
 
-def _writer_of(data: Any) -> tuple[_Writer, bytes]:
+def _writer_of(data: Any) -> tuple[_Writer, bytes, int]:
+    """(writer, data as bytes, offset of the Avro body)."""
     if type(data) is not bytes:
         if not isinstance(data, (bytearray, memoryview)):
             raise _header_error(data)
         data = bytes(data)
+    if data[:1] == CONFLUENT_MAGIC and len(data) >= CONFLUENT_HEADER_SIZE:
+        if _confluent_fingerprint is None:
+            raise MalformedMessageError(
+                f"Confluent Schema Registry wire format (schema id {int.from_bytes(data[1:5], 'big')}), "
+                "but no registry is configured: set BILLING_SCHEMA_REGISTRY_URL")
+        return _WRITERS[_confluent_fingerprint(data)], data, CONFLUENT_HEADER_SIZE
     if len(data) < HEADER_SIZE or not data.startswith(MAGIC):
         raise _header_error(data)
     fp = data[2:HEADER_SIZE]
     writer = _WRITERS.get(fp)
     if writer is None:
         raise _unknown(fp)
-    return writer, data
+    return writer, data, HEADER_SIZE
 
 
-def _read(writer: _Writer, data: bytes) -> dict[str, Any]:
-    fo = BytesIO(data[HEADER_SIZE:])
+def _read(writer: _Writer, data: bytes, offset: int = HEADER_SIZE) -> dict[str, Any]:
+    fo = BytesIO(data[offset:])
     try:
         record = schemaless_reader(fo, writer.parsed, writer.reader, return_record_name=True)
     except Exception as exc:  # EOFError, IndexError, UnicodeDecodeError, resolution errors ...
@@ -301,9 +333,9 @@ def _read(writer: _Writer, data: bytes) -> dict[str, Any]:
             f"undecodable {writer.schema.full_name} payload "
             f"(writer {writer.fingerprint.hex()}): {type(exc).__name__}: {exc}"
         ) from exc
-    if fo.tell() != len(data) - HEADER_SIZE:
+    if fo.tell() != len(data) - offset:
         raise MalformedMessageError(
-            f"{len(data) - HEADER_SIZE - fo.tell()} trailing bytes after the "
+            f"{len(data) - offset - fo.tell()} trailing bytes after the "
             f"{writer.schema.full_name} payload"
         )
     return record
@@ -312,19 +344,19 @@ def _read(writer: _Writer, data: bytes) -> dict[str, Any]:
 def decode(schema: Schema, data: bytes) -> dict[str, Any]:
     """Decode a message that must be a ``schema`` record, written with any known version
     of it; the result has the shape of the current version."""
-    writer, data = _writer_of(data)
+    writer, data, offset = _writer_of(data)
     if writer.schema != schema:
         raise MalformedMessageError(
             f"message is a {writer.schema.full_name} (writer {writer.fingerprint.hex()}), "
             f"expected {NAMESPACE}.{schema}"
         )
-    return _read(writer, data)
+    return _read(writer, data, offset)
 
 
 def decode_any(data: bytes) -> tuple[Schema, dict[str, Any]]:
     """Decode a message of any known record type; returns ``(schema, record)``."""
-    writer, data = _writer_of(data)
-    return writer.schema, _read(writer, data)
+    writer, data, offset = _writer_of(data)
+    return writer.schema, _read(writer, data, offset)
 
 
 def decode_many(

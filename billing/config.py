@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, DotEnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -102,6 +102,16 @@ class Settings(BaseSettings):
     # handing its partitions to the others. Kafka's default is 45 s; 10 s fails over faster.
     kafka_session_timeout_ms: int = 10_000
     topics: Topics = Field(default_factory=Topics)
+    # Interoperability (docs/kafka.md, "Wire formats"): the Avro framing the relay writes,
+    # "single-object" (C3 01 + fingerprint, no registry needed) or "confluent" (00 + schema
+    # id of the registry at schema_registry_url, subjects <topic>-value). With a registry URL
+    # set, every reader accepts both, told apart by the first byte, whatever the writers use.
+    kafka_wire_format: Literal["single-object", "confluent"] = "single-object"
+    schema_registry_url: str = ""
+    # More properties of confluent-kafka's SchemaRegistryClient (JSON, e.g. basic.auth.user.info).
+    schema_registry_config: dict[str, str] = Field(default_factory=dict)
+    # CloudEvents `ce_source` of every message the relay publishes.
+    cloudevents_source: str = "/billing-service"
 
     # Usage: events further ahead than this are dead-lettered (a producer's clock gone wrong),
     # and so are events older than the window (too late to bill).
@@ -218,6 +228,13 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {str(k): kafka_properties.stringify(v) for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _wire_format_needs_registry(self) -> "Settings":
+        if self.kafka_wire_format == "confluent" and not self.schema_registry_url:
+            raise ValueError("BILLING_KAFKA_WIRE_FORMAT=confluent needs BILLING_SCHEMA_REGISTRY_URL (the registry "
+                             "that gives the schema ids)")
+        return self
 
     @model_validator(mode="after")
     def _kafka_checks(self) -> "Settings":

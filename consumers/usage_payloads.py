@@ -17,6 +17,7 @@ from consumers.runner import DeadLetter, Message
 __all__ = ["decode_batch", "parse_rfc3339_us"]
 
 _AVRO = codec.MAGIC  # b"\xc3\x01"
+_CONFLUENT = codec.CONFLUENT_MAGIC  # b"\x00": the Confluent wire format (schema id), decoded by the codec
 _USAGE = codec.Schema.USAGE_EVENT
 _UNDECODABLE = "undecodable"
 _INVALID = "invalid_cloudevent"
@@ -213,7 +214,7 @@ def _undecodable_detail(msg: Message) -> str:
         return "empty value, expected Avro (C3 01) or CloudEvents JSON ({)"
     if any(k.startswith("ce_") for k in msg.headers):
         return "CloudEvents binary mode (ce_ headers) is not supported; send structured mode JSON"
-    return f"neither Avro (C3 01) nor CloudEvents JSON ({{): starts with {bytes(v[:8]).hex()}"
+    return f"neither Avro (C3 01, or 00 + schema id) nor CloudEvents JSON ({{): starts with {bytes(v[:8]).hex()}"
 
 
 # ------------------------------------------------------------------ the batch
@@ -235,7 +236,7 @@ def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], lis
             else:
                 dead.append(DeadLetter(msg, _UNDECODABLE, _undecodable_detail(msg)))
                 continue
-        if v.startswith(_AVRO):
+        if v.startswith(_AVRO) or v.startswith(_CONFLUENT):
             add_value(v)
             add_pos(i)
         elif v.startswith(b"{") or _is_cloudevents_header(msg):
@@ -274,12 +275,16 @@ def _decode_avro(batch: list[Message], values: list[bytes], positions: list[int]
 
     try:
         records = codec.decode_many(_USAGE, values, on_error=on_error)
+    except OSError:
+        raise  # the schema registry unreachable: the runner retries the batch
     except Exception:  # not expected from the codec; decode one by one to keep positions right
         failed.clear()
         records = []
         for index, value in enumerate(values):
             try:
                 records.append(codec.decode(_USAGE, value))
+            except OSError:
+                raise
             except Exception as exc:
                 failed[index] = exc  # type: ignore[assignment]
     if failed:

@@ -15,8 +15,10 @@ Streams and topics
     backoff, e.g. after a deploy that knows the stream); the loop never crashes on it.
 
 Message
-    key = the row's key bytes (None stays None), value = the payload bytes, headers = the
-    row's headers plus `outbox-id` (the row id, decimal) and `tenant-id` (the tenant uuid).
+    key = the row's key bytes (None stays None), value = the payload bytes (in the Confluent
+    wire format if BILLING_KAFKA_WIRE_FORMAT=confluent), headers = the row's headers plus
+    CloudEvents binary-mode `ce_*` headers (producers/relay_format.py), `outbox-id` (the row
+    id, decimal) and `tenant-id` (the tenant uuid).
 
 Delivery: at least once, in order per key
     A row is marked published only after its delivery report said OK. A duplicate reaches
@@ -53,6 +55,7 @@ from billing.kafka import producer_config
 from billing.ops import tracing
 from billing.store import outbox_relay as sql
 from billing.store.outbox_relay import PendingRow
+from producers.relay_format import relay_format
 from producers.relay_holds import PARK_REASONS, Failure, HoldBook
 from producers.relay_lease import LeaderLease, LeaseSettings
 from producers.relay_publisher import OUTBOX_ID_HEADER, TENANT_ID_HEADER, Publisher
@@ -141,7 +144,7 @@ class OutboxRelay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._holds = HoldBook(retry_backoff_s, max_retry_backoff_s, group)
         self._publisher = Publisher(dict(topics) if topics is not None else stream_topics(settings), self._holds,
-                                    self._stopping, stop_grace_s)
+                                    self._stopping, stop_grace_s, relay_format(settings))
         self._lease = LeaderLease(
             LeaseSettings(listen_dsn, group, standby_retry_s, retry_backoff_s, max_retry_backoff_s),
             self._stopping, self._sleep, self._wake.set)

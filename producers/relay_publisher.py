@@ -16,7 +16,11 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
+from billing.codec import CodecError
+from billing.codec_confluent import RegistryUnavailable
+from billing.registry import RegistryRefused
 from billing.ops import tracing
+from producers.relay_format import RelayFormat
 from producers.relay_holds import (
     PERMANENT_ERRORS, TOPIC_ERRORS, Failure, HoldBook, PublishResult, hold_of, key_hold, stream_hold,
 )
@@ -25,24 +29,28 @@ OUTBOX_ID_HEADER = "outbox-id"
 TENANT_ID_HEADER = "tenant-id"
 
 
-def message_headers(row, trace_headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    """The row's headers, then `outbox-id` and `tenant-id`, then the publish span's trace
-    context; a row header of any of those names is replaced."""
+def message_headers(row, trace_headers: Mapping[str, str],
+                    extra: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """The row's headers, then `extra` (the CloudEvents ones), `outbox-id` and `tenant-id`,
+    then the publish span's trace context; a row header of any of those names is replaced."""
+    extra = extra or {}
     own = (OUTBOX_ID_HEADER, TENANT_ID_HEADER)
-    headers = [(k, v) for k, v in row.headers.items() if k not in own and k not in trace_headers]
-    return headers + [(OUTBOX_ID_HEADER, str(row.id)), (TENANT_ID_HEADER, str(row.tenant_id)),
+    headers = [(k, v) for k, v in row.headers.items() if k not in own and k not in trace_headers and k not in extra]
+    return headers + [*extra.items(), (OUTBOX_ID_HEADER, str(row.id)), (TENANT_ID_HEADER, str(row.tenant_id)),
                       *trace_headers.items()]
 
 
 class Publisher:
-    def __init__(self, topics: Mapping[str, str], holds: HoldBook, stopping: threading.Event, stop_grace_s: float):
+    def __init__(self, topics: Mapping[str, str], holds: HoldBook, stopping: threading.Event, stop_grace_s: float,
+                 fmt: RelayFormat | None = None):
         self._topics = topics
+        self._format = fmt or RelayFormat(source="/billing-service")
         self._holds = holds
         self._stopping = stopping
         self._stop_grace_s = stop_grace_s
 
     def publish(self, producer: Producer, rows: list) -> PublishResult:
-        batch = _Batch(producer, self._stopping, self._stop_grace_s)
+        batch = _Batch(producer, self._stopping, self._stop_grace_s, self._format)
         for row in rows:
             if batch.blocks(row):
                 continue  # an earlier row of its key failed in this batch: keep the order
@@ -63,8 +71,9 @@ class Publisher:
 class _Batch:
     """The state of one publish round: what was produced, reported, and blocked."""
 
-    def __init__(self, producer: Producer, stopping: threading.Event, stop_grace_s: float):
+    def __init__(self, producer: Producer, stopping: threading.Event, stop_grace_s: float, fmt: RelayFormat):
         self._producer = producer
+        self._format = fmt
         self._stopping = stopping
         self._stop_grace_s = stop_grace_s
         self._result = PublishResult(started=time.perf_counter())
@@ -86,11 +95,22 @@ class _Batch:
             attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
                         "messaging.operation.type": "send", "billing.outbox.id": row.id,
                         "billing.tenant_id": str(row.tenant_id)})
+        try:
+            value, ce_headers = self._format.message(row, topic)
+        except (RegistryUnavailable, RegistryRefused, CodecError) as exc:
+            # The registry concerns every row of the topic: hold the stream back, retry later.
+            # A payload that is not Avro cannot be framed for it, ever: that row is parked.
+            bad = isinstance(exc, CodecError)
+            self.fail(Failure(row, f"schema registry: {exc}", topic_level=not bad,
+                              park_reason="invalid_record" if bad else None))
+            tracing.record_error(span, str(exc))
+            span.end()
+            return
         self._spans[row.id] = span
-        headers = message_headers(row, tracing.inject({}, trace.set_span_in_context(span)))
+        headers = message_headers(row, tracing.inject({}, trace.set_span_in_context(span)), ce_headers)
         while True:
             try:
-                self._producer.produce(topic, value=row.payload, key=row.key, headers=headers,
+                self._producer.produce(topic, value=value, key=row.key, headers=headers,
                                        on_delivery=self._on_delivery(row.id, span))
                 self._produced.append(row)
                 return

@@ -34,6 +34,8 @@ from confluent_kafka import KafkaError, Producer
 from opentelemetry import trace
 
 from billing import codec
+from billing.codec_confluent import to_confluent
+from billing.registry import registry_for
 from billing.ops import tracing
 from billing.config import Settings
 from billing.kafka import producer_config
@@ -96,6 +98,9 @@ class UsageProducer:
             **config,
         })
         self._producer = Producer(conf)
+        # BILLING_KAFKA_WIRE_FORMAT=confluent: the registry's framing (docs/kafka.md, "Wire formats")
+        self._registry = (registry_for(settings.schema_registry_url, settings.schema_registry_config)
+                          if settings.kafka_wire_format == "confluent" else None)
 
     # ---------------------------------------------------------------- sending
 
@@ -119,7 +124,10 @@ class UsageProducer:
         headers = AVRO_HEADERS
         if trace.get_current_span().get_span_context().is_valid:
             headers = {**AVRO_HEADERS, **{k: v.encode() for k, v in tracing.inject({}).items()}}
-        self.send_encoded(sub.encode(), codec.encode(_SCHEMA, record), headers)
+        value = codec.encode(_SCHEMA, record)
+        if self._registry is not None:  # registry unreachable: RegistryUnavailable (a ConnectionError)
+            value = to_confluent(self._registry, self.topic, value)[0]
+        self.send_encoded(sub.encode(), value, headers)
 
     def send_encoded(self, key: bytes | str | None, value: bytes | None, headers=None) -> None:
         """Queue a message as is (no checks): for load generators and tests. Waits for

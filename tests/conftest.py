@@ -4,7 +4,8 @@ Nothing is mocked: the stack is the same `billing.devstack` that `make run` uses
 temporary state directory, so a running `make run` and the test suite never collide.
 Set BILLING_TEST_DATABASE_URL, BILLING_TEST_WORKER_DATABASE_URL, BILLING_TEST_ADMIN_DATABASE_URL
 and BILLING_TEST_KAFKA_BOOTSTRAP_SERVERS to run against servers of your own instead
-(BILLING_TEST_KAFKA_REPLICATION_FACTOR / _MIN_INSYNC_REPLICAS: 1 unless set).
+(BILLING_TEST_KAFKA_REPLICATION_FACTOR / _MIN_INSYNC_REPLICAS: 1 unless set), and
+BILLING_TEST_SCHEMA_REGISTRY_URL for a schema registry of your own (Confluent API).
 """
 from __future__ import annotations
 
@@ -59,6 +60,22 @@ def settings(stack) -> Settings:
     else:
         env = {k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()}
     return Settings(**env, grpc_port=0, http_port=free_port(), db_pool_min=1, db_pool_max=8)
+
+
+@pytest.fixture(scope="session")
+def schema_registry(settings, tmp_path_factory) -> str:
+    """The URL of a real registry with the Confluent API: BILLING_TEST_SCHEMA_REGISTRY_URL, or
+    Apicurio Registry started here (billing/devstack/registry.py; built with Maven once)."""
+    url = os.environ.get("BILLING_TEST_SCHEMA_REGISTRY_URL")
+    if url:
+        yield url
+        return
+    from billing.devstack import LocalSchemaRegistry
+
+    registry = LocalSchemaRegistry(tmp_path_factory.mktemp("registry"), free_port(), settings.kafka_cache_dir)
+    registry.start(timeout_s=180)
+    yield registry.url
+    registry.stop()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 from billing.devstack.cluster import KafkaCluster
 from billing.devstack.kafka import LocalKafka, resolve_kafka_jars
 from billing.devstack.postgres import DevstackError, LocalPostgres
+from billing.devstack.registry import LocalSchemaRegistry
 from billing.devstack.stack import LocalStack, free_port
 
-__all__ = ["DevstackError", "KafkaCluster", "LocalKafka", "LocalPostgres", "LocalStack", "free_port",
+__all__ = ["DevstackError", "KafkaCluster", "LocalKafka", "LocalPostgres", "LocalSchemaRegistry", "LocalStack", "free_port",
            "resolve_kafka_jars"]

@@ -108,6 +108,9 @@ async def test_run_billing_end_to_end(kafka_roles, migrated, stub, tenant, admin
     assert msg_key == expected_id.encode() and inv["invoice_request_id"] == expected_id
     assert headers["invoice-request-id"] == expected_id
     assert headers["content-type"] == codec.content_type(codec.Schema.INVOICE_REQUEST)
+    # CloudEvents binary mode (docs/kafka.md): the request id is the event id
+    assert (headers["ce_specversion"], headers["ce_id"], headers["ce_type"], headers["ce_tenantid"]) == (
+        "1.0", expected_id, "billing.v1.InvoiceRequest", tenant.id)
     assert (inv["tenant_id"], inv["customer_id"], inv["run_id"], inv["currency"]) == (tenant.id, "cust-9", run.id, "EUR")
     assert (_time(inv["period_start_us"]), _time(inv["period_end_us"])) == (p1_start, p1_end)
     lines = [(ln["kind"], ln["metric_code"], ln["quantity"], ln["unit_price"], ln["amount"],

@@ -236,6 +236,11 @@ async def test_publishes_in_id_order_per_key_with_headers_then_marks(migrated, a
         # (a child of the row's span) when tracing is on, the row's span itself when it is off.
         row_trace = headers.get("traceparent")
         got_trace = m.headers.pop("traceparent", None)
+        ce = {k: m.headers.pop(k) for k in list(m.headers) if k.startswith("ce_")}  # CloudEvents binary mode
+        assert {k: ce[k] for k in ("ce_specversion", "ce_id", "ce_tenantid", "ce_source")} == {
+            "ce_specversion": "1.0", "ce_id": f"{stream}/{m.outbox_id}", "ce_tenantid": tenant,
+            "ce_source": s.cloudevents_source}
+        assert ce["ce_type"] and ce["ce_time"].endswith("Z") and ce.get("ce_subject") == (key.decode() if key else None)
         assert m.headers == {**{k: v for k, v in headers.items() if k != "traceparent"},
                              "outbox-id": str(m.outbox_id), "tenant-id": tenant}
         if row_trace:
