@@ -40,6 +40,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.cpu import postmaster_pid, tree_cpu_s
 from bench.fixtures import copy_rows, metered_tenant
 from billing.config import Settings
 from billing.devstack import LocalPostgres, free_port
@@ -89,34 +90,17 @@ async def setup(settings: Settings, subscriptions: int, seed: int = 1) -> uuid.U
     return tid
 
 
-def postgres_cpu_s() -> float | None:
-    """CPU seconds used so far by the processes named postgres (server, backends, workers),
-    from /proc: the database's share of a run, when it runs on this machine (None: no /proc)."""
-    if not os.path.isdir("/proc"):
-        return None
-    tick, total = os.sysconf("SC_CLK_TCK"), 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue  # gone meanwhile
-        if stat[stat.index("(") + 1:stat.rindex(")")].startswith("postgres"):
-            fields = stat[stat.rindex(")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
-
-
 async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, workers: int,
-               processes: int = 1) -> tuple[float, dict]:
+               processes: int = 1, pg_pid: int | None = None) -> tuple[float, dict]:
     """One run, timed from its start to completed. With `processes` > 1 the run is split into
     that many shards, each executed by a process of its own (what as many billing consumers
     of one group do), all at once. The processes are started, and connected, before the
     clock starts: a billing consumer is running already when a run request arrives.
 
     Also measured with `processes` > 1: the CPU time of the run, the shard processes' own
-    (`time.process_time` around `execute_run`) and PostgreSQL's (/proc, while the shards'
-    connections are still open), per subscription billed. The machine is a shared VM whose
+    (`time.process_time` around `execute_run`) and PostgreSQL's (the process tree of `pg_pid`,
+    the bench's own server, while the shards' connections are still open; None without it),
+    per subscription billed. The machine is a shared VM whose
     speed varies by the hour: CPU per subscription tells a slower code from a slower hour."""
     db = await Database.connect(settings.worker_database_url, min_size=1, max_size=workers + 2)
     try:
@@ -136,11 +120,11 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
             for p in procs:
                 p.start()
             ready.wait()
-            pg_before = postgres_cpu_s()
+            pg_before = tree_cpu_s(pg_pid)
             started = time.perf_counter()
             go.set()
             python_cpu = await asyncio.get_running_loop().run_in_executor(None, _cpu_of_shards, cpu, procs)
-            pg_after = postgres_cpu_s()
+            pg_after = tree_cpu_s(pg_pid)
             measured.set()
             for p in procs:
                 p.join()
@@ -148,7 +132,7 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
             done = await billing_runs.get_billing_run(db, caller, str(run.id))
             billed = max(1, done.subscriptions_billed)
             cpu_per_sub = {"python": round(python_cpu / billed * 1e6),
-                           "postgres": None if pg_before is None else round((pg_after - pg_before) / billed * 1e6)}
+                           "postgres": None if pg_before is None or pg_after is None else round((pg_after - pg_before) / billed * 1e6)}
         if processes == 1:
             seconds = time.perf_counter() - started
             cpu_per_sub = None
@@ -213,7 +197,8 @@ def main() -> int:
         log(f"setting up {args.subscriptions:,} due subscriptions with usage")
         tenant = asyncio.run(setup(settings, args.subscriptions))
         log(f"running: one billing run in {args.processes} shard process(es)")
-        seconds, run = asyncio.run(bill(settings, tenant, args.chunk, args.workers, args.processes))
+        seconds, run = asyncio.run(bill(settings, tenant, args.chunk, args.workers, args.processes,
+                                        postmaster_pid(pg.data_dir) if pg is not None else None))
         rate = args.subscriptions / seconds
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         log(f"baseline: {args.naive_subscriptions:,} subscriptions, one per transaction")
