@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     usage_max_future_skew_s: int = 300
     usage_max_age_days: int = 35
     usage_batch_size: int = 20_000
+    # RecordUsage group commit: calls of a tenant arriving within this many milliseconds
+    # share one transaction (each still answered with its own outcome, after the commit),
+    # up to usage_group_commit_max calls; 0 = one transaction per call.
+    usage_group_commit_ms: float = Field(default=2.0, ge=0, le=1000)
+    usage_group_commit_max: int = Field(default=200, ge=1, le=10_000)
     # The consumer stops (rather than dead-letter a whole broken stream) above this share.
     usage_max_bad_share: float = 0.5
 

@@ -71,14 +71,21 @@ select (select count(*) from inserted) as inserted,
 class Batch:
     """One tenant's accepted events, as staging rows (built as each event is accepted)."""
 
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "indexes")
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
+        self.indexes: list[int] = []  # the caller's index of each row's event
 
-    def add(self, event, subscription_id: uuid.UUID, start_us: int, end_us: int, late: bool) -> None:
+    def add(self, index: int, event, subscription_id: uuid.UUID, start_us: int, end_us: int, late: bool) -> None:
+        self.indexes.append(index)
         self.rows.append((event.event_id, subscription_id, event.metric_code, event.quantity, event.occurred_at_us,
                           start_us, end_us, late, json.dumps(event.properties) if event.properties else None))
+
+    def keep(self, wanted) -> None:
+        """Only the rows whose index `wanted(index)` is true."""
+        pairs = [(i, r) for i, r in zip(self.indexes, self.rows) if wanted(i)]
+        self.indexes, self.rows = [i for i, _ in pairs], [r for _, r in pairs]
 
     def records(self) -> list[tuple]:
         """Rows in the staging table's column order."""
@@ -88,12 +95,20 @@ class Batch:
         return len(self.rows)
 
 
-async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch) -> tuple[int, int]:
+# The same, also returning the ids inserted (RecordUsage tells each call whether it was a duplicate).
+_INSERT_BATCH_IDS = _INSERT_BATCH.replace(
+    "(select count(*) from totals) as totals", "(select count(*) from totals) as totals,\n"
+    "       array(select event_id from inserted) as ids")
+
+
+async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch,
+                       want_ids: bool = False) -> tuple[int, int, list[str]]:
+    """(inserted, late among them, the inserted event ids if `want_ids`, else [])."""
     await conn.execute(STAGING_TABLE)  # once per session in effect; a no-op after the first
     await conn.copy_records_to_table("usage_staging", records=b.rows)
-    row = await conn.fetchrow(_INSERT_BATCH, tenant_id)
+    row = await conn.fetchrow(_INSERT_BATCH_IDS if want_ids else _INSERT_BATCH, tenant_id)
     await conn.execute("truncate usage_staging")
-    return row["inserted"], row["late"]
+    return row["inserted"], row["late"], row["ids"] if want_ids else []
 
 
 async def tenant_exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
