@@ -76,7 +76,7 @@ bench-ingest: install
 	$(PY) -m bench.ingest $(ARGS)
 
 ## One billing run over N subscriptions vs one subscription per transaction;
-## last line: billing_subs_per_s=<n> ratio_vs_naive=<r>
+## last line: billing_subs_per_s=<n> ratio_vs_naive=<r> cpu_us_per_sub=<c> published_subs_per_s=<p>
 bench-billing: install
 	$(PY) -m bench.billing $(ARGS)
 

@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     readiness_requires_kafka: bool = True
     # How often the relay role samples the outbox backlog gauges.
     outbox_backlog_interval_s: float = 5.0
+    # Outbox rows per relay batch, and batches published at once (the next is produced while
+    # the previous one's deliveries are awaited and marked; never two sharing a key).
+    relay_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    relay_max_in_flight: int = Field(default=2, ge=1, le=16)
     # The numbered SQL files `billing migrate` applies and readiness checks: by default the
     # ones installed with the code (migrations/ of the repository, billing/resources.py).
     migrations_dir: Path = Field(default_factory=migrations_dir)
