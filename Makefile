@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-cluster proto bench-ingest bench-billing bench-load dashboard clean
+.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-cluster proto bench-ingest bench-billing bench-grpc-usage bench-load dashboard clean
 
 # Dependencies at the versions of constraints.txt (reproducible installs; the Dockerfile uses it too).
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -71,14 +71,19 @@ test-abuse: install
 proto: install
 	$(PY) -m billing.devtools.protogen
 
-## Usage ingestion end to end vs a naive baseline; last line: ingest_events_per_s=<n> ratio_vs_naive=<r>
+## Usage ingestion end to end vs a naive baseline; last line: ingest_events_per_s=<n> ratio_vs_naive=<r> cpu_us_per_event=<c> ...
 bench-ingest: install
 	$(PY) -m bench.ingest $(ARGS)
 
 ## One billing run over N subscriptions vs one subscription per transaction;
-## last line: billing_subs_per_s=<n> ratio_vs_naive=<r>
+## last line: billing_subs_per_s=<n> ratio_vs_naive=<r> cpu_us_per_sub=<c> published_subs_per_s=<p>
 bench-billing: install
 	$(PY) -m bench.billing $(ARGS)
+
+## RecordUsage (one transaction per call, then group commit) and RecordUsageBatch, 50 client
+## processes; last line: grpc_usage_calls_per_s=<n> p99_ms=<x> batch_events_per_s=<b> errors=<k> ...
+bench-grpc-usage: install
+	$(PY) -m bench.grpc_usage $(ARGS)
 
 ## Sustained usage ingestion + gRPC reads + a billing run, against reads alone in the same run;
 ## last line: load_events_per_s=<n> grpc_p99_ms=<x> errors=<k>   (ARGS="--seconds 15" for a short run)

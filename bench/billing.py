@@ -7,7 +7,7 @@ bills one subscription per transaction, measured in the same run.
 Starts its own PostgreSQL (the local stack's, in a temporary directory; no Kafka needed:
 the run is executed directly with `billing.services.run_execution.execute_run`, what the billing
 role's executor calls) unless BILLING_DATABASE_URL / BILLING_WORKER_DATABASE_URL / BILLING_ADMIN_DATABASE_URL point at a
-server of yours. Subscriptions (each with its own anchor and usage) and their usage totals are written
+server of yours (then nothing is published). Subscriptions (each with its own anchor and usage) and their usage totals are written
 straight into the database; what is measured is the run, from start to completed, split into `--processes`
 shards (default 2) executed by as many processes, as two billing consumers would (the outbox relay's
 publication is not part of it). The baseline is the same code with chunks of ONE
@@ -18,7 +18,14 @@ of the main process (setup included; the shard processes are smaller) and the 1-
 load average (a shared machine makes
 absolute figures noisy; the ratio is measured under the same load).
 
-The last line is `billing_subs_per_s=<n> ratio_vs_naive=<r>`.
+With Kafka (the default; `--no-publish`: PostgreSQL only), the bench also starts its own
+broker and an outbox relay process (`billing serve --roles relay`) before the run, and
+measures the run to the topic: from its start to the moment the last of its invoice
+requests is on `billing.invoice-requests.v1` (the topic's high watermarks), as
+`published_subs_per_s`, with the relay's CPU per subscription over that time.
+
+The last line is `billing_subs_per_s=<n> ratio_vs_naive=<r> cpu_us_per_sub=<c>
+published_subs_per_s=<p>` (c: the shard processes' and PostgreSQL's CPU, to the outbox).
 """
 from __future__ import annotations
 
@@ -40,9 +47,11 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.billing_relay import RelayProcess
+from bench.cpu import postmaster_pid, tree_cpu_s
 from bench.fixtures import copy_rows, metered_tenant
 from billing.config import Settings
-from billing.devstack import LocalPostgres, free_port
+from billing.devstack import LocalPostgres, LocalStack, free_port
 from billing.domain.periods import add_interval
 from billing.domain.plans import IntervalUnit
 from billing.runtime import tune_gc
@@ -89,34 +98,17 @@ async def setup(settings: Settings, subscriptions: int, seed: int = 1) -> uuid.U
     return tid
 
 
-def postgres_cpu_s() -> float | None:
-    """CPU seconds used so far by the processes named postgres (server, backends, workers),
-    from /proc: the database's share of a run, when it runs on this machine (None: no /proc)."""
-    if not os.path.isdir("/proc"):
-        return None
-    tick, total = os.sysconf("SC_CLK_TCK"), 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue  # gone meanwhile
-        if stat[stat.index("(") + 1:stat.rindex(")")].startswith("postgres"):
-            fields = stat[stat.rindex(")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
-
-
 async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, workers: int,
-               processes: int = 1) -> tuple[float, dict]:
+               processes: int = 1, pg_pid: int | None = None, relay=None) -> tuple[float, dict]:
     """One run, timed from its start to completed. With `processes` > 1 the run is split into
     that many shards, each executed by a process of its own (what as many billing consumers
     of one group do), all at once. The processes are started, and connected, before the
     clock starts: a billing consumer is running already when a run request arrives.
 
     Also measured with `processes` > 1: the CPU time of the run, the shard processes' own
-    (`time.process_time` around `execute_run`) and PostgreSQL's (/proc, while the shards'
-    connections are still open), per subscription billed. The machine is a shared VM whose
+    (`time.process_time` around `execute_run`) and PostgreSQL's (the process tree of `pg_pid`,
+    the bench's own server, while the shards' connections are still open; None without it),
+    per subscription billed. The machine is a shared VM whose
     speed varies by the hour: CPU per subscription tells a slower code from a slower hour."""
     db = await Database.connect(settings.worker_database_url, min_size=1, max_size=workers + 2)
     try:
@@ -136,26 +128,33 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
             for p in procs:
                 p.start()
             ready.wait()
-            pg_before = postgres_cpu_s()
+            pg_before = tree_cpu_s(pg_pid)
+            relay_before = tree_cpu_s(relay.pid) if relay is not None else None
             started = time.perf_counter()
             go.set()
             python_cpu = await asyncio.get_running_loop().run_in_executor(None, _cpu_of_shards, cpu, procs)
-            pg_after = postgres_cpu_s()
+            pg_after = tree_cpu_s(pg_pid)
             measured.set()
             for p in procs:
                 p.join()
             seconds = time.perf_counter() - started
             done = await billing_runs.get_billing_run(db, caller, str(run.id))
+            if relay is not None:
+                published_s = await relay.wait_published(db, tenant_id, started)
+                relay_cpu = (tree_cpu_s(relay.pid) or 0) - (relay_before or 0)
             billed = max(1, done.subscriptions_billed)
             cpu_per_sub = {"python": round(python_cpu / billed * 1e6),
-                           "postgres": None if pg_before is None else round((pg_after - pg_before) / billed * 1e6)}
+                           "postgres": None if pg_before is None or pg_after is None else round((pg_after - pg_before) / billed * 1e6)}
+            if relay is not None:
+                cpu_per_sub["relay"] = round(relay_cpu / billed * 1e6)
         if processes == 1:
             seconds = time.perf_counter() - started
             cpu_per_sub = None
+            published_s = None
     finally:
         await db.close()
     return seconds, {"status": done.status, "billed": done.subscriptions_billed, "failed": done.subscriptions_failed,
-                     "totals": dict(done.totals), "cpu_us_per_sub": cpu_per_sub}
+                     "totals": dict(done.totals), "cpu_us_per_sub": cpu_per_sub, "published_s": published_s}
 
 
 def _cpu_of_shards(cpu, procs) -> float:
@@ -196,13 +195,24 @@ def main() -> int:
     parser.add_argument("--naive-subscriptions", type=int, default=1_000)
     parser.add_argument("--chunk", type=int, default=run_execution.CHUNK_SIZE)
     parser.add_argument("--workers", type=int, default=run_execution.WORKERS)
+    parser.add_argument("--no-publish", dest="publish", action="store_false",
+                        help="no Kafka and no relay: the run is measured to the outbox only")
     parser.add_argument("--processes", type=int, default=2,
                         help="shards of the run, each executed by a process of its own (like billing consumers)")
     args = parser.parse_args()
 
-    pg, finished = None, False
+    pg, stack, relay, finished = None, None, None, False
     if os.environ.get("BILLING_DATABASE_URL"):
         settings = Settings()
+    elif args.publish:
+        base = Settings()
+        state = Path(tempfile.mkdtemp(prefix="bench-billing-"))
+        stack = LocalStack.create(state, pg_port=free_port(), kafka_port=free_port(), controller_port=free_port(),
+                                  kafka_version=base.kafka_version, kafka_cache_dir=base.kafka_cache_dir)
+        log(f"starting PostgreSQL and Kafka in {state}")
+        stack.start()
+        pg = stack.postgres
+        settings = Settings(**stack.settings_kwargs())
     else:
         pg = LocalPostgres(data_dir=Path(tempfile.mkdtemp(prefix="bench-billing-")) / "postgres", port=free_port())
         log(f"starting PostgreSQL in {pg.data_dir}")
@@ -212,8 +222,11 @@ def main() -> int:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         log(f"setting up {args.subscriptions:,} due subscriptions with usage")
         tenant = asyncio.run(setup(settings, args.subscriptions))
+        if args.publish and args.processes > 1:
+            relay = RelayProcess.start(settings)
         log(f"running: one billing run in {args.processes} shard process(es)")
-        seconds, run = asyncio.run(bill(settings, tenant, args.chunk, args.workers, args.processes))
+        seconds, run = asyncio.run(bill(settings, tenant, args.chunk, args.workers, args.processes,
+                                        postmaster_pid(pg.data_dir) if pg is not None else None, relay))
         rate = args.subscriptions / seconds
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         log(f"baseline: {args.naive_subscriptions:,} subscriptions, one per transaction")
@@ -226,9 +239,19 @@ def main() -> int:
                           "peak_rss_mb": round(peak_mb), "load_avg_1m": os.getloadavg()[0],
                           "naive_subscriptions": args.naive_subscriptions,
                           "naive_subs_per_s": round(naive), "naive_run": naive_run}))
-        print(f"billing_subs_per_s={rate:.0f} ratio_vs_naive={rate / naive:.1f}")
+        line = f"billing_subs_per_s={rate:.0f} ratio_vs_naive={rate / naive:.1f}"
+        cpu = run["cpu_us_per_sub"] or {}
+        if cpu:
+            line += f" cpu_us_per_sub={cpu['python'] + (cpu['postgres'] or 0)}"
+        if run["published_s"]:
+            line += f" published_subs_per_s={args.subscriptions / run['published_s']:.0f}"
+        print(line)
         finished = True
     finally:
+        if relay is not None:
+            relay.stop()
+        if stack is not None:
+            stack.kafka.stop()
         if pg is not None:
             pg.stop(quiet=True)
             # The database is ~0.7 GB per 100,000 subscriptions: removed, unless the run failed.

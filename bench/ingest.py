@@ -14,7 +14,13 @@
 3. Measures the naive baseline (one transaction per event: insert, then totals upsert) on a
    smaller N against the same database, and prints the ratio.
 
-The last line is `ingest_events_per_s=<n> ratio_vs_naive=<r>`.
+Event ids are random UUIDv4, as real producers send (`--sequential-ids`: `<run>-<n>`, which
+insert at the end of the primary key and hide the cost of scattered inserts). CPU is counted
+for the bench's own processes only (bench/cpu.py): the consumer processes, and the PostgreSQL
+and broker it started (not counted when the servers are yours).
+
+The last line is `ingest_events_per_s=<n> ratio_vs_naive=<r> cpu_us_per_event=<c>
+consumers_us=<p> postgres_us=<q> kafka_us=<k>` (c = p + q: µs of CPU per message consumed).
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ import asyncpg
 import psutil
 from confluent_kafka import Consumer, TopicPartition
 
+from bench.cpu import CpuMeter, kafka_pid, postmaster_pid
 from bench.fixtures import metered_tenant
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
@@ -78,29 +85,18 @@ async def stored_offsets(conn: asyncpg.Connection, settings: Settings) -> dict[i
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
-def cpu_seconds() -> dict[str, float]:
-    """CPU time used so far by the consumers (python), PostgreSQL and Kafka (java)."""
-    out = {"consumers": 0.0, "postgres": 0.0, "kafka": 0.0}
-    for proc in psutil.process_iter(["name", "cmdline", "cpu_times"]):
-        name, cmd, cpu = proc.info["name"] or "", " ".join(proc.info["cmdline"] or ()), proc.info["cpu_times"]
-        if cpu is None:
-            continue
-        used = cpu.user + cpu.system
-        if name == "postgres":
-            out["postgres"] += used
-        elif "kafka.Kafka" in cmd:
-            out["kafka"] += used
-        elif "billing.cli serve" in cmd:
-            out["consumers"] += used
-    return out
-
-
-async def measure_consumers(settings: Settings, env: dict, consumers: int, marks: dict[int, int]) -> dict:
+async def measure_consumers(settings: Settings, env: dict, consumers: int, marks: dict[int, int],
+                            stack: LocalStack | None) -> dict:
     conn = await asyncpg.connect(settings.admin_database_url)
     procs = [subprocess.Popen([sys.executable, "-m", "billing.cli", "serve", "--roles", "usage"],
                               env={**env, "BILLING_HTTP_PORT": str(free_port())}, stdout=subprocess.DEVNULL,
                               stderr=open(Path(tempfile.gettempdir()) / f"bench-consumer-{i}.log", "w"))
              for i in range(consumers)]
+    # Only the processes of this bench: its consumers and, when it started them, its own
+    # PostgreSQL and broker (None when the servers are yours: their CPU is not told apart).
+    meter = CpuMeter(consumers=[p.pid for p in procs],
+                     postgres=postmaster_pid(stack.postgres.data_dir) if stack else None,
+                     kafka=kafka_pid(stack.kafka.data_dir) if stack else None)
     peak_rss = 0
     first_progress, first_done = None, 0
     started = time.perf_counter()
@@ -110,7 +106,7 @@ async def measure_consumers(settings: Settings, env: dict, consumers: int, marks
             done = sum(min(offsets.get(p, 0), hw) for p, hw in marks.items())
             if done and first_progress is None:
                 first_progress, first_done = time.perf_counter(), done
-                cpu_before = cpu_seconds()
+                cpu_before = meter.read()
             rss = 0
             for p in procs:
                 if p.poll() is not None:
@@ -121,7 +117,7 @@ async def measure_consumers(settings: Settings, env: dict, consumers: int, marks
                 break
             await asyncio.sleep(0.05)
         finished = time.perf_counter()
-        cpu_after = cpu_seconds()
+        cpu_after = meter.read()
     finally:
         for p in procs:
             p.terminate()
@@ -132,7 +128,7 @@ async def measure_consumers(settings: Settings, env: dict, consumers: int, marks
     # first stored offset to the last, over the messages committed in between.
     return {"seconds": finished - first_progress, "messages": sum(marks.values()) - first_done,
             "wall_s": finished - started, "peak_rss_mib": peak_rss / 2**20, "startup_s": first_progress - started,
-            "cpu_s": {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after}}
+            "cpu_s": CpuMeter.used(cpu_before, cpu_after)}
 
 
 _NAIVE_INSERT = """insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
@@ -165,6 +161,15 @@ async def measure_naive(settings: Settings, tenant_id: str, subs: list[str], n: 
     return n / elapsed
 
 
+def cpu_per_event(cpu_s: dict, messages: int) -> dict:
+    """µs of CPU per message consumed: the consumers (Python), PostgreSQL, the broker, and
+    consumers + PostgreSQL (the ingest path's own cost; the broker serves any client alike)."""
+    per = {k: None if v is None else round(v / max(1, messages) * 1e6, 1) for k, v in cpu_s.items()}
+    if per["consumers"] is not None and per["postgres"] is not None:
+        per["consumers_plus_postgres"] = round(per["consumers"] + per["postgres"], 1)
+    return per
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -173,6 +178,8 @@ def main() -> int:
     parser.add_argument("--subscriptions", type=int, default=1000)
     parser.add_argument("--consumers", type=int, default=2)
     parser.add_argument("--naive-events", type=int, default=5000)
+    parser.add_argument("--sequential-ids", action="store_true",
+                        help="event ids <run>-<n> instead of random UUIDv4 (what real producers send)")
     args = parser.parse_args()
 
     stack, finished = None, False
@@ -201,11 +208,11 @@ def main() -> int:
         log(f"producing {args.events:,} events ({args.duplicates:.0%} duplicates, {args.bad:.0%} bad)")
         produced = produce_load(settings, count=args.events, tenant_id=tenant_id, subscription_ids=subs,
                                 metric="calls", duplicates=args.duplicates, bad=args.bad, cloudevents=0.0, rate=0,
-                                seed=1, progress=True)
+                                seed=1, progress=True, ids="sequential" if args.sequential_ids else "uuid4")
         marks = high_watermarks(settings)
         total = sum(marks.values())
         log(f"consuming {total:,} messages with {args.consumers} consumer process(es)")
-        run = asyncio.run(measure_consumers(settings, env, args.consumers, marks))
+        run = asyncio.run(measure_consumers(settings, env, args.consumers, marks, stack))
         rate = run["messages"] / run["seconds"]
         log(f"measuring the naive baseline on {args.naive_events:,} events")
         naive = asyncio.run(measure_naive(settings, tenant_id, subs, args.naive_events))
@@ -213,10 +220,15 @@ def main() -> int:
                    "seconds": round(run["seconds"], 2), "wall_s": round(run["wall_s"], 2),
                    "startup_s": round(run["startup_s"], 2),
                    "events_per_s": round(rate), "peak_rss_mib": round(run["peak_rss_mib"], 1),
-                   "cpu_s": run["cpu_s"],
+                   "ids": "sequential" if args.sequential_ids else "uuid4",
+                   "cpu_s": {k: None if v is None else round(v, 1) for k, v in run["cpu_s"].items()},
+                   "cpu_us_per_event": cpu_per_event(run["cpu_s"], run["messages"]),
                    "naive_events_per_s": round(naive), "ratio_vs_naive": round(rate / naive, 1)}
         print(json.dumps(figures))
-        print(f"ingest_events_per_s={rate:.0f} ratio_vs_naive={rate / naive:.1f}")
+        per = figures["cpu_us_per_event"]
+        print(f"ingest_events_per_s={rate:.0f} ratio_vs_naive={rate / naive:.1f} "
+              f"cpu_us_per_event={per.get('consumers_plus_postgres')} consumers_us={per['consumers']} "
+              f"postgres_us={per['postgres']} kafka_us={per['kafka']}")
         finished = True
     finally:
         if stack is not None:

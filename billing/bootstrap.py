@@ -13,6 +13,7 @@ from billing.registry import install_reader
 from billing.services.paging import PageTokens
 from billing.services.plans import PlanCache
 from billing.services.usage import Usage, UsageLimits
+from billing.services.usage_record import GroupCommit
 
 _US_PER_S = 1_000_000
 
@@ -46,6 +47,9 @@ def build(settings: Settings | None = None) -> Components:
     install_reader(settings)
     limits = usage_limits(settings)
     plans = PlanCache()
-    return Components(settings=settings, usage_limits=limits, plans=plans, usage=Usage(limits, plans),
+    usage = Usage(limits, plans)
+    if settings.usage_group_commit_ms > 0:
+        usage.group = GroupCommit(usage, settings.usage_group_commit_ms / 1000, settings.usage_group_commit_max)
+    return Components(settings=settings, usage_limits=limits, plans=plans, usage=usage,
                       runs=RunSettings(shards=settings.run_shards),
                       page_tokens=PageTokens(settings.page_token_secret.get_secret_value()))

@@ -213,6 +213,11 @@ _load_all()
 # --------------------------------------------------------------------------- public API
 
 
+def parsed_schema(schema: Schema) -> dict[str, Any]:
+    """The current version of ``schema`` as fastavro parsed it (for readers that check a layout)."""
+    return _CURRENT[Schema(schema)].parsed
+
+
 def fingerprint(schema: Schema) -> bytes:
     """The 8-byte CRC-64-AVRO fingerprint (little-endian) of the current version of ``schema``."""
     return _CURRENT[Schema(schema)].fingerprint

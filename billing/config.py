@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     usage_max_future_skew_s: int = 300
     usage_max_age_days: int = 35
     usage_batch_size: int = 20_000
+    # RecordUsage group commit: calls of a tenant arriving within this many milliseconds
+    # share one transaction (each still answered with its own outcome, after the commit),
+    # up to usage_group_commit_max calls; 0 = one transaction per call.
+    usage_group_commit_ms: float = Field(default=2.0, ge=0, le=1000)
+    usage_group_commit_max: int = Field(default=200, ge=1, le=10_000)
     # The consumer stops (rather than dead-letter a whole broken stream) above this share.
     usage_max_bad_share: float = 0.5
 
@@ -168,6 +173,10 @@ class Settings(BaseSettings):
     readiness_requires_kafka: bool = True
     # How often the relay role samples the outbox backlog gauges.
     outbox_backlog_interval_s: float = 5.0
+    # Outbox rows per relay batch, and batches published at once (the next is produced while
+    # the previous one's deliveries are awaited and marked; never two sharing a key).
+    relay_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    relay_max_in_flight: int = Field(default=2, ge=1, le=16)
     # The numbered SQL files `billing migrate` applies and readiness checks: by default the
     # ones installed with the code (migrations/ of the repository, billing/resources.py).
     migrations_dir: Path = Field(default_factory=migrations_dir)

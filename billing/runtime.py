@@ -121,6 +121,7 @@ class Service:
             from producers.outbox_relay import OutboxRelay
 
             relay = OutboxRelay(pool=self.worker_db.pool, listen_dsn=s.worker_database_url, settings=s,
+                                batch_size=s.relay_batch_size, max_in_flight=s.relay_max_in_flight,
                                 on_published=outbox_observer, on_delivered=outbox_delays,
                                 on_parked=outbox_parked)
             self._start_role("relay", relay)

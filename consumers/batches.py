@@ -10,9 +10,11 @@ from consumers.strategy import Message, TopicPartition
 def next_offsets(batch: Iterable[Message]) -> dict[TopicPartition, int]:
     """Per partition of the batch, the offset to store: its last offset + 1."""
     out: dict[TopicPartition, int] = {}
+    get = out.get
     for m in batch:
-        if m.offset + 1 > out.get(m.tp, -1):
-            out[m.tp] = m.offset + 1
+        tp, after = (m.topic, m.partition), m.offset + 1
+        if after > get(tp, -1):
+            out[tp] = after
     return out
 
 

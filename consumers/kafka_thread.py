@@ -104,9 +104,16 @@ class KafkaThread:
         if self.lost_at is not None and time.monotonic() - self.lost_at > self._source.rejoin_timeout_s:
             self._rebuild()
         out: list[Message] = []
-        for msg in self._consumer.consume(num_messages=max_messages, timeout=timeout_s):
-            if (m := self._message(msg)) is not None:
-                out.append(m)
+        fetched = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
+        # Read after consume(): a rebalance callback inside it may have replaced the assignment.
+        add, assignment, from_kafka = out.append, self._assignment, Message.from_kafka
+        for msg in fetched:
+            if msg.error() is None:  # the usual case, inline: this loop runs for every message
+                topic, partition = msg.topic(), msg.partition()
+                if (topic, partition) in assignment:
+                    add(from_kafka(msg, topic, partition))
+            elif (m := self._message(msg)) is not None:
+                add(m)
         if self._lag_interval_s is not None and self._assignment:
             now = time.monotonic()
             if now - self.watermarks_at >= self._lag_interval_s:

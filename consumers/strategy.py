@@ -22,6 +22,12 @@ __all__ = [
 
 TopicPartition = tuple[str, int]
 
+# Messages of one producer usually carry the same headers (a content type): their dict is
+# built once and shared, read-only, by every message with exactly those headers.
+_HEADER_DICTS: dict[tuple, dict[str, bytes]] = {}
+_HEADER_DICTS_MAX = 1024
+_NO_HEADERS: dict[str, bytes] = {}
+
 
 class Message(NamedTuple):
     """One Kafka record, detached from the client. A NamedTuple, not a frozen dataclass:
@@ -32,18 +38,28 @@ class Message(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: dict[str, bytes]  # last value wins when a header repeats; see header_list
+    # Last value wins when a header repeats; see header_list. Read-only: shared between messages.
+    headers: dict[str, bytes]
     timestamp_ms: int | None
     # The headers exactly as received (order, repeats, null values); the DLQ copies these.
     header_list: tuple[tuple[str, bytes | None], ...] = ()
 
     @classmethod
-    def from_kafka(cls, msg: KafkaMessage) -> "Message":
+    def from_kafka(cls, msg: KafkaMessage, topic: str | None = None, partition: int | None = None) -> "Message":
+        """`topic` and `partition`: the message's own, when the caller read them already."""
         raw = msg.headers()
-        raw = tuple(raw) if raw else ()
+        if raw:
+            raw = tuple(raw)
+            headers = _HEADER_DICTS.get(raw)
+            if headers is None:
+                if len(_HEADER_DICTS) >= _HEADER_DICTS_MAX:
+                    _HEADER_DICTS.clear()
+                headers = _HEADER_DICTS[raw] = {k: v for k, v in raw if v is not None}
+        else:
+            raw, headers = (), _NO_HEADERS
         ts_type, ts = msg.timestamp()
-        return cls(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                   {k: v for k, v in raw if v is not None} if raw else {},
+        return cls(msg.topic() if topic is None else topic, msg.partition() if partition is None else partition,
+                   msg.offset(), msg.key(), msg.value(), headers,
                    None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts, raw)
 
     @property

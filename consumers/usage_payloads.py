@@ -12,6 +12,7 @@ import re
 
 from billing import codec
 from billing.services.usage import UsageEvent
+from consumers import usage_avro
 from consumers.runner import DeadLetter, Message
 
 __all__ = ["decode_batch", "parse_rfc3339_us"]
@@ -228,6 +229,11 @@ def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], lis
     json_pos: list[int] = []
     dead: list[DeadLetter] = []
     add_value, add_pos = avro_values.append, avro_pos.append
+    # The usual Avro record, read by hand; the rest (and any doubt) goes to the codec.
+    fast = usage_avro.decode
+    strings = usage_avro.Strings()
+    fast_events: list[UsageEvent] = []
+    fast_pos: list[int] = []
     for i, msg in enumerate(batch):
         v = msg.value
         if v.__class__ is not bytes:
@@ -236,7 +242,15 @@ def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], lis
             else:
                 dead.append(DeadLetter(msg, _UNDECODABLE, _undecodable_detail(msg)))
                 continue
-        if v.startswith(_AVRO) or v.startswith(_CONFLUENT):
+        if v.startswith(_AVRO):
+            event = fast(v, strings) if fast is not None else None
+            if event is not None:
+                fast_events.append(event)
+                fast_pos.append(i)
+            else:
+                add_value(v)
+                add_pos(i)
+        elif v.startswith(_CONFLUENT):
             add_value(v)
             add_pos(i)
         elif v.startswith(b"{") or _is_cloudevents_header(msg):
@@ -251,8 +265,10 @@ def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], lis
 
     if avro_values:
         events, avro_pos = _decode_avro(batch, avro_values, avro_pos, dead)
+        if fast_events:
+            events, avro_pos = _merge(fast_events, fast_pos, events, avro_pos)
     else:
-        events = []
+        events, avro_pos = fast_events, fast_pos
     if json_events:
         if events:
             events, positions = _merge(events, avro_pos, json_events, json_pos)

@@ -6,7 +6,7 @@ given subscriptions, and prints (returns) a summary::
     {"produced": 100000, "unique": 89000, "duplicates": 10000, "bad": 1000, "seconds": 0.9, ...}
 
 * ``unique``: new events, ids ``<run_id>-<n>`` (``run_id`` is random unless given, so
-  runs never collide), quantities 1..100, ``occurred_at`` = the run's start time plus
+  runs never collide; ``ids="uuid4"``: random UUIDv4 from the seed, as real producers send), quantities 1..100, ``occurred_at`` = the run's start time plus
   ``n`` microseconds (so within the current period and never in the future);
 * ``duplicates`` (share ``--duplicates``): exact re-sends (same key, value, headers) of
   one of the last 10,000 unique events: the service counts each once;
@@ -134,7 +134,8 @@ def _rfc3339(us: int, cache: list) -> str:
 def produce_load(settings, *, count: int = 100_000, tenant_id: str, subscription_ids: list[str],
                  metric: str = "api_calls", duplicates: float = 0.0, bad: float = 0.0, cloudevents: float = 0.0,
                  rate: float = 0.0, seed: int | None = None, progress: bool = True, topic: str | None = None,
-                 run_id: str | None = None, start_us: int | None = None, flush_timeout_s: float = 120.0) -> dict:
+                 run_id: str | None = None, start_us: int | None = None, flush_timeout_s: float = 120.0,
+                 ids: str = "sequential") -> dict:
     """Produce the load and wait for every delivery; return the summary dict."""
     import random
 
@@ -151,6 +152,8 @@ def produce_load(settings, *, count: int = 100_000, tenant_id: str, subscription
         raise ValueError("duplicates + bad must not exceed 1")
     if rate < 0:
         raise ValueError("rate must be >= 0 (0 = unlimited)")
+    if ids not in ("sequential", "uuid4"):
+        raise ValueError(f"ids must be 'sequential' or 'uuid4', got {ids!r}")
 
     rng = random.Random(seed)
     run_id = run_id or uuid.uuid4().hex[:12]
@@ -177,7 +180,7 @@ def produce_load(settings, *, count: int = 100_000, tenant_id: str, subscription
     window: list[tuple] = []
     n_subs, n_q = len(subs), len(_QUANTITIES)
 
-    random_ = rng.random
+    random_, getrandbits, sequential = rng.random, rng.getrandbits, ids == "sequential"
     unique_left, dup_left, bad_left = n_unique, n_dup, n_bad
     made_ce = 0
     client = UsageProducer(settings, topic=topic, linger_ms=50,
@@ -218,15 +221,17 @@ def produce_load(settings, *, count: int = 100_000, tenant_id: str, subscription
                 j = int(random_() * n_subs)
                 qi = int(random_() * n_q)
                 us = start_us + i
+                eid = f"{run_id}-{i}" if sequential else str(uuid.UUID(int=getrandbits(128), version=4))
                 if random_() < cloudevents:
                     made_ce += 1
-                    msg = (sub_keys[j], _cloudevent(ce_head, f"{run_json}-{i}", _rfc3339(us, time_cache), sub_json[j],
+                    ce_id = f"{run_json}-{i}" if sequential else eid
+                    msg = (sub_keys[j], _cloudevent(ce_head, ce_id, _rfc3339(us, time_cache), sub_json[j],
                                                     tenant_json, metric_json, quantity_json[negative][qi]), ce_headers)
                 elif fast is not None:
-                    msg = (sub_keys[j], fast.encode(f"{run_id}-{i}", sub_enc[j], quantity_enc[negative][qi], us),
+                    msg = (sub_keys[j], fast.encode(eid, sub_enc[j], quantity_enc[negative][qi], us),
                            AVRO_HEADERS)
                 else:
-                    msg = (sub_keys[j], slow.encode(f"{run_id}-{i}", subs[j], quantity_json[negative][qi], us),
+                    msg = (sub_keys[j], slow.encode(eid, subs[j], quantity_json[negative][qi], us),
                            AVRO_HEADERS)
                 send(*msg)
                 if n_dup and not negative:
@@ -291,6 +296,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bad", type=float, default=0.0, help="share of bad messages: random bytes / negative quantity")
     p.add_argument("--cloudevents", type=float, default=0.0, help="share sent as CloudEvents JSON instead of Avro")
     p.add_argument("--rate", type=float, default=0.0, help="events per second at most (0 = unlimited)")
+    p.add_argument("--ids", choices=("sequential", "uuid4"), default="sequential",
+                   help="event ids: <run>-<n> (default) or random UUIDv4")
     p.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable mix")
     p.add_argument("--topic", default=None, help="topic (default: the configured usage topic)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress line on stderr")
@@ -305,7 +312,7 @@ def run_cli(settings, args: argparse.Namespace) -> int:
         summary = produce_load(settings, count=args.count, tenant_id=args.tenant_id, subscription_ids=subs,
                                metric=args.metric, duplicates=args.duplicates, bad=args.bad,
                                cloudevents=args.cloudevents, rate=args.rate, seed=args.seed,
-                               progress=args.progress, topic=args.topic)
+                               progress=args.progress, topic=args.topic, ids=args.ids)
     except ValueError as exc:
         print(f"produce-usage: {exc}", file=sys.stderr)
         return 2

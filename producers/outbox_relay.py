@@ -43,11 +43,16 @@ import asyncio
 import threading
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import asyncpg
 from confluent_kafka import Producer
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from billing.config import Settings
 from billing.domain.events import Stream
@@ -56,7 +61,7 @@ from billing.ops import tracing
 from billing.store import outbox_relay as sql
 from billing.store.outbox_relay import PendingRow
 from producers.relay_format import relay_format
-from producers.relay_holds import PARK_REASONS, Failure, HoldBook
+from producers.relay_holds import PARK_REASONS, Failure, HoldBook, PublishResult, key_hold
 from producers.relay_lease import LeaderLease, LeaseSettings
 from producers.relay_publisher import OUTBOX_ID_HEADER, TENANT_ID_HEADER, Publisher
 
@@ -72,6 +77,19 @@ RELAY_PRODUCER_DEFAULTS = {
     "topic.metadata.propagation.max.ms": 5000,
     "message.timeout.ms": 30000,
 }
+
+
+@dataclass
+class _Flight:
+    """A batch being published: its rows, the publishing task, its span, its keys (as holds)."""
+    rows: list[PendingRow]
+    task: asyncio.Task[PublishResult]
+    span: Span
+    keys: set[Hashable]
+
+    @property
+    def last_id(self) -> int:
+        return self.rows[-1].id
 
 
 def stream_topics(settings: Settings) -> dict[str, str]:
@@ -105,7 +123,9 @@ class OutboxRelay:
     pool: the worker role's pool (used by `backlog()` only; the relay's own SQL runs on its
       lock session). listen_dsn: a direct session to PostgreSQL as the worker role (not through
       a transaction-pooling bouncer: the advisory lock and LISTEN live in the session).
-    batch_size: rows per produce/confirm/mark round. poll_interval_s: the polling fallback.
+    batch_size: rows per produce/confirm/mark round. max_in_flight: batches published at
+      once (the next is produced while the previous one's deliveries are awaited and marked;
+      never two sharing a key or stream). poll_interval_s: the polling fallback.
     group: relays of one group elect one leader. standby_retry_s: how often a standby tries
       the lock. retry_backoff_s .. max_retry_backoff_s: backoff of failed rows (doubling),
       and of reconnecting. stop_grace_s: how long stop() waits for unconfirmed deliveries.
@@ -117,6 +137,7 @@ class OutboxRelay:
     """
 
     def __init__(self, *, pool: asyncpg.Pool, listen_dsn: str, settings: Settings, batch_size: int = 500,
+                 max_in_flight: int = 2,
                  poll_interval_s: float = 1.0, group: str = "default", standby_retry_s: float = 3.0,
                  retry_backoff_s: float = 1.0, max_retry_backoff_s: float = 30.0, stop_grace_s: float = 10.0,
                  max_scan_pages: int = 10, producer_overrides: dict | None = None,
@@ -126,6 +147,9 @@ class OutboxRelay:
                  on_parked: Callable[[str], None] | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._max_in_flight = max_in_flight
         self._pool = pool
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
@@ -191,28 +215,37 @@ class OutboxRelay:
         log.info("outbox relay is leader", extra={"group": self._group})
         await conn.add_listener(sql.NOTIFY_CHANNEL, self._on_notify)
         producer = Producer(self._producer_conf)
+        in_flight: deque[_Flight] = deque()
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
-                more, fatal = await self._cycle(conn, producer)
-                if fatal:
-                    # A fatal producer error (idempotence state lost) makes it unusable.
-                    await asyncio.to_thread(producer.flush, 1.0)
-                    producer = Producer(self._producer_conf)
-                if self._stopping.is_set():
-                    break
+                launched = False
+                if len(in_flight) < self._max_in_flight:
+                    launched = await self._launch(conn, producer, in_flight)
+                if in_flight and (not launched or len(in_flight) >= self._max_in_flight):
+                    fatal = await self._finish(conn, in_flight.popleft())
+                    if fatal:
+                        # A fatal producer error (idempotence state lost) makes it unusable.
+                        while in_flight:
+                            await self._finish(conn, in_flight.popleft())
+                        await asyncio.to_thread(producer.flush, 1.0)
+                        producer = Producer(self._producer_conf)
                 if conn.is_closed():
                     raise ConnectionError("the relay's database session was closed")
-                if not more:
+                if not launched and not in_flight and not self._stopping.is_set():
                     await self._wait_for_work()
         finally:
             self._is_leader = False
+            try:
+                while in_flight and not conn.is_closed():  # stopping: confirmed rows are still marked
+                    await self._finish(conn, in_flight.popleft())
+            except Exception:
+                log.exception("outbox relay: finishing the batches in flight failed", extra={"group": self._group})
             try:
                 if not conn.is_closed():
                     await conn.remove_listener(sql.NOTIFY_CHANNEL, self._on_notify)
             except Exception:
                 pass
-            # Nothing is in flight between cycles; this only serves leftover callbacks.
             await asyncio.to_thread(producer.flush, 1.0)
 
     async def _wait_for_work(self) -> None:
@@ -227,16 +260,36 @@ class OutboxRelay:
 
     # -- one cycle: scan, produce, confirm, mark -------------------------------------------
 
-    async def _cycle(self, conn: asyncpg.Connection, producer: Producer) -> tuple[bool, bool]:
-        """Publish one batch. Returns (probably more waiting, producer must be replaced)."""
-        batch = await self._scan(conn)
+    async def _launch(self, conn: asyncpg.Connection, producer: Producer, in_flight: deque[_Flight]) -> bool:
+        """Scan the next batch and start publishing it (in a worker thread); False when there
+        is none, or when it shares a key or stream with a batch in flight (then it waits for
+        that batch: a failure there must hold the rest of its key, in order; rows of one
+        stream but other keys have no order between them)."""
+        after_id = in_flight[-1].last_id if in_flight else 0
+        batch = await self._scan(conn, after_id)
         if not batch:
-            return False, False
-        with tracing.tracer.start_as_current_span("outbox relay batch", links=tracing.message_links(
-                r.headers for r in batch), attributes={"billing.outbox.rows": len(batch),
-                                                       "billing.outbox.group": self._group}):
-            # to_thread copies the context: the publish spans of rows without one are children.
-            result = await asyncio.to_thread(self._publisher.publish, producer, batch)
+            return False
+        keys = {key_hold(r) for r in batch}
+        if any(f.keys & keys for f in in_flight):
+            return False
+        span = tracing.tracer.start_span("outbox relay batch", links=tracing.message_links(
+            r.headers for r in batch), attributes={"billing.outbox.rows": len(batch), "billing.outbox.group": self._group})
+        # The task copies the context: the publish spans of rows without one are the batch span's children.
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            task = asyncio.create_task(asyncio.to_thread(self._publisher.publish, producer, batch))
+        finally:
+            otel_context.detach(token)
+        in_flight.append(_Flight(batch, task, span, keys))
+        return True
+
+    async def _finish(self, conn: asyncpg.Connection, flight: _Flight) -> bool:
+        """Wait for a batch's deliveries, mark the confirmed rows, hold or park the failed
+        ones. Returns whether the producer must be replaced."""
+        try:
+            result = await flight.task
+        finally:
+            flight.span.end()
         ids = [r.id for r in result.delivered]
         marked = await sql.mark_published(conn, ids)
         elapsed = time.perf_counter() - result.started
@@ -250,18 +303,16 @@ class OutboxRelay:
             self._callback("on_published", self._on_published, marked, elapsed)
             self._callback("on_delivered", self._on_delivered,
                            [(confirmed - r.created_at).total_seconds() for r in result.delivered])
-        # Failed rows are held now, so a full batch means more may be waiting right away.
-        more = len(batch) == self._batch_size and not self._stopping.is_set()
-        return more, any(f.fatal for f in result.failed)
+        return any(f.fatal for f in result.failed)
 
-    async def _scan(self, conn: asyncpg.Connection) -> list[PendingRow]:
-        """Up to a batch of unpublished rows not held back, always from the lowest id, so
-        nothing is skipped for good; past at most `max_scan_pages` pages of held rows."""
+    async def _scan(self, conn: asyncpg.Connection, after_id: int = 0) -> list[PendingRow]:
+        """Up to a batch of unpublished rows not held back, past at most `max_scan_pages`
+        pages of held rows. From the lowest id whenever no batch is in flight (`after_id`
+        0), so nothing is skipped for good; past the last row in flight otherwise."""
         now = time.monotonic()
         self._holds.prune(now)
         skip_streams = self._holds.held_streams(now)
         batch: list[PendingRow] = []
-        after_id = 0
         for _ in range(self._max_scan_pages):
             rows = await sql.fetch_pending(conn, after_id=after_id, limit=self._batch_size,
                                            skip_streams=skip_streams)

@@ -173,3 +173,35 @@ def billing_run_message(run) -> pb.BillingRun:
 def billing_run_page(page) -> pb.ListBillingRunsResponse:
     return pb.ListBillingRunsResponse(runs=[billing_run_message(r) for r in page.runs],
                                       next_page_token=page.next_page_token)
+
+
+def usage_event_inputs(events) -> list:
+    """RecordUsageBatch's events; a bad timestamp is named with its event's index. More than
+    the batch's limit is refused by the service before any is looked at."""
+    from billing.services.usage_batch import MAX_EVENTS, EventInput
+
+    if len(events) > MAX_EVENTS:
+        raise ValidationError("events", f"at most {MAX_EVENTS} events per batch, got {len(events)}")
+    out = []
+    for i, e in enumerate(events):
+        try:
+            at = optional_time(e, "occurred_at")
+        except ValidationError as exc:
+            raise ValidationError(f"events[{i}].occurred_at", exc.message) from None
+        out.append(EventInput(e.event_id, e.subscription_id, e.metric_code, e.quantity, at, dict(e.properties)))
+    return out
+
+
+def usage_batch_response(done) -> "pb.RecordUsageBatchResponse":
+    outcomes = []
+    for o in done.outcomes:
+        if o.error is not None:
+            outcomes.append(pb.UsageEventOutcome(index=o.index, error=pb.UsageEventError(
+                code=o.error.code, reason=o.error.reason, field=o.error.field, description=o.error.description)))
+        else:
+            r = o.recorded
+            outcomes.append(pb.UsageEventOutcome(index=o.index, recorded=pb.RecordUsageResponse(
+                duplicate=r.duplicate, event_id=r.event_id, period_start=timestamp(r.period_start),
+                period_end=timestamp(r.period_end))))
+    return pb.RecordUsageBatchResponse(outcomes=outcomes, recorded=done.count("recorded"),
+                                       duplicates=done.count("duplicates"), rejected=done.count("rejected"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from billing.api import convert
 from billing.api.errors import rpc
-from billing.services import billing_runs, plans, subscriptions
+from billing.services import billing_runs, plans, subscriptions, usage_batch
 from billing.services.context import Caller
 from billing.services.paging import PageTokens
 from billing.services.uow import Database
@@ -128,6 +128,13 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         return pb.RecordUsageResponse(duplicate=recorded.duplicate, event_id=recorded.event_id,
                                       period_start=convert.timestamp(recorded.period_start),
                                       period_end=convert.timestamp(recorded.period_end))
+
+    @rpc
+    async def RecordUsageBatch(self, request: pb.RecordUsageBatchRequest,
+                               caller: Caller) -> pb.RecordUsageBatchResponse:
+        done = await usage_batch.record_batch(self.usage, self.db, caller, request.request_id,
+                                              convert.usage_event_inputs(request.events))
+        return convert.usage_batch_response(done)
 
     @rpc
     async def GetUsage(self, request: pb.GetUsageRequest, caller: Caller) -> pb.GetUsageResponse:

@@ -28,6 +28,11 @@ def check_key(key: str, field: str = "request_id") -> str:
     return key
 
 
+def digest(operation: str, payload: Any) -> bytes:
+    """What a replay must match: the operation and its request, hashed."""
+    return _digest(operation, payload)
+
+
 def _digest(operation: str, payload: Any) -> bytes:
     body = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(f"{operation}\n{body}".encode()).digest()

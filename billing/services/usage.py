@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
@@ -79,6 +79,10 @@ class IngestResult:
     rejected: list[Rejection] = field(default_factory=list)
     # Per accepted input index: (period_start_us, period_end_us), for RecordUsage's answer.
     periods: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Accepted events not stored yet, per tenant (`prepare` fills it, `store` empties it).
+    pending: dict[uuid.UUID, usage_store.Batch] = field(default_factory=dict)
+    # With `store(..., want_ids=True)`: the event ids this call inserted (not duplicates).
+    inserted_ids: set[str] = field(default_factory=set)
 
     @property
     def duplicates(self) -> int:
@@ -107,6 +111,31 @@ async def ingest(conn: asyncpg.Connection, events: list[UsageEvent], *, now_us: 
     Sets the tenant on the connection for each tenant group in turn (transaction-local), so
     row-level security applies to every statement.
     """
+    result = await prepare(conn, events, now_us=now_us, limits=limits, plans=plans)
+    await store(conn, result)
+    return result
+
+
+async def store(conn: asyncpg.Connection, result: IngestResult, *, drop: frozenset[int] = frozenset(),
+                want_ids: bool = False) -> None:
+    """Store what `prepare` accepted, except the input indexes in `drop` (no longer wanted:
+    they count as neither inserted nor rejected)."""
+    for tenant, rows in result.pending.items():
+        if drop:
+            rows.keep(lambda i: i not in drop)
+        if rows:
+            await set_tenant(conn, tenant)
+            inserted, late_inserted, ids = await usage_store.insert_batch(conn, tenant, rows, want_ids=want_ids)
+            result.inserted += inserted
+            result.late += late_inserted
+            result.inserted_ids.update(ids)
+    result.pending.clear()
+
+
+async def prepare(conn: asyncpg.Connection, events: list[UsageEvent], *, now_us: int, limits: UsageLimits,
+                  plans: PlanCache) -> IngestResult:
+    """Validate and attribute a batch without storing it: the rejections, the periods, and
+    the accepted rows in `pending` (their subscriptions stay locked FOR KEY SHARE)."""
     result = IngestResult(received=len(events))
     by_tenant: dict[str, list[int]] = {}
     for i, e in enumerate(events):
@@ -191,12 +220,10 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
                              f"{MAX_PROPERTY_VALUE} characters, without NUL (PostgreSQL refuses NUL)"))
         else:
             start, end, late = sub.attribute(spec, t)
-            add(e, sub_id, start, end, late)
+            add(i, e, sub_id, start, end, late)
             periods[i] = (start, end)
     if rows:
-        inserted, late_inserted = await usage_store.insert_batch(conn, tenant, rows)
-        result.inserted += inserted
-        result.late += late_inserted
+        result.pending[tenant] = rows
 
 
 # -- gRPC: RecordUsage and GetUsage ------------------------------------------------------
@@ -233,48 +260,25 @@ class Usage:
     """The usage use cases, holding what outlives a call: the limits and the plan cache,
     both built once from the settings (billing/bootstrap.py) and shared with the consumer."""
 
-    def __init__(self, limits: UsageLimits, plans: PlanCache):
+    def __init__(self, limits: UsageLimits, plans: PlanCache, group=None):
         self.limits = limits
         self.plans = plans
+        self.group = group  # a usage_record.GroupCommit, or None: one transaction per call
 
     async def record(self, db, caller, *, request_id: str, event_id: str, subscription_id: str, metric_code: str,
                      quantity: str, occurred_at: datetime | None, properties: dict[str, str]) -> Recorded:
         """Durable when it returns; deduplicated with the Kafka path by event id. A replay of
-        `request_id` answers exactly as the first call did (its `duplicate` included)."""
-        from billing.services import idempotency
-        from billing.services.errors import FailedPrecondition, NotFound, ValidationError
+        `request_id` answers exactly as the first call did (its `duplicate` included).
+        Concurrent calls share a transaction (group commit, `usage_record.GroupCommit`) when
+        `group` is set."""
+        from billing.services import usage_record
 
-        idempotency.check_key(request_id)
-        event_id = event_id or request_id
-        if occurred_at is None:
-            raise ValidationError("occurred_at", "is required: when the usage happened")
-        if len(properties) > MAX_PROPERTIES:
-            raise ValidationError("properties", f"at most {MAX_PROPERTIES} properties")
-        now_us = to_us(datetime.now(timezone.utc))
-        event = UsageEvent(event_id, str(caller.tenant_id), subscription_id, metric_code, quantity,
-                           to_us(occurred_at), dict(properties) or None)
-        payload = {"event_id": event_id, "subscription_id": subscription_id, "metric_code": metric_code,
-                   "quantity": quantity, "occurred_at": occurred_at.isoformat(), "properties": properties}
-        async with db.tenant_tx(caller.tenant_id) as conn:
-            replay = await idempotency.claim(conn, caller, request_id, "RecordUsage", payload)
-            if replay is not None:
-                return Recorded(replay["event_id"], replay["duplicate"], datetime.fromisoformat(replay["period_start"]),
-                                datetime.fromisoformat(replay["period_end"]))
-            result = await ingest(conn, [event], now_us=now_us, limits=self.limits, plans=self.plans)
-            if result.rejected:  # raised inside the transaction: the request_id is not kept
-                r = result.rejected[0]
-                kind, field_name = _REJECTION_STATUS.get(r.reason, ("invalid", r.reason))
-                if kind == "not_found":
-                    raise NotFound("subscription", subscription_id)
-                if kind == "precondition":
-                    raise FailedPrecondition(f"{r.reason}: {r.detail}", reason=r.reason.upper())
-                raise ValidationError(field_name, r.detail)
-            start, end = result.periods[0]
-            recorded = Recorded(event_id, result.inserted == 0, from_us(start), from_us(end))
-            await idempotency.remember(conn, caller, request_id, {
-                "event_id": event_id, "duplicate": recorded.duplicate,
-                "period_start": recorded.period_start.isoformat(), "period_end": recorded.period_end.isoformat()})
-        return recorded
+        call = usage_record.new_call(caller, request_id=request_id, event_id=event_id,
+                                     subscription_id=subscription_id, metric_code=metric_code, quantity=quantity,
+                                     occurred_at=occurred_at, properties=properties)
+        if self.group is not None:
+            return await self.group.submit(db, call)
+        return await usage_record.record_one(self, db, call)
 
     async def get(self, db, caller, *, subscription_id: str, period_start: datetime | None,
                   series: str) -> "UsageReport":

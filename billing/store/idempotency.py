@@ -27,3 +27,32 @@ async def set_response(conn: asyncpg.Connection, tenant_id: uuid.UUID, key: str,
     await conn.execute(
         "update idempotency_keys set response = $3 where tenant_id = $1 and key = $2", tenant_id, key, response
     )
+
+
+async def insert_keys(conn: asyncpg.Connection, tenant_id: uuid.UUID, keys: list[str], operation: str,
+                      digests: list[bytes]) -> set[str]:
+    """The keys this call inserted (one statement for a group of calls); blocks while
+    another open transaction holds one of them."""
+    rows = await conn.fetch(
+        """insert into idempotency_keys (tenant_id, key, operation, request_hash)
+           select $1, k, $3, d from unnest($2::text[], $4::bytea[]) as v(k, d)
+           on conflict do nothing returning key""",
+        tenant_id, keys, operation, digests,
+    )
+    return {r["key"] for r in rows}
+
+
+async def get_keys(conn: asyncpg.Connection, tenant_id: uuid.UUID, keys: list[str]) -> dict[str, asyncpg.Record]:
+    rows = await conn.fetch(
+        """select key, operation, request_hash, response from idempotency_keys
+            where tenant_id = $1 and key = any($2::text[])""", tenant_id, keys)
+    return {r["key"]: r for r in rows}
+
+
+async def set_responses(conn: asyncpg.Connection, tenant_id: uuid.UUID, responses: dict[str, dict]) -> None:
+    await conn.execute(
+        """update idempotency_keys k set response = v.r
+             from unnest($2::text[], $3::jsonb[]) as v(key, r)
+            where k.tenant_id = $1 and k.key = v.key""",
+        tenant_id, list(responses), list(responses.values()),
+    )

@@ -8,9 +8,10 @@ from datetime import datetime
 import asyncpg
 
 # The batch is COPYed (binary) into a session-local staging table, then ONE statement
-# empties the staging table, inserts the raw events dropping duplicates (also duplicates
-# within the batch), and folds exactly the inserted rows into the totals (faster than
-# array parameters: docs/usage.md, Throughput).
+# inserts the raw events dropping duplicates (also duplicates within the batch), and folds
+# exactly the inserted rows into the totals (faster than array parameters: docs/usage.md,
+# Throughput); then TRUNCATE empties the staging table for the next tenant of the
+# transaction (deleting the rows one by one in the statement cost more than the truncate).
 # Times travel as integer microseconds and quantities as text, converted here. A late
 # event's late_usage_pending row is written by a trigger (migration 015), not here.
 STAGING_TABLE = """
@@ -20,15 +21,13 @@ create temp table if not exists usage_staging (
 ) on commit delete rows"""
 
 _INSERT_BATCH = """
-with staged as (
-    delete from usage_staging returning *
-), input as (
+with input as (
     select t.event_id, t.subscription_id, t.metric_code, t.quantity::numeric as quantity,
            timestamptz 'epoch' + t.occurred_us * interval '1 microsecond' as occurred_at,
            timestamptz 'epoch' + t.start_us * interval '1 microsecond' as period_start,
            timestamptz 'epoch' + t.end_us * interval '1 microsecond' as period_end,
            t.late, t.properties::jsonb as properties
-      from staged t
+      from usage_staging t
 ), inserted as (
     insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
                               period_start, period_end, late, properties)
@@ -70,31 +69,46 @@ select (select count(*) from inserted) as inserted,
 
 
 class Batch:
-    """One tenant's accepted events, turned into staging rows at the end."""
+    """One tenant's accepted events, as staging rows (built as each event is accepted)."""
 
-    __slots__ = ("rows",)
+    __slots__ = ("rows", "indexes")
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
+        self.indexes: list[int] = []  # the caller's index of each row's event
 
-    def add(self, event, subscription_id: uuid.UUID, start_us: int, end_us: int, late: bool) -> None:
-        self.rows.append((event, subscription_id, start_us, end_us, late))
+    def add(self, index: int, event, subscription_id: uuid.UUID, start_us: int, end_us: int, late: bool) -> None:
+        self.indexes.append(index)
+        self.rows.append((event.event_id, subscription_id, event.metric_code, event.quantity, event.occurred_at_us,
+                          start_us, end_us, late, json.dumps(event.properties) if event.properties else None))
+
+    def keep(self, wanted) -> None:
+        """Only the rows whose index `wanted(index)` is true."""
+        pairs = [(i, r) for i, r in zip(self.indexes, self.rows) if wanted(i)]
+        self.indexes, self.rows = [i for i, _ in pairs], [r for _, r in pairs]
 
     def records(self) -> list[tuple]:
         """Rows in the staging table's column order."""
-        dumps = json.dumps
-        return [(e.event_id, sub, e.metric_code, e.quantity, e.occurred_at_us, start, end, late,
-                 dumps(e.properties) if e.properties else None) for e, sub, start, end, late in self.rows]
+        return self.rows
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
-async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch) -> tuple[int, int]:
+# The same, also returning the ids inserted (RecordUsage tells each call whether it was a duplicate).
+_INSERT_BATCH_IDS = _INSERT_BATCH.replace(
+    "(select count(*) from totals) as totals", "(select count(*) from totals) as totals,\n"
+    "       array(select event_id from inserted) as ids")
+
+
+async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch,
+                       want_ids: bool = False) -> tuple[int, int, list[str]]:
+    """(inserted, late among them, the inserted event ids if `want_ids`, else [])."""
     await conn.execute(STAGING_TABLE)  # once per session in effect; a no-op after the first
-    await conn.copy_records_to_table("usage_staging", records=b.records())
-    row = await conn.fetchrow(_INSERT_BATCH, tenant_id)
-    return row["inserted"], row["late"]
+    await conn.copy_records_to_table("usage_staging", records=b.rows)
+    row = await conn.fetchrow(_INSERT_BATCH_IDS if want_ids else _INSERT_BATCH, tenant_id)
+    await conn.execute("truncate usage_staging")
+    return row["inserted"], row["late"], row["ids"] if want_ids else []
 
 
 async def tenant_exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:

@@ -543,6 +543,71 @@ class RecordUsageResponse(_message.Message):
     period_end: _timestamp_pb2.Timestamp
     def __init__(self, duplicate: _Optional[bool] = ..., event_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class UsageEventInput(_message.Message):
+    __slots__ = ("event_id", "subscription_id", "metric_code", "quantity", "occurred_at", "properties")
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    subscription_id: str
+    metric_code: str
+    quantity: str
+    occurred_at: _timestamp_pb2.Timestamp
+    properties: _containers.ScalarMap[str, str]
+    def __init__(self, event_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., metric_code: _Optional[str] = ..., quantity: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., properties: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RecordUsageBatchRequest(_message.Message):
+    __slots__ = ("request_id", "events")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    events: _containers.RepeatedCompositeFieldContainer[UsageEventInput]
+    def __init__(self, request_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[UsageEventInput, _Mapping]]] = ...) -> None: ...
+
+class UsageEventError(_message.Message):
+    __slots__ = ("code", "reason", "field", "description")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    reason: str
+    field: str
+    description: str
+    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class UsageEventOutcome(_message.Message):
+    __slots__ = ("index", "recorded", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    recorded: RecordUsageResponse
+    error: UsageEventError
+    def __init__(self, index: _Optional[int] = ..., recorded: _Optional[_Union[RecordUsageResponse, _Mapping]] = ..., error: _Optional[_Union[UsageEventError, _Mapping]] = ...) -> None: ...
+
+class RecordUsageBatchResponse(_message.Message):
+    __slots__ = ("outcomes", "recorded", "duplicates", "rejected")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[UsageEventOutcome]
+    recorded: int
+    duplicates: int
+    rejected: int
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[UsageEventOutcome, _Mapping]]] = ..., recorded: _Optional[int] = ..., duplicates: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
+
 class GetUsageRequest(_message.Message):
     __slots__ = ("subscription_id", "period_start", "series")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]

@@ -99,6 +99,11 @@ class BillingServiceStub:
                 request_serializer=billing_dot_v1_dot_billing__pb2.RecordUsageRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__pb2.RecordUsageResponse.FromString,
                 _registered_method=True)
+        self.RecordUsageBatch = channel.unary_unary(
+                '/billing.v1.BillingService/RecordUsageBatch',
+                request_serializer=billing_dot_v1_dot_billing__pb2.RecordUsageBatchRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.RecordUsageBatchResponse.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/billing.v1.BillingService/GetUsage',
                 request_serializer=billing_dot_v1_dot_billing__pb2.GetUsageRequest.SerializeToString,
@@ -208,6 +213,14 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordUsageBatch(self, request, context):
+        """Up to 1,000 usage events in one transaction, one outcome per event: a refused event
+        does not refuse the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUsage(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -300,6 +313,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.RecordUsage,
                     request_deserializer=billing_dot_v1_dot_billing__pb2.RecordUsageRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__pb2.RecordUsageResponse.SerializeToString,
+            ),
+            'RecordUsageBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordUsageBatch,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.RecordUsageBatchRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.RecordUsageBatchResponse.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -673,6 +691,33 @@ class BillingService:
             '/billing.v1.BillingService/RecordUsage',
             billing_dot_v1_dot_billing__pb2.RecordUsageRequest.SerializeToString,
             billing_dot_v1_dot_billing__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordUsageBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/RecordUsageBatch',
+            billing_dot_v1_dot_billing__pb2.RecordUsageBatchRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.RecordUsageBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

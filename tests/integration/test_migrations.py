@@ -140,10 +140,10 @@ async def test_late_usage_pending_is_filled_on_upgrade_and_kept_by_the_database(
             batch = usage_store.Batch()
             event = SimpleNamespace(metric_code="calls", quantity="2", occurred_at_us=to_us(start), properties=None)
             span = (to_us(start), to_us(start + timedelta(days=30)))
-            batch.add(SimpleNamespace(**vars(event), event_id="e-after"), s["after"], *span, True)
-            batch.add(SimpleNamespace(**vars(event), event_id="e-after-on-time"), s["on_time"], *span, False)
-            batch.add(SimpleNamespace(**vars(event), event_id="e-late"), s["duplicate"], *span, True)  # stored already
-            assert await usage_store.insert_batch(app, tid, batch) == (2, 1)
+            batch.add(0, SimpleNamespace(**vars(event), event_id="e-after"), s["after"], *span, True)
+            batch.add(1, SimpleNamespace(**vars(event), event_id="e-after-on-time"), s["on_time"], *span, False)
+            batch.add(2, SimpleNamespace(**vars(event), event_id="e-late"), s["duplicate"], *span, True)  # stored already
+            assert await usage_store.insert_batch(app, tid, batch) == (2, 1, [])
     finally:
         await app.close()
     admin = await asyncpg.connect(url)

@@ -161,6 +161,18 @@ def test_produce_load_round_trip(migrated, capsys):
     check_load(read_back(migrated, topic, 3000), summary)
 
 
+def test_produce_load_random_uuid_ids(migrated):
+    topic = new_topic(migrated)
+    summary = produce_load(migrated, count=400, tenant_id=TENANT, subscription_ids=SUBS, metric="api_calls",
+                           duplicates=0.1, bad=0, cloudevents=0.5, rate=0, seed=3, progress=False, topic=topic,
+                           ids="uuid4")
+    events, _, dead = decode_batch(read_back(migrated, topic, 400))
+    assert not dead and len(events) == 400
+    ids = [e.event_id for e in events]
+    assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids)
+    assert len(set(ids)) == summary["unique"] == 360  # the duplicates repeat an earlier id
+
+
 def test_produce_load_rate_limit(migrated):
     topic = new_topic(migrated, partitions=1)
     summary = produce_load(migrated, count=300, tenant_id=TENANT, subscription_ids=SUBS[:1], metric="api_calls",
@@ -170,7 +182,7 @@ def test_produce_load_rate_limit(migrated):
 
 
 def test_produce_load_refuses_bad_shares(migrated):
-    for kw in ({"duplicates": 1.5}, {"bad": -0.1}, {"duplicates": 0.6, "bad": 0.6}, {"rate": -1}):
+    for kw in ({"duplicates": 1.5}, {"bad": -0.1}, {"duplicates": 0.6, "bad": 0.6}, {"rate": -1}, {"ids": "uuid7"}):
         args = dict(count=10, tenant_id=TENANT, subscription_ids=SUBS, metric="api_calls", duplicates=0.0,
                     bad=0.0, cloudevents=0.0, rate=0, seed=1, progress=False, topic="never-created")
         args.update(kw)

@@ -1,0 +1,218 @@
+"""RecordUsage and RecordUsageBatch: usage sent over gRPC, deduplicated with the Kafka path
+by event id (both store through `usage.prepare` / `usage.store`).
+
+`record_one` is one call in one transaction. `GroupCommit` coalesces the calls of a tenant
+arriving within a few milliseconds into ONE transaction (one commit, one flush of the WAL,
+a handful of statements for the whole group): each call is still answered with exactly
+what `record_one` would have answered, and only after the group's commit.
+
+How a group keeps each call's outcome its own:
+- replays and request_id conflicts are read first (keys committed before);
+- the events are validated before anything is written; a refused call is answered with its
+  error and leaves no key, as its own rolled-back transaction would have;
+- the keys of the accepted calls are inserted in one statement; a key another transaction
+  took meanwhile (or a second call with the same request_id in the group) is left out and
+  that call runs alone after the commit, where it sees the replay as it would have;
+- any database error fails the group's transaction only: every call of it is then run
+  alone, in its own transaction, so one call's failure is never another's.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from billing.domain.periods import from_us, to_us
+from billing.services import idempotency
+from billing.services.context import Caller
+from billing.services.errors import FailedPrecondition, IdempotencyConflict, NotFound, ValidationError
+from billing.services.usage import (_REJECTION_STATUS, MAX_PROPERTIES, Recorded, Rejection, Usage, UsageEvent,
+                                    ingest, prepare, store)
+from billing.store import idempotency as keys_store
+
+OPERATION = "RecordUsage"
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)  # identity: calls are dict keys, and two calls may carry equal values
+class Call:
+    caller: Caller
+    request_id: str
+    event: UsageEvent
+    payload: dict
+    subscription_id: str
+    future: asyncio.Future | None = field(default=None, repr=False)
+
+
+def new_call(caller, *, request_id: str, event_id: str, subscription_id: str, metric_code: str, quantity: str,
+             occurred_at: datetime | None, properties: dict[str, str]) -> Call:
+    """The call, or the error the request's shape alone deserves (raised before any queueing)."""
+    idempotency.check_key(request_id)
+    event_id = event_id or request_id
+    if occurred_at is None:
+        raise ValidationError("occurred_at", "is required: when the usage happened")
+    if len(properties) > MAX_PROPERTIES:
+        raise ValidationError("properties", f"at most {MAX_PROPERTIES} properties")
+    event = UsageEvent(event_id, str(caller.tenant_id), subscription_id, metric_code, quantity,
+                       to_us(occurred_at), dict(properties) or None)
+    payload = {"event_id": event_id, "subscription_id": subscription_id, "metric_code": metric_code,
+               "quantity": quantity, "occurred_at": occurred_at.isoformat(), "properties": properties}
+    return Call(caller, request_id, event, payload, subscription_id)
+
+
+def rejection_error(r: Rejection, subscription_id: str) -> Exception:
+    kind, field_name = _REJECTION_STATUS.get(r.reason, ("invalid", r.reason))
+    if kind == "not_found":
+        return NotFound("subscription", subscription_id)
+    if kind == "precondition":
+        return FailedPrecondition(f"{r.reason}: {r.detail}", reason=r.reason.upper())
+    return ValidationError(field_name, r.detail)
+
+
+def _now_us() -> int:
+    return to_us(datetime.now(timezone.utc))
+
+
+def _recorded(stored: dict) -> Recorded:
+    return Recorded(stored["event_id"], stored["duplicate"], datetime.fromisoformat(stored["period_start"]),
+                    datetime.fromisoformat(stored["period_end"]))
+
+
+def _stored(r: Recorded) -> dict:
+    return {"event_id": r.event_id, "duplicate": r.duplicate, "period_start": r.period_start.isoformat(),
+            "period_end": r.period_end.isoformat()}
+
+
+async def record_one(usage: Usage, db, call: Call) -> Recorded:
+    """One call in its own transaction."""
+    now_us = _now_us()
+    async with db.tenant_tx(call.caller.tenant_id) as conn:
+        replay = await idempotency.claim(conn, call.caller, call.request_id, OPERATION, call.payload)
+        if replay is not None:
+            return _recorded(replay)
+        result = await ingest(conn, [call.event], now_us=now_us, limits=usage.limits, plans=usage.plans)
+        if result.rejected:  # raised inside the transaction: the request_id is not kept
+            raise rejection_error(result.rejected[0], call.subscription_id)
+        start, end = result.periods[0]
+        recorded = Recorded(call.event.event_id, result.inserted == 0, from_us(start), from_us(end))
+        await idempotency.remember(conn, call.caller, call.request_id, _stored(recorded))
+    return recorded
+
+
+class GroupCommit:
+    """Concurrent RecordUsage calls of a tenant, `window_s` apart at most and up to
+    `max_calls` together, in one transaction."""
+
+    def __init__(self, usage: Usage, window_s: float, max_calls: int):
+        self.usage = usage
+        self.window_s = window_s
+        self.max_calls = max_calls
+        self._pending: dict[uuid.UUID, list[Call]] = {}
+        self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
+        self._flushing: set[asyncio.Task] = set()
+        # Transactions run for groups, and calls answered by one (for tests and metrics).
+        self.groups = 0
+        self.grouped_calls = 0
+
+    async def submit(self, db, call: Call) -> Recorded:
+        loop = asyncio.get_running_loop()
+        call.future = loop.create_future()
+        tenant = call.caller.tenant_id
+        calls = self._pending.setdefault(tenant, [])
+        calls.append(call)
+        if len(calls) >= self.max_calls:
+            self._flush(db, tenant)
+        elif tenant not in self._timers:
+            self._timers[tenant] = loop.call_later(self.window_s, self._flush, db, tenant)
+        return await call.future
+
+    def _flush(self, db, tenant: uuid.UUID) -> None:
+        timer = self._timers.pop(tenant, None)
+        if timer is not None:
+            timer.cancel()
+        calls = self._pending.pop(tenant, [])
+        if calls:
+            task = asyncio.get_running_loop().create_task(self._run(db, tenant, calls))
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def _run(self, db, tenant: uuid.UUID, calls: list[Call]) -> None:
+        try:
+            answers, alone = await self._group(db, tenant, calls)
+            self.groups += 1
+            self.grouped_calls += len(answers)
+        except Exception:  # the group's transaction failed: each call in a transaction of its own
+            log.warning("RecordUsage group of %d calls failed; running each alone", len(calls), exc_info=True)
+            answers, alone = {}, calls
+        for call, answer in answers.items():
+            _answer(call, answer)
+        if alone:
+            await asyncio.gather(*(self._alone(db, c) for c in alone))
+
+    async def _alone(self, db, call: Call) -> None:
+        try:
+            _answer(call, await record_one(self.usage, db, call))
+        except Exception as exc:
+            _answer(call, exc)
+
+    async def _group(self, db, tenant: uuid.UUID, calls: list[Call]) -> tuple[dict, list[Call]]:
+        """({call: Recorded or the exception to raise}, the calls to run alone afterwards)."""
+        answers: dict[Call, Recorded | Exception] = {}
+        alone: list[Call] = []
+        first: dict[str, Call] = {}
+        for c in calls:  # a request_id twice in a group: the later call after the commit (a replay then)
+            (alone.append(c) if c.request_id in first else first.__setitem__(c.request_id, c))
+        group = list(first.values())
+        digests = {c: idempotency.digest(OPERATION, c.payload) for c in group}
+        now_us = _now_us()
+        async with db.tenant_tx(tenant) as conn:
+            known = await keys_store.get_keys(conn, tenant, [c.request_id for c in group])
+            new: list[Call] = []
+            for c in group:
+                row = known.get(c.request_id)
+                if row is None:
+                    new.append(c)
+                elif row["operation"] != OPERATION or bytes(row["request_hash"]) != digests[c]:
+                    answers[c] = IdempotencyConflict(c.request_id, OPERATION)
+                else:
+                    answers[c] = _recorded(row["response"])
+            if not new:
+                return answers, alone
+            result = await prepare(conn, [c.event for c in new], now_us=now_us, limits=self.usage.limits,
+                                   plans=self.usage.plans)
+            refused = {r.index for r in result.rejected}
+            for r in result.rejected:
+                answers[new[r.index]] = rejection_error(r, new[r.index].subscription_id)
+            accepted = [i for i in range(len(new)) if i not in refused]
+            claimed = await keys_store.insert_keys(conn, tenant, [new[i].request_id for i in accepted], OPERATION,
+                                                   [digests[new[i]] for i in accepted]) if accepted else set()
+            lost = frozenset(i for i in accepted if new[i].request_id not in claimed)
+            alone += [new[i] for i in lost]
+            await store(conn, result, drop=lost, want_ids=True)
+            seen: set[str] = set()
+            responses: dict[str, dict] = {}
+            for i in accepted:
+                if i in lost:
+                    continue
+                c = new[i]
+                eid = c.event.event_id
+                start, end = result.periods[i]
+                recorded = Recorded(eid, eid not in result.inserted_ids or eid in seen, from_us(start), from_us(end))
+                seen.add(eid)
+                answers[c] = recorded
+                responses[c.request_id] = _stored(recorded)
+            if responses:
+                await keys_store.set_responses(conn, tenant, responses)
+        return answers, alone
+
+
+def _answer(call: Call, answer: Recorded | BaseException) -> None:
+    fut = call.future
+    if fut is None or fut.done():  # the caller went away (deadline, cancel): its outcome is stored all the same
+        return
+    if isinstance(answer, BaseException):
+        fut.set_exception(answer)
+    else:
+        fut.set_result(answer)

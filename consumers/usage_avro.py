@@ -1,0 +1,131 @@
+"""The usage record's Avro layout read straight into `UsageEvent`s, without fastavro.
+
+A `billing.usage.v1` record written with the current schema is five strings, a long and a
+map: `decode(value)` reads them by hand for the common case (an empty map) and returns None
+for anything else, which the caller then decodes with `billing.codec` (other schema
+versions, properties, and every malformed message, so errors read as they always did).
+Tenant, subscription, metric and quantity repeat across a batch: their text is interned
+per batch (`Strings`), so later lookups by them hash a string once, not once per event.
+
+The layout is checked against the current schema at import; if the schema ever changes
+shape, `decode` is None and the codec decodes everything."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from billing import codec
+from billing.services.usage import UsageEvent
+
+_FIELDS = [("event_id", "string"), ("tenant_id", "string"), ("subscription_id", "string"), ("metric_code", "string"),
+           ("quantity", "string"), ("occurred_at_us", "long")]
+
+
+def _layout_matches() -> bool:
+    fields = codec.parsed_schema(codec.Schema.USAGE_EVENT)["fields"]
+    shape = [(f["name"], f["type"]) for f in fields[:-1]]
+    last = fields[-1]
+    return shape == _FIELDS and last["name"] == "properties" and last["type"].get("type") == "map" \
+        and last["type"].get("values") == "string"
+
+
+_HEADER = codec.MAGIC + codec.fingerprint(codec.Schema.USAGE_EVENT)
+_SIZE = len(_HEADER)
+_CONT = 0x0080808080808080  # bytes 0..6 of an 8-byte varint carry the continuation bit
+_CONT_MASK = 0x8080808080808080
+
+
+class Strings(dict):
+    """bytes -> str, for the values that repeat within a batch."""
+
+    def text(self, raw: bytes) -> str:
+        s = self.get(raw)
+        if s is None:
+            s = self[raw] = raw.decode()
+        return s
+
+
+def _varint(v: bytes, pos: int) -> tuple[int, int]:
+    """(zigzag-decoded value, position after it)."""
+    shift = result = 0
+    while True:
+        b = v[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _decode(v: bytes, strings: Strings) -> UsageEvent | None:
+    if not v.startswith(_HEADER):
+        return None
+    # Unrolled for the usual record: every string shorter than 64 bytes (a one-byte length).
+    try:
+        n = v[_SIZE]
+        if n & 0x81:
+            return _decode_general(v, strings)
+        p = _SIZE + 1
+        e = p + (n >> 1)
+        event_id = v[p:e].decode()
+        n = v[e]
+        if n & 0x81:
+            return _decode_general(v, strings)
+        p = e + 1
+        e = p + (n >> 1)
+        raw = v[p:e]
+        tenant = strings.get(raw) or strings.text(raw)
+        n = v[e]
+        if n & 0x81:
+            return _decode_general(v, strings)
+        p = e + 1
+        e = p + (n >> 1)
+        raw = v[p:e]
+        sub = strings.get(raw) or strings.text(raw)
+        n = v[e]
+        if n & 0x81:
+            return _decode_general(v, strings)
+        p = e + 1
+        e = p + (n >> 1)
+        raw = v[p:e]
+        metric = strings.get(raw) or strings.text(raw)
+        n = v[e]
+        if n & 0x81:
+            return _decode_general(v, strings)
+        p = e + 1
+        e = p + (n >> 1)
+        raw = v[p:e]
+        quantity = strings.get(raw) or strings.text(raw)
+        x = int.from_bytes(v[e:e + 8], "little")
+        if len(v) != e + 9 or x & _CONT_MASK != _CONT or v[-1]:  # not an 8-byte time then an empty map
+            return _decode_general(v, strings)
+    except (IndexError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    z = (x & 0x7F | (x >> 1) & 0x3F80 | (x >> 2) & 0x1FC000 | (x >> 3) & 0xFE00000
+         | (x >> 4) & 0x7F0000000 | (x >> 5) & 0x3F800000000 | (x >> 6) & 0x1FC0000000000
+         | (x >> 7) & 0xFE000000000000)
+    return UsageEvent(event_id, tenant, sub, metric, quantity, (z >> 1) ^ -(z & 1), None)
+
+
+def _decode_general(v: bytes, strings: Strings) -> UsageEvent | None:
+    """Any string length and any time; None for what only the codec can tell."""
+    try:
+        pos = _SIZE
+        out: list = []
+        for k in range(5):
+            n, pos = _varint(v, pos)
+            end = pos + n
+            if n < 0 or end > len(v):
+                return None
+            out.append(v[pos:end].decode() if k == 0 else strings.text(v[pos:end]))
+            pos = end
+        us, pos = _varint(v, pos)
+        if pos + 1 != len(v) or v[pos] != 0:  # an empty properties map ends the record
+            return None
+    except (IndexError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    return UsageEvent(out[0], out[1], out[2], out[3], out[4], us, None)
+
+
+decode: Callable[[bytes, Strings], UsageEvent | None] | None = _decode if _layout_matches() else None
