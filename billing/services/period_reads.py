@@ -135,7 +135,7 @@ async def late_lines(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], 
         end = r["billed_end"] or r["period_end"]
         late = LateUsage(r["metric_code"], start, end, len(r["event_ids"]), before, after)
         out.setdefault(sub.id, []).append(
-            (list(r["event_ids"]), late_usage_line(late, charge, spec.currency, trial=bool(r["trial"]))))
+            (list(r["event_ids"]), late_usage_line(late, spec, trial=bool(r["trial"]))))
     return out
 
 
