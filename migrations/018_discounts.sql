@@ -3,8 +3,9 @@
 -- codes and/or 'base_fee'), for a number of period closes or forever (periods null).
 --
 -- How many closes a discount has counted is not stored: it is the number of the
--- subscription's billed periods (not trials) that ended after the discount was created,
--- read in the transaction that bills the next one, so a re-run never counts twice.
+-- subscription's periods billed (billed_periods, not trials) after the discount was created,
+-- read in the transaction that bills the next one, so a re-run never counts twice. Both
+-- that transaction and CreateDiscount lock the subscription's row.
 -- DeleteDiscount sets deleted_at: the row stays, the discount applies to no later close.
 create table discounts (
     tenant_id        uuid not null,

@@ -172,9 +172,11 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
 
     @rpc
     async def ListDiscounts(self, request: pb.ListDiscountsRequest, caller: Caller) -> pb.ListDiscountsResponse:
-        found = await discounts.list_discounts(self.db, caller, request.subscription_id,
-                                               include_deleted=request.include_deleted)
-        return pb.ListDiscountsResponse(discounts=[convert.discount_message(d) for d in found])
+        found, token = await discounts.list_discounts(
+            self.db, caller, request.subscription_id, tokens=self.tokens, page_size=request.page_size,
+            page_token=request.page_token, include_deleted=request.include_deleted)
+        return pb.ListDiscountsResponse(discounts=[convert.discount_message(d) for d in found],
+                                        next_page_token=token)
 
     @rpc
     async def DeleteDiscount(self, request: pb.DeleteDiscountRequest, caller: Caller) -> pb.DeleteDiscountResponse:

@@ -65,7 +65,6 @@ class Discount:
     applies_to: tuple[str, ...] = ()
     periods: int | None = None
     used: int = 0
-    created_at: datetime | None = None  # it counts the closes of periods ending after this
 
     def applies(self) -> bool:
         return self.periods is None or self.used < self.periods

@@ -163,8 +163,8 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
     if not trial:
         lines.extend(usage_charge_lines(price_usage(plan, usage, start, end), plan.currency, start, end))
     lines.extend(extra_lines)
-    # A discount counts the closes of periods that end after it was created, trials excluded.
-    counted = [] if trial else [d for d in discounts if d.applies() and (d.created_at is None or end > d.created_at)]
+    # A discount counts every close made after it was created, trials excepted.
+    counted = [] if trial else [d for d in discounts if d.applies()]
     final = assemble(plan, lines, counted, commitment_share=None if trial else _billed_share(sub, plan),
                      period_start=start, period_end=end)
     ids = {d.id for d in counted}
@@ -174,7 +174,7 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
 
 
 def _evolve_discount(d: Discount) -> Discount:
-    return Discount(d.id, d.kind, d.value, d.applies_to, d.periods, d.used + 1, d.created_at)
+    return Discount(d.id, d.kind, d.value, d.applies_to, d.periods, d.used + 1)
 
 
 def _billed_share(sub: Subscription, plan: PlanSpec) -> Fraction:

@@ -61,8 +61,7 @@ class DiscountView:
                    datetime.fromisoformat(d["deleted_at"]) if d["deleted_at"] else None)
 
     def domain(self) -> Discount:
-        return Discount(str(self.id), self.kind, self.value, self.applies_to, self.periods, self.used,
-                        self.created_at)
+        return Discount(str(self.id), self.kind, self.value, self.applies_to, self.periods, self.used)
 
 
 async def live_for(conn: asyncpg.Connection, tenant_id: uuid.UUID,
@@ -110,14 +109,26 @@ async def create_discount(db: Database, caller: Caller, request_id: str, subscri
         return view
 
 
-async def list_discounts(db: Database, caller: Caller, subscription_id: str, *,
-                         include_deleted: bool) -> list[DiscountView]:
-    sub_id = paging.parse_uuid(subscription_id, "subscription_id")
+async def list_discounts(db: Database, caller: Caller, subscription_id: str, *, tokens: paging.PageTokens,
+                         page_size: int, page_token: str, include_deleted: bool) -> tuple[list[DiscountView], str]:
+    """A page of the subscription's discounts in the order a close applies them, and the
+    next page's token ("" on the last page)."""
+    v = Violations()
+    sub_id = v.check(paging.parse_uuid, subscription_id, "subscription_id")
+    limit = v.check(paging.page_size, page_size)
+    v.raise_if_any()
+    assert sub_id is not None and limit is not None
+    filters = {"subscription_id": str(sub_id), "include_deleted": include_deleted}
+    after = tokens.decode(page_token, "ListDiscounts", caller.tenant_id, filters)
     async with db.tenant_tx(caller.tenant_id) as conn:
         if await subs_store.get(conn, caller.tenant_id, sub_id) is None:
             raise NotFound("subscription", subscription_id)
-        rows = await store.for_subscription(conn, caller.tenant_id, sub_id, include_deleted=include_deleted)
-    return [DiscountView.from_row(r) for r in rows]
+        rows = await store.list_page(conn, caller.tenant_id, sub_id, include_deleted=include_deleted, after=after,
+                                     limit=limit + 1)
+    found = [DiscountView.from_row(r) for r in rows[:limit]]
+    token = tokens.encode("ListDiscounts", caller.tenant_id, filters, found[-1].created_at, found[-1].id) \
+        if len(rows) > limit else ""
+    return found, token
 
 
 async def delete_discount(db: Database, caller: Caller, request_id: str, discount_id: str) -> DiscountView:

@@ -1,8 +1,9 @@
-"""Rows of discounts (migration 018), each with ``used``: the subscription's billed periods,
-trials excepted, that ended after the discount was created (the closes it counted)."""
+"""Rows of discounts (migration 018), each with ``used``: the subscription's periods billed
+(closed) after the discount was created, trials excepted: the closes it counted."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
@@ -10,7 +11,7 @@ import asyncpg
 _COLUMNS = """d.id, d.subscription_id, d.kind, d.value, d.applies_to, d.periods, d.created_at, d.deleted_at,
               (select count(*) from billed_periods b
                 where b.tenant_id = d.tenant_id and b.subscription_id = d.subscription_id
-                  and b.period_end > d.created_at and not b.trial) as used"""
+                  and b.billed_at > d.created_at and not b.trial) as used"""
 
 
 async def insert(conn: asyncpg.Connection, tenant_id: uuid.UUID, discount_id: uuid.UUID,
@@ -32,13 +33,16 @@ async def get(conn: asyncpg.Connection, tenant_id: uuid.UUID, discount_id: uuid.
                                tenant_id, discount_id)
 
 
-async def for_subscription(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID, *,
-                           include_deleted: bool) -> list[asyncpg.Record]:
+async def list_page(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID, *,
+                    include_deleted: bool, after: tuple[datetime, uuid.UUID] | None,
+                    limit: int) -> list[asyncpg.Record]:
+    after_at, after_id = after if after else (None, None)
     return await conn.fetch(
         f"""select {_COLUMNS} from discounts d
              where d.tenant_id = $1 and d.subscription_id = $2 and ($3 or d.deleted_at is null)
-             order by d.created_at, d.id""",
-        tenant_id, subscription_id, include_deleted,
+               and ($4::timestamptz is null or (d.created_at, d.id) > ($4, $5))
+             order by d.created_at, d.id limit $6""",
+        tenant_id, subscription_id, include_deleted, after_at, after_id, limit,
     )
 
 

@@ -753,18 +753,24 @@ class CreateDiscountResponse(_message.Message):
     def __init__(self, discount: _Optional[_Union[Discount, _Mapping]] = ...) -> None: ...
 
 class ListDiscountsRequest(_message.Message):
-    __slots__ = ("subscription_id", "include_deleted")
+    __slots__ = ("page_size", "page_token", "subscription_id", "include_deleted")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DELETED_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
     subscription_id: str
     include_deleted: bool
-    def __init__(self, subscription_id: _Optional[str] = ..., include_deleted: _Optional[bool] = ...) -> None: ...
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., subscription_id: _Optional[str] = ..., include_deleted: _Optional[bool] = ...) -> None: ...
 
 class ListDiscountsResponse(_message.Message):
-    __slots__ = ("discounts",)
+    __slots__ = ("discounts", "next_page_token")
     DISCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     discounts: _containers.RepeatedCompositeFieldContainer[Discount]
-    def __init__(self, discounts: _Optional[_Iterable[_Union[Discount, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, discounts: _Optional[_Iterable[_Union[Discount, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteDiscountRequest(_message.Message):
     __slots__ = ("request_id", "id")

@@ -117,7 +117,7 @@ def test_the_credits_hook_is_identity_for_now():
 
 def test_close_period_counts_a_discount_for_two_periods_and_tops_up_the_commitment():
     p = plan(commitment="100")
-    d = Discount("d", PCT, D(20), (), 2, 0, created_at=JAN)
+    d = Discount("d", PCT, D(20), (), 2, 0)
     closed = close_period(T, sub(), p, {"calls": PeriodUsage(D(1234))}, discounts=[d])
     # 50 + 12.34 = 62.34; -12.47; 49.87 < 100: +50.13
     assert kinds_amounts(closed.lines) == [("base_fee", D("50.00")), ("usage", D("12.34")),
