@@ -82,8 +82,10 @@ def usage_charge_lines(priced: Iterable[PricedCharge], currency: str, period_sta
     for p in priced:
         out.extend(p.lines)
         cap = p.charge.max_amount
+        if cap is None:
+            continue
         amount = total(p.lines)
-        if cap is not None and amount > cap:
+        if amount > cap:
             over = amount - cap
             out.append(Line(kind=USAGE_CAP, description=f"{p.charge.metric_code}: capped at {decimal_to_str(cap)} "
                             f"per period ({decimal_to_str(amount)} priced)", metric_code=p.charge.metric_code,
@@ -122,6 +124,8 @@ def discount_lines(charges: Sequence[Line], discounts: Sequence[Discount], curre
     ``value``; both at most the base and at most what is left of the invoice, so neither a
     charge group nor the invoice goes below zero. A discount with nothing to take makes no
     line. What a discount took is taken from its targets in name order (``_take``)."""
+    if not discounts:
+        return []  # the common case, once per close of a run
     left: dict[str, Decimal] = {}
     for ln in charges:
         key = _target(ln)
@@ -203,7 +207,8 @@ def assemble(plan: PlanSpec, charges: Sequence[Line], discounts: Sequence[Discou
     """charges -> discounts -> commitment true-up -> credits, one line per effect.
     ``commitment_share`` None: no commitment for this invoice (a trial)."""
     lines = list(charges)
-    lines += discount_lines(lines, discounts, plan.currency, period_start, period_end)
+    if discounts:
+        lines += discount_lines(lines, discounts, plan.currency, period_start, period_end)
     if commitment_share is not None:
         true_up = commitment_line(plan, total(lines), commitment_share, period_start, period_end)
         if true_up is not None:

@@ -165,8 +165,8 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
     lines.extend(extra_lines)
     # A discount counts every close made after it was created, trials excepted.
     counted = [] if trial else [d for d in discounts if d.applies()]
-    final = assemble(plan, lines, counted, commitment_share=None if trial else _billed_share(sub, plan),
-                     period_start=start, period_end=end)
+    share = _billed_share(sub, plan) if plan.minimum_commitment and not trial else None
+    final = assemble(plan, lines, counted, commitment_share=share, period_start=start, period_end=end)
     ids = {d.id for d in counted}
     later = tuple(_evolve_discount(d) if d.id in ids else d for d in discounts)
     return ClosedPeriod(invoice_request_id(tenant_id, sub.id, start), start, end, plan.currency, final,
