@@ -167,8 +167,7 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
     counted = [] if trial else [d for d in discounts if d.applies()]
     share = _billed_share(sub, plan) if plan.minimum_commitment and not trial else None
     final = assemble(plan, lines, counted, commitment_share=share, period_start=start, period_end=end)
-    ids = {d.id for d in counted}
-    later = tuple(_evolve_discount(d) if d.id in ids else d for d in discounts)
+    later = tuple(discounts) if trial else tuple(_evolve_discount(d) if d.applies() else d for d in discounts)
     return ClosedPeriod(invoice_request_id(tenant_id, sub.id, start), start, end, plan.currency, final,
                         total(final), after, event, later)
 

@@ -104,3 +104,26 @@ async def test_three_periods_with_a_commitment_a_capped_charge_a_discount_for_tw
 
     listed = (await stub.ListDiscounts(pb.ListDiscountsRequest(subscription_id=sub.id), metadata=tenant.md)).discounts
     assert [(d.id, d.periods, d.periods_used) for d in listed] == [(discount.id, 2, 2)]
+
+
+async def test_333_on_time_and_333_late_units_at_0_001_charge_0_67_in_total(kafka_roles, migrated, stub, tenant):
+    plan = (await stub.CreatePlan(plan_request(
+        interval=pb.INTERVAL_UNIT_DAY, interval_count=1, base_fee="0", trial_days=0,
+        billing_timing=pb.BILLING_TIMING_IN_ARREARS, usage_charges=[
+            pb.UsageCharge(metric_code="api_calls", aggregation=pb.AGGREGATION_SUM,
+                           pricing_model=pb.PRICING_MODEL_PER_UNIT, unit_price="0.001")]), metadata=tenant.md)).plan
+    start = (datetime.now(timezone.utc) - timedelta(days=2, hours=2)).replace(microsecond=0)
+    p1_end = start + timedelta(days=1)
+    sub = (await stub.CreateSubscription(pb.CreateSubscriptionRequest(
+        request_id=rid(), customer_id="cust-late", plan_id=plan.id, activate=True, start_at=ts(start)),
+        metadata=tenant.md)).subscription
+    await _use(stub, tenant, sub, "api_calls", "333", start + timedelta(hours=1))
+    await _run(stub, tenant, p1_end + timedelta(minutes=1))
+    await _use(stub, tenant, sub, "api_calls", "333", start + timedelta(hours=2))  # late: period 1 is billed
+    await _run(stub, tenant, p1_end + timedelta(days=1, minutes=1))
+
+    found = await asyncio.to_thread(_read_invoices, migrated, sub.id, 2)
+    first, second = sorted((inv for _, inv in found), key=lambda inv: inv["period_start_us"])
+    assert [(ln["kind"], ln["amount"]) for ln in first["lines"]] == [("usage", "0.33")]  # 0.333 -> 0.33
+    # 666 units cost 0.666 -> 0.67; 0.33 charged: the late line is 0.34 (not 0.33 + 0.33 = 0.66)
+    assert [(ln["kind"], ln["amount"]) for ln in second["lines"]] == [("usage", "0.00"), ("late_usage", "0.34")]

@@ -176,3 +176,32 @@ def test_order_holds_and_no_discount_drives_a_total_below_zero(charges, discount
     assert len(true_ups) <= 1
     if true_ups:
         assert true_ups[0].amount > 0 and total(out) >= after
+
+
+_plans = st.builds(
+    lambda fee, commitment, cap, timing: plan(
+        fee=str(D(fee).scaleb(-2)), commitment=str(D(commitment).scaleb(-2)), timing=timing,
+        charges=(UsageCharge("calls", Aggregation.SUM, PricingModel.GRADUATED, None, None,
+                             (Tier(D(100), D("0.013"), D(0)), Tier(None, D("0.007"), D("0.50"))),
+                             max_amount=None if cap is None else D(cap)),)),
+    st.integers(0, 10_000), st.integers(0, 20_000), st.none() | st.integers(1, 50),
+    st.sampled_from(list(BillingTiming)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(p=_plans, calls=st.integers(0, 5_000), discounts=st.lists(_discount, max_size=3),
+       paused_from_day=st.none() | st.integers(1, 30))
+def test_a_close_of_a_random_plan_keeps_the_order(p, calls, discounts, paused_from_day):
+    s = sub() if paused_from_day is None else sub(period_fee_from=datetime(2026, 1, 1 + paused_from_day,
+                                                                         tzinfo=timezone.utc))
+    closed = close_period(T, s, p, {"calls": PeriodUsage(D(calls))}, discounts=discounts)
+    kinds = [ln.kind for ln in closed.lines]
+    rank = {"base_fee": 0, "usage": 0, USAGE_CAP: 0, DISCOUNT: 1, COMMITMENT_TRUE_UP: 2}
+    assert [rank[k] for k in kinds] == sorted(rank[k] for k in kinds)
+    charges = total(ln for ln in closed.lines if rank[ln.kind] == 0)
+    after = total(ln for ln in closed.lines if rank[ln.kind] <= 1)
+    assert 0 <= after <= charges
+    if p.minimum_commitment and COMMITMENT_TRUE_UP in kinds:
+        assert closed.total <= p.minimum_commitment  # topped up to at most the (prorated) commitment
+    assert closed.total >= after and closed.total == total(closed.lines)
+    assert [d.used for d in closed.discounts] == [d.used + 1 if d.applies() else d.used for d in discounts]
