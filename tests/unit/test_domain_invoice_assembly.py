@@ -58,7 +58,11 @@ def test_twenty_percent_off_the_invoice_then_the_commitment_tops_it_up():
 
 def test_the_order_discount_before_commitment_is_what_makes_the_total():
     # base 80, 50% off -> 40, then the commitment 100 tops up 60: total 100. (The other
-    # order would give 80 + 20 true-up = 100, then half off: 50.)
+    # order would give 80 + 20 true-up = 100, then half off: 50.) Where this differs from a
+    # peer: in getlago/lago-api the true-up is a fee of the invoice
+    # (app/services/commitments/minimum/calculate_true_up_fee_service.rb) and coupons
+    # (app/services/credits/applied_coupons_service.rb) are applied to the invoice's fees,
+    # so the other order; here the issue's order (docs/billing.md, The order of an invoice).
     out = assemble(plan(commitment="100"), [line("base_fee", "80.00")], [Discount("d", PCT, D(50))],
                    commitment_share=Fraction(1), period_start=JAN, period_end=FEB)
     assert kinds_amounts(out) == [("base_fee", D("80.00")), (DISCOUNT, D("-40.00")), (COMMITMENT_TRUE_UP, D("60.00"))]
@@ -91,6 +95,18 @@ def test_a_discount_never_takes_the_invoice_below_zero_even_with_a_credit_line()
 
 def test_a_used_up_discount_makes_no_line():
     assert discount_lines([line("base_fee", "10.00")], [Discount("d", PCT, D(10), (), 2, 2)], "EUR", JAN, FEB) == []
+
+
+def test_lago_true_up_cases_no_charges_and_charges_above_the_commitment():
+    # getlago/lago-api spec/services/commitments/minimum/calculate_true_up_fee_service_spec.rb:
+    # "when there are no fees" the true-up is the commitment; "when fees total amount is
+    # greater or equal than the commitment amount" it is zero (commitment 200 cents, fees 300).
+    p = plan(commitment="2.00")
+    none = assemble(p, [], [], commitment_share=Fraction(1), period_start=JAN, period_end=FEB)
+    assert kinds_amounts(none) == [(COMMITMENT_TRUE_UP, D("2.00"))]
+    above = assemble(p, [line("usage", "3.00", "calls")], [], commitment_share=Fraction(1), period_start=JAN,
+                     period_end=FEB)
+    assert kinds_amounts(above) == [("usage", D("3.00"))]
 
 
 def test_the_commitment_is_prorated_by_seconds_for_a_partial_period():
