@@ -8,7 +8,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from billing.domain.money import decimal_to_str
 from billing.services.errors import ValidationError, Violations
 from billing.services.subscriptions import SubscriptionPage, SubscriptionView
+from billing.domain.discounts import DiscountInput
 from billing.domain.plans import PlanInput, TierInput, UsageChargeInput
+from billing.services.discounts import DiscountView
 from billing.services.plans import Plan
 from billing.v1 import billing_pb2 as pb
 
@@ -76,10 +78,11 @@ def plan_input(req: pb.CreatePlanRequest) -> tuple[PlanInput, list[tuple[str, st
                                    f"usage_charges[{i}].pricing_model"),
                 unit_price=c.unit_price, package_size=c.package_size,
                 tiers=[TierInput(up_to=t.up_to, unit_price=t.unit_price, flat_fee=t.flat_fee) for t in c.tiers],
-                unique_property=c.unique_property,
+                unique_property=c.unique_property, max_amount=c.max_amount,
             )
             for i, c in enumerate(req.usage_charges)
         ],
+        minimum_commitment=req.minimum_commitment,
     )
     return draft, v.items
 
@@ -100,10 +103,11 @@ def plan_message(plan: Plan) -> pb.Plan:
                 unit_price=_dec(c.unit_price), package_size=_dec(c.package_size),
                 tiers=[pb.Tier(up_to=_dec(t.up_to), unit_price=_dec(t.unit_price), flat_fee=_dec(t.flat_fee))
                        for t in c.tiers],
-                unique_property=c.unique_property or "",
+                unique_property=c.unique_property or "", max_amount=_dec(c.max_amount),
             )
             for c in spec.usage_charges
         ],
+        minimum_commitment=decimal_to_str(spec.minimum_commitment),
         status=enum_number(pb.PlanStatus, plan.status, "PLAN_STATUS_"),
         created_at=timestamp(plan.created_at), archived_at=timestamp(plan.archived_at),
     )
@@ -205,3 +209,17 @@ def usage_batch_response(done) -> "pb.RecordUsageBatchResponse":
                 period_end=timestamp(r.period_end))))
     return pb.RecordUsageBatchResponse(outcomes=outcomes, recorded=done.count("recorded"),
                                        duplicates=done.count("duplicates"), rejected=done.count("rejected"))
+
+
+def discount_input(req: pb.CreateDiscountRequest) -> DiscountInput:
+    kind = enum_value(pb.DiscountKind, req.kind, "DISCOUNT_KIND_", "kind")
+    return DiscountInput(kind=kind, value=req.value, applies_to=list(req.applies_to), periods=req.periods)
+
+
+def discount_message(d: DiscountView) -> pb.Discount:
+    return pb.Discount(
+        id=str(d.id), subscription_id=str(d.subscription_id),
+        kind=enum_number(pb.DiscountKind, d.kind.value, "DISCOUNT_KIND_"), value=decimal_to_str(d.value),
+        applies_to=list(d.applies_to), periods=d.periods or 0, periods_used=min(d.used, d.periods or d.used),
+        created_at=timestamp(d.created_at), deleted_at=timestamp(d.deleted_at),
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from billing.api import convert
 from billing.api.errors import rpc
-from billing.services import billing_runs, plans, subscriptions, usage_batch
+from billing.services import billing_runs, discounts, plans, subscriptions, usage_batch
 from billing.services.context import Caller
 from billing.services.paging import PageTokens
 from billing.services.uow import Database
@@ -168,3 +168,24 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             created_before=convert.optional_time(request, "created_before"),
         )
         return convert.billing_run_page(page)
+
+    # -- discounts ---------------------------------------------------------------------
+
+    @rpc
+    async def CreateDiscount(self, request: pb.CreateDiscountRequest, caller: Caller) -> pb.CreateDiscountResponse:
+        d = await discounts.create_discount(self.db, caller, request.request_id, request.subscription_id,
+                                            convert.discount_input(request))
+        return pb.CreateDiscountResponse(discount=convert.discount_message(d))
+
+    @rpc
+    async def ListDiscounts(self, request: pb.ListDiscountsRequest, caller: Caller) -> pb.ListDiscountsResponse:
+        found, token = await discounts.list_discounts(
+            self.db, caller, request.subscription_id, tokens=self.tokens, page_size=request.page_size,
+            page_token=request.page_token, include_deleted=request.include_deleted)
+        return pb.ListDiscountsResponse(discounts=[convert.discount_message(d) for d in found],
+                                        next_page_token=token)
+
+    @rpc
+    async def DeleteDiscount(self, request: pb.DeleteDiscountRequest, caller: Caller) -> pb.DeleteDiscountResponse:
+        d = await discounts.delete_discount(self.db, caller, request.request_id, request.id)
+        return pb.DeleteDiscountResponse(discount=convert.discount_message(d))

@@ -17,9 +17,12 @@ from decimal import Decimal
 from typing import Mapping, Sequence
 
 from billing.domain import proration
+from billing.domain.invoice_assembly import Discount, assemble, usage_charge_lines
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.periods import period_containing
 from billing.domain.plans import BillingTiming, PlanSpec
+from fractions import Fraction
+
 from billing.domain.pricing import Line, PeriodUsage, base_fee_line, period_usage, price_usage, total
 from billing.domain.subscriptions import Subscription
 from billing.domain.events import EventType
@@ -45,6 +48,7 @@ class ClosedPeriod:
     total: Decimal
     subscription: Subscription  # the state after the period closed
     event: str  # what the advance amounts to, for the audit trail and events
+    discounts: tuple[Discount, ...] = ()  # the subscription's discounts after this close counted
 
 
 def invoice_request_id(tenant_id: uuid.UUID, subscription_id: uuid.UUID, period_start: datetime) -> uuid.UUID:
@@ -123,14 +127,17 @@ def _next_state(sub: Subscription, plan: PlanSpec, next_plan: PlanSpec | None) -
 
 def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage: Mapping[str, PeriodUsage], *,
                  next_plan: PlanSpec | None = None, charged_in_advance: bool = True,
-                 extra_lines: Sequence[Line] = ()) -> ClosedPeriod:
+                 extra_lines: Sequence[Line] = (), discounts: Sequence[Discount] = ()) -> ClosedPeriod:
     """Bill the subscription's current period, which must have ended, and advance it.
 
     ``plan`` is the plan in effect during the period, ``next_plan`` the pending plan (when
     a change is due at the period's end), ``usage`` the period's totals by metric code.
     ``charged_in_advance`` is False when no earlier run opened this period (see above).
     ``extra_lines`` (late usage lines, pending adjustment lines) are appended as they are,
-    already rounded; they must be in the plan's currency.
+    already rounded; they must be in the plan's currency. ``discounts``: the subscription's
+    discounts in their order (``invoice_assembly.discount_lines``); those that count this
+    close come back in ``ClosedPeriod.discounts`` with ``used`` + 1.
+    The lines: charges, then ``invoice_assembly.assemble`` (discounts, commitment, credits).
     """
     if sub.status not in BILLABLE or sub.current_period_start is None or sub.current_period_end is None:
         raise ValueError(f"subscription {sub.id} is {sub.status.value}: it has no period to close")
@@ -154,11 +161,31 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
         lines.extend(_piece(spec, after.current_period_start, after.current_period_end,
                             proration.nominal_period(after, spec)))
     if not trial:
-        for priced in price_usage(plan, usage, start, end):
-            lines.extend(priced.lines)
+        lines.extend(usage_charge_lines(price_usage(plan, usage, start, end), plan.currency, start, end))
     lines.extend(extra_lines)
-    return ClosedPeriod(invoice_request_id(tenant_id, sub.id, start), start, end, plan.currency, tuple(lines),
-                        total(lines), after, event)
+    # A discount counts every close made after it was created, trials excepted.
+    counted = [] if trial else [d for d in discounts if d.applies()]
+    share = _billed_share(sub, plan) if plan.minimum_commitment and not trial else None
+    final = assemble(plan, lines, counted, commitment_share=share, period_start=start, period_end=end)
+    later = tuple(discounts) if trial else tuple(_evolve_discount(d) if d.applies() else d for d in discounts)
+    return ClosedPeriod(invoice_request_id(tenant_id, sub.id, start), start, end, plan.currency, final,
+                        total(final), after, event, later)
+
+
+def _evolve_discount(d: Discount) -> Discount:
+    return Discount(d.id, d.kind, d.value, d.applies_to, d.periods, d.used + 1)
+
+
+def _billed_share(sub: Subscription, plan: PlanSpec) -> Fraction:
+    """The part of the nominal period the subscription was billable in (the commitment's
+    share): from the start, or from where proration settled it (``period_fee_from``), to
+    the end; none for a period paused all along."""
+    start, end = sub.current_period_start, sub.current_period_end
+    assert start is not None and end is not None
+    if _paused_all_along(sub, start):
+        return Fraction(0)
+    a = start if sub.period_fee_from is None else min(max(sub.period_fee_from, start), end)
+    return proration.share(proration.nominal_period(sub, plan), a, end)
 
 
 def _piece(plan: PlanSpec, a: datetime, b: datetime, nominal: tuple[datetime, datetime]) -> list[Line]:

@@ -7,20 +7,23 @@ and late events billed by earlier runs) and ``after`` (the same plus the late ev
 billed). ``late_usage_line`` turns one group into ONE ``late_usage`` line that names its
 original period (``Line.original_period_start``).
 
-The rule: **a late line charges the increase of the original period's price.**
-``amount = round(price(after) - price(before))`` where ``price`` is the exact, unrounded
-``pricing.usage_amount`` of the charge of the plan in effect during the original period,
-applied to the charge's aggregation of the totals. So after any number of late lines the
-period has been charged, in total, what all its events cost under its plan (up to the
-per-line rounding of each line), whatever the aggregation or pricing model:
+The rule: **a late line charges what the period's usage costs now minus what was charged
+for it already.** ``amount = charged(after) - charged(before)`` where ``charged`` is
+``invoice_assembly.charged_usage``: the sum of the lines a period close makes for the
+metric's totals (``pricing.price_usage``, each line rounded once, the charge's cap
+included), under the plan in effect during the original period. ``charged(before)`` IS what
+was charged already: the on-time close charged ``charged(on-time totals)``, and every late
+line brings the period to ``charged(after)``, the ``before`` of the next one. So after any
+number of late lines, in any order, the period has been charged exactly what its close
+would have charged had every event come on time: 333 units on time and 333 late at 0.001
+charge 0.33 + 0.34 = 0.67, the price of 666 units (docs/billing.md, Late usage). Both
+amounts are already rounded: the late line itself needs no rounding.
 
-* sum / count: the late quantity (or number of late events) priced at the marginal price,
-  e.g. per_unit: ``late quantity * unit_price``; graduated: at the tier(s) the late units
-  fall into; volume: the re-priced total minus what was billed (a volume tier change
-  re-prices every unit); package: the packages the late units newly start.
-* max / latest / unique_count: the difference of the aggregate with and without the late
-  events (a late event below the billed maximum costs nothing; ``latest`` may go down, which
-  gives a negative line: a credit; a late unique value seen already costs nothing).
+* sum / count: the late quantity (or number of late events) at the marginal price; a
+  volume tier change re-prices every unit; package: the packages the late units start.
+* max / latest / unique_count: the difference with and without the late events (a late
+  event below the billed maximum costs nothing; ``latest`` may go down, which gives a
+  negative line: a credit; a late unique value seen already costs nothing).
 
 The line's ``quantity`` is ``aggregate(after) - aggregate(before)`` (the packages added for a
 package charge); ``unit_price`` is the charge's unit price for per_unit and package, else the
@@ -37,9 +40,10 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from fractions import Fraction
 
+from billing.domain.invoice_assembly import charged_usage
 from billing.domain.money import decimal_to_str, round_money
-from billing.domain.plans import PricingModel, UsageCharge
-from billing.domain.pricing import Line, PeriodUsage, charge_quantity, usage_amount
+from billing.domain.plans import PlanSpec, PricingModel
+from billing.domain.pricing import Line, PeriodUsage, charge_quantity
 
 __all__ = ["LateUsage", "late_usage_line", "KIND"]
 
@@ -64,8 +68,11 @@ def _packages(quantity: Decimal, size: Decimal) -> int:
     return -((-Fraction(quantity)) // Fraction(size))  # ceil, exactly (Fraction floors)
 
 
-def late_usage_line(late: LateUsage, charge: UsageCharge | None, currency: str, *, trial: bool) -> Line:
-    """One ``late_usage`` line (see the module docstring for the rule)."""
+def late_usage_line(late: LateUsage, plan: PlanSpec, *, trial: bool) -> Line:
+    """One ``late_usage`` line (see the module docstring for the rule); ``plan`` is the plan
+    in effect during the original period."""
+    currency = plan.currency
+    charge = next((c for c in plan.usage_charges if c.metric_code == late.metric_code), None)
     period = (f"{late.original_start.date().isoformat()}..{late.original_end.date().isoformat()}")
     head = f"late {late.metric_code} usage of {period} ({late.events} event(s))"
 
@@ -79,7 +86,10 @@ def late_usage_line(late: LateUsage, charge: UsageCharge | None, currency: str, 
         why = "trial period: usage is free" if trial else "the plan of that period does not charge this metric"
         return line(f"{head}: {why}", _ZERO, _ZERO, _ZERO)
     q_before, q_after = charge_quantity(charge, late.before), charge_quantity(charge, late.after)
-    exact = usage_amount(charge, q_after) - usage_amount(charge, q_before)
+    start, end = late.original_start, late.original_end
+    now = charged_usage(plan, late.metric_code, late.after, start, end)
+    already = charged_usage(plan, late.metric_code, late.before, start, end)
+    exact = now - already
     quantity = q_after - q_before
     model = PricingModel(charge.pricing_model)
     if model is PricingModel.PER_UNIT:
@@ -95,5 +105,5 @@ def late_usage_line(late: LateUsage, charge: UsageCharge | None, currency: str, 
         unit_price = _ZERO
     assert unit_price is not None  # per_unit and package charges have one (plans.parse_plan)
     description = (f"{head}: {charge.aggregation.value} {decimal_to_str(q_before)} -> {decimal_to_str(q_after)}, "
-                   f"charged the increase of the period's {model.value} price")
+                   f"{decimal_to_str(now)} now less {decimal_to_str(already)} charged already")
     return line(description, quantity, unit_price, exact)

@@ -47,9 +47,11 @@ def plan_to_dict(spec: PlanSpec) -> dict[str, Any]:
                     for t in c.tiers
                 ],
                 "unique_property": c.unique_property,
+                "max_amount": _dec_or_none(c.max_amount),
             }
             for c in spec.usage_charges
         ],
+        "minimum_commitment": decimal_to_str(spec.minimum_commitment),
     }
 
 
@@ -142,6 +144,7 @@ def plan_from_dict(d: Mapping[str, Any]) -> PlanSpec:
                 package_size=_stored_dec(c, "package_size", cp, nullable=True),
                 tiers=tuple(tiers),
                 unique_property=c.get("unique_property") if isinstance(c, Mapping) else None,
+                max_amount=_stored_dec(c, "max_amount", cp, nullable=True) if isinstance(c, Mapping) and "max_amount" in c else None,
             )
         )
     return PlanSpec(
@@ -155,5 +158,7 @@ def plan_from_dict(d: Mapping[str, Any]) -> PlanSpec:
         billing_timing=_stored_enum(BillingTiming, d, "billing_timing", ""),
         trial_days=_stored_int(d, "trial_days", ""),
         usage_charges=tuple(charges),
+        # Absent from plans stored before commitments existed: no commitment.
+        minimum_commitment=_stored_dec(d, "minimum_commitment", "") if "minimum_commitment" in d else Decimal(0),
     )
 

@@ -27,6 +27,11 @@ order is reported):
     Tier ``unit_price`` >= 0 (up to 12 decimals); ``flat_fee`` optional (default 0),
     >= 0 and, being an amount of money, limited to the currency's minor unit.
 
+* ``minimum_commitment`` (optional, "" = none): an amount of money (the currency's minor
+  unit), >= 0, charged at least per period (docs/pricing.md, Commitments and caps).
+  ``usage_charges[i].max_amount`` (optional, "" = no cap): an amount of money > 0, the
+  most the charge costs in one period.
+
 Unit prices may carry up to 12 decimals (e.g. 0.000125 per API call); results are
 only rounded per invoice line, by ``money.round_money``.
 """
@@ -230,6 +235,9 @@ def _parse_charge(c: object, field: str, currency: str) -> UsageCharge:
         raise ValidationError(f"{field}.unique_property", "is only for aggregation 'unique_count'")
     else:
         unique_property = None
+    max_text = _text(getattr(c, "max_amount", ""), f"{field}.max_amount")
+    max_amount = (None if max_text == "" else
+                  parse_decimal(max_text, f"{field}.max_amount", allow_zero=False, max_scale=minor_units(currency)))
     return UsageCharge(
         metric_code=metric_code,
         aggregation=aggregation,
@@ -238,6 +246,7 @@ def _parse_charge(c: object, field: str, currency: str) -> UsageCharge:
         package_size=package_size,
         tiers=tiers,
         unique_property=unique_property,
+        max_amount=max_amount,
     )
 
 
@@ -266,6 +275,13 @@ def _check_base_fee(value: object, currency: str | None) -> Decimal:
     if currency is None:  # the currency is refused too; its minor unit is unknown
         return parse_decimal(text, "base_fee", max_scale=PRICE_MAX_SCALE)
     return _money(text, "base_fee", currency)
+
+
+def _check_commitment(value: object, currency: str | None) -> Decimal:
+    text = _text(value, "minimum_commitment")
+    if text == "":
+        return Decimal(0)
+    return parse_decimal(text, "minimum_commitment", max_scale=minor_units(currency) if currency else PRICE_MAX_SCALE)
 
 
 def _check_trial_days(value: object) -> int:
@@ -313,10 +329,12 @@ def parse_plan(inp: PlanInput) -> PlanSpec:
     # With the currency refused, the charges are still checked, against the currency of the
     # most minor units (CLF, 4): no amount is refused for a scale the real currency may allow.
     charges = v.check(_check_charges, inp.usage_charges, currency or "CLF", v)
+    commitment = v.check(_check_commitment, getattr(inp, "minimum_commitment", ""), currency)
     v.raise_if_any()
     assert code is not None and name is not None and description is not None and currency is not None
     assert interval is not None and interval_count is not None and base_fee is not None
     assert billing_timing is not None and trial_days is not None and charges is not None
+    assert commitment is not None
 
     return PlanSpec(
         code=code,
@@ -329,5 +347,6 @@ def parse_plan(inp: PlanInput) -> PlanSpec:
         billing_timing=billing_timing,
         trial_days=trial_days,
         usage_charges=tuple(charges),
+        minimum_commitment=commitment,
     )
 

@@ -77,6 +77,7 @@ class UsageChargeInput:
     package_size: str = ""
     tiers: Sequence[TierInput] = ()
     unique_property: str = ""
+    max_amount: str = ""  # "": no cap
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class PlanInput:
     trial_days: int
     usage_charges: Sequence[UsageChargeInput] = ()
     description: str = ""
+    minimum_commitment: str = ""  # "": none
 
 
 # ----------------------------------------------------------------------- validated
@@ -112,6 +114,7 @@ class UsageCharge:
     package_size: Decimal | None  # package only
     tiers: tuple[Tier, ...]  # graduated / volume only
     unique_property: str | None = None  # unique_count only: the event property counted
+    max_amount: Decimal | None = None  # the most this charge costs in one period (None: no cap)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class PlanSpec:
     billing_timing: BillingTiming
     trial_days: int
     usage_charges: tuple[UsageCharge, ...]
+    minimum_commitment: Decimal = Decimal(0)  # per period, prorated for a partial one (0: none)
 
 
 # ----------------------------------------------------------------------- limits

@@ -8,6 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from billing.domain import proration as pr
+from billing.domain.invoice_assembly import usage_charge_lines
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import decimal_to_str
 from billing.domain.plans import PlanSpec
@@ -36,7 +37,7 @@ async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscripti
     if end <= start:
         return []
     usage, _ = await period_reads.usage_of_period(conn, caller.tenant_id, sub.id, spec, start)
-    return [ln for priced in price_usage(spec, usage, start, end) for ln in priced.lines]
+    return usage_charge_lines(price_usage(spec, usage, start, end), spec.currency, start, end)
 
 
 

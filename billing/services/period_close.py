@@ -14,6 +14,7 @@ from typing import NamedTuple, Sequence
 import asyncpg
 
 from billing.domain import invoicing
+from billing.domain.invoice_assembly import Discount
 from billing.domain.invoicing import ClosedPeriod
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.plans import PlanSpec
@@ -94,7 +95,8 @@ def _compute(ctx: CloseContext, subs: list[Subscription], inputs: period_reads.C
     for sub in subs:
         try:
             outcomes.append(_close_all(ctx, ids, sub, inputs.usage, sub.id in inputs.charged,
-                                       inputs.late.get(sub.id, ()), inputs.pending.get(sub.id, ())))
+                                       inputs.late.get(sub.id, ()), inputs.pending.get(sub.id, ()),
+                                       inputs.discounts.get(sub.id, ())))
         except Exception as exc:  # noqa: BLE001 - recorded with its reason; the run goes on
             chunk.fail(sub.id, f"{type(exc).__name__}: {exc}")
             log.warning("subscription not billed", extra={"subscription_id": str(sub.id),
@@ -104,9 +106,10 @@ def _compute(ctx: CloseContext, subs: list[Subscription], inputs: period_reads.C
 
 def _close_all(ctx: CloseContext, ids: _RequestIds, sub: Subscription, usage: period_reads.UsageByPeriod,
                charged_in_advance: bool, late: Sequence[tuple[list[str], Line]],
-               pending: Sequence[tuple[uuid.UUID, Line]]) -> Billed:
+               pending: Sequence[tuple[uuid.UUID, Line]], discounts: Sequence[Discount] = ()) -> Billed:
     """Close every ended period of `sub` (pure computation and encoding, nothing written).
-    Late usage and pending adjustment lines go into the first period closed."""
+    Late usage and pending adjustment lines go into the first period closed; each close
+    hands the discounts, as it counted them, to the next."""
     out = Billed(sub, [], [], [], [], [], [e for ids, _ in late for e in ids], [i for i, _ in pending])
     extra = [ln for _, ln in late] + [ln for _, ln in pending]
     plans, current = ctx.plans, sub
@@ -118,8 +121,9 @@ def _close_all(ctx: CloseContext, ids: _RequestIds, sub: Subscription, usage: pe
             ctx.tenant_id, current, plans[current.plan_id],
             usage.get((current.id, current.current_period_start), _NO_USAGE),
             next_plan=plans.get(current.pending_plan_id) if current.pending_plan_id else None,
-            charged_in_advance=charged_in_advance, extra_lines=extra,
+            charged_in_advance=charged_in_advance, extra_lines=extra, discounts=discounts,
         )
+        discounts = closed.discounts
         _add_closed(out, ids, current, closed)
         current = closed.subscription
         charged_in_advance = True  # the next period was opened (and, in advance, charged) right here

@@ -3,16 +3,18 @@ every subscription of the chunk, in a fixed number of round trips (docs/billing.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import asyncpg
 
+from billing.domain.invoice_assembly import Discount
 from billing.domain.late_usage import LateUsage, late_usage_line
 from billing.domain.plans import Aggregation, BillingTiming, PlanSpec
 from billing.domain.plan_storage import plan_from_dict
 from billing.domain.pricing import Line, PeriodUsage, period_usage
 from billing.domain.subscriptions import Subscription
+from billing.services import discounts as discount_reads
 from billing.store import billed_periods, pending_lines, period_usage as usage_reads
 from billing.store import plans as plans_store
 from billing.store import usage as usage_store
@@ -26,12 +28,13 @@ LateLines = dict[uuid.UUID, list[tuple[list[str], Line]]]
 @dataclass
 class ChunkInputs:
     """What the closes of one chunk read: usage of every period to close, whether the
-    current period was charged in advance, late usage lines and pending lines."""
+    current period was charged in advance, late usage lines, pending lines and discounts."""
 
     usage: UsageByPeriod
     charged: set[uuid.UUID]
     late: LateLines
     pending: dict[uuid.UUID, list[tuple[uuid.UUID, Line]]]
+    discounts: dict[uuid.UUID, list[Discount]] = field(default_factory=dict)
 
 
 async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec],
@@ -55,7 +58,8 @@ async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uu
     await _add_unique_counts(conn, tenant, plans, subs, firsts, as_of, usage)
     late = await late_lines(conn, tenant, plans, subs, late_rows)
     pending = await pending_lines.unbilled(conn, tenant, ids)
-    return ChunkInputs(usage, charged, late, pending)
+    discounts = await discount_reads.live_for(conn, tenant, ids)
+    return ChunkInputs(usage, charged, late, pending, discounts)
 
 
 async def load_plans(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], wanted: set[uuid.UUID]) -> None:
@@ -135,7 +139,7 @@ async def late_lines(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], 
         end = r["billed_end"] or r["period_end"]
         late = LateUsage(r["metric_code"], start, end, len(r["event_ids"]), before, after)
         out.setdefault(sub.id, []).append(
-            (list(r["event_ids"]), late_usage_line(late, charge, spec.currency, trial=bool(r["trial"]))))
+            (list(r["event_ids"]), late_usage_line(late, spec, trial=bool(r["trial"]))))
     return out
 
 

@@ -18,6 +18,7 @@ from decimal import Decimal
 
 import asyncpg
 
+from billing.domain.invoice_assembly import usage_charge_lines
 from billing.domain.periods import from_us, to_us
 from billing.domain.plans import PlanSpec
 from billing.domain.usage_rules import UsageSubscription, period_at, refusal
@@ -325,7 +326,8 @@ class Usage:
                         conn, caller.tenant_id, sub_uuid, code, start, series)]
                 lr = late.get(code)
                 metrics.append(MetricUsage(
-                    code, priced.charge.aggregation.value, priced.quantity, pricing_total(priced.lines), points,
+                    code, priced.charge.aggregation.value, priced.quantity,
+                    pricing_total(usage_charge_lines([priced], spec.currency, start, end)), points,
                     LateUsageReport(lr["event_count"], lr["quantity_sum"], lr["billed_count"]) if lr else NO_LATE_USAGE))
         total = round_money(sum((m.amount for m in metrics), start=Decimal(0)), spec.currency)
         return UsageReport(sub_uuid, start, end, spec.currency, metrics, total)

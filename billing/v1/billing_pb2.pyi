@@ -88,6 +88,12 @@ class BillingRunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BILLING_RUN_STATUS_RUNNING: _ClassVar[BillingRunStatus]
     BILLING_RUN_STATUS_COMPLETED: _ClassVar[BillingRunStatus]
     BILLING_RUN_STATUS_FAILED: _ClassVar[BillingRunStatus]
+
+class DiscountKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DISCOUNT_KIND_UNSPECIFIED: _ClassVar[DiscountKind]
+    DISCOUNT_KIND_PERCENTAGE: _ClassVar[DiscountKind]
+    DISCOUNT_KIND_FIXED_AMOUNT: _ClassVar[DiscountKind]
 INTERVAL_UNIT_UNSPECIFIED: IntervalUnit
 INTERVAL_UNIT_DAY: IntervalUnit
 INTERVAL_UNIT_WEEK: IntervalUnit
@@ -134,9 +140,12 @@ BILLING_RUN_STATUS_PENDING: BillingRunStatus
 BILLING_RUN_STATUS_RUNNING: BillingRunStatus
 BILLING_RUN_STATUS_COMPLETED: BillingRunStatus
 BILLING_RUN_STATUS_FAILED: BillingRunStatus
+DISCOUNT_KIND_UNSPECIFIED: DiscountKind
+DISCOUNT_KIND_PERCENTAGE: DiscountKind
+DISCOUNT_KIND_FIXED_AMOUNT: DiscountKind
 
 class Plan(_message.Message):
-    __slots__ = ("id", "code", "version", "name", "description", "currency", "interval", "interval_count", "base_fee", "billing_timing", "trial_days", "usage_charges", "status", "created_at", "archived_at")
+    __slots__ = ("id", "code", "version", "name", "description", "currency", "interval", "interval_count", "base_fee", "billing_timing", "trial_days", "usage_charges", "status", "created_at", "archived_at", "minimum_commitment")
     ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +161,7 @@ class Plan(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ARCHIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     code: str
     version: int
@@ -167,10 +177,11 @@ class Plan(_message.Message):
     status: PlanStatus
     created_at: _timestamp_pb2.Timestamp
     archived_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., code: _Optional[str] = ..., version: _Optional[int] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[IntervalUnit, str]] = ..., interval_count: _Optional[int] = ..., base_fee: _Optional[str] = ..., billing_timing: _Optional[_Union[BillingTiming, str]] = ..., trial_days: _Optional[int] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., status: _Optional[_Union[PlanStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archived_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    minimum_commitment: str
+    def __init__(self, id: _Optional[str] = ..., code: _Optional[str] = ..., version: _Optional[int] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[IntervalUnit, str]] = ..., interval_count: _Optional[int] = ..., base_fee: _Optional[str] = ..., billing_timing: _Optional[_Union[BillingTiming, str]] = ..., trial_days: _Optional[int] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., status: _Optional[_Union[PlanStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archived_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., minimum_commitment: _Optional[str] = ...) -> None: ...
 
 class UsageCharge(_message.Message):
-    __slots__ = ("metric_code", "aggregation", "pricing_model", "unit_price", "package_size", "tiers", "unique_property")
+    __slots__ = ("metric_code", "aggregation", "pricing_model", "unit_price", "package_size", "tiers", "unique_property", "max_amount")
     METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     PRICING_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +189,7 @@ class UsageCharge(_message.Message):
     PACKAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_PROPERTY_FIELD_NUMBER: _ClassVar[int]
+    MAX_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     metric_code: str
     aggregation: Aggregation
     pricing_model: PricingModel
@@ -185,7 +197,8 @@ class UsageCharge(_message.Message):
     package_size: str
     tiers: _containers.RepeatedCompositeFieldContainer[Tier]
     unique_property: str
-    def __init__(self, metric_code: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., pricing_model: _Optional[_Union[PricingModel, str]] = ..., unit_price: _Optional[str] = ..., package_size: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., unique_property: _Optional[str] = ...) -> None: ...
+    max_amount: str
+    def __init__(self, metric_code: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., pricing_model: _Optional[_Union[PricingModel, str]] = ..., unit_price: _Optional[str] = ..., package_size: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., unique_property: _Optional[str] = ..., max_amount: _Optional[str] = ...) -> None: ...
 
 class Tier(_message.Message):
     __slots__ = ("up_to", "unit_price", "flat_fee")
@@ -198,7 +211,7 @@ class Tier(_message.Message):
     def __init__(self, up_to: _Optional[str] = ..., unit_price: _Optional[str] = ..., flat_fee: _Optional[str] = ...) -> None: ...
 
 class CreatePlanRequest(_message.Message):
-    __slots__ = ("request_id", "code", "name", "description", "currency", "interval", "interval_count", "base_fee", "billing_timing", "trial_days", "usage_charges")
+    __slots__ = ("request_id", "code", "name", "description", "currency", "interval", "interval_count", "base_fee", "billing_timing", "trial_days", "usage_charges", "minimum_commitment")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +223,7 @@ class CreatePlanRequest(_message.Message):
     BILLING_TIMING_FIELD_NUMBER: _ClassVar[int]
     TRIAL_DAYS_FIELD_NUMBER: _ClassVar[int]
     USAGE_CHARGES_FIELD_NUMBER: _ClassVar[int]
+    MINIMUM_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     code: str
     name: str
@@ -221,7 +235,8 @@ class CreatePlanRequest(_message.Message):
     billing_timing: BillingTiming
     trial_days: int
     usage_charges: _containers.RepeatedCompositeFieldContainer[UsageCharge]
-    def __init__(self, request_id: _Optional[str] = ..., code: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[IntervalUnit, str]] = ..., interval_count: _Optional[int] = ..., base_fee: _Optional[str] = ..., billing_timing: _Optional[_Union[BillingTiming, str]] = ..., trial_days: _Optional[int] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ...) -> None: ...
+    minimum_commitment: str
+    def __init__(self, request_id: _Optional[str] = ..., code: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[IntervalUnit, str]] = ..., interval_count: _Optional[int] = ..., base_fee: _Optional[str] = ..., billing_timing: _Optional[_Union[BillingTiming, str]] = ..., trial_days: _Optional[int] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., minimum_commitment: _Optional[str] = ...) -> None: ...
 
 class CreatePlanResponse(_message.Message):
     __slots__ = ("plan",)
@@ -757,3 +772,81 @@ class ListBillingRunsResponse(_message.Message):
     runs: _containers.RepeatedCompositeFieldContainer[BillingRun]
     next_page_token: str
     def __init__(self, runs: _Optional[_Iterable[_Union[BillingRun, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class Discount(_message.Message):
+    __slots__ = ("id", "subscription_id", "kind", "value", "applies_to", "periods", "periods_used", "created_at", "deleted_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    APPLIES_TO_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_USED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    subscription_id: str
+    kind: DiscountKind
+    value: str
+    applies_to: _containers.RepeatedScalarFieldContainer[str]
+    periods: int
+    periods_used: int
+    created_at: _timestamp_pb2.Timestamp
+    deleted_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., kind: _Optional[_Union[DiscountKind, str]] = ..., value: _Optional[str] = ..., applies_to: _Optional[_Iterable[str]] = ..., periods: _Optional[int] = ..., periods_used: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateDiscountRequest(_message.Message):
+    __slots__ = ("request_id", "subscription_id", "kind", "value", "applies_to", "periods")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    APPLIES_TO_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    subscription_id: str
+    kind: DiscountKind
+    value: str
+    applies_to: _containers.RepeatedScalarFieldContainer[str]
+    periods: int
+    def __init__(self, request_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., kind: _Optional[_Union[DiscountKind, str]] = ..., value: _Optional[str] = ..., applies_to: _Optional[_Iterable[str]] = ..., periods: _Optional[int] = ...) -> None: ...
+
+class CreateDiscountResponse(_message.Message):
+    __slots__ = ("discount",)
+    DISCOUNT_FIELD_NUMBER: _ClassVar[int]
+    discount: Discount
+    def __init__(self, discount: _Optional[_Union[Discount, _Mapping]] = ...) -> None: ...
+
+class ListDiscountsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "subscription_id", "include_deleted")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DELETED_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    subscription_id: str
+    include_deleted: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., subscription_id: _Optional[str] = ..., include_deleted: _Optional[bool] = ...) -> None: ...
+
+class ListDiscountsResponse(_message.Message):
+    __slots__ = ("discounts", "next_page_token")
+    DISCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    discounts: _containers.RepeatedCompositeFieldContainer[Discount]
+    next_page_token: str
+    def __init__(self, discounts: _Optional[_Iterable[_Union[Discount, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteDiscountRequest(_message.Message):
+    __slots__ = ("request_id", "id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    id: str
+    def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class DeleteDiscountResponse(_message.Message):
+    __slots__ = ("discount",)
+    DISCOUNT_FIELD_NUMBER: _ClassVar[int]
+    discount: Discount
+    def __init__(self, discount: _Optional[_Union[Discount, _Mapping]] = ...) -> None: ...

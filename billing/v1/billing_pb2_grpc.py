@@ -124,6 +124,21 @@ class BillingServiceStub:
                 request_serializer=billing_dot_v1_dot_billing__pb2.ListBillingRunsRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__pb2.ListBillingRunsResponse.FromString,
                 _registered_method=True)
+        self.CreateDiscount = channel.unary_unary(
+                '/billing.v1.BillingService/CreateDiscount',
+                request_serializer=billing_dot_v1_dot_billing__pb2.CreateDiscountRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.CreateDiscountResponse.FromString,
+                _registered_method=True)
+        self.ListDiscounts = channel.unary_unary(
+                '/billing.v1.BillingService/ListDiscounts',
+                request_serializer=billing_dot_v1_dot_billing__pb2.ListDiscountsRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.ListDiscountsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDiscount = channel.unary_unary(
+                '/billing.v1.BillingService/DeleteDiscount',
+                request_serializer=billing_dot_v1_dot_billing__pb2.DeleteDiscountRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.DeleteDiscountResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -246,6 +261,26 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateDiscount(self, request, context):
+        """Discounts of a subscription, applied by the period closes after they are created
+        (docs/billing.md, "The order of an invoice").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDiscounts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDiscount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -338,6 +373,21 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListBillingRuns,
                     request_deserializer=billing_dot_v1_dot_billing__pb2.ListBillingRunsRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__pb2.ListBillingRunsResponse.SerializeToString,
+            ),
+            'CreateDiscount': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDiscount,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.CreateDiscountRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.CreateDiscountResponse.SerializeToString,
+            ),
+            'ListDiscounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDiscounts,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.ListDiscountsRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.ListDiscountsResponse.SerializeToString,
+            ),
+            'DeleteDiscount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDiscount,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.DeleteDiscountRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.DeleteDiscountResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -826,6 +876,87 @@ class BillingService:
             '/billing.v1.BillingService/ListBillingRuns',
             billing_dot_v1_dot_billing__pb2.ListBillingRunsRequest.SerializeToString,
             billing_dot_v1_dot_billing__pb2.ListBillingRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDiscount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/CreateDiscount',
+            billing_dot_v1_dot_billing__pb2.CreateDiscountRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.CreateDiscountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDiscounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/ListDiscounts',
+            billing_dot_v1_dot_billing__pb2.ListDiscountsRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.ListDiscountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDiscount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/DeleteDiscount',
+            billing_dot_v1_dot_billing__pb2.DeleteDiscountRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.DeleteDiscountResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -191,6 +191,24 @@ async def list_billing_runs(p: Probe):
     assert {r.id for r in p.b.runs.values()} <= {r.id for r in resp.runs}
 
 
+async def create_discount(p: Probe):
+    await p.replay_a("CreateDiscount")
+    for sub in p.a.subs.values():
+        await p("CreateDiscount", pb.CreateDiscountRequest(request_id=str(uuid.uuid4()), subscription_id=sub.id,
+                                                           kind=pb.DISCOUNT_KIND_PERCENTAGE, value="100"))
+
+
+async def list_discounts(p: Probe):
+    for sub in p.a.subs.values():
+        await p("ListDiscounts", pb.ListDiscountsRequest(subscription_id=sub.id, include_deleted=True))
+
+
+async def delete_discount(p: Probe):
+    await p.replay_a("DeleteDiscount")
+    for d in p.a.discounts.values():
+        await p("DeleteDiscount", pb.DeleteDiscountRequest(request_id=str(uuid.uuid4()), id=d.id))
+
+
 CASES = {
     "CreatePlan": create_plan, "GetPlan": get_plan, "ListPlans": list_plans, "ArchivePlan": archive_plan,
     "CreateSubscription": create_subscription, "GetSubscription": get_subscription,
@@ -202,6 +220,7 @@ CASES = {
                                      mode=pb.CANCEL_MODE_IMMEDIATELY),
     "ChangePlan": change_plan, "RecordUsage": record_usage, "GetUsage": get_usage, "RunBilling": run_billing,
     "GetBillingRun": get_billing_run, "ListBillingRuns": list_billing_runs,
+    "CreateDiscount": create_discount, "ListDiscounts": list_discounts, "DeleteDiscount": delete_discount,
 }
 
 

@@ -13,7 +13,7 @@ from billing.v1 import billing_pb2 as pb
 from tests.integration.test_plans_api import plan_request
 
 TABLES = ("plans", "subscriptions", "audit_events", "idempotency_keys", "outbox", "usage_events", "usage_totals",
-          "billing_runs", "billed_periods")
+          "billing_runs", "billed_periods", "discounts")
 
 
 def rid() -> str:
@@ -38,6 +38,7 @@ class World:
     plans: dict[str, pb.Plan] = field(default_factory=dict)
     subs: dict[str, pb.Subscription] = field(default_factory=dict)
     runs: dict[str, pb.BillingRun] = field(default_factory=dict)
+    discounts: dict[str, pb.Discount] = field(default_factory=dict)
     request_ids: list[str] = field(default_factory=list)  # ids of requests that succeeded
     event_ids: list[str] = field(default_factory=list)
     requests: dict[str, list] = field(default_factory=dict)  # method name -> requests sent, in order
@@ -51,7 +52,7 @@ class World:
 
     def ids(self) -> list[str]:
         return ([p.id for p in self.plans.values()] + [s.id for s in self.subs.values()]
-                + [r.id for r in self.runs.values()])
+                + [r.id for r in self.runs.values()] + [d.id for d in self.discounts.values()])
 
     def codes(self) -> list[str]:
         return [p.code for p in self.plans.values()]
@@ -107,6 +108,15 @@ async def build_world(stub, tenant, tag: str = "w") -> World:
     w.subs["pending_change"] = (await call(stub.ChangePlan, pb.ChangePlanRequest(
         request_id=rid(), id=w.subs["pending_change"].id, new_plan_id=w.plans["main"].id,
         timing=pb.CHANGE_TIMING_AT_PERIOD_END))).subscription
+
+    w.discounts["active"] = (await call(stub.CreateDiscount, pb.CreateDiscountRequest(
+        request_id=rid(), subscription_id=w.subs["active"].id, kind=pb.DISCOUNT_KIND_PERCENTAGE, value="10",
+        periods=2))).discount
+    w.discounts["deleted"] = (await call(stub.CreateDiscount, pb.CreateDiscountRequest(
+        request_id=rid(), subscription_id=w.subs["active2"].id, kind=pb.DISCOUNT_KIND_FIXED_AMOUNT, value="1.00",
+        applies_to=["base_fee"]))).discount
+    w.discounts["deleted"] = (await call(stub.DeleteDiscount, pb.DeleteDiscountRequest(
+        request_id=rid(), id=w.discounts["deleted"].id))).discount
 
     start = w.subs["active"].start_at.ToDatetime(timezone.utc)
     for i in range(3):

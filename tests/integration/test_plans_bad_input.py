@@ -78,6 +78,10 @@ CASES = [
     ({"usage_charges": [charge(aggregation=pb.AGGREGATION_UNIQUE_COUNT)]}, "usage_charges[0].unique_property"),
     ({"usage_charges": [charge(unique_property="user_id")]}, "usage_charges[0].unique_property"),
     ({"usage_charges": [charge(metric_code=f"m{i}") for i in range(51)]}, "usage_charges"),
+    ({"minimum_commitment": "1.005"}, "minimum_commitment"),
+    ({"minimum_commitment": "-5"}, "minimum_commitment"),
+    ({"usage_charges": [charge(max_amount="0")]}, "usage_charges[0].max_amount"),
+    ({"usage_charges": [charge(max_amount="1.001")]}, "usage_charges[0].max_amount"),
 ]
 
 

@@ -30,8 +30,11 @@ EXPECTED_METHODS = {
     "RunBilling",
     "GetBillingRun",
     "ListBillingRuns",
+    "CreateDiscount",
+    "ListDiscounts",
+    "DeleteDiscount",
 }
-MUTATION = re.compile(r"^(Create|Archive|Activate|Pause|Resume|Cancel)|^(ChangePlan|RecordUsage|RecordUsageBatch|RunBilling)$")
+MUTATION = re.compile(r"^(Create|Archive|Activate|Pause|Resume|Cancel|Delete)|^(ChangePlan|RecordUsage|RecordUsageBatch|RunBilling)$")
 
 SERVICE = billing_pb2.DESCRIPTOR.services_by_name["BillingService"]
 
@@ -51,7 +54,7 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
 
 def test_service_has_exactly_the_expected_methods() -> None:
     names = [m.name for m in SERVICE.methods]
-    assert len(names) == len(set(names)) == 18
+    assert len(names) == len(set(names)) == len(EXPECTED_METHODS)
     assert set(names) == EXPECTED_METHODS
 
 
@@ -60,7 +63,7 @@ def test_request_conventions() -> None:
     assert {m.name for m in mutations} == {
         "CreatePlan", "ArchivePlan", "CreateSubscription", "ActivateSubscription",
         "PauseSubscription", "ResumeSubscription", "CancelSubscription", "ChangePlan",
-        "RecordUsage", "RecordUsageBatch", "RunBilling",
+        "RecordUsage", "RecordUsageBatch", "RunBilling", "CreateDiscount", "DeleteDiscount",
     }
     for method in SERVICE.methods:
         request = method.input_type
