@@ -3,17 +3,18 @@ every subscription of the chunk, in a fixed number of round trips (docs/billing.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import asyncpg
 
+from billing.domain.credits import CreditBook
 from billing.domain.late_usage import LateUsage, late_usage_line
 from billing.domain.plans import Aggregation, BillingTiming, PlanSpec
 from billing.domain.plan_storage import plan_from_dict
 from billing.domain.pricing import Line, PeriodUsage, period_usage
 from billing.domain.subscriptions import Subscription
-from billing.store import billed_periods, pending_lines, period_usage as usage_reads
+from billing.store import billed_periods, credits as credit_store, pending_lines, period_usage as usage_reads
 from billing.store import plans as plans_store
 from billing.store import usage as usage_store
 
@@ -26,12 +27,14 @@ LateLines = dict[uuid.UUID, list[tuple[list[str], Line]]]
 @dataclass
 class ChunkInputs:
     """What the closes of one chunk read: usage of every period to close, whether the
-    current period was charged in advance, late usage lines and pending lines."""
+    current period was charged in advance, late usage lines, pending lines and the open
+    credit grants (locked: the chunk's transaction burns them)."""
 
     usage: UsageByPeriod
     charged: set[uuid.UUID]
     late: LateLines
     pending: dict[uuid.UUID, list[tuple[uuid.UUID, Line]]]
+    credits: CreditBook = field(default_factory=CreditBook)
 
 
 async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec],
@@ -55,7 +58,8 @@ async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uu
     await _add_unique_counts(conn, tenant, plans, subs, firsts, as_of, usage)
     late = await late_lines(conn, tenant, plans, subs, late_rows)
     pending = await pending_lines.unbilled(conn, tenant, ids)
-    return ChunkInputs(usage, charged, late, pending)
+    grants = await credit_store.open_grants(conn, tenant, ids, sorted({s.customer_id for s in subs}))
+    return ChunkInputs(usage, charged, late, pending, CreditBook(grants))
 
 
 async def load_plans(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], wanted: set[uuid.UUID]) -> None:
