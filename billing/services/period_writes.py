@@ -63,8 +63,9 @@ def rows_of(caller: Caller, run_id: uuid.UUID, outcomes: list["Billed"], billed_
             if not billed_before or (o.sub.id, closed.period_start) not in billed_before:
                 billed = True
                 _add_billed(w, o, i, chunk)
-                if o.credits and o.credits[i] is not None:
-                    credit_writes.add(w.credits, w.events, caller, run_id, o.sub, closed, o.credits[i])
+                burned = o.credits[i] if o.credits else None
+                if burned is not None:
+                    credit_writes.add(w.credits, w.events, caller, run_id, o.sub, closed, burned)
             else:
                 # Billed before, yet the subscription was not advanced past it: advance only
                 # (its late usage and pending lines stay unbilled, for the next period).
