@@ -139,6 +139,13 @@ class CreditBook:
     def __bool__(self) -> bool:
         return bool(self._grants)
 
+    def mark(self) -> dict[uuid.UUID, Grant]:
+        """The balances as they are, for `restore` when a subscription's invoices are dropped."""
+        return dict(self._grants)
+
+    def restore(self, mark: dict[uuid.UUID, Grant]) -> None:
+        self._grants = dict(mark)
+
     def apply(self, subscription_id: uuid.UUID, customer_id: str,
               closed: ClosedPeriod) -> tuple[ClosedPeriod, CreditOutcome | None]:
         """`closed` with its credit lines and total, and what was burned and expired (None:

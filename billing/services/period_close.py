@@ -93,12 +93,15 @@ def _compute(ctx: CloseContext, subs: list[Subscription], inputs: period_reads.C
     outcomes: list[Billed] = []
     # One issue time per chunk, and the ids as text once, not per invoice request.
     ids = _RequestIds(str(ctx.tenant_id), str(ctx.run_id), datetime.now(timezone.utc))
+    book = inputs.credits
     for sub in subs:
+        mark = book.mark() if book else None
         try:
             outcomes.append(_close_all(ctx, ids, sub, inputs.usage, sub.id in inputs.charged,
-                                       inputs.late.get(sub.id, ()), inputs.pending.get(sub.id, ()),
-                                       inputs.credits))
+                                       inputs.late.get(sub.id, ()), inputs.pending.get(sub.id, ()), book))
         except Exception as exc:  # noqa: BLE001 - recorded with its reason; the run goes on
+            if mark is not None:
+                book.restore(mark)  # what it burned is not written: the chunk's others may burn it
             chunk.fail(sub.id, f"{type(exc).__name__}: {exc}")
             log.warning("subscription not billed", extra={"subscription_id": str(sub.id),
                                                           "reason": chunk.failures[-1]["reason"]})

@@ -169,3 +169,16 @@ def test_credits_never_drive_a_total_below_zero_and_balances_add_up(dues, specs)
     for g in book.values():
         assert g.remaining >= 0
         assert applied[g.id] + expired[g.id] + g.remaining == granted[g.id]
+
+
+def test_book_restore_undoes_what_a_dropped_subscription_burned():
+    book = CreditBook([grant(1, "30.00", sub=None)])
+    spec = PlanSpec("pro", "Pro", "", "EUR", IntervalUnit.MONTH, 1, D("20.00"), BillingTiming.IN_ARREARS, 0, ())
+    sub = Subscription(id=SUB, customer_id="cust-1", plan_id=uuid.UUID(int=7), status=S.ACTIVE, created_at=JAN,
+                       start_at=JAN, trial_days=0, billing_anchor=JAN, current_period_start=JAN, current_period_end=FEB)
+    mark = book.mark()
+    first, _ = book.apply(sub.id, "cust-1", close_period(uuid.UUID(int=1), sub, spec, {}))
+    assert first.total == D("0.00")
+    book.restore(mark)
+    again, burned = book.apply(sub.id, "cust-1", close_period(uuid.UUID(int=1), sub, spec, {}))
+    assert again.total == D("0.00") and burned is not None and burned.applied[0].remaining == D("10.00")
