@@ -179,3 +179,23 @@ def _read_events_any(settings, key: str, types: tuple[str, ...]) -> list[dict]:
         return mine(reader.messages)
     finally:
         reader.close()
+
+
+async def test_a_period_a_change_closes_is_credited_too(service, stub, tenant, admin_conn):
+    """A pause after the period ended bills that period first (through the API role), as a
+    run would: its invoice request carries the credit line and the ledger records it."""
+    sub = await _in_arrears_sub(stub, tenant, f"cust-{uuid.uuid4().hex[:6]}", days_ago=40)
+    grant = await _grant(stub, tenant, subscription_id=sub.id, amount="12.00")
+    await stub.PauseSubscription(pb.PauseSubscriptionRequest(request_id=rid(), id=sub.id), metadata=tenant.md)
+    payloads = await admin_conn.fetch("select payload from outbox where tenant_id = $1 and stream = "
+                                      "'invoice_requests' order by id", uuid.UUID(tenant.id))
+    invoices = [inv for inv in (codec.decode(codec.Schema.INVOICE_REQUEST, bytes(r["payload"])) for r in payloads)
+                if inv["subscription_id"] == sub.id]
+    # 30.00 for the ended period - 12.00 of credit = 18.00.
+    assert [(ln["kind"], ln["amount"]) for ln in invoices[0]["lines"]] == [("base_fee", "30.00"),
+                                                                          ("credit", "-12.00")]
+    assert invoices[0]["total"] == "18.00"
+    row = await admin_conn.fetchrow("select kind, amount, run_id, invoice_request_id from credit_entries "
+                                    "where grant_id = $1", uuid.UUID(grant.id))
+    assert (row["kind"], str(row["amount"]), row["run_id"]) == ("applied", "12.00", uuid.UUID(int=0))
+    assert str(row["invoice_request_id"]) == invoices[0]["invoice_request_id"]
