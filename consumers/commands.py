@@ -27,7 +27,7 @@ from billing import codec
 from billing.domain.periods import from_us
 from billing.ops import tracing
 from billing.ops.logging import current_tenant
-from billing.services import events, subscriptions, tenants
+from billing.services import credits, events, subscriptions, tenants
 from billing.services.context import Caller
 from billing.services.errors import DomainError, ValidationError
 from billing.services.uow import ConnectionScope, in_batch
@@ -103,6 +103,15 @@ async def _change_plan(scope: ConnectionScope, caller: Caller, key: str, sub_id:
                                            proration_behavior=body.get("proration_behavior", ""))
 
 
+async def _grant_credit(scope: ConnectionScope, caller: Caller, key: str, sub_id: str, body: dict) -> object:
+    return await credits.create_grant(
+        scope, caller, key, amount=body["amount"], currency=body.get("currency", ""),
+        priority=body.get("priority", 0), subscription_id=sub_id, customer_id=body.get("customer_id", ""),
+        effective_at=_time(body.get("effective_at_us"), "effective_at_us"),
+        expires_at=_time(body.get("expires_at_us"), "expires_at_us"), description=body.get("description", ""),
+        grant_id=body.get("grant_id", ""))
+
+
 # The command union's branch (its record name without namespace) -> its service call.
 HANDLERS: dict[str, Handler] = {
     "CreateSubscription": _create,
@@ -111,6 +120,7 @@ HANDLERS: dict[str, Handler] = {
     "ResumeSubscription": _resume,
     "CancelSubscription": _cancel,
     "ChangePlan": _change_plan,
+    "CreateCreditGrant": _grant_credit,
 }
 
 

@@ -223,3 +223,14 @@ def discount_message(d: DiscountView) -> pb.Discount:
         applies_to=list(d.applies_to), periods=d.periods or 0, periods_used=min(d.used, d.periods or d.used),
         created_at=timestamp(d.created_at), deleted_at=timestamp(d.deleted_at),
     )
+
+
+def credit_grant_message(g) -> pb.CreditGrant:
+    """A `billing.services.credits.GrantView` as its message."""
+    return pb.CreditGrant(
+        id=str(g.id), customer_id=g.customer_id, subscription_id=str(g.subscription_id or ""), currency=g.currency,
+        granted=decimal_to_str(g.granted), applied=decimal_to_str(g.applied), expired=decimal_to_str(g.expired),
+        voided=decimal_to_str(g.voided), remaining=decimal_to_str(g.remaining), priority=g.priority,
+        effective_at=timestamp(g.effective_at), expires_at=timestamp(g.expires_at), description=g.description,
+        status=g.status, created_at=timestamp(g.created_at), voided_at=timestamp(g.voided_at),
+    )

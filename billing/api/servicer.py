@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from billing.api import convert
 from billing.api.errors import rpc
-from billing.services import billing_runs, discounts, plans, subscriptions, usage_batch
+from billing.services import billing_runs, credits, discounts, plans, subscriptions, usage_batch
 from billing.services.context import Caller
 from billing.services.paging import PageTokens
 from billing.services.uow import Database
@@ -189,3 +189,30 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def DeleteDiscount(self, request: pb.DeleteDiscountRequest, caller: Caller) -> pb.DeleteDiscountResponse:
         d = await discounts.delete_discount(self.db, caller, request.request_id, request.id)
         return pb.DeleteDiscountResponse(discount=convert.discount_message(d))
+
+    # -- credit grants -----------------------------------------------------------------
+
+    @rpc
+    async def CreateCreditGrant(self, request: pb.CreateCreditGrantRequest,
+                                caller: Caller) -> pb.CreateCreditGrantResponse:
+        grant = await credits.create_grant(
+            self.db, caller, request.request_id, amount=request.amount, currency=request.currency,
+            priority=request.priority, subscription_id=request.subscription_id, customer_id=request.customer_id,
+            effective_at=convert.optional_time(request, "effective_at"),
+            expires_at=convert.optional_time(request, "expires_at"), description=request.description,
+        )
+        return pb.CreateCreditGrantResponse(grant=convert.credit_grant_message(grant))
+
+    @rpc
+    async def ListCreditGrants(self, request: pb.ListCreditGrantsRequest,
+                               caller: Caller) -> pb.ListCreditGrantsResponse:
+        page = await credits.list_grants(self.db, caller, tokens=self.tokens, page_size=request.page_size,
+                                         page_token=request.page_token, subscription_id=request.subscription_id,
+                                         customer_id=request.customer_id)
+        return pb.ListCreditGrantsResponse(grants=[convert.credit_grant_message(g) for g in page.grants],
+                                           next_page_token=page.next_page_token)
+
+    @rpc
+    async def VoidCreditGrant(self, request: pb.VoidCreditGrantRequest, caller: Caller) -> pb.VoidCreditGrantResponse:
+        grant = await credits.void_grant(self.db, caller, request.request_id, request.id)
+        return pb.VoidCreditGrantResponse(grant=convert.credit_grant_message(grant))

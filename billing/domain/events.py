@@ -34,3 +34,10 @@ class EventType(StrEnum):
     PERIOD_ADVANCED = "subscription.period_advanced"
     LATE_USAGE_BILLED = "subscription.late_usage_billed"  # an audit action only
     COMMAND_REJECTED = "command.rejected"
+    # Prepaid credit grants (docs/billing.md, "Credits"): on the subscription events topic,
+    # keyed by the subscription (the customer for a customer-wide grant's own events).
+    CREDIT_GRANTED = "credit.granted"
+    CREDIT_APPLIED = "credit.applied"
+    CREDIT_DEPLETED = "credit.depleted"
+    CREDIT_EXPIRED = "credit.expired"
+    CREDIT_VOIDED = "credit.voided"

@@ -12,7 +12,9 @@
 3. **commitment true-up** (``commitment_line``): one ``commitment_true_up`` line when the
    charges after discounts fall below the plan's minimum commitment, prorated for a
    partial period by the second-based rule of proration.
-4. **credits** (``apply_credits``): THE hook of the credits stage; identity here.
+4. **credits**: not here: a credit burns what a grant has left, which the chunk's grant
+   book holds, so ``services/period_close`` applies ``domain/credits`` to what
+   ``assemble`` returns, last.
 
 Pure: no I/O, no clock. Exact ``Decimal``; every line rounded once (half-even, by
 ``money.round_money`` or ``proration.prorated_amount``).
@@ -33,7 +35,7 @@ from billing.domain.proration import prorated_amount
 
 __all__ = [
     "USAGE_CAP", "DISCOUNT", "COMMITMENT_TRUE_UP", "BASE_FEE_TARGET", "DiscountKind", "Discount",
-    "usage_charge_lines", "charged_usage", "discount_lines", "commitment_line", "apply_credits", "assemble",
+    "usage_charge_lines", "charged_usage", "discount_lines", "commitment_line", "assemble",
 ]
 
 USAGE_CAP = "usage_cap"
@@ -188,24 +190,13 @@ def commitment_line(plan: PlanSpec, after_discounts: Decimal, share: Fraction, p
                 period_end=period_end, fraction=None if share == 1 else share)
 
 
-# ----------------------------------------------------------------------- 4. credits
-
-
-def apply_credits(lines: tuple[Line, ...], *, currency: str, period_start: datetime,
-                  period_end: datetime) -> tuple[Line, ...]:
-    """THE credits stage (the last one): gets every line of the invoice after the
-    commitment true-up (their ``total`` is what credits may burn down) and returns them
-    with its own lines appended. Identity until credit grants exist."""
-    return lines
-
-
 # ----------------------------------------------------------------------- the order
 
 
 def assemble(plan: PlanSpec, charges: Sequence[Line], discounts: Sequence[Discount], *,
              commitment_share: Fraction | None, period_start: datetime, period_end: datetime) -> tuple[Line, ...]:
-    """charges -> discounts -> commitment true-up -> credits, one line per effect.
-    ``commitment_share`` None: no commitment for this invoice (a trial)."""
+    """charges -> discounts -> commitment true-up, one line per effect (credits follow, in
+    the period close). ``commitment_share`` None: no commitment for this invoice (a trial)."""
     lines = list(charges)
     if discounts:
         lines += discount_lines(lines, discounts, plan.currency, period_start, period_end)
@@ -213,5 +204,5 @@ def assemble(plan: PlanSpec, charges: Sequence[Line], discounts: Sequence[Discou
         true_up = commitment_line(plan, total(lines), commitment_share, period_start, period_end)
         if true_up is not None:
             lines.append(true_up)
-    return apply_credits(tuple(lines), currency=plan.currency, period_start=period_start, period_end=period_end)
+    return tuple(lines)
 

@@ -15,6 +15,7 @@ import asyncpg
 
 from billing.domain import invoicing
 from billing.domain.invoice_assembly import Discount
+from billing.domain.credits import CreditBook, CreditOutcome
 from billing.domain.invoicing import ClosedPeriod
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.plans import PlanSpec
@@ -58,6 +59,7 @@ class Billed:
     request_ids: list[str]  # the invoice request id of each closed period, as text ("": no lines)
     late_events: list[str]  # late event ids billed by the first closed period
     pending: list[uuid.UUID]  # pending line ids billed by the first closed period
+    credits: list[CreditOutcome | None] = field(default_factory=list)  # what each closed period burned
 
 
 async def bill_chunk(conn: asyncpg.Connection, caller: Caller, ctx: CloseContext,
@@ -92,12 +94,16 @@ def _compute(ctx: CloseContext, subs: list[Subscription], inputs: period_reads.C
     outcomes: list[Billed] = []
     # One issue time per chunk, and the ids as text once, not per invoice request.
     ids = _RequestIds(str(ctx.tenant_id), str(ctx.run_id), datetime.now(timezone.utc))
+    book = inputs.credits
     for sub in subs:
+        mark = book.mark() if book else None
         try:
             outcomes.append(_close_all(ctx, ids, sub, inputs.usage, sub.id in inputs.charged,
-                                       inputs.late.get(sub.id, ()), inputs.pending.get(sub.id, ()),
+                                       inputs.late.get(sub.id, ()), inputs.pending.get(sub.id, ()), book,
                                        inputs.discounts.get(sub.id, ())))
         except Exception as exc:  # noqa: BLE001 - recorded with its reason; the run goes on
+            if mark is not None:
+                book.restore(mark)  # what it burned is not written: the chunk's others may burn it
             chunk.fail(sub.id, f"{type(exc).__name__}: {exc}")
             log.warning("subscription not billed", extra={"subscription_id": str(sub.id),
                                                           "reason": chunk.failures[-1]["reason"]})
@@ -106,7 +112,8 @@ def _compute(ctx: CloseContext, subs: list[Subscription], inputs: period_reads.C
 
 def _close_all(ctx: CloseContext, ids: _RequestIds, sub: Subscription, usage: period_reads.UsageByPeriod,
                charged_in_advance: bool, late: Sequence[tuple[list[str], Line]],
-               pending: Sequence[tuple[uuid.UUID, Line]], discounts: Sequence[Discount] = ()) -> Billed:
+               pending: Sequence[tuple[uuid.UUID, Line]], book: CreditBook,
+               discounts: Sequence[Discount] = ()) -> Billed:
     """Close every ended period of `sub` (pure computation and encoding, nothing written).
     Late usage and pending adjustment lines go into the first period closed; each close
     hands the discounts, as it counted them, to the next."""
@@ -124,11 +131,21 @@ def _close_all(ctx: CloseContext, ids: _RequestIds, sub: Subscription, usage: pe
             charged_in_advance=charged_in_advance, extra_lines=extra, discounts=discounts,
         )
         discounts = closed.discounts
+        closed = _apply_credits(out, book, current, closed)
         _add_closed(out, ids, current, closed)
         current = closed.subscription
         charged_in_advance = True  # the next period was opened (and, in advance, charged) right here
         extra = []
     return out
+
+
+def _apply_credits(out: Billed, book: CreditBook, current: Subscription, closed: ClosedPeriod) -> ClosedPeriod:
+    """The credits stage: prepaid grants burn the invoice's total. It runs LAST (charges ->
+    discounts -> commitment true-up -> credits, docs/billing.md "Credits"): a stage that
+    changes the amount due goes before this call."""
+    closed, burned = book.apply(current.id, current.customer_id, closed)
+    out.credits.append(burned)
+    return closed
 
 
 def _add_closed(out: Billed, ids: _RequestIds, current: Subscription, closed: ClosedPeriod) -> None:

@@ -9,13 +9,14 @@ from datetime import datetime
 import asyncpg
 
 from billing.domain.invoice_assembly import Discount
+from billing.domain.credits import CreditBook
 from billing.domain.late_usage import LateUsage, late_usage_line
 from billing.domain.plans import Aggregation, BillingTiming, PlanSpec
 from billing.domain.plan_storage import plan_from_dict
 from billing.domain.pricing import Line, PeriodUsage, period_usage
 from billing.domain.subscriptions import Subscription
 from billing.services import discounts as discount_reads
-from billing.store import billed_periods, pending_lines, period_usage as usage_reads
+from billing.store import billed_periods, credits as credit_store, pending_lines, period_usage as usage_reads
 from billing.store import plans as plans_store
 from billing.store import usage as usage_store
 
@@ -28,13 +29,15 @@ LateLines = dict[uuid.UUID, list[tuple[list[str], Line]]]
 @dataclass
 class ChunkInputs:
     """What the closes of one chunk read: usage of every period to close, whether the
-    current period was charged in advance, late usage lines, pending lines and discounts."""
+    current period was charged in advance, late usage lines, pending lines, discounts and the
+    open credit grants (locked: the chunk's transaction burns them)."""
 
     usage: UsageByPeriod
     charged: set[uuid.UUID]
     late: LateLines
     pending: dict[uuid.UUID, list[tuple[uuid.UUID, Line]]]
     discounts: dict[uuid.UUID, list[Discount]] = field(default_factory=dict)
+    credits: CreditBook = field(default_factory=CreditBook)
 
 
 async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec],
@@ -59,7 +62,8 @@ async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uu
     late = await late_lines(conn, tenant, plans, subs, late_rows)
     pending = await pending_lines.unbilled(conn, tenant, ids)
     discounts = await discount_reads.live_for(conn, tenant, ids)
-    return ChunkInputs(usage, charged, late, pending, discounts)
+    grants = await credit_store.open_grants(conn, tenant, ids, sorted({s.customer_id for s in subs}))
+    return ChunkInputs(usage, charged, late, pending, discounts, CreditBook(grants))
 
 
 async def load_plans(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], wanted: set[uuid.UUID]) -> None:

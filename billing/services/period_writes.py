@@ -12,11 +12,12 @@ import asyncpg
 from billing.domain.events import EventType
 from billing.domain.money import decimal_to_str
 from billing.domain.subscriptions import Subscription
-from billing.services import events, invoice_requests
+from billing.services import credit_writes, events, invoice_requests
 from billing.services.context import Caller
 from billing.services.run_metrics import ChunkOutcome
 from billing.store import audit as audit_store
 from billing.store import billed_periods, outbox, pending_lines, subscription_scans
+from billing.store import credits as credit_store
 
 if TYPE_CHECKING:
     from billing.services.period_close import Billed
@@ -31,6 +32,7 @@ class ChunkWrites:
     pending_ids: list[uuid.UUID] = field(default_factory=list)
     pending_requests: list[uuid.UUID] = field(default_factory=list)
     columns: set[str] = field(default_factory=set)  # subscription columns changed by some close
+    credits: list[credit_store.Entry] = field(default_factory=list)  # ledger rows of the credits burned
 
 
 async def write(conn: asyncpg.Connection, caller: Caller, run_id: uuid.UUID, request_id: str,
@@ -38,6 +40,7 @@ async def write(conn: asyncpg.Connection, caller: Caller, run_id: uuid.UUID, req
     tenant = caller.tenant_id
     await invoice_requests.enqueue(conn, tenant, w.invoices)  # before the events: the relay keeps outbox order
     await outbox.enqueue_many(conn, tenant, w.events)
+    await credit_store.add_entries(conn, tenant, w.credits)  # with its invoice request: never burned twice
     await subscription_scans.advance_subscriptions(
         conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed], w.columns)
     await audit_store.append_many(conn, tenant, entity_type="subscription", actor=caller.actor,
@@ -60,6 +63,9 @@ def rows_of(caller: Caller, run_id: uuid.UUID, outcomes: list["Billed"], billed_
             if not billed_before or (o.sub.id, closed.period_start) not in billed_before:
                 billed = True
                 _add_billed(w, o, i, chunk)
+                burned = o.credits[i] if o.credits else None
+                if burned is not None:
+                    credit_writes.add(w.credits, w.events, caller, run_id, o.sub, closed, burned)
             else:
                 # Billed before, yet the subscription was not advanced past it: advance only
                 # (its late usage and pending lines stay unbilled, for the next period).

@@ -850,3 +850,101 @@ class DeleteDiscountResponse(_message.Message):
     DISCOUNT_FIELD_NUMBER: _ClassVar[int]
     discount: Discount
     def __init__(self, discount: _Optional[_Union[Discount, _Mapping]] = ...) -> None: ...
+
+class CreditGrant(_message.Message):
+    __slots__ = ("id", "customer_id", "subscription_id", "currency", "granted", "applied", "expired", "voided", "remaining", "priority", "effective_at", "expires_at", "description", "status", "created_at", "voided_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    VOIDED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    VOIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    customer_id: str
+    subscription_id: str
+    currency: str
+    granted: str
+    applied: str
+    expired: str
+    voided: str
+    remaining: str
+    priority: int
+    effective_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    description: str
+    status: str
+    created_at: _timestamp_pb2.Timestamp
+    voided_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., customer_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., currency: _Optional[str] = ..., granted: _Optional[str] = ..., applied: _Optional[str] = ..., expired: _Optional[str] = ..., voided: _Optional[str] = ..., remaining: _Optional[str] = ..., priority: _Optional[int] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ..., status: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., voided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateCreditGrantRequest(_message.Message):
+    __slots__ = ("request_id", "subscription_id", "customer_id", "amount", "currency", "priority", "effective_at", "expires_at", "description")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    subscription_id: str
+    customer_id: str
+    amount: str
+    currency: str
+    priority: int
+    effective_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    description: str
+    def __init__(self, request_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., amount: _Optional[str] = ..., currency: _Optional[str] = ..., priority: _Optional[int] = ..., effective_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., description: _Optional[str] = ...) -> None: ...
+
+class CreateCreditGrantResponse(_message.Message):
+    __slots__ = ("grant",)
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    grant: CreditGrant
+    def __init__(self, grant: _Optional[_Union[CreditGrant, _Mapping]] = ...) -> None: ...
+
+class ListCreditGrantsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "subscription_id", "customer_id")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    subscription_id: str
+    customer_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., subscription_id: _Optional[str] = ..., customer_id: _Optional[str] = ...) -> None: ...
+
+class ListCreditGrantsResponse(_message.Message):
+    __slots__ = ("grants", "next_page_token")
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[CreditGrant]
+    next_page_token: str
+    def __init__(self, grants: _Optional[_Iterable[_Union[CreditGrant, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class VoidCreditGrantRequest(_message.Message):
+    __slots__ = ("request_id", "id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    id: str
+    def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class VoidCreditGrantResponse(_message.Message):
+    __slots__ = ("grant",)
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    grant: CreditGrant
+    def __init__(self, grant: _Optional[_Union[CreditGrant, _Mapping]] = ...) -> None: ...

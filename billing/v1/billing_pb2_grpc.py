@@ -139,6 +139,21 @@ class BillingServiceStub:
                 request_serializer=billing_dot_v1_dot_billing__pb2.DeleteDiscountRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__pb2.DeleteDiscountResponse.FromString,
                 _registered_method=True)
+        self.CreateCreditGrant = channel.unary_unary(
+                '/billing.v1.BillingService/CreateCreditGrant',
+                request_serializer=billing_dot_v1_dot_billing__pb2.CreateCreditGrantRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.CreateCreditGrantResponse.FromString,
+                _registered_method=True)
+        self.ListCreditGrants = channel.unary_unary(
+                '/billing.v1.BillingService/ListCreditGrants',
+                request_serializer=billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.FromString,
+                _registered_method=True)
+        self.VoidCreditGrant = channel.unary_unary(
+                '/billing.v1.BillingService/VoidCreditGrant',
+                request_serializer=billing_dot_v1_dot_billing__pb2.VoidCreditGrantRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.VoidCreditGrantResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -281,6 +296,26 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCreditGrant(self, request, context):
+        """Prepaid credit grants, burned by billing runs after every other line of an invoice
+        (docs/billing.md, "Credits").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCreditGrants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VoidCreditGrant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -388,6 +423,21 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.DeleteDiscount,
                     request_deserializer=billing_dot_v1_dot_billing__pb2.DeleteDiscountRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__pb2.DeleteDiscountResponse.SerializeToString,
+            ),
+            'CreateCreditGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCreditGrant,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.CreateCreditGrantRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.CreateCreditGrantResponse.SerializeToString,
+            ),
+            'ListCreditGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCreditGrants,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.SerializeToString,
+            ),
+            'VoidCreditGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidCreditGrant,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.VoidCreditGrantRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.VoidCreditGrantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -957,6 +1007,87 @@ class BillingService:
             '/billing.v1.BillingService/DeleteDiscount',
             billing_dot_v1_dot_billing__pb2.DeleteDiscountRequest.SerializeToString,
             billing_dot_v1_dot_billing__pb2.DeleteDiscountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCreditGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/CreateCreditGrant',
+            billing_dot_v1_dot_billing__pb2.CreateCreditGrantRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.CreateCreditGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCreditGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/ListCreditGrants',
+            billing_dot_v1_dot_billing__pb2.ListCreditGrantsRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.ListCreditGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidCreditGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/VoidCreditGrant',
+            billing_dot_v1_dot_billing__pb2.VoidCreditGrantRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.VoidCreditGrantResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -207,6 +207,35 @@ async def delete_discount(p: Probe):
     await p.replay_a("DeleteDiscount")
     for d in p.a.discounts.values():
         await p("DeleteDiscount", pb.DeleteDiscountRequest(request_id=str(uuid.uuid4()), id=d.id))
+async def create_credit_grant(p: Probe):
+    # A's request to A's subscription: not found for B, and A's outcome is not handed out;
+    # A's request_id for B's own customer: B's own new grant.
+    a_reqs = p.a.requests["CreateCreditGrant"]
+    for req in a_reqs:
+        if req.subscription_id:
+            await p("CreateCreditGrant", req)
+    resp = await p("CreateCreditGrant", pb.CreateCreditGrantRequest(
+        request_id=a_reqs[-1].request_id, customer_id="b-own", currency="EUR", amount="7.00"), allowed=("OK",))
+    assert resp.grant.id not in p.a.ids()
+    for sub in p.a.subs.values():
+        await p("CreateCreditGrant", pb.CreateCreditGrantRequest(request_id=rid(), subscription_id=sub.id,
+                                                                 amount="1.00"))
+
+
+async def list_credit_grants(p: Probe):
+    mine = {g.id for g in p.b.grants.values()}
+    resp = await p("ListCreditGrants", pb.ListCreditGrantsRequest(page_size=500), allowed=("OK",))
+    assert mine <= {g.id for g in resp.grants}
+    for sub in p.a.subs.values():
+        resp = await p("ListCreditGrants", pb.ListCreditGrantsRequest(subscription_id=sub.id), allowed=("OK",))
+        assert list(resp.grants) == []
+        resp = await p("ListCreditGrants", pb.ListCreditGrantsRequest(customer_id=sub.customer_id), allowed=("OK",))
+        assert list(resp.grants) == []
+
+
+async def void_credit_grant(p: Probe):
+    for grant in p.a.grants.values():
+        await p("VoidCreditGrant", pb.VoidCreditGrantRequest(request_id=rid(), id=grant.id))
 
 
 CASES = {
@@ -221,6 +250,8 @@ CASES = {
     "ChangePlan": change_plan, "RecordUsage": record_usage, "GetUsage": get_usage, "RunBilling": run_billing,
     "GetBillingRun": get_billing_run, "ListBillingRuns": list_billing_runs,
     "CreateDiscount": create_discount, "ListDiscounts": list_discounts, "DeleteDiscount": delete_discount,
+    "CreateCreditGrant": create_credit_grant, "ListCreditGrants": list_credit_grants,
+    "VoidCreditGrant": void_credit_grant,
 }
 
 

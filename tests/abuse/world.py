@@ -13,7 +13,7 @@ from billing.v1 import billing_pb2 as pb
 from tests.integration.test_plans_api import plan_request
 
 TABLES = ("plans", "subscriptions", "audit_events", "idempotency_keys", "outbox", "usage_events", "usage_totals",
-          "billing_runs", "billed_periods", "discounts")
+          "billing_runs", "billed_periods", "discounts", "credit_grants", "credit_entries")
 
 
 def rid() -> str:
@@ -39,6 +39,7 @@ class World:
     subs: dict[str, pb.Subscription] = field(default_factory=dict)
     runs: dict[str, pb.BillingRun] = field(default_factory=dict)
     discounts: dict[str, pb.Discount] = field(default_factory=dict)
+    grants: dict[str, pb.CreditGrant] = field(default_factory=dict)
     request_ids: list[str] = field(default_factory=list)  # ids of requests that succeeded
     event_ids: list[str] = field(default_factory=list)
     requests: dict[str, list] = field(default_factory=dict)  # method name -> requests sent, in order
@@ -52,7 +53,8 @@ class World:
 
     def ids(self) -> list[str]:
         return ([p.id for p in self.plans.values()] + [s.id for s in self.subs.values()]
-                + [r.id for r in self.runs.values()] + [d.id for d in self.discounts.values()])
+                + [r.id for r in self.runs.values()] + [d.id for d in self.discounts.values()]
+                + [g.id for g in self.grants.values()])
 
     def codes(self) -> list[str]:
         return [p.code for p in self.plans.values()]
@@ -125,6 +127,11 @@ async def build_world(stub, tenant, tag: str = "w") -> World:
         req.occurred_at.FromDatetime(start + timedelta(microseconds=i))
         w.event_ids.append((await call(stub.RecordUsage, req)).event_id)
 
+    w.grants["subscription"] = (await call(stub.CreateCreditGrant, pb.CreateCreditGrantRequest(
+        request_id=rid(), subscription_id=w.subs["active"].id, amount="5.00", priority=1))).grant
+    w.grants["customer"] = (await call(stub.CreateCreditGrant, pb.CreateCreditGrantRequest(
+        request_id=rid(), customer_id=w.subs["active2"].customer_id, currency="EUR", amount="7.00"))).grant
+
     req = pb.RunBillingRequest(request_id=rid(), idempotency_key=f"{tag}-run-{uuid.uuid4().hex[:6]}")
     w.runs["first"] = (await call(stub.RunBilling, req)).run
     return w
@@ -132,7 +139,7 @@ async def build_world(stub, tenant, tag: str = "w") -> World:
 
 # Rows are only ever appended to these (a refused request rolls back, so a count is enough);
 # the others can be updated in place, so their rows are digested too.
-APPEND_ONLY = {"audit_events", "idempotency_keys", "outbox", "usage_events", "billed_periods"}
+APPEND_ONLY = {"audit_events", "idempotency_keys", "outbox", "usage_events", "billed_periods", "credit_entries"}
 
 
 async def snapshot(admin: asyncpg.Connection, tenant_id: str) -> dict[str, tuple]:

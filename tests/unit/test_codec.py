@@ -98,6 +98,10 @@ COMMANDS = [
     command("ChangePlan", {"new_plan_id": "enterprise", "timing": "DEFAULT", "proration_behavior": ""}),
     command("ChangePlan", {"new_plan_id": "basic", "timing": "AT_PERIOD_END", "proration_behavior": "none"}),
     command("ChangePlan", {"new_plan_id": "pro", "timing": "IMMEDIATELY", "proration_behavior": "always_invoice"}),
+    command("CreateCreditGrant", {"amount": "25.00", "currency": "EUR", "customer_id": "cus_42", "priority": 2,
+                                  "effective_at_us": T0, "expires_at_us": T0 + 90 * DAY,
+                                  "grant_id": "0b7e1c52-2f3b-4c64-9a7e-0c1d3f6a8e21", "description": "promo"},
+            subscription_id=""),
 ]
 
 SUBSCRIPTION_EVENTS = [
@@ -488,6 +492,15 @@ def test_history_file_is_registered_by_path(isolated_registry, tmp_path: Path):
     rec = {k: v for k, v in COMMANDS[3].items() if k != "actor"}
     out = decode(Schema.SUBSCRIPTION_COMMAND, _single_object(old, rec))
     assert out == {**rec, "actor": ""}
+
+
+def test_a_command_written_before_credit_grants_still_decodes():
+    """schemas/avro/history/SubscriptionCommand.1.avsc: the union before CreateCreditGrant."""
+    old = json.loads((codec.HISTORY_DIR / "SubscriptionCommand.1.avsc").read_text())
+    assert "CreateCreditGrant" not in {b["name"] for b in next(f for f in old["fields"]
+                                                               if f["name"] == "command")["type"]}
+    rec = next(c for c in COMMANDS if c["command"][0] == "billing.v1.ChangePlan")
+    assert decode(Schema.SUBSCRIPTION_COMMAND, _single_object(old, rec)) == rec
 
 
 def test_enum_symbol_unknown_to_the_reader_falls_back_to_its_default(isolated_registry):

@@ -12,7 +12,7 @@ from fractions import Fraction
 from hypothesis import given, settings, strategies as st
 
 from billing.domain.invoice_assembly import (
-    COMMITMENT_TRUE_UP, DISCOUNT, USAGE_CAP, Discount, DiscountKind, apply_credits, assemble, discount_lines,
+    COMMITMENT_TRUE_UP, DISCOUNT, USAGE_CAP, Discount, DiscountKind, assemble, discount_lines,
     usage_charge_lines,
 )
 from billing.domain.invoicing import PeriodUsage, close_period
@@ -124,11 +124,6 @@ def test_a_cap_is_its_own_line_after_the_charge():
                                "EUR", JAN, FEB)
     # 100 * 0.10 = 10.00, 400 * 0.05 = 20.00: 30.00, capped at 20: -10.00
     assert kinds_amounts(lines) == [("usage", D("10.00")), ("usage", D("20.00")), (USAGE_CAP, D("-10.00"))]
-
-
-def test_the_credits_hook_is_identity_for_now():
-    lines = (line("base_fee", "1.00"),)
-    assert apply_credits(lines, currency="EUR", period_start=JAN, period_end=FEB) is lines
 
 
 def test_close_period_counts_a_discount_for_two_periods_and_tops_up_the_commitment():

@@ -33,8 +33,11 @@ EXPECTED_METHODS = {
     "CreateDiscount",
     "ListDiscounts",
     "DeleteDiscount",
+    "CreateCreditGrant",
+    "ListCreditGrants",
+    "VoidCreditGrant",
 }
-MUTATION = re.compile(r"^(Create|Archive|Activate|Pause|Resume|Cancel|Delete)|^(ChangePlan|RecordUsage|RecordUsageBatch|RunBilling)$")
+MUTATION = re.compile(r"^(Create|Archive|Activate|Pause|Resume|Cancel|Delete|Void)|^(ChangePlan|RecordUsage|RecordUsageBatch|RunBilling)$")
 
 SERVICE = billing_pb2.DESCRIPTOR.services_by_name["BillingService"]
 
@@ -64,6 +67,7 @@ def test_request_conventions() -> None:
         "CreatePlan", "ArchivePlan", "CreateSubscription", "ActivateSubscription",
         "PauseSubscription", "ResumeSubscription", "CancelSubscription", "ChangePlan",
         "RecordUsage", "RecordUsageBatch", "RunBilling", "CreateDiscount", "DeleteDiscount",
+        "CreateCreditGrant", "VoidCreditGrant",
     }
     for method in SERVICE.methods:
         request = method.input_type
