@@ -5,7 +5,7 @@ per-event fee bands. Pure and exact (docs/pricing.md); `pricing.usage_lines` rou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 from fractions import Fraction
 from typing import Iterable
 
@@ -30,7 +30,6 @@ _HUNDRED = Decimal(100)
 #: (1/2,678,400 of a 31-day month per second), so it is rounded half-even to this many
 #: decimals, the precision of a unit price, before it is priced.
 WEIGHTED_SCALE = 12
-_WEIGHTED_QUANTUM = Decimal(1).scaleb(-WEIGHTED_SCALE)
 
 
 def packages(quantity: Decimal, size: Decimal, rounding: PackageRounding) -> int:
@@ -48,12 +47,12 @@ def rate(charge: UsageCharge) -> Decimal:
 def event_fee(charge: UsageCharge, amount: Decimal) -> Decimal:
     """One event's fee under a percentage charge, exact: rate x amount + the fixed fee,
     raised to the per-event minimum and lowered to the per-event maximum."""
-    fee = _EXACT.add(_EXACT.multiply(amount, rate(charge)), charge.fixed_fee_per_event or _ZERO)
-    if charge.min_fee_per_event is not None and fee < charge.min_fee_per_event:
-        return charge.min_fee_per_event
-    if charge.max_fee_per_event is not None and fee > charge.max_fee_per_event:
-        return charge.max_fee_per_event
-    return fee
+    band = band_of(charge, amount)
+    if band == "min":
+        return charge.min_fee_per_event  # type: ignore[return-value]
+    if band == "max":
+        return charge.max_fee_per_event  # type: ignore[return-value]
+    return _EXACT.add(_EXACT.multiply(amount, rate(charge)), charge.fixed_fee_per_event or _ZERO)
 
 
 def band_of(charge: UsageCharge, amount: Decimal) -> str:
@@ -146,4 +145,7 @@ def weighted_quantity(level_at_start: Decimal, changes: Iterable[tuple[int, Deci
     twice = 2 * rest
     if twice > scaled.denominator or (twice == scaled.denominator and whole % 2):
         whole += 1
-    return Decimal(whole).scaleb(-WEIGHTED_SCALE).quantize(_WEIGHTED_QUANTUM, rounding=ROUND_HALF_EVEN)
+    value = Decimal(whole).scaleb(-WEIGHTED_SCALE, context=_EXACT)
+    # Without the trailing zeros (1000, not 1000.000000000000), never in exponent form.
+    value = value.normalize(_EXACT)
+    return value.quantize(Decimal(1), context=_EXACT) if value.as_tuple().exponent > 0 else value  # type: ignore[operator]
