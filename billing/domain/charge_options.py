@@ -15,7 +15,9 @@ Rules (each failure names its field, e.g. ``usage_charges[0].percentage_rate``):
   minimum <= maximum. Those four fields are for percentage charges only.
 * dynamic: aggregation ``sum`` or ``count`` (the quantity shown); ``amount_property``
   required: the event property holding the event's price (a decimal, checked at ingestion).
-* ``weighted_sum``: with per_unit, package, graduated or volume.
+* ``weighted_sum``: with per_unit, package, graduated or volume; its events may be negative.
+* ``corrections``: aggregation ``sum`` with per_unit, package, graduated or volume: events
+  may carry negative quantities; the period's sum is priced, never below zero.
 """
 from __future__ import annotations
 
@@ -104,6 +106,13 @@ def charge_options(c: UsageChargeInput, field: str, model: PricingModel, aggrega
         _only_for(c, "amount_property", field, model, "dynamic")
     if free_units is not None:
         out["free_units"] = free_units
+    if not isinstance(c.corrections, bool):
+        raise ValidationError(f"{field}.corrections", "must be true or false")
+    if c.corrections:
+        if aggregation is not Aggregation.SUM or model in (PricingModel.PERCENTAGE, PricingModel.DYNAMIC):
+            raise ValidationError(f"{field}.corrections", "is only for aggregation sum with pricing model per_unit, "
+                                  "package, graduated or volume")
+        out["corrections"] = True
     return out
 
 

@@ -67,8 +67,9 @@ def _options_to_dict(c: UsageCharge) -> dict[str, Any]:
                            if getattr(c, name) is not None}
     if c.package_rounding is not PackageRounding.UP:
         out["package_rounding"] = c.package_rounding.value
-    if c.zero_usage_flat_fee:
-        out["zero_usage_flat_fee"] = True
+    for flag in ("zero_usage_flat_fee", "corrections"):
+        if getattr(c, flag):
+            out[flag] = True
     if c.amount_property is not None:
         out["amount_property"] = c.amount_property
     return out
@@ -84,11 +85,12 @@ def _options_from_dict(c: object, path: str) -> dict[str, Any]:
             out[name] = _stored_dec(c, name, path)
     if "package_rounding" in c:
         out["package_rounding"] = _stored_enum(PackageRounding, c, "package_rounding", path)
-    if "zero_usage_flat_fee" in c:
-        flag = c["zero_usage_flat_fee"]
-        if not isinstance(flag, bool):
-            raise ValidationError(f"{path}.zero_usage_flat_fee", "must be true or false")
-        out["zero_usage_flat_fee"] = flag
+    for name in ("zero_usage_flat_fee", "corrections"):
+        if name in c:
+            flag = c[name]
+            if not isinstance(flag, bool):
+                raise ValidationError(f"{path}.{name}", "must be true or false")
+            out[name] = flag
     if c.get("amount_property") is not None:
         out["amount_property"] = _stored_str(c, "amount_property", path)
     return out

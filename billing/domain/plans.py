@@ -95,6 +95,7 @@ class UsageChargeInput:
     min_fee_per_event: str = ""
     max_fee_per_event: str = ""
     amount_property: str = ""
+    corrections: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,13 @@ class UsageCharge:
     min_fee_per_event: Decimal | None = None  # percentage: an event's fee is at least this
     max_fee_per_event: Decimal | None = None  # percentage: and at most this
     amount_property: str | None = None  # dynamic: the event property holding the event's price
+    corrections: bool = False  # sum: events may carry negative quantities (corrections)
+
+    @property
+    def takes_negative(self) -> bool:
+        """Whether ingestion accepts a negative quantity for this charge's metric: a
+        correction of a sum that allows them, or a change of a weighted_sum's level."""
+        return self.corrections or self.aggregation is Aggregation.WEIGHTED_SUM
 
     @property
     def per_event(self) -> bool:
