@@ -10,9 +10,30 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from billing.domain.plans import Aggregation, UsageCharge
-from billing.domain.pricing_models import EventBands
+from billing.domain.pricing_models import EventBands, weighted_quantity
 
-__all__ = ["PeriodUsage", "period_usage", "aggregate", "charge_quantity"]
+__all__ = ["Gauge", "PeriodUsage", "period_usage", "aggregate", "charge_quantity"]
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """A weighted_sum metric's history as the store reads it for a subscription: the level
+    before ``since_us`` (the sum of all earlier events) and the changes from then on
+    (microseconds, quantity). Any period from ``since_us`` on is priced from it: the level at
+    its start is ``level`` plus the earlier changes, the weighted sum that of its own."""
+
+    level: Decimal
+    changes: tuple[tuple[int, Decimal], ...] = ()
+
+    def weighted(self, start_us: int, end_us: int) -> Decimal:
+        level = self.level
+        inside = []
+        for t, delta in self.changes:
+            if t < start_us:
+                level += delta
+            elif t < end_us:
+                inside.append((t, delta))
+        return weighted_quantity(level, inside, start_us, end_us)
 
 _ZERO = Decimal(0)
 
@@ -30,6 +51,7 @@ class PeriodUsage:
     weighted_quantity: Decimal | None = None  # weighted_sum: the time-weighted level
     amount_sum: Decimal | None = None  # dynamic: the sum of the prices the events carry
     bands: EventBands | None = None  # percentage with a per-event minimum or maximum
+    gauge: Gauge | None = None  # weighted_sum, when weighted_quantity is not given: priced per period
 
 
 def period_usage(quantity_sum: Decimal | None, event_count: int | None, quantity_max: Decimal | None,
@@ -39,7 +61,7 @@ def period_usage(quantity_sum: Decimal | None, event_count: int | None, quantity
     usage = object.__new__(PeriodUsage)
     usage.__dict__.update(quantity_sum=quantity_sum, event_count=event_count, quantity_max=quantity_max,
                           latest_quantity=latest_quantity, unique_count=unique_count, weighted_quantity=None,
-                          amount_sum=None, bands=None)
+                          amount_sum=None, bands=None, gauge=None)
     return usage
 
 

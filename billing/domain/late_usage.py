@@ -35,11 +35,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from fractions import Fraction
 
 from billing.domain.money import decimal_to_str, round_money
 from billing.domain.plans import PricingModel, UsageCharge
-from billing.domain.pricing import Line, PeriodUsage, charge_quantity, usage_amount
+from billing.domain.pricing import Line, PeriodUsage, charge_amount, charge_quantity
+from billing.domain.pricing_models import packages
 
 __all__ = ["LateUsage", "late_usage_line", "KIND"]
 
@@ -60,10 +60,6 @@ class LateUsage:
     after: PeriodUsage  # the same plus the late events
 
 
-def _packages(quantity: Decimal, size: Decimal) -> int:
-    return -((-Fraction(quantity)) // Fraction(size))  # ceil, exactly (Fraction floors)
-
-
 def late_usage_line(late: LateUsage, charge: UsageCharge | None, currency: str, *, trial: bool) -> Line:
     """One ``late_usage`` line (see the module docstring for the rule)."""
     period = (f"{late.original_start.date().isoformat()}..{late.original_end.date().isoformat()}")
@@ -79,7 +75,7 @@ def late_usage_line(late: LateUsage, charge: UsageCharge | None, currency: str, 
         why = "trial period: usage is free" if trial else "the plan of that period does not charge this metric"
         return line(f"{head}: {why}", _ZERO, _ZERO, _ZERO)
     q_before, q_after = charge_quantity(charge, late.before), charge_quantity(charge, late.after)
-    exact = usage_amount(charge, q_after) - usage_amount(charge, q_before)
+    exact = charge_amount(charge, late.after) - charge_amount(charge, late.before)
     quantity = q_after - q_before
     model = PricingModel(charge.pricing_model)
     if model is PricingModel.PER_UNIT:
@@ -87,7 +83,8 @@ def late_usage_line(late: LateUsage, charge: UsageCharge | None, currency: str, 
     elif model is PricingModel.PACKAGE:
         size = charge.package_size
         assert size is not None  # a package charge has one (plans.parse_plan)
-        quantity = Decimal(_packages(q_after, size) - _packages(q_before, size))  # packages newly started
+        rounding = charge.package_rounding
+        quantity = Decimal(packages(q_after, size, rounding) - packages(q_before, size, rounding))  # packages added
         unit_price = charge.unit_price
     elif quantity:
         unit_price = (exact / quantity).quantize(_PRICE_PLACES, rounding=ROUND_HALF_EVEN)
