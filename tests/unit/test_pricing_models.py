@@ -243,3 +243,51 @@ def test_credits_with_four_decimals():
     assert amounts(lines_of(c, PeriodUsage(quantity_sum=D(3)), "credits:4")) == [("usage", D("0.0004"))]
     assert amounts(lines_of(c, PeriodUsage(quantity_sum=D(3)), "USD")) == [("usage", D("0.00"))]
     assert round_money(D("1.23456"), "tokens:0") == D(1)
+
+
+def test_a_fee_exactly_at_a_limit_is_priced_as_it_is():
+    # 2 % + 0.10: an event of 20 costs 0.50, exactly the minimum; one of 995 costs 20.00, exactly
+    # the maximum: neither is raised or lowered (the store's SQL compares with < and > alike).
+    c = pct(percentage_rate=D(2), fixed_fee_per_event=D("0.10"), min_fee_per_event=D("0.50"),
+            max_fee_per_event=D(20))
+    bands = event_bands(c, [D(20), D(995)])
+    assert (bands.below_min, bands.within, bands.within_amount, bands.above_max) == (0, 2, D(1015), 0)
+    assert event_fee(c, D(20)) == D("0.50") and event_fee(c, D(995)) == D("20.00")
+
+
+# ------------------------------------------------------------------ late lines
+
+
+def test_late_lines_of_event_priced_charges_charge_the_difference():
+    from billing.domain.late_usage import LateUsage, late_usage_line
+
+    def late(c, before, after):
+        return late_usage_line(LateUsage("m", START, END, 1, before, after), c, "USD", trial=False)
+
+    # dynamic: 1.00 billed, a late event priced 0.505: 1.505 - 1.00 -> 0.505 -> 0.50 (half-even).
+    dyn = charge(PricingModel.DYNAMIC, amount_property="cost")
+    assert late(dyn, PeriodUsage(event_count=1, amount_sum=D("1.00")),
+                PeriodUsage(event_count=2, amount_sum=D("1.505"))).amount == D("0.50")
+    # percentage per event: 2 % + 0.10 capped at 20.00; a late 5000 costs the maximum, 20.00.
+    c = pct(percentage_rate=D(2), fixed_fee_per_event=D("0.10"), max_fee_per_event=D(20))
+    before = PeriodUsage(quantity_sum=D(100), event_count=1, bands=event_bands(c, [D(100)]))
+    after = PeriodUsage(quantity_sum=D(5100), event_count=2, bands=event_bands(c, [D(100), D(5000)]))
+    assert late(c, before, after).amount == D("20.00")
+    # a late correction of a sum: 10 billed at 0.50, -4 late: -2.00; -15 late: -5.00, never below the period's 0.
+    corr = charge(unit_price="0.50", corrections=True)
+    assert late(corr, PeriodUsage(quantity_sum=D(10)), PeriodUsage(quantity_sum=D(6))).amount == D("-2.00")
+    assert late(corr, PeriodUsage(quantity_sum=D(10)), PeriodUsage(quantity_sum=D(-5))).amount == D("-5.00")
+
+
+@given(st.decimals(0, 1000, places=2),
+       st.lists(st.tuples(st.integers(0, 10**9), st.decimals(-50, 50, places=2)), max_size=10))
+def test_weighted_sum_lies_between_the_lowest_and_highest_level(level, changes):
+    start, end = 0, 10**9
+    levels, current = [level], level
+    for _, delta in sorted(changes, key=lambda c: c[0]):
+        current += delta
+        levels.append(current)
+    q = weighted_quantity(level, changes, start, end)
+    assert max(D(0), min(levels)) - D("1e-12") <= q <= max(D(0), max(levels)) + D("1e-12")
+    if not changes:
+        assert q == level
