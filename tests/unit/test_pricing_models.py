@@ -291,3 +291,14 @@ def test_weighted_sum_lies_between_the_lowest_and_highest_level(level, changes):
     assert max(D(0), min(levels)) - D("1e-12") <= q <= max(D(0), max(levels)) + D("1e-12")
     if not changes:
         assert q == level
+
+
+def test_blocks_in_a_unit_outside_iso_4217_from_killbill():
+    # from killbill/killbill invoice/src/test/java/org/killbill/billing/invoice/usage/
+    # TestContiguousIntervalConsumableInArrear.java (testComputeMissingItems): blocks of 100 units at
+    # 1 BTC, 130 + 271 = 401 units -> 5 blocks = 5 BTC (a started block counts). Kill Bill bills in
+    # BTC; here a unit of its own decimals, "btc:8". Rounding down charges the 4 complete blocks.
+    up = charge(PACKAGE, unit_price="1", package_size="100")
+    assert amounts(lines_of(up, PeriodUsage(quantity_sum=D(401)), "btc:8")) == [("usage", D("5.00000000"))]
+    down = charge(PACKAGE, unit_price="1", package_size="100", package_rounding=PackageRounding.DOWN)
+    assert amounts(lines_of(down, PeriodUsage(quantity_sum=D(401)), "btc:8")) == [("usage", D("4.00000000"))]
