@@ -259,7 +259,7 @@ def _less_free_amount(charge: UsageCharge, amount: Decimal) -> Decimal:
     return amount if not free else max(_ZERO, _sub(amount, free))
 
 
-_EFFECT_TEXT = {"rate": "at {rate} %", "fixed": "event(s) at the fixed fee", "min": "event(s) at the per-event minimum",
+_EFFECT_TEXT = {"fixed": "event(s) at the fixed fee", "min": "event(s) at the per-event minimum",
                 "max": "event(s) at the per-event maximum"}
 
 
