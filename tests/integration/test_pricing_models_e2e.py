@@ -106,3 +106,56 @@ async def test_new_models_through_kafka_and_a_billing_run(roles, migrated, stub,
     ]
     assert D(inv["total"]) == D("125.65") == sum(a for *_, a in lines)
     assert by_metric == {"payments": D("9.29"), "seats": D("114.00"), "llm": D("1.36"), "calls": D("1.00")}
+
+
+LATE_CHARGES = [
+    pb.UsageCharge(metric_code="seats", aggregation=pb.AGGREGATION_WEIGHTED_SUM,
+                   pricing_model=pb.PRICING_MODEL_PER_UNIT, unit_price="24.00"),
+    pb.UsageCharge(metric_code="llm", aggregation=pb.AGGREGATION_COUNT, pricing_model=pb.PRICING_MODEL_DYNAMIC,
+                   amount_property="cost"),
+    pb.UsageCharge(metric_code="pay", aggregation=pb.AGGREGATION_SUM, pricing_model=pb.PRICING_MODEL_PERCENTAGE,
+                   percentage_rate="2", fixed_fee_per_event="0.10", max_fee_per_event="20"),
+]
+
+
+async def test_late_events_of_event_priced_charges(roles, migrated, stub, tenant):
+    from tests.integration.test_usage_api import record
+
+    req = plan_request(base_fee="0", trial_days=0, interval=pb.INTERVAL_UNIT_DAY,
+                       billing_timing=pb.BILLING_TIMING_IN_ARREARS, usage_charges=LATE_CHARGES)
+    plan = (await stub.CreatePlan(req, metadata=tenant.md)).plan
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2, hours=1)
+    sub = (await stub.CreateSubscription(pb.CreateSubscriptionRequest(
+        request_id=rid(), customer_id="cust-late", plan_id=plan.id, activate=True, start_at=ts(start)),
+        metadata=tenant.md)).subscription
+    p1_end = start + timedelta(days=1)
+    await record(stub, tenant, sub, "4", metric="seats", at=start)
+    await record(stub, tenant, sub, "1", metric="llm", props={"cost": "1.00"}, at=start + timedelta(hours=1))
+    await record(stub, tenant, sub, "100", metric="pay", at=start + timedelta(hours=2))
+    first = await _completed(stub, tenant, (await stub.RunBilling(pb.RunBillingRequest(
+        request_id=rid(), as_of=ts(p1_end + timedelta(seconds=1))), metadata=tenant.md)).run.id)
+    assert first.subscriptions_billed == 1
+    # Period 1: 4 seats all day = 96.00; llm 1.00; 100 at 2 % + 0.10 = 2.10.
+    assert [(tc.currency, D(tc.amount)) for tc in first.totals] == [("EUR", D("99.10"))]
+
+    # Late events of period 1, then period 2 is billed with their late lines.
+    await record(stub, tenant, sub, "2", metric="seats", at=start + timedelta(hours=12))
+    await record(stub, tenant, sub, "1", metric="llm", props={"cost": "0.505"}, at=start + timedelta(hours=13))
+    await record(stub, tenant, sub, "5000", metric="pay", at=start + timedelta(hours=14))
+    second = await _completed(stub, tenant, (await stub.RunBilling(pb.RunBillingRequest(
+        request_id=rid(), as_of=ts(datetime.now(UTC))), metadata=tenant.md)).run.id)
+    assert second.subscriptions_billed == 1
+    invoices = await asyncio.to_thread(_read_invoices, migrated, sub.id, 2)
+    inv = max((d for _, d in invoices), key=lambda d: d["period_start_us"])
+    lines = sorted((ln["kind"], ln["metric_code"], D(ln["amount"])) for ln in inv["lines"] if ln["metric_code"])
+    assert lines == sorted([
+        # seats: period 1 re-priced, 4 x 24 h + 2 x 12 h = 5 seats: 120.00 - 96.00 billed = 24.00;
+        # period 2: 6 seats carried all day = 144.00.
+        ("late_usage", "seats", D("24.00")), ("usage", "seats", D("144.00")),
+        # llm: 1.505 - 1.00 = 0.505 -> 0.50 (half-even); period 2: no events.
+        ("late_usage", "llm", D("0.50")), ("usage", "llm", D("0.00")),
+        # pay: 5000 x 2 % + 0.10 = 100.10, capped at 20.00 per event; period 2: nothing (the rate
+        # line and the fixed-fee line, both 0).
+        ("late_usage", "pay", D("20.00")), ("usage", "pay", D("0.00")), ("usage", "pay", D("0.00")),
+    ])
+    assert D(inv["total"]) == D("188.50")
