@@ -22,7 +22,8 @@ _FIELDS = [("event_id", "string"), ("tenant_id", "string"), ("subscription_id", 
 
 def _layout_matches() -> bool:
     fields = codec.parsed_schema(codec.Schema.USAGE_EVENT)["fields"]
-    shape = [(f["name"], f["type"]) for f in fields[:-1]]
+    # A long annotated as a time (timestamp-micros, stripped by the codec) is {"type": "long"}.
+    shape = [(f["name"], f["type"]["type"] if isinstance(f["type"], dict) else f["type"]) for f in fields[:-1]]
     last = fields[-1]
     return shape == _FIELDS and last["name"] == "properties" and last["type"].get("type") == "map" \
         and last["type"].get("values") == "string"

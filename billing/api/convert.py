@@ -79,6 +79,13 @@ def plan_input(req: pb.CreatePlanRequest) -> tuple[PlanInput, list[tuple[str, st
                 unit_price=c.unit_price, package_size=c.package_size,
                 tiers=[TierInput(up_to=t.up_to, unit_price=t.unit_price, flat_fee=t.flat_fee) for t in c.tiers],
                 unique_property=c.unique_property, max_amount=c.max_amount,
+                free_units=c.free_units, free_amount=c.free_amount,
+                package_rounding=enum(pb.PackageRounding, c.package_rounding, "PACKAGE_ROUNDING_",
+                                      f"usage_charges[{i}].package_rounding"),
+                zero_usage_flat_fee=c.zero_usage_flat_fee, percentage_rate=c.percentage_rate,
+                fixed_fee_per_event=c.fixed_fee_per_event, min_fee_per_event=c.min_fee_per_event,
+                max_fee_per_event=c.max_fee_per_event, amount_property=c.amount_property,
+                corrections=c.corrections,
             )
             for i, c in enumerate(req.usage_charges)
         ],
@@ -104,6 +111,13 @@ def plan_message(plan: Plan) -> pb.Plan:
                 tiers=[pb.Tier(up_to=_dec(t.up_to), unit_price=_dec(t.unit_price), flat_fee=_dec(t.flat_fee))
                        for t in c.tiers],
                 unique_property=c.unique_property or "", max_amount=_dec(c.max_amount),
+                free_units=_dec(c.free_units), free_amount=_dec(c.free_amount),
+                package_rounding=enum_number(pb.PackageRounding, c.package_rounding, "PACKAGE_ROUNDING_")
+                if c.pricing_model == "package" else 0,
+                zero_usage_flat_fee=c.zero_usage_flat_fee, percentage_rate=_dec(c.percentage_rate),
+                fixed_fee_per_event=_dec(c.fixed_fee_per_event), min_fee_per_event=_dec(c.min_fee_per_event),
+                max_fee_per_event=_dec(c.max_fee_per_event), amount_property=c.amount_property or "",
+                corrections=c.corrections,
             )
             for c in spec.usage_charges
         ],

@@ -38,12 +38,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from fractions import Fraction
 
 from billing.domain.invoice_assembly import charged_usage
 from billing.domain.money import decimal_to_str, round_money
 from billing.domain.plans import PlanSpec, PricingModel
 from billing.domain.pricing import Line, PeriodUsage, charge_quantity
+from billing.domain.pricing_models import packages
 
 __all__ = ["LateUsage", "late_usage_line", "KIND"]
 
@@ -62,10 +62,6 @@ class LateUsage:
     events: int  # how many late events this line bills
     before: PeriodUsage  # totals of the period's events billed already
     after: PeriodUsage  # the same plus the late events
-
-
-def _packages(quantity: Decimal, size: Decimal) -> int:
-    return -((-Fraction(quantity)) // Fraction(size))  # ceil, exactly (Fraction floors)
 
 
 def late_usage_line(late: LateUsage, plan: PlanSpec, *, trial: bool) -> Line:
@@ -97,7 +93,8 @@ def late_usage_line(late: LateUsage, plan: PlanSpec, *, trial: bool) -> Line:
     elif model is PricingModel.PACKAGE:
         size = charge.package_size
         assert size is not None  # a package charge has one (plans.parse_plan)
-        quantity = Decimal(_packages(q_after, size) - _packages(q_before, size))  # packages newly started
+        rounding = charge.package_rounding
+        quantity = Decimal(packages(q_after, size, rounding) - packages(q_before, size, rounding))  # packages added
         unit_price = charge.unit_price
     elif quantity:
         unit_price = (exact / quantity).quantize(_PRICE_PLACES, rounding=ROUND_HALF_EVEN)

@@ -94,6 +94,11 @@ WITHDRAWN_MINOR_UNITS: Mapping[str, int] = MappingProxyType(
 )
 
 _CURRENCY_SHAPE = re.compile(r"[A-Z]{3}", re.ASCII)
+# A unit outside ISO 4217 names its own precision: "credits:4" is the unit "credits" whose
+# amounts are rounded to 4 decimal places. The precision travels inside the code (plans,
+# invoice requests, every round_money call) so no reader can round it differently.
+_CUSTOM_UNIT = re.compile(r"([a-z][a-z0-9_]{0,31}):([0-9]|1[0-2])", re.ASCII)
+MAX_CUSTOM_UNIT_DECIMALS = 12
 _PLAIN_DECIMAL = re.compile(r"(-?)([0-9]+)(?:\.([0-9]+))?", re.ASCII)
 _MAX_TEXT_LEN = 100
 
@@ -153,12 +158,16 @@ def parse_decimal(
 
 
 def validate_currency(code: str, field: str = "currency") -> str:
-    """Return ``code`` if it is an active ISO 4217 code in ``MINOR_UNITS``."""
+    """Return ``code`` if it is an active ISO 4217 code in ``MINOR_UNITS``, or a unit of
+    its own precision written ``name:decimals`` (e.g. ``credits:4``, decimals 0..12)."""
     if not isinstance(code, str) or code == "":
         raise ValidationError(field, "is required")
+    if _CUSTOM_UNIT.fullmatch(code) is not None:
+        return code
     if _CURRENCY_SHAPE.fullmatch(code) is None:
         raise ValidationError(
-            field, f"must be a 3-letter uppercase ISO 4217 code like USD, got {code!r}"
+            field, "must be a 3-letter uppercase ISO 4217 code like USD, or a unit with its decimals "
+                   f"like credits:4 (lowercase name, 0..{MAX_CUSTOM_UNIT_DECIMALS} decimals), got {code!r}"
         )
     if code not in MINOR_UNITS:
         if code in WITHDRAWN_MINOR_UNITS:
@@ -176,7 +185,10 @@ def minor_units(currency: str) -> int:
     if units is None:
         units = WITHDRAWN_MINOR_UNITS.get(currency)
     if units is None:
-        raise ValueError(f"unknown currency {currency!r}")
+        custom = _CUSTOM_UNIT.fullmatch(currency) if isinstance(currency, str) else None
+        if custom is None:
+            raise ValueError(f"unknown currency {currency!r}")
+        units = int(custom.group(2))
     return units
 
 

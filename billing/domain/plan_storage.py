@@ -8,7 +8,9 @@ from typing import Any, Literal, Mapping, TypeVar, overload
 from billing.domain.errors import ValidationError
 from billing.domain.money import decimal_to_str, minor_units, parse_decimal
 from billing.domain.plan_validation import enum_field, int_field
-from billing.domain.plans import Aggregation, BillingTiming, IntervalUnit, PlanSpec, PricingModel, Tier, UsageCharge
+from billing.domain.plans import (
+    Aggregation, BillingTiming, IntervalUnit, PackageRounding, PlanSpec, PricingModel, Tier, UsageCharge,
+)
 
 _E = TypeVar("_E", bound=StrEnum)
 
@@ -47,12 +49,53 @@ def plan_to_dict(spec: PlanSpec) -> dict[str, Any]:
                     for t in c.tiers
                 ],
                 "unique_property": c.unique_property,
-                "max_amount": _dec_or_none(c.max_amount),
+                **({"max_amount": _dec_or_none(c.max_amount)} if c.max_amount is not None else {}),
+                **_options_to_dict(c),
             }
             for c in spec.usage_charges
         ],
         "minimum_commitment": decimal_to_str(spec.minimum_commitment),
     }
+
+
+_DECIMAL_OPTIONS = ("free_units", "free_amount", "percentage_rate", "fixed_fee_per_event", "min_fee_per_event",
+                    "max_fee_per_event")
+
+
+def _options_to_dict(c: UsageCharge) -> dict[str, Any]:
+    """The charge's options that differ from their defaults: a plan without them is stored
+    as it was before they existed."""
+    out: dict[str, Any] = {name: decimal_to_str(getattr(c, name)) for name in _DECIMAL_OPTIONS
+                           if getattr(c, name) is not None}
+    if c.package_rounding is not PackageRounding.UP:
+        out["package_rounding"] = c.package_rounding.value
+    for flag in ("zero_usage_flat_fee", "corrections"):
+        if getattr(c, flag):
+            out[flag] = True
+    if c.amount_property is not None:
+        out["amount_property"] = c.amount_property
+    return out
+
+
+def _options_from_dict(c: object, path: str) -> dict[str, Any]:
+    """Inverse of ``_options_to_dict``; a missing option has its default."""
+    out: dict[str, Any] = {}
+    if not isinstance(c, Mapping):
+        return out
+    for name in _DECIMAL_OPTIONS:
+        if c.get(name) is not None:
+            out[name] = _stored_dec(c, name, path)
+    if "package_rounding" in c:
+        out["package_rounding"] = _stored_enum(PackageRounding, c, "package_rounding", path)
+    for name in ("zero_usage_flat_fee", "corrections"):
+        if name in c:
+            flag = c[name]
+            if not isinstance(flag, bool):
+                raise ValidationError(f"{path}.{name}", "must be true or false")
+            out[name] = flag
+    if c.get("amount_property") is not None:
+        out["amount_property"] = _stored_str(c, "amount_property", path)
+    return out
 
 
 
@@ -145,6 +188,7 @@ def plan_from_dict(d: Mapping[str, Any]) -> PlanSpec:
                 tiers=tuple(tiers),
                 unique_property=c.get("unique_property") if isinstance(c, Mapping) else None,
                 max_amount=_stored_dec(c, "max_amount", cp, nullable=True) if isinstance(c, Mapping) and "max_amount" in c else None,
+                **_options_from_dict(c, cp),
             )
         )
     return PlanSpec(

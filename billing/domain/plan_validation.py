@@ -8,7 +8,8 @@ order is reported):
 * ``name``: 1..200 characters, not blank, no control characters.
 * ``description``: at most 2000 characters; no control characters except
   newline, carriage return and tab.
-* ``currency``: an active ISO 4217 code (``money.validate_currency``).
+* ``currency``: an active ISO 4217 code, or a unit of its own precision like ``credits:4``
+  (``money.validate_currency``).
 * ``interval``: day | week | month | year; ``interval_count``: 1..366 days,
   1..52 weeks, 1..24 months, 1..10 years.
 * ``base_fee``: required (``"0"`` for a usage-only plan), >= 0, and - since it
@@ -21,6 +22,9 @@ order is reported):
   - per_unit: ``unit_price`` >= 0 (up to 12 decimals); no ``package_size``, no tiers.
   - package: ``unit_price`` = price per started package, >= 0 (up to 12 decimals);
     ``package_size`` > 0 (up to 12 decimals); no tiers.
+  - percentage / dynamic: no ``unit_price``, ``package_size`` or tiers; their options
+    and every charge's free units, free amount, package rounding and flat fee at zero
+    usage are checked by ``charge_options`` (rules there).
   - graduated / volume: 1..50 tiers, no ``unit_price`` / ``package_size``. Every
     tier but the last is bounded (``up_to`` > 0, strictly increasing); the LAST
     tier must be unbounded (``up_to`` = ""), so every quantity has a price.
@@ -44,6 +48,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Sequence, TypeVar
 
+from billing.domain.charge_options import charge_options
 from billing.domain.errors import ValidationError, Violations
 from billing.domain.money import decimal_to_str, minor_units, parse_decimal, validate_currency
 from billing.domain.plans import (
@@ -203,6 +208,11 @@ def _parse_charge(c: object, field: str, currency: str) -> UsageCharge:
             _must_be_empty(c.package_size, f"{field}.package_size", model)
         if tiers_in:
             raise ValidationError(f"{field}.tiers", f"must be empty for pricing model '{model.value}'")
+    elif model in (PricingModel.PERCENTAGE, PricingModel.DYNAMIC):
+        _must_be_empty(c.unit_price, f"{field}.unit_price", model)
+        _must_be_empty(c.package_size, f"{field}.package_size", model)
+        if tiers_in:
+            raise ValidationError(f"{field}.tiers", f"must be empty for pricing model '{model.value}'")
     else:
         _must_be_empty(c.unit_price, f"{field}.unit_price", model)
         _must_be_empty(c.package_size, f"{field}.package_size", model)
@@ -247,6 +257,7 @@ def _parse_charge(c: object, field: str, currency: str) -> UsageCharge:
         tiers=tiers,
         unique_property=unique_property,
         max_amount=max_amount,
+        **charge_options(c, field, model, aggregation, currency),
     )
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "BillingTiming",
     "Aggregation",
     "PricingModel",
+    "PackageRounding",
     "TierInput",
     "UsageChargeInput",
     "PlanInput",
@@ -49,6 +50,7 @@ class Aggregation(StrEnum):
     MAX = "max"
     UNIQUE_COUNT = "unique_count"
     LATEST = "latest"
+    WEIGHTED_SUM = "weighted_sum"  # time-weighted level over the period (seats, gauges)
 
 
 class PricingModel(StrEnum):
@@ -56,6 +58,13 @@ class PricingModel(StrEnum):
     PACKAGE = "package"
     GRADUATED = "graduated"
     VOLUME = "volume"
+    PERCENTAGE = "percentage"  # a rate of the amounts events carry (their quantity), plus fees per event
+    DYNAMIC = "dynamic"  # each event carries its own price (a property)
+
+
+class PackageRounding(StrEnum):
+    UP = "up"  # every started package is charged (the default)
+    DOWN = "down"  # only complete packages are charged
 
 
 # --------------------------------------------------------------------------- input
@@ -78,6 +87,16 @@ class UsageChargeInput:
     tiers: Sequence[TierInput] = ()
     unique_property: str = ""
     max_amount: str = ""  # "": no cap
+    free_units: str = ""
+    free_amount: str = ""
+    package_rounding: str = ""
+    zero_usage_flat_fee: bool = False
+    percentage_rate: str = ""
+    fixed_fee_per_event: str = ""
+    min_fee_per_event: str = ""
+    max_fee_per_event: str = ""
+    amount_property: str = ""
+    corrections: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,30 @@ class UsageCharge:
     tiers: tuple[Tier, ...]  # graduated / volume only
     unique_property: str | None = None  # unique_count only: the event property counted
     max_amount: Decimal | None = None  # the most this charge costs in one period (None: no cap)
+    # The options below have defaults that price exactly as a charge without them did, so a
+    # plan stored before them reads back unchanged (docs/pricing.md).
+    free_units: Decimal | None = None  # units deducted from the quantity before the model prices it
+    free_amount: Decimal | None = None  # money deducted from the charge's lines (never below zero)
+    package_rounding: PackageRounding = PackageRounding.UP
+    zero_usage_flat_fee: bool = False  # tiered: charge tier 1's flat fee at zero usage
+    percentage_rate: Decimal | None = None  # percentage: in percent, "1.5" = 1.5 %
+    fixed_fee_per_event: Decimal | None = None  # percentage: added per event
+    min_fee_per_event: Decimal | None = None  # percentage: an event's fee is at least this
+    max_fee_per_event: Decimal | None = None  # percentage: and at most this
+    amount_property: str | None = None  # dynamic: the event property holding the event's price
+    corrections: bool = False  # sum: events may carry negative quantities (corrections)
+
+    @property
+    def takes_negative(self) -> bool:
+        """Whether ingestion accepts a negative quantity for this charge's metric: a
+        correction of a sum that allows them, or a change of a weighted_sum's level."""
+        return self.corrections or self.aggregation is Aggregation.WEIGHTED_SUM
+
+    @property
+    def per_event(self) -> bool:
+        """Whether the charge needs each event's fee (a per-event minimum or maximum), not
+        only the period's totals."""
+        return self.min_fee_per_event is not None or self.max_fee_per_event is not None
 
 
 @dataclass(frozen=True)

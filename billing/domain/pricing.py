@@ -8,20 +8,26 @@ usage and GetUsage's preview all call it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from datetime import datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 from fractions import Fraction
-from typing import Iterable, Mapping, NamedTuple
+from typing import Iterable, Mapping, NamedTuple, Protocol
 
 from billing.domain.money import decimal_to_str, round_money
-from billing.domain.plans import Aggregation, PlanSpec, PricingModel, Tier, UsageCharge
+from billing.domain.periods import to_us
+from billing.domain.plans import PackageRounding, PlanSpec, PricingModel, Tier, UsageCharge
+from billing.domain.aggregation import PeriodUsage, aggregate, charge_quantity, period_usage
+from billing.domain.pricing_models import packages, percentage_parts
 
 __all__ = [
     "Line",
     "PeriodUsage",
+    "period_usage",
+    "charge_quantity",
     "PricedCharge",
+    "charge_amount",
     "price_usage",
     "usage_amount",
     "usage_lines",
@@ -61,28 +67,12 @@ class Line:
     original_period_start: datetime | None = None
 
 
-@dataclass(frozen=True)
-class PeriodUsage:
-    """One metric's totals for a period; ``None`` where there was no event."""
-
-    quantity_sum: Decimal | None = None
-    event_count: int | None = None
-    quantity_max: Decimal | None = None
-    latest_quantity: Decimal | None = None
-    unique_count: int | None = None
-
-
-def period_usage(quantity_sum: Decimal | None, event_count: int | None, quantity_max: Decimal | None,
-                 latest_quantity: Decimal | None, unique_count: int | None = None) -> PeriodUsage:
-    """``PeriodUsage(...)`` for the totals a billing run reads by the thousand: the same
-    frozen object, its __dict__ filled at once instead of a setattr per field."""
-    usage = object.__new__(PeriodUsage)
-    usage.__dict__.update(quantity_sum=quantity_sum, event_count=event_count, quantity_max=quantity_max,
-                          latest_quantity=latest_quantity, unique_count=unique_count)
-    return usage
-
-
 _NO_USAGE = PeriodUsage()
+
+
+class _LineMaker(Protocol):
+    def __call__(self, description: str, qty: Decimal, price: Decimal, exact: Decimal, tier: int | None,
+                 kind: str = "usage") -> Line: ...
 
 
 class PricedCharge(NamedTuple):
@@ -157,9 +147,9 @@ def _package_size(charge: UsageCharge) -> Decimal:
     return size
 
 
-def _packages(quantity: Decimal, size: Decimal) -> int:
-    """Number of started packages: ceil(quantity / size), computed exactly."""
-    return -((-Fraction(quantity)) // Fraction(size))
+def _packages(charge: UsageCharge, quantity: Decimal, size: Decimal) -> int:
+    """Packages charged: every started one, or only complete ones (``package_rounding``)."""
+    return packages(quantity, size, charge.package_rounding)
 
 
 def _tiers(charge: UsageCharge) -> tuple[Tier, ...]:
@@ -225,68 +215,139 @@ def _period(period_start: datetime, period_end: datetime) -> None:
 # ----------------------------------------------------------------------- API
 
 
-def usage_amount(charge: UsageCharge, quantity: Decimal) -> Decimal:
-    """Exact, unrounded price of ``quantity`` under ``charge`` (see module docstring)."""
+def usage_amount(charge: UsageCharge, quantity: Decimal, usage: PeriodUsage | None = None) -> Decimal:
+    """Exact, unrounded price of ``quantity`` under ``charge``, free units and free amount
+    applied; percentage and dynamic charges also need the period's ``usage`` (events,
+    amounts). The sum of ``usage_lines`` is this amount with each line rounded."""
     q = _quantity(quantity)
     model = _model(charge)
+    if model is PricingModel.PERCENTAGE or model is PricingModel.DYNAMIC:
+        amount = _ZERO
+        for _, units, price in _event_parts(charge, q, usage or _NO_USAGE):
+            amount = _add(amount, _mul(units, price))
+        return _less_free_amount(charge, amount)
+    q = _charged(charge, q)
     if model is PricingModel.PER_UNIT:
-        return _mul(q, _unit_price(charge))
-    if model is PricingModel.PACKAGE:
-        return _mul(Decimal(_packages(q, _package_size(charge))), _unit_price(charge))
-    if model is PricingModel.GRADUATED:
+        amount = _mul(q, _unit_price(charge))
+    elif model is PricingModel.PACKAGE:
+        amount = _mul(Decimal(_packages(charge, q, _package_size(charge))), _unit_price(charge))
+    elif model is PricingModel.GRADUATED:
         amount = _ZERO
         for _, tier, units in _graduated_parts(charge, q):
             amount = _add(amount, _tier_amount(tier, units))
-        return amount
-    # VOLUME
-    _, tier = _volume_tier(charge, q)
-    if q == 0:
-        return _ZERO
-    return _tier_amount(tier, q)
+        if q == 0 and charge.zero_usage_flat_fee:
+            amount = _tiers(charge)[0].flat_fee
+    else:  # VOLUME
+        _, tier = _volume_tier(charge, q)
+        amount = _tier_amount(tier, q) if q != 0 else (tier.flat_fee if charge.zero_usage_flat_fee else _ZERO)
+    return _less_free_amount(charge, amount)
+
+
+def charge_amount(charge: UsageCharge, usage: PeriodUsage) -> Decimal:
+    """Exact, unrounded price of a period's ``usage`` of one charge (every model)."""
+    return usage_amount(charge, charge_quantity(charge, usage), usage)
+
+
+def _charged(charge: UsageCharge, q: Decimal) -> Decimal:
+    """The quantity the model prices: the aggregated one less the charge's free units."""
+    free = charge.free_units
+    return q if not free else max(_ZERO, _sub(q, free))
+
+
+def _less_free_amount(charge: UsageCharge, amount: Decimal) -> Decimal:
+    free = charge.free_amount
+    return amount if not free else max(_ZERO, _sub(amount, free))
+
+
+_EFFECT_TEXT = {"fixed": "event(s) at the fixed fee", "min": "event(s) at the per-event minimum",
+                "max": "event(s) at the per-event maximum"}
+
+
+def _event_parts(charge: UsageCharge, q: Decimal, usage: PeriodUsage) -> list[tuple[str, Decimal, Decimal]]:
+    """(effect, quantity, unit price) of a percentage or dynamic charge's lines."""
+    if _model(charge) is PricingModel.DYNAMIC:
+        return [("amount", _ONE, usage.amount_sum or _ZERO)]
+    return percentage_parts(charge, q, usage.event_count or 0, usage.bands)
 
 
 def usage_lines(charge: UsageCharge, quantity: Decimal, currency: str, period_start: datetime,
-                period_end: datetime) -> list[Line]:
-    """Invoice lines (kind ``"usage"``) for ``quantity`` of ``charge``, each rounded once.
+                period_end: datetime, usage: PeriodUsage | None = None) -> list[Line]:
+    """Invoice lines for ``quantity`` of ``charge``, each rounded once, one per effect.
 
-    per_unit, package, volume: one line. graduated: one line per tier reached
-    (a single zero line for tier 1 when the quantity is 0).
+    per_unit, package, volume: one line. graduated: one line per tier reached (a single
+    line for tier 1 when the quantity is 0). percentage: the rate line, then one per
+    per-event effect (fixed fees, minimums, maximums). dynamic: one line, the sum of the
+    events' prices. Before them a ``free_units`` line (amount 0) when the charge has free
+    units; after them a ``free_amount`` line (negative) when it has a free amount. Every
+    line is of kind ``usage`` but those two.
     """
     q = _quantity(quantity)
     _period(period_start, period_end)
     model = _model(charge)
     metric = charge.metric_code
 
-    def line(description: str, qty: Decimal, price: Decimal, exact: Decimal, tier: int | None) -> Line:
-        return _line(kind="usage", description=description, metric_code=metric, quantity=qty, unit_price=price,
+    def line(description: str, qty: Decimal, price: Decimal, exact: Decimal, tier: int | None,
+             kind: str = "usage") -> Line:
+        return _line(kind=kind, description=description, metric_code=metric, quantity=qty, unit_price=price,
                      amount=round_money(exact, currency), period_start=period_start, period_end=period_end,
                      fraction=None, tier=tier)
 
+    lines: list[Line] = []
+    if charge.free_units:
+        used = min(q, charge.free_units)
+        lines.append(line(f"{metric}: {_s(used)} of {_s(charge.free_units)} free units", used, _ZERO, _ZERO, None,
+                          "free_units"))
+    if model is PricingModel.PERCENTAGE or model is PricingModel.DYNAMIC:
+        for effect, units, price in _event_parts(charge, q, usage or _NO_USAGE):
+            if effect == "amount":
+                count = (usage or _NO_USAGE).event_count or 0
+                text = f"{metric}: {_s(q)} in {count} event(s), priced by the events"
+            elif effect == "rate":
+                text = f"{metric}: {_s(units)} at {_s(charge.percentage_rate or _ZERO)} %"
+            else:
+                text = f"{metric}: {_s(units)} {_EFFECT_TEXT[effect]} {_s(price)}"
+            lines.append(line(text, units, price, _mul(units, price), None))
+    else:
+        lines.extend(_model_lines(charge, _charged(charge, q), line))
+    if charge.free_amount:
+        charged = total(ln for ln in lines)
+        free = min(charge.free_amount, charged)
+        lines.append(line(f"{metric}: free amount {_s(free)} of {_s(charge.free_amount)}", _ONE, -free, -free, None,
+                          "free_amount"))
+    return lines
+
+
+def _model_lines(charge: UsageCharge, q: Decimal, line: "_LineMaker") -> list[Line]:
+    metric = charge.metric_code
+    model = _model(charge)
     if model is PricingModel.PER_UNIT:
         price = _unit_price(charge)
         return [line(f"{metric}: {_s(q)} at {_s(price)}", q, price, _mul(q, price), None)]
 
     if model is PricingModel.PACKAGE:
         price, size = _unit_price(charge), _package_size(charge)
-        packages = Decimal(_packages(q, size))
-        return [line(f"{metric}: {_s(q)} in {_s(packages)} package(s) of {_s(size)} at {_s(price)}",
-                     packages, price, _mul(packages, price), None)]
+        count = Decimal(_packages(charge, q, size))
+        how = "" if charge.package_rounding is PackageRounding.UP else " complete"
+        return [line(f"{metric}: {_s(q)} in {_s(count)}{how} package(s) of {_s(size)} at {_s(price)}",
+                     count, price, _mul(count, price), None)]
 
     if model is PricingModel.GRADUATED:
         parts = _graduated_parts(charge, q)
-        if not parts:  # quantity 0: show the charge, cost nothing
+        if not parts:  # quantity 0: show the charge; its flat fee only if the charge says so
             first = charge.tiers[0]
-            return [line(f"{metric} tier 1 {_range(charge, 1)}: {_s(q)} at {_s(first.unit_price)}",
-                         q, first.unit_price, _ZERO, 1)]
+            fee = first.flat_fee if charge.zero_usage_flat_fee else _ZERO
+            return [line(f"{metric} tier 1 {_range(charge, 1)}: {_s(q)} at {_s(first.unit_price)}"
+                         f"{_fee(first) if fee else ''}", q, first.unit_price, fee, 1)]
         return [line(f"{metric} tier {n} {_range(charge, n)}: {_s(units)} at {_s(tier.unit_price)}{_fee(tier)}",
                      units, tier.unit_price, _tier_amount(tier, units), n)
                 for n, tier, units in parts]
 
     # VOLUME
     n, tier = _volume_tier(charge, q)
-    exact = _ZERO if q == 0 else _tier_amount(tier, q)
-    fee = _fee(tier) if q != 0 else ""
-    return [line(f"{metric} volume tier {n} {_range(charge, n)}: {_s(q)} at {_s(tier.unit_price)}{fee}",
+    charged_fee = q != 0 or charge.zero_usage_flat_fee
+    exact = _tier_amount(tier, q) if charged_fee else _ZERO
+    fee_text = _fee(tier) if charged_fee else ""
+    return [line(f"{metric} volume tier {n} {_range(charge, n)}: {_s(q)} at {_s(tier.unit_price)}{fee_text}",
                  q, tier.unit_price, exact, n)]
 
 
@@ -309,50 +370,6 @@ def _base_fee(name: str, code: str, fee: Decimal, currency: str) -> tuple[str, D
     return f"{name} ({code}) base fee", round_money(fee, currency)
 
 
-def _number(value: object, name: str) -> Decimal:
-    if type(value) is Decimal and value.is_finite():
-        return value
-    if value is None:
-        return _ZERO
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a Decimal or int, not bool")
-    if isinstance(value, int):
-        return Decimal(value)
-    if not isinstance(value, Decimal):
-        raise TypeError(f"{name} must be a Decimal or int, not {type(value).__name__}")
-    if not value.is_finite():
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def aggregate(
-    aggregation: Aggregation | str,
-    *,
-    quantity_sum: Decimal | None = None,
-    event_count: int | None = None,
-    quantity_max: Decimal | None = None,
-    latest_quantity: Decimal | None = None,
-    unique_count: int | None = None,
-) -> Decimal:
-    """The number a charge is priced on, picked from a period's usage totals.
-
-    sum -> ``quantity_sum``, count -> ``event_count``, max -> ``quantity_max``,
-    latest -> ``latest_quantity``, unique_count -> ``unique_count``. Missing data
-    (``None``: no events in the period) counts as 0. Only the picked value is
-    looked at.
-    """
-    agg = aggregation if type(aggregation) is Aggregation else Aggregation(aggregation)
-    if agg is Aggregation.SUM:
-        return _number(quantity_sum, "quantity_sum")
-    if agg is Aggregation.COUNT:
-        return _number(event_count, "event_count")
-    if agg is Aggregation.MAX:
-        return _number(quantity_max, "quantity_max")
-    if agg is Aggregation.LATEST:
-        return _number(latest_quantity, "latest_quantity")
-    return _number(unique_count, "unique_count")
-
-
 def total(lines: Iterable[Line]) -> Decimal:
     """Sum of the (already rounded) line amounts; no further rounding. Empty -> 0."""
     result = _ZERO
@@ -361,20 +378,17 @@ def total(lines: Iterable[Line]) -> Decimal:
     return result
 
 
-def charge_quantity(charge: UsageCharge, usage: PeriodUsage) -> Decimal:
-    """The number ``charge`` is priced on, of a period's totals of its metric."""
-    return aggregate(charge.aggregation, quantity_sum=usage.quantity_sum, event_count=usage.event_count,
-                     quantity_max=usage.quantity_max, latest_quantity=usage.latest_quantity,
-                     unique_count=usage.unique_count)
-
-
 def price_usage(plan: PlanSpec, usage: Mapping[str, PeriodUsage], period_start: datetime,
                 period_end: datetime) -> list[PricedCharge]:
     """Every usage charge of ``plan`` priced on a period's totals (by metric code): one or
     more lines each, a charge without usage as a zero line so that every charge shows."""
     priced = []
     for charge in plan.usage_charges:
-        quantity = charge_quantity(charge, usage.get(charge.metric_code) or _NO_USAGE)
+        metric_usage = usage.get(charge.metric_code) or _NO_USAGE
+        if metric_usage.gauge is not None and metric_usage.weighted_quantity is None:
+            metric_usage = replace(metric_usage, weighted_quantity=metric_usage.gauge.weighted(
+                to_us(period_start), to_us(period_end)))
+        quantity = charge_quantity(charge, metric_usage)
         priced.append(PricedCharge(charge, quantity, usage_lines(charge, quantity, plan.currency, period_start,
-                                                                 period_end)))
+                                                                 period_end, metric_usage)))
     return priced

@@ -13,7 +13,22 @@ from datetime import datetime
 from billing.domain.periods import from_us, period_containing, to_us
 from billing.domain.plans import PlanSpec
 
-__all__ = ["UsageSubscription", "period_at", "refusal"]
+__all__ = ["EventChecks", "UsageSubscription", "event_checks", "period_at", "refusal"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventChecks:
+    """What a plan's charges ask of an event beyond a non-negative quantity: the metrics
+    that take negative quantities (corrections, weighted_sum) and, per dynamic metric, the
+    property that must hold the event's price."""
+
+    negative_ok: frozenset[str]
+    amount_property: dict[str, str]
+
+
+def event_checks(spec: PlanSpec) -> EventChecks:
+    return EventChecks(frozenset(c.metric_code for c in spec.usage_charges if c.takes_negative),
+                       {c.metric_code: c.amount_property for c in spec.usage_charges if c.amount_property})
 
 
 @dataclass(slots=True)

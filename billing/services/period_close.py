@@ -126,7 +126,7 @@ def _close_all(ctx: CloseContext, ids: _RequestIds, sub: Subscription, usage: pe
         assert current.current_period_start is not None  # is_due: it has a period
         closed = invoicing.close_period(
             ctx.tenant_id, current, plans[current.plan_id],
-            usage.get((current.id, current.current_period_start), _NO_USAGE),
+            usage.get((current.id, current.current_period_start)) or usage.get((current.id, None), _NO_USAGE),
             next_plan=plans.get(current.pending_plan_id) if current.pending_plan_id else None,
             charged_in_advance=charged_in_advance, extra_lines=extra, discounts=discounts,
         )

@@ -11,17 +11,18 @@ import asyncpg
 from billing.domain.invoice_assembly import Discount
 from billing.domain.credits import CreditBook
 from billing.domain.late_usage import LateUsage, late_usage_line
-from billing.domain.plans import Aggregation, BillingTiming, PlanSpec
+from billing.domain.plans import Aggregation, BillingTiming, PlanSpec, PricingModel
 from billing.domain.plan_storage import plan_from_dict
 from billing.domain.pricing import Line, PeriodUsage, period_usage
 from billing.domain.subscriptions import Subscription
-from billing.services import discounts as discount_reads
+from billing.services import discounts as discount_reads, event_usage
 from billing.store import billed_periods, credits as credit_store, pending_lines, period_usage as usage_reads
 from billing.store import plans as plans_store
 from billing.store import usage as usage_store
 
-# (subscription id, period start) -> metric code -> the period's totals
-UsageByPeriod = dict[tuple[uuid.UUID, datetime], dict[str, PeriodUsage]]
+# (subscription id, period start) -> metric code -> the period's totals (start None: what a
+# period without totals of its own prices, see services/event_usage.py)
+UsageByPeriod = event_usage.UsageByPeriod
 # subscription id -> [(late event ids, the late_usage line billing them)]
 LateLines = dict[uuid.UUID, list[tuple[list[str], Line]]]
 
@@ -59,6 +60,8 @@ async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uu
     usage = _usage_by_period(firsts, await usage_reads.usage_totals_from(conn, tenant, firsts, as_of,
                                                                          _totals_charged(plans, plan_ids)))
     await _add_unique_counts(conn, tenant, plans, subs, firsts, as_of, usage)
+    await event_usage.add_event_usage(conn, tenant, [(s.id, plans[p]) for s in subs for p in (s.plan_id, s.pending_plan_id)
+                                                     if p], dict(firsts), as_of, usage)
     late = await late_lines(conn, tenant, plans, subs, late_rows)
     pending = await pending_lines.unbilled(conn, tenant, ids)
     discounts = await discount_reads.live_for(conn, tenant, ids)
@@ -92,8 +95,12 @@ def _fee_in_advance(spec: PlanSpec) -> bool:
 
 def _totals_charged(plans: dict[uuid.UUID, PlanSpec], plan_ids: set[uuid.UUID]) -> set[str]:
     """The usage totals these plans price on."""
-    return {_TOTAL_OF[c.aggregation] for p in plan_ids if p in plans for c in plans[p].usage_charges
-            if c.aggregation in _TOTAL_OF}
+    wanted = {_TOTAL_OF[c.aggregation] for p in plan_ids if p in plans for c in plans[p].usage_charges
+              if c.aggregation in _TOTAL_OF}
+    if any(c.pricing_model in (PricingModel.PERCENTAGE, PricingModel.DYNAMIC)
+           for p in plan_ids if p in plans for c in plans[p].usage_charges):
+        wanted.add("event_count")  # fixed fees per event; a dynamic line's event count
+    return wanted
 
 
 async def _add_unique_counts(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], subs: list[Subscription],
@@ -139,6 +146,10 @@ async def late_lines(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], 
             b, a = await usage_reads.late_unique_counts(conn, tenant, sub.id, r["metric_code"], r["period_start"],
                                                         charge.unique_property, list(r["event_ids"]))
             before, after = replace(before, unique_count=b), replace(after, unique_count=a)
+        if charge is not None:
+            before, after = await event_usage.late_event_usage(conn, tenant, sub.id, charge,
+                                                               (r["period_start"], r["period_end"]),
+                                                               list(r["event_ids"]), before, after)
         start = r["billed_start"] or r["period_start"]
         end = r["billed_end"] or r["period_end"]
         late = LateUsage(r["metric_code"], start, end, len(r["event_ids"]), before, after)
@@ -167,4 +178,5 @@ async def usage_of_period(conn: asyncpg.Connection, tenant: uuid.UUID, sub_id: u
         end = end or row["period_end"]
         usage[charge.metric_code] = PeriodUsage(row["quantity_sum"], row["event_count"], row["quantity_max"],
                                                 row["latest_quantity"], unique)
+    await event_usage.add_period_event_usage(conn, tenant, sub_id, spec, start, usage)
     return usage, end

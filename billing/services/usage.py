@@ -21,7 +21,7 @@ import asyncpg
 from billing.domain.invoice_assembly import usage_charge_lines
 from billing.domain.periods import from_us, to_us
 from billing.domain.plans import PlanSpec
-from billing.domain.usage_rules import UsageSubscription, period_at, refusal
+from billing.domain.usage_rules import EventChecks, UsageSubscription, event_checks, period_at, refusal
 from billing.services.plans import PlanCache
 from billing.store import usage as usage_store
 from billing.store.db import set_tenant
@@ -30,6 +30,9 @@ from billing.store.db import set_tenant
 # only: without re.ASCII, \d also matches "１２" (full-width) or "١٢" (Arabic-Indic), which
 # PostgreSQL's numeric refuses, failing the whole batch instead of the one event.
 _QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?", re.ASCII)
+# The same, negative allowed: a correction of a sum charge that takes them, a weighted_sum
+# change; and an event's price for a dynamic charge (non-negative, as a quantity).
+_SIGNED_QUANTITY = re.compile(r"-?\d{1,15}(?:\.\d{1,12})?", re.ASCII)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 MAX_EVENT_ID = 200
 MAX_PROPERTIES = 50
@@ -182,11 +185,16 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
 
     earliest, latest = now_us - limits.max_age_us, now_us + limits.max_future_skew_us
     # Per subscription text, once: (uuid, state, metric codes and spec of its plan) or None.
-    known: dict[str, tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec] | None] = {}
+    known: dict[str, tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec, EventChecks] | None] = {}
+    checks: dict[uuid.UUID, EventChecks] = {}
     for text, sub_id in sub_ids.items():
         sub = subs.get(sub_id) if sub_id else None
-        known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id), plans.spec(tenant, sub.plan_id)) \
-            if sub_id and sub else None
+        if sub_id and sub:
+            spec = plans.spec(tenant, sub.plan_id)
+            rules = checks.get(sub.plan_id) or checks.setdefault(sub.plan_id, event_checks(spec))
+            known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id), spec, rules)
+        else:
+            known[text] = None
     rows = usage_store.Batch()
     add = rows.add
     periods = result.periods
@@ -198,14 +206,15 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
         if entry is None:
             reject(Rejection(i, "unknown_subscription", f"no subscription {e.subscription_id[:64]!r}"))
             continue
-        sub_id, sub, metrics, spec = entry
+        sub_id, sub, metrics, spec, rules = entry
         t = e.occurred_at_us
         refused = refusal(sub, t)
         if refused is not None:
             reject(Rejection(i, refused, _REFUSAL_DETAIL[refused].format(sub_id=sub_id, status=sub.status)))
         elif e.metric_code not in metrics:
             reject(Rejection(i, "unknown_metric", f"metric {e.metric_code[:64]!r} is not on the subscription's plan"))
-        elif not quantity_ok(e.quantity):
+        elif not quantity_ok(e.quantity) and not (e.metric_code in rules.negative_ok
+                                                   and _SIGNED_QUANTITY.fullmatch(e.quantity)):
             reject(Rejection(i, check_quantity(e.quantity) or "invalid_quantity", f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
         elif t > latest:
             reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - now_us) // 1_000_000} s ahead of now"))
@@ -219,6 +228,10 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             reject(Rejection(i, "invalid_properties",
                              f"properties: at most {MAX_PROPERTIES}, keys up to {MAX_PROPERTY_KEY} and values up to "
                              f"{MAX_PROPERTY_VALUE} characters, without NUL (PostgreSQL refuses NUL)"))
+        elif rules.amount_property and e.metric_code in rules.amount_property and not quantity_ok(
+                (e.properties or {}).get(rules.amount_property[e.metric_code], "")):
+            reject(Rejection(i, "invalid_amount", f"properties[{rules.amount_property[e.metric_code]!r}] must hold "
+                             "the event's price, a non-negative decimal (dynamic pricing)"))
         else:
             start, end, late = sub.attribute(spec, t)
             add(i, e, sub_id, start, end, late)
@@ -244,6 +257,7 @@ _REJECTION_STATUS = {
     "too_old": ("invalid", "occurred_at"),
     "invalid_event_id": ("invalid", "event_id"),
     "invalid_properties": ("invalid", "properties"),
+    "invalid_amount": ("invalid", "properties"),
 }
 # Every reason an event can be rejected for (the usage consumer's dead-letter reasons).
 REJECTION_REASONS = tuple(_REJECTION_STATUS)

@@ -38,6 +38,7 @@ class Aggregation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AGGREGATION_MAX: _ClassVar[Aggregation]
     AGGREGATION_UNIQUE_COUNT: _ClassVar[Aggregation]
     AGGREGATION_LATEST: _ClassVar[Aggregation]
+    AGGREGATION_WEIGHTED_SUM: _ClassVar[Aggregation]
 
 class PricingModel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +47,14 @@ class PricingModel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRICING_MODEL_PACKAGE: _ClassVar[PricingModel]
     PRICING_MODEL_GRADUATED: _ClassVar[PricingModel]
     PRICING_MODEL_VOLUME: _ClassVar[PricingModel]
+    PRICING_MODEL_PERCENTAGE: _ClassVar[PricingModel]
+    PRICING_MODEL_DYNAMIC: _ClassVar[PricingModel]
+
+class PackageRounding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PACKAGE_ROUNDING_UNSPECIFIED: _ClassVar[PackageRounding]
+    PACKAGE_ROUNDING_UP: _ClassVar[PackageRounding]
+    PACKAGE_ROUNDING_DOWN: _ClassVar[PackageRounding]
 
 class SubscriptionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -111,11 +120,17 @@ AGGREGATION_COUNT: Aggregation
 AGGREGATION_MAX: Aggregation
 AGGREGATION_UNIQUE_COUNT: Aggregation
 AGGREGATION_LATEST: Aggregation
+AGGREGATION_WEIGHTED_SUM: Aggregation
 PRICING_MODEL_UNSPECIFIED: PricingModel
 PRICING_MODEL_PER_UNIT: PricingModel
 PRICING_MODEL_PACKAGE: PricingModel
 PRICING_MODEL_GRADUATED: PricingModel
 PRICING_MODEL_VOLUME: PricingModel
+PRICING_MODEL_PERCENTAGE: PricingModel
+PRICING_MODEL_DYNAMIC: PricingModel
+PACKAGE_ROUNDING_UNSPECIFIED: PackageRounding
+PACKAGE_ROUNDING_UP: PackageRounding
+PACKAGE_ROUNDING_DOWN: PackageRounding
 SUBSCRIPTION_STATUS_UNSPECIFIED: SubscriptionStatus
 SUBSCRIPTION_STATUS_PENDING: SubscriptionStatus
 SUBSCRIPTION_STATUS_TRIALING: SubscriptionStatus
@@ -181,7 +196,7 @@ class Plan(_message.Message):
     def __init__(self, id: _Optional[str] = ..., code: _Optional[str] = ..., version: _Optional[int] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[IntervalUnit, str]] = ..., interval_count: _Optional[int] = ..., base_fee: _Optional[str] = ..., billing_timing: _Optional[_Union[BillingTiming, str]] = ..., trial_days: _Optional[int] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., status: _Optional[_Union[PlanStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archived_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., minimum_commitment: _Optional[str] = ...) -> None: ...
 
 class UsageCharge(_message.Message):
-    __slots__ = ("metric_code", "aggregation", "pricing_model", "unit_price", "package_size", "tiers", "unique_property", "max_amount")
+    __slots__ = ("metric_code", "aggregation", "pricing_model", "unit_price", "package_size", "tiers", "unique_property", "max_amount", "free_units", "free_amount", "package_rounding", "zero_usage_flat_fee", "percentage_rate", "fixed_fee_per_event", "min_fee_per_event", "max_fee_per_event", "amount_property", "corrections")
     METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     PRICING_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +205,16 @@ class UsageCharge(_message.Message):
     TIERS_FIELD_NUMBER: _ClassVar[int]
     UNIQUE_PROPERTY_FIELD_NUMBER: _ClassVar[int]
     MAX_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    FREE_UNITS_FIELD_NUMBER: _ClassVar[int]
+    FREE_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_ROUNDING_FIELD_NUMBER: _ClassVar[int]
+    ZERO_USAGE_FLAT_FEE_FIELD_NUMBER: _ClassVar[int]
+    PERCENTAGE_RATE_FIELD_NUMBER: _ClassVar[int]
+    FIXED_FEE_PER_EVENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_FEE_PER_EVENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_FEE_PER_EVENT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_PROPERTY_FIELD_NUMBER: _ClassVar[int]
+    CORRECTIONS_FIELD_NUMBER: _ClassVar[int]
     metric_code: str
     aggregation: Aggregation
     pricing_model: PricingModel
@@ -198,7 +223,17 @@ class UsageCharge(_message.Message):
     tiers: _containers.RepeatedCompositeFieldContainer[Tier]
     unique_property: str
     max_amount: str
-    def __init__(self, metric_code: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., pricing_model: _Optional[_Union[PricingModel, str]] = ..., unit_price: _Optional[str] = ..., package_size: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., unique_property: _Optional[str] = ..., max_amount: _Optional[str] = ...) -> None: ...
+    free_units: str
+    free_amount: str
+    package_rounding: PackageRounding
+    zero_usage_flat_fee: bool
+    percentage_rate: str
+    fixed_fee_per_event: str
+    min_fee_per_event: str
+    max_fee_per_event: str
+    amount_property: str
+    corrections: bool
+    def __init__(self, metric_code: _Optional[str] = ..., aggregation: _Optional[_Union[Aggregation, str]] = ..., pricing_model: _Optional[_Union[PricingModel, str]] = ..., unit_price: _Optional[str] = ..., package_size: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[Tier, _Mapping]]] = ..., unique_property: _Optional[str] = ..., max_amount: _Optional[str] = ..., free_units: _Optional[str] = ..., free_amount: _Optional[str] = ..., package_rounding: _Optional[_Union[PackageRounding, str]] = ..., zero_usage_flat_fee: _Optional[bool] = ..., percentage_rate: _Optional[str] = ..., fixed_fee_per_event: _Optional[str] = ..., min_fee_per_event: _Optional[str] = ..., max_fee_per_event: _Optional[str] = ..., amount_property: _Optional[str] = ..., corrections: _Optional[bool] = ...) -> None: ...
 
 class Tier(_message.Message):
     __slots__ = ("up_to", "unit_price", "flat_fee")

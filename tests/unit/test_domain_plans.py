@@ -78,8 +78,9 @@ def _tiers(*tiers: TierInput) -> UsageChargeInput:
 def test_enum_values():
     assert [m.value for m in IntervalUnit] == ["day", "week", "month", "year"]
     assert [m.value for m in BillingTiming] == ["in_advance", "in_arrears"]
-    assert [m.value for m in Aggregation] == ["sum", "count", "max", "unique_count", "latest"]
-    assert [m.value for m in PricingModel] == ["per_unit", "package", "graduated", "volume"]
+    assert [m.value for m in Aggregation] == ["sum", "count", "max", "unique_count", "latest", "weighted_sum"]
+    assert [m.value for m in PricingModel] == ["per_unit", "package", "graduated", "volume", "percentage",
+                                               "dynamic"]
     assert IntervalUnit.MONTH == "month"
 
 
@@ -384,7 +385,8 @@ def _plan_inputs(draw):
     codes = draw(st.lists(_code, min_size=n_charges, max_size=n_charges, unique=True))
     charges = []
     for code in codes:
-        model = draw(st.sampled_from(list(PricingModel)))
+        model = draw(st.sampled_from([PricingModel.PER_UNIT, PricingModel.PACKAGE, PricingModel.GRADUATED,
+                                      PricingModel.VOLUME]))
         agg = draw(st.sampled_from(list(Aggregation))).value
         prop = "user_id" if agg == "unique_count" else ""
         if model is PricingModel.PER_UNIT:

@@ -67,7 +67,9 @@ def read(data: bytes, writer: dict, reader: dict) -> dict:
 def test_every_time_field_is_timestamp_micros_and_the_fingerprint_is_unchanged(name):
     assert times(v2(name)), f"{name} has no timestamp-micros field"
     assert not times(v1(name))
-    assert codec._fingerprint_of(v1(name)) == codec.fingerprint(codec.Schema(name))
+    # The annotation is no part of the canonical form: the current schema has the fingerprint
+    # it would have without it (other changes since version 1 are new versions of their own).
+    assert codec._fingerprint_of(codec._strip_logical(v2(name))) == codec.fingerprint(codec.Schema(name))
 
 
 def test_invoice_request_times_are_timestamp_micros():
