@@ -114,7 +114,7 @@ def subscription_message(view: SubscriptionView) -> pb.Subscription:
     msg = pb.Subscription(
         id=str(sub.id), customer_id=sub.customer_id, plan_id=str(sub.plan_id), plan_code=view.plan_code,
         status=enum_number(pb.SubscriptionStatus, sub.status.value, "SUBSCRIPTION_STATUS_"),
-        cancel_at_period_end=sub.cancel_at_period_end, metadata=dict(sub.metadata),
+        cancel_at_period_end=sub.cancel_at_period_end, metadata=dict(sub.metadata), time_zone=sub.time_zone,
     )
     for name in ("created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end",
                  "trial_end", "canceled_at", "paused_at", "pause_resumes_at"):

@@ -58,7 +58,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             start_at=convert.optional_time(request, "start_at"),
             billing_anchor=convert.optional_time(request, "billing_anchor"),
             trial_days=request.trial_days if request.HasField("trial_days") else None,
-            activate=request.activate, metadata=dict(request.metadata),
+            activate=request.activate, metadata=dict(request.metadata), time_zone=request.time_zone,
         )
         return pb.CreateSubscriptionResponse(subscription=convert.subscription_message(view))
 

@@ -146,7 +146,7 @@ async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, bef
 async def create_subscription(db, caller: Caller, request_id: str, *, customer_id: str, plan_id: str,
                               start_at: datetime | None, billing_anchor: datetime | None, trial_days: int | None,
                               activate: bool, metadata: Mapping[str, str],
-                              subscription_id: str = "") -> SubscriptionView:
+                              subscription_id: str = "", time_zone: str = "") -> SubscriptionView:
     """`subscription_id` lets a command producer choose the id up front (so it can key later
     commands by it); gRPC leaves it empty and the service assigns one."""
     # Every violation of the request at once, before anything is read.
@@ -155,11 +155,14 @@ async def create_subscription(db, caller: Caller, request_id: str, *, customer_i
     plan_uuid = v.check(paging.parse_uuid, plan_id, "plan_id")
     new_id = v.check(paging.parse_uuid, subscription_id, "subscription_id") if subscription_id else uuid.uuid4()
     rules.check_create(v, customer_id=customer_id, now=now(), start_at=start_at, trial_days=trial_days,
-                       metadata=metadata)
+                       metadata=metadata, time_zone=time_zone)
     v.raise_if_any()
+    zone = time_zone or "UTC"
     assert plan_uuid is not None and new_id is not None
     payload = {"id": subscription_id, "customer_id": customer_id, "plan_id": str(plan_uuid), "start_at": start_at, "anchor": billing_anchor,
                "trial_days": trial_days, "activate": activate, "metadata": dict(metadata)}
+    if zone != "UTC":  # only then: the payload of a UTC request stays what it always was
+        payload["time_zone"] = zone
     async with db.tenant_tx(caller.tenant_id) as conn:
         replay = await idempotency.claim(conn, caller, request_id, "CreateSubscription", payload)
         if replay is not None:
@@ -173,7 +176,7 @@ async def create_subscription(db, caller: Caller, request_id: str, *, customer_i
             raise AlreadyExists(f"subscription {subscription_id!r} already exists", reason="SUBSCRIPTION_EXISTS")
         change = rules.create(subscription_id=new_id, customer_id=customer_id, plan_id=plan_uuid, plan=spec,
                               now=at, start_at=start_at, billing_anchor=billing_anchor, trial_days=trial_days,
-                              metadata=metadata)
+                              metadata=metadata, time_zone=zone)
         sub = change.subscription
         await store.insert(conn, caller.tenant_id, sub)
         await _record(conn, caller, request_id, None, change)

@@ -26,6 +26,7 @@ EXPECTED_METHODS = {
     "ChangePlan",
     "RecordUsage",
     "GetUsage",
+    "PreviewInvoice",
     "RunBilling",
     "GetBillingRun",
     "ListBillingRuns",
@@ -50,7 +51,7 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
 
 def test_service_has_exactly_the_expected_methods() -> None:
     names = [m.name for m in SERVICE.methods]
-    assert len(names) == len(set(names)) == 17
+    assert len(names) == len(set(names)) == 18
     assert set(names) == EXPECTED_METHODS
 
 
