@@ -6,6 +6,9 @@ from datetime import datetime, timezone
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.domain.money import decimal_to_str
+from billing.domain.pricing import total
+from billing.services import invoice_requests
+from billing.services.previews import ChangePreview, InvoicePreviews
 from billing.services.errors import ValidationError, Violations
 from billing.services.subscriptions import SubscriptionPage, SubscriptionView
 from billing.domain.plans import PlanInput, TierInput, UsageChargeInput
@@ -173,3 +176,39 @@ def billing_run_message(run) -> pb.BillingRun:
 def billing_run_page(page) -> pb.ListBillingRunsResponse:
     return pb.ListBillingRunsResponse(runs=[billing_run_message(r) for r in page.runs],
                                       next_page_token=page.next_page_token)
+
+
+def _micros(us: int | None) -> Timestamp | None:
+    if us is None:
+        return None
+    ts = Timestamp()
+    ts.FromMicroseconds(us)
+    return ts
+
+
+def invoice_lines(lines) -> list[pb.InvoiceLine]:
+    """Lines as the InvoiceRequest record carries them (`invoice_requests.line_record`)."""
+    out = []
+    for ln in lines:
+        r = invoice_requests.line_record(ln)
+        out.append(pb.InvoiceLine(
+            kind=r["kind"], description=r["description"], metric_code=r["metric_code"] or "",
+            quantity=r["quantity"], unit_price=r["unit_price"], amount=r["amount"],
+            period_start=_micros(r["period_start_us"]), period_end=_micros(r["period_end_us"]),
+            fraction=r["fraction"] or "", original_period_start=_micros(r["original_period_start_us"])))
+    return out
+
+
+def change_preview(preview: ChangePreview | None) -> pb.ChangePreview | None:
+    if preview is None:
+        return None
+    return pb.ChangePreview(lines=invoice_lines(preview.lines), total_amount=decimal_to_str(total(preview.lines)),
+                            currency=preview.currency, invoice_now=preview.invoice_now)
+
+
+def invoice_previews(found: InvoicePreviews) -> pb.PreviewInvoiceResponse:
+    return pb.PreviewInvoiceResponse(subscription_id=str(found.subscription_id), invoices=[
+        pb.InvoicePreview(invoice_request_id=str(c.invoice_request_id), period_start=timestamp(c.period_start),
+                          period_end=timestamp(c.period_end), currency=c.currency, lines=invoice_lines(c.lines),
+                          total_amount=decimal_to_str(c.total))
+        for c in found.invoices])
