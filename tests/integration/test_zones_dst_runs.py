@@ -62,7 +62,7 @@ async def test_hourly_runs_across_dst_changes_bill_each_period_once(service, stu
                    datetime.fromtimestamp(r["period_end_us"] / 1e6, UTC)) for r in requests]
         assert bounds[0][0] == start
         lengths = {e - s for s, e in bounds[1:]}  # the first period is cut short by the start
-        for (s, e), nxt in zip(bounds, bounds[1:] + [None]):
+        for (_, e), nxt in zip(bounds, bounds[1:] + [None]):
             local = e.astimezone(tz)
             # each period ends where a local day starts: midnight, or 01:00 after a gap at midnight
             assert (local.minute, local.second) == (0, 0) and local.hour in (0, 1), (zone, e, local)
