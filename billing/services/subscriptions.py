@@ -165,7 +165,8 @@ async def create_subscription(db, caller: Caller, request_id: str, *, customer_i
         return view
 
 
-Rule = Callable[[asyncpg.Connection, Subscription, PlanSpec], Awaitable[Change]]
+# (conn, the locked subscription, its plan, the time of the change) -> the change
+Rule = Callable[[asyncpg.Connection, Subscription, PlanSpec, datetime], Awaitable[Change]]
 
 
 async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, operation: str, payload: dict,
@@ -177,14 +178,14 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
     sub_uuid = paging.parse_uuid(subscription_id, "id")
     try:
         return await _mutate_in_tx(db, caller, request_id, sub_uuid, subscription_id, operation, payload, rule,
-                                   preview, at or now())
+                                   preview, at)
     except Rollback as previewed:
         return previewed.outcome
 
 
 async def _mutate_in_tx(db, caller: Caller, request_id: str, sub_uuid: uuid.UUID, subscription_id: str,
                         operation: str, payload: dict, rule: Rule, preview: ChangePreview | None,
-                        at: datetime) -> SubscriptionView:
+                        at: datetime | None) -> SubscriptionView:
     async with db.tenant_tx(caller.tenant_id) as conn:
         if preview is None:
             replay = await idempotency.claim(conn, caller, request_id, operation, {"id": str(sub_uuid), **payload})
@@ -195,12 +196,13 @@ async def _mutate_in_tx(db, caller: Caller, request_id: str, sub_uuid: uuid.UUID
             raise NotFound("subscription", subscription_id)
         # A period that ended and no run has closed yet is billed first, as a run would:
         # the change then applies to the period its time falls in (docs/billing.md).
+        at = at or now()  # read once the subscription is locked: a run may have advanced it meanwhile
         closed = await period_close.close_ended_periods(conn, caller, before, at, request_id)
         if closed is not None:
             before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
             assert before is not None  # locked above
         spec, _, _ = await _plan(conn, caller, before.plan_id, "plan_id")
-        change = await rule(conn, before, spec)
+        change = await rule(conn, before, spec, at)
         if change.event:
             await store.update(conn, caller.tenant_id, change.subscription)
             await _record(conn, caller, request_id, before, change)
@@ -216,8 +218,7 @@ async def _mutate_in_tx(db, caller: Caller, request_id: str, sub_uuid: uuid.UUID
 
 
 async def activate_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        at = now()
+    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
         return rules.activate(sub, spec, max(at, sub.start_at) if sub.status is SubscriptionStatus.PENDING else at)
 
     return await _mutate(db, caller, request_id, subscription_id, "ActivateSubscription", {}, rule)
@@ -226,9 +227,7 @@ async def activate_subscription(db, caller: Caller, request_id: str, subscriptio
 async def pause_subscription(db, caller: Caller, request_id: str, subscription_id: str,
                              resumes_at: datetime | None, *, preview: ChangePreview | None = None,
                              at: datetime | None = None) -> SubscriptionView:
-    at = at or now()
-
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
+    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
         change = rules.pause(sub, at, resumes_at)
         settled = pr.on_pause(sub, spec, change.subscription, at,
                                      charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub))
@@ -253,8 +252,7 @@ async def _resumed(conn: asyncpg.Connection, caller: Caller, request_id: str, su
 
 
 async def resume_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        at = now()
+    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
         change = rules.resume(sub, at)
         if change.event != EventType.RESUMED:
             return change
@@ -318,9 +316,7 @@ async def cancel_subscription(db, caller: Caller, request_id: str, subscription_
     except ValueError:
         raise ValidationError("mode", f"must be immediately or at_period_end, got {mode!r}") from None
 
-    at = at or now()
-
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
+    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
         change = rules.cancel(sub, at, cancel_mode)
         if change.event != EventType.CANCELED:
             return change  # at period end: the last run bills the period, nothing is prorated
@@ -345,9 +341,7 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
     except ValueError:
         raise ValidationError("timing", f"must be immediately or at_period_end, got {timing!r}") from None
 
-    at = at or now()
-
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
+    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
         new_plan = await plans.load(conn, caller.tenant_id, new_uuid)
         if new_plan is None:
             raise NotFound("plan", new_plan_id)

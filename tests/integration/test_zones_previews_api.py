@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.v1 import billing_pb2 as pb
 from tests.integration.test_api_contract import refused
@@ -94,6 +95,10 @@ async def test_preview_invoice_bad_paths(stub, tenant):
     _, details = await refused(stub.PreviewInvoice, pb.PreviewInvoiceRequest(subscription_id=pending.id), tenant.md,
                                code=grpc.StatusCode.FAILED_PRECONDITION)
     assert details["ErrorInfo"].reason == "NO_CURRENT_PERIOD"
+    far = Timestamp(seconds=10**12)  # beyond year 9999
+    _, details = await refused(stub.PreviewInvoice, pb.PreviewInvoiceRequest(subscription_id=pending.id, at=far),
+                               tenant.md)
+    assert [v.field for v in details["BadRequest"].field_violations] == ["at"]
 
 
 async def test_preview_only_changes_change_nothing_and_show_the_lines(stub, tenant, admin_conn):
