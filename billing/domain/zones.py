@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
+from importlib import resources
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["UTC_ZONE", "ZONE_MAX", "check_zone", "local_date", "local_midnight"]
+__all__ = ["UTC_ZONE", "ZONE_MAX", "check_zone", "local_date", "local_midnight", "zone_info"]
 
 UTC_ZONE = "UTC"
 ZONE_MAX = 64
@@ -25,8 +26,16 @@ _SECOND = timedelta(seconds=1)
 
 
 @lru_cache(maxsize=1024)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
+def zone_info(name: str) -> ZoneInfo:
+    """The zone's rules from the `tzdata` package, not ZoneInfo(name), which prefers the
+    host's /usr/share/zoneinfo: two hosts with different system data would bill the same
+    subscription with different boundaries."""
+    try:
+        data = resources.files("tzdata.zoneinfo").joinpath(*name.split("/"))
+        with data.open("rb") as f:
+            return ZoneInfo.from_file(f, key=name)
+    except (OSError, ValueError):
+        raise ZoneInfoNotFoundError(name) from None
 
 
 def check_zone(name: str) -> str:
@@ -37,7 +46,7 @@ def check_zone(name: str) -> str:
     if len(name) > ZONE_MAX or not name.isprintable() or name.startswith("/") or ".." in name:
         raise ValueError("must be an IANA time zone name such as Europe/Dublin")
     try:
-        _zone(name)
+        zone_info(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(f"unknown time zone {name!r}: must be an IANA time zone name such as Europe/Dublin") \
             from None
@@ -46,13 +55,13 @@ def check_zone(name: str) -> str:
 
 def local_date(t: datetime, zone: str) -> date:
     """The calendar date in ``zone`` of the instant ``t``."""
-    return t.astimezone(_zone(zone)).date()
+    return t.astimezone(zone_info(zone)).date()
 
 
 @lru_cache(maxsize=65536)
 def local_midnight(d: date, zone: str) -> datetime:
     """The instant (UTC) at which the day ``d`` starts in ``zone``."""
-    tz = _zone(zone)
+    tz = zone_info(zone)
     wall = datetime.combine(d, time(0), tzinfo=tz)  # fold=0: the first occurrence when ambiguous
     instant = wall.astimezone(timezone.utc)
     if instant.astimezone(tz).replace(tzinfo=None) == wall.replace(tzinfo=None):

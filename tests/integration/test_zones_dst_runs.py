@@ -2,18 +2,19 @@
 in the period that contains its instant (docs/time.md).
 
 Daily plans (the shortest periods: 23 and 25 hour days) in Europe/Dublin (DST at 01:00
-UTC) and America/Havana (DST at local midnight: a midnight that does not exist in March,
-one that happens twice in November), with one usage event every hour, billed by a run
-every hour from before each change to after it.
+UTC), America/Havana (a midnight that does not exist in March) and America/Santiago (falls
+back at local midnight in April), with one usage event every hour, billed by a run every
+hour from before each change to after it. The rules are the pinned tzdata package's
+(2026f: Cuba keeps summer time from 2026, so no Havana fall-back is used).
 """
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 from billing.domain.periods import to_us
+from billing.domain.zones import zone_info
 from billing.services import subscriptions
 from billing.services.context import Caller
 from billing.services.usage import PlanCache, UsageEvent, UsageLimits, ingest
@@ -26,7 +27,7 @@ UTC = timezone.utc
 CHANGES = [("Europe/Dublin", datetime(2026, 3, 28, 6, tzinfo=UTC)),
            ("Europe/Dublin", datetime(2026, 10, 24, 6, tzinfo=UTC)),
            ("America/Havana", datetime(2026, 3, 7, 12, tzinfo=UTC)),
-           ("America/Havana", datetime(2026, 10, 31, 12, tzinfo=UTC))]
+           ("America/Santiago", datetime(2026, 4, 3, 12, tzinfo=UTC))]
 HOURS = 60
 
 
@@ -57,7 +58,7 @@ async def test_hourly_runs_across_dst_changes_bill_each_period_once(service, stu
         requests = await _invoices(admin_conn, tid, str(sub.id))
         ids = [r["invoice_request_id"] for r in requests]
         assert len(ids) == len(set(ids)), f"{zone}: a period billed twice"
-        tz = ZoneInfo(zone)
+        tz = zone_info(zone)
         bounds = [(datetime.fromtimestamp(r["period_start_us"] / 1e6, UTC),
                    datetime.fromtimestamp(r["period_end_us"] / 1e6, UTC)) for r in requests]
         assert bounds[0][0] == start

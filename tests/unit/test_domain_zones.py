@@ -1,5 +1,6 @@
 """Calendar periods in IANA time zones (billing/domain/zones.py, periods.py; docs/time.md).
 
+The rules are those of the pinned `tzdata` package (`zone_info`), as the service uses them.
 Exhaustive over 20 zones with DST or odd offsets, every anchor day 1..31 and 10 years of
 monthly periods: the periods tile (each ends where the next starts) and each starts at
 local midnight of the clamped anchor day, or at the first instant after a midnight gap.
@@ -14,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from billing.domain.periods import add_interval, boundary_index, period_containing
 from billing.domain.plans import IntervalUnit
-from billing.domain.zones import check_zone, local_midnight
+from billing.domain.zones import check_zone, local_midnight, zone_info
 
 UTC = timezone.utc
 ZONES = [
@@ -47,7 +48,7 @@ def test_twenty_zones_every_anchor_day_ten_years_tile_at_local_midnight() -> Non
     assert len(ZONES) == 20
     checked = 0
     for zone in ZONES:
-        tz = ZoneInfo(zone)
+        tz = zone_info(zone)
         for anchor_day in range(1, 32):
             # An anchor in January (every day 1..31 exists), at an odd local hour: only its date counts.
             anchor = datetime(YEARS[0], 1, anchor_day, 15, 37, tzinfo=tz).astimezone(UTC)
@@ -72,7 +73,7 @@ def test_twenty_zones_every_anchor_day_ten_years_tile_at_local_midnight() -> Non
        count=st.integers(1, 3))
 def test_any_instant_lies_in_exactly_one_period(zone: str, anchor_day: int, offset_s: int, unit: IntervalUnit,
                                                 count: int) -> None:
-    tz = ZoneInfo(zone)
+    tz = zone_info(zone)
     anchor = datetime(2020, 1, anchor_day, 9, tzinfo=tz).astimezone(UTC)
     t = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(seconds=offset_s)
     start, end = period_containing(anchor, unit, count, t, zone=zone)
@@ -91,8 +92,8 @@ def test_midnight_in_a_gap_is_the_first_instant_after_it() -> None:
     # America/Havana springs forward at 00:00 -> 01:00 (2024-03-10): midnight does not exist.
     start = local_midnight(date(2024, 3, 10), "America/Havana")
     assert start == datetime(2024, 3, 10, 5, 0, tzinfo=UTC)  # 01:00 CDT (UTC-4)
-    assert start.astimezone(ZoneInfo("America/Havana")).hour == 1
-    assert (start - timedelta(seconds=1)).astimezone(ZoneInfo("America/Havana")).day == 9
+    assert start.astimezone(zone_info("America/Havana")).hour == 1
+    assert (start - timedelta(seconds=1)).astimezone(zone_info("America/Havana")).day == 9
 
 
 def test_ambiguous_midnight_is_the_first_occurrence() -> None:
@@ -129,3 +130,13 @@ def test_unknown_zones_are_refused(name: str) -> None:
 def test_known_zones_and_the_default() -> None:
     assert check_zone("") == "UTC"
     assert check_zone("Asia/Kathmandu") == "Asia/Kathmandu"
+
+
+def test_the_rules_are_the_pinned_tzdata_packages_not_the_hosts() -> None:
+    import tzdata
+
+    # IANA 2026f: Cuba keeps summer time (UTC-4) from 2026; older data falls back to UTC-5.
+    if tzdata.IANA_VERSION >= "2026f":
+        assert local_midnight(date(2026, 12, 1), "America/Havana") == datetime(2026, 12, 1, 4, tzinfo=UTC)
+    assert zone_info("Europe/Dublin").key == "Europe/Dublin"
+    assert zone_info("Europe/Dublin") is zone_info("Europe/Dublin")  # read once
