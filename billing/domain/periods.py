@@ -72,32 +72,25 @@ def _count(count: int) -> int:
 _MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
-def _add_months(anchor: datetime, months: int) -> datetime:
-    index = anchor.year * 12 + (anchor.month - 1) + months
+def _month_day(start: date | datetime, months: int) -> tuple[int, int, int]:
+    """(year, month, day) ``months`` calendar months after ``start``'s, the day clamped."""
+    index = start.year * 12 + (start.month - 1) + months
     year, month0 = divmod(index, 12)
     if not 1 <= year <= 9999:
         raise ValueError("period boundary out of the supported date range")
-    day = anchor.day
+    day = start.day
     if day > 28:  # clamped to the month's length (calendar.monthrange would also compute a weekday)
         last = (29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28) if month0 == 1 \
             else _MONTH_DAYS[month0 + 1]
         day = min(day, last)
+    return year, month0 + 1, day
+
+
+def _add_months(anchor: datetime, months: int) -> datetime:
+    year, month, day = _month_day(anchor, months)
     # The constructor, not anchor.replace(year=..., ...): keyword parsing made it twice as slow.
-    return datetime(year, month0 + 1, day, anchor.hour, anchor.minute, anchor.second, anchor.microsecond,
+    return datetime(year, month, day, anchor.hour, anchor.minute, anchor.second, anchor.microsecond,
                     anchor.tzinfo)
-
-
-def _add_months_date(d: date, months: int) -> date:
-    index = d.year * 12 + (d.month - 1) + months
-    year, month0 = divmod(index, 12)
-    if not 1 <= year <= 9999:
-        raise ValueError("period boundary out of the supported date range")
-    day = d.day
-    if day > 28:
-        last = (29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28) if month0 == 1 \
-            else _MONTH_DAYS[month0 + 1]
-        day = min(day, last)
-    return date(year, month0 + 1, day)
 
 
 def _local_boundary(day0: date, unit: IntervalUnit, count: int, n: int, zone: str) -> datetime:
@@ -109,7 +102,7 @@ def _local_boundary(day0: date, unit: IntervalUnit, count: int, n: int, zone: st
         except OverflowError:
             raise ValueError("period boundary out of the supported date range") from None
     else:
-        d = _add_months_date(day0, count * n * (12 if unit is IntervalUnit.YEAR else 1))
+        d = date(*_month_day(day0, count * n * (12 if unit is IntervalUnit.YEAR else 1)))
     return local_midnight(d, zone)
 
 
