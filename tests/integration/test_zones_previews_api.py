@@ -43,6 +43,16 @@ async def test_a_zoned_subscription_has_calendar_periods_from_local_midnight(stu
     assert stored == "Australia/Lord_Howe"
     got = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id), metadata=tenant.md)).subscription
     assert got.time_zone == "Australia/Lord_Howe"
+    # usage lands in the zoned period of its instant; GetUsage knows the zoned period starts
+    weekly = await _weekly_plan(stub, tenant)
+    zoned = await make_sub(stub, tenant, weekly, start_at=ts(start), time_zone="Asia/Kathmandu")
+    recorded = await _usage(stub, tenant, zoned.id, "7", datetime.now(UTC) - timedelta(minutes=5))
+    assert (recorded.period_start, recorded.period_end) == (zoned.current_period_start, zoned.current_period_end)
+    assert _t(zoned.current_period_end).astimezone(zone_info("Asia/Kathmandu")).time() == datetime.min.time()
+    report = await stub.GetUsage(pb.GetUsageRequest(subscription_id=zoned.id, period_start=zoned.current_period_end),
+                                 metadata=tenant.md)
+    assert report.period_start == zoned.current_period_end
+    assert _t(report.period_end) - _t(report.period_start) == timedelta(days=7)  # Nepal has no DST
     # the default stays UTC, with the anchor's time of day as before
     plain = await make_sub(stub, tenant, plan, start_at=ts(start))
     assert plain.time_zone == "UTC"
