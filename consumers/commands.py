@@ -74,7 +74,7 @@ async def _create(scope: ConnectionScope, caller: Caller, key: str, sub_id: str,
         start_at=_time(body.get("start_at_us"), "start_at_us"),
         billing_anchor=_time(body.get("billing_anchor_us"), "billing_anchor_us"),
         trial_days=body.get("trial_days"), activate=body.get("activate", False),
-        metadata=body.get("metadata") or {}, subscription_id=sub_id,
+        metadata=body.get("metadata") or {}, subscription_id=sub_id, time_zone=body.get("time_zone") or "",
     )
 
 

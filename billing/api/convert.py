@@ -6,6 +6,9 @@ from datetime import datetime, timezone
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing.domain.money import decimal_to_str
+from billing.domain.pricing import total
+from billing.services import invoice_requests
+from billing.services.previews import ChangePreview, InvoicePreviews
 from billing.services.errors import ValidationError, Violations
 from billing.services.subscriptions import SubscriptionPage, SubscriptionView
 from billing.domain.discounts import DiscountInput
@@ -132,7 +135,7 @@ def subscription_message(view: SubscriptionView) -> pb.Subscription:
     msg = pb.Subscription(
         id=str(sub.id), customer_id=sub.customer_id, plan_id=str(sub.plan_id), plan_code=view.plan_code,
         status=enum_number(pb.SubscriptionStatus, sub.status.value, "SUBSCRIPTION_STATUS_"),
-        cancel_at_period_end=sub.cancel_at_period_end, metadata=dict(sub.metadata),
+        cancel_at_period_end=sub.cancel_at_period_end, metadata=dict(sub.metadata), time_zone=sub.time_zone,
     )
     for name in ("created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end",
                  "trial_end", "canceled_at", "paused_at", "pause_resumes_at"):
@@ -248,3 +251,39 @@ def credit_grant_message(g) -> pb.CreditGrant:
         effective_at=timestamp(g.effective_at), expires_at=timestamp(g.expires_at), description=g.description,
         status=g.status, created_at=timestamp(g.created_at), voided_at=timestamp(g.voided_at),
     )
+
+
+def _micros(us: int | None) -> Timestamp | None:
+    if us is None:
+        return None
+    ts = Timestamp()
+    ts.FromMicroseconds(us)
+    return ts
+
+
+def invoice_lines(lines) -> list[pb.InvoiceLine]:
+    """Lines as the InvoiceRequest record carries them (`invoice_requests.line_record`)."""
+    out = []
+    for ln in lines:
+        r = invoice_requests.line_record(ln)
+        out.append(pb.InvoiceLine(
+            kind=r["kind"], description=r["description"], metric_code=r["metric_code"] or "",
+            quantity=r["quantity"], unit_price=r["unit_price"], amount=r["amount"],
+            period_start=_micros(r["period_start_us"]), period_end=_micros(r["period_end_us"]),
+            fraction=r["fraction"] or "", original_period_start=_micros(r["original_period_start_us"])))
+    return out
+
+
+def change_preview(preview: ChangePreview | None) -> pb.ChangePreview | None:
+    if preview is None:
+        return None
+    return pb.ChangePreview(lines=invoice_lines(preview.lines), total_amount=decimal_to_str(total(preview.lines)),
+                            currency=preview.currency, invoice_now=preview.invoice_now)
+
+
+def invoice_previews(found: InvoicePreviews) -> pb.PreviewInvoiceResponse:
+    return pb.PreviewInvoiceResponse(subscription_id=str(found.subscription_id), invoices=[
+        pb.InvoicePreview(invoice_request_id=str(c.invoice_request_id), period_start=timestamp(c.period_start),
+                          period_end=timestamp(c.period_end), currency=c.currency, lines=invoice_lines(c.lines),
+                          total_amount=decimal_to_str(c.total))
+        for c in found.invoices])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from billing.api import convert
 from billing.api.errors import rpc
-from billing.services import billing_runs, credits, discounts, plans, subscriptions, usage_batch
+from billing.services import billing_runs, credits, discounts, plans, previews, subscriptions, usage_batch
 from billing.services.context import Caller
 from billing.services.paging import PageTokens
 from billing.services.uow import Database
@@ -58,7 +58,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             start_at=convert.optional_time(request, "start_at"),
             billing_anchor=convert.optional_time(request, "billing_anchor"),
             trial_days=request.trial_days if request.HasField("trial_days") else None,
-            activate=request.activate, metadata=dict(request.metadata),
+            activate=request.activate, metadata=dict(request.metadata), time_zone=request.time_zone,
         )
         return pb.CreateSubscriptionResponse(subscription=convert.subscription_message(view))
 
@@ -86,9 +86,11 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     @rpc
     async def PauseSubscription(self, request: pb.PauseSubscriptionRequest,
                                 caller: Caller) -> pb.PauseSubscriptionResponse:
+        preview = previews.ChangePreview() if request.preview_only else None
         view = await subscriptions.pause_subscription(self.db, caller, request.request_id, request.id,
-                                                      convert.optional_time(request, "resumes_at"))
-        return pb.PauseSubscriptionResponse(subscription=convert.subscription_message(view))
+                                                      convert.optional_time(request, "resumes_at"), preview=preview)
+        return pb.PauseSubscriptionResponse(subscription=convert.subscription_message(view),
+                                            preview=convert.change_preview(preview))
 
     @rpc
     async def ResumeSubscription(self, request: pb.ResumeSubscriptionRequest,
@@ -99,22 +101,28 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     @rpc
     async def CancelSubscription(self, request: pb.CancelSubscriptionRequest,
                                  caller: Caller) -> pb.CancelSubscriptionResponse:
+        preview = previews.ChangePreview() if request.preview_only else None
         view = await subscriptions.cancel_subscription(
             self.db, caller, request.request_id, request.id,
             mode=convert.enum_value(pb.CancelMode, request.mode, "CANCEL_MODE_", "mode"),
             proration=convert.enum_value(pb.ProrationBehavior, request.proration, "PRORATION_BEHAVIOR_", "proration"),
+            preview=preview,
         )
-        return pb.CancelSubscriptionResponse(subscription=convert.subscription_message(view))
+        return pb.CancelSubscriptionResponse(subscription=convert.subscription_message(view),
+                                             preview=convert.change_preview(preview))
 
     @rpc
     async def ChangePlan(self, request: pb.ChangePlanRequest, caller: Caller) -> pb.ChangePlanResponse:
+        preview = previews.ChangePreview() if request.preview_only else None
         view = await subscriptions.change_plan(
             self.db, caller, request.request_id, request.id, request.new_plan_id,
             timing=convert.enum_value(pb.ChangeTiming, request.timing, "CHANGE_TIMING_", "timing"),
             proration_behavior=convert.enum_value(pb.ProrationBehavior, request.proration_behavior,
                                                   "PRORATION_BEHAVIOR_", "proration_behavior"),
+            preview=preview,
         )
-        return pb.ChangePlanResponse(subscription=convert.subscription_message(view))
+        return pb.ChangePlanResponse(subscription=convert.subscription_message(view),
+                                     preview=convert.change_preview(preview))
 
     # -- usage -------------------------------------------------------------------------
 
@@ -144,6 +152,12 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             series=convert.enum_value(pb.SeriesGranularity, request.series, "SERIES_GRANULARITY_", "series"),
         )
         return convert.usage_report(report)
+
+    @rpc
+    async def PreviewInvoice(self, request: pb.PreviewInvoiceRequest, caller: Caller) -> pb.PreviewInvoiceResponse:
+        found = await previews.preview_invoice(self.db, caller, request.subscription_id,
+                                               convert.optional_time(request, "at"))
+        return convert.invoice_previews(found)
 
     # -- billing runs ------------------------------------------------------------------
 

@@ -117,7 +117,7 @@ def _next_state(sub: Subscription, plan: PlanSpec, next_plan: PlanSpec | None) -
         new = _evolve(new, status=S.ACTIVE, trial_end=sub.trial_end or end)
         event = EventType.TRIAL_ENDED
     anchor = new.billing_anchor or end
-    next_end = period_containing(anchor, spec.interval, spec.interval_count, end)[1]
+    next_end = period_containing(anchor, spec.interval, spec.interval_count, end, zone=new.time_zone)[1]
     # A new period starts with nothing settled; one that starts paused has nothing to charge.
     # Set here, in the same _evolve: one new object per close.
     fee_from = next_end if new.status is S.PAUSED else None

@@ -140,7 +140,7 @@ def nominal_period(sub: Subscription, plan: PlanSpec, start: datetime | None = N
         raise ValueError(f"subscription {sub.id} has no current period")
     if sub.billing_anchor is None:
         return start, end
-    ps, pe = period_containing(sub.billing_anchor, plan.interval, plan.interval_count, start)
+    ps, pe = period_containing(sub.billing_anchor, plan.interval, plan.interval_count, start, zone=sub.time_zone)
     if pe != end or ps > start:  # not a part of an anchor-aligned period: it is a period of its own
         return start, end
     return ps, pe
@@ -373,7 +373,7 @@ def resumed_late_lines(sub: Subscription, plan: PlanSpec, at: datetime) -> tuple
     while cursor < start:
         if len(lines) >= MAX_LATE_PERIODS:
             raise ValueError(f"subscription {sub.id}: resume more than {MAX_LATE_PERIODS} periods late")
-        nominal = period_containing(anchor, plan.interval, plan.interval_count, cursor)
+        nominal = period_containing(anchor, plan.interval, plan.interval_count, cursor, zone=sub.time_zone)
         a = floor_to_second(nominal, cursor)
         b = min(nominal[1], start)
         lines += _keep(charge_line(plan, a, b, nominal, used=True))

@@ -23,6 +23,7 @@ from billing.domain.lifecycle import Action, SubscriptionStatus, transition
 from billing.domain.periods import add_interval, period_containing
 from billing.domain.plans import PlanSpec, is_upgrade
 from billing.domain.events import EventType
+from billing.domain.zones import UTC_ZONE, check_zone
 
 S = SubscriptionStatus
 
@@ -69,6 +70,8 @@ class Subscription:
     # What is left to charge of the current period's base fee at its close: None = the
     # default, a time = [that time, period end) (billing.domain.proration, docs/proration.md).
     period_fee_from: datetime | None = None
+    # The IANA zone its periods are calendar periods of (docs/time.md); fixed at creation.
+    time_zone: str = UTC_ZONE
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,18 @@ def _check_trial_days(days: int | None) -> None:
         raise ValidationError("trial_days", f"must be 0..{MAX_TRIAL_DAYS}")
 
 
+def _check_time_zone(name: str) -> str:
+    try:
+        return check_zone(name)
+    except ValueError as exc:
+        raise ValidationError("time_zone", str(exc)) from None
+
+
 def check_create(v: Violations, *, customer_id: str, now: datetime, start_at: datetime | None,
-                 trial_days: int | None, metadata: Mapping[str, str]) -> None:
+                 trial_days: int | None, metadata: Mapping[str, str], time_zone: str = UTC_ZONE) -> None:
     """The checks of a new subscription that need no plan, each violation into `v`."""
     v.check(_check_customer_id, customer_id)
+    v.check(_check_time_zone, time_zone)
     v.check(_check_start, start_at, now)
     v.check(_check_trial_days, trial_days)
     v.check(_check_metadata, metadata)
@@ -121,15 +132,18 @@ def check_create(v: Violations, *, customer_id: str, now: datetime, start_at: da
 
 def create(*, subscription_id: uuid.UUID, customer_id: str, plan_id: uuid.UUID, plan: PlanSpec, now: datetime,
            start_at: datetime | None, billing_anchor: datetime | None, trial_days: int | None,
-           metadata: Mapping[str, str]) -> Change:
+           metadata: Mapping[str, str], time_zone: str = UTC_ZONE) -> Change:
     """A new pending subscription. `activate` may follow in the same transaction. Refuses
     with one ValidationError carrying every violation."""
     v = Violations()
-    check_create(v, customer_id=customer_id, now=now, start_at=start_at, trial_days=trial_days, metadata={})
+    check_create(v, customer_id=customer_id, now=now, start_at=start_at, trial_days=trial_days, metadata={},
+                 time_zone=time_zone)
+    zone = v.check(_check_time_zone, time_zone) or UTC_ZONE
     start = start_at or now
     days = plan.trial_days if trial_days is None else trial_days
     if billing_anchor is not None and 0 <= days <= MAX_TRIAL_DAYS:
         first_paid = start + timedelta(days=days)
+        # The window is a sanity check on the instant; in a zone only the anchor's local date counts.
         latest = add_interval(first_paid, plan.interval, plan.interval_count)
         if not first_paid <= billing_anchor <= latest:
             v.items.append((
@@ -140,12 +154,13 @@ def create(*, subscription_id: uuid.UUID, customer_id: str, plan_id: uuid.UUID, 
     sub = Subscription(
         id=subscription_id, customer_id=customer_id, plan_id=plan_id, status=S.PENDING, created_at=now,
         start_at=start, billing_anchor=billing_anchor, trial_days=days, metadata=dict(metadata),
+        time_zone=zone,
     )
     return Change(sub, EventType.CREATED)
 
 
-def _first_period(anchor: datetime, plan: PlanSpec, start: datetime) -> tuple[datetime, datetime]:
-    return start, period_containing(anchor, plan.interval, plan.interval_count, start)[1]
+def _first_period(anchor: datetime, plan: PlanSpec, start: datetime, zone: str) -> tuple[datetime, datetime]:
+    return start, period_containing(anchor, plan.interval, plan.interval_count, start, zone=zone)[1]
 
 
 def activate(sub: Subscription, plan: PlanSpec, at: datetime) -> Change:
@@ -153,7 +168,7 @@ def activate(sub: Subscription, plan: PlanSpec, at: datetime) -> Change:
     trialing -> active (ends the trial at `at`, and the paid periods start there)."""
     if sub.status is S.TRIALING:
         transition(sub.status, Action.ACTIVATE)
-        start, end = at, add_interval(at, plan.interval, plan.interval_count)
+        start, end = at, add_interval(at, plan.interval, plan.interval_count, zone=sub.time_zone)
         new = replace(sub, status=S.ACTIVE, trial_end=at, billing_anchor=at, current_period_start=start,
                       current_period_end=end)
         return Change(new, EventType.TRIAL_ENDED, {"ended_early": "true"})
@@ -166,7 +181,7 @@ def activate(sub: Subscription, plan: PlanSpec, at: datetime) -> Change:
         return Change(new, EventType.TRIAL_STARTED)
     transition(sub.status, Action.ACTIVATE)
     anchor = sub.billing_anchor or at
-    start, end = _first_period(anchor, plan, at)
+    start, end = _first_period(anchor, plan, at, sub.time_zone)
     new = replace(sub, status=S.ACTIVE, start_at=at, billing_anchor=anchor, current_period_start=start,
                   current_period_end=end)
     return Change(new, EventType.ACTIVATED)
@@ -258,6 +273,7 @@ def change_plan(sub: Subscription, current: PlanSpec, new_plan_id: uuid.UUID, ne
     same_interval = (new.interval, new.interval_count) == (current.interval, current.interval_count)
     if not same_interval and sub.status in (S.ACTIVE, S.PAUSED):
         new_sub = replace(new_sub, billing_anchor=now, current_period_start=now,
-                          current_period_end=add_interval(now, new.interval, new.interval_count))
+                          current_period_end=add_interval(now, new.interval, new.interval_count,
+                                                                         zone=sub.time_zone))
         details["new_period_start"] = now.isoformat()
     return Change(new_sub, EventType.PLAN_CHANGED, {**details, "effective_at": now.isoformat()})

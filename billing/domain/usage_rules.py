@@ -45,6 +45,7 @@ class UsageSubscription:
     paused_us: int | None = None  # paused since (also kept by a subscription canceled while paused)
     pauses: tuple[tuple[int, int], ...] = ()  # past pauses [from, to)
     resumes_us: int | None = None  # the current pause's scheduled end (pause_resumes_at)
+    zone: str = "UTC"  # the IANA zone its periods are calendar periods of (domain/zones.py)
 
     def paused(self, t: int) -> bool:
         """Whether the subscription was paused at ``t`` (usage then is not billed). A pause
@@ -67,7 +68,7 @@ class UsageSubscription:
             start, end, late = self.period_start_us, self.period_end_us, False
         else:
             anchor = self.anchor or from_us(self.start_us)
-            s, e = period_containing(anchor, spec.interval, spec.interval_count, from_us(t))
+            s, e = period_containing(anchor, spec.interval, spec.interval_count, from_us(t), zone=self.zone)
             start_us, end_us = to_us(s), to_us(e)
             if t < self.period_start_us:
                 # Never reach into the current period, nor before the subscription's start.

@@ -15,6 +15,7 @@ from billing.domain.plans import PlanSpec
 from billing.domain.pricing import Line, price_usage, total
 from billing.domain.subscriptions import Change, Subscription
 from billing.services import invoice_requests, period_reads
+from billing.services.previews import ChangePreview
 from billing.services.context import Caller
 from billing.store import billed_periods, pending_lines
 
@@ -43,7 +44,7 @@ async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscripti
 
 async def bill(conn: asyncpg.Connection, caller: Caller, source: str, before: Subscription, spec: PlanSpec,
                 change: Change, settled: pr.Proration, behavior: pr.Behavior, *,
-                final_at: datetime | None = None) -> Change:
+                final_at: datetime | None = None, preview: ChangePreview | None = None) -> Change:
     """Put the proration lines where `behavior` says and return the change, its details
     naming what was billed.
 
@@ -52,15 +53,19 @@ async def bill(conn: asyncpg.Connection, caller: Caller, source: str, before: Su
     subscription no more): one invoice request now, with every line of the subscription not
     billed yet, these lines and (cancel) the usage of the cut-short period; the lines are
     kept in pending_lines, marked billed by that request. NONE: the domain made no lines.
+    `preview`: collects the lines (the caller rolls the change back).
     """
     tenant = caller.tenant_id
     sub = settled.subscription
     lines = list(settled.lines)
     details = dict(change.details)
     currency = spec.currency
-    if final_at is not None or behavior is pr.Behavior.INVOICE_NOW:
-        if final_at is not None:
-            lines += await _final_usage(conn, caller, before, spec, final_at)
+    invoice_now = final_at is not None or behavior is pr.Behavior.INVOICE_NOW
+    if final_at is not None:
+        lines += await _final_usage(conn, caller, before, spec, final_at)
+    if preview is not None:
+        preview.collect(lines, currency, invoice_now)
+    if invoice_now:
         unbilled = (await pending_lines.unbilled(conn, tenant, [sub.id])).get(sub.id, [])
         all_lines = [ln for _, ln in unbilled] + lines
         if all_lines:

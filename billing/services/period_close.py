@@ -164,6 +164,25 @@ def _add_closed(out: Billed, ids: _RequestIds, current: Subscription, closed: Cl
     out.payloads.append(payload)
 
 
+async def preview_closes(conn: asyncpg.Connection, caller: Caller, sub: Subscription,
+                         as_of: datetime) -> list[ClosedPeriod]:
+    """What a run would bill for `sub` (PreviewInvoice, docs/time.md): the chunk's own reads
+    and `_compute`, for a chunk of one, with nothing written. At or after the current
+    period's end: every period a run with `as_of` would close. Before it: the current period
+    as the run will close it at its end, with what is recorded by now.
+    FailedPrecondition when it has no period to bill, or cannot be billed (its reason)."""
+    if sub.status not in invoicing.BILLABLE or sub.current_period_end is None:
+        raise FailedPrecondition(f"subscription {sub.id} is {sub.status.value}: it has no period to bill",
+                                 reason="NO_CURRENT_PERIOD")
+    ctx = CloseContext(caller.tenant_id, invoice_requests.NO_RUN, max(as_of, sub.current_period_end))
+    inputs = await period_reads.read_chunk(conn, ctx.tenant_id, ctx.plans, [sub], ctx.as_of)
+    chunk = ChunkOutcome(due=1)
+    outcomes = _compute(ctx, [sub], inputs, chunk)
+    if chunk.failures:
+        raise FailedPrecondition(f"subscription {sub.id} cannot be billed: {chunk.failures[0]['reason']}")
+    return outcomes[0].closed
+
+
 async def close_ended_periods(conn: asyncpg.Connection, caller: Caller, sub: Subscription, as_of: datetime,
                               request_id: str) -> ChunkOutcome | None:
     """Bill the periods of `sub` that ended by `as_of` and no run closed yet, in the caller's

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Awaitable, Callable, Mapping, Sequence
@@ -24,6 +24,8 @@ from billing.services import (
     audit, change_billing, events, history, idempotency, paging, period_close, plans, run_metrics,
 )
 from billing.services.context import Caller
+from billing.services.previews import ChangePreview, Rollback
+from billing.services.snapshots import from_snapshot, snapshot
 from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError, Violations
 from billing.store import audit as audit_store
 from billing.store import plans as plans_store
@@ -61,34 +63,7 @@ class SubscriptionPage:
     next_page_token: str
 
 
-# -- JSON snapshots (audit rows and idempotent outcomes) --------------------------------
-
-_TIMES = ("created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end", "trial_end",
-          "canceled_at", "paused_at", "pause_resumes_at", "pending_change_at", "period_fee_from")
-_IDS = ("id", "plan_id", "pending_plan_id")
-_FIELDS = tuple(f.name for f in fields(Subscription))
-
-
-def snapshot(sub: Subscription) -> dict:
-    d = {f: getattr(sub, f) for f in _FIELDS}  # not asdict: it deep-copies every field
-    for k in _TIMES:
-        d[k] = d[k].isoformat() if d[k] else None
-    for k in _IDS:
-        d[k] = str(d[k]) if d[k] else None
-    d["status"] = sub.status.value
-    d["metadata"] = dict(sub.metadata)
-    return d
-
-
-def from_snapshot(d: Mapping) -> Subscription:
-    values = dict(d)
-    for k in _TIMES:
-        values[k] = datetime.fromisoformat(values[k]) if values.get(k) else None
-    for k in _IDS:
-        values[k] = uuid.UUID(values[k]) if values[k] else None
-    values["status"] = SubscriptionStatus(values["status"])
-    return Subscription(**values)
-
+# -- JSON snapshots (audit rows and idempotent outcomes): billing/services/snapshots.py
 
 def _outcome(view: SubscriptionView) -> dict:
     return {"subscription": snapshot(view.subscription), "plan_code": view.plan_code,
@@ -146,7 +121,7 @@ async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, bef
 async def create_subscription(db, caller: Caller, request_id: str, *, customer_id: str, plan_id: str,
                               start_at: datetime | None, billing_anchor: datetime | None, trial_days: int | None,
                               activate: bool, metadata: Mapping[str, str],
-                              subscription_id: str = "") -> SubscriptionView:
+                              subscription_id: str = "", time_zone: str = "") -> SubscriptionView:
     """`subscription_id` lets a command producer choose the id up front (so it can key later
     commands by it); gRPC leaves it empty and the service assigns one."""
     # Every violation of the request at once, before anything is read.
@@ -155,11 +130,14 @@ async def create_subscription(db, caller: Caller, request_id: str, *, customer_i
     plan_uuid = v.check(paging.parse_uuid, plan_id, "plan_id")
     new_id = v.check(paging.parse_uuid, subscription_id, "subscription_id") if subscription_id else uuid.uuid4()
     rules.check_create(v, customer_id=customer_id, now=now(), start_at=start_at, trial_days=trial_days,
-                       metadata=metadata)
+                       metadata=metadata, time_zone=time_zone)
     v.raise_if_any()
+    zone = time_zone or "UTC"
     assert plan_uuid is not None and new_id is not None
     payload = {"id": subscription_id, "customer_id": customer_id, "plan_id": str(plan_uuid), "start_at": start_at, "anchor": billing_anchor,
                "trial_days": trial_days, "activate": activate, "metadata": dict(metadata)}
+    if zone != "UTC":  # only then: the payload of a UTC request stays what it always was
+        payload["time_zone"] = zone
     async with db.tenant_tx(caller.tenant_id) as conn:
         replay = await idempotency.claim(conn, caller, request_id, "CreateSubscription", payload)
         if replay is not None:
@@ -173,7 +151,7 @@ async def create_subscription(db, caller: Caller, request_id: str, *, customer_i
             raise AlreadyExists(f"subscription {subscription_id!r} already exists", reason="SUBSCRIPTION_EXISTS")
         change = rules.create(subscription_id=new_id, customer_id=customer_id, plan_id=plan_uuid, plan=spec,
                               now=at, start_at=start_at, billing_anchor=billing_anchor, trial_days=trial_days,
-                              metadata=metadata)
+                              metadata=metadata, time_zone=zone)
         sub = change.subscription
         await store.insert(conn, caller.tenant_id, sub)
         await _record(conn, caller, request_id, None, change)
@@ -187,32 +165,50 @@ async def create_subscription(db, caller: Caller, request_id: str, *, customer_i
         return view
 
 
-Rule = Callable[[asyncpg.Connection, Subscription, PlanSpec], Awaitable[Change]]
+# (conn, the locked subscription, its plan, the time of the change) -> the change
+Rule = Callable[[asyncpg.Connection, Subscription, PlanSpec, datetime], Awaitable[Change]]
 
 
 async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, operation: str, payload: dict,
-                  rule: Rule) -> SubscriptionView:
-    idempotency.check_key(request_id)
+                  rule: Rule, preview: ChangePreview | None = None, at: datetime | None = None) -> SubscriptionView:
+    """`preview`: the change's own code runs and is rolled back (billing/services/previews.py);
+    `at`: the time it happens (default now)."""
+    if preview is None:
+        idempotency.check_key(request_id)
     sub_uuid = paging.parse_uuid(subscription_id, "id")
+    try:
+        return await _mutate_in_tx(db, caller, request_id, sub_uuid, subscription_id, operation, payload, rule,
+                                   preview, at)
+    except Rollback as previewed:
+        return previewed.outcome
+
+
+async def _mutate_in_tx(db, caller: Caller, request_id: str, sub_uuid: uuid.UUID, subscription_id: str,
+                        operation: str, payload: dict, rule: Rule, preview: ChangePreview | None,
+                        at: datetime | None) -> SubscriptionView:
     async with db.tenant_tx(caller.tenant_id) as conn:
-        replay = await idempotency.claim(conn, caller, request_id, operation, {"id": str(sub_uuid), **payload})
-        if replay is not None:
-            return _from_outcome(replay)
+        if preview is None:
+            replay = await idempotency.claim(conn, caller, request_id, operation, {"id": str(sub_uuid), **payload})
+            if replay is not None:
+                return _from_outcome(replay)
         before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
         if before is None:
             raise NotFound("subscription", subscription_id)
         # A period that ended and no run has closed yet is billed first, as a run would:
         # the change then applies to the period its time falls in (docs/billing.md).
-        closed = await period_close.close_ended_periods(conn, caller, before, now(), request_id)
+        at = at or now()  # read once the subscription is locked: a run may have advanced it meanwhile
+        closed = await period_close.close_ended_periods(conn, caller, before, at, request_id)
         if closed is not None:
             before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
             assert before is not None  # locked above
         spec, _, _ = await _plan(conn, caller, before.plan_id, "plan_id")
-        change = await rule(conn, before, spec)
+        change = await rule(conn, before, spec, at)
         if change.event:
             await store.update(conn, caller.tenant_id, change.subscription)
             await _record(conn, caller, request_id, before, change)
         view = await _view(conn, caller, change.subscription)
+        if preview is not None:
+            raise Rollback(view)
         await idempotency.remember(conn, caller, request_id, _outcome(view))
     if closed is not None:
         run_metrics.observe_closed(closed)
@@ -222,25 +218,24 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
 
 
 async def activate_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        at = now()
+    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
         return rules.activate(sub, spec, max(at, sub.start_at) if sub.status is SubscriptionStatus.PENDING else at)
 
     return await _mutate(db, caller, request_id, subscription_id, "ActivateSubscription", {}, rule)
 
 
 async def pause_subscription(db, caller: Caller, request_id: str, subscription_id: str,
-                             resumes_at: datetime | None) -> SubscriptionView:
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        at = now()
+                             resumes_at: datetime | None, *, preview: ChangePreview | None = None,
+                             at: datetime | None = None) -> SubscriptionView:
+    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
         change = rules.pause(sub, at, resumes_at)
         settled = pr.on_pause(sub, spec, change.subscription, at,
                                      charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub))
         return await change_billing.bill(conn, caller, f"pause:{request_id}", sub, spec, change, settled,
-                           pr.Behavior.NEXT_INVOICE)
+                                         pr.Behavior.NEXT_INVOICE, preview=preview)
 
     return await _mutate(db, caller, request_id, subscription_id, "PauseSubscription",
-                         {"resumes_at": resumes_at}, rule)
+                         {"resumes_at": resumes_at}, rule, preview, at)
 
 
 async def _resumed(conn: asyncpg.Connection, caller: Caller, request_id: str, sub: Subscription, spec: PlanSpec,
@@ -257,8 +252,7 @@ async def _resumed(conn: asyncpg.Connection, caller: Caller, request_id: str, su
 
 
 async def resume_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        at = now()
+    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
         change = rules.resume(sub, at)
         if change.event != EventType.RESUMED:
             return change
@@ -312,7 +306,8 @@ async def resume_due_batch(db, caller: Caller, at: datetime, limit: int,
 
 
 async def cancel_subscription(db, caller: Caller, request_id: str, subscription_id: str, mode: str,
-                              proration: str = "") -> SubscriptionView:
+                              proration: str = "", *, preview: ChangePreview | None = None,
+                              at: datetime | None = None) -> SubscriptionView:
     proration_value = _check_proration(proration, "proration")
     if not mode:
         raise ValidationError("mode", "is required: immediately or at_period_end")
@@ -321,8 +316,7 @@ async def cancel_subscription(db, caller: Caller, request_id: str, subscription_
     except ValueError:
         raise ValidationError("mode", f"must be immediately or at_period_end, got {mode!r}") from None
 
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        at = now()
+    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
         change = rules.cancel(sub, at, cancel_mode)
         if change.event != EventType.CANCELED:
             return change  # at period end: the last run bills the period, nothing is prorated
@@ -331,14 +325,15 @@ async def cancel_subscription(db, caller: Caller, request_id: str, subscription_
                                       charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub),
                                       behavior=behavior)
         return await change_billing.bill(conn, caller, f"cancel:{request_id}", sub, spec, change, settled, behavior,
-                                         final_at=at)
+                                         final_at=at, preview=preview)
 
     return await _mutate(db, caller, request_id, subscription_id, "CancelSubscription",
-                         {"mode": cancel_mode.value, "proration": proration_value}, rule)
+                         {"mode": cancel_mode.value, "proration": proration_value}, rule, preview, at)
 
 
 async def change_plan(db, caller: Caller, request_id: str, subscription_id: str, new_plan_id: str, timing: str,
-                      proration_behavior: str = "") -> SubscriptionView:
+                      proration_behavior: str = "", *, preview: ChangePreview | None = None,
+                      at: datetime | None = None) -> SubscriptionView:
     new_uuid = paging.parse_uuid(new_plan_id, "new_plan_id")
     _check_proration(proration_behavior, "proration_behavior")
     try:
@@ -346,11 +341,10 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
     except ValueError:
         raise ValidationError("timing", f"must be immediately or at_period_end, got {timing!r}") from None
 
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
+    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
         new_plan = await plans.load(conn, caller.tenant_id, new_uuid)
         if new_plan is None:
             raise NotFound("plan", new_plan_id)
-        at = now()
         new_spec = new_plan.spec
         change = rules.change_plan(sub, spec, new_uuid, new_spec, new_plan.status == "active", change_timing, at)
         if change.event != EventType.PLAN_CHANGED:
@@ -360,11 +354,11 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
                                       charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub),
                                       behavior=behavior)
         return await change_billing.bill(conn, caller, f"change_plan:{request_id}", sub, spec, change, settled,
-                                         behavior)
+                                         behavior, preview=preview)
 
     return await _mutate(db, caller, request_id, subscription_id, "ChangePlan",
                          {"new_plan_id": str(new_uuid), "timing": change_timing.value,
-                          "proration_behavior": proration_behavior}, rule)
+                          "proration_behavior": proration_behavior}, rule, preview, at)
 
 
 async def get_subscription(db, caller: Caller, subscription_id: str, include_history: bool) -> SubscriptionView:

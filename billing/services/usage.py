@@ -180,6 +180,7 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             to_us(row["paused_at"]) if row["paused_at"] else None,
             tuple(zip(map(to_us, row["paused_from"]), map(to_us, row["paused_to"]))),
             to_us(row["pause_resumes_at"]) if row["pause_resumes_at"] else None,
+            zone=row["time_zone"],
         )
     await plans.load(conn, tenant, {s.plan_id for s in subs.values()})
 
@@ -353,7 +354,7 @@ def _period_end_at(sub, spec: PlanSpec, start: datetime) -> datetime | None:
         sub.plan_id, sub.status.value, to_us(sub.start_at) if sub.start_at else 0, sub.billing_anchor,
         to_us(sub.current_period_start) if sub.current_period_start else None,
         to_us(sub.current_period_end) if sub.current_period_end else None,
-        to_us(sub.canceled_at) if sub.canceled_at else None)
+        to_us(sub.canceled_at) if sub.canceled_at else None, zone=sub.time_zone)
     found = period_at(state, spec, to_us(start)) if sub.start_at else None
     return from_us(found[1]) if found else None
 

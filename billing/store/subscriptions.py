@@ -13,6 +13,7 @@ FIELDS = (
     "id", "customer_id", "plan_id", "status", "created_at", "start_at", "billing_anchor", "trial_days",
     "current_period_start", "current_period_end", "trial_end", "cancel_at_period_end", "canceled_at", "paused_at",
     "pause_resumes_at", "pending_plan_id", "pending_change_at", "metadata", "period_fee_from",
+    "time_zone",
 )
 _COLUMNS = ", ".join(FIELDS)
 

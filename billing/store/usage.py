@@ -132,7 +132,7 @@ async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: lis
     """
     return await conn.fetch(
         """select id, plan_id, status, start_at, billing_anchor, current_period_start, current_period_end, canceled_at,
-                  paused_at, pause_resumes_at,
+                  paused_at, pause_resumes_at, time_zone,
                   -- past pauses (migration 009): usage in them is not billed
                   array(select w.paused_at from pause_windows w where w.tenant_id = $1 and w.subscription_id = s.id
                          order by w.paused_at) as paused_from,

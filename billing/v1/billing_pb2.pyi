@@ -326,7 +326,7 @@ class ArchivePlanResponse(_message.Message):
     def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("id", "customer_id", "plan_id", "plan_code", "status", "created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end", "trial_end", "cancel_at_period_end", "canceled_at", "paused_at", "pause_resumes_at", "pending_change", "history", "metadata")
+    __slots__ = ("id", "customer_id", "plan_id", "plan_code", "status", "created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end", "trial_end", "cancel_at_period_end", "canceled_at", "paused_at", "pause_resumes_at", "pending_change", "history", "metadata", "time_zone")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -352,6 +352,7 @@ class Subscription(_message.Message):
     PENDING_CHANGE_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     id: str
     customer_id: str
     plan_id: str
@@ -370,7 +371,8 @@ class Subscription(_message.Message):
     pending_change: PendingPlanChange
     history: _containers.RepeatedCompositeFieldContainer[SubscriptionHistoryEntry]
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., plan_code: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., billing_anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cancel_at_period_end: _Optional[bool] = ..., canceled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_resumes_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending_change: _Optional[_Union[PendingPlanChange, _Mapping]] = ..., history: _Optional[_Iterable[_Union[SubscriptionHistoryEntry, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    time_zone: str
+    def __init__(self, id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., plan_code: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., billing_anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cancel_at_period_end: _Optional[bool] = ..., canceled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_resumes_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending_change: _Optional[_Union[PendingPlanChange, _Mapping]] = ..., history: _Optional[_Iterable[_Union[SubscriptionHistoryEntry, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class PendingPlanChange(_message.Message):
     __slots__ = ("plan_id", "plan_code", "effective_at")
@@ -406,7 +408,7 @@ class SubscriptionHistoryEntry(_message.Message):
     def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., from_status: _Optional[_Union[SubscriptionStatus, str]] = ..., to_status: _Optional[_Union[SubscriptionStatus, str]] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateSubscriptionRequest(_message.Message):
-    __slots__ = ("request_id", "customer_id", "plan_id", "start_at", "billing_anchor", "trial_days", "activate", "metadata")
+    __slots__ = ("request_id", "customer_id", "plan_id", "start_at", "billing_anchor", "trial_days", "activate", "metadata", "time_zone")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -422,6 +424,7 @@ class CreateSubscriptionRequest(_message.Message):
     TRIAL_DAYS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     customer_id: str
     plan_id: str
@@ -430,7 +433,8 @@ class CreateSubscriptionRequest(_message.Message):
     trial_days: int
     activate: bool
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, request_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., billing_anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_days: _Optional[int] = ..., activate: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    time_zone: str
+    def __init__(self, request_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., billing_anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_days: _Optional[int] = ..., activate: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class CreateSubscriptionResponse(_message.Message):
     __slots__ = ("subscription",)
@@ -489,20 +493,24 @@ class ActivateSubscriptionResponse(_message.Message):
     def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ...) -> None: ...
 
 class PauseSubscriptionRequest(_message.Message):
-    __slots__ = ("request_id", "id", "resumes_at")
+    __slots__ = ("request_id", "id", "resumes_at", "preview_only")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     RESUMES_AT_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_ONLY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     id: str
     resumes_at: _timestamp_pb2.Timestamp
-    def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ..., resumes_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    preview_only: bool
+    def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ..., resumes_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., preview_only: _Optional[bool] = ...) -> None: ...
 
 class PauseSubscriptionResponse(_message.Message):
-    __slots__ = ("subscription",)
+    __slots__ = ("subscription", "preview")
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
     subscription: Subscription
-    def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ...) -> None: ...
+    preview: ChangePreview
+    def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ..., preview: _Optional[_Union[ChangePreview, _Mapping]] = ...) -> None: ...
 
 class ResumeSubscriptionRequest(_message.Message):
     __slots__ = ("request_id", "id")
@@ -519,42 +527,118 @@ class ResumeSubscriptionResponse(_message.Message):
     def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ...) -> None: ...
 
 class CancelSubscriptionRequest(_message.Message):
-    __slots__ = ("request_id", "id", "mode", "proration")
+    __slots__ = ("request_id", "id", "mode", "proration", "preview_only")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     PRORATION_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_ONLY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     id: str
     mode: CancelMode
     proration: ProrationBehavior
-    def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ..., mode: _Optional[_Union[CancelMode, str]] = ..., proration: _Optional[_Union[ProrationBehavior, str]] = ...) -> None: ...
+    preview_only: bool
+    def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ..., mode: _Optional[_Union[CancelMode, str]] = ..., proration: _Optional[_Union[ProrationBehavior, str]] = ..., preview_only: _Optional[bool] = ...) -> None: ...
 
 class CancelSubscriptionResponse(_message.Message):
-    __slots__ = ("subscription",)
+    __slots__ = ("subscription", "preview")
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
     subscription: Subscription
-    def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ...) -> None: ...
+    preview: ChangePreview
+    def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ..., preview: _Optional[_Union[ChangePreview, _Mapping]] = ...) -> None: ...
 
 class ChangePlanRequest(_message.Message):
-    __slots__ = ("request_id", "id", "new_plan_id", "timing", "proration_behavior")
+    __slots__ = ("request_id", "id", "new_plan_id", "timing", "proration_behavior", "preview_only")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     NEW_PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     PRORATION_BEHAVIOR_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_ONLY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     id: str
     new_plan_id: str
     timing: ChangeTiming
     proration_behavior: ProrationBehavior
-    def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ..., new_plan_id: _Optional[str] = ..., timing: _Optional[_Union[ChangeTiming, str]] = ..., proration_behavior: _Optional[_Union[ProrationBehavior, str]] = ...) -> None: ...
+    preview_only: bool
+    def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ..., new_plan_id: _Optional[str] = ..., timing: _Optional[_Union[ChangeTiming, str]] = ..., proration_behavior: _Optional[_Union[ProrationBehavior, str]] = ..., preview_only: _Optional[bool] = ...) -> None: ...
 
 class ChangePlanResponse(_message.Message):
-    __slots__ = ("subscription",)
+    __slots__ = ("subscription", "preview")
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
     subscription: Subscription
-    def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ...) -> None: ...
+    preview: ChangePreview
+    def __init__(self, subscription: _Optional[_Union[Subscription, _Mapping]] = ..., preview: _Optional[_Union[ChangePreview, _Mapping]] = ...) -> None: ...
+
+class ChangePreview(_message.Message):
+    __slots__ = ("lines", "total_amount", "currency", "invoice_now")
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_NOW_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[InvoiceLine]
+    total_amount: str
+    currency: str
+    invoice_now: bool
+    def __init__(self, lines: _Optional[_Iterable[_Union[InvoiceLine, _Mapping]]] = ..., total_amount: _Optional[str] = ..., currency: _Optional[str] = ..., invoice_now: _Optional[bool] = ...) -> None: ...
+
+class InvoiceLine(_message.Message):
+    __slots__ = ("kind", "description", "metric_code", "quantity", "unit_price", "amount", "period_start", "period_end", "fraction", "original_period_start")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    description: str
+    metric_code: str
+    quantity: str
+    unit_price: str
+    amount: str
+    period_start: _timestamp_pb2.Timestamp
+    period_end: _timestamp_pb2.Timestamp
+    fraction: str
+    original_period_start: _timestamp_pb2.Timestamp
+    def __init__(self, kind: _Optional[str] = ..., description: _Optional[str] = ..., metric_code: _Optional[str] = ..., quantity: _Optional[str] = ..., unit_price: _Optional[str] = ..., amount: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fraction: _Optional[str] = ..., original_period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PreviewInvoiceRequest(_message.Message):
+    __slots__ = ("subscription_id", "at")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, subscription_id: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class InvoicePreview(_message.Message):
+    __slots__ = ("invoice_request_id", "period_start", "period_end", "currency", "lines", "total_amount")
+    INVOICE_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    invoice_request_id: str
+    period_start: _timestamp_pb2.Timestamp
+    period_end: _timestamp_pb2.Timestamp
+    currency: str
+    lines: _containers.RepeatedCompositeFieldContainer[InvoiceLine]
+    total_amount: str
+    def __init__(self, invoice_request_id: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., currency: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[InvoiceLine, _Mapping]]] = ..., total_amount: _Optional[str] = ...) -> None: ...
+
+class PreviewInvoiceResponse(_message.Message):
+    __slots__ = ("subscription_id", "invoices")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INVOICES_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    invoices: _containers.RepeatedCompositeFieldContainer[InvoicePreview]
+    def __init__(self, subscription_id: _Optional[str] = ..., invoices: _Optional[_Iterable[_Union[InvoicePreview, _Mapping]]] = ...) -> None: ...
 
 class RecordUsageRequest(_message.Message):
     __slots__ = ("request_id", "event_id", "subscription_id", "metric_code", "quantity", "occurred_at", "properties")

@@ -109,6 +109,11 @@ class BillingServiceStub:
                 request_serializer=billing_dot_v1_dot_billing__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.PreviewInvoice = channel.unary_unary(
+                '/billing.v1.BillingService/PreviewInvoice',
+                request_serializer=billing_dot_v1_dot_billing__pb2.PreviewInvoiceRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.PreviewInvoiceResponse.FromString,
+                _registered_method=True)
         self.RunBilling = channel.unary_unary(
                 '/billing.v1.BillingService/RunBilling',
                 request_serializer=billing_dot_v1_dot_billing__pb2.RunBillingRequest.SerializeToString,
@@ -257,6 +262,14 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreviewInvoice(self, request, context):
+        """The invoice request(s) a billing run would emit for the subscription's current period
+        (docs/time.md, "Previews"). Changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RunBilling(self, request, context):
         """Billing runs.
         """
@@ -393,6 +406,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=billing_dot_v1_dot_billing__pb2.GetUsageRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'PreviewInvoice': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewInvoice,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.PreviewInvoiceRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.PreviewInvoiceResponse.SerializeToString,
             ),
             'RunBilling': grpc.unary_unary_rpc_method_handler(
                     servicer.RunBilling,
@@ -845,6 +863,33 @@ class BillingService:
             '/billing.v1.BillingService/GetUsage',
             billing_dot_v1_dot_billing__pb2.GetUsageRequest.SerializeToString,
             billing_dot_v1_dot_billing__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewInvoice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/PreviewInvoice',
+            billing_dot_v1_dot_billing__pb2.PreviewInvoiceRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.PreviewInvoiceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,6 +27,7 @@ EXPECTED_METHODS = {
     "RecordUsage",
     "RecordUsageBatch",
     "GetUsage",
+    "PreviewInvoice",
     "RunBilling",
     "GetBillingRun",
     "ListBillingRuns",
