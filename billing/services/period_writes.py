@@ -34,9 +34,9 @@ class ChunkWrites:
 
 
 async def write(conn: asyncpg.Connection, caller: Caller, run_id: uuid.UUID, request_id: str,
-                outcomes: list["Billed"], w: ChunkWrites) -> None:
+                outcomes: list["Billed"], w: ChunkWrites, test_clock_id: uuid.UUID | None = None) -> None:
     tenant = caller.tenant_id
-    await invoice_requests.enqueue(conn, tenant, w.invoices)  # before the events: the relay keeps outbox order
+    await invoice_requests.enqueue(conn, tenant, w.invoices, test_clock_id)  # before the events: the relay keeps outbox order
     await outbox.enqueue_many(conn, tenant, w.events)
     await subscription_scans.advance_subscriptions(
         conn, tenant, [o.closed[-1].subscription for o in outcomes if o.closed], w.columns)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Awaitable, Callable, Mapping, Sequence
@@ -21,13 +21,16 @@ from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.plans import PlanSpec
 from billing.domain.subscriptions import CancelMode, Change, ChangeTiming, Subscription
 from billing.services import (
-    audit, change_billing, events, history, idempotency, paging, period_close, plans, run_metrics,
+    audit, change_billing, clock_time, events, history, idempotency, paging, period_close, plans, run_metrics,
 )
+from billing.services.clock_time import SubscriptionTime
+from billing.services.subscription_snapshots import from_snapshot, snapshot
 from billing.services.context import Caller
 from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError, Violations
 from billing.store import audit as audit_store
 from billing.store import plans as plans_store
 from billing.store import subscriptions as store
+from billing.store import test_clocks as clocks_store
 from billing.store import usage as usage_store
 from billing.domain.events import EventType
 
@@ -44,6 +47,7 @@ def _check_proration(value: str, field: str) -> str:
 
 
 def now() -> datetime:
+    """The wall clock. A subscription's own "now" is `clock_time.for_subscription`."""
     return datetime.now(timezone.utc)
 
 
@@ -53,6 +57,7 @@ class SubscriptionView:
     plan_code: str
     pending_plan_code: str | None
     history: tuple[dict, ...] = ()
+    test_clock_id: uuid.UUID | None = None  # the test clock it lives on (None: real time)
 
 
 @dataclass(frozen=True)
@@ -61,42 +66,18 @@ class SubscriptionPage:
     next_page_token: str
 
 
-# -- JSON snapshots (audit rows and idempotent outcomes) --------------------------------
-
-_TIMES = ("created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end", "trial_end",
-          "canceled_at", "paused_at", "pause_resumes_at", "pending_change_at", "period_fee_from")
-_IDS = ("id", "plan_id", "pending_plan_id")
-_FIELDS = tuple(f.name for f in fields(Subscription))
-
-
-def snapshot(sub: Subscription) -> dict:
-    d = {f: getattr(sub, f) for f in _FIELDS}  # not asdict: it deep-copies every field
-    for k in _TIMES:
-        d[k] = d[k].isoformat() if d[k] else None
-    for k in _IDS:
-        d[k] = str(d[k]) if d[k] else None
-    d["status"] = sub.status.value
-    d["metadata"] = dict(sub.metadata)
-    return d
-
-
-def from_snapshot(d: Mapping) -> Subscription:
-    values = dict(d)
-    for k in _TIMES:
-        values[k] = datetime.fromisoformat(values[k]) if values.get(k) else None
-    for k in _IDS:
-        values[k] = uuid.UUID(values[k]) if values[k] else None
-    values["status"] = SubscriptionStatus(values["status"])
-    return Subscription(**values)
-
+# -- idempotent outcomes (snapshots: services/subscription_snapshots.py) ---------------
 
 def _outcome(view: SubscriptionView) -> dict:
     return {"subscription": snapshot(view.subscription), "plan_code": view.plan_code,
-            "pending_plan_code": view.pending_plan_code}
+            "pending_plan_code": view.pending_plan_code,
+            "test_clock_id": str(view.test_clock_id) if view.test_clock_id else None}
 
 
 def _from_outcome(d: Mapping) -> SubscriptionView:
-    return SubscriptionView(from_snapshot(d["subscription"]), d["plan_code"], d["pending_plan_code"])
+    clock = d.get("test_clock_id")
+    return SubscriptionView(from_snapshot(d["subscription"]), d["plan_code"], d["pending_plan_code"],
+                            test_clock_id=uuid.UUID(clock) if clock else None)
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -120,8 +101,9 @@ async def _views(conn: asyncpg.Connection, caller: Caller, subs: list[Subscripti
     missing = ids - codes.keys()
     if missing:
         raise NotFound("plan", str(next(iter(missing))))
-    return [SubscriptionView(s, codes[s.plan_id], codes[s.pending_plan_id] if s.pending_plan_id else None)
-            for s in subs]
+    clocks = await clocks_store.clocks_of(conn, caller.tenant_id, [s.id for s in subs])
+    return [SubscriptionView(s, codes[s.plan_id], codes[s.pending_plan_id] if s.pending_plan_id else None,
+                             test_clock_id=clocks.get(s.id)) for s in subs]
 
 
 async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, before: Subscription | None,
@@ -146,20 +128,25 @@ async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, bef
 async def create_subscription(db, caller: Caller, request_id: str, *, customer_id: str, plan_id: str,
                               start_at: datetime | None, billing_anchor: datetime | None, trial_days: int | None,
                               activate: bool, metadata: Mapping[str, str],
-                              subscription_id: str = "") -> SubscriptionView:
+                              subscription_id: str = "", test_clock_id: str = "") -> SubscriptionView:
     """`subscription_id` lets a command producer choose the id up front (so it can key later
-    commands by it); gRPC leaves it empty and the service assigns one."""
+    commands by it); gRPC leaves it empty and the service assigns one. `test_clock_id`: the
+    subscription lives on that test clock (created at its time; its start may be anywhere)."""
     # Every violation of the request at once, before anything is read.
     v = Violations()
     v.check(idempotency.check_key, request_id)
     plan_uuid = v.check(paging.parse_uuid, plan_id, "plan_id")
     new_id = v.check(paging.parse_uuid, subscription_id, "subscription_id") if subscription_id else uuid.uuid4()
+    clock_uuid = v.check(paging.parse_uuid, test_clock_id, "test_clock_id") if test_clock_id else None
+    window = None if test_clock_id else rules.START_WINDOW
     rules.check_create(v, customer_id=customer_id, now=now(), start_at=start_at, trial_days=trial_days,
-                       metadata=metadata)
+                       metadata=metadata, start_window=window)
     v.raise_if_any()
     assert plan_uuid is not None and new_id is not None
     payload = {"id": subscription_id, "customer_id": customer_id, "plan_id": str(plan_uuid), "start_at": start_at, "anchor": billing_anchor,
                "trial_days": trial_days, "activate": activate, "metadata": dict(metadata)}
+    if clock_uuid:
+        payload["test_clock_id"] = str(clock_uuid)
     async with db.tenant_tx(caller.tenant_id) as conn:
         replay = await idempotency.claim(conn, caller, request_id, "CreateSubscription", payload)
         if replay is not None:
@@ -168,26 +155,29 @@ async def create_subscription(db, caller: Caller, request_id: str, *, customer_i
         if not active:
             raise FailedPrecondition(f"plan {code!r} is archived and takes no new subscriptions",
                                      reason="PLAN_ARCHIVED")
-        at = now()
+        t = await clock_time.for_new_subscription(conn, caller.tenant_id, clock_uuid) if clock_uuid \
+            else clock_time.real_time()
+        at = t.now
         if subscription_id and await store.get(conn, caller.tenant_id, new_id) is not None:
             raise AlreadyExists(f"subscription {subscription_id!r} already exists", reason="SUBSCRIPTION_EXISTS")
         change = rules.create(subscription_id=new_id, customer_id=customer_id, plan_id=plan_uuid, plan=spec,
                               now=at, start_at=start_at, billing_anchor=billing_anchor, trial_days=trial_days,
-                              metadata=metadata)
+                              metadata=metadata, start_window=window)
         sub = change.subscription
-        await store.insert(conn, caller.tenant_id, sub)
-        await _record(conn, caller, request_id, None, change)
+        await store.insert(conn, caller.tenant_id, sub, clock_uuid)
+        await _record(conn, caller, request_id, None, change, occurred_at=t.issued_at)
         if activate:
             activated = rules.activate(sub, spec, sub.start_at)
             await store.update(conn, caller.tenant_id, activated.subscription)
-            await _record(conn, caller, request_id, sub, activated)
+            await _record(conn, caller, request_id, sub, activated, occurred_at=t.issued_at)
             sub = activated.subscription
-        view = SubscriptionView(sub, code, None)
+        view = SubscriptionView(sub, code, None, test_clock_id=clock_uuid)
         await idempotency.remember(conn, caller, request_id, _outcome(view))
         return view
 
 
-Rule = Callable[[asyncpg.Connection, Subscription, PlanSpec], Awaitable[Change]]
+# A lifecycle rule: the change of a locked subscription at its time (`SubscriptionTime.now`).
+Rule = Callable[[asyncpg.Connection, Subscription, PlanSpec, SubscriptionTime], Awaitable[Change]]
 
 
 async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, operation: str, payload: dict,
@@ -201,17 +191,19 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
         before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
         if before is None:
             raise NotFound("subscription", subscription_id)
+        t = await clock_time.for_subscription(conn, caller.tenant_id, sub_uuid)
+        clock_time.refuse_advancing(t.advancing, t.test_clock_id)
         # A period that ended and no run has closed yet is billed first, as a run would:
         # the change then applies to the period its time falls in (docs/billing.md).
-        closed = await period_close.close_ended_periods(conn, caller, before, now(), request_id)
+        closed = await period_close.close_ended_periods(conn, caller, before, t.now, request_id, t.test_clock_id)
         if closed is not None:
             before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
             assert before is not None  # locked above
         spec, _, _ = await _plan(conn, caller, before.plan_id, "plan_id")
-        change = await rule(conn, before, spec)
+        change = await rule(conn, before, spec, t)
         if change.event:
             await store.update(conn, caller.tenant_id, change.subscription)
-            await _record(conn, caller, request_id, before, change)
+            await _record(conn, caller, request_id, before, change, occurred_at=t.issued_at)
         view = await _view(conn, caller, change.subscription)
         await idempotency.remember(conn, caller, request_id, _outcome(view))
     if closed is not None:
@@ -222,8 +214,8 @@ async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, ope
 
 
 async def activate_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        at = now()
+    async def rule(conn, sub: Subscription, spec: PlanSpec, t: SubscriptionTime) -> Change:
+        at = t.now
         return rules.activate(sub, spec, max(at, sub.start_at) if sub.status is SubscriptionStatus.PENDING else at)
 
     return await _mutate(db, caller, request_id, subscription_id, "ActivateSubscription", {}, rule)
@@ -231,13 +223,13 @@ async def activate_subscription(db, caller: Caller, request_id: str, subscriptio
 
 async def pause_subscription(db, caller: Caller, request_id: str, subscription_id: str,
                              resumes_at: datetime | None) -> SubscriptionView:
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        at = now()
+    async def rule(conn, sub: Subscription, spec: PlanSpec, t: SubscriptionTime) -> Change:
+        at = t.now
         change = rules.pause(sub, at, resumes_at)
         settled = pr.on_pause(sub, spec, change.subscription, at,
                                      charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub))
         return await change_billing.bill(conn, caller, f"pause:{request_id}", sub, spec, change, settled,
-                           pr.Behavior.NEXT_INVOICE)
+                                         pr.Behavior.NEXT_INVOICE, clock=t)
 
     return await _mutate(db, caller, request_id, subscription_id, "PauseSubscription",
                          {"resumes_at": resumes_at}, rule)
@@ -257,8 +249,8 @@ async def _resumed(conn: asyncpg.Connection, caller: Caller, request_id: str, su
 
 
 async def resume_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        at = now()
+    async def rule(conn, sub: Subscription, spec: PlanSpec, t: SubscriptionTime) -> Change:
+        at = t.now
         change = rules.resume(sub, at)
         if change.event != EventType.RESUMED:
             return change
@@ -280,17 +272,18 @@ class AutoResumeBatch:
 
 
 async def resume_due_batch(db, caller: Caller, at: datetime, limit: int,
-                           exclude: Sequence[uuid.UUID] = ()) -> AutoResumeBatch:
+                           exclude: Sequence[uuid.UUID] = (), test_clock_id: uuid.UUID | None = None) -> AutoResumeBatch:
     """One transaction: up to `limit` of the tenant's paused subscriptions whose
     `pause_resumes_at` is at or before `at`, locked FOR UPDATE SKIP LOCKED, each resumed as
     ResumeSubscription would (same transition, audit row, event through the outbox, pause
     window) but taking effect AT its `pause_resumes_at`. A subscription that fails is
     rolled back alone (a savepoint), logged and reported, and the others go on; `exclude`
-    keeps a pass from picking it again."""
+    keeps a pass from picking it again. `test_clock_id`: that clock's subscriptions, `at`
+    being clock time (an advance); None: the real-time ones (the scheduler)."""
     resumed: list[uuid.UUID] = []
     failed: list[uuid.UUID] = []
     async with db.tenant_tx(caller.tenant_id) as conn:
-        subs = await store.due_to_resume(conn, caller.tenant_id, at, limit, list(exclude))
+        subs = await store.due_to_resume(conn, caller.tenant_id, at, limit, list(exclude), test_clock_id)
         specs: dict[uuid.UUID, PlanSpec] = {}
         for sub in subs:
             try:
@@ -321,8 +314,8 @@ async def cancel_subscription(db, caller: Caller, request_id: str, subscription_
     except ValueError:
         raise ValidationError("mode", f"must be immediately or at_period_end, got {mode!r}") from None
 
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
-        at = now()
+    async def rule(conn, sub: Subscription, spec: PlanSpec, t: SubscriptionTime) -> Change:
+        at = t.now
         change = rules.cancel(sub, at, cancel_mode)
         if change.event != EventType.CANCELED:
             return change  # at period end: the last run bills the period, nothing is prorated
@@ -331,7 +324,7 @@ async def cancel_subscription(db, caller: Caller, request_id: str, subscription_
                                       charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub),
                                       behavior=behavior)
         return await change_billing.bill(conn, caller, f"cancel:{request_id}", sub, spec, change, settled, behavior,
-                                         final_at=at)
+                                         final_at=at, clock=t)
 
     return await _mutate(db, caller, request_id, subscription_id, "CancelSubscription",
                          {"mode": cancel_mode.value, "proration": proration_value}, rule)
@@ -346,11 +339,11 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
     except ValueError:
         raise ValidationError("timing", f"must be immediately or at_period_end, got {timing!r}") from None
 
-    async def rule(conn, sub: Subscription, spec: PlanSpec) -> Change:
+    async def rule(conn, sub: Subscription, spec: PlanSpec, t: SubscriptionTime) -> Change:
         new_plan = await plans.load(conn, caller.tenant_id, new_uuid)
         if new_plan is None:
             raise NotFound("plan", new_plan_id)
-        at = now()
+        at = t.now
         new_spec = new_plan.spec
         change = rules.change_plan(sub, spec, new_uuid, new_spec, new_plan.status == "active", change_timing, at)
         if change.event != EventType.PLAN_CHANGED:
@@ -360,7 +353,7 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
                                       charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub),
                                       behavior=behavior)
         return await change_billing.bill(conn, caller, f"change_plan:{request_id}", sub, spec, change, settled,
-                                         behavior)
+                                         behavior, clock=t)
 
     return await _mutate(db, caller, request_id, subscription_id, "ChangePlan",
                          {"new_plan_id": str(new_uuid), "timing": change_timing.value,

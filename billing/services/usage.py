@@ -137,6 +137,8 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             except ValueError:
                 sub_ids[text] = None
     subs: dict[uuid.UUID, UsageSubscription] = {}
+    # A test clock's subscription takes usage by its clock's time (docs/time.md, "Test clocks").
+    clock_now: dict[uuid.UUID, int] = {}
     # Read FOR KEY SHARE, held until the batch commits (billing/store/usage.py, `subscriptions`).
     for row in await usage_store.subscriptions(conn, tenant, [s for s in sub_ids.values() if s]):
         subs[row["id"]] = UsageSubscription(
@@ -148,15 +150,16 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             tuple(zip(map(to_us, row["paused_from"]), map(to_us, row["paused_to"]))),
             to_us(row["pause_resumes_at"]) if row["pause_resumes_at"] else None,
         )
+        if row["clock_now"] is not None:
+            clock_now[row["id"]] = to_us(row["clock_now"])
     await plans.load(conn, tenant, {s.plan_id for s in subs.values()})
 
-    earliest, latest = now_us - limits.max_age_us, now_us + limits.max_future_skew_us
-    # Per subscription text, once: (uuid, state, metric codes and spec of its plan) or None.
-    known: dict[str, tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec] | None] = {}
+    # Per subscription text, once: (uuid, state, metric codes and spec of its plan, its now) or None.
+    known: dict[str, tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec, int] | None] = {}
     for text, sub_id in sub_ids.items():
         sub = subs.get(sub_id) if sub_id else None
-        known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id), plans.spec(tenant, sub.plan_id)) \
-            if sub_id and sub else None
+        known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id), plans.spec(tenant, sub.plan_id),
+                       clock_now.get(sub_id, now_us)) if sub_id and sub else None
     rows = usage_store.Batch()
     add = rows.add
     periods = result.periods
@@ -168,7 +171,7 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
         if entry is None:
             reject(Rejection(i, "unknown_subscription", f"no subscription {e.subscription_id[:64]!r}"))
             continue
-        sub_id, sub, metrics, spec = entry
+        sub_id, sub, metrics, spec, sub_now = entry
         t = e.occurred_at_us
         refused = refusal(sub, t)
         if refused is not None:
@@ -177,9 +180,10 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             reject(Rejection(i, "unknown_metric", f"metric {e.metric_code[:64]!r} is not on the subscription's plan"))
         elif not quantity_ok(e.quantity):
             reject(Rejection(i, check_quantity(e.quantity) or "invalid_quantity", f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
-        elif t > latest:
-            reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - now_us) // 1_000_000} s ahead of now"))
-        elif t < earliest:
+        elif t > sub_now + limits.max_future_skew_us:
+            reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - sub_now) // 1_000_000} s ahead of "
+                                                     f"{'its test clock' if sub_id in clock_now else 'now'}"))
+        elif t < sub_now - limits.max_age_us:
             reject(Rejection(i, "too_old", f"occurred_at is older than {limits.max_age_us // 86_400_000_000} days"))
         elif t < sub.start_us:
             reject(Rejection(i, "before_subscription_start", "occurred_at is before the subscription started"))
