@@ -46,6 +46,7 @@ class BillingRun:
     subscriptions_failed: int
     failures: tuple[tuple[str, str], ...]  # (subscription id, reason)
     totals: tuple[tuple[str, str], ...]  # (currency, amount), by currency
+    test_clock_id: uuid.UUID | None = None  # the run of a test clock's advance
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def from_row(row: asyncpg.Record) -> BillingRun:
         row["id"], row["idempotency_key"], row["status"], row["as_of"], row["created_at"], row["started_at"],
         row["finished_at"], row["subscriptions_due"], row["subscriptions_billed"], row["subscriptions_skipped"],
         row["subscriptions_failed"], tuple((f["subscription_id"], f["reason"]) for f in row["failures"]),
-        tuple(sorted(row["totals"].items())),
+        tuple(sorted(row["totals"].items())), row["test_clock_id"],
     )
 
 

@@ -29,8 +29,13 @@ EXPECTED_METHODS = {
     "RunBilling",
     "GetBillingRun",
     "ListBillingRuns",
+    "CreateTestClock",
+    "GetTestClock",
+    "ListTestClocks",
+    "AdvanceTestClock",
+    "DeleteTestClock",
 }
-MUTATION = re.compile(r"^(Create|Archive|Activate|Pause|Resume|Cancel)|^(ChangePlan|RecordUsage|RunBilling)$")
+MUTATION = re.compile(r"^(Create|Archive|Activate|Pause|Resume|Cancel|Advance|Delete)|^(ChangePlan|RecordUsage|RunBilling)$")
 
 SERVICE = billing_pb2.DESCRIPTOR.services_by_name["BillingService"]
 
@@ -50,7 +55,7 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
 
 def test_service_has_exactly_the_expected_methods() -> None:
     names = [m.name for m in SERVICE.methods]
-    assert len(names) == len(set(names)) == 17
+    assert len(names) == len(set(names)) == 22
     assert set(names) == EXPECTED_METHODS
 
 
@@ -59,7 +64,7 @@ def test_request_conventions() -> None:
     assert {m.name for m in mutations} == {
         "CreatePlan", "ArchivePlan", "CreateSubscription", "ActivateSubscription",
         "PauseSubscription", "ResumeSubscription", "CancelSubscription", "ChangePlan",
-        "RecordUsage", "RunBilling",
+        "RecordUsage", "RunBilling", "CreateTestClock", "AdvanceTestClock", "DeleteTestClock",
     }
     for method in SERVICE.methods:
         request = method.input_type
