@@ -191,6 +191,36 @@ async def list_billing_runs(p: Probe):
     assert {r.id for r in p.b.runs.values()} <= {r.id for r in resp.runs}
 
 
+async def create_test_clock(p: Probe):
+    # A's exact request: B gets a clock of its own, never A's stored outcome.
+    for resp in await p.replay_a("CreateTestClock", allowed=("OK",)):
+        assert resp.test_clock.id not in p.a.ids()
+
+
+async def get_test_clock(p: Probe):
+    for clock in p.a.clocks.values():
+        await p("GetTestClock", pb.GetTestClockRequest(id=clock.id))
+
+
+async def list_test_clocks(p: Probe):
+    resp = await p("ListTestClocks", pb.ListTestClocksRequest(page_size=500), allowed=("OK",))
+    assert {c.id for c in p.b.clocks.values()} <= {c.id for c in resp.test_clocks}
+
+
+async def advance_test_clock(p: Probe):
+    await p.replay_a("AdvanceTestClock")
+    for clock in p.a.clocks.values():
+        req = pb.AdvanceTestClockRequest(request_id=rid(), id=clock.id)
+        req.frozen_time.CopyFrom(clock.advance_to)
+        req.frozen_time.seconds += 86_400
+        await p("AdvanceTestClock", req)
+
+
+async def delete_test_clock(p: Probe):
+    for clock in p.a.clocks.values():
+        await p("DeleteTestClock", pb.DeleteTestClockRequest(request_id=rid(), id=clock.id))
+
+
 CASES = {
     "CreatePlan": create_plan, "GetPlan": get_plan, "ListPlans": list_plans, "ArchivePlan": archive_plan,
     "CreateSubscription": create_subscription, "GetSubscription": get_subscription,
@@ -202,6 +232,8 @@ CASES = {
                                      mode=pb.CANCEL_MODE_IMMEDIATELY),
     "ChangePlan": change_plan, "RecordUsage": record_usage, "GetUsage": get_usage, "RunBilling": run_billing,
     "GetBillingRun": get_billing_run, "ListBillingRuns": list_billing_runs,
+    "CreateTestClock": create_test_clock, "GetTestClock": get_test_clock, "ListTestClocks": list_test_clocks,
+    "AdvanceTestClock": advance_test_clock, "DeleteTestClock": delete_test_clock,
 }
 
 
