@@ -241,3 +241,29 @@ async def test_an_advancing_clock_refuses_changes_and_an_interrupted_advance_bil
 async def _billed(service, tenant_id: uuid.UUID) -> int:
     async with service.db.tenant_tx(tenant_id) as conn:
         return await conn.fetchval("select count(*) from billed_periods where tenant_id = $1", tenant_id)
+
+
+async def test_an_advance_resumes_the_clocks_paused_subscriptions_at_their_time_only(stub, tenant, admin_conn):
+    clock = await make_clock(stub, tenant, APRIL)
+    plan = await monthly_plan(stub, tenant, "30.00")
+    sub = await clock_sub(stub, tenant, plan, clock.id)
+    resumes = APRIL + timedelta(days=5, hours=3)
+    await stub.PauseSubscription(pb.PauseSubscriptionRequest(request_id=rid(), id=sub.id, resumes_at=ts(resumes)),
+                                 metadata=tenant.md)
+    # A real-time subscription paused until a minute from now: no clock resumes it.
+    real = (await stub.CreateSubscription(pb.CreateSubscriptionRequest(
+        request_id=rid(), customer_id="real", plan_id=plan.id, activate=True), metadata=tenant.md)).subscription
+    await stub.PauseSubscription(pb.PauseSubscriptionRequest(
+        request_id=rid(), id=real.id, resumes_at=ts(datetime.now(UTC) + timedelta(minutes=1))), metadata=tenant.md)
+
+    await advance(stub, tenant, clock.id, APRIL + timedelta(days=10))
+    got = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=sub.id, include_history=True),
+                                      metadata=tenant.md)).subscription
+    assert got.status == pb.SUBSCRIPTION_STATUS_ACTIVE
+    assert [(h.action, h.actor) for h in got.history][-1][0] == "resumed"
+    # Resumed at its resume time on the clock: the pause window ends there.
+    window = await admin_conn.fetchrow("select paused_at, resumed_at from pause_windows where subscription_id = $1",
+                                       uuid.UUID(sub.id))
+    assert (window["paused_at"], window["resumed_at"]) == (APRIL, resumes)
+    other = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=real.id), metadata=tenant.md)).subscription
+    assert other.status == pb.SUBSCRIPTION_STATUS_PAUSED
