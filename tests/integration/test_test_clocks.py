@@ -267,3 +267,22 @@ async def test_an_advance_resumes_the_clocks_paused_subscriptions_at_their_time_
     assert (window["paused_at"], window["resumed_at"]) == (APRIL, resumes)
     other = (await stub.GetSubscription(pb.GetSubscriptionRequest(id=real.id), metadata=tenant.md)).subscription
     assert other.status == pb.SUBSCRIPTION_STATUS_PAUSED
+
+
+async def test_an_immediate_cancel_on_a_clock_bills_at_clock_time_and_is_marked(stub, tenant, admin_conn):
+    from billing import codec
+
+    clock = await make_clock(stub, tenant, APRIL + timedelta(days=6))
+    plan = await monthly_plan(stub, tenant, "30.00", timing=pb.BILLING_TIMING_IN_ARREARS, usage=False)
+    sub = await clock_sub(stub, tenant, plan, clock.id, start=APRIL)
+    canceled = (await stub.CancelSubscription(pb.CancelSubscriptionRequest(
+        request_id=rid(), id=sub.id, mode=pb.CANCEL_MODE_IMMEDIATELY), metadata=tenant.md)).subscription
+    assert canceled.canceled_at.ToDatetime(UTC) == APRIL + timedelta(days=6)
+    [row] = await admin_conn.fetch(
+        "select payload, headers from outbox where tenant_id = $1 and stream = 'invoice_requests'", uuid.UUID(tenant.id))
+    request = codec.decode(codec.Schema.INVOICE_REQUEST, bytes(row["payload"]))
+    # Six of April's thirty days used, to the second of the clock: 30.00 * 6/30.
+    assert [(ln["kind"], ln["amount"], ln["fraction"]) for ln in request["lines"]] == [
+        ("proration_charge", "6.00", "1/5")]
+    assert request["test_clock_id"] == clock.id and row["headers"]["billing-test-clock"] == clock.id
+    assert request["issued_at_us"] == int((APRIL + timedelta(days=6)).timestamp() * 1_000_000)
