@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import asyncpg
 
 from billing.domain.periods import to_us
+from billing.ops import metrics
 from billing.services import audit, billing_runs, idempotency, paging, subscriptions
 from billing.services.clock_time import refuse_advancing
 from billing.services.context import Caller
@@ -148,13 +149,15 @@ async def advance_test_clock(db, caller: Caller, request_id: str, clock_id: str,
             raise ValidationError("frozen_time", f"must be after the clock's time {row['frozen_time'].isoformat()}: "
                                                  "a test clock moves forward only")
         await _resume_due(conn, caller, clock_uuid, to)
-        run, _ = await billing_runs.request_run(conn, caller, f"test-clock:{clock_uuid}:{to_us(to)}", to,
+        run, created = await billing_runs.request_run(conn, caller, f"test-clock:{clock_uuid}:{to_us(to)}", to,
                                                 shards=shards, request_id=request_id, test_clock_id=clock_uuid)
         clock = _clock(await store.start_advance(conn, caller.tenant_id, clock_uuid, to, run.id))
         await audit.record_change(conn, caller, entity_type="test_clock", entity_id=clock_uuid,
                                   action="test_clock.advance_requested", before=_outcome(_clock(row)),
                                   after=_outcome(clock), request_id=request_id)
         await idempotency.remember(conn, caller, request_id, _outcome(clock))
+    if created:
+        metrics.BILLING_RUNS.labels("pending").inc()
     return clock
 
 
