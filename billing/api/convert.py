@@ -136,6 +136,7 @@ def subscription_message(view: SubscriptionView) -> pb.Subscription:
         id=str(sub.id), customer_id=sub.customer_id, plan_id=str(sub.plan_id), plan_code=view.plan_code,
         status=enum_number(pb.SubscriptionStatus, sub.status.value, "SUBSCRIPTION_STATUS_"),
         cancel_at_period_end=sub.cancel_at_period_end, metadata=dict(sub.metadata), time_zone=sub.time_zone,
+        test_clock_id=str(view.test_clock_id) if view.test_clock_id else "",
     )
     for name in ("created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end",
                  "trial_end", "canceled_at", "paused_at", "pause_resumes_at"):
@@ -188,6 +189,7 @@ def billing_run_message(run) -> pb.BillingRun:
         subscriptions_failed=run.subscriptions_failed,
         failures=[pb.BillingRunFailure(subscription_id=s, reason=r) for s, r in run.failures],
         totals=[pb.CurrencyTotal(currency=c, amount=a) for c, a in run.totals],
+        test_clock_id=str(run.test_clock_id) if run.test_clock_id else "",
     )
 
 
@@ -287,3 +289,12 @@ def invoice_previews(found: InvoicePreviews) -> pb.PreviewInvoiceResponse:
                           period_end=timestamp(c.period_end), currency=c.currency, lines=invoice_lines(c.lines),
                           total_amount=decimal_to_str(c.total))
         for c in found.invoices])
+
+
+def test_clock_message(clock) -> pb.TestClock:
+    """A `billing.services.test_clocks.TestClock` as its message."""
+    return pb.TestClock(
+        id=str(clock.id), name=clock.name, frozen_time=timestamp(clock.frozen_time),
+        status=enum_number(pb.TestClockStatus, clock.status, "TEST_CLOCK_STATUS_"),
+        advance_to=timestamp(clock.advance_to), advance_run_id=str(clock.advance_run_id or ""),
+        created_at=timestamp(clock.created_at))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from billing.api import convert
 from billing.api.errors import rpc
-from billing.services import billing_runs, credits, discounts, plans, previews, subscriptions, usage_batch
+from billing.services import billing_runs, credits, discounts, plans, previews, subscriptions, test_clocks, usage_batch
 from billing.services.context import Caller
 from billing.services.paging import PageTokens
 from billing.services.uow import Database
@@ -59,6 +59,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
             billing_anchor=convert.optional_time(request, "billing_anchor"),
             trial_days=request.trial_days if request.HasField("trial_days") else None,
             activate=request.activate, metadata=dict(request.metadata), time_zone=request.time_zone,
+            test_clock_id=request.test_clock_id,
         )
         return pb.CreateSubscriptionResponse(subscription=convert.subscription_message(view))
 
@@ -230,3 +231,36 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def VoidCreditGrant(self, request: pb.VoidCreditGrantRequest, caller: Caller) -> pb.VoidCreditGrantResponse:
         grant = await credits.void_grant(self.db, caller, request.request_id, request.id)
         return pb.VoidCreditGrantResponse(grant=convert.credit_grant_message(grant))
+
+    # -- test clocks -------------------------------------------------------------------
+
+    @rpc
+    async def CreateTestClock(self, request: pb.CreateTestClockRequest, caller: Caller) -> pb.CreateTestClockResponse:
+        clock = await test_clocks.create_test_clock(self.db, caller, request.request_id, name=request.name,
+                                                    frozen_time=convert.optional_time(request, "frozen_time"))
+        return pb.CreateTestClockResponse(test_clock=convert.test_clock_message(clock))
+
+    @rpc
+    async def GetTestClock(self, request: pb.GetTestClockRequest, caller: Caller) -> pb.GetTestClockResponse:
+        clock = await test_clocks.get_test_clock(self.db, caller, request.id)
+        return pb.GetTestClockResponse(test_clock=convert.test_clock_message(clock))
+
+    @rpc
+    async def ListTestClocks(self, request: pb.ListTestClocksRequest, caller: Caller) -> pb.ListTestClocksResponse:
+        page = await test_clocks.list_test_clocks(self.db, caller, tokens=self.tokens, page_size=request.page_size,
+                                                  page_token=request.page_token)
+        return pb.ListTestClocksResponse(test_clocks=[convert.test_clock_message(c) for c in page.clocks],
+                                         next_page_token=page.next_page_token)
+
+    @rpc
+    async def AdvanceTestClock(self, request: pb.AdvanceTestClockRequest,
+                               caller: Caller) -> pb.AdvanceTestClockResponse:
+        clock = await test_clocks.advance_test_clock(self.db, caller, request.request_id, request.id,
+                                                     convert.optional_time(request, "frozen_time"),
+                                                     shards=self.run_shards)
+        return pb.AdvanceTestClockResponse(test_clock=convert.test_clock_message(clock))
+
+    @rpc
+    async def DeleteTestClock(self, request: pb.DeleteTestClockRequest, caller: Caller) -> pb.DeleteTestClockResponse:
+        removed = await test_clocks.delete_test_clock(self.db, caller, request.request_id, request.id)
+        return pb.DeleteTestClockResponse(deleted_subscriptions=removed)

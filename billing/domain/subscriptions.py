@@ -103,8 +103,8 @@ def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     return dict(metadata)
 
 
-def _check_start(start_at: datetime | None, now: datetime) -> None:
-    if start_at is not None and not now - START_WINDOW <= start_at <= now + START_WINDOW:
+def _check_start(start_at: datetime | None, now: datetime, window: timedelta | None) -> None:
+    if start_at is not None and window is not None and not now - window <= start_at <= now + window:
         raise ValidationError("start_at", "must be within a year of now")
 
 
@@ -121,23 +121,27 @@ def _check_time_zone(name: str) -> str:
 
 
 def check_create(v: Violations, *, customer_id: str, now: datetime, start_at: datetime | None,
-                 trial_days: int | None, metadata: Mapping[str, str], time_zone: str = UTC_ZONE) -> None:
-    """The checks of a new subscription that need no plan, each violation into `v`."""
+                 trial_days: int | None, metadata: Mapping[str, str], time_zone: str = UTC_ZONE,
+                 start_window: timedelta | None = START_WINDOW) -> None:
+    """The checks of a new subscription that need no plan, each violation into `v`.
+    `start_window`: how far from `now` the start may be (None: anywhere, a test clock's
+    subscription, whose time line the tester moves at will)."""
     v.check(_check_customer_id, customer_id)
     v.check(_check_time_zone, time_zone)
-    v.check(_check_start, start_at, now)
+    v.check(_check_start, start_at, now, start_window)
     v.check(_check_trial_days, trial_days)
     v.check(_check_metadata, metadata)
 
 
 def create(*, subscription_id: uuid.UUID, customer_id: str, plan_id: uuid.UUID, plan: PlanSpec, now: datetime,
            start_at: datetime | None, billing_anchor: datetime | None, trial_days: int | None,
-           metadata: Mapping[str, str], time_zone: str = UTC_ZONE) -> Change:
+           metadata: Mapping[str, str], time_zone: str = UTC_ZONE,
+           start_window: timedelta | None = START_WINDOW) -> Change:
     """A new pending subscription. `activate` may follow in the same transaction. Refuses
     with one ValidationError carrying every violation."""
     v = Violations()
     check_create(v, customer_id=customer_id, now=now, start_at=start_at, trial_days=trial_days, metadata={},
-                 time_zone=time_zone)
+                 time_zone=time_zone, start_window=start_window)
     zone = v.check(_check_time_zone, time_zone) or UTC_ZONE
     start = start_at or now
     days = plan.trial_days if trial_days is None else trial_days

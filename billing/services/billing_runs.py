@@ -46,6 +46,7 @@ class BillingRun:
     subscriptions_failed: int
     failures: tuple[tuple[str, str], ...]  # (subscription id, reason)
     totals: tuple[tuple[str, str], ...]  # (currency, amount), by currency
+    test_clock_id: uuid.UUID | None = None  # the run of a test clock's advance
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def from_row(row: asyncpg.Record) -> BillingRun:
         row["id"], row["idempotency_key"], row["status"], row["as_of"], row["created_at"], row["started_at"],
         row["finished_at"], row["subscriptions_due"], row["subscriptions_billed"], row["subscriptions_skipped"],
         row["subscriptions_failed"], tuple((f["subscription_id"], f["reason"]) for f in row["failures"]),
-        tuple(sorted(row["totals"].items())),
+        tuple(sorted(row["totals"].items())), row["test_clock_id"],
     )
 
 
@@ -84,19 +85,31 @@ async def run_billing(db, caller: Caller, request_id: str, idempotency_key: str,
     if as_of > at + AS_OF_SKEW:
         raise ValidationError("as_of", "must not be in the future: a run bills periods that have ended")
     async with db.tenant_tx(caller.tenant_id) as conn:
-        row = await store.insert_run(conn, caller.tenant_id, uuid.uuid4(), key, as_of)
-        if row is None:
-            return from_row(await store.get_run_by_key(conn, caller.tenant_id, key))
-        run = from_row(row)
-        if shards != 1:
-            await store.set_shard_count(conn, caller.tenant_id, run.id, shards)
-        await outbox.enqueue_many(conn, caller.tenant_id, _run_requests(caller.tenant_id, run.id, as_of, at, shards))
-        await audit.record_change(conn, caller, entity_type="billing_run", entity_id=run.id,
-                                  action="billing_run.requested", before=None,
-                                  after={"idempotency_key": key, "as_of": as_of.isoformat()},
-                                  request_id=request_id or key)
-    metrics.BILLING_RUNS.labels("pending").inc()
+        run, created = await request_run(conn, caller, key, as_of, shards=shards, request_id=request_id or key)
+    if created:
+        metrics.BILLING_RUNS.labels("pending").inc()
     return run
+
+
+async def request_run(conn: asyncpg.Connection, caller: Caller, key: str, as_of: datetime, *, shards: int,
+                      request_id: str, test_clock_id: uuid.UUID | None = None) -> tuple[BillingRun, bool]:
+    """In the caller's transaction: the run named by `key` (and whether it was created now),
+    with its run requests in the outbox and its audit row. `test_clock_id`: a run of that
+    test clock's subscriptions only, at clock time `as_of` (AdvanceTestClock)."""
+    row = await store.insert_run(conn, caller.tenant_id, uuid.uuid4(), key, as_of, test_clock_id)
+    if row is None:
+        return from_row(await store.get_run_by_key(conn, caller.tenant_id, key)), False
+    run = from_row(row)
+    if shards != 1:
+        await store.set_shard_count(conn, caller.tenant_id, run.id, shards)
+    at = datetime.now(timezone.utc)
+    await outbox.enqueue_many(conn, caller.tenant_id, _run_requests(caller.tenant_id, run.id, as_of, at, shards))
+    after = {"idempotency_key": key, "as_of": as_of.isoformat()}
+    if test_clock_id is not None:
+        after["test_clock_id"] = str(test_clock_id)
+    await audit.record_change(conn, caller, entity_type="billing_run", entity_id=run.id,
+                              action="billing_run.requested", before=None, after=after, request_id=request_id)
+    return run, True
 
 
 def _run_requests(tenant: uuid.UUID, run_id: uuid.UUID, as_of: datetime, at: datetime, shards: int) -> list[tuple]:

@@ -15,6 +15,7 @@ from billing.domain.plans import PlanSpec
 from billing.domain.pricing import Line, price_usage, total
 from billing.domain.subscriptions import Change, Subscription
 from billing.services import invoice_requests, period_reads
+from billing.services.clock_time import SubscriptionTime
 from billing.services.previews import ChangePreview
 from billing.services.context import Caller
 from billing.store import billed_periods, pending_lines
@@ -44,7 +45,8 @@ async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscripti
 
 async def bill(conn: asyncpg.Connection, caller: Caller, source: str, before: Subscription, spec: PlanSpec,
                 change: Change, settled: pr.Proration, behavior: pr.Behavior, *,
-                final_at: datetime | None = None, preview: ChangePreview | None = None) -> Change:
+                final_at: datetime | None = None, preview: ChangePreview | None = None,
+                clock: SubscriptionTime | None = None) -> Change:
     """Put the proration lines where `behavior` says and return the change, its details
     naming what was billed.
 
@@ -54,6 +56,8 @@ async def bill(conn: asyncpg.Connection, caller: Caller, source: str, before: Su
     billed yet, these lines and (cancel) the usage of the cut-short period; the lines are
     kept in pending_lines, marked billed by that request. NONE: the domain made no lines.
     `preview`: collects the lines (the caller rolls the change back).
+    `clock`: the subscription's time, when it lives on a test clock (its request is issued
+    at the clock's time and marked as the clock's).
     """
     tenant = caller.tenant_id
     sub = settled.subscription
@@ -70,9 +74,11 @@ async def bill(conn: asyncpg.Connection, caller: Caller, source: str, before: Su
         all_lines = [ln for _, ln in unbilled] + lines
         if all_lines:
             request = invoice_requests.request_id(tenant, sub.id, source)
+            clock_id = clock.test_clock_id if clock else None
             await invoice_requests.enqueue(conn, tenant, [invoice_requests.encode(
                 tenant_id=tenant, invoice_request_id=request, run_id=invoice_requests.NO_RUN, sub=sub,
-                currency=currency, lines=all_lines)])
+                currency=currency, lines=all_lines, issued_at=clock.issued_at if clock else None,
+                test_clock_id=clock_id)], clock_id)
             await pending_lines.mark_billed(conn, tenant, [i for i, _ in unbilled], [request] * len(unbilled))
             await pending_lines.add(conn, tenant, sub.id, currency, lines, source, invoice_request_id=request)
             details["invoice_request_id"] = str(request)

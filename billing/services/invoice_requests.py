@@ -27,6 +27,7 @@ from billing.domain.money import decimal_to_str
 from billing.domain.periods import to_us
 from billing.domain.pricing import Line, total
 from billing.domain.subscriptions import Subscription
+from billing.services.clock_time import clock_headers
 from billing.store import outbox
 
 STREAM = Stream.INVOICE_REQUESTS
@@ -61,9 +62,11 @@ def line_record(ln: Line, times: Mapping[datetime, int] | None = None) -> dict:
 
 def invoice_record(*, tenant_id: uuid.UUID | str, invoice_request_id: uuid.UUID | str, run_id: uuid.UUID | str,
                    sub: Subscription, currency: str, period_start: datetime, period_end: datetime,
-                   lines: Sequence[Line], issued_at: datetime | None = None) -> dict:
+                   lines: Sequence[Line], issued_at: datetime | None = None,
+                   test_clock_id: uuid.UUID | str | None = None) -> dict:
     """The InvoiceRequest record (schemas/avro/invoice_request.avsc); subtotal and total are
-    the exact sum of the rounded lines. The ids may be given as text already."""
+    the exact sum of the rounded lines. The ids may be given as text already. `test_clock_id`:
+    the test clock of the subscription (the request is a test-clock request; null otherwise)."""
     amount = decimal_to_str(total(lines))
     start, end = to_us(period_start), to_us(period_end)
     times = {period_start: start, period_end: end}
@@ -74,24 +77,31 @@ def invoice_record(*, tenant_id: uuid.UUID | str, invoice_request_id: uuid.UUID 
         "issued_at_us": to_us(issued_at or datetime.now(timezone.utc)),
         "lines": [line_record(ln, times) for ln in lines],
         "subtotal": amount, "total": amount, "metadata": dict(sub.metadata),
+        "test_clock_id": str(test_clock_id) if test_clock_id else None,
     }
 
 
 def encode(*, tenant_id: uuid.UUID | str, invoice_request_id: uuid.UUID | str, run_id: uuid.UUID | str,
            sub: Subscription, currency: str, lines: Sequence[Line],
-           period: tuple[datetime, datetime] | None = None, issued_at: datetime | None = None) -> Encoded:
+           period: tuple[datetime, datetime] | None = None, issued_at: datetime | None = None,
+           test_clock_id: uuid.UUID | str | None = None) -> Encoded:
     """The one builder: an invoice request encoded for `enqueue`. `period` defaults to the
     time the lines cover (`span`)."""
     start, end = period or span(lines)
     record = invoice_record(tenant_id=tenant_id, invoice_request_id=invoice_request_id, run_id=run_id, sub=sub,
-                            currency=currency, period_start=start, period_end=end, lines=lines, issued_at=issued_at)
+                            currency=currency, period_start=start, period_end=end, lines=lines, issued_at=issued_at,
+                            test_clock_id=test_clock_id)
     return record["invoice_request_id"], codec.encode(codec.Schema.INVOICE_REQUEST, record)
 
 
-async def enqueue(conn: asyncpg.Connection, tenant_id: uuid.UUID, requests: list[Encoded]) -> None:
+async def enqueue(conn: asyncpg.Connection, tenant_id: uuid.UUID, requests: list[Encoded],
+                  test_clock_id: uuid.UUID | str | None = None) -> None:
     """The one outbox path: encoded requests, in this order, keyed and headed by their id.
-    Written before a chunk's subscription events: the relay publishes in outbox order."""
-    await outbox.enqueue_keyed(conn, tenant_id, STREAM, _HEADERS, _KEY_HEADER, requests)
+    Written before a chunk's subscription events: the relay publishes in outbox order.
+    Requests of a test clock's subscriptions (all of `requests`) carry its id in the
+    `billing-test-clock` header too, so the invoicing service can keep them apart unread."""
+    headers = {**_HEADERS, **clock_headers(test_clock_id)} if test_clock_id else _HEADERS
+    await outbox.enqueue_keyed(conn, tenant_id, STREAM, headers, _KEY_HEADER, requests)
 
 
 def span(lines: Sequence[Line]) -> tuple[datetime, datetime]:

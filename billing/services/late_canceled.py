@@ -38,7 +38,8 @@ async def bill(conn: asyncpg.Connection, caller: Caller, ctx: CloseContext, shar
     late usage, then bulk writes (outbox rows, audit rows, late_usage_billed), in the
     caller's transaction. Returns the counts to add to the run (None: nothing to bill)."""
     tenant = ctx.tenant_id
-    subs = await scans.canceled_with_late_usage(conn, tenant, shard=shard, shard_count=shard_count)
+    subs = await scans.canceled_with_late_usage(conn, tenant, shard=shard, shard_count=shard_count,
+                                                test_clock_id=ctx.test_clock_id)
     if not subs:
         return None
     rows = await _late_rows(conn, tenant, subs)
@@ -49,7 +50,7 @@ async def bill(conn: asyncpg.Connection, caller: Caller, ctx: CloseContext, shar
     audits: list[tuple] = []
     billed: list[tuple[str, uuid.UUID, uuid.UUID]] = []
     stale = [s.id for s in subs if s.id not in rows]  # their late events were billed between the two reads
-    issued = datetime.now(timezone.utc)
+    issued = ctx.as_of if ctx.test_clock_id else datetime.now(timezone.utc)
     for sub in (s for s in subs if s.id in rows):
         chunk.due += 1
         try:
@@ -95,7 +96,7 @@ async def _request(conn: asyncpg.Connection, ctx: CloseContext, sub: Subscriptio
     request = invoice_requests.request_id(ctx.tenant_id, sub.id, f"late:{digest}")
     encoded = invoice_requests.encode(tenant_id=ctx.tenant_id, invoice_request_id=request, run_id=ctx.run_id,
                                       sub=sub, currency=ctx.plans[sub.plan_id].currency, lines=lines,
-                                      issued_at=issued)
+                                      issued_at=issued, test_clock_id=ctx.test_clock_id)
     return request, events, lines, encoded
 
 
@@ -116,7 +117,7 @@ async def _write(conn: asyncpg.Connection, caller: Caller, ctx: CloseContext, in
                  billed: list) -> None:
     if not invoices:
         return
-    await invoice_requests.enqueue(conn, ctx.tenant_id, invoices)
+    await invoice_requests.enqueue(conn, ctx.tenant_id, invoices, ctx.test_clock_id)
     await audit_store.append_many(conn, ctx.tenant_id, entity_type="subscription", actor=caller.actor,
                                   request_id=str(ctx.run_id), rows=audits)
     marked = await billed_periods.mark_late_billed(conn, ctx.tenant_id, ctx.run_id, billed)

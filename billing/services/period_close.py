@@ -38,13 +38,16 @@ _NO_USAGE: dict[str, PeriodUsage] = {}
 @dataclass
 class CloseContext:
     """What the closes of a chunk share: who closes (a run, or none: NO_RUN), as of when,
-    and the plans read so far (plans never change once created)."""
+    and the plans read so far (plans never change once created). On a test clock
+    (`test_clock_id`), every subscription of the chunk is on that clock, `as_of` is clock
+    time and the invoice requests are issued at it and marked as the clock's."""
 
     tenant_id: uuid.UUID
     run_id: uuid.UUID
     as_of: datetime
     request_id: str = ""  # of the audit rows and events (default: the run id)
     plans: dict[uuid.UUID, PlanSpec] = field(default_factory=dict)
+    test_clock_id: uuid.UUID | None = None
 
 
 @dataclass
@@ -78,7 +81,7 @@ async def bill_chunk(conn: asyncpg.Connection, caller: Caller, ctx: CloseContext
         for o in outcomes for c, plan, trial in zip(o.closed, o.plans, o.trials)])
     request_id = ctx.request_id or str(ctx.run_id)
     writes = await asyncio.to_thread(period_writes.rows_of, caller, ctx.run_id, outcomes, billed_before, chunk)
-    await period_writes.write(conn, caller, ctx.run_id, request_id, outcomes, writes)
+    await period_writes.write(conn, caller, ctx.run_id, request_id, outcomes, writes, ctx.test_clock_id)
     return chunk
 
 
@@ -86,6 +89,7 @@ class _RequestIds(NamedTuple):
     tenant: str
     run: str
     issued_at: datetime
+    test_clock: str | None
 
 
 def _compute(ctx: CloseContext, subs: list[Subscription], inputs: period_reads.ChunkInputs,
@@ -93,7 +97,8 @@ def _compute(ctx: CloseContext, subs: list[Subscription], inputs: period_reads.C
     """Every closed period of the chunk, in the pure domain; failures recorded in `chunk`."""
     outcomes: list[Billed] = []
     # One issue time per chunk, and the ids as text once, not per invoice request.
-    ids = _RequestIds(str(ctx.tenant_id), str(ctx.run_id), datetime.now(timezone.utc))
+    clock = str(ctx.test_clock_id) if ctx.test_clock_id else None
+    ids = _RequestIds(str(ctx.tenant_id), str(ctx.run_id), ctx.as_of if clock else datetime.now(timezone.utc), clock)
     book = inputs.credits
     for sub in subs:
         mark = book.mark() if book else None
@@ -159,13 +164,13 @@ def _add_closed(out: Billed, ids: _RequestIds, current: Subscription, closed: Cl
     rid, payload = invoice_requests.encode(
         tenant_id=ids.tenant, invoice_request_id=str(closed.invoice_request_id), run_id=ids.run, sub=current,
         currency=closed.currency, lines=closed.lines, period=(closed.period_start, closed.period_end),
-        issued_at=ids.issued_at)
+        issued_at=ids.issued_at, test_clock_id=ids.test_clock)
     out.request_ids.append(rid)
     out.payloads.append(payload)
 
 
 async def preview_closes(conn: asyncpg.Connection, caller: Caller, sub: Subscription,
-                         as_of: datetime) -> list[ClosedPeriod]:
+                         as_of: datetime, test_clock_id: uuid.UUID | None = None) -> list[ClosedPeriod]:
     """What a run would bill for `sub` (PreviewInvoice, docs/time.md): the chunk's own reads
     and `_compute`, for a chunk of one, with nothing written. At or after the current
     period's end: every period a run with `as_of` would close. Before it: the current period
@@ -174,8 +179,9 @@ async def preview_closes(conn: asyncpg.Connection, caller: Caller, sub: Subscrip
     if sub.status not in invoicing.BILLABLE or sub.current_period_end is None:
         raise FailedPrecondition(f"subscription {sub.id} is {sub.status.value}: it has no period to bill",
                                  reason="NO_CURRENT_PERIOD")
-    ctx = CloseContext(caller.tenant_id, invoice_requests.NO_RUN, max(as_of, sub.current_period_end))
-    inputs = await period_reads.read_chunk(conn, ctx.tenant_id, ctx.plans, [sub], ctx.as_of)
+    ctx = CloseContext(caller.tenant_id, invoice_requests.NO_RUN, max(as_of, sub.current_period_end),
+                       test_clock_id=test_clock_id)
+    inputs = await period_reads.read_chunk(conn, ctx.tenant_id, ctx.plans, [sub], ctx.as_of, lock=False)
     chunk = ChunkOutcome(due=1)
     outcomes = _compute(ctx, [sub], inputs, chunk)
     if chunk.failures:
@@ -184,7 +190,7 @@ async def preview_closes(conn: asyncpg.Connection, caller: Caller, sub: Subscrip
 
 
 async def close_ended_periods(conn: asyncpg.Connection, caller: Caller, sub: Subscription, as_of: datetime,
-                              request_id: str) -> ChunkOutcome | None:
+                              request_id: str, test_clock_id: uuid.UUID | None = None) -> ChunkOutcome | None:
     """Bill the periods of `sub` that ended by `as_of` and no run closed yet, in the caller's
     transaction, which holds the subscription's row locked: what a run would do for it,
     with no run (`run_id` the nil UUID) and the caller as the actor. A change made after a
@@ -197,7 +203,8 @@ async def close_ended_periods(conn: asyncpg.Connection, caller: Caller, sub: Sub
     change is refused rather than applied to a period that stays unbilled."""
     if not invoicing.is_due(sub, as_of):
         return None
-    ctx = CloseContext(caller.tenant_id, invoice_requests.NO_RUN, as_of, request_id=request_id)
+    ctx = CloseContext(caller.tenant_id, invoice_requests.NO_RUN, as_of, request_id=request_id,
+                       test_clock_id=test_clock_id)
     chunk = await bill_chunk(conn, caller, ctx, [sub])
     if chunk.failures:
         raise FailedPrecondition(f"subscription {sub.id}: its ended period cannot be billed: "

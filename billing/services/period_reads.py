@@ -42,9 +42,10 @@ class ChunkInputs:
 
 
 async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec],
-                     subs: list[Subscription], as_of: datetime) -> ChunkInputs:
+                     subs: list[Subscription], as_of: datetime, *, lock: bool = True) -> ChunkInputs:
     """Plans (into the `plans` cache), "opened by a run", usage totals of every period to
-    close, unique counts, late usage and pending lines of `subs`."""
+    close, unique counts, late usage, pending lines, discounts and credit grants of `subs`
+    (the grants locked, unless `lock` is false: a read-only preview)."""
     ids = [s.id for s in subs]
     firsts: list[tuple[uuid.UUID, datetime]] = []
     for s in subs:
@@ -65,7 +66,7 @@ async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uu
     late = await late_lines(conn, tenant, plans, subs, late_rows)
     pending = await pending_lines.unbilled(conn, tenant, ids)
     discounts = await discount_reads.live_for(conn, tenant, ids)
-    grants = await credit_store.open_grants(conn, tenant, ids, sorted({s.customer_id for s in subs}))
+    grants = await credit_store.open_grants(conn, tenant, ids, sorted({s.customer_id for s in subs}), lock=lock)
     return ChunkInputs(usage, charged, late, pending, discounts, CreditBook(grants))
 
 

@@ -36,9 +36,9 @@ class ChunkWrites:
 
 
 async def write(conn: asyncpg.Connection, caller: Caller, run_id: uuid.UUID, request_id: str,
-                outcomes: list["Billed"], w: ChunkWrites) -> None:
+                outcomes: list["Billed"], w: ChunkWrites, test_clock_id: uuid.UUID | None = None) -> None:
     tenant = caller.tenant_id
-    await invoice_requests.enqueue(conn, tenant, w.invoices)  # before the events: the relay keeps outbox order
+    await invoice_requests.enqueue(conn, tenant, w.invoices, test_clock_id)  # before the events: the relay keeps outbox order
     await outbox.enqueue_many(conn, tenant, w.events)
     await credit_store.add_entries(conn, tenant, w.credits)  # with its invoice request: never burned twice
     await subscription_scans.advance_subscriptions(

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from billing.domain.invoicing import ClosedPeriod
 from billing.domain.pricing import Line
-from billing.services import paging, period_close
+from billing.services import clock_time, paging, period_close
 from billing.services.context import Caller
 from billing.services.errors import NotFound
 from billing.store import subscriptions as store
@@ -54,14 +54,14 @@ class InvoicePreviews:
 
 async def preview_invoice(db, caller: Caller, subscription_id: str, at: datetime | None) -> InvoicePreviews:
     """The invoice request(s) a run would emit for the subscription's current period if it
-    closed at `at` (default: now); see `period_close.preview_closes`."""
+    closed at `at` (default: now, or its test clock's time); see `period_close.preview_closes`."""
     sub_uuid = paging.parse_uuid(subscription_id, "subscription_id")
-    as_of = at or datetime.now(timezone.utc)
     async with db.tenant_tx(caller.tenant_id) as conn:
         # Going read-only is allowed at any point of a transaction: a write here would fail.
         await conn.execute("set transaction read only")
         sub = await store.get(conn, caller.tenant_id, sub_uuid)
         if sub is None:
             raise NotFound("subscription", subscription_id)
-        closed = await period_close.preview_closes(conn, caller, sub, as_of)
+        t = await clock_time.for_subscription(conn, caller.tenant_id, sub_uuid)
+        closed = await period_close.preview_closes(conn, caller, sub, at or t.now, t.test_clock_id)
     return InvoicePreviews(sub_uuid, closed)

@@ -19,7 +19,7 @@ import asyncpg
 
 from billing.domain.money import decimal_to_str
 from billing.domain.subscriptions import Subscription
-from billing.services import late_canceled, run_metrics
+from billing.services import late_canceled, run_metrics, test_clocks
 from billing.services.billing_runs import BillingRun, from_row
 from billing.services.context import Caller
 from billing.services.period_close import CloseContext, bill_chunk
@@ -105,8 +105,8 @@ async def _start(db: Database, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: i
         if await runs_store.start_shard(conn, tenant_id, run_id, shard, executor) == "completed":
             return from_row(row)  # this shard is done; the others complete the run
     failed = [uuid.UUID(f["subscription_id"]) for f in row["failures"]]
-    return ShardExecution(CloseContext(tenant_id, run_id, row["as_of"]), shard, row["shard_count"], chunk_size,
-                          failed)
+    ctx = CloseContext(tenant_id, run_id, row["as_of"], test_clock_id=row["test_clock_id"])
+    return ShardExecution(ctx, shard, row["shard_count"], chunk_size, failed)
 
 
 async def _complete_if_done(conn: asyncpg.Connection, caller: Caller,
@@ -116,7 +116,8 @@ async def _complete_if_done(conn: asyncpg.Connection, caller: Caller,
     tenant_id, run_id = ex.ctx.tenant_id, ex.ctx.run_id
     # Due rows locked by another execution (of this run or another) or skipped by the keyset
     # pass are not done yet: completing now would show a run whose counters are still to come.
-    if await scans.any_due(conn, tenant_id, ex.ctx.as_of, ex.failed, shard=ex.shard, shard_count=ex.shard_count):
+    if await scans.any_due(conn, tenant_id, ex.ctx.as_of, ex.failed, shard=ex.shard, shard_count=ex.shard_count,
+                           test_clock_id=ex.ctx.test_clock_id):
         return None
     # The shard's canceled subscriptions with late usage not billed yet: billed here, in the
     # transaction that completes the shard (nothing when none).
@@ -130,6 +131,8 @@ async def _complete_if_done(conn: asyncpg.Connection, caller: Caller,
     await runs_store.finish_shard(conn, tenant_id, run_id, ex.shard)
     if run["status"] == "running" and await runs_store.completed_shards(conn, tenant_id, run_id) >= run["shard_count"]:
         await runs_store.mark_finished(conn, tenant_id, run_id, "completed")
+        if run["test_clock_id"] is not None:  # an advance: the clock takes its time with the run's completion
+            await test_clocks.advance_completed(conn, caller, run["test_clock_id"], run_id)
         run = await runs_store.get_run(conn, tenant_id, run_id)
         run_metrics.observe_finished(run)
         log.info("billing run completed", extra={"tenant_id": str(tenant_id), "run_id": str(run_id)})
@@ -170,7 +173,8 @@ async def _next_chunk(conn: asyncpg.Connection, ex: ShardExecution) -> list[Subs
         last = ex.windows.popleft()
         after, ex.cursor = ex.cursor, last
         subs += await scans.due_subscriptions(conn, ex.ctx.tenant_id, ex.ctx.as_of, ex.failed, after, last,
-                                              shard=ex.shard, shard_count=ex.shard_count)
+                                              shard=ex.shard, shard_count=ex.shard_count,
+                                              test_clock_id=ex.ctx.test_clock_id)
         if len(subs) >= ex.chunk_size // 2:
             break
     return subs

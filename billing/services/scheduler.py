@@ -7,7 +7,7 @@ run one) and restarts all land on the same run for a slot, never a second one.
 
 Automatic resumption (`AutoResumer`, and the start of every scheduler round): a paused
 subscription whose `pause_resumes_at` has come is resumed exactly as ResumeSubscription
-would resume it (billing.services.subscriptions.resume_due_batch), taking effect AT
+would resume it (billing.services.auto_resume.resume_due_batch), taking effect AT
 `pause_resumes_at`, with actor "system:scheduler". Per tenant (under the tenant's
 row-level security), in transactions of at most `batch_size` subscriptions locked FOR
 UPDATE SKIP LOCKED, so several replicas split the work and a subscription is resumed once.
@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from billing.ops.metrics import AUTO_RESUMED
 from billing.ops.tracing import tracer
 from billing.services import billing_runs
-from billing.services import subscriptions
+from billing.services import auto_resume
 from billing.services.context import Caller
 from billing.store import tenants as tenants_store
 from billing.store.db import Database
@@ -53,7 +53,7 @@ async def resume_due_for_tenant(db: Database, tenant_id, now: datetime, batch_si
     caller = Caller(tenant_id, ACTOR)
     resumed, failed = 0, list[uuid.UUID]()
     while True:
-        batch = await subscriptions.resume_due_batch(db, caller, now, batch_size, failed)
+        batch = await auto_resume.resume_due_batch(db, caller, now, batch_size, failed)
         resumed += len(batch.resumed)
         failed += batch.failed
         if batch.resumed:

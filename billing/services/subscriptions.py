@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Awaitable, Callable, Mapping, Sequence
+from typing import Awaitable, Callable, Mapping
 
 import asyncpg
 
@@ -21,15 +21,17 @@ from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.plans import PlanSpec
 from billing.domain.subscriptions import CancelMode, Change, ChangeTiming, Subscription
 from billing.services import (
-    audit, change_billing, events, history, idempotency, paging, period_close, plans, run_metrics,
+    audit, change_billing, clock_time, events, history, idempotency, paging, period_close, plans, run_metrics,
 )
+from billing.services.clock_time import SubscriptionTime
+from billing.services.subscription_snapshots import from_snapshot, snapshot
 from billing.services.context import Caller
 from billing.services.previews import ChangePreview, Rollback
-from billing.services.snapshots import from_snapshot, snapshot
 from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError, Violations
 from billing.store import audit as audit_store
 from billing.store import plans as plans_store
 from billing.store import subscriptions as store
+from billing.store import test_clocks as clocks_store
 from billing.store import usage as usage_store
 from billing.domain.events import EventType
 
@@ -46,6 +48,7 @@ def _check_proration(value: str, field: str) -> str:
 
 
 def now() -> datetime:
+    """The wall clock. A subscription's own "now" is `clock_time.for_subscription`."""
     return datetime.now(timezone.utc)
 
 
@@ -55,6 +58,7 @@ class SubscriptionView:
     plan_code: str
     pending_plan_code: str | None
     history: tuple[dict, ...] = ()
+    test_clock_id: uuid.UUID | None = None  # the test clock it lives on (None: real time)
 
 
 @dataclass(frozen=True)
@@ -63,20 +67,23 @@ class SubscriptionPage:
     next_page_token: str
 
 
-# -- JSON snapshots (audit rows and idempotent outcomes): billing/services/snapshots.py
+# -- idempotent outcomes (snapshots: services/subscription_snapshots.py) ---------------
 
 def _outcome(view: SubscriptionView) -> dict:
     return {"subscription": snapshot(view.subscription), "plan_code": view.plan_code,
-            "pending_plan_code": view.pending_plan_code}
+            "pending_plan_code": view.pending_plan_code,
+            "test_clock_id": str(view.test_clock_id) if view.test_clock_id else None}
 
 
 def _from_outcome(d: Mapping) -> SubscriptionView:
-    return SubscriptionView(from_snapshot(d["subscription"]), d["plan_code"], d["pending_plan_code"])
+    clock = d.get("test_clock_id")
+    return SubscriptionView(from_snapshot(d["subscription"]), d["plan_code"], d["pending_plan_code"],
+                            test_clock_id=uuid.UUID(clock) if clock else None)
 
 
 # -- helpers ----------------------------------------------------------------------------
 
-async def _plan(conn: asyncpg.Connection, caller: Caller, plan_id: uuid.UUID, field: str) -> tuple[PlanSpec, str, bool]:
+async def load_plan(conn: asyncpg.Connection, caller: Caller, plan_id: uuid.UUID, field: str) -> tuple[PlanSpec, str, bool]:
     plan = await plans.load(conn, caller.tenant_id, plan_id)
     if plan is None:
         raise NotFound("plan", str(plan_id)) if field == "plan_id" else ValidationError(field, "no such plan")
@@ -95,11 +102,12 @@ async def _views(conn: asyncpg.Connection, caller: Caller, subs: list[Subscripti
     missing = ids - codes.keys()
     if missing:
         raise NotFound("plan", str(next(iter(missing))))
-    return [SubscriptionView(s, codes[s.plan_id], codes[s.pending_plan_id] if s.pending_plan_id else None)
-            for s in subs]
+    clocks = await clocks_store.clocks_of(conn, caller.tenant_id, [s.id for s in subs])
+    return [SubscriptionView(s, codes[s.plan_id], codes[s.pending_plan_id] if s.pending_plan_id else None,
+                             test_clock_id=clocks.get(s.id)) for s in subs]
 
 
-async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, before: Subscription | None,
+async def record_change(conn: asyncpg.Connection, caller: Caller, request_id: str, before: Subscription | None,
                   change: Change, occurred_at: datetime | None = None) -> None:
     """Audit row and event for an applied change (nothing for a no-op)."""
     after = change.subscription
@@ -121,16 +129,19 @@ async def _record(conn: asyncpg.Connection, caller: Caller, request_id: str, bef
 async def create_subscription(db, caller: Caller, request_id: str, *, customer_id: str, plan_id: str,
                               start_at: datetime | None, billing_anchor: datetime | None, trial_days: int | None,
                               activate: bool, metadata: Mapping[str, str],
-                              subscription_id: str = "", time_zone: str = "") -> SubscriptionView:
+                              subscription_id: str = "", time_zone: str = "", test_clock_id: str = "") -> SubscriptionView:
     """`subscription_id` lets a command producer choose the id up front (so it can key later
-    commands by it); gRPC leaves it empty and the service assigns one."""
+    commands by it); gRPC leaves it empty and the service assigns one. `test_clock_id`: the
+    subscription lives on that test clock (created at its time; its start may be anywhere)."""
     # Every violation of the request at once, before anything is read.
     v = Violations()
     v.check(idempotency.check_key, request_id)
     plan_uuid = v.check(paging.parse_uuid, plan_id, "plan_id")
     new_id = v.check(paging.parse_uuid, subscription_id, "subscription_id") if subscription_id else uuid.uuid4()
+    clock_uuid = v.check(paging.parse_uuid, test_clock_id, "test_clock_id") if test_clock_id else None
+    window = None if test_clock_id else rules.START_WINDOW
     rules.check_create(v, customer_id=customer_id, now=now(), start_at=start_at, trial_days=trial_days,
-                       metadata=metadata, time_zone=time_zone)
+                       metadata=metadata, time_zone=time_zone, start_window=window)
     v.raise_if_any()
     zone = time_zone or "UTC"
     assert plan_uuid is not None and new_id is not None
@@ -138,35 +149,39 @@ async def create_subscription(db, caller: Caller, request_id: str, *, customer_i
                "trial_days": trial_days, "activate": activate, "metadata": dict(metadata)}
     if zone != "UTC":  # only then: the payload of a UTC request stays what it always was
         payload["time_zone"] = zone
+    if clock_uuid:
+        payload["test_clock_id"] = str(clock_uuid)
     async with db.tenant_tx(caller.tenant_id) as conn:
         replay = await idempotency.claim(conn, caller, request_id, "CreateSubscription", payload)
         if replay is not None:
             return _from_outcome(replay)
-        spec, code, active = await _plan(conn, caller, plan_uuid, "plan_id")
+        spec, code, active = await load_plan(conn, caller, plan_uuid, "plan_id")
         if not active:
             raise FailedPrecondition(f"plan {code!r} is archived and takes no new subscriptions",
                                      reason="PLAN_ARCHIVED")
-        at = now()
+        t = await clock_time.for_new_subscription(conn, caller.tenant_id, clock_uuid) if clock_uuid \
+            else clock_time.real_time()
+        at = t.now
         if subscription_id and await store.get(conn, caller.tenant_id, new_id) is not None:
             raise AlreadyExists(f"subscription {subscription_id!r} already exists", reason="SUBSCRIPTION_EXISTS")
         change = rules.create(subscription_id=new_id, customer_id=customer_id, plan_id=plan_uuid, plan=spec,
                               now=at, start_at=start_at, billing_anchor=billing_anchor, trial_days=trial_days,
-                              metadata=metadata, time_zone=zone)
+                              metadata=metadata, time_zone=zone, start_window=window)
         sub = change.subscription
-        await store.insert(conn, caller.tenant_id, sub)
-        await _record(conn, caller, request_id, None, change)
+        await store.insert(conn, caller.tenant_id, sub, clock_uuid)
+        await record_change(conn, caller, request_id, None, change, occurred_at=t.issued_at)
         if activate:
             activated = rules.activate(sub, spec, sub.start_at)
             await store.update(conn, caller.tenant_id, activated.subscription)
-            await _record(conn, caller, request_id, sub, activated)
+            await record_change(conn, caller, request_id, sub, activated, occurred_at=t.issued_at)
             sub = activated.subscription
-        view = SubscriptionView(sub, code, None)
+        view = SubscriptionView(sub, code, None, test_clock_id=clock_uuid)
         await idempotency.remember(conn, caller, request_id, _outcome(view))
         return view
 
 
-# (conn, the locked subscription, its plan, the time of the change) -> the change
-Rule = Callable[[asyncpg.Connection, Subscription, PlanSpec, datetime], Awaitable[Change]]
+# A lifecycle rule: the change of a locked subscription at its time (`SubscriptionTime.now`).
+Rule = Callable[[asyncpg.Connection, Subscription, PlanSpec, SubscriptionTime], Awaitable[Change]]
 
 
 async def _mutate(db, caller: Caller, request_id: str, subscription_id: str, operation: str, payload: dict,
@@ -194,18 +209,21 @@ async def _mutate_in_tx(db, caller: Caller, request_id: str, sub_uuid: uuid.UUID
         before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
         if before is None:
             raise NotFound("subscription", subscription_id)
+        t = await clock_time.for_subscription(conn, caller.tenant_id, sub_uuid)
+        clock_time.refuse_advancing(t.advancing, t.test_clock_id)
         # A period that ended and no run has closed yet is billed first, as a run would:
         # the change then applies to the period its time falls in (docs/billing.md).
-        at = at or now()  # read once the subscription is locked: a run may have advanced it meanwhile
-        closed = await period_close.close_ended_periods(conn, caller, before, at, request_id)
+        if at is not None:  # a preview at a chosen time (not on a test clock: its time is its own)
+            t = replace(t, now=at)
+        closed = await period_close.close_ended_periods(conn, caller, before, t.now, request_id, t.test_clock_id)
         if closed is not None:
             before = await store.get(conn, caller.tenant_id, sub_uuid, for_update=True)
             assert before is not None  # locked above
-        spec, _, _ = await _plan(conn, caller, before.plan_id, "plan_id")
-        change = await rule(conn, before, spec, at)
+        spec, _, _ = await load_plan(conn, caller, before.plan_id, "plan_id")
+        change = await rule(conn, before, spec, t)
         if change.event:
             await store.update(conn, caller.tenant_id, change.subscription)
-            await _record(conn, caller, request_id, before, change)
+            await record_change(conn, caller, request_id, before, change, occurred_at=t.issued_at)
         view = await _view(conn, caller, change.subscription)
         if preview is not None:
             raise Rollback(view)
@@ -218,7 +236,8 @@ async def _mutate_in_tx(db, caller: Caller, request_id: str, sub_uuid: uuid.UUID
 
 
 async def activate_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
-    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
+    async def rule(conn, sub: Subscription, spec: PlanSpec, t: SubscriptionTime) -> Change:
+        at = t.now
         return rules.activate(sub, spec, max(at, sub.start_at) if sub.status is SubscriptionStatus.PENDING else at)
 
     return await _mutate(db, caller, request_id, subscription_id, "ActivateSubscription", {}, rule)
@@ -227,18 +246,19 @@ async def activate_subscription(db, caller: Caller, request_id: str, subscriptio
 async def pause_subscription(db, caller: Caller, request_id: str, subscription_id: str,
                              resumes_at: datetime | None, *, preview: ChangePreview | None = None,
                              at: datetime | None = None) -> SubscriptionView:
-    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
+    async def rule(conn, sub: Subscription, spec: PlanSpec, t: SubscriptionTime) -> Change:
+        at = t.now
         change = rules.pause(sub, at, resumes_at)
         settled = pr.on_pause(sub, spec, change.subscription, at,
                                      charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub))
         return await change_billing.bill(conn, caller, f"pause:{request_id}", sub, spec, change, settled,
-                                         pr.Behavior.NEXT_INVOICE, preview=preview)
+                                         pr.Behavior.NEXT_INVOICE, preview=preview, clock=t)
 
     return await _mutate(db, caller, request_id, subscription_id, "PauseSubscription",
                          {"resumes_at": resumes_at}, rule, preview, at)
 
 
-async def _resumed(conn: asyncpg.Connection, caller: Caller, request_id: str, sub: Subscription, spec: PlanSpec,
+async def settle_resume(conn: asyncpg.Connection, caller: Caller, request_id: str, sub: Subscription, spec: PlanSpec,
                    change: Change, at: datetime) -> Change:
     """A paused -> active change taking effect at `at`: the pause window [paused_at, at) is
     recorded (usage in it stays unbilled, even when it arrives later) and the period is
@@ -252,57 +272,14 @@ async def _resumed(conn: asyncpg.Connection, caller: Caller, request_id: str, su
 
 
 async def resume_subscription(db, caller: Caller, request_id: str, subscription_id: str) -> SubscriptionView:
-    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
+    async def rule(conn, sub: Subscription, spec: PlanSpec, t: SubscriptionTime) -> Change:
+        at = t.now
         change = rules.resume(sub, at)
         if change.event != EventType.RESUMED:
             return change
-        return await _resumed(conn, caller, request_id, sub, spec, change, at)
+        return await settle_resume(conn, caller, request_id, sub, spec, change, at)
 
     return await _mutate(db, caller, request_id, subscription_id, "ResumeSubscription", {}, rule)
-
-
-def auto_resume_request_id(sub: Subscription) -> str:
-    """The audit request id (and event cause) of the automatic resume of `sub`'s current
-    pause: one per pause, so whoever carries it out, its event id is the same."""
-    return f"auto-resume:{sub.paused_at.isoformat() if sub.paused_at else ''}"
-
-
-@dataclass(frozen=True)
-class AutoResumeBatch:
-    resumed: list[uuid.UUID]
-    failed: list[uuid.UUID]
-
-
-async def resume_due_batch(db, caller: Caller, at: datetime, limit: int,
-                           exclude: Sequence[uuid.UUID] = ()) -> AutoResumeBatch:
-    """One transaction: up to `limit` of the tenant's paused subscriptions whose
-    `pause_resumes_at` is at or before `at`, locked FOR UPDATE SKIP LOCKED, each resumed as
-    ResumeSubscription would (same transition, audit row, event through the outbox, pause
-    window) but taking effect AT its `pause_resumes_at`. A subscription that fails is
-    rolled back alone (a savepoint), logged and reported, and the others go on; `exclude`
-    keeps a pass from picking it again."""
-    resumed: list[uuid.UUID] = []
-    failed: list[uuid.UUID] = []
-    async with db.tenant_tx(caller.tenant_id) as conn:
-        subs = await store.due_to_resume(conn, caller.tenant_id, at, limit, list(exclude))
-        specs: dict[uuid.UUID, PlanSpec] = {}
-        for sub in subs:
-            try:
-                async with conn.transaction():
-                    if sub.plan_id not in specs:
-                        specs[sub.plan_id] = (await _plan(conn, caller, sub.plan_id, "plan_id"))[0]
-                    spec = specs[sub.plan_id]
-                    request_id = auto_resume_request_id(sub)
-                    change = rules.resume_as_scheduled(sub, at)
-                    assert sub.pause_resumes_at is not None  # due_to_resume selects those with one
-                    change = await _resumed(conn, caller, request_id, sub, spec, change, sub.pause_resumes_at)
-                    await store.update(conn, caller.tenant_id, change.subscription)
-                    await _record(conn, caller, request_id, sub, change, occurred_at=sub.pause_resumes_at)
-                resumed.append(sub.id)
-            except Exception:  # noqa: BLE001 - one broken subscription must not stop the others
-                _log.exception("automatic resume failed", extra={"subscription_id": str(sub.id)})
-                failed.append(sub.id)
-    return AutoResumeBatch(resumed, failed)
 
 
 async def cancel_subscription(db, caller: Caller, request_id: str, subscription_id: str, mode: str,
@@ -316,7 +293,8 @@ async def cancel_subscription(db, caller: Caller, request_id: str, subscription_
     except ValueError:
         raise ValidationError("mode", f"must be immediately or at_period_end, got {mode!r}") from None
 
-    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
+    async def rule(conn, sub: Subscription, spec: PlanSpec, t: SubscriptionTime) -> Change:
+        at = t.now
         change = rules.cancel(sub, at, cancel_mode)
         if change.event != EventType.CANCELED:
             return change  # at period end: the last run bills the period, nothing is prorated
@@ -325,7 +303,7 @@ async def cancel_subscription(db, caller: Caller, request_id: str, subscription_
                                       charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub),
                                       behavior=behavior)
         return await change_billing.bill(conn, caller, f"cancel:{request_id}", sub, spec, change, settled, behavior,
-                                         final_at=at, preview=preview)
+                                         final_at=at, preview=preview, clock=t)
 
     return await _mutate(db, caller, request_id, subscription_id, "CancelSubscription",
                          {"mode": cancel_mode.value, "proration": proration_value}, rule, preview, at)
@@ -341,10 +319,11 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
     except ValueError:
         raise ValidationError("timing", f"must be immediately or at_period_end, got {timing!r}") from None
 
-    async def rule(conn, sub: Subscription, spec: PlanSpec, at: datetime) -> Change:
+    async def rule(conn, sub: Subscription, spec: PlanSpec, t: SubscriptionTime) -> Change:
         new_plan = await plans.load(conn, caller.tenant_id, new_uuid)
         if new_plan is None:
             raise NotFound("plan", new_plan_id)
+        at = t.now
         new_spec = new_plan.spec
         change = rules.change_plan(sub, spec, new_uuid, new_spec, new_plan.status == "active", change_timing, at)
         if change.event != EventType.PLAN_CHANGED:
@@ -354,7 +333,7 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
                                       charged_in_advance=await change_billing.charged_in_advance(conn, caller, sub),
                                       behavior=behavior)
         return await change_billing.bill(conn, caller, f"change_plan:{request_id}", sub, spec, change, settled,
-                                         behavior, preview=preview)
+                                         behavior, preview=preview, clock=t)
 
     return await _mutate(db, caller, request_id, subscription_id, "ChangePlan",
                          {"new_plan_id": str(new_uuid), "timing": change_timing.value,
@@ -370,8 +349,7 @@ async def get_subscription(db, caller: Caller, subscription_id: str, include_his
         view = await _view(conn, caller, sub)
         if include_history:
             rows = await audit_store.history(conn, caller.tenant_id, "subscription", sub_uuid)
-            view = SubscriptionView(view.subscription, view.plan_code, view.pending_plan_code,
-                                    tuple(history.entry(r) for r in rows))
+            view = replace(view, history=tuple(history.entry(r) for r in rows))
     return view
 
 

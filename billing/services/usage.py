@@ -170,6 +170,8 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             except ValueError:
                 sub_ids[text] = None
     subs: dict[uuid.UUID, UsageSubscription] = {}
+    # A test clock's subscription takes usage by its clock's time (docs/time.md, "Test clocks").
+    clock_now: dict[uuid.UUID, int] = {}
     # Read FOR KEY SHARE, held until the batch commits (billing/store/usage.py, `subscriptions`).
     for row in await usage_store.subscriptions(conn, tenant, [s for s in sub_ids.values() if s]):
         subs[row["id"]] = UsageSubscription(
@@ -182,18 +184,21 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             to_us(row["pause_resumes_at"]) if row["pause_resumes_at"] else None,
             zone=row["time_zone"],
         )
+        if row["clock_now"] is not None:
+            clock_now[row["id"]] = to_us(row["clock_now"])
     await plans.load(conn, tenant, {s.plan_id for s in subs.values()})
 
-    earliest, latest = now_us - limits.max_age_us, now_us + limits.max_future_skew_us
-    # Per subscription text, once: (uuid, state, metric codes and spec of its plan) or None.
-    known: dict[str, tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec, EventChecks] | None] = {}
+    # Per subscription text, once: (uuid, state, metric codes, spec and event checks of its plan,
+    # its now: a test clock's time or the wall clock's) or None.
+    known: dict[str, tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec, EventChecks, int] | None] = {}
     checks: dict[uuid.UUID, EventChecks] = {}
     for text, sub_id in sub_ids.items():
         sub = subs.get(sub_id) if sub_id else None
         if sub_id and sub:
             spec = plans.spec(tenant, sub.plan_id)
             rules = checks.get(sub.plan_id) or checks.setdefault(sub.plan_id, event_checks(spec))
-            known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id), spec, rules)
+            known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id), spec, rules,
+                           clock_now.get(sub_id, now_us))
         else:
             known[text] = None
     rows = usage_store.Batch()
@@ -207,7 +212,7 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
         if entry is None:
             reject(Rejection(i, "unknown_subscription", f"no subscription {e.subscription_id[:64]!r}"))
             continue
-        sub_id, sub, metrics, spec, rules = entry
+        sub_id, sub, metrics, spec, rules, sub_now = entry
         t = e.occurred_at_us
         refused = refusal(sub, t)
         if refused is not None:
@@ -217,9 +222,10 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
         elif not quantity_ok(e.quantity) and not (e.metric_code in rules.negative_ok
                                                    and _SIGNED_QUANTITY.fullmatch(e.quantity)):
             reject(Rejection(i, check_quantity(e.quantity) or "invalid_quantity", f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
-        elif t > latest:
-            reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - now_us) // 1_000_000} s ahead of now"))
-        elif t < earliest:
+        elif t > sub_now + limits.max_future_skew_us:
+            reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - sub_now) // 1_000_000} s ahead of "
+                                                     f"{'its test clock' if sub_id in clock_now else 'now'}"))
+        elif t < sub_now - limits.max_age_us:
             reject(Rejection(i, "too_old", f"occurred_at is older than {limits.max_age_us // 86_400_000_000} days"))
         elif t < sub.start_us:
             reject(Rejection(i, "before_subscription_start", "occurred_at is before the subscription started"))

@@ -8,17 +8,18 @@ import asyncpg
 
 _RUN = """tenant_id, id, idempotency_key, as_of, status, subscriptions_due, subscriptions_billed,
           subscriptions_skipped, subscriptions_failed, failures, totals, created_at, started_at, finished_at,
-          shard_count"""
+          shard_count, test_clock_id"""
 
 
 async def insert_run(conn: asyncpg.Connection, tenant_id: uuid.UUID, run_id: uuid.UUID, key: str,
-                     as_of: datetime) -> asyncpg.Record | None:
+                     as_of: datetime, test_clock_id: uuid.UUID | None = None) -> asyncpg.Record | None:
     """The new run, or None when the key names a run already (a concurrent insert of the same
-    key waits here for the other transaction, then sees its row)."""
+    key waits here for the other transaction, then sees its row). `test_clock_id`: a run of
+    that test clock's subscriptions only (an advance)."""
     return await conn.fetchrow(
-        f"""insert into billing_runs (tenant_id, id, idempotency_key, as_of) values ($1, $2, $3, $4)
+        f"""insert into billing_runs (tenant_id, id, idempotency_key, as_of, test_clock_id) values ($1, $2, $3, $4, $5)
             on conflict (tenant_id, idempotency_key) do nothing returning {_RUN}""",
-        tenant_id, run_id, key, as_of,
+        tenant_id, run_id, key, as_of, test_clock_id,
     )
 
 

@@ -108,9 +108,10 @@ async def list_page(conn: asyncpg.Connection, tenant_id: uuid.UUID, *, subscript
 
 
 async def open_grants(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_ids: Sequence[uuid.UUID],
-                      customer_ids: Sequence[str]) -> list[Grant]:
+                      customer_ids: Sequence[str], *, lock: bool = True) -> list[Grant]:
     """The grants a chunk may burn or expire: not voided, something left, of these
-    subscriptions or (customer-wide) of these customers. Locked FOR UPDATE in id order
+    subscriptions or (customer-wide) of these customers. Unless `lock` is false (a preview,
+    read-only), locked FOR UPDATE in id order
     (the same order in every transaction, so two chunks sharing a customer's grant wait
     for each other rather than deadlock, and the second sees the first one's balance)."""
     rows = await conn.fetch(
@@ -119,8 +120,7 @@ async def open_grants(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscripti
             where tenant_id = $1 and remaining > 0 and voided_at is null
               and (subscription_id = any($2::uuid[])
                    or (subscription_id is null and customer_id = any($3::text[])))
-            order by id
-            for update""",
+            order by id""" + (" for update" if lock else ""),
         tenant_id, list(subscription_ids), list(customer_ids))
     return [Grant(r["id"], r["customer_id"], r["subscription_id"], r["currency"], r["priority"], r["effective_at"],
                   r["expires_at"], r["remaining"]) for r in rows]

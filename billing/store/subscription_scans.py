@@ -34,20 +34,22 @@ _LAST_ID = uuid.UUID(int=2**128 - 1)
 
 async def due_subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_of: datetime,
                             exclude: list[uuid.UUID], after: uuid.UUID | None, last: uuid.UUID | None, *,
-                            shard: int = 0, shard_count: int = 1):
+                            shard: int = 0, shard_count: int = 1, test_clock_id: uuid.UUID | None = None):
     """The due subscriptions of the shard with ids in (after, last] (a window of
     `window_ends`; None: no bound), in id order, locked. SKIP LOCKED: rows another run (or another execution
     of this run, or a usage batch attributing events to their periods) holds right now are
     left for a later pass; once it commits they are no longer due, or are found by that
-    pass."""
+    pass. `test_clock_id`: only that test clock's subscriptions; None: only real-time ones
+    (a run never touches a subscription of another clock)."""
     rows = await conn.fetch(
         f"""select {_RUN_COLUMNS} from subscriptions
             where tenant_id = $1 and id > $4 and id <= $5
               and status in ('trialing', 'active', 'paused') and current_period_end <= $2
               and not (id = any($3::uuid[])) and {_in_shard("$6", "$7")}
+              and test_clock_id is not distinct from $8
             order by id
             for update skip locked""",
-        tenant_id, as_of, exclude, after or uuid.UUID(int=0), last or _LAST_ID, shard_count, shard,
+        tenant_id, as_of, exclude, after or uuid.UUID(int=0), last or _LAST_ID, shard_count, shard, test_clock_id,
     )
     return [_subscription(r) for r in rows]
 
@@ -79,20 +81,21 @@ def _subscription(row: asyncpg.Record) -> Subscription:
 
 
 async def any_due(conn: asyncpg.Connection, tenant_id: uuid.UUID, as_of: datetime, exclude: list[uuid.UUID],
-                  *, shard: int = 0, shard_count: int = 1) -> bool:
+                  *, shard: int = 0, shard_count: int = 1, test_clock_id: uuid.UUID | None = None) -> bool:
     """Whether a due subscription of the shard remains, locked rows included (a plain read
     does not wait for locks: a row another execution is billing still looks due until it
     commits)."""
     return await conn.fetchval(
         f"""select exists(select 1 from subscriptions
             where tenant_id = $1 and status in ('trialing', 'active', 'paused') and current_period_end <= $2
-              and not (id = any($3::uuid[])) and {_in_shard("$4", "$5")})""",
-        tenant_id, as_of, exclude, shard_count, shard,
+              and not (id = any($3::uuid[])) and {_in_shard("$4", "$5")}
+              and test_clock_id is not distinct from $6)""",
+        tenant_id, as_of, exclude, shard_count, shard, test_clock_id,
     )
 
 
 async def canceled_with_late_usage(conn: asyncpg.Connection, tenant_id: uuid.UUID, *, shard: int = 0,
-                                   shard_count: int = 1) -> list[Subscription]:
+                                   shard_count: int = 1, test_clock_id: uuid.UUID | None = None) -> list[Subscription]:
     """The canceled subscriptions of the shard that have late usage not billed yet, locked
     (FOR UPDATE SKIP LOCKED, in id order): a canceled subscription never bills a period
     again, so a run's late-usage pass bills it on a request of its own. Driven by
@@ -102,9 +105,10 @@ async def canceled_with_late_usage(conn: asyncpg.Connection, tenant_id: uuid.UUI
         f"""select {_RUN_COLUMNS} from subscriptions
             where tenant_id = $1 and status = 'canceled' and {_in_shard("$2", "$3")}
               and id = any(array(select p.subscription_id from late_usage_pending p where p.tenant_id = $1))
+              and test_clock_id is not distinct from $4
             order by id
             for update skip locked""",
-        tenant_id, shard_count, shard,
+        tenant_id, shard_count, shard, test_clock_id,
     )
     return [_subscription(r) for r in rows]
 

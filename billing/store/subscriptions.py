@@ -31,10 +31,12 @@ def _values(sub: Subscription) -> list:
     return values
 
 
-async def insert(conn: asyncpg.Connection, tenant_id: uuid.UUID, sub: Subscription) -> None:
-    placeholders = ", ".join(f"${i + 2}" for i in range(len(FIELDS)))
-    await conn.execute(f"insert into subscriptions (tenant_id, {_COLUMNS}) values ($1, {placeholders})",
-                       tenant_id, *_values(sub))
+async def insert(conn: asyncpg.Connection, tenant_id: uuid.UUID, sub: Subscription,
+                 test_clock_id: uuid.UUID | None = None) -> None:
+    """`test_clock_id`: the test clock the subscription lives on (migration 021; never changes)."""
+    placeholders = ", ".join(f"${i + 2}" for i in range(len(FIELDS) + 1))
+    await conn.execute(f"insert into subscriptions (tenant_id, {_COLUMNS}, test_clock_id) values ($1, {placeholders})",
+                       tenant_id, *_values(sub), test_clock_id)
 
 
 async def update(conn: asyncpg.Connection, tenant_id: uuid.UUID, sub: Subscription) -> None:
@@ -71,17 +73,18 @@ async def list_page(conn: asyncpg.Connection, tenant_id: uuid.UUID, *, status: s
 
 
 async def due_to_resume(conn: asyncpg.Connection, tenant_id: uuid.UUID, now: datetime, limit: int,
-                        exclude: list[uuid.UUID] = ()) -> list[Subscription]:
+                        exclude: list[uuid.UUID] = (), test_clock_id: uuid.UUID | None = None) -> list[Subscription]:
     """Paused subscriptions whose scheduled resume has come, oldest first, locked FOR UPDATE
     SKIP LOCKED: concurrent passes (replicas) split them and never wait for each other; a row
     locked by a ResumeSubscription or a billing chunk is taken by the next pass. `exclude`:
-    ids this pass already failed on. Served by the partial index subscriptions_resume_due."""
+    ids this pass already failed on. Served by the partial index subscriptions_resume_due.
+    `test_clock_id`: the subscriptions of that test clock; None: those on real time only."""
     rows = await conn.fetch(
         f"""select {_COLUMNS} from subscriptions
             where tenant_id = $1 and status = 'paused' and pause_resumes_at <= $2
-              and not (id = any($4::uuid[]))
+              and not (id = any($4::uuid[])) and test_clock_id is not distinct from $5
             order by pause_resumes_at, id limit $3
             for update skip locked""",
-        tenant_id, now, limit, list(exclude),
+        tenant_id, now, limit, list(exclude), test_clock_id,
     )
     return [from_row(r) for r in rows]

@@ -137,7 +137,10 @@ async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: lis
                   array(select w.paused_at from pause_windows w where w.tenant_id = $1 and w.subscription_id = s.id
                          order by w.paused_at) as paused_from,
                   array(select w.resumed_at from pause_windows w where w.tenant_id = $1 and w.subscription_id = s.id
-                         order by w.paused_at) as paused_to
+                         order by w.paused_at) as paused_to,
+                  -- the time of its test clock (migration 021); null: real time
+                  (select c.frozen_time from test_clocks c where c.tenant_id = $1 and c.id = s.test_clock_id)
+                      as clock_now
              from subscriptions s where tenant_id = $1 and id = any($2::uuid[])
             order by id
               for key share of s""",

@@ -103,6 +103,12 @@ class DiscountKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DISCOUNT_KIND_UNSPECIFIED: _ClassVar[DiscountKind]
     DISCOUNT_KIND_PERCENTAGE: _ClassVar[DiscountKind]
     DISCOUNT_KIND_FIXED_AMOUNT: _ClassVar[DiscountKind]
+
+class TestClockStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TEST_CLOCK_STATUS_UNSPECIFIED: _ClassVar[TestClockStatus]
+    TEST_CLOCK_STATUS_READY: _ClassVar[TestClockStatus]
+    TEST_CLOCK_STATUS_ADVANCING: _ClassVar[TestClockStatus]
 INTERVAL_UNIT_UNSPECIFIED: IntervalUnit
 INTERVAL_UNIT_DAY: IntervalUnit
 INTERVAL_UNIT_WEEK: IntervalUnit
@@ -158,6 +164,9 @@ BILLING_RUN_STATUS_FAILED: BillingRunStatus
 DISCOUNT_KIND_UNSPECIFIED: DiscountKind
 DISCOUNT_KIND_PERCENTAGE: DiscountKind
 DISCOUNT_KIND_FIXED_AMOUNT: DiscountKind
+TEST_CLOCK_STATUS_UNSPECIFIED: TestClockStatus
+TEST_CLOCK_STATUS_READY: TestClockStatus
+TEST_CLOCK_STATUS_ADVANCING: TestClockStatus
 
 class Plan(_message.Message):
     __slots__ = ("id", "code", "version", "name", "description", "currency", "interval", "interval_count", "base_fee", "billing_timing", "trial_days", "usage_charges", "status", "created_at", "archived_at", "minimum_commitment")
@@ -326,7 +335,7 @@ class ArchivePlanResponse(_message.Message):
     def __init__(self, plan: _Optional[_Union[Plan, _Mapping]] = ...) -> None: ...
 
 class Subscription(_message.Message):
-    __slots__ = ("id", "customer_id", "plan_id", "plan_code", "status", "created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end", "trial_end", "cancel_at_period_end", "canceled_at", "paused_at", "pause_resumes_at", "pending_change", "history", "metadata", "time_zone")
+    __slots__ = ("id", "customer_id", "plan_id", "plan_code", "status", "created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end", "trial_end", "cancel_at_period_end", "canceled_at", "paused_at", "pause_resumes_at", "pending_change", "history", "metadata", "time_zone", "test_clock_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -353,6 +362,7 @@ class Subscription(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    TEST_CLOCK_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     customer_id: str
     plan_id: str
@@ -372,7 +382,8 @@ class Subscription(_message.Message):
     history: _containers.RepeatedCompositeFieldContainer[SubscriptionHistoryEntry]
     metadata: _containers.ScalarMap[str, str]
     time_zone: str
-    def __init__(self, id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., plan_code: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., billing_anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cancel_at_period_end: _Optional[bool] = ..., canceled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_resumes_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending_change: _Optional[_Union[PendingPlanChange, _Mapping]] = ..., history: _Optional[_Iterable[_Union[SubscriptionHistoryEntry, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., time_zone: _Optional[str] = ...) -> None: ...
+    test_clock_id: str
+    def __init__(self, id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., plan_code: _Optional[str] = ..., status: _Optional[_Union[SubscriptionStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., billing_anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cancel_at_period_end: _Optional[bool] = ..., canceled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pause_resumes_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pending_change: _Optional[_Union[PendingPlanChange, _Mapping]] = ..., history: _Optional[_Iterable[_Union[SubscriptionHistoryEntry, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., time_zone: _Optional[str] = ..., test_clock_id: _Optional[str] = ...) -> None: ...
 
 class PendingPlanChange(_message.Message):
     __slots__ = ("plan_id", "plan_code", "effective_at")
@@ -408,7 +419,7 @@ class SubscriptionHistoryEntry(_message.Message):
     def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., from_status: _Optional[_Union[SubscriptionStatus, str]] = ..., to_status: _Optional[_Union[SubscriptionStatus, str]] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateSubscriptionRequest(_message.Message):
-    __slots__ = ("request_id", "customer_id", "plan_id", "start_at", "billing_anchor", "trial_days", "activate", "metadata", "time_zone")
+    __slots__ = ("request_id", "customer_id", "plan_id", "start_at", "billing_anchor", "trial_days", "activate", "metadata", "time_zone", "test_clock_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -425,6 +436,7 @@ class CreateSubscriptionRequest(_message.Message):
     ACTIVATE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    TEST_CLOCK_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     customer_id: str
     plan_id: str
@@ -434,7 +446,8 @@ class CreateSubscriptionRequest(_message.Message):
     activate: bool
     metadata: _containers.ScalarMap[str, str]
     time_zone: str
-    def __init__(self, request_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., billing_anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_days: _Optional[int] = ..., activate: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., time_zone: _Optional[str] = ...) -> None: ...
+    test_clock_id: str
+    def __init__(self, request_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., start_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., billing_anchor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_days: _Optional[int] = ..., activate: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., time_zone: _Optional[str] = ..., test_clock_id: _Optional[str] = ...) -> None: ...
 
 class CreateSubscriptionResponse(_message.Message):
     __slots__ = ("subscription",)
@@ -813,7 +826,7 @@ class RunBillingResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[BillingRun, _Mapping]] = ...) -> None: ...
 
 class BillingRun(_message.Message):
-    __slots__ = ("id", "idempotency_key", "status", "as_of", "created_at", "started_at", "finished_at", "subscriptions_due", "subscriptions_billed", "subscriptions_skipped", "subscriptions_failed", "failures", "totals")
+    __slots__ = ("id", "idempotency_key", "status", "as_of", "created_at", "started_at", "finished_at", "subscriptions_due", "subscriptions_billed", "subscriptions_skipped", "subscriptions_failed", "failures", "totals", "test_clock_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -827,6 +840,7 @@ class BillingRun(_message.Message):
     SUBSCRIPTIONS_FAILED_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
+    TEST_CLOCK_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     idempotency_key: str
     status: BillingRunStatus
@@ -840,7 +854,8 @@ class BillingRun(_message.Message):
     subscriptions_failed: int
     failures: _containers.RepeatedCompositeFieldContainer[BillingRunFailure]
     totals: _containers.RepeatedCompositeFieldContainer[CurrencyTotal]
-    def __init__(self, id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., status: _Optional[_Union[BillingRunStatus, str]] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriptions_due: _Optional[int] = ..., subscriptions_billed: _Optional[int] = ..., subscriptions_skipped: _Optional[int] = ..., subscriptions_failed: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[BillingRunFailure, _Mapping]]] = ..., totals: _Optional[_Iterable[_Union[CurrencyTotal, _Mapping]]] = ...) -> None: ...
+    test_clock_id: str
+    def __init__(self, id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., status: _Optional[_Union[BillingRunStatus, str]] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., subscriptions_due: _Optional[int] = ..., subscriptions_billed: _Optional[int] = ..., subscriptions_skipped: _Optional[int] = ..., subscriptions_failed: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[BillingRunFailure, _Mapping]]] = ..., totals: _Optional[_Iterable[_Union[CurrencyTotal, _Mapping]]] = ..., test_clock_id: _Optional[str] = ...) -> None: ...
 
 class BillingRunFailure(_message.Message):
     __slots__ = ("subscription_id", "reason")
@@ -1062,8 +1077,100 @@ class VoidCreditGrantRequest(_message.Message):
     id: str
     def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
+class TestClock(_message.Message):
+    __slots__ = ("id", "name", "frozen_time", "status", "advance_to", "advance_run_id", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_TIME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ADVANCE_TO_FIELD_NUMBER: _ClassVar[int]
+    ADVANCE_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    frozen_time: _timestamp_pb2.Timestamp
+    status: TestClockStatus
+    advance_to: _timestamp_pb2.Timestamp
+    advance_run_id: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., frozen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[TestClockStatus, str]] = ..., advance_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., advance_run_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateTestClockRequest(_message.Message):
+    __slots__ = ("request_id", "name", "frozen_time")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_TIME_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    name: str
+    frozen_time: _timestamp_pb2.Timestamp
+    def __init__(self, request_id: _Optional[str] = ..., name: _Optional[str] = ..., frozen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateTestClockResponse(_message.Message):
+    __slots__ = ("test_clock",)
+    TEST_CLOCK_FIELD_NUMBER: _ClassVar[int]
+    test_clock: TestClock
+    def __init__(self, test_clock: _Optional[_Union[TestClock, _Mapping]] = ...) -> None: ...
+
+class GetTestClockRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetTestClockResponse(_message.Message):
+    __slots__ = ("test_clock",)
+    TEST_CLOCK_FIELD_NUMBER: _ClassVar[int]
+    test_clock: TestClock
+    def __init__(self, test_clock: _Optional[_Union[TestClock, _Mapping]] = ...) -> None: ...
+
+class ListTestClocksRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTestClocksResponse(_message.Message):
+    __slots__ = ("test_clocks", "next_page_token")
+    TEST_CLOCKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    test_clocks: _containers.RepeatedCompositeFieldContainer[TestClock]
+    next_page_token: str
+    def __init__(self, test_clocks: _Optional[_Iterable[_Union[TestClock, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class AdvanceTestClockRequest(_message.Message):
+    __slots__ = ("request_id", "id", "frozen_time")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_TIME_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    id: str
+    frozen_time: _timestamp_pb2.Timestamp
+    def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ..., frozen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AdvanceTestClockResponse(_message.Message):
+    __slots__ = ("test_clock",)
+    TEST_CLOCK_FIELD_NUMBER: _ClassVar[int]
+    test_clock: TestClock
+    def __init__(self, test_clock: _Optional[_Union[TestClock, _Mapping]] = ...) -> None: ...
+
+class DeleteTestClockRequest(_message.Message):
+    __slots__ = ("request_id", "id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    id: str
+    def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
 class VoidCreditGrantResponse(_message.Message):
     __slots__ = ("grant",)
     GRANT_FIELD_NUMBER: _ClassVar[int]
     grant: CreditGrant
     def __init__(self, grant: _Optional[_Union[CreditGrant, _Mapping]] = ...) -> None: ...
+
+class DeleteTestClockResponse(_message.Message):
+    __slots__ = ("deleted_subscriptions",)
+    DELETED_SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    deleted_subscriptions: int
+    def __init__(self, deleted_subscriptions: _Optional[int] = ...) -> None: ...

@@ -159,6 +159,31 @@ class BillingServiceStub:
                 request_serializer=billing_dot_v1_dot_billing__pb2.VoidCreditGrantRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__pb2.VoidCreditGrantResponse.FromString,
                 _registered_method=True)
+        self.CreateTestClock = channel.unary_unary(
+                '/billing.v1.BillingService/CreateTestClock',
+                request_serializer=billing_dot_v1_dot_billing__pb2.CreateTestClockRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.CreateTestClockResponse.FromString,
+                _registered_method=True)
+        self.GetTestClock = channel.unary_unary(
+                '/billing.v1.BillingService/GetTestClock',
+                request_serializer=billing_dot_v1_dot_billing__pb2.GetTestClockRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.GetTestClockResponse.FromString,
+                _registered_method=True)
+        self.ListTestClocks = channel.unary_unary(
+                '/billing.v1.BillingService/ListTestClocks',
+                request_serializer=billing_dot_v1_dot_billing__pb2.ListTestClocksRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.ListTestClocksResponse.FromString,
+                _registered_method=True)
+        self.AdvanceTestClock = channel.unary_unary(
+                '/billing.v1.BillingService/AdvanceTestClock',
+                request_serializer=billing_dot_v1_dot_billing__pb2.AdvanceTestClockRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.AdvanceTestClockResponse.FromString,
+                _registered_method=True)
+        self.DeleteTestClock = channel.unary_unary(
+                '/billing.v1.BillingService/DeleteTestClock',
+                request_serializer=billing_dot_v1_dot_billing__pb2.DeleteTestClockRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.DeleteTestClockResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -329,6 +354,44 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTestClock(self, request, context):
+        """Test clocks (docs/time.md, "Test clocks"): a tenant's frozen time that moves only
+        forward, when asked. A subscription created with test_clock_id lives on its clock's
+        time; real-time subscriptions are never affected by any clock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTestClock(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTestClocks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdvanceTestClock(self, request, context):
+        """Moves the clock forward to frozen_time, as far as asked, billing every period that
+        ends by then through a billing run of the clock's subscriptions (the clock is
+        ADVANCING until that run completes; then it shows frozen_time).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTestClock(self, request, context):
+        """Removes the clock, its subscriptions and their usage, billed periods and pending
+        lines. Audit rows, billing runs and invoice requests already emitted stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -456,6 +519,31 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.VoidCreditGrant,
                     request_deserializer=billing_dot_v1_dot_billing__pb2.VoidCreditGrantRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__pb2.VoidCreditGrantResponse.SerializeToString,
+            ),
+            'CreateTestClock': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTestClock,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.CreateTestClockRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.CreateTestClockResponse.SerializeToString,
+            ),
+            'GetTestClock': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTestClock,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.GetTestClockRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.GetTestClockResponse.SerializeToString,
+            ),
+            'ListTestClocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTestClocks,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.ListTestClocksRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.ListTestClocksResponse.SerializeToString,
+            ),
+            'AdvanceTestClock': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvanceTestClock,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.AdvanceTestClockRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.AdvanceTestClockResponse.SerializeToString,
+            ),
+            'DeleteTestClock': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTestClock,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.DeleteTestClockRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.DeleteTestClockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1133,6 +1221,141 @@ class BillingService:
             '/billing.v1.BillingService/VoidCreditGrant',
             billing_dot_v1_dot_billing__pb2.VoidCreditGrantRequest.SerializeToString,
             billing_dot_v1_dot_billing__pb2.VoidCreditGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTestClock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/CreateTestClock',
+            billing_dot_v1_dot_billing__pb2.CreateTestClockRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.CreateTestClockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTestClock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/GetTestClock',
+            billing_dot_v1_dot_billing__pb2.GetTestClockRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.GetTestClockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTestClocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/ListTestClocks',
+            billing_dot_v1_dot_billing__pb2.ListTestClocksRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.ListTestClocksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvanceTestClock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/AdvanceTestClock',
+            billing_dot_v1_dot_billing__pb2.AdvanceTestClockRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.AdvanceTestClockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTestClock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/DeleteTestClock',
+            billing_dot_v1_dot_billing__pb2.DeleteTestClockRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.DeleteTestClockResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -207,6 +207,8 @@ async def delete_discount(p: Probe):
     await p.replay_a("DeleteDiscount")
     for d in p.a.discounts.values():
         await p("DeleteDiscount", pb.DeleteDiscountRequest(request_id=str(uuid.uuid4()), id=d.id))
+
+
 async def create_credit_grant(p: Probe):
     # A's request to A's subscription: not found for B, and A's outcome is not handed out;
     # A's request_id for B's own customer: B's own new grant.
@@ -238,6 +240,36 @@ async def void_credit_grant(p: Probe):
         await p("VoidCreditGrant", pb.VoidCreditGrantRequest(request_id=rid(), id=grant.id))
 
 
+async def create_test_clock(p: Probe):
+    # A's exact request: B gets a clock of its own, never A's stored outcome.
+    for resp in await p.replay_a("CreateTestClock", allowed=("OK",)):
+        assert resp.test_clock.id not in p.a.ids()
+
+
+async def get_test_clock(p: Probe):
+    for clock in p.a.clocks.values():
+        await p("GetTestClock", pb.GetTestClockRequest(id=clock.id))
+
+
+async def list_test_clocks(p: Probe):
+    resp = await p("ListTestClocks", pb.ListTestClocksRequest(page_size=500), allowed=("OK",))
+    assert {c.id for c in p.b.clocks.values()} <= {c.id for c in resp.test_clocks}
+
+
+async def advance_test_clock(p: Probe):
+    await p.replay_a("AdvanceTestClock")
+    for clock in p.a.clocks.values():
+        req = pb.AdvanceTestClockRequest(request_id=rid(), id=clock.id)
+        req.frozen_time.CopyFrom(clock.advance_to)
+        req.frozen_time.seconds += 86_400
+        await p("AdvanceTestClock", req)
+
+
+async def delete_test_clock(p: Probe):
+    for clock in p.a.clocks.values():
+        await p("DeleteTestClock", pb.DeleteTestClockRequest(request_id=rid(), id=clock.id))
+
+
 CASES = {
     "CreatePlan": create_plan, "GetPlan": get_plan, "ListPlans": list_plans, "ArchivePlan": archive_plan,
     "CreateSubscription": create_subscription, "GetSubscription": get_subscription,
@@ -252,6 +284,8 @@ CASES = {
     "CreateDiscount": create_discount, "ListDiscounts": list_discounts, "DeleteDiscount": delete_discount,
     "CreateCreditGrant": create_credit_grant, "ListCreditGrants": list_credit_grants,
     "VoidCreditGrant": void_credit_grant,
+    "CreateTestClock": create_test_clock, "GetTestClock": get_test_clock, "ListTestClocks": list_test_clocks,
+    "AdvanceTestClock": advance_test_clock, "DeleteTestClock": delete_test_clock,
 }
 
 

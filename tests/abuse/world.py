@@ -13,7 +13,7 @@ from billing.v1 import billing_pb2 as pb
 from tests.integration.test_plans_api import plan_request
 
 TABLES = ("plans", "subscriptions", "audit_events", "idempotency_keys", "outbox", "usage_events", "usage_totals",
-          "billing_runs", "billed_periods", "discounts", "credit_grants", "credit_entries")
+          "billing_runs", "billed_periods", "discounts", "credit_grants", "credit_entries", "test_clocks")
 
 
 def rid() -> str:
@@ -40,6 +40,7 @@ class World:
     runs: dict[str, pb.BillingRun] = field(default_factory=dict)
     discounts: dict[str, pb.Discount] = field(default_factory=dict)
     grants: dict[str, pb.CreditGrant] = field(default_factory=dict)
+    clocks: dict[str, pb.TestClock] = field(default_factory=dict)
     request_ids: list[str] = field(default_factory=list)  # ids of requests that succeeded
     event_ids: list[str] = field(default_factory=list)
     requests: dict[str, list] = field(default_factory=dict)  # method name -> requests sent, in order
@@ -54,7 +55,7 @@ class World:
     def ids(self) -> list[str]:
         return ([p.id for p in self.plans.values()] + [s.id for s in self.subs.values()]
                 + [r.id for r in self.runs.values()] + [d.id for d in self.discounts.values()]
-                + [g.id for g in self.grants.values()])
+                + [g.id for g in self.grants.values()] + [c.id for c in self.clocks.values()])
 
     def codes(self) -> list[str]:
         return [p.code for p in self.plans.values()]
@@ -134,6 +135,17 @@ async def build_world(stub, tenant, tag: str = "w") -> World:
 
     req = pb.RunBillingRequest(request_id=rid(), idempotency_key=f"{tag}-run-{uuid.uuid4().hex[:6]}")
     w.runs["first"] = (await call(stub.RunBilling, req)).run
+
+    # A test clock with a subscription on it, and an advance (it stays ADVANCING unless a
+    # billing role runs: either way it is the tenant's).
+    clock_at = start - timedelta(days=400)
+    req = pb.CreateTestClockRequest(request_id=rid(), name=f"{tag}-clock")
+    req.frozen_time.FromDatetime(clock_at)
+    w.clocks["clock"] = (await call(stub.CreateTestClock, req)).test_clock
+    await sub("on_clock", test_clock_id=w.clocks["clock"].id)
+    req = pb.AdvanceTestClockRequest(request_id=rid(), id=w.clocks["clock"].id)
+    req.frozen_time.FromDatetime(clock_at + timedelta(days=40))
+    w.clocks["clock"] = (await call(stub.AdvanceTestClock, req)).test_clock
     return w
 
 

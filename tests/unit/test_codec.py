@@ -191,13 +191,15 @@ INVOICE_REQUEST = {
     "subtotal": "86.53",
     "total": "86.53",
     "metadata": {"po_number": "PO-1"},
+    "test_clock_id": None,
 }
 
 SAMPLES: list[tuple[Schema, dict]] = (
     [(Schema.USAGE_EVENT, usage_event()), (Schema.USAGE_EVENT, usage_event(2, properties={}))]
     + [(Schema.SUBSCRIPTION_COMMAND, c) for c in COMMANDS]
     + [(Schema.SUBSCRIPTION_EVENT, e) for e in SUBSCRIPTION_EVENTS]
-    + [(Schema.BILLING_RUN_REQUEST, BILLING_RUN), (Schema.INVOICE_REQUEST, INVOICE_REQUEST)]
+    + [(Schema.BILLING_RUN_REQUEST, BILLING_RUN), (Schema.INVOICE_REQUEST, INVOICE_REQUEST),
+       (Schema.INVOICE_REQUEST, {**INVOICE_REQUEST, "test_clock_id": "5b0c7f4e-8a1d-4a53-9b62-0f3c1d2e4a77"})]
 )
 
 
@@ -480,6 +482,13 @@ def test_old_writer_schema_resolves_to_current_reader(isolated_registry):
     ]
     with pytest.raises(MalformedMessageError):
         decode(Schema.SUBSCRIPTION_EVENT, data)
+
+
+def test_invoice_request_before_test_clocks_reads_as_real_time():
+    # InvoiceRequest.1 (schemas/avro/history) has no test_clock_id: it reads as null.
+    old = json.loads((codec.HISTORY_DIR / "InvoiceRequest.1.avsc").read_text())
+    rec = {k: v for k, v in INVOICE_REQUEST.items() if k != "test_clock_id"}
+    assert decode(Schema.INVOICE_REQUEST, _single_object(old, rec)) == {**rec, "test_clock_id": None}
 
 
 def test_history_file_is_registered_by_path(isolated_registry, tmp_path: Path):

@@ -37,8 +37,13 @@ EXPECTED_METHODS = {
     "CreateCreditGrant",
     "ListCreditGrants",
     "VoidCreditGrant",
+    "CreateTestClock",
+    "GetTestClock",
+    "ListTestClocks",
+    "AdvanceTestClock",
+    "DeleteTestClock",
 }
-MUTATION = re.compile(r"^(Create|Archive|Activate|Pause|Resume|Cancel|Delete|Void)|^(ChangePlan|RecordUsage|RecordUsageBatch|RunBilling)$")
+MUTATION = re.compile(r"^(Create|Archive|Activate|Pause|Resume|Cancel|Advance|Delete|Void)|^(ChangePlan|RecordUsage|RecordUsageBatch|RunBilling)$")
 
 SERVICE = billing_pb2.DESCRIPTOR.services_by_name["BillingService"]
 
@@ -69,6 +74,7 @@ def test_request_conventions() -> None:
         "PauseSubscription", "ResumeSubscription", "CancelSubscription", "ChangePlan",
         "RecordUsage", "RecordUsageBatch", "RunBilling", "CreateDiscount", "DeleteDiscount",
         "CreateCreditGrant", "VoidCreditGrant",
+        "CreateTestClock", "AdvanceTestClock", "DeleteTestClock",
     }
     for method in SERVICE.methods:
         request = method.input_type

@@ -1,4 +1,4 @@
-"""Subscriptions as JSON snapshots: the audit rows' before/after and idempotent outcomes."""
+"""A subscription as JSON: the audit rows' before/after and the idempotent outcomes of its changes."""
 from __future__ import annotations
 
 import uuid
@@ -8,6 +8,8 @@ from typing import Mapping
 
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.subscriptions import Subscription
+
+__all__ = ["from_snapshot", "snapshot"]
 
 _TIMES = ("created_at", "start_at", "billing_anchor", "current_period_start", "current_period_end", "trial_end",
           "canceled_at", "paused_at", "pause_resumes_at", "pending_change_at", "period_fee_from")
