@@ -34,6 +34,9 @@ def tail(settings: Settings, args: argparse.Namespace) -> int:
     from confluent_kafka import KafkaError
 
     from billing import codec
+    from billing.registry import install_reader
+
+    install_reader(settings)  # a topic in the registry's wire format decodes too
 
     if args.max is not None and args.max < 1:
         raise CommandError(f"--max must be at least 1, got {args.max}")
