@@ -170,6 +170,30 @@ async def record_usage(p: Probe):
         assert resp.duplicate is False
 
 
+async def record_usage_batch(p: Probe):
+    # A batch of events for A's subscriptions: each refused as unknown, nothing stored; the
+    # answer names only what B sent (so it is read here, not through the leak check).
+    subs = list(p.a.subs.values())
+    events = []
+    for i, sub in enumerate(subs):
+        e = pb.UsageEventInput(event_id=f"b-probe-{rid()}", subscription_id=sub.id, metric_code="calls", quantity="1")
+        e.occurred_at.CopyFrom(sub.start_at)
+        e.occurred_at.seconds += 5 + i
+        events.append(e)
+    resp = await p.stub.RecordUsageBatch(pb.RecordUsageBatchRequest(request_id=rid(), events=events),
+                                         metadata=p.b.md)
+    p.outcomes.append("OK")
+    assert (resp.recorded, resp.rejected) == (0, len(events))
+    assert {o.error.code for o in resp.outcomes} == {5}  # NOT_FOUND, as RecordUsage answers
+    for o in resp.outcomes:
+        assert not {s.customer_id for s in subs} & set(str(o).split()), "a customer of A in B's answer"
+
+
+async def preview_invoice(p: Probe):
+    for sub in p.a.subs.values():
+        await p("PreviewInvoice", pb.PreviewInvoiceRequest(subscription_id=sub.id))
+
+
 async def get_usage(p: Probe):
     for sub in p.a.subs.values():
         await p("GetUsage", pb.GetUsageRequest(subscription_id=sub.id, series=pb.SERIES_GRANULARITY_HOUR))
@@ -279,7 +303,8 @@ CASES = {
     "ResumeSubscription": _lifecycle("ResumeSubscription", pb.ResumeSubscriptionRequest),
     "CancelSubscription": _lifecycle("CancelSubscription", pb.CancelSubscriptionRequest,
                                      mode=pb.CANCEL_MODE_IMMEDIATELY),
-    "ChangePlan": change_plan, "RecordUsage": record_usage, "GetUsage": get_usage, "RunBilling": run_billing,
+    "ChangePlan": change_plan, "RecordUsage": record_usage, "RecordUsageBatch": record_usage_batch,
+    "PreviewInvoice": preview_invoice, "GetUsage": get_usage, "RunBilling": run_billing,
     "GetBillingRun": get_billing_run, "ListBillingRuns": list_billing_runs,
     "CreateDiscount": create_discount, "ListDiscounts": list_discounts, "DeleteDiscount": delete_discount,
     "CreateCreditGrant": create_credit_grant, "ListCreditGrants": list_credit_grants,
