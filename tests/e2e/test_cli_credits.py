@@ -88,3 +88,16 @@ async def test_the_api_names_the_refused_field(env):
     assert line.startswith("billing discounts create: INVALID_ARGUMENT: value"), line
     line = one_line(await cli("credits", "grant", "--subscription", sub["id"], "--amount", "-1", env=env))
     assert line.startswith("billing credits grant: INVALID_ARGUMENT: amount"), line
+
+
+@pytest.mark.xfail(strict=True, reason="delete_test_clock (migration 021) removes neither discounts nor credit "
+                                       "grants of the clock's subscriptions: their foreign keys refuse the delete")
+async def test_a_clock_with_a_discounted_subscription_can_be_deleted(env):
+    [clock] = ok(await cli("clocks", "create", "--name", "fk", "--frozen-time", "2026-01-01T00:00:00Z", env=env))
+    plan = await create_plan(env, "fk")
+    [sub] = ok(await cli("subscriptions", "create", "--customer", "fk", "--plan", plan["id"], "--activate",
+                         "--test-clock", clock["id"], env=env))
+    ok(await cli("discounts", "create", "--subscription", sub["id"], "--percent", "10", env=env))
+    ok(await cli("credits", "grant", "--subscription", sub["id"], "--amount", "1.00", env=env))
+    [deleted] = ok(await cli("clocks", "delete", clock["id"], env=env))
+    assert deleted["deleted_subscriptions"] == 1
