@@ -1,5 +1,6 @@
 """The `billing` command: serve, migrate, topics, tenants, dev (the local stack), and the
-client commands that call the API (plans, subscriptions, runs, seed) or read Kafka (invoices).
+client commands that call the API (plans, subscriptions, runs, clocks, discounts, credits,
+seed) or read Kafka (invoices).
 
 Every failure is one line on stderr and a non-zero exit code (`billing serve` writes it as a
 JSON log line, like the rest of its log); `--debug` adds the traceback. Commands that need
@@ -249,10 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tenants_rotate_key)
 
     # Client commands: over the gRPC API, as a tenant (billing/cli_common.py).
-    from billing import cli_catalog, cli_invoices, cli_runs, cli_seed
+    from billing import cli_catalog, cli_clocks, cli_credits, cli_discounts, cli_invoices, cli_runs, cli_seed
 
     cli_catalog.add_parsers(sub, common)
     cli_runs.add_parsers(sub, common)
+    cli_clocks.add_parsers(sub, common)
+    cli_discounts.add_parsers(sub, common)
+    cli_credits.add_parsers(sub, common)
     cli_invoices.add_parsers(sub, common, cmd_invoices_tail)
     cli_seed.add_parsers(sub, common, cmd_seed)
 

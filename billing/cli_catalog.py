@@ -1,5 +1,6 @@
 """`billing plans ...` and `billing subscriptions ...`: the API's plan and subscription
-calls from the command line (billing/cli_common.py finds the API and the key)."""
+calls from the command line (billing/cli_common.py finds the API and the key; previews and
+plan changes: billing/cli_previews.py)."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,9 @@ import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from billing.cli_common import (Api, ApiCommand, Column, CommandError, connect_arguments, emit, enum_value,
-                                enum_words, output_arguments, request_id, timestamp)
+from billing.cli_common import (Api, ApiCommand, Column, CommandError, api_parsers, emit, enum_value, enum_words,
+                                listing_arguments, request_id, timestamp)
+from billing.cli_previews import add_verbs as add_preview_verbs, emit_change, preview_argument
 from billing.v1 import billing_pb2 as pb
 
 PLAN_COLUMNS: list[Column] = [
@@ -111,7 +113,7 @@ def subscriptions_get(api: Api, args: argparse.Namespace) -> int:
 def subscriptions_create(api: Api, args: argparse.Namespace) -> int:
     request = pb.CreateSubscriptionRequest(
         request_id=request_id(args), customer_id=args.customer, plan_id=args.plan, activate=args.activate,
-        metadata=_metadata(args.metadata))
+        metadata=_metadata(args.metadata), time_zone=args.time_zone or "", test_clock_id=args.test_clock or "")
     for field, flag in (("start_at", "--start-at"), ("billing_anchor", "--anchor")):
         stamp = timestamp(getattr(args, field), flag)
         if stamp is not None:
@@ -127,7 +129,7 @@ def subscriptions_lifecycle(api: Api, args: argparse.Namespace) -> int:
     if verb == "activate":
         response = api("ActivateSubscription", pb.ActivateSubscriptionRequest(request_id=rid, id=args.id))
     elif verb == "pause":
-        request = pb.PauseSubscriptionRequest(request_id=rid, id=args.id)
+        request = pb.PauseSubscriptionRequest(request_id=rid, id=args.id, preview_only=args.preview)
         if args.resumes_at:
             request.resumes_at.CopyFrom(timestamp(args.resumes_at, "--resumes-at"))
         response = api("PauseSubscription", request)
@@ -137,31 +139,21 @@ def subscriptions_lifecycle(api: Api, args: argparse.Namespace) -> int:
         mode = pb.CANCEL_MODE_IMMEDIATELY if args.now else pb.CANCEL_MODE_AT_PERIOD_END
         response = api("CancelSubscription", pb.CancelSubscriptionRequest(
             request_id=rid, id=args.id, mode=mode,
-            proration=enum_value(pb.ProrationBehavior, "PRORATION_BEHAVIOR_", args.proration)))
-    emit([response.subscription], args, SUBSCRIPTION_COLUMNS)
-    return 0
-
-
-def _listing(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=int, default=0, help="at most this many (default: all, page after page)")
-    p.add_argument("--page-size", type=int, default=100, help="rows per List call")
+            proration=enum_value(pb.ProrationBehavior, "PRORATION_BEHAVIOR_", args.proration),
+            preview_only=args.preview))
+    return emit_change(response, args, SUBSCRIPTION_COLUMNS)
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """`plans` and `subscriptions` with their verbs; `common` carries --debug."""
-    api = argparse.ArgumentParser(add_help=False)
-    connect_arguments(api)
-    output_arguments(api)
-    mutation = argparse.ArgumentParser(add_help=False)
-    mutation.add_argument("--request-id", help="idempotency key of the call (default: a new UUID)")
-    parents = [common, api]
+    parents, mutation = api_parsers(common)
 
     plans = sub.add_parser("plans", parents=[common], help="list, show, create, archive plans (over the API)")
     verbs = plans.add_subparsers(dest="plans_command", required=True)
     p = verbs.add_parser("list", parents=parents, help="active plans as JSON lines (--all: archived ones too)")
     p.add_argument("--all", action="store_true", help="archived plans too")
     p.add_argument("--code", help="only the plan with this code")
-    _listing(p)
+    listing_arguments(p)
     p.set_defaults(func=ApiCommand(plans_list))
     p = verbs.add_parser("get", parents=parents, help="one plan by id")
     p.add_argument("id")
@@ -191,7 +183,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--status", choices=enum_words(pb.SubscriptionStatus, "SUBSCRIPTION_STATUS_"))
     p.add_argument("--customer")
     p.add_argument("--plan", help="plan id")
-    _listing(p)
+    listing_arguments(p)
     p.set_defaults(func=ApiCommand(subscriptions_list))
     p = verbs.add_parser("get", parents=parents, help="one subscription by id")
     p.add_argument("id")
@@ -205,6 +197,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument("--trial-days", type=int, help="default: the plan's")
     p.add_argument("--activate", action="store_true", help="activate at once (else PENDING)")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--time-zone", help="IANA zone its periods are calendar periods of, e.g. Europe/Dublin "
+                                       "(default: UTC; fixed for life)")
+    p.add_argument("--test-clock", metavar="CLOCK_ID", help="live on this test clock's time (`billing clocks`)")
     p.set_defaults(func=ApiCommand(subscriptions_create))
     for verb, what in (("activate", "PENDING -> TRIALING/ACTIVE, or end a trial now"),
                        ("pause", "ACTIVE -> PAUSED from now"), ("resume", "PAUSED -> ACTIVE from now"),
@@ -217,4 +212,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
             p.add_argument("--now", action="store_true", help="cancel immediately instead of at the period end")
             p.add_argument("--proration", choices=enum_words(pb.ProrationBehavior, "PRORATION_BEHAVIOR_"),
                            help="settling the unused part (--now only)")
+        if verb in ("pause", "cancel"):
+            preview_argument(p)
         p.set_defaults(func=ApiCommand(subscriptions_lifecycle))
+    add_preview_verbs(verbs, parents, mutation)

@@ -137,6 +137,22 @@ def output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", action="store_true", help="a table for people instead of JSON lines")
 
 
+def api_parsers(common: argparse.ArgumentParser) -> tuple[list[argparse.ArgumentParser], argparse.ArgumentParser]:
+    """The parents of a client command (`common` with --debug, then --address, --api-key,
+    --table), and the parent of a mutation (--request-id)."""
+    api = argparse.ArgumentParser(add_help=False)
+    connect_arguments(api)
+    output_arguments(api)
+    mutation = argparse.ArgumentParser(add_help=False)
+    mutation.add_argument("--request-id", help="idempotency key of the call (default: a new UUID)")
+    return [common, api], mutation
+
+
+def listing_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=int, default=0, help="at most this many (default: all, page after page)")
+    p.add_argument("--page-size", type=int, default=100, help="rows per List call")
+
+
 def request_id(args: argparse.Namespace) -> str:
     return getattr(args, "request_id", None) or str(uuid.uuid4())
 
