@@ -90,8 +90,6 @@ async def test_the_api_names_the_refused_field(env):
     assert line.startswith("billing credits grant: INVALID_ARGUMENT: amount"), line
 
 
-@pytest.mark.xfail(strict=True, reason="delete_test_clock (migration 021) removes neither discounts nor credit "
-                                       "grants of the clock's subscriptions: their foreign keys refuse the delete")
 async def test_a_clock_with_a_discounted_subscription_can_be_deleted(env):
     [clock] = ok(await cli("clocks", "create", "--name", "fk", "--frozen-time", "2026-01-01T00:00:00Z", env=env))
     plan = await create_plan(env, "fk")
