@@ -278,5 +278,6 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def ListEntitlements(self, request: pb.ListEntitlementsRequest,
                                caller: Caller) -> pb.ListEntitlementsResponse:
         found = await entitlements.list_entitlements(self.db, caller, self.usage.plans,
-                                                     subscription_id=request.subscription_id)
+                                                     subscription_id=request.subscription_id,
+                                                     page_size=request.page_size, page_token=request.page_token)
         return pb.ListEntitlementsResponse(entitlements=[convert.entitlement_message(e) for e in found])

@@ -17,7 +17,7 @@ from billing.domain.plans import PlanSpec
 from billing.domain.subscriptions import Subscription
 from billing.services import events, paging, period_reads
 from billing.services.context import Caller
-from billing.services.errors import NotFound, ValidationError
+from billing.services.errors import NotFound, ValidationError, Violations
 from billing.services.plans import PlanCache
 from billing.services.uow import Database
 from billing.store import subscriptions as subs_store
@@ -45,9 +45,16 @@ async def check(db: Database, caller: Caller, plans: PlanCache, *, subscription_
         return (await _judge(conn, caller, sub, spec, [feature_code], [feature]))[0]
 
 
-async def list_entitlements(db: Database, caller: Caller, plans: PlanCache, *,
-                            subscription_id: str) -> list[EntitlementView]:
-    sub_uuid = paging.parse_uuid(subscription_id, "subscription_id")
+async def list_entitlements(db: Database, caller: Caller, plans: PlanCache, *, subscription_id: str,
+                            page_size: int = 0, page_token: str = "") -> list[EntitlementView]:
+    """Every feature of the plan, in one page: a plan has at most 50 (`MAX_FEATURES`)."""
+    v = Violations()
+    sub_uuid = v.check(paging.parse_uuid, subscription_id, "subscription_id")
+    v.check(paging.page_size, page_size)
+    if page_token:
+        v.items.append(("page_token", "must be empty: the first page holds every entitlement"))
+    v.raise_if_any()
+    assert sub_uuid is not None
     async with db.tenant_tx(caller.tenant_id) as conn:
         sub, spec = await _subscription(conn, caller, plans, sub_uuid, subscription_id)
         features: list[Feature | None] = list(spec.features)

@@ -1258,13 +1258,19 @@ class CheckEntitlementResponse(_message.Message):
     def __init__(self, entitlement: _Optional[_Union[Entitlement, _Mapping]] = ...) -> None: ...
 
 class ListEntitlementsRequest(_message.Message):
-    __slots__ = ("subscription_id",)
+    __slots__ = ("subscription_id", "page_size", "page_token")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
-    def __init__(self, subscription_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, subscription_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListEntitlementsResponse(_message.Message):
-    __slots__ = ("entitlements",)
+    __slots__ = ("entitlements", "next_page_token")
     ENTITLEMENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     entitlements: _containers.RepeatedCompositeFieldContainer[Entitlement]
-    def __init__(self, entitlements: _Optional[_Iterable[_Union[Entitlement, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, entitlements: _Optional[_Iterable[_Union[Entitlement, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
