@@ -31,7 +31,7 @@ from billing.domain.money import parse_decimal
 
 __all__ = [
     "FeatureKind", "LimitMode", "FeatureInput", "Feature", "Decision", "Reason", "MAX_FEATURES",
-    "ENTITLED_STATUSES", "parse_features", "decide", "grants",
+    "ENTITLED_STATUSES", "parse_features", "decide", "grants", "change_data",
 ]
 
 MAX_FEATURES = 50
@@ -229,3 +229,19 @@ def grants(status: SubscriptionStatus | str, plan_id: object) -> object | None:
     features (named by the plan) when its status is entitled, else nothing (None). Two
     states with different ``grants`` differ in entitlements: ``entitlements.changed``."""
     return plan_id if SubscriptionStatus(status) in ENTITLED_STATUSES else None
+
+
+def change_data(before: tuple[SubscriptionStatus | str, object] | None, after: tuple[SubscriptionStatus | str, object],
+                cause_event: str) -> dict[str, str] | None:
+    """The ``data`` of an ``entitlements.changed`` event for a change from ``before`` to
+    ``after`` ((status, plan id); ``before`` None: a new subscription), or None when the
+    change leaves the entitlements as they were."""
+    old = grants(*before) if before else None
+    new = grants(*after)
+    if old == new:
+        return None
+    data = {"cause_event": str(cause_event), "entitled": "true" if new is not None else "false",
+            "plan_id": str(after[1])}
+    if before is not None and before[1] != after[1]:
+        data["old_plan_id"] = str(before[1])
+    return data

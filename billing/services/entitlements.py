@@ -11,7 +11,7 @@ from decimal import Decimal
 import asyncpg
 
 from billing.domain.aggregation import PeriodUsage, charge_quantity
-from billing.domain.entitlements import ENTITLED_STATUSES, Decision, Feature, FeatureKind, decide, grants
+from billing.domain.entitlements import ENTITLED_STATUSES, Decision, Feature, FeatureKind, decide, change_data
 from billing.domain.events import EventType
 from billing.domain.plans import PlanSpec
 from billing.domain.subscriptions import Subscription
@@ -97,18 +97,14 @@ async def _judge(conn: asyncpg.Connection, caller: Caller, sub: Subscription, sp
 async def emit_if_changed(conn: asyncpg.Connection, caller: Caller, request_id: str, before: Subscription | None,
                           after: Subscription, cause_event: str, occurred_at: datetime) -> None:
     """`entitlements.changed`, in the change's transaction, when a lifecycle change moves what
-    the subscription is entitled to (`domain/entitlements.grants`: its plan while active or
-    trialing, else nothing): an activation, a pause, a resume, a cancel taking effect, a plan
-    change taking effect now. Same cause as the change's own event, another type: its own
+    the subscription is entitled to (`domain/entitlements.change_data`): an activation, a
+    pause, a resume, a cancel taking effect, a plan change taking effect now (those taking
+    effect in a billing run: `period_writes`). Same cause as the change's own event, another type: its own
     deterministic id."""
-    old = grants(before.status, before.plan_id) if before else None
-    new = grants(after.status, after.plan_id)
-    if old == new:
+    data = change_data((before.status, before.plan_id) if before else None, (after.status, after.plan_id),
+                       cause_event)
+    if data is None:
         return
-    data = {"cause_event": str(cause_event), "entitled": "true" if new is not None else "false",
-            "plan_id": str(after.plan_id)}
-    if before is not None and before.plan_id != after.plan_id:
-        data["old_plan_id"] = str(before.plan_id)
     await events.emit(conn, caller, event_type=EventType.ENTITLEMENTS_CHANGED, subscription_id=str(after.id),
                       customer_id=after.customer_id, occurred_at=occurred_at, cause=request_id,
                       from_status=before.status.value if before else None, to_status=after.status.value, data=data)

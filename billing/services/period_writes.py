@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from billing.domain.entitlements import change_data
 from billing.domain.events import EventType
 from billing.domain.money import decimal_to_str
 from billing.domain.subscriptions import Subscription
@@ -111,6 +112,16 @@ def _add_audit_and_event(w: ChunkWrites, caller: Caller, run_text: str, o: "Bill
         data={**details, "period_start": closed.period_start.isoformat(),
               "period_end": closed.period_end.isoformat()})
     w.events.append((events.STREAM, key, payload, json.dumps(headers)))
+    # A cancel or a plan change taking effect at the period's end (docs/entitlements.md).
+    data = change_data((prev.status, prev.plan_id), (closed.subscription.status, closed.subscription.plan_id),
+                       closed.event)
+    if data is not None:
+        _, key, payload, headers = events.build(
+            caller, event_type=EventType.ENTITLEMENTS_CHANGED, subscription_id=str(o.sub.id),
+            customer_id=o.sub.customer_id, occurred_at=closed.period_end,
+            cause=f"billing-run:{closed.invoice_request_id}", from_status=prev.status.value,
+            to_status=closed.subscription.status.value, data=data)
+        w.events.append((events.STREAM, key, payload, json.dumps(headers)))
 
 
 _SUB_FIELDS = tuple(f.name for f in fields(Subscription) if f.name != "status")

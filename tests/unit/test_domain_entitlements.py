@@ -119,3 +119,19 @@ def test_grants_tell_an_entitlement_change():
     assert grants("active", "p1") == grants("trialing", "p1") == "p1"
     assert grants("paused", "p1") is None and grants("pending", "p1") is None and grants("canceled", "p1") is None
     assert grants("active", "p1") != grants("active", "p2")
+
+
+def test_change_data_of_each_lifecycle_change():
+    from billing.domain.entitlements import change_data
+
+    assert change_data(None, ("pending", "p1"), "subscription.created") is None
+    assert change_data(("pending", "p1"), ("active", "p1"), "subscription.activated") == {
+        "cause_event": "subscription.activated", "entitled": "true", "plan_id": "p1"}
+    assert change_data(None, ("trialing", "p1"), "subscription.trial_started")["entitled"] == "true"
+    assert change_data(("trialing", "p1"), ("active", "p1"), "subscription.trial_ended") is None
+    assert change_data(("active", "p1"), ("paused", "p1"), "subscription.paused")["entitled"] == "false"
+    assert change_data(("active", "p1"), ("canceled", "p1"), "subscription.canceled")["entitled"] == "false"
+    assert change_data(("active", "p1"), ("active", "p2"), "subscription.plan_changed") == {
+        "cause_event": "subscription.plan_changed", "entitled": "true", "plan_id": "p2", "old_plan_id": "p1"}
+    # A plan change while paused changes nothing the subscription may use now.
+    assert change_data(("paused", "p1"), ("paused", "p2"), "subscription.plan_changed") is None
