@@ -133,11 +133,12 @@ async def test_bad_requests_name_their_fields(stub, tenant):
 
 @pytest.fixture(scope="module")
 async def relay(migrated):
-    async with running_roles(migrated, ("relay",)) as svc:
+    async with running_roles(migrated, ("billing", "relay")) as svc:
         yield svc
 
 
 def _entitlement_events(settings, key: str, wanted: int) -> list[dict]:
+    """The subscription's `entitlements.changed` events, once `wanted` of them are on the topic."""
     reader = TopicReader(settings, settings.topics.subscription_events)
 
     def mine(ms):
@@ -176,3 +177,25 @@ async def test_a_plan_change_changes_the_features_and_says_so(relay, migrated, s
                                     "plan_id": pro.id, "old_plan_id": basic.id}
     assert paused["data"]["entitled"] == "false" and paused["to_status"] == "paused"
     assert len({e["event_id"] for e in events}) == 3
+
+
+async def test_a_cancel_at_period_end_taking_effect_in_a_run_says_so(relay, migrated, stub, tenant):
+    from tests.integration.test_test_clock_billing import advanced
+    from tests.integration.test_test_clocks import APRIL, clock_sub, make_clock
+
+    plan = await _plan(stub, tenant, "10.00", features("gold"))
+    clock = await make_clock(stub, tenant, APRIL, name="entitlements")
+    sub = await clock_sub(stub, tenant, plan, clock.id, customer_id="ent-run-cancel")
+    await stub.CancelSubscription(pb.CancelSubscriptionRequest(request_id=rid(), id=sub.id,
+                                                               mode=pb.CANCEL_MODE_AT_PERIOD_END),
+                                  metadata=tenant.md)
+    assert (await _check(stub, tenant, sub, "sso")).allowed  # scheduled: still entitled
+    await advanced(stub, tenant, clock.id, datetime(2026, 5, 1, 0, 0, 1, tzinfo=timezone.utc))
+    denied = await _check(stub, tenant, sub, "sso")
+    assert not denied.allowed and denied.reason == "subscription_canceled"
+    events = await asyncio.to_thread(_entitlement_events, migrated, sub.id, 2)
+    assert [e["data"]["cause_event"] for e in sorted(events, key=lambda e: e["occurred_at_us"])] == [
+        "subscription.activated", "subscription.canceled"]
+    canceled = max(events, key=lambda e: e["occurred_at_us"])
+    assert canceled["data"]["entitled"] == "false"
+    assert canceled["occurred_at_us"] == int(datetime(2026, 5, 1, tzinfo=timezone.utc).timestamp()) * 1_000_000
