@@ -31,7 +31,7 @@ from billing.domain.money import parse_decimal
 
 __all__ = [
     "FeatureKind", "LimitMode", "FeatureInput", "Feature", "Decision", "Reason", "MAX_FEATURES",
-    "ENTITLED_STATUSES", "parse_features", "decide", "grants", "change_data",
+    "ENTITLED_STATUSES", "State", "parse_features", "decide", "entitled_to", "change_data",
 ]
 
 MAX_FEATURES = 50
@@ -224,24 +224,27 @@ def decide(feature: Feature | None, status: SubscriptionStatus | str, used: Deci
                     over_limit=True)
 
 
-def grants(status: SubscriptionStatus | str, plan_id: object) -> object | None:
-    """What a subscription is entitled to, as far as a change of it can tell: its plan's
-    features (named by the plan) when its status is entitled, else nothing (None). Two
-    states with different ``grants`` differ in entitlements: ``entitlements.changed``."""
-    return plan_id if SubscriptionStatus(status) in ENTITLED_STATUSES else None
+def entitled_to(status: SubscriptionStatus | str, features: tuple[Feature, ...]) -> tuple[Feature, ...]:
+    """What a subscription in ``status`` on a plan with ``features`` may use: the features
+    while active or trialing, else nothing."""
+    return features if SubscriptionStatus(status) in ENTITLED_STATUSES else ()
 
 
-def change_data(before: tuple[SubscriptionStatus | str, object] | None, after: tuple[SubscriptionStatus | str, object],
-                cause_event: str) -> dict[str, str] | None:
+#: A subscription as far as its entitlements go: (status, plan id, the plan's features).
+State = tuple[SubscriptionStatus | str, object, tuple[Feature, ...]]
+
+
+def change_data(before: State | None, after: State, cause_event: str) -> dict[str, str] | None:
     """The ``data`` of an ``entitlements.changed`` event for a change from ``before`` to
-    ``after`` ((status, plan id); ``before`` None: a new subscription), or None when the
-    change leaves the entitlements as they were."""
-    old = grants(*before) if before else None
-    new = grants(*after)
+    ``after`` (``before`` None: a new subscription), or None when what the subscription may
+    use is the same after as before (a plan without features, a change between two plans
+    with the same features, a trial ending on the same plan, a change while paused)."""
+    old = entitled_to(before[0], before[2]) if before else ()
+    new = entitled_to(after[0], after[2])
     if old == new:
         return None
-    data = {"cause_event": str(cause_event), "entitled": "true" if new is not None else "false",
-            "plan_id": str(after[1])}
+    entitled = SubscriptionStatus(after[0]) in ENTITLED_STATUSES
+    data = {"cause_event": str(cause_event), "entitled": "true" if entitled else "false", "plan_id": str(after[1])}
     if before is not None and before[1] != after[1]:
         data["old_plan_id"] = str(before[1])
     return data

@@ -15,7 +15,7 @@ from billing.domain.entitlements import ENTITLED_STATUSES, Decision, Feature, Fe
 from billing.domain.events import EventType
 from billing.domain.plans import PlanSpec
 from billing.domain.subscriptions import Subscription
-from billing.services import events, paging, period_reads
+from billing.services import events, paging, period_reads, plans
 from billing.services.context import Caller
 from billing.services.errors import NotFound, ValidationError, Violations
 from billing.services.plans import PlanCache
@@ -32,7 +32,7 @@ class EntitlementView:
     period_end: datetime | None = None
 
 
-async def check(db: Database, caller: Caller, plans: PlanCache, *, subscription_id: str,
+async def check(db: Database, caller: Caller, cache: PlanCache, *, subscription_id: str,
                 feature_code: str) -> EntitlementView:
     sub_uuid = paging.parse_uuid(subscription_id, "subscription_id")
     if feature_code == "":
@@ -40,12 +40,12 @@ async def check(db: Database, caller: Caller, plans: PlanCache, *, subscription_
     if len(feature_code) > 64:
         raise ValidationError("feature_code", "must be at most 64 characters")
     async with db.tenant_tx(caller.tenant_id) as conn:
-        sub, spec = await _subscription(conn, caller, plans, sub_uuid, subscription_id)
+        sub, spec = await _subscription(conn, caller, cache, sub_uuid, subscription_id)
         feature = next((f for f in spec.features if f.code == feature_code), None)
         return (await _judge(conn, caller, sub, spec, [feature_code], [feature]))[0]
 
 
-async def list_entitlements(db: Database, caller: Caller, plans: PlanCache, *, subscription_id: str,
+async def list_entitlements(db: Database, caller: Caller, cache: PlanCache, *, subscription_id: str,
                             page_size: int = 0, page_token: str = "") -> list[EntitlementView]:
     """Every feature of the plan, in one page: a plan has at most 50 (`MAX_FEATURES`)."""
     v = Violations()
@@ -56,18 +56,18 @@ async def list_entitlements(db: Database, caller: Caller, plans: PlanCache, *, s
     v.raise_if_any()
     assert sub_uuid is not None
     async with db.tenant_tx(caller.tenant_id) as conn:
-        sub, spec = await _subscription(conn, caller, plans, sub_uuid, subscription_id)
+        sub, spec = await _subscription(conn, caller, cache, sub_uuid, subscription_id)
         features: list[Feature | None] = list(spec.features)
         return await _judge(conn, caller, sub, spec, [f.code for f in spec.features], features)
 
 
-async def _subscription(conn: asyncpg.Connection, caller: Caller, plans: PlanCache, sub_uuid: uuid.UUID,
+async def _subscription(conn: asyncpg.Connection, caller: Caller, cache: PlanCache, sub_uuid: uuid.UUID,
                         subscription_id: str) -> tuple[Subscription, PlanSpec]:
     sub = await subs_store.get(conn, caller.tenant_id, sub_uuid)
     if sub is None:
         raise NotFound("subscription", subscription_id)
-    await plans.load(conn, caller.tenant_id, {sub.plan_id})
-    return sub, plans.spec(caller.tenant_id, sub.plan_id)
+    await cache.load(conn, caller.tenant_id, {sub.plan_id})
+    return sub, cache.spec(caller.tenant_id, sub.plan_id)
 
 
 async def _judge(conn: asyncpg.Connection, caller: Caller, sub: Subscription, spec: PlanSpec, codes: list[str],
@@ -96,13 +96,20 @@ async def _judge(conn: asyncpg.Connection, caller: Caller, sub: Subscription, sp
 
 async def emit_if_changed(conn: asyncpg.Connection, caller: Caller, request_id: str, before: Subscription | None,
                           after: Subscription, cause_event: str, occurred_at: datetime) -> None:
-    """`entitlements.changed`, in the change's transaction, when a lifecycle change moves what
-    the subscription is entitled to (`domain/entitlements.change_data`): an activation, a
-    pause, a resume, a cancel taking effect, a plan change taking effect now (those taking
-    effect in a billing run: `period_writes`). Same cause as the change's own event, another type: its own
-    deterministic id."""
-    data = change_data((before.status, before.plan_id) if before else None, (after.status, after.plan_id),
-                       cause_event)
+    """`entitlements.changed`, in the change's transaction, when a lifecycle change changes
+    what the subscription may use (`domain/entitlements.change_data`): an activation, a
+    pause, a resume, a cancel taking effect, a plan change taking effect now, of a plan with
+    features (those taking effect in a billing run: `period_writes`). Same cause as the
+    change's own event, another type: its own deterministic id."""
+    if before is not None and (before.status, before.plan_id) == (after.status, after.plan_id):
+        return  # nothing an entitlement depends on changed: no plan read
+    plan_ids = {after.plan_id} | ({before.plan_id} if before else set())
+    features = {}
+    for plan_id in plan_ids:
+        plan = await plans.load(conn, caller.tenant_id, plan_id)
+        features[plan_id] = plan.spec.features if plan is not None else ()
+    data = change_data((before.status, before.plan_id, features[before.plan_id]) if before else None,
+                       (after.status, after.plan_id, features[after.plan_id]), cause_event)
     if data is None:
         return
     await events.emit(conn, caller, event_type=EventType.ENTITLEMENTS_CHANGED, subscription_id=str(after.id),

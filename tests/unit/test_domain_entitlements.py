@@ -5,7 +5,9 @@ from decimal import Decimal
 
 import pytest
 
-from billing.domain.entitlements import Feature, FeatureInput, FeatureKind, LimitMode, Reason, decide, grants
+from billing.domain.entitlements import (
+    Feature, FeatureInput, FeatureKind, LimitMode, Reason, change_data, decide, entitled_to,
+)
 from billing.domain.errors import ValidationError
 from billing.domain.plan_storage import plan_from_dict, plan_to_dict
 from billing.domain.plan_validation import parse_plan
@@ -115,23 +117,24 @@ def test_a_zero_limit_denies_a_hard_feature_from_the_start():
     assert not decide(zero, "active", None).allowed
 
 
-def test_grants_tell_an_entitlement_change():
-    assert grants("active", "p1") == grants("trialing", "p1") == "p1"
-    assert grants("paused", "p1") is None and grants("pending", "p1") is None and grants("canceled", "p1") is None
-    assert grants("active", "p1") != grants("active", "p2")
+def test_entitled_to():
+    assert entitled_to("active", (SSO,)) == entitled_to("trialing", (SSO,)) == (SSO,)
+    assert entitled_to("paused", (SSO,)) == entitled_to("pending", (SSO,)) == entitled_to("canceled", (SSO,)) == ()
 
 
 def test_change_data_of_each_lifecycle_change():
-    from billing.domain.entitlements import change_data
-
-    assert change_data(None, ("pending", "p1"), "subscription.created") is None
-    assert change_data(("pending", "p1"), ("active", "p1"), "subscription.activated") == {
+    f1, f2 = (SSO, TIER), (SSO,)
+    assert change_data(None, ("pending", "p1", f1), "subscription.created") is None
+    assert change_data(("pending", "p1", f1), ("active", "p1", f1), "subscription.activated") == {
         "cause_event": "subscription.activated", "entitled": "true", "plan_id": "p1"}
-    assert change_data(None, ("trialing", "p1"), "subscription.trial_started")["entitled"] == "true"
-    assert change_data(("trialing", "p1"), ("active", "p1"), "subscription.trial_ended") is None
-    assert change_data(("active", "p1"), ("paused", "p1"), "subscription.paused")["entitled"] == "false"
-    assert change_data(("active", "p1"), ("canceled", "p1"), "subscription.canceled")["entitled"] == "false"
-    assert change_data(("active", "p1"), ("active", "p2"), "subscription.plan_changed") == {
+    assert change_data(None, ("trialing", "p1", f1), "subscription.trial_started")["entitled"] == "true"
+    assert change_data(("trialing", "p1", f1), ("active", "p1", f1), "subscription.trial_ended") is None
+    assert change_data(("active", "p1", f1), ("paused", "p1", f1), "subscription.paused")["entitled"] == "false"
+    assert change_data(("active", "p1", f1), ("canceled", "p1", f1), "subscription.canceled")["entitled"] == "false"
+    assert change_data(("active", "p1", f1), ("active", "p2", f2), "subscription.plan_changed") == {
         "cause_event": "subscription.plan_changed", "entitled": "true", "plan_id": "p2", "old_plan_id": "p1"}
-    # A plan change while paused changes nothing the subscription may use now.
-    assert change_data(("paused", "p1"), ("paused", "p2"), "subscription.plan_changed") is None
+    # Nothing the subscription may use changes: a plan change while paused, between plans
+    # with the same features, and any change of a plan without features.
+    assert change_data(("paused", "p1", f1), ("paused", "p2", f2), "subscription.plan_changed") is None
+    assert change_data(("active", "p1", f1), ("active", "p2", f1), "subscription.plan_changed") is None
+    assert change_data(("active", "p1", ()), ("paused", "p1", ()), "subscription.paused") is None
