@@ -12,8 +12,10 @@ from billing.services.previews import ChangePreview, InvoicePreviews
 from billing.services.errors import ValidationError, Violations
 from billing.services.subscriptions import SubscriptionPage, SubscriptionView
 from billing.domain.discounts import DiscountInput
+from billing.domain.entitlements import Feature, FeatureInput, FeatureKind
 from billing.domain.plans import PlanInput, TierInput, UsageChargeInput
 from billing.services.discounts import DiscountView
+from billing.services.entitlements import EntitlementView
 from billing.services.plans import Plan
 from billing.v1 import billing_pb2 as pb
 
@@ -93,6 +95,12 @@ def plan_input(req: pb.CreatePlanRequest) -> tuple[PlanInput, list[tuple[str, st
             for i, c in enumerate(req.usage_charges)
         ],
         minimum_commitment=req.minimum_commitment,
+        features=[
+            FeatureInput(code=f.code, kind=enum(pb.FeatureKind, f.kind, "FEATURE_KIND_", f"features[{i}].kind"),
+                         value=f.value, metric_code=f.metric_code, limit=f.limit,
+                         limit_mode=enum(pb.LimitMode, f.limit_mode, "LIMIT_MODE_", f"features[{i}].limit_mode"))
+            for i, f in enumerate(req.features)
+        ],
     )
     return draft, v.items
 
@@ -125,6 +133,7 @@ def plan_message(plan: Plan) -> pb.Plan:
             for c in spec.usage_charges
         ],
         minimum_commitment=decimal_to_str(spec.minimum_commitment),
+        features=[feature_message(f) for f in spec.features],
         status=enum_number(pb.PlanStatus, plan.status, "PLAN_STATUS_"),
         created_at=timestamp(plan.created_at), archived_at=timestamp(plan.archived_at),
     )
@@ -298,3 +307,19 @@ def test_clock_message(clock) -> pb.TestClock:
         status=enum_number(pb.TestClockStatus, clock.status, "TEST_CLOCK_STATUS_"),
         advance_to=timestamp(clock.advance_to), advance_run_id=str(clock.advance_run_id or ""),
         created_at=timestamp(clock.created_at))
+
+
+def feature_message(f: Feature) -> pb.Feature:
+    metered = f.kind is FeatureKind.METERED
+    return pb.Feature(code=f.code, kind=enum_number(pb.FeatureKind, f.kind, "FEATURE_KIND_"), value=f.value,
+                      metric_code=f.metric_code or "", limit=_dec(f.limit),
+                      limit_mode=enum_number(pb.LimitMode, f.limit_mode, "LIMIT_MODE_") if metered else 0)
+
+
+def entitlement_message(e: EntitlementView) -> pb.Entitlement:
+    d, f = e.decision, e.feature
+    return pb.Entitlement(
+        feature_code=e.feature_code, kind=enum_number(pb.FeatureKind, f.kind, "FEATURE_KIND_") if f else 0,
+        allowed=d.allowed, value=d.value, used=_dec(d.used), remaining=_dec(d.remaining), limit=_dec(d.limit),
+        reason=d.reason.value, over_limit=d.over_limit, metric_code=(f.metric_code or "") if f else "",
+        period_start=timestamp(e.period_start), period_end=timestamp(e.period_end))

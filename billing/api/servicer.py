@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from billing.api import convert
 from billing.api.errors import rpc
-from billing.services import billing_runs, credits, discounts, plans, previews, subscriptions, test_clocks, usage_batch
+from billing.services import billing_runs, credits, discounts, entitlements, plans, previews, subscriptions, test_clocks, usage_batch
 from billing.services.context import Caller
 from billing.services.paging import PageTokens
 from billing.services.uow import Database
@@ -264,3 +264,20 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def DeleteTestClock(self, request: pb.DeleteTestClockRequest, caller: Caller) -> pb.DeleteTestClockResponse:
         removed = await test_clocks.delete_test_clock(self.db, caller, request.request_id, request.id)
         return pb.DeleteTestClockResponse(deleted_subscriptions=removed)
+
+    # -- entitlements ------------------------------------------------------------------
+
+    @rpc
+    async def CheckEntitlement(self, request: pb.CheckEntitlementRequest,
+                               caller: Caller) -> pb.CheckEntitlementResponse:
+        found = await entitlements.check(self.db, caller, self.usage.plans, subscription_id=request.subscription_id,
+                                         feature_code=request.feature_code)
+        return pb.CheckEntitlementResponse(entitlement=convert.entitlement_message(found))
+
+    @rpc
+    async def ListEntitlements(self, request: pb.ListEntitlementsRequest,
+                               caller: Caller) -> pb.ListEntitlementsResponse:
+        found = await entitlements.list_entitlements(self.db, caller, self.usage.plans,
+                                                     subscription_id=request.subscription_id,
+                                                     page_size=request.page_size, page_token=request.page_token)
+        return pb.ListEntitlementsResponse(entitlements=[convert.entitlement_message(e) for e in found])

@@ -41,3 +41,6 @@ class EventType(StrEnum):
     CREDIT_DEPLETED = "credit.depleted"
     CREDIT_EXPIRED = "credit.expired"
     CREDIT_VOIDED = "credit.voided"
+    # What a subscription may use changed (docs/entitlements.md); data: plan_id, entitled,
+    # cause_event, old_plan_id on a plan change.
+    ENTITLEMENTS_CHANGED = "entitlements.changed"

@@ -5,6 +5,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal, Mapping, TypeVar, overload
 
+from billing.domain.entitlements import Feature, FeatureKind, LimitMode
 from billing.domain.errors import ValidationError
 from billing.domain.money import decimal_to_str, minor_units, parse_decimal
 from billing.domain.plan_validation import enum_field, int_field
@@ -55,7 +56,36 @@ def plan_to_dict(spec: PlanSpec) -> dict[str, Any]:
             for c in spec.usage_charges
         ],
         "minimum_commitment": decimal_to_str(spec.minimum_commitment),
+        # Written only when set: a plan without features is stored as it was before them.
+        **({"features": [_feature_to_dict(f) for f in spec.features]} if spec.features else {}),
     }
+
+
+def _feature_to_dict(f: Feature) -> dict[str, Any]:
+    out: dict[str, Any] = {"code": f.code, "kind": f.kind.value}
+    if f.kind is FeatureKind.STATIC:
+        out["value"] = f.value
+    if f.kind is FeatureKind.METERED:
+        out.update(metric_code=f.metric_code, limit=_dec_or_none(f.limit), limit_mode=f.limit_mode.value)
+    return out
+
+
+def _features_from_dict(d: Mapping[str, Any]) -> tuple[Feature, ...]:
+    """Absent from plans stored before entitlements existed: no features."""
+    if "features" not in d:
+        return ()
+    out: list[Feature] = []
+    for i, f in enumerate(_stored_list(d, "features", "")):
+        fp = f"features[{i}]"
+        kind = _stored_enum(FeatureKind, f, "kind", fp)
+        if kind is FeatureKind.METERED:
+            out.append(Feature(_stored_str(f, "code", fp), kind, metric_code=_stored_str(f, "metric_code", fp),
+                               limit=_stored_dec(f, "limit", fp),
+                               limit_mode=_stored_enum(LimitMode, f, "limit_mode", fp)))
+        else:
+            value = _stored_str(f, "value", fp) if kind is FeatureKind.STATIC else ""
+            out.append(Feature(_stored_str(f, "code", fp), kind, value=value))
+    return tuple(out)
 
 
 _DECIMAL_OPTIONS = ("free_units", "free_amount", "percentage_rate", "fixed_fee_per_event", "min_fee_per_event",
@@ -204,5 +234,6 @@ def plan_from_dict(d: Mapping[str, Any]) -> PlanSpec:
         usage_charges=tuple(charges),
         # Absent from plans stored before commitments existed: no commitment.
         minimum_commitment=_stored_dec(d, "minimum_commitment", "") if "minimum_commitment" in d else Decimal(0),
+        features=_features_from_dict(d),
     )
 

@@ -49,6 +49,7 @@ from enum import StrEnum
 from typing import Sequence, TypeVar
 
 from billing.domain.charge_options import charge_options
+from billing.domain.entitlements import parse_features
 from billing.domain.errors import ValidationError, Violations
 from billing.domain.money import decimal_to_str, minor_units, parse_decimal, validate_currency
 from billing.domain.plans import (
@@ -341,11 +342,15 @@ def parse_plan(inp: PlanInput) -> PlanSpec:
     # most minor units (CLF, 4): no amount is refused for a scale the real currency may allow.
     charges = v.check(_check_charges, inp.usage_charges, currency or "CLF", v)
     commitment = v.check(_check_commitment, getattr(inp, "minimum_commitment", ""), currency)
+    # A metered feature names one of the charges; the valid ones (a refused charge already
+    # has its violation, so its metric is not named again).
+    features = v.check(parse_features, getattr(inp, "features", ()),
+                       {c.metric_code for c in charges or ()}, v)
     v.raise_if_any()
     assert code is not None and name is not None and description is not None and currency is not None
     assert interval is not None and interval_count is not None and base_fee is not None
     assert billing_timing is not None and trial_days is not None and charges is not None
-    assert commitment is not None
+    assert commitment is not None and features is not None
 
     return PlanSpec(
         code=code,
@@ -359,5 +364,6 @@ def parse_plan(inp: PlanInput) -> PlanSpec:
         trial_days=trial_days,
         usage_charges=tuple(charges),
         minimum_commitment=commitment,
+        features=tuple(features),
     )
 

@@ -11,6 +11,8 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Mapping, Sequence
 
+from billing.domain.entitlements import Feature, FeatureInput
+
 
 __all__ = [
     "IntervalUnit",
@@ -112,6 +114,7 @@ class PlanInput:
     usage_charges: Sequence[UsageChargeInput] = ()
     description: str = ""
     minimum_commitment: str = ""  # "": none
+    features: Sequence[FeatureInput] = ()  # entitlements (domain/entitlements.py)
 
 
 # ----------------------------------------------------------------------- validated
@@ -173,6 +176,7 @@ class PlanSpec:
     trial_days: int
     usage_charges: tuple[UsageCharge, ...]
     minimum_commitment: Decimal = Decimal(0)  # per period, prorated for a partial one (0: none)
+    features: tuple[Feature, ...] = ()  # what a subscription is entitled to (domain/entitlements.py)
 
 
 # ----------------------------------------------------------------------- limits

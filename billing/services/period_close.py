@@ -80,7 +80,8 @@ async def bill_chunk(conn: asyncpg.Connection, caller: Caller, ctx: CloseContext
         (o.sub.id, c.period_start, c.period_end, c.invoice_request_id if c.lines else None, plan, trial)
         for o in outcomes for c, plan, trial in zip(o.closed, o.plans, o.trials)])
     request_id = ctx.request_id or str(ctx.run_id)
-    writes = await asyncio.to_thread(period_writes.rows_of, caller, ctx.run_id, outcomes, billed_before, chunk)
+    writes = await asyncio.to_thread(period_writes.rows_of, caller, ctx.run_id, outcomes, billed_before, chunk,
+                                     ctx.plans)
     await period_writes.write(conn, caller, ctx.run_id, request_id, outcomes, writes, ctx.test_clock_id)
     return chunk
 

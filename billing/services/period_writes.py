@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import asyncpg
 
+from billing.domain.entitlements import Feature, change_data
 from billing.domain.events import EventType
 from billing.domain.money import decimal_to_str
+from billing.domain.plans import PlanSpec
 from billing.domain.subscriptions import Subscription
 from billing.services import credit_writes, events, invoice_requests
 from billing.services.context import Caller
@@ -51,7 +53,7 @@ async def write(conn: asyncpg.Connection, caller: Caller, run_id: uuid.UUID, req
 
 
 def rows_of(caller: Caller, run_id: uuid.UUID, outcomes: list["Billed"], billed_before: set,
-            chunk: ChunkOutcome) -> ChunkWrites:
+            chunk: ChunkOutcome, plans: Mapping[uuid.UUID, PlanSpec] | None = None) -> ChunkWrites:
     """The rows to write for what `insert_billed_periods` marked (all but `billed_before`);
     counts and totals into `chunk`."""
     w = ChunkWrites()
@@ -70,7 +72,7 @@ def rows_of(caller: Caller, run_id: uuid.UUID, outcomes: list["Billed"], billed_
                 # Billed before, yet the subscription was not advanced past it: advance only
                 # (its late usage and pending lines stay unbilled, for the next period).
                 skipped = True
-            _add_audit_and_event(w, caller, run_text, o, i, prev)
+            _add_audit_and_event(w, caller, run_text, o, i, prev, plans or {})
             prev = closed.subscription
         if billed:
             chunk.billed += 1
@@ -92,7 +94,7 @@ def _add_billed(w: ChunkWrites, o: "Billed", i: int, chunk: ChunkOutcome) -> Non
 
 
 def _add_audit_and_event(w: ChunkWrites, caller: Caller, run_text: str, o: "Billed", i: int,
-                         prev: Subscription) -> None:
+                         prev: Subscription, plans: Mapping[uuid.UUID, PlanSpec]) -> None:
     closed = o.closed[i]
     # Times as they are: the audit rows' JSON writes them (store.db.json_text).
     details = {"run_id": run_text, "period_start": closed.period_start, "period_end": closed.period_end,
@@ -111,6 +113,22 @@ def _add_audit_and_event(w: ChunkWrites, caller: Caller, run_text: str, o: "Bill
         data={**details, "period_start": closed.period_start.isoformat(),
               "period_end": closed.period_end.isoformat()})
     w.events.append((events.STREAM, key, payload, json.dumps(headers)))
+    # A cancel or a plan change taking effect at the period's end (docs/entitlements.md).
+    now = closed.subscription
+    data = change_data((prev.status, prev.plan_id, _features(plans, prev.plan_id)),
+                       (now.status, now.plan_id, _features(plans, now.plan_id)), closed.event)
+    if data is not None:
+        _, key, payload, headers = events.build(
+            caller, event_type=EventType.ENTITLEMENTS_CHANGED, subscription_id=str(o.sub.id),
+            customer_id=o.sub.customer_id, occurred_at=closed.period_end,
+            cause=f"billing-run:{closed.invoice_request_id}", from_status=prev.status.value,
+            to_status=closed.subscription.status.value, data=data)
+        w.events.append((events.STREAM, key, payload, json.dumps(headers)))
+
+
+def _features(plans: Mapping[uuid.UUID, PlanSpec], plan_id: uuid.UUID) -> tuple[Feature, ...]:
+    spec = plans.get(plan_id)  # the chunk's reads hold the plan and the pending one
+    return spec.features if spec is not None else ()
 
 
 _SUB_FIELDS = tuple(f.name for f in fields(Subscription) if f.name != "status")

@@ -34,6 +34,7 @@ from billing.store import subscriptions as store
 from billing.store import test_clocks as clocks_store
 from billing.store import usage as usage_store
 from billing.domain.events import EventType
+from billing.services import entitlements
 
 
 _log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ async def record_change(conn: asyncpg.Connection, caller: Caller, request_id: st
         occurred_at=occurred_at or now(), cause=request_id, from_status=before.status.value if before else None,
         to_status=after.status.value, data=details,
     )
+    await entitlements.emit_if_changed(conn, caller, request_id, before, after, change.event,
+                                       occurred_at or now())
 
 
 # -- use cases --------------------------------------------------------------------------

@@ -98,6 +98,19 @@ class BillingRunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BILLING_RUN_STATUS_COMPLETED: _ClassVar[BillingRunStatus]
     BILLING_RUN_STATUS_FAILED: _ClassVar[BillingRunStatus]
 
+class FeatureKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEATURE_KIND_UNSPECIFIED: _ClassVar[FeatureKind]
+    FEATURE_KIND_BOOLEAN: _ClassVar[FeatureKind]
+    FEATURE_KIND_STATIC: _ClassVar[FeatureKind]
+    FEATURE_KIND_METERED: _ClassVar[FeatureKind]
+
+class LimitMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIMIT_MODE_UNSPECIFIED: _ClassVar[LimitMode]
+    LIMIT_MODE_HARD: _ClassVar[LimitMode]
+    LIMIT_MODE_SOFT: _ClassVar[LimitMode]
+
 class DiscountKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DISCOUNT_KIND_UNSPECIFIED: _ClassVar[DiscountKind]
@@ -161,6 +174,13 @@ BILLING_RUN_STATUS_PENDING: BillingRunStatus
 BILLING_RUN_STATUS_RUNNING: BillingRunStatus
 BILLING_RUN_STATUS_COMPLETED: BillingRunStatus
 BILLING_RUN_STATUS_FAILED: BillingRunStatus
+FEATURE_KIND_UNSPECIFIED: FeatureKind
+FEATURE_KIND_BOOLEAN: FeatureKind
+FEATURE_KIND_STATIC: FeatureKind
+FEATURE_KIND_METERED: FeatureKind
+LIMIT_MODE_UNSPECIFIED: LimitMode
+LIMIT_MODE_HARD: LimitMode
+LIMIT_MODE_SOFT: LimitMode
 DISCOUNT_KIND_UNSPECIFIED: DiscountKind
 DISCOUNT_KIND_PERCENTAGE: DiscountKind
 DISCOUNT_KIND_FIXED_AMOUNT: DiscountKind
@@ -169,7 +189,7 @@ TEST_CLOCK_STATUS_READY: TestClockStatus
 TEST_CLOCK_STATUS_ADVANCING: TestClockStatus
 
 class Plan(_message.Message):
-    __slots__ = ("id", "code", "version", "name", "description", "currency", "interval", "interval_count", "base_fee", "billing_timing", "trial_days", "usage_charges", "status", "created_at", "archived_at", "minimum_commitment")
+    __slots__ = ("id", "code", "version", "name", "description", "currency", "interval", "interval_count", "base_fee", "billing_timing", "trial_days", "usage_charges", "status", "created_at", "archived_at", "minimum_commitment", "features")
     ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +206,7 @@ class Plan(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ARCHIVED_AT_FIELD_NUMBER: _ClassVar[int]
     MINIMUM_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     id: str
     code: str
     version: int
@@ -202,7 +223,24 @@ class Plan(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     archived_at: _timestamp_pb2.Timestamp
     minimum_commitment: str
-    def __init__(self, id: _Optional[str] = ..., code: _Optional[str] = ..., version: _Optional[int] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[IntervalUnit, str]] = ..., interval_count: _Optional[int] = ..., base_fee: _Optional[str] = ..., billing_timing: _Optional[_Union[BillingTiming, str]] = ..., trial_days: _Optional[int] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., status: _Optional[_Union[PlanStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archived_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., minimum_commitment: _Optional[str] = ...) -> None: ...
+    features: _containers.RepeatedCompositeFieldContainer[Feature]
+    def __init__(self, id: _Optional[str] = ..., code: _Optional[str] = ..., version: _Optional[int] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[IntervalUnit, str]] = ..., interval_count: _Optional[int] = ..., base_fee: _Optional[str] = ..., billing_timing: _Optional[_Union[BillingTiming, str]] = ..., trial_days: _Optional[int] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., status: _Optional[_Union[PlanStatus, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., archived_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., minimum_commitment: _Optional[str] = ..., features: _Optional[_Iterable[_Union[Feature, _Mapping]]] = ...) -> None: ...
+
+class Feature(_message.Message):
+    __slots__ = ("code", "kind", "value", "metric_code", "limit", "limit_mode")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_MODE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    kind: FeatureKind
+    value: str
+    metric_code: str
+    limit: str
+    limit_mode: LimitMode
+    def __init__(self, code: _Optional[str] = ..., kind: _Optional[_Union[FeatureKind, str]] = ..., value: _Optional[str] = ..., metric_code: _Optional[str] = ..., limit: _Optional[str] = ..., limit_mode: _Optional[_Union[LimitMode, str]] = ...) -> None: ...
 
 class UsageCharge(_message.Message):
     __slots__ = ("metric_code", "aggregation", "pricing_model", "unit_price", "package_size", "tiers", "unique_property", "max_amount", "free_units", "free_amount", "package_rounding", "zero_usage_flat_fee", "percentage_rate", "fixed_fee_per_event", "min_fee_per_event", "max_fee_per_event", "amount_property", "corrections")
@@ -255,7 +293,7 @@ class Tier(_message.Message):
     def __init__(self, up_to: _Optional[str] = ..., unit_price: _Optional[str] = ..., flat_fee: _Optional[str] = ...) -> None: ...
 
 class CreatePlanRequest(_message.Message):
-    __slots__ = ("request_id", "code", "name", "description", "currency", "interval", "interval_count", "base_fee", "billing_timing", "trial_days", "usage_charges", "minimum_commitment")
+    __slots__ = ("request_id", "code", "name", "description", "currency", "interval", "interval_count", "base_fee", "billing_timing", "trial_days", "usage_charges", "minimum_commitment", "features")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +306,7 @@ class CreatePlanRequest(_message.Message):
     TRIAL_DAYS_FIELD_NUMBER: _ClassVar[int]
     USAGE_CHARGES_FIELD_NUMBER: _ClassVar[int]
     MINIMUM_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     code: str
     name: str
@@ -280,7 +319,8 @@ class CreatePlanRequest(_message.Message):
     trial_days: int
     usage_charges: _containers.RepeatedCompositeFieldContainer[UsageCharge]
     minimum_commitment: str
-    def __init__(self, request_id: _Optional[str] = ..., code: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[IntervalUnit, str]] = ..., interval_count: _Optional[int] = ..., base_fee: _Optional[str] = ..., billing_timing: _Optional[_Union[BillingTiming, str]] = ..., trial_days: _Optional[int] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., minimum_commitment: _Optional[str] = ...) -> None: ...
+    features: _containers.RepeatedCompositeFieldContainer[Feature]
+    def __init__(self, request_id: _Optional[str] = ..., code: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., currency: _Optional[str] = ..., interval: _Optional[_Union[IntervalUnit, str]] = ..., interval_count: _Optional[int] = ..., base_fee: _Optional[str] = ..., billing_timing: _Optional[_Union[BillingTiming, str]] = ..., trial_days: _Optional[int] = ..., usage_charges: _Optional[_Iterable[_Union[UsageCharge, _Mapping]]] = ..., minimum_commitment: _Optional[str] = ..., features: _Optional[_Iterable[_Union[Feature, _Mapping]]] = ...) -> None: ...
 
 class CreatePlanResponse(_message.Message):
     __slots__ = ("plan",)
@@ -1174,3 +1214,63 @@ class DeleteTestClockResponse(_message.Message):
     DELETED_SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
     deleted_subscriptions: int
     def __init__(self, deleted_subscriptions: _Optional[int] = ...) -> None: ...
+
+class CheckEntitlementRequest(_message.Message):
+    __slots__ = ("subscription_id", "feature_code")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_CODE_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    feature_code: str
+    def __init__(self, subscription_id: _Optional[str] = ..., feature_code: _Optional[str] = ...) -> None: ...
+
+class Entitlement(_message.Message):
+    __slots__ = ("feature_code", "kind", "allowed", "value", "used", "remaining", "limit", "reason", "over_limit", "metric_code", "period_start", "period_end")
+    FEATURE_CODE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OVER_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    feature_code: str
+    kind: FeatureKind
+    allowed: bool
+    value: str
+    used: str
+    remaining: str
+    limit: str
+    reason: str
+    over_limit: bool
+    metric_code: str
+    period_start: _timestamp_pb2.Timestamp
+    period_end: _timestamp_pb2.Timestamp
+    def __init__(self, feature_code: _Optional[str] = ..., kind: _Optional[_Union[FeatureKind, str]] = ..., allowed: _Optional[bool] = ..., value: _Optional[str] = ..., used: _Optional[str] = ..., remaining: _Optional[str] = ..., limit: _Optional[str] = ..., reason: _Optional[str] = ..., over_limit: _Optional[bool] = ..., metric_code: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CheckEntitlementResponse(_message.Message):
+    __slots__ = ("entitlement",)
+    ENTITLEMENT_FIELD_NUMBER: _ClassVar[int]
+    entitlement: Entitlement
+    def __init__(self, entitlement: _Optional[_Union[Entitlement, _Mapping]] = ...) -> None: ...
+
+class ListEntitlementsRequest(_message.Message):
+    __slots__ = ("subscription_id", "page_size", "page_token")
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, subscription_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListEntitlementsResponse(_message.Message):
+    __slots__ = ("entitlements", "next_page_token")
+    ENTITLEMENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entitlements: _containers.RepeatedCompositeFieldContainer[Entitlement]
+    next_page_token: str
+    def __init__(self, entitlements: _Optional[_Iterable[_Union[Entitlement, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

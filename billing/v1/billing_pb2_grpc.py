@@ -184,6 +184,16 @@ class BillingServiceStub:
                 request_serializer=billing_dot_v1_dot_billing__pb2.DeleteTestClockRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__pb2.DeleteTestClockResponse.FromString,
                 _registered_method=True)
+        self.CheckEntitlement = channel.unary_unary(
+                '/billing.v1.BillingService/CheckEntitlement',
+                request_serializer=billing_dot_v1_dot_billing__pb2.CheckEntitlementRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.CheckEntitlementResponse.FromString,
+                _registered_method=True)
+        self.ListEntitlements = channel.unary_unary(
+                '/billing.v1.BillingService/ListEntitlements',
+                request_serializer=billing_dot_v1_dot_billing__pb2.ListEntitlementsRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.ListEntitlementsResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -392,6 +402,22 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckEntitlement(self, request, context):
+        """Entitlements (docs/entitlements.md): may the subscription use a feature of its plan
+        now? Active and trialing subscriptions get their plan's features; pending, paused and
+        canceled ones get nothing. A metered feature answers from the current period's live
+        usage total.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEntitlements(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -544,6 +570,16 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.DeleteTestClock,
                     request_deserializer=billing_dot_v1_dot_billing__pb2.DeleteTestClockRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__pb2.DeleteTestClockResponse.SerializeToString,
+            ),
+            'CheckEntitlement': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckEntitlement,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.CheckEntitlementRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.CheckEntitlementResponse.SerializeToString,
+            ),
+            'ListEntitlements': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEntitlements,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.ListEntitlementsRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.ListEntitlementsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1356,6 +1392,60 @@ class BillingService:
             '/billing.v1.BillingService/DeleteTestClock',
             billing_dot_v1_dot_billing__pb2.DeleteTestClockRequest.SerializeToString,
             billing_dot_v1_dot_billing__pb2.DeleteTestClockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckEntitlement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/CheckEntitlement',
+            billing_dot_v1_dot_billing__pb2.CheckEntitlementRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.CheckEntitlementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEntitlements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/ListEntitlements',
+            billing_dot_v1_dot_billing__pb2.ListEntitlementsRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.ListEntitlementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

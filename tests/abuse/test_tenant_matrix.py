@@ -294,6 +294,24 @@ async def delete_test_clock(p: Probe):
         await p("DeleteTestClock", pb.DeleteTestClockRequest(request_id=rid(), id=clock.id))
 
 
+async def check_entitlement(p: Probe):
+    # A's subscriptions, with a feature code of A's plan: not found for B.
+    for sub in p.a.subs.values():
+        await p("CheckEntitlement", pb.CheckEntitlementRequest(subscription_id=sub.id, feature_code="sso"))
+    own = p.b.subs["active"]
+    resp = await p("CheckEntitlement", pb.CheckEntitlementRequest(subscription_id=own.id, feature_code="sso"),
+                   allowed=("OK",))
+    assert resp.entitlement.feature_code == "sso" and resp.entitlement.allowed
+
+
+async def list_entitlements(p: Probe):
+    for sub in p.a.subs.values():
+        await p("ListEntitlements", pb.ListEntitlementsRequest(subscription_id=sub.id))
+    resp = await p("ListEntitlements", pb.ListEntitlementsRequest(subscription_id=p.b.subs["active"].id),
+                   allowed=("OK",))
+    assert [e.feature_code for e in resp.entitlements] == ["sso", "calls-quota"]
+
+
 CASES = {
     "CreatePlan": create_plan, "GetPlan": get_plan, "ListPlans": list_plans, "ArchivePlan": archive_plan,
     "CreateSubscription": create_subscription, "GetSubscription": get_subscription,
@@ -311,6 +329,7 @@ CASES = {
     "VoidCreditGrant": void_credit_grant,
     "CreateTestClock": create_test_clock, "GetTestClock": get_test_clock, "ListTestClocks": list_test_clocks,
     "AdvanceTestClock": advance_test_clock, "DeleteTestClock": delete_test_clock,
+    "CheckEntitlement": check_entitlement, "ListEntitlements": list_entitlements,
 }
 
 

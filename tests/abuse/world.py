@@ -76,7 +76,9 @@ async def build_world(stub, tenant, tag: str = "w") -> World:
         req = plan_request(code=f"{tag}-{key}-{uuid.uuid4().hex[:6]}", **kw)
         w.plans[key] = (await call(stub.CreatePlan, req)).plan
 
-    await plan("main", base_fee="10.00")
+    await plan("main", base_fee="10.00", features=[
+        pb.Feature(code="sso", kind=pb.FEATURE_KIND_BOOLEAN),
+        pb.Feature(code="calls-quota", kind=pb.FEATURE_KIND_METERED, metric_code="calls", limit="1000")])
     await plan("upgrade", base_fee="99.00")
     await plan("usd", currency="USD")
     await plan("trial", trial_days=14)

@@ -42,6 +42,8 @@ EXPECTED_METHODS = {
     "ListTestClocks",
     "AdvanceTestClock",
     "DeleteTestClock",
+    "CheckEntitlement",
+    "ListEntitlements",
 }
 MUTATION = re.compile(r"^(Create|Archive|Activate|Pause|Resume|Cancel|Advance|Delete|Void)|^(ChangePlan|RecordUsage|RecordUsageBatch|RunBilling)$")
 
