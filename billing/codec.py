@@ -41,20 +41,8 @@ from fastavro.schema import to_parsing_canonical_form
 from billing.resources import schemas_dir
 
 __all__ = [
-    "SCHEMA_DIR",
-    "HISTORY_DIR",
-    "NAMESPACE",
-    "Schema",
-    "CodecError",
-    "UnknownSchemaError",
-    "MalformedMessageError",
-    "encode",
-    "decode",
-    "decode_many",
-    "decode_any",
-    "fingerprint",
-    "content_type",
-    "register_history_schema",
+    "SCHEMA_DIR", "HISTORY_DIR", "NAMESPACE", "Schema", "CodecError", "UnknownSchemaError", "MalformedMessageError",
+    "encode", "decode", "decode_many", "decode_any", "fingerprint", "content_type", "register_history_schema",
     "schema_json",
 ]
 
