@@ -25,7 +25,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from billing.domain.errors import ValidationError
+from billing.domain.errors import ValidationError, text_field
 from billing.domain.money import decimal_to_str, minor_units, parse_decimal
 from billing.domain.plans import PRICE_MAX_SCALE, Aggregation, PackageRounding, PricingModel, UsageChargeInput
 
@@ -35,16 +35,8 @@ _PROPERTY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", re.ASCII)
 _PERCENTAGE_FIELDS = ("percentage_rate", "fixed_fee_per_event", "min_fee_per_event", "max_fee_per_event")
 
 
-def _text(value: object, field: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValidationError(field, "must be a string")
-    return value
-
-
 def _optional(c: UsageChargeInput, name: str, field: str) -> Decimal | None:
-    text = _text(getattr(c, name), f"{field}.{name}")
+    text = text_field(getattr(c, name), f"{field}.{name}")
     return None if text == "" else parse_decimal(text, f"{field}.{name}", max_scale=PRICE_MAX_SCALE)
 
 
@@ -62,11 +54,11 @@ def charge_options(c: UsageChargeInput, field: str, model: PricingModel, aggrega
         raise ValidationError(f"{field}.aggregation",
                               f"weighted_sum prices per_unit, package, graduated or volume, not '{model.value}'")
     free_units = _optional(c, "free_units", field)
-    free_text = _text(c.free_amount, f"{field}.free_amount")
+    free_text = text_field(c.free_amount, f"{field}.free_amount")
     if free_text:
         out["free_amount"] = parse_decimal(free_text, f"{field}.free_amount", max_scale=minor_units(currency))
 
-    rounding = _text(c.package_rounding, f"{field}.package_rounding")
+    rounding = text_field(c.package_rounding, f"{field}.package_rounding")
     if model is PricingModel.PACKAGE:
         if rounding:
             try:
@@ -92,7 +84,7 @@ def charge_options(c: UsageChargeInput, field: str, model: PricingModel, aggrega
     if model is PricingModel.DYNAMIC:
         if aggregation not in (Aggregation.SUM, Aggregation.COUNT):
             raise ValidationError(f"{field}.aggregation", "must be sum or count for pricing model 'dynamic'")
-        prop = _text(c.amount_property, f"{field}.amount_property")
+        prop = text_field(c.amount_property, f"{field}.amount_property")
         if not prop:
             raise ValidationError(f"{field}.amount_property",
                                   "is required for pricing model 'dynamic': the event property holding its price")

@@ -25,7 +25,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Collection, Sequence
 
-from billing.domain.errors import ValidationError, Violations
+from billing.domain.errors import ValidationError, Violations, text_field
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import parse_decimal
 
@@ -98,21 +98,13 @@ class Decision:
 # ----------------------------------------------------------------------- validation
 
 
-def _text(value: object, field: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValidationError(field, "must be a string")
-    return value
-
-
 def _empty(value: object, field: str, kind: FeatureKind) -> None:
-    if _text(value, field) != "":
+    if text_field(value, field) != "":
         raise ValidationError(field, f"must be empty for kind '{kind.value}'")
 
 
 def _kind(value: object, field: str) -> FeatureKind:
-    text = _text(value, field)
+    text = text_field(value, field)
     if text == "":
         raise ValidationError(field, "is required")
     try:
@@ -125,7 +117,7 @@ def _kind(value: object, field: str) -> FeatureKind:
 def _parse_feature(f: object, field: str, metrics: Collection[str]) -> Feature:
     if not isinstance(f, FeatureInput):
         raise ValidationError(field, "must be a feature")
-    code = _text(f.code, f"{field}.code")
+    code = text_field(f.code, f"{field}.code")
     if code == "":
         raise ValidationError(f"{field}.code", "is required")
     if _CODE_RE.fullmatch(code) is None:
@@ -139,7 +131,7 @@ def _parse_feature(f: object, field: str, metrics: Collection[str]) -> Feature:
             _empty(getattr(f, name), f"{field}.{name}", kind)
         if kind is FeatureKind.BOOLEAN:
             return Feature(code, kind)
-        value = _text(f.value, f"{field}.value")
+        value = text_field(f.value, f"{field}.value")
         if value.strip() == "":
             raise ValidationError(f"{field}.value", "is required for kind 'static'")
         if len(value) > VALUE_MAX_LEN:
@@ -147,17 +139,17 @@ def _parse_feature(f: object, field: str, metrics: Collection[str]) -> Feature:
         if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
             raise ValidationError(f"{field}.value", "must not contain control characters")
         return Feature(code, kind, value=value)
-    metric = _text(f.metric_code, f"{field}.metric_code")
+    metric = text_field(f.metric_code, f"{field}.metric_code")
     if metric == "":
         raise ValidationError(f"{field}.metric_code", "is required for kind 'metered'")
     if metric not in metrics:
         raise ValidationError(f"{field}.metric_code", f"must be the metric_code of one of the plan's usage "
                                                       f"charges, got {metric!r}")
-    limit_text = _text(f.limit, f"{field}.limit")
+    limit_text = text_field(f.limit, f"{field}.limit")
     if limit_text == "":
         raise ValidationError(f"{field}.limit", "is required for kind 'metered'")
     limit = parse_decimal(limit_text, f"{field}.limit", max_scale=LIMIT_MAX_SCALE)
-    mode_text = _text(f.limit_mode, f"{field}.limit_mode") or LimitMode.HARD.value
+    mode_text = text_field(f.limit_mode, f"{field}.limit_mode") or LimitMode.HARD.value
     try:
         mode = LimitMode(mode_text)
     except ValueError:

@@ -12,7 +12,7 @@ from typing import Callable, ParamSpec, TypeVar
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-__all__ = ["DomainError", "ValidationError", "Violations", "TransitionRefused", "PreconditionFailed"]
+__all__ = ["DomainError", "ValidationError", "Violations", "TransitionRefused", "PreconditionFailed", "text_field"]
 
 
 class DomainError(Exception):
@@ -123,3 +123,13 @@ class PreconditionFailed(DomainError):
     def __init__(self, message: str, reason: str = "FAILED_PRECONDITION") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def text_field(value: object, field: str) -> str:
+    """A raw text field of a request: ``None`` counts as not given (``""``); anything but a
+    string is a ValidationError naming ``field``."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValidationError(field, "must be a string")
+    return value

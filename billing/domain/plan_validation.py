@@ -50,7 +50,7 @@ from typing import Sequence, TypeVar
 
 from billing.domain.charge_options import charge_options
 from billing.domain.entitlements import parse_features
-from billing.domain.errors import ValidationError, Violations
+from billing.domain.errors import ValidationError, Violations, text_field
 from billing.domain.money import decimal_to_str, minor_units, parse_decimal, validate_currency
 from billing.domain.plans import (
     CODE_MAX_LEN, DESCRIPTION_MAX_LEN, MAX_INTERVAL_COUNT, MAX_TIERS, MAX_TRIAL_DAYS, MAX_USAGE_CHARGES,
@@ -66,15 +66,6 @@ _DESCRIPTION_ALLOWED_CONTROLS = frozenset("\n\r\t")
 # ----------------------------------------------------------------------- helpers
 
 
-def _text(value: object, field: str) -> str:
-    """Raw text field; ``None`` counts as not given (``""``)."""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValidationError(field, "must be a string")
-    return value
-
-
 def int_field(value: object, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(field, "must be an integer")
@@ -82,7 +73,7 @@ def int_field(value: object, field: str) -> int:
 
 
 def _check_code(value: object, field: str) -> str:
-    text = _text(value, field)
+    text = text_field(value, field)
     if text == "":
         raise ValidationError(field, "is required")
     if len(text) > CODE_MAX_LEN:
@@ -105,7 +96,7 @@ def _bad_char(text: str, allowed: frozenset[str] = frozenset()) -> str | None:
 
 
 def _check_name(value: object, field: str) -> str:
-    text = _text(value, field)
+    text = text_field(value, field)
     if text == "":
         raise ValidationError(field, "is required")
     if len(text) > NAME_MAX_LEN:
@@ -119,7 +110,7 @@ def _check_name(value: object, field: str) -> str:
 
 
 def _check_description(value: object, field: str) -> str:
-    text = _text(value, field)
+    text = text_field(value, field)
     if len(text) > DESCRIPTION_MAX_LEN:
         raise ValidationError(field, f"must be at most {DESCRIPTION_MAX_LEN} characters")
     bad = _bad_char(text, _DESCRIPTION_ALLOWED_CONTROLS)
@@ -132,7 +123,7 @@ _E = TypeVar("_E", bound=StrEnum)
 
 
 def enum_field(enum_cls: type[_E], value: object, field: str) -> _E:
-    text = _text(value, field)
+    text = text_field(value, field)
     if text == "":
         raise ValidationError(field, "is required")
     try:
@@ -143,17 +134,17 @@ def enum_field(enum_cls: type[_E], value: object, field: str) -> _E:
 
 
 def _must_be_empty(value: object, field: str, model: PricingModel) -> None:
-    if _text(value, field) != "":
+    if text_field(value, field) != "":
         raise ValidationError(field, f"must be empty for pricing model '{model.value}'")
 
 
 def _price(value: object, field: str) -> Decimal:
-    return parse_decimal(_text(value, field), field, max_scale=PRICE_MAX_SCALE)
+    return parse_decimal(text_field(value, field), field, max_scale=PRICE_MAX_SCALE)
 
 
 def _money(value: object, field: str, currency: str) -> Decimal:
     units = minor_units(currency)
-    return parse_decimal(_text(value, field), field, max_scale=units)
+    return parse_decimal(text_field(value, field), field, max_scale=units)
 
 
 # ----------------------------------------------------------------------- parsing
@@ -164,7 +155,7 @@ def _parse_tier(
 ) -> Tier:
     if not isinstance(t, TierInput):
         raise ValidationError(field, "must be a tier")
-    up_to_text = _text(t.up_to, f"{field}.up_to")
+    up_to_text = text_field(t.up_to, f"{field}.up_to")
     if is_last:
         if up_to_text != "":
             raise ValidationError(
@@ -181,7 +172,7 @@ def _parse_tier(
                 f"must be greater than {prev_field}.up_to ({decimal_to_str(previous_up_to)})",
             )
     unit_price = _price(t.unit_price, f"{field}.unit_price")
-    flat_text = _text(t.flat_fee, f"{field}.flat_fee")
+    flat_text = text_field(t.flat_fee, f"{field}.flat_fee")
     flat_fee = Decimal(0) if flat_text == "" else _money(flat_text, f"{field}.flat_fee", currency)
     return Tier(up_to=up_to, unit_price=unit_price, flat_fee=flat_fee)
 
@@ -200,7 +191,7 @@ def _parse_charge(c: object, field: str, currency: str) -> UsageCharge:
         unit_price = _price(c.unit_price, f"{field}.unit_price")
         if model is PricingModel.PACKAGE:
             package_size = parse_decimal(
-                _text(c.package_size, f"{field}.package_size"),
+                text_field(c.package_size, f"{field}.package_size"),
                 f"{field}.package_size",
                 allow_zero=False,
                 max_scale=PRICE_MAX_SCALE,
@@ -237,7 +228,7 @@ def _parse_charge(c: object, field: str, currency: str) -> UsageCharge:
             parsed.append(tier)
             previous = tier.up_to
         tiers = tuple(parsed)
-    unique_text = _text(c.unique_property, f"{field}.unique_property")
+    unique_text = text_field(c.unique_property, f"{field}.unique_property")
     if aggregation is Aggregation.UNIQUE_COUNT:
         if not unique_text:
             raise ValidationError(f"{field}.unique_property", "is required for aggregation 'unique_count'")
@@ -246,7 +237,7 @@ def _parse_charge(c: object, field: str, currency: str) -> UsageCharge:
         raise ValidationError(f"{field}.unique_property", "is only for aggregation 'unique_count'")
     else:
         unique_property = None
-    max_text = _text(getattr(c, "max_amount", ""), f"{field}.max_amount")
+    max_text = text_field(getattr(c, "max_amount", ""), f"{field}.max_amount")
     max_amount = (None if max_text == "" else
                   parse_decimal(max_text, f"{field}.max_amount", allow_zero=False, max_scale=minor_units(currency)))
     return UsageCharge(
@@ -281,7 +272,7 @@ def _check_interval_count(value: object, interval: IntervalUnit | None) -> int:
 
 
 def _check_base_fee(value: object, currency: str | None) -> Decimal:
-    text = _text(value, "base_fee")
+    text = text_field(value, "base_fee")
     if text == "":
         raise ValidationError("base_fee", "is required (use 0 for a plan without a base fee)")
     if currency is None:  # the currency is refused too; its minor unit is unknown
@@ -290,7 +281,7 @@ def _check_base_fee(value: object, currency: str | None) -> Decimal:
 
 
 def _check_commitment(value: object, currency: str | None) -> Decimal:
-    text = _text(value, "minimum_commitment")
+    text = text_field(value, "minimum_commitment")
     if text == "":
         return Decimal(0)
     return parse_decimal(text, "minimum_commitment", max_scale=minor_units(currency) if currency else PRICE_MAX_SCALE)
@@ -332,7 +323,7 @@ def parse_plan(inp: PlanInput) -> PlanSpec:
     code = v.check(_check_code, inp.code, "code")
     name = v.check(_check_name, inp.name, "name")
     description = v.check(_check_description, inp.description, "description")
-    currency = v.check(lambda: validate_currency(_text(inp.currency, "currency"), "currency"))
+    currency = v.check(lambda: validate_currency(text_field(inp.currency, "currency"), "currency"))
     interval = v.check(enum_field, IntervalUnit, inp.interval, "interval")
     interval_count = v.check(_check_interval_count, inp.interval_count, interval)
     base_fee = v.check(_check_base_fee, inp.base_fee, currency)
