@@ -250,13 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tenants_rotate_key)
 
     # Client commands: over the gRPC API, as a tenant (billing/cli_common.py).
-    from billing import cli_catalog, cli_clocks, cli_credits, cli_discounts, cli_invoices, cli_runs, cli_seed
+    from billing import (
+        cli_catalog, cli_clocks, cli_credits, cli_discounts, cli_entitlements, cli_invoices, cli_runs, cli_seed,
+    )
 
     cli_catalog.add_parsers(sub, common)
     cli_runs.add_parsers(sub, common)
     cli_clocks.add_parsers(sub, common)
     cli_discounts.add_parsers(sub, common)
     cli_credits.add_parsers(sub, common)
+    cli_entitlements.add_parsers(sub, common)
     cli_invoices.add_parsers(sub, common, cmd_invoices_tail)
     cli_seed.add_parsers(sub, common, cmd_seed)
 
