@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-cluster proto bench-ingest bench-billing bench-grpc-usage bench-load dashboard clean
+.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-cluster proto bench-ingest bench-billing bench-grpc-usage bench-load bench-entitlements dashboard clean
 
 # Dependencies at the versions of constraints.txt (reproducible installs; the Dockerfile uses it too).
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -89,6 +89,11 @@ bench-grpc-usage: install
 ## last line: load_events_per_s=<n> grpc_p99_ms=<x> errors=<k>   (ARGS="--seconds 15" for a short run)
 bench-load: install
 	$(PY) -m bench.load $(ARGS)
+
+## CheckEntitlement from 50 client processes while usage ingests at 20,000 events/s, against the
+## same checks alone in the same run; last line: entitlement_checks_per_s=<n> p99_ms=<x> errors=<k> ...
+bench-entitlements: install
+	$(PY) -m bench.entitlements $(ARGS)
 
 ## Regenerate deploy/grafana/dashboards/billing.json (a test fails when it is stale).
 dashboard: install

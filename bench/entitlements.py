@@ -1,0 +1,288 @@
+"""bench/entitlements: CheckEntitlement over gRPC while usage ingests, against the same
+checks with no ingestion, measured in the same run (issue 23).
+
+    make bench-entitlements                            # 50 clients, 30 s under ingestion
+    python -m bench.entitlements --seconds 10 --clients 10 --rate 5000
+
+1. Starts its own PostgreSQL and Kafka (the local stack, in a temporary directory);
+   migrates; creates a tenant with one plan (metric "calls", sum) listing three features,
+   `sso` (boolean), `tier` (static "gold") and `calls` (metered on "calls", a hard limit no
+   run reaches), and --subscriptions active subscriptions.
+2. Runs the service as one machine would: `billing serve --roles api` and `--roles usage`,
+   each a process of its own, all at the same priority by default: the issue asks for checks
+   while usage ingests at the rate, and a consumer at nice 10 (bench/load.py's default)
+   beside 50 client processes ingests a fraction of it (--nice 10 to measure that).
+3. Clients: --clients processes (default 50), each one synchronous gRPC channel calling
+   CheckEntitlement in a loop, one call at a time, on random subscriptions, the three
+   features in turn (a third of the checks read live usage).
+4. Baseline: the checks alone for --baseline-seconds (default 10). Then, for --seconds
+   (default 30): usage produced to billing.usage.v1 at --rate events/s (default 20,000;
+   `billing produce-usage`, uuid4 ids) and consumed by the usage role, with the same checks.
+
+CPU is counted for the bench's own processes only (bench/cpu.py): the api server, its
+PostgreSQL, the usage role and the broker, per check; the clients apart. Under ingestion,
+PostgreSQL's CPU includes the ingestion's, so the baseline's figure is the check's own.
+
+Issue 23 also asks for the threshold alert lag in this bench; thresholds do not exist yet,
+so the bench says `threshold_lag=none` (nothing to measure).
+
+The last line is `entitlement_checks_per_s=<n> p99_ms=<x> p50_ms=<y> errors=<k>
+ingest_events_per_s=<i> cpu_us_per_check=<c> server_us=<s> postgres_us=<p>
+ratio_vs_no_ingest=<r> baseline_p99_ms=<b> threshold_lag=none` (under ingestion; c = s + p
+measured in the baseline phase, where PostgreSQL serves the checks only).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import queue
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import asyncpg
+
+from bench.cpu import CpuMeter, kafka_pid, postmaster_pid
+from bench.fixtures import copy_rows
+from bench.load import high_watermark, percentile, start_role, stored_offsets, wait_ready
+from billing.config import Settings
+from billing.devstack import LocalStack, free_port
+from billing.domain.entitlements import FeatureInput
+from billing.domain.plan_storage import plan_to_dict
+from billing.domain.plan_validation import parse_plan
+from billing.domain.plans import PlanInput, UsageChargeInput
+from billing.kafka import ensure_topics
+from billing.services.tenants import create_tenant
+from billing.store.db import init_connection
+from billing.store.migrations import migrate
+
+FEATURES = ("sso", "tier", "calls")  # boolean, static, metered
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+async def setup_tenant(settings: Settings, subscriptions: int) -> tuple[str, str, list[str]]:
+    """(tenant id, API key, subscription ids), written straight into the database as the owner."""
+    admin = await asyncpg.connect(settings.admin_database_url)
+    await init_connection(admin)
+    tenant = await create_tenant(admin, f"bench-ent-{uuid.uuid4().hex[:6]}")
+    spec = parse_plan(PlanInput(
+        code="entitled", name="Entitled", currency="EUR", interval="month", interval_count=1, base_fee="0",
+        billing_timing="in_arrears", trial_days=0,
+        usage_charges=[UsageChargeInput("calls", "sum", "per_unit", unit_price="0.001")],
+        features=[FeatureInput("sso", "boolean"), FeatureInput("tier", "static", value="gold"),
+                  FeatureInput("calls", "metered", metric_code="calls", limit="1000000000000", limit_mode="hard")]))
+    plan_id = uuid.uuid4()
+    await admin.execute("insert into plans (tenant_id, id, code, spec) values ($1, $2, 'entitled', $3)",
+                        tenant.tenant_id, plan_id, plan_to_dict(spec))
+    start = datetime.now(timezone.utc) - timedelta(days=1)
+    subs = [uuid.uuid4() for _ in range(subscriptions)]
+    await copy_rows(admin, "subscriptions",
+                    ["tenant_id", "id", "customer_id", "plan_id", "status", "created_at", "start_at", "billing_anchor",
+                     "trial_days", "current_period_start", "current_period_end"],
+                    [(tenant.tenant_id, s, "bench", plan_id, "active", start, start, start, 0, start,
+                      start + timedelta(days=30)) for s in subs])
+    await admin.execute("analyze subscriptions")
+    await admin.close()
+    return str(tenant.tenant_id), tenant.api_key, [str(s) for s in subs]
+
+
+def _client(address: str, api_key: str, subs: list[str], phases: list[float], ready, gos, out) -> None:
+    """A process of its own: one channel, one call at a time; one report per phase."""
+    import grpc
+
+    from billing.v1 import billing_pb2 as pb
+    from billing.v1 import billing_pb2_grpc
+
+    md = (("authorization", f"Bearer {api_key}"),)
+    rnd = random.Random()
+    with grpc.insecure_channel(address) as channel:
+        stub = billing_pb2_grpc.BillingServiceStub(channel)
+        stub.CheckEntitlement(pb.CheckEntitlementRequest(subscription_id=subs[0], feature_code="sso"),
+                              metadata=md, timeout=30)  # connected and warm before the clock starts
+        ready.wait()
+        for seconds, go in zip(phases, gos):
+            go.wait()
+            latencies: dict[str, list[float]] = {f: [] for f in FEATURES}
+            errors: dict[str, int] = {}
+            i = rnd.randrange(len(FEATURES))
+            cpu0 = time.process_time()
+            end = time.perf_counter() + seconds
+            while (now := time.perf_counter()) < end:
+                feature = FEATURES[i % len(FEATURES)]
+                i += 1
+                try:
+                    resp = stub.CheckEntitlement(
+                        pb.CheckEntitlementRequest(subscription_id=rnd.choice(subs), feature_code=feature),
+                        metadata=md, timeout=10)
+                    if not resp.entitlement.allowed:  # every check of this bench must be allowed
+                        errors[f"not_allowed:{resp.entitlement.reason}"] = errors.get(
+                            f"not_allowed:{resp.entitlement.reason}", 0) + 1
+                        continue
+                    latencies[feature].append(time.perf_counter() - now)
+                except grpc.RpcError as exc:
+                    errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+            out.put({"latencies": latencies, "errors": errors, "cpu_s": time.process_time() - cpu0})
+
+
+def collect(out, clients: int, procs) -> list[dict]:
+    results: list[dict] = []
+    while len(results) < clients:
+        try:
+            results.append(out.get(timeout=5))
+        except queue.Empty:
+            if not any(p.is_alive() for p in procs):
+                raise RuntimeError("client processes ended without reporting") from None
+    return results
+
+
+def summarize(results: list[dict], elapsed: float, cpu: dict) -> dict:
+    every = [x * 1000 for r in results for v in r["latencies"].values() for x in v]
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, n in r["errors"].items():
+            errors[k] = errors.get(k, 0) + n
+    checks = len(every)
+    per = max(1, checks)
+    us = {k: None if v is None else round(v / per * 1e6, 1) for k, v in cpu.items()}
+    us["clients"] = round(sum(r["cpu_s"] for r in results) / per * 1e6, 1)
+    by_feature = {}
+    for f in FEATURES:
+        values = [x * 1000 for r in results for x in r["latencies"][f]]
+        by_feature[f] = {"n": len(values), "p50_ms": round(percentile(values, 50), 2),
+                         "p99_ms": round(percentile(values, 99), 2)}
+    return {"seconds": round(elapsed, 1), "checks": checks, "checks_per_s": round(checks / elapsed),
+            "errors": sum(errors.values()), "error_codes": errors,
+            "p50_ms": round(percentile(every, 50), 2), "p90_ms": round(percentile(every, 90), 2),
+            "p99_ms": round(percentile(every, 99), 2), "max_ms": round(max(every), 1) if every else None,
+            "by_feature": by_feature, "cpu_us_per_check": us}
+
+
+def measured(go, out, clients: int, procs, meter: CpuMeter) -> dict:
+    before = meter.read()
+    started = time.perf_counter()
+    go.set()
+    results = collect(out, clients, procs)
+    elapsed = time.perf_counter() - started
+    return summarize(results, elapsed, CpuMeter.used(before, meter.read()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30, help="checks under ingestion (default 30)")
+    parser.add_argument("--baseline-seconds", type=float, default=10, help="checks alone (default 10)")
+    parser.add_argument("--rate", type=float, default=20_000, help="usage events produced per second (default 20000)")
+    parser.add_argument("--clients", type=int, default=50, help="client processes (default 50)")
+    parser.add_argument("--subscriptions", type=int, default=1000)
+    parser.add_argument("--nice", type=int, default=0,
+                        help="CPU niceness of the usage role and the load generator; the api keeps 0 (default 0)")
+    args = parser.parse_args()
+
+    base = Settings()
+    state = Path(tempfile.mkdtemp(prefix="bench-entitlements-"))
+    stack = LocalStack.create(state, pg_port=free_port(), kafka_port=free_port(), controller_port=free_port(),
+                              kafka_version=base.kafka_version, kafka_cache_dir=base.kafka_cache_dir)
+    log(f"starting the local stack in {state}")
+    stack.start()
+    settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()})
+    grpc_port = free_port()
+    env = {**os.environ, "BILLING_DATABASE_URL": settings.database_url,
+           "BILLING_WORKER_DATABASE_URL": settings.worker_database_url,
+           "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url,
+           "BILLING_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "BILLING_KAFKA_REPLICATION_FACTOR": str(settings.kafka_replication_factor),
+           "BILLING_KAFKA_MIN_INSYNC_REPLICAS": str(settings.kafka_min_insync_replicas), "BILLING_LOG_LEVEL": "WARNING",
+           "BILLING_SCHEDULER_INTERVAL_S": "0"}
+    roles: list[tuple[subprocess.Popen, int]] = []
+    clients: list = []
+    producer = None
+    finished = False
+    try:
+        asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
+        ensure_topics(settings)
+        tenant_id, api_key, subs = asyncio.run(setup_tenant(settings, args.subscriptions))
+        roles.append(start_role("api", env, state, BILLING_GRPC_PORT=str(grpc_port)))
+        roles.append(start_role("usage", env, state, nice=args.nice))
+        wait_ready(roles)
+        ctx = multiprocessing.get_context("spawn")
+        ready, gos, out = ctx.Barrier(args.clients + 1), [ctx.Event(), ctx.Event()], ctx.Queue()
+        clients = [ctx.Process(target=_client, args=(f"127.0.0.1:{grpc_port}", api_key, subs,
+                                                     [args.baseline_seconds, args.seconds], ready, gos, out))
+                   for _ in range(args.clients)]
+        for p in clients:
+            p.start()
+        ready.wait(timeout=300)
+        meter = CpuMeter(server=roles[0][0].pid, postgres=postmaster_pid(stack.postgres.data_dir),
+                         usage=roles[1][0].pid, kafka=kafka_pid(stack.kafka.data_dir))
+        log(f"{args.clients} clients connected; baseline: checks alone for {args.baseline_seconds:.0f}s")
+        baseline = measured(gos[0], out, args.clients, clients, meter)
+        log(f"baseline {baseline['checks_per_s']} checks/s p99 {baseline['p99_ms']} ms; under ingestion: "
+            f"{args.rate:.0f} events/s produced, the same checks, for {args.seconds:.0f}s")
+        subs_file = state / "subscriptions.txt"
+        subs_file.write_text("\n".join(subs))
+        producer = subprocess.Popen(
+            ["nice", "-n", str(args.nice), sys.executable, "-m", "billing.cli", "produce-usage",
+             "--count", str(int(args.rate * (args.seconds + 10))), "--tenant-id", tenant_id,
+             "--subscriptions-file", str(subs_file), "--metric", "calls", "--rate", str(args.rate),
+             "--ids", "uuid4", "--duplicates", "0", "--seed", "1", "--no-progress"],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(state / "producer.log", "a"))
+        time.sleep(3)  # ingestion at its steady state before the clock starts
+        marks0, offsets0, t0 = high_watermark(settings), asyncio.run(stored_offsets(settings)), time.perf_counter()
+        loaded = measured(gos[1], out, args.clients, clients, meter)
+        marks1, offsets1, t1 = high_watermark(settings), asyncio.run(stored_offsets(settings)), time.perf_counter()
+        for proc, _ in roles:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a service process died (exit {proc.returncode}); logs in {state}")
+        ingest = {"produced_per_s": round((marks1 - marks0) / (t1 - t0)),
+                  "consumed_per_s": round((offsets1 - offsets0) / (t1 - t0)), "lag_at_end": marks1 - offsets1}
+        ratio = loaded["checks_per_s"] / max(1, baseline["checks_per_s"])
+        figures = {"clients": args.clients, "subscriptions": args.subscriptions, "rate_asked": args.rate,
+                   "ingest": ingest, "under_ingestion": loaded, "baseline_no_ingestion": baseline,
+                   "ratio_vs_no_ingest": round(ratio, 2), "threshold_lag": "none: no thresholds on this branch",
+                   "load_avg": [round(x, 2) for x in os.getloadavg()]}
+        print(json.dumps(figures))
+        cpu = baseline["cpu_us_per_check"]
+        print(f"entitlement_checks_per_s={loaded['checks_per_s']} p99_ms={loaded['p99_ms']} "
+              f"p50_ms={loaded['p50_ms']} errors={loaded['errors'] + baseline['errors']} "
+              f"ingest_events_per_s={ingest['consumed_per_s']} "
+              f"cpu_us_per_check={cpu['server'] + (cpu['postgres'] or 0):.0f} server_us={cpu['server']:.0f} "
+              f"postgres_us={cpu['postgres'] or 0:.0f} ratio_vs_no_ingest={ratio:.2f} "
+              f"baseline_p99_ms={baseline['p99_ms']} threshold_lag=none")
+        finished = True
+    finally:
+        for p in clients:
+            p.join(timeout=30 if finished else 0)
+            if p.is_alive():
+                p.kill()
+        if producer is not None and producer.poll() is None:
+            producer.terminate()
+            producer.wait(timeout=30)
+        for proc, _ in roles:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, _ in roles:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        stack.stop()
+        if finished:
+            shutil.rmtree(state, ignore_errors=True)  # data and logs; kept when the run failed
+        else:
+            log(f"logs and data kept in {state}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
