@@ -2,13 +2,15 @@
 is crossed. Pure."""
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from billing.domain.errors import ValidationError
 from billing.domain.plans import Aggregation
 
-__all__ = ["ONCE_KEY", "MEASURES", "alert_id", "crossed", "crossing_key", "measure_of"]
+__all__ = ["ONCE_KEY", "MEASURES", "alert_id", "crossed", "crossing_key", "measure_of", "parse_value"]
 
 # The usage_totals column a charge's aggregation is priced from. unique_count and
 # weighted_sum are read from the events at the period's close, not kept as a running
@@ -42,3 +44,18 @@ def crossing_key(recurring: bool, period_start: datetime) -> datetime:
 def alert_id(threshold_id: uuid.UUID, key: datetime) -> uuid.UUID:
     """The same crossing always has the same id (a consumer may deduplicate on it)."""
     return uuid.uuid5(_ALERT_NS, f"{threshold_id}/{key.isoformat()}")
+
+
+_VALUE = re.compile(r"\d{1,15}(?:\.\d{1,12})?", re.ASCII)
+
+
+def parse_value(text: str) -> Decimal:
+    """A threshold's value: a non-negative exact decimal (as a usage quantity)."""
+    if not text:
+        raise ValidationError("value", "is required: a decimal >= 0")
+    if text.startswith("-"):
+        raise ValidationError("value", f"must not be negative, got {text[:40]!r}")
+    if not _VALUE.fullmatch(text):
+        raise ValidationError("value", f"must be a decimal >= 0 with up to 15 digits before the point and 12 "
+                                       f"after, got {text[:40]!r}")
+    return Decimal(text)

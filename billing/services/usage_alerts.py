@@ -35,7 +35,7 @@ async def after_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: list
     crossed = await store.record_crossings(conn, tenant_id, touched)
     if not crossed:
         return 0
-    out = []
+    out: list[tuple[str, bytes | None, bytes, str]] = []
     for c in crossed:
         ident = str(alert_id(c["id"], c["key"]))
         record = {
