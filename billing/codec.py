@@ -66,6 +66,7 @@ class Schema(enum.StrEnum):
     SUBSCRIPTION_EVENT = "SubscriptionEvent"
     BILLING_RUN_REQUEST = "BillingRunRequest"
     INVOICE_REQUEST = "InvoiceRequest"
+    USAGE_ALERT = "UsageAlert"
 
     @property
     def full_name(self) -> str:
@@ -78,6 +79,7 @@ _FILES: dict[Schema, str] = {
     Schema.SUBSCRIPTION_EVENT: "subscription_event.avsc",
     Schema.BILLING_RUN_REQUEST: "billing_run_request.avsc",
     Schema.INVOICE_REQUEST: "invoice_request.avsc",
+    Schema.USAGE_ALERT: "usage_alert.avsc",
 }
 
 

@@ -56,6 +56,7 @@ class Topics(BaseSettings):
     billing_runs: str = "billing.billing-runs.v1"
     billing_runs_dlq: str = "billing.billing-runs.dlq.v1"
     invoice_requests: str = "billing.invoice-requests.v1"
+    usage_alerts: str = "billing.usage-alerts.v1"
 
     def all(self) -> list[str]:
         return list(self.model_dump().values())

@@ -99,6 +99,7 @@ def stream_topics(settings: Settings) -> dict[str, str]:
         Stream.SUBSCRIPTION_EVENTS: t.subscription_events,
         Stream.INVOICE_REQUESTS: t.invoice_requests,
         Stream.BILLING_RUNS: t.billing_runs,
+        Stream.USAGE_ALERTS: t.usage_alerts,
     }
 
 

@@ -25,7 +25,7 @@ from billing.registry import registry_for
 
 __all__ = ["RelayFormat", "cloudevent_headers", "relay_format"]
 
-_ID_HEADERS = ("event-id", "invoice-request-id")
+_ID_HEADERS = ("event-id", "invoice-request-id", "alert-id")
 _TYPES = {  # outbox stream -> ce_type when the row has no event-type header
     "invoice_requests": f"{codec.NAMESPACE}.{codec.Schema.INVOICE_REQUEST.value}",
     "billing_runs": f"{codec.NAMESPACE}.{codec.Schema.BILLING_RUN_REQUEST.value}",

@@ -253,6 +253,13 @@ def discount_message(d: DiscountView) -> pb.Discount:
     )
 
 
+def threshold_message(t) -> pb.Threshold:
+    """A `billing.services.thresholds.ThresholdView` as its message."""
+    return pb.Threshold(id=str(t.id), subscription_id=str(t.subscription_id), metric_code=t.metric_code,
+                        value=decimal_to_str(t.value), recurring=t.recurring, aggregation=t.aggregation,
+                        created_at=timestamp(t.created_at), deleted_at=timestamp(t.deleted_at))
+
+
 def credit_grant_message(g) -> pb.CreditGrant:
     """A `billing.services.credits.GrantView` as its message."""
     return pb.CreditGrant(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from billing.api import convert
 from billing.api.errors import rpc
-from billing.services import billing_runs, credits, discounts, entitlements, plans, previews, subscriptions, test_clocks, usage_batch
+from billing.services import billing_runs, credits, discounts, entitlements, plans, previews, subscriptions, test_clocks, thresholds, usage_batch
 from billing.services.context import Caller
 from billing.services.paging import PageTokens
 from billing.services.uow import Database
@@ -204,6 +204,27 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def DeleteDiscount(self, request: pb.DeleteDiscountRequest, caller: Caller) -> pb.DeleteDiscountResponse:
         d = await discounts.delete_discount(self.db, caller, request.request_id, request.id)
         return pb.DeleteDiscountResponse(discount=convert.discount_message(d))
+
+    # -- usage thresholds --------------------------------------------------------------
+
+    @rpc
+    async def CreateThreshold(self, request: pb.CreateThresholdRequest, caller: Caller) -> pb.CreateThresholdResponse:
+        t = await thresholds.create_threshold(self.db, caller, request.request_id, request.subscription_id,
+                                              request.metric_code, request.value, recurring=not request.once)
+        return pb.CreateThresholdResponse(threshold=convert.threshold_message(t))
+
+    @rpc
+    async def ListThresholds(self, request: pb.ListThresholdsRequest, caller: Caller) -> pb.ListThresholdsResponse:
+        found, token = await thresholds.list_thresholds(
+            self.db, caller, request.subscription_id, tokens=self.tokens, page_size=request.page_size,
+            page_token=request.page_token, include_deleted=request.include_deleted)
+        return pb.ListThresholdsResponse(thresholds=[convert.threshold_message(t) for t in found],
+                                         next_page_token=token)
+
+    @rpc
+    async def DeleteThreshold(self, request: pb.DeleteThresholdRequest, caller: Caller) -> pb.DeleteThresholdResponse:
+        t = await thresholds.delete_threshold(self.db, caller, request.request_id, request.id)
+        return pb.DeleteThresholdResponse(threshold=convert.threshold_message(t))
 
     # -- credit grants -----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ class Stream(StrEnum):
     SUBSCRIPTION_EVENTS = "subscription_events"
     INVOICE_REQUESTS = "invoice_requests"
     BILLING_RUNS = "billing_runs"
+    USAGE_ALERTS = "usage_alerts"
 
 
 class EventType(StrEnum):
@@ -44,3 +45,5 @@ class EventType(StrEnum):
     # What a subscription may use changed (docs/entitlements.md); data: plan_id, entitled,
     # cause_event, old_plan_id on a plan change.
     ENTITLEMENTS_CHANGED = "entitlements.changed"
+    # A usage threshold crossed (docs/alerts.md): on the usage alerts topic, not an audit action.
+    THRESHOLD_CROSSED = "usage.threshold_crossed"

@@ -22,6 +22,7 @@ from billing.domain.invoice_assembly import usage_charge_lines
 from billing.domain.periods import from_us, to_us
 from billing.domain.plans import PlanSpec
 from billing.domain.usage_rules import EventChecks, UsageSubscription, event_checks, period_at, refusal
+from billing.services import usage_alerts
 from billing.services.plans import PlanCache
 from billing.store import usage as usage_store
 from billing.store.db import set_tenant
@@ -130,6 +131,8 @@ async def store(conn: asyncpg.Connection, result: IngestResult, *, drop: frozens
         if rows:
             await set_tenant(conn, tenant)
             inserted, late_inserted, ids = await usage_store.insert_batch(conn, tenant, rows, want_ids=want_ids)
+            if inserted:  # nothing folded, nothing crossed (docs/alerts.md)
+                await usage_alerts.after_batch(conn, tenant, rows.rows)
             result.inserted += inserted
             result.late += late_inserted
             result.inserted_ids.update(ids)

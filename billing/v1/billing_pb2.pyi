@@ -1274,3 +1274,77 @@ class ListEntitlementsResponse(_message.Message):
     entitlements: _containers.RepeatedCompositeFieldContainer[Entitlement]
     next_page_token: str
     def __init__(self, entitlements: _Optional[_Iterable[_Union[Entitlement, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class Threshold(_message.Message):
+    __slots__ = ("id", "subscription_id", "metric_code", "value", "recurring", "aggregation", "created_at", "deleted_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    RECURRING_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    subscription_id: str
+    metric_code: str
+    value: str
+    recurring: bool
+    aggregation: str
+    created_at: _timestamp_pb2.Timestamp
+    deleted_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., metric_code: _Optional[str] = ..., value: _Optional[str] = ..., recurring: _Optional[bool] = ..., aggregation: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateThresholdRequest(_message.Message):
+    __slots__ = ("request_id", "subscription_id", "metric_code", "value", "once")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ONCE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    subscription_id: str
+    metric_code: str
+    value: str
+    once: bool
+    def __init__(self, request_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., metric_code: _Optional[str] = ..., value: _Optional[str] = ..., once: _Optional[bool] = ...) -> None: ...
+
+class CreateThresholdResponse(_message.Message):
+    __slots__ = ("threshold",)
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    threshold: Threshold
+    def __init__(self, threshold: _Optional[_Union[Threshold, _Mapping]] = ...) -> None: ...
+
+class ListThresholdsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "subscription_id", "include_deleted")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_DELETED_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    subscription_id: str
+    include_deleted: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., subscription_id: _Optional[str] = ..., include_deleted: _Optional[bool] = ...) -> None: ...
+
+class ListThresholdsResponse(_message.Message):
+    __slots__ = ("thresholds", "next_page_token")
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    thresholds: _containers.RepeatedCompositeFieldContainer[Threshold]
+    next_page_token: str
+    def __init__(self, thresholds: _Optional[_Iterable[_Union[Threshold, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteThresholdRequest(_message.Message):
+    __slots__ = ("request_id", "id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    id: str
+    def __init__(self, request_id: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
+class DeleteThresholdResponse(_message.Message):
+    __slots__ = ("threshold",)
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    threshold: Threshold
+    def __init__(self, threshold: _Optional[_Union[Threshold, _Mapping]] = ...) -> None: ...

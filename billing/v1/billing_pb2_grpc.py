@@ -194,6 +194,21 @@ class BillingServiceStub:
                 request_serializer=billing_dot_v1_dot_billing__pb2.ListEntitlementsRequest.SerializeToString,
                 response_deserializer=billing_dot_v1_dot_billing__pb2.ListEntitlementsResponse.FromString,
                 _registered_method=True)
+        self.CreateThreshold = channel.unary_unary(
+                '/billing.v1.BillingService/CreateThreshold',
+                request_serializer=billing_dot_v1_dot_billing__pb2.CreateThresholdRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.CreateThresholdResponse.FromString,
+                _registered_method=True)
+        self.ListThresholds = channel.unary_unary(
+                '/billing.v1.BillingService/ListThresholds',
+                request_serializer=billing_dot_v1_dot_billing__pb2.ListThresholdsRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.ListThresholdsResponse.FromString,
+                _registered_method=True)
+        self.DeleteThreshold = channel.unary_unary(
+                '/billing.v1.BillingService/DeleteThreshold',
+                request_serializer=billing_dot_v1_dot_billing__pb2.DeleteThresholdRequest.SerializeToString,
+                response_deserializer=billing_dot_v1_dot_billing__pb2.DeleteThresholdResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -418,6 +433,27 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateThreshold(self, request, context):
+        """Usage thresholds (docs/alerts.md): when a metric's period quantity of a subscription
+        reaches one, a usage.threshold_crossed alert goes to billing.usage-alerts.v1, exactly
+        once per threshold and period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListThresholds(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteThreshold(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -580,6 +616,21 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListEntitlements,
                     request_deserializer=billing_dot_v1_dot_billing__pb2.ListEntitlementsRequest.FromString,
                     response_serializer=billing_dot_v1_dot_billing__pb2.ListEntitlementsResponse.SerializeToString,
+            ),
+            'CreateThreshold': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateThreshold,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.CreateThresholdRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.CreateThresholdResponse.SerializeToString,
+            ),
+            'ListThresholds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListThresholds,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.ListThresholdsRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.ListThresholdsResponse.SerializeToString,
+            ),
+            'DeleteThreshold': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteThreshold,
+                    request_deserializer=billing_dot_v1_dot_billing__pb2.DeleteThresholdRequest.FromString,
+                    response_serializer=billing_dot_v1_dot_billing__pb2.DeleteThresholdResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1446,6 +1497,87 @@ class BillingService:
             '/billing.v1.BillingService/ListEntitlements',
             billing_dot_v1_dot_billing__pb2.ListEntitlementsRequest.SerializeToString,
             billing_dot_v1_dot_billing__pb2.ListEntitlementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateThreshold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/CreateThreshold',
+            billing_dot_v1_dot_billing__pb2.CreateThresholdRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.CreateThresholdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListThresholds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/ListThresholds',
+            billing_dot_v1_dot_billing__pb2.ListThresholdsRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.ListThresholdsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteThreshold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/billing.v1.BillingService/DeleteThreshold',
+            billing_dot_v1_dot_billing__pb2.DeleteThresholdRequest.SerializeToString,
+            billing_dot_v1_dot_billing__pb2.DeleteThresholdResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -312,6 +312,27 @@ async def list_entitlements(p: Probe):
     assert [e.feature_code for e in resp.entitlements] == ["sso", "calls-quota"]
 
 
+async def create_threshold(p: Probe):
+    await p.replay_a("CreateThreshold")
+    for sub in p.a.subs.values():
+        await p("CreateThreshold", pb.CreateThresholdRequest(request_id=rid(), subscription_id=sub.id,
+                                                             metric_code="calls", value="1"))
+
+
+async def list_thresholds(p: Probe):
+    for sub in p.a.subs.values():
+        await p("ListThresholds", pb.ListThresholdsRequest(subscription_id=sub.id, include_deleted=True))
+    resp = await p("ListThresholds", pb.ListThresholdsRequest(subscription_id=p.b.subs["active"].id),
+                   allowed=("OK",))
+    assert [t.id for t in resp.thresholds] == [p.b.thresholds["active"].id]
+
+
+async def delete_threshold(p: Probe):
+    await p.replay_a("DeleteThreshold")
+    for t in p.a.thresholds.values():
+        await p("DeleteThreshold", pb.DeleteThresholdRequest(request_id=rid(), id=t.id))
+
+
 CASES = {
     "CreatePlan": create_plan, "GetPlan": get_plan, "ListPlans": list_plans, "ArchivePlan": archive_plan,
     "CreateSubscription": create_subscription, "GetSubscription": get_subscription,
@@ -330,6 +351,7 @@ CASES = {
     "CreateTestClock": create_test_clock, "GetTestClock": get_test_clock, "ListTestClocks": list_test_clocks,
     "AdvanceTestClock": advance_test_clock, "DeleteTestClock": delete_test_clock,
     "CheckEntitlement": check_entitlement, "ListEntitlements": list_entitlements,
+    "CreateThreshold": create_threshold, "ListThresholds": list_thresholds, "DeleteThreshold": delete_threshold,
 }
 
 

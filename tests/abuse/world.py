@@ -13,7 +13,8 @@ from billing.v1 import billing_pb2 as pb
 from tests.integration.test_plans_api import plan_request
 
 TABLES = ("plans", "subscriptions", "audit_events", "idempotency_keys", "outbox", "usage_events", "usage_totals",
-          "billing_runs", "billed_periods", "discounts", "credit_grants", "credit_entries", "test_clocks")
+          "billing_runs", "billed_periods", "discounts", "credit_grants", "credit_entries", "test_clocks",
+          "usage_thresholds", "usage_threshold_crossings")
 
 
 def rid() -> str:
@@ -41,6 +42,7 @@ class World:
     discounts: dict[str, pb.Discount] = field(default_factory=dict)
     grants: dict[str, pb.CreditGrant] = field(default_factory=dict)
     clocks: dict[str, pb.TestClock] = field(default_factory=dict)
+    thresholds: dict[str, pb.Threshold] = field(default_factory=dict)
     request_ids: list[str] = field(default_factory=list)  # ids of requests that succeeded
     event_ids: list[str] = field(default_factory=list)
     requests: dict[str, list] = field(default_factory=dict)  # method name -> requests sent, in order
@@ -55,7 +57,8 @@ class World:
     def ids(self) -> list[str]:
         return ([p.id for p in self.plans.values()] + [s.id for s in self.subs.values()]
                 + [r.id for r in self.runs.values()] + [d.id for d in self.discounts.values()]
-                + [g.id for g in self.grants.values()] + [c.id for c in self.clocks.values()])
+                + [g.id for g in self.grants.values()] + [c.id for c in self.clocks.values()]
+                + [t.id for t in self.thresholds.values()])
 
     def codes(self) -> list[str]:
         return [p.code for p in self.plans.values()]
@@ -122,6 +125,14 @@ async def build_world(stub, tenant, tag: str = "w") -> World:
         applies_to=["base_fee"]))).discount
     w.discounts["deleted"] = (await call(stub.DeleteDiscount, pb.DeleteDiscountRequest(
         request_id=rid(), id=w.discounts["deleted"].id))).discount
+
+    # Crossed by the usage below (1 + 2 + 3 calls): A has a crossing and an alert in its outbox.
+    w.thresholds["active"] = (await call(stub.CreateThreshold, pb.CreateThresholdRequest(
+        request_id=rid(), subscription_id=w.subs["active"].id, metric_code="calls", value="5"))).threshold
+    w.thresholds["deleted"] = (await call(stub.CreateThreshold, pb.CreateThresholdRequest(
+        request_id=rid(), subscription_id=w.subs["active2"].id, metric_code="calls", value="1", once=True))).threshold
+    w.thresholds["deleted"] = (await call(stub.DeleteThreshold, pb.DeleteThresholdRequest(
+        request_id=rid(), id=w.thresholds["deleted"].id))).threshold
 
     start = w.subs["active"].start_at.ToDatetime(timezone.utc)
     for i in range(3):

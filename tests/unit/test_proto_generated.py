@@ -44,6 +44,9 @@ EXPECTED_METHODS = {
     "DeleteTestClock",
     "CheckEntitlement",
     "ListEntitlements",
+    "CreateThreshold",
+    "ListThresholds",
+    "DeleteThreshold",
 }
 MUTATION = re.compile(r"^(Create|Archive|Activate|Pause|Resume|Cancel|Advance|Delete|Void)|^(ChangePlan|RecordUsage|RecordUsageBatch|RunBilling)$")
 
@@ -77,6 +80,7 @@ def test_request_conventions() -> None:
         "RecordUsage", "RecordUsageBatch", "RunBilling", "CreateDiscount", "DeleteDiscount",
         "CreateCreditGrant", "VoidCreditGrant",
         "CreateTestClock", "AdvanceTestClock", "DeleteTestClock",
+        "CreateThreshold", "DeleteThreshold",
     }
     for method in SERVICE.methods:
         request = method.input_type

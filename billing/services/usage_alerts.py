@@ -1,0 +1,53 @@
+"""Usage alerts (docs/alerts.md): after a usage batch has folded its events into the
+period totals, the thresholds it crossed are recorded and announced, in the batch's own
+transaction.
+
+The crossing row (usage_threshold_crossings, keyed by threshold and period) and the
+alert's outbox row (stream `usage_alerts`, topic billing.usage-alerts.v1) commit with the
+events that crossed it, or not at all: a replayed or duplicated event folds nothing new,
+a crashed batch commits nothing, and a crossing already recorded is not recorded again,
+so each (threshold, period) is announced exactly once. A late event is attributed to its
+own period (usage_rules.attribute) and so crosses that period's thresholds.
+"""
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from billing import codec
+from billing.domain.events import EventType, Stream
+from billing.domain.money import decimal_to_str
+from billing.domain.periods import to_us
+from billing.domain.thresholds import alert_id
+from billing.store import outbox
+from billing.store import thresholds as store
+from billing.store.db import json_text
+
+STREAM = Stream.USAGE_ALERTS
+_CONTENT_TYPE = codec.content_type(codec.Schema.USAGE_ALERT)
+
+
+async def after_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: list[tuple]) -> int:
+    """Record and announce the thresholds crossed by a tenant's batch just stored; `rows`
+    are its staging rows (usage_store.Batch.rows). Returns how many alerts were written."""
+    touched = list({(r[1], r[2], r[5]) for r in rows})
+    crossed = await store.record_crossings(conn, tenant_id, touched)
+    if not crossed:
+        return 0
+    out: list[tuple[str, bytes | None, bytes, str]] = []
+    for c in crossed:
+        ident = str(alert_id(c["id"], c["key"]))
+        record = {
+            "alert_id": ident, "type": EventType.THRESHOLD_CROSSED.value, "tenant_id": str(tenant_id),
+            "subscription_id": str(c["subscription_id"]), "threshold_id": str(c["id"]),
+            "metric_code": c["metric_code"], "threshold_value": decimal_to_str(c["value"]),
+            "quantity": decimal_to_str(c["quantity"]), "recurring": c["recurring"],
+            "period_start_us": to_us(c["period_start"]), "period_end_us": to_us(c["period_end"]),
+            "crossed_at_us": to_us(c["crossed_at"]),
+        }
+        headers = {"content-type": _CONTENT_TYPE, "event-type": EventType.THRESHOLD_CROSSED.value, "alert-id": ident}
+        out.append((STREAM.value, str(c["subscription_id"]).encode(), codec.encode(codec.Schema.USAGE_ALERT, record),
+                    json_text(headers)))
+    await outbox.enqueue_many(conn, tenant_id, out)
+    return len(out)

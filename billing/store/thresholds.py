@@ -1,0 +1,106 @@
+"""Rows of usage_thresholds and usage_threshold_crossings (migration 028, docs/alerts.md)."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+_COLUMNS = "t.id, t.subscription_id, t.metric_code, t.measure, t.value, t.recurring, t.created_at, t.deleted_at"
+
+
+async def insert(conn: asyncpg.Connection, tenant_id: uuid.UUID, ident: uuid.UUID, subscription_id: uuid.UUID,
+                 metric_code: str, measure: str, value: Decimal, recurring: bool) -> asyncpg.Record:
+    return await conn.fetchrow(
+        f"""insert into usage_thresholds as t (tenant_id, id, subscription_id, metric_code, measure, value, recurring)
+            values ($1, $2, $3, $4, $5, $6, $7) returning {_COLUMNS}""",
+        tenant_id, ident, subscription_id, metric_code, measure, value, recurring)
+
+
+async def get(conn: asyncpg.Connection, tenant_id: uuid.UUID, ident: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"select {_COLUMNS} from usage_thresholds t where t.tenant_id = $1 and t.id = $2",
+                               tenant_id, ident)
+
+
+async def delete(conn: asyncpg.Connection, tenant_id: uuid.UUID, ident: uuid.UUID) -> asyncpg.Record:
+    return await conn.fetchrow(
+        f"""update usage_thresholds t set deleted_at = now() where t.tenant_id = $1 and t.id = $2
+            returning {_COLUMNS}""", tenant_id, ident)
+
+
+async def live_count(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> int:
+    return await conn.fetchval(
+        "select count(*) from usage_thresholds where tenant_id = $1 and subscription_id = $2 and deleted_at is null",
+        tenant_id, subscription_id)
+
+
+async def list_page(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID, *,
+                    include_deleted: bool, after: tuple[datetime, uuid.UUID] | None,
+                    limit: int) -> list[asyncpg.Record]:
+    after_at, after_id = after if after else (None, None)
+    return await conn.fetch(
+        f"""select {_COLUMNS} from usage_thresholds t
+             where t.tenant_id = $1 and t.subscription_id = $2 and ($3 or t.deleted_at is null)
+               and ($4::timestamptz is null or (t.created_at, t.id) > ($4, $5))
+             order by t.created_at, t.id limit $6""",
+        tenant_id, subscription_id, include_deleted, after_at, after_id, limit)
+
+
+# ONE statement per tenant of a usage batch, after its totals are folded: the live
+# thresholds of the touched (subscription, metric, period) keys whose total now reaches
+# them, each recorded as crossed (ON CONFLICT DO NOTHING: a crossing already recorded, by
+# an earlier batch, a replay or a concurrent transaction, returns nothing). For a tenant
+# with no thresholds it is one probe of the partial index usage_thresholds_by_subscription
+# per touched key and no row. A one-off threshold is keyed on the epoch (ONCE_KEY), so it is
+# recorded once ever; DISTINCT ON keeps two periods of one batch from both claiming it.
+_CROSSINGS = """
+with touched as (
+    select distinct u.sub, u.metric, timestamptz 'epoch' + u.start_us * interval '1 microsecond' as period_start
+      from unnest($2::uuid[], $3::text[], $4::bigint[]) as u(sub, metric, start_us)
+), hit as (
+    select distinct on (th.id, case when th.recurring then tt.period_start else timestamptz 'epoch' end)
+           th.id, th.subscription_id, th.metric_code, th.value, th.recurring, tt.period_start, tt.period_end,
+           case when th.recurring then tt.period_start else timestamptz 'epoch' end as key,
+           case th.measure when 'quantity_sum' then tt.quantity_sum
+                           when 'event_count' then tt.event_count::numeric
+                           when 'quantity_max' then tt.quantity_max
+                           else tt.latest_quantity end as quantity
+      from touched u
+      join usage_thresholds th
+        on th.tenant_id = $1 and th.subscription_id = u.sub and th.metric_code = u.metric and th.deleted_at is null
+      join usage_totals tt
+        on tt.tenant_id = $1 and tt.subscription_id = u.sub and tt.metric_code = u.metric
+       and tt.period_start = u.period_start
+     where case th.measure when 'quantity_sum' then tt.quantity_sum
+                           when 'event_count' then tt.event_count::numeric
+                           when 'quantity_max' then tt.quantity_max
+                           else tt.latest_quantity end >= th.value
+     order by th.id, case when th.recurring then tt.period_start else timestamptz 'epoch' end, tt.period_start
+), recorded as (
+    insert into usage_threshold_crossings (tenant_id, threshold_id, period_start)
+    select $1, id, key from hit
+    on conflict do nothing
+    returning threshold_id, period_start, crossed_at
+)
+select h.id, h.subscription_id, h.metric_code, h.value, h.recurring, h.period_start, h.period_end, h.key,
+       h.quantity, r.crossed_at
+  from hit h join recorded r on r.threshold_id = h.id and r.period_start = h.key
+ order by h.subscription_id, h.period_start, h.value, h.id
+"""
+
+
+async def record_crossings(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                           touched: list[tuple[uuid.UUID, str, int]]) -> list[asyncpg.Record]:
+    """The thresholds newly crossed by a batch that touched these (subscription, metric,
+    period start in microseconds) keys, recorded as crossed in the caller's transaction."""
+    if not touched:
+        return []
+    subs, metrics, starts = (list(c) for c in zip(*touched))
+    return await conn.fetch(_CROSSINGS, tenant_id, subs, metrics, starts)
+
+
+async def crossings_of(conn: asyncpg.Connection, tenant_id: uuid.UUID, threshold_id: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """select period_start, crossed_at from usage_threshold_crossings
+            where tenant_id = $1 and threshold_id = $2 order by period_start""", tenant_id, threshold_id)
