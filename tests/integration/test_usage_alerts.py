@@ -175,3 +175,19 @@ async def test_deleting_an_unknown_threshold_is_not_found(stub, tenant):
         await stub.DeleteThreshold(pb.DeleteThresholdRequest(request_id=str(uuid.uuid4()), id=str(uuid.uuid4())),
                                    metadata=tenant.md)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_deleting_a_test_clock_removes_its_subscriptions_thresholds(stub, tenant, admin_conn):
+    from tests.integration.test_subscriptions_api import rid
+    from tests.integration.test_test_clocks import APRIL, clock_sub, make_clock, monthly_plan
+
+    clock = await make_clock(stub, tenant, APRIL, name="thresholds")
+    sub = await clock_sub(stub, tenant, await monthly_plan(stub, tenant, "30.00"), clock.id)
+    await stub.CreateThreshold(pb.CreateThresholdRequest(request_id=rid(), subscription_id=sub.id,
+                                                         metric_code="api_calls", value="10"), metadata=tenant.md)
+    count = "select count(*) from usage_thresholds where tenant_id = $1 and subscription_id = $2"
+    assert await admin_conn.fetchval(count, uuid.UUID(tenant.id), uuid.UUID(sub.id)) == 1
+    deleted = await stub.DeleteTestClock(pb.DeleteTestClockRequest(request_id=rid(), id=clock.id),
+                                         metadata=tenant.md)
+    assert deleted.deleted_subscriptions == 1
+    assert await admin_conn.fetchval(count, uuid.UUID(tenant.id), uuid.UUID(sub.id)) == 0
