@@ -19,7 +19,7 @@ from billing.domain.invoice_assembly import Discount, DiscountKind
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import decimal_to_str
 from billing.domain.plan_storage import plan_from_dict
-from billing.services import audit, idempotency, paging
+from billing.services import audit, idempotency, paging, subscription_pages
 from billing.services.context import Caller
 from billing.services.errors import FailedPrecondition, NotFound, Violations
 from billing.store import discounts as store
@@ -113,22 +113,9 @@ async def list_discounts(db: Database, caller: Caller, subscription_id: str, *, 
                          page_size: int, page_token: str, include_deleted: bool) -> tuple[list[DiscountView], str]:
     """A page of the subscription's discounts in the order a close applies them, and the
     next page's token ("" on the last page)."""
-    v = Violations()
-    sub_id = v.check(paging.parse_uuid, subscription_id, "subscription_id")
-    limit = v.check(paging.page_size, page_size)
-    v.raise_if_any()
-    assert sub_id is not None and limit is not None
-    filters = {"subscription_id": str(sub_id), "include_deleted": include_deleted}
-    after = tokens.decode(page_token, "ListDiscounts", caller.tenant_id, filters)
-    async with db.tenant_tx(caller.tenant_id) as conn:
-        if await subs_store.get(conn, caller.tenant_id, sub_id) is None:
-            raise NotFound("subscription", subscription_id)
-        rows = await store.list_page(conn, caller.tenant_id, sub_id, include_deleted=include_deleted, after=after,
-                                     limit=limit + 1)
-    found = [DiscountView.from_row(r) for r in rows[:limit]]
-    token = tokens.encode("ListDiscounts", caller.tenant_id, filters, found[-1].created_at, found[-1].id) \
-        if len(rows) > limit else ""
-    return found, token
+    return await subscription_pages.page_of(
+        db, caller, "ListDiscounts", subscription_id, tokens=tokens, page_size=page_size, page_token=page_token,
+        include_deleted=include_deleted, list_page=store.list_page, view=DiscountView.from_row)
 
 
 async def delete_discount(db: Database, caller: Caller, request_id: str, discount_id: str) -> DiscountView:
