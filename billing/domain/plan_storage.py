@@ -56,7 +56,7 @@ def plan_to_dict(spec: PlanSpec) -> dict[str, Any]:
             for c in spec.usage_charges
         ],
         "minimum_commitment": decimal_to_str(spec.minimum_commitment),
-        # Written only when set: a plan without features is stored as it was before them.
+        # Only when set, so a replica that does not know features reads such a plan unchanged.
         **({"features": [_feature_to_dict(f) for f in spec.features]} if spec.features else {}),
     }
 
@@ -93,8 +93,8 @@ _DECIMAL_OPTIONS = ("free_units", "free_amount", "percentage_rate", "fixed_fee_p
 
 
 def _options_to_dict(c: UsageCharge) -> dict[str, Any]:
-    """The charge's options that differ from their defaults: a plan without them is stored
-    as it was before they existed."""
+    """The charge's options that differ from their defaults (a plan using none stores no
+    option keys, which a replica that does not know them reads unchanged)."""
     out: dict[str, Any] = {name: decimal_to_str(getattr(c, name)) for name in _DECIMAL_OPTIONS
                            if getattr(c, name) is not None}
     if c.package_rounding is not PackageRounding.UP:

@@ -132,3 +132,7 @@ async def test_another_tenant_sees_no_discount(stub, tenant, new_tenant):
     await refused(stub.DeleteDiscount, pb.DeleteDiscountRequest(request_id=rid(), id=made.id), other.md,
                   grpc.StatusCode.NOT_FOUND)
     await refused(stub.CreateDiscount, _create(sub.id), other.md, grpc.StatusCode.NOT_FOUND)
+    # Nothing of the owner's changed: its discount is listed, not deleted, and alone.
+    listed = (await stub.ListDiscounts(pb.ListDiscountsRequest(subscription_id=sub.id, include_deleted=True),
+                                       metadata=tenant.md)).discounts
+    assert [(d.id, d.HasField("deleted_at")) for d in listed] == [(made.id, False)]
