@@ -65,6 +65,10 @@ begin
     delete from pending_lines where tenant_id = t and subscription_id = any(subs);
     delete from pause_windows where tenant_id = t and subscription_id = any(subs);
     delete from billed_periods where tenant_id = t and subscription_id = any(subs);
+    delete from discounts where tenant_id = t and subscription_id = any(subs);
+    delete from credit_entries e using credit_grants g
+     where e.tenant_id = t and g.tenant_id = t and e.grant_id = g.id and g.subscription_id = any(subs);
+    delete from credit_grants where tenant_id = t and subscription_id = any(subs);
     delete from subscriptions where tenant_id = t and id = any(subs);
     delete from test_clocks where tenant_id = t and id = p_clock;
     return coalesce(array_length(subs, 1), 0);

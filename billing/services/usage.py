@@ -36,6 +36,8 @@ _QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?", re.ASCII)
 _SIGNED_QUANTITY = re.compile(r"-?\d{1,15}(?:\.\d{1,12})?", re.ASCII)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 MAX_EVENT_ID = 200
+# Per subscription: uuid, state, metric codes, plan, checks, its now, earliest and latest event time.
+_Known = tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec, EventChecks, int, int, int]
 MAX_PROPERTIES = 50
 # An event property is a label (a user id, a region), stored with every raw event: a
 # megabyte of it is a producer bug, refused like NUL rather than kept forever.
@@ -184,24 +186,22 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
             to_us(row["canceled_at"]) if row["canceled_at"] else None,
             to_us(row["paused_at"]) if row["paused_at"] else None,
             tuple(zip(map(to_us, row["paused_from"]), map(to_us, row["paused_to"]))),
-            to_us(row["pause_resumes_at"]) if row["pause_resumes_at"] else None,
-            zone=row["time_zone"],
+            to_us(row["pause_resumes_at"]) if row["pause_resumes_at"] else None, zone=row["time_zone"],
         )
         if row["clock_now"] is not None:
             clock_now[row["id"]] = to_us(row["clock_now"])
     await plans.load(conn, tenant, {s.plan_id for s in subs.values()})
 
-    # Per subscription text, once: (uuid, state, metric codes, spec and event checks of its plan,
-    # its now: a test clock's time or the wall clock's) or None.
-    known: dict[str, tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec, EventChecks, int] | None] = {}
-    checks: dict[uuid.UUID, EventChecks] = {}
+    known: dict[str, _Known | None] = {}  # per subscription text, once (None: unknown)
+    checks: dict[uuid.UUID, EventChecks] = {}  # per plan
     for text, sub_id in sub_ids.items():
         sub = subs.get(sub_id) if sub_id else None
         if sub_id and sub:
             spec = plans.spec(tenant, sub.plan_id)
             rules = checks.get(sub.plan_id) or checks.setdefault(sub.plan_id, event_checks(spec))
-            known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id), spec, rules,
-                           clock_now.get(sub_id, now_us))
+            sub_now = clock_now.get(sub_id, now_us)
+            known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id), spec, rules, sub_now,
+                           sub_now - limits.max_age_us, sub_now + limits.max_future_skew_us)
         else:
             known[text] = None
     rows = usage_store.Batch()
@@ -215,7 +215,7 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
         if entry is None:
             reject(Rejection(i, "unknown_subscription", f"no subscription {e.subscription_id[:64]!r}"))
             continue
-        sub_id, sub, metrics, spec, rules, sub_now = entry
+        sub_id, sub, metrics, spec, rules, sub_now, earliest, latest = entry
         t = e.occurred_at_us
         refused = refusal(sub, t)
         if refused is not None:
@@ -225,10 +225,10 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], inde
         elif not quantity_ok(e.quantity) and not (e.metric_code in rules.negative_ok
                                                    and _SIGNED_QUANTITY.fullmatch(e.quantity)):
             reject(Rejection(i, check_quantity(e.quantity) or "invalid_quantity", f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
-        elif t > sub_now + limits.max_future_skew_us:
+        elif t > latest:
             reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - sub_now) // 1_000_000} s ahead of "
                                                      f"{'its test clock' if sub_id in clock_now else 'now'}"))
-        elif t < sub_now - limits.max_age_us:
+        elif t < earliest:
             reject(Rejection(i, "too_old", f"occurred_at is older than {limits.max_age_us // 86_400_000_000} days"))
         elif t < sub.start_us:
             reject(Rejection(i, "before_subscription_start", "occurred_at is before the subscription started"))
