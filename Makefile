@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-cluster proto bench-ingest bench-billing bench-grpc-usage bench-load bench-entitlements dashboard clean
+.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-chaos-alerts test-cluster proto bench-ingest bench-billing bench-grpc-usage bench-load bench-entitlements dashboard clean
 
 # Dependencies at the versions of constraints.txt (reproducible installs; the Dockerfile uses it too).
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -56,6 +56,11 @@ test-unit: install
 ## its bounded form). Longer: make test-chaos CHAOS_SECONDS=600 [CHAOS_ROUNDS=5] [CHAOS_SEED=n]
 test-chaos: install
 	$(PY) -m pytest -m chaos -s tests/chaos
+
+## Usage alerts exactly once with the usage consumer SIGKILLed mid-stream (part of `make test` and
+## of test-chaos, 3 kills). Longer: make test-chaos-alerts ALERTS_CHAOS_KILLS=10 [CHAOS_ROUNDS=3] [CHAOS_SEED=n]
+test-chaos-alerts: install
+	$(PY) -m pytest -m chaos -s tests/chaos/test_alerts_chaos.py
 
 ## The cluster test alone: three SASL_SSL brokers, one SIGKILLed, one wiped, under load (part of
 ## `make test` in its bounded form). Longer: make test-cluster CLUSTER_SECONDS=300 [CLUSTER_SEED=n]
