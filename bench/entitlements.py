@@ -23,13 +23,20 @@ CPU is counted for the bench's own processes only (bench/cpu.py): the api server
 PostgreSQL, the usage role and the broker, per check; the clients apart. Under ingestion,
 PostgreSQL's CPU includes the ingestion's, so the baseline's figure is the check's own.
 
-Issue 23 also asks for the threshold alert lag in this bench; thresholds do not exist yet,
-so the bench says `threshold_lag=none` (nothing to measure).
+The threshold alert lag (issue 23; bench/alert_lag.py): --alert-subscriptions more
+subscriptions (not in the bulk load, not checked), each with recurring thresholds on `calls`
+every --alert-step units; `billing serve --roles relay` publishes the alerts. A probe
+produces events of quantity 1 to them at --alert-rate events/s in both phases; lag = the
+time the crossing event was produced -> its alert read from billing.usage-alerts.v1. After
+the phase under ingestion, the bulk producer stops and the bench waits up to
+--alert-drain-seconds for the alerts still due (those that never came are `alerts_missing`).
 
 The last line is `entitlement_checks_per_s=<n> p99_ms=<x> p50_ms=<y> errors=<k>
 ingest_events_per_s=<i> cpu_us_per_check=<c> server_us=<s> postgres_us=<p>
-ratio_vs_no_ingest=<r> baseline_p99_ms=<b> threshold_lag=none` (under ingestion; c = s + p
-measured in the baseline phase, where PostgreSQL serves the checks only).
+ratio_vs_no_ingest=<r> baseline_p99_ms=<b> alert_lag_p99_ms=<l> alert_lag_p50_ms=<m> alerts=<a>
+alerts_missing=<x> alert_lag_alone_p99_ms=<z>` (under ingestion; c = s + p measured in the
+baseline phase, where PostgreSQL serves the checks and the probe's 200 events/s only;
+alert_lag_alone: the probe's alerts in the baseline phase, with no bulk ingestion).
 """
 from __future__ import annotations
 
@@ -44,6 +51,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -51,6 +59,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.alert_lag import AlertProbe, histogram_means
 from bench.cpu import CpuMeter, kafka_pid, postmaster_pid
 from bench.fixtures import copy_rows
 from bench.load import high_watermark, percentile, start_role, stored_offsets, wait_ready
@@ -72,8 +81,10 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-async def setup_tenant(settings: Settings, subscriptions: int) -> tuple[str, str, list[str]]:
-    """(tenant id, API key, subscription ids), written straight into the database as the owner."""
+async def setup_tenant(settings: Settings, subscriptions: int,
+                       extra: int = 0) -> tuple[str, str, list[str], list[str]]:
+    """(tenant id, API key, subscription ids, `extra` more subscription ids), written straight
+    into the database as the owner."""
     admin = await asyncpg.connect(settings.admin_database_url)
     await init_connection(admin)
     tenant = await create_tenant(admin, f"bench-ent-{uuid.uuid4().hex[:6]}")
@@ -87,7 +98,7 @@ async def setup_tenant(settings: Settings, subscriptions: int) -> tuple[str, str
     await admin.execute("insert into plans (tenant_id, id, code, spec) values ($1, $2, 'entitled', $3)",
                         tenant.tenant_id, plan_id, plan_to_dict(spec))
     start = datetime.now(timezone.utc) - timedelta(days=1)
-    subs = [uuid.uuid4() for _ in range(subscriptions)]
+    subs = [uuid.uuid4() for _ in range(subscriptions + extra)]
     await copy_rows(admin, "subscriptions",
                     ["tenant_id", "id", "customer_id", "plan_id", "status", "created_at", "start_at", "billing_anchor",
                      "trial_days", "current_period_start", "current_period_end"],
@@ -95,7 +106,17 @@ async def setup_tenant(settings: Settings, subscriptions: int) -> tuple[str, str
                       start + timedelta(days=30)) for s in subs])
     await admin.execute("analyze subscriptions")
     await admin.close()
-    return str(tenant.tenant_id), tenant.api_key, [str(s) for s in subs]
+    ids = [str(s) for s in subs]
+    return str(tenant.tenant_id), tenant.api_key, ids[:subscriptions], ids[subscriptions:]
+
+
+async def create_thresholds(settings: Settings, probe: AlertProbe) -> int:
+    admin = await asyncpg.connect(settings.admin_database_url)
+    await init_connection(admin)
+    try:
+        return await probe.create_thresholds(admin)
+    finally:
+        await admin.close()
 
 
 def _client(address: str, api_key: str, subs: list[str], phases: list[float], ready, gos, out) -> None:
@@ -185,6 +206,11 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20_000, help="usage events produced per second (default 20000)")
     parser.add_argument("--clients", type=int, default=50, help="client processes (default 50)")
     parser.add_argument("--subscriptions", type=int, default=1000)
+    parser.add_argument("--alert-subscriptions", type=int, default=100, help="subscriptions with thresholds")
+    parser.add_argument("--alert-rate", type=float, default=200, help="probe events/s to them (default 200)")
+    parser.add_argument("--alert-step", type=int, default=4, help="a threshold every this many units (default 4)")
+    parser.add_argument("--alert-drain-seconds", type=float, default=120,
+                        help="how long to wait for the alerts still due after the load (default 120)")
     parser.add_argument("--nice", type=int, default=0,
                         help="CPU niceness of the usage role and the load generator; the api keeps 0 (default 0)")
     args = parser.parse_args()
@@ -211,10 +237,15 @@ def main() -> int:
     try:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         ensure_topics(settings)
-        tenant_id, api_key, subs = asyncio.run(setup_tenant(settings, args.subscriptions))
+        tenant_id, api_key, subs, alert_subs = asyncio.run(setup_tenant(settings, args.subscriptions,
+                                                                        args.alert_subscriptions))
+        probe = AlertProbe(settings, tenant_id, alert_subs, args.alert_step, args.alert_rate)
+        log(f"{asyncio.run(create_thresholds(settings, probe))} thresholds on {len(alert_subs)} subscriptions")
         roles.append(start_role("api", env, state, BILLING_GRPC_PORT=str(grpc_port)))
         roles.append(start_role("usage", env, state, nice=args.nice))
+        roles.append(start_role("relay", env, state))
         wait_ready(roles)
+        probe.start_reader()
         ctx = multiprocessing.get_context("spawn")
         ready, gos, out = ctx.Barrier(args.clients + 1), [ctx.Event(), ctx.Event()], ctx.Queue()
         clients = [ctx.Process(target=_client, args=(f"127.0.0.1:{grpc_port}", api_key, subs,
@@ -226,7 +257,10 @@ def main() -> int:
         meter = CpuMeter(server=roles[0][0].pid, postgres=postmaster_pid(stack.postgres.data_dir),
                          usage=roles[1][0].pid, kafka=kafka_pid(stack.kafka.data_dir))
         log(f"{args.clients} clients connected; baseline: checks alone for {args.baseline_seconds:.0f}s")
+        probing = threading.Thread(target=probe.run, args=(args.baseline_seconds, "alone"), daemon=True)
+        probing.start()
         baseline = measured(gos[0], out, args.clients, clients, meter)
+        probing.join()
         log(f"baseline {baseline['checks_per_s']} checks/s p99 {baseline['p99_ms']} ms; under ingestion: "
             f"{args.rate:.0f} events/s produced, the same checks, for {args.seconds:.0f}s")
         subs_file = state / "subscriptions.txt"
@@ -237,10 +271,24 @@ def main() -> int:
              "--subscriptions-file", str(subs_file), "--metric", "calls", "--rate", str(args.rate),
              "--ids", "uuid4", "--duplicates", "0", "--seed", "1", "--no-progress"],
             env=env, stdout=subprocess.DEVNULL, stderr=open(state / "producer.log", "a"))
+        probing = threading.Thread(target=probe.run, args=(args.seconds + 3, "ingest"), daemon=True)
+        probing.start()
         time.sleep(3)  # ingestion at its steady state before the clock starts
         marks0, offsets0, t0 = high_watermark(settings), asyncio.run(stored_offsets(settings)), time.perf_counter()
         loaded = measured(gos[1], out, args.clients, clients, meter)
         marks1, offsets1, t1 = high_watermark(settings), asyncio.run(stored_offsets(settings)), time.perf_counter()
+        probing.join()
+        producer.terminate()  # the bulk load stops; the alerts still due are waited for
+        producer.wait(timeout=30)
+        log(f"waiting up to {args.alert_drain_seconds:.0f}s for the alerts still due")
+        probe.wait_for_alerts(args.alert_drain_seconds)
+        probe.stop_reader()
+        means_ms = {**histogram_means(roles[1][1], ("billing_consumer_batch_duration_seconds",)),
+                    **histogram_means(roles[2][1], ("billing_outbox_delivery_delay_seconds",
+                                                    "billing_outbox_publish_duration_seconds"))}
+        alerts = {"mean_ms": means_ms, "under_ingestion": probe.summary("ingest"), "alone": probe.summary("alone"),
+                  "repeated": probe.repeats, "subscriptions": len(alert_subs), "rate": args.alert_rate,
+                  "step": args.alert_step}
         for proc, _ in roles:
             if proc.poll() is not None:
                 raise RuntimeError(f"a service process died (exit {proc.returncode}); logs in {state}")
@@ -249,7 +297,7 @@ def main() -> int:
         ratio = loaded["checks_per_s"] / max(1, baseline["checks_per_s"])
         figures = {"clients": args.clients, "subscriptions": args.subscriptions, "rate_asked": args.rate,
                    "ingest": ingest, "under_ingestion": loaded, "baseline_no_ingestion": baseline,
-                   "ratio_vs_no_ingest": round(ratio, 2), "threshold_lag": "none: no thresholds on this branch",
+                   "ratio_vs_no_ingest": round(ratio, 2), "alert_lag": alerts,
                    "load_avg": [round(x, 2) for x in os.getloadavg()]}
         print(json.dumps(figures))
         cpu = baseline["cpu_us_per_check"]
@@ -258,7 +306,10 @@ def main() -> int:
               f"ingest_events_per_s={ingest['consumed_per_s']} "
               f"cpu_us_per_check={cpu['server'] + (cpu['postgres'] or 0):.0f} server_us={cpu['server']:.0f} "
               f"postgres_us={cpu['postgres'] or 0:.0f} ratio_vs_no_ingest={ratio:.2f} "
-              f"baseline_p99_ms={baseline['p99_ms']} threshold_lag=none")
+              f"baseline_p99_ms={baseline['p99_ms']} alert_lag_p99_ms={alerts['under_ingestion']['lag']['p99_ms']} "
+              f"alert_lag_p50_ms={alerts['under_ingestion']['lag']['p50_ms']} "
+              f"alerts={alerts['under_ingestion']['alerts']} alerts_missing={alerts['under_ingestion']['missing']} "
+              f"alert_lag_alone_p99_ms={alerts['alone']['lag']['p99_ms']}")
         finished = True
     finally:
         for p in clients:

@@ -1,0 +1,160 @@
+"""The threshold alert lag of bench/entitlements.py (issue 23): usage event produced ->
+`usage.threshold_crossed` read from billing.usage-alerts.v1.
+
+Subscriptions of their own (not in the bulk load's file, so their totals are only the
+probe's), each with recurring thresholds on `calls` at every `step` units. The probe
+produces one event of quantity 1 at a time, round-robin over them, at `rate` events/s to
+billing.usage.v1 (the same topic, partitions and usage consumer as the bulk load), and
+notes the wall-clock time just before producing the event that brings a subscription's
+total to a threshold: that event crosses it. A reader (a Kafka consumer with a group of
+its own, the Avro decoder) notes each alert's arrival; lag = arrival - produced. The
+alert's `crossed_at_us` (the crossing batch's transaction time) splits it into the
+usage side (produced -> the batch that crossed it: the consumer's backlog and batching)
+and the alert side (-> the outbox, the relay, the topic, the reader).
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+
+import asyncpg
+
+from bench.fixtures import copy_rows
+from bench.load import percentile
+from billing import codec
+from billing.config import Settings
+from billing.kafka import consumer_config, producer_config
+
+MAX_THRESHOLDS = 50  # per subscription, as CreateThreshold allows
+
+
+def histogram_means(http_port: int, names: tuple[str, ...]) -> dict[str, float | None]:
+    """Mean seconds of these histograms on a role's /metrics (all label sets together): where
+    the alert side's time goes (the usage batch; the relay's row written -> confirmed)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in names:
+            for part in ("_sum", "_count"):
+                if line.startswith(name + part):
+                    sums[name + part] = sums.get(name + part, 0.0) + float(line.rsplit(" ", 1)[1])
+    return {n: round(sums[n + "_sum"] / sums[n + "_count"] * 1000, 1) if sums.get(n + "_count") else None
+            for n in names}
+
+
+class AlertProbe:
+    def __init__(self, settings: Settings, tenant_id: str, subs: list[str], step: int, rate: float):
+        self.settings = settings
+        self.tenant_id = tenant_id
+        self.subs = subs
+        self.step = step
+        self.rate = rate
+        self.thresholds: dict[tuple[str, int], str] = {}  # (subscription, value) -> threshold id
+        self.produced: dict[str, tuple[float, str]] = {}  # threshold id -> (wall time produced, phase)
+        self.arrived: dict[str, tuple[float, float]] = {}  # threshold id -> (wall time read, crossed_at)
+        self.repeats = 0  # alerts read twice (a relay re-publish would do it)
+        self._sent = dict.fromkeys(subs, 0)
+        self._stop_reader = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._assigned = threading.Event()
+
+    async def create_thresholds(self, admin: asyncpg.Connection) -> int:
+        """Recurring thresholds at step, 2 * step, ... on every probe subscription, straight
+        into the table as the owner (as the bench writes its subscriptions)."""
+        rows = []
+        tenant = uuid.UUID(self.tenant_id)
+        for sub in self.subs:
+            for k in range(1, MAX_THRESHOLDS + 1):
+                tid = uuid.uuid4()
+                self.thresholds[(sub, k * self.step)] = str(tid)
+                rows.append((tenant, tid, uuid.UUID(sub), "calls", "quantity_sum", k * self.step, True))
+        await copy_rows(admin, "usage_thresholds",
+                        ["tenant_id", "id", "subscription_id", "metric_code", "measure", "value", "recurring"], rows)
+        return len(rows)
+
+    # -- the reader ----------------------------------------------------------------------
+
+    def start_reader(self, timeout_s: float = 60) -> None:
+        self._reader = threading.Thread(target=self._read, name="alert-reader", daemon=True)
+        self._reader.start()
+        if not self._assigned.wait(timeout_s):
+            raise RuntimeError(f"the alert reader got no partitions within {timeout_s:.0f}s")
+
+    def _read(self) -> None:
+        from confluent_kafka import Consumer
+
+        consumer = Consumer(consumer_config(self.settings, f"bench-alerts-{uuid.uuid4()}",
+                                            **{"auto.offset.reset": "earliest"}))
+        consumer.subscribe([self.settings.topics.usage_alerts], on_assign=lambda c, parts: self._assigned.set())
+        try:
+            while not self._stop_reader.is_set():
+                for msg in consumer.consume(500, timeout=0.1):
+                    now = time.time()
+                    if msg.error() is not None:
+                        continue
+                    alert = codec.decode(codec.Schema.USAGE_ALERT, msg.value())
+                    tid = alert["threshold_id"]
+                    if tid in self.arrived:
+                        self.repeats += 1
+                    else:
+                        self.arrived[tid] = (now, alert["crossed_at_us"] / 1e6)
+        finally:
+            consumer.close()
+
+    def stop_reader(self) -> None:
+        self._stop_reader.set()
+        if self._reader is not None:
+            self._reader.join(timeout=30)
+
+    # -- the probe -----------------------------------------------------------------------
+
+    def run(self, seconds: float, phase: str) -> None:
+        """Produce for `seconds` (blocking; run it in a thread)."""
+        from confluent_kafka import Producer
+
+        producer = Producer(producer_config(self.settings))
+        topic = self.settings.topics.usage
+        started = time.monotonic()
+        n = 0
+        while (elapsed := time.monotonic() - started) < seconds:
+            sub = self.subs[n % len(self.subs)]
+            n += 1
+            self._sent[sub] += 1
+            total = self._sent[sub]
+            value = codec.encode(codec.Schema.USAGE_EVENT, {
+                "event_id": str(uuid.uuid4()), "tenant_id": self.tenant_id, "subscription_id": sub,
+                "metric_code": "calls", "quantity": "1",
+                "occurred_at_us": int(datetime.now(timezone.utc).timestamp() * 1e6), "properties": {}})
+            tid = self.thresholds.get((sub, total)) if total % self.step == 0 else None
+            if tid is not None:
+                self.produced[tid] = (time.time(), phase)
+            producer.produce(topic, key=sub.encode(), value=value)
+            producer.poll(0)
+            ahead = n / self.rate - elapsed
+            if ahead > 0:
+                time.sleep(ahead)
+        if producer.flush(60):
+            raise RuntimeError("the alert probe's events were not all confirmed within 60 s")
+
+    def wait_for_alerts(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while any(t not in self.arrived for t in self.produced) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def summary(self, phase: str) -> dict:
+        mine = [t for t, (_, p) in self.produced.items() if p == phase]
+        got = [t for t in mine if t in self.arrived]
+        lags = [(self.arrived[t][0] - self.produced[t][0]) * 1000 for t in got]
+        usage_side = [(self.arrived[t][1] - self.produced[t][0]) * 1000 for t in got]
+        alert_side = [(self.arrived[t][0] - self.arrived[t][1]) * 1000 for t in got]
+
+        def pcts(values: list[float]) -> dict:
+            return {"p50_ms": round(percentile(values, 50), 1), "p99_ms": round(percentile(values, 99), 1),
+                    "max_ms": round(max(values), 1) if values else None}
+        return {"crossings": len(mine), "alerts": len(got), "missing": len(mine) - len(got), "lag": pcts(lags),
+                "usage_side": pcts(usage_side), "alert_side": pcts(alert_side)}
