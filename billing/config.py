@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     usage_max_future_skew_s: int = 300
     usage_max_age_days: int = 35
     usage_batch_size: int = 20_000
+    # How long the usage consumer gathers a batch when the topic has fewer events than a
+    # batch waiting: the most an event waits before its transaction starts (and with it a
+    # threshold alert, docs/alerts.md). Shorter: lower alert lag, more transactions when quiet.
+    usage_batch_wait_ms: float = Field(default=500.0, gt=0, le=10_000)
     # RecordUsage group commit: calls of a tenant arriving within this many milliseconds
     # share one transaction (each still answered with its own outcome, after the commit),
     # up to usage_group_commit_max calls; 0 = one transaction per call.

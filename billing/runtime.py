@@ -282,13 +282,15 @@ def consumer_runner(settings: Settings, pool, group: str, topic: str, dlq_topic:
 
 
 def usage_consumer(settings: Settings, pool, components: bootstrap.Components | None = None, *,
-                   group_id: str = USAGE_GROUP, max_batch_wait_s: float = 0.5):
+                   group_id: str = USAGE_GROUP, max_batch_wait_s: float | None = None):
     """The usage consumer as configured; `components`: what it shares with the process's
-    other roles (billing/bootstrap.py). Tests name their own group and a shorter wait."""
+    other roles (billing/bootstrap.py); the batch wait BILLING_USAGE_BATCH_WAIT_MS unless given.
+    Tests name their own group and a shorter wait."""
     from consumers.runner import DlqLimit
     from consumers.usage import UsageStrategy
 
     app = components or bootstrap.build(settings)
     return consumer_runner(settings, pool, group_id, settings.topics.usage, settings.topics.usage_dlq,
                            UsageStrategy(app.usage_limits, app.plans), max_batch_size=settings.usage_batch_size,
-                           max_batch_wait_s=max_batch_wait_s, dlq_limit=DlqLimit(settings.usage_max_bad_share))
+                           max_batch_wait_s=max_batch_wait_s or settings.usage_batch_wait_ms / 1000,
+                           dlq_limit=DlqLimit(settings.usage_max_bad_share))

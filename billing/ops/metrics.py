@@ -187,6 +187,13 @@ INVOICE_REQUESTS = Counter(
     ["source"],
 )
 
+# -- usage alerts (billing.services.usage_alerts) ----------------------------------------
+USAGE_ALERTS = Counter(
+    "billing_usage_alerts_total",
+    "Threshold alerts (usage.threshold_crossed) written to the outbox by usage batches; counted when written, so "
+    "a batch rolled back and retried counts again (the topic and usage_threshold_crossings are the record)", [],
+)
+
 # -- automatic resumption (billing.services.scheduler) -----------------------------------
 AUTO_RESUMED = Counter(
     "billing_subscriptions_auto_resumed_total",

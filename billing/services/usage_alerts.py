@@ -20,6 +20,7 @@ from billing.domain.events import EventType, Stream
 from billing.domain.money import decimal_to_str
 from billing.domain.periods import to_us
 from billing.domain.thresholds import alert_id
+from billing.ops.metrics import USAGE_ALERTS
 from billing.store import outbox
 from billing.store import thresholds as store
 from billing.store.db import json_text
@@ -50,4 +51,5 @@ async def after_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: list
         out.append((STREAM.value, str(c["subscription_id"]).encode(), codec.encode(codec.Schema.USAGE_ALERT, record),
                     json_text(headers)))
     await outbox.enqueue_many(conn, tenant_id, out)
+    USAGE_ALERTS.inc(len(out))
     return len(out)

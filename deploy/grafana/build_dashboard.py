@@ -111,6 +111,22 @@ panels = [
        description="message_too_large: over message.max.bytes or the topic's max.message.bytes even sent alone; "
                    "invalid_record: the broker refuses the record itself."),
 
+    row("Usage alerts"),
+    ts("Threshold alerts / s", [("sum(rate(billing_usage_alerts_total[5m]))", "alerts/s")], unit="ops", w=8,
+       description="usage.threshold_crossed alerts written to the outbox by usage batches (docs/alerts.md); "
+                   "they reach billing.usage-alerts.v1 through the relay."),
+    ts("What delays an alert: usage consumer lag and batch p99", [
+        ('sum(max by (topic, partition) (billing_consumer_lag_messages{group="billing-usage"}))', "messages behind"),
+        (f'{Q}(0.99, sum by (le) (rate(billing_consumer_batch_duration_seconds_bucket{{group="billing-usage"}}[5m])))',
+         "batch p99 s"),
+    ], w=8, description="An alert is written in the transaction of the usage batch that crosses its threshold: "
+                        "events behind in the usage topic and long batches delay it."),
+    ts("Outbox delivery delay p99 (all streams, alerts included)", [
+        (f"{Q}(0.99, sum by (le) (rate(billing_outbox_delivery_delay_seconds_bucket[5m])))", "p99"),
+        ("max(billing_outbox_oldest_unpublished_age_seconds)", "oldest unpublished (s)"),
+    ], unit="s", w=8, description="From the batch's transaction to Kafka confirming the alert (the relay wakes "
+                                  "on NOTIFY); the oldest unpublished row's age grows when the relay is stuck."),
+
     row("Billing runs"),
     ts("Runs by status / h", [("sum by (status) (increase(billing_runs_total[1h]))", "{{status}}")], w=8),
     ts("Run duration (p50, p95)", [
