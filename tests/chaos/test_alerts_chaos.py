@@ -13,7 +13,8 @@ moved them on), thresholds on them: recurring ones crossed in both periods (the 
 only by late events), a one-off crossed in both (fires once), one never crossed. A stream
 of usage events for both periods, in random order, with exact re-sends, is produced at a
 steady rate while the consumer is killed several times, each time after it has committed
-something since its last start and before the stream is consumed.
+something since its last start; the stream's last tenth is held back until the kills are
+done, so every kill finds the stream unfinished.
 
 Afterwards, read with a Kafka consumer and the Avro decoder: exactly one
 `usage.threshold_crossed` per (threshold, period), none for the threshold never crossed,
@@ -177,8 +178,10 @@ async def one_round(seed: int, settings, stub, tenant, admin_conn, log_dir: Path
     try:
         relay.start()
         usage.start()
+        # The stream's last tenth waits for the kills: each one finds the stream unfinished.
+        cut = len(stream) * 9 // 10
         producer = asyncio.create_task(asyncio.to_thread(
-            _produce_paced, s, topics.usage, stream, KILLS * SECONDS_PER_KILL, stop))
+            _produce_paced, s, topics.usage, stream[:cut], KILLS * SECONDS_PER_KILL, stop))
         for _ in range(KILLS):
             before = await _consumed(admin_conn, topics.usage)
 
@@ -195,6 +198,7 @@ async def one_round(seed: int, settings, stub, tenant, admin_conn, log_dir: Path
             assert relay.alive(), f"the relay died:\n{relay.tail()}"
             usage.start()
         await producer
+        await asyncio.to_thread(produce, s, topics.usage, stream[cut:])
 
         async def all_consumed() -> bool:
             return await _consumed(admin_conn, topics.usage) >= len(stream)
