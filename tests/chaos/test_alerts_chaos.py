@@ -1,7 +1,7 @@
 """Usage alerts exactly once with the usage consumer SIGKILLed mid-stream (issue 23,
 docs/alerts.md "Guarantees under crashes").
 
-    .venv/bin/python -m pytest -s tests/chaos/test_alerts_chaos.py     # bounded: 3 kills, < 1 min
+    .venv/bin/python -m pytest -s tests/chaos/test_alerts_chaos.py     # bounded: 3 kills, ~1 min
     make test-chaos-alerts ALERTS_CHAOS_KILLS=10 CHAOS_ROUNDS=3       # longer; CHAOS_SEED replays
 
 The suite's PostgreSQL and Kafka (nothing here restarts them), topics of the round's own
