@@ -210,7 +210,9 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     @rpc
     async def CreateThreshold(self, request: pb.CreateThresholdRequest, caller: Caller) -> pb.CreateThresholdResponse:
         t = await thresholds.create_threshold(self.db, caller, request.request_id, request.subscription_id,
-                                              request.metric_code, request.value, recurring=not request.once)
+                                              request.metric_code, request.value, recurring=not request.once,
+                                              measure=request.measure, percent=request.percent,
+                                              invoice_on_cross=request.invoice_on_cross)
         return pb.CreateThresholdResponse(threshold=convert.threshold_message(t))
 
     @rpc

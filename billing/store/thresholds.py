@@ -7,15 +7,18 @@ from decimal import Decimal
 
 import asyncpg
 
-_COLUMNS = "t.id, t.subscription_id, t.metric_code, t.measure, t.value, t.recurring, t.created_at, t.deleted_at"
+_COLUMNS = ("t.id, t.subscription_id, t.metric_code, t.measure, t.value, t.recurring, t.created_at, t.deleted_at, "
+            "t.percent, t.invoice_on_cross")
 
 
 async def insert(conn: asyncpg.Connection, tenant_id: uuid.UUID, ident: uuid.UUID, subscription_id: uuid.UUID,
-                 metric_code: str, measure: str, value: Decimal, recurring: bool) -> asyncpg.Record:
+                 metric_code: str | None, measure: str, value: Decimal, recurring: bool, *,
+                 percent: Decimal | None = None, invoice_on_cross: bool = False) -> asyncpg.Record:
     return await conn.fetchrow(
-        f"""insert into usage_thresholds as t (tenant_id, id, subscription_id, metric_code, measure, value, recurring)
-            values ($1, $2, $3, $4, $5, $6, $7) returning {_COLUMNS}""",
-        tenant_id, ident, subscription_id, metric_code, measure, value, recurring)
+        f"""insert into usage_thresholds as t (tenant_id, id, subscription_id, metric_code, measure, value, recurring,
+                                               percent, invoice_on_cross)
+            values ($1, $2, $3, $4, $5, $6, $7, $8, $9) returning {_COLUMNS}""",
+        tenant_id, ident, subscription_id, metric_code, measure, value, recurring, percent, invoice_on_cross)
 
 
 async def get(conn: asyncpg.Connection, tenant_id: uuid.UUID, ident: uuid.UUID) -> asyncpg.Record | None:
@@ -62,6 +65,10 @@ with touched as (
     select distinct on (th.id, case when th.recurring then tt.period_start else timestamptz 'epoch' end)
            th.id, th.subscription_id, th.metric_code, th.value, th.recurring, tt.period_start, tt.period_end,
            case when th.recurring then tt.period_start else timestamptz 'epoch' end as key,
+           -- a test clock's subscription crosses at its clock's time (docs/time.md)
+           (select c.frozen_time from subscriptions s join test_clocks c on c.tenant_id = s.tenant_id
+                                                                         and c.id = s.test_clock_id
+             where s.tenant_id = $1 and s.id = th.subscription_id) as clock_now,
            case th.measure when 'quantity_sum' then tt.quantity_sum
                            when 'event_count' then tt.event_count::numeric
                            when 'quantity_max' then tt.quantity_max
@@ -78,8 +85,8 @@ with touched as (
                            else tt.latest_quantity end >= th.value
      order by th.id, case when th.recurring then tt.period_start else timestamptz 'epoch' end, tt.period_start
 ), recorded as (
-    insert into usage_threshold_crossings (tenant_id, threshold_id, period_start)
-    select $1, id, key from hit
+    insert into usage_threshold_crossings (tenant_id, threshold_id, period_start, crossed_at)
+    select $1, id, key, coalesce(clock_now, now()) from hit
     on conflict do nothing
     returning threshold_id, period_start, crossed_at
 )
@@ -104,3 +111,37 @@ async def crossings_of(conn: asyncpg.Connection, tenant_id: uuid.UUID, threshold
     return await conn.fetch(
         """select period_start, crossed_at from usage_threshold_crossings
             where tenant_id = $1 and threshold_id = $2 order by period_start""", tenant_id, threshold_id)
+
+
+async def amount_thresholds(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                            subscription_ids: list[uuid.UUID]) -> list[asyncpg.Record]:
+    """The live amount thresholds of these subscriptions (a probe of the partial index
+    usage_thresholds_amount per subscription), with what pricing their period needs: the
+    plan, status and current period of the subscription, and its test clock's time."""
+    return await conn.fetch(
+        """select th.id, th.subscription_id, th.value, th.recurring, th.invoice_on_cross,
+                  s.plan_id, s.status, s.current_period_start, s.current_period_end, s.test_clock_id,
+                  (select c.frozen_time from test_clocks c where c.tenant_id = $1 and c.id = s.test_clock_id)
+                      as clock_now
+             from usage_thresholds th
+             join subscriptions s on s.tenant_id = $1 and s.id = th.subscription_id
+            where th.tenant_id = $1 and th.subscription_id = any($2::uuid[]) and th.deleted_at is null
+              and th.measure = 'amount'
+            order by th.subscription_id, th.value, th.id""",
+        tenant_id, subscription_ids)
+
+
+async def record_amount_crossings(conn: asyncpg.Connection, tenant_id: uuid.UUID,
+                                  crossings: list[tuple[uuid.UUID, datetime, datetime | None]]) -> list[asyncpg.Record]:
+    """Record (threshold, key, crossed at; None: now) as crossed, ON CONFLICT DO NOTHING;
+    only the rows actually inserted come back (threshold_id, period_start, crossed_at)."""
+    if not crossings:
+        return []
+    ids, keys, times = (list(c) for c in zip(*crossings))
+    return await conn.fetch(
+        """insert into usage_threshold_crossings (tenant_id, threshold_id, period_start, crossed_at)
+           select $1, u.id, u.key, coalesce(u.at, now())
+             from unnest($2::uuid[], $3::timestamptz[], $4::timestamptz[]) as u(id, key, at)
+           on conflict do nothing
+           returning threshold_id, period_start, crossed_at""",
+        tenant_id, ids, keys, times)

@@ -1276,7 +1276,7 @@ class ListEntitlementsResponse(_message.Message):
     def __init__(self, entitlements: _Optional[_Iterable[_Union[Entitlement, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Threshold(_message.Message):
-    __slots__ = ("id", "subscription_id", "metric_code", "value", "recurring", "aggregation", "created_at", "deleted_at")
+    __slots__ = ("id", "subscription_id", "metric_code", "value", "recurring", "aggregation", "created_at", "deleted_at", "measure", "percent", "invoice_on_cross")
     ID_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -1285,6 +1285,9 @@ class Threshold(_message.Message):
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DELETED_AT_FIELD_NUMBER: _ClassVar[int]
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ON_CROSS_FIELD_NUMBER: _ClassVar[int]
     id: str
     subscription_id: str
     metric_code: str
@@ -1293,21 +1296,30 @@ class Threshold(_message.Message):
     aggregation: str
     created_at: _timestamp_pb2.Timestamp
     deleted_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., metric_code: _Optional[str] = ..., value: _Optional[str] = ..., recurring: _Optional[bool] = ..., aggregation: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    measure: str
+    percent: str
+    invoice_on_cross: bool
+    def __init__(self, id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., metric_code: _Optional[str] = ..., value: _Optional[str] = ..., recurring: _Optional[bool] = ..., aggregation: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., measure: _Optional[str] = ..., percent: _Optional[str] = ..., invoice_on_cross: _Optional[bool] = ...) -> None: ...
 
 class CreateThresholdRequest(_message.Message):
-    __slots__ = ("request_id", "subscription_id", "metric_code", "value", "once")
+    __slots__ = ("request_id", "subscription_id", "metric_code", "value", "once", "measure", "percent", "invoice_on_cross")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     ONCE_FIELD_NUMBER: _ClassVar[int]
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ON_CROSS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     subscription_id: str
     metric_code: str
     value: str
     once: bool
-    def __init__(self, request_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., metric_code: _Optional[str] = ..., value: _Optional[str] = ..., once: _Optional[bool] = ...) -> None: ...
+    measure: str
+    percent: str
+    invoice_on_cross: bool
+    def __init__(self, request_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., metric_code: _Optional[str] = ..., value: _Optional[str] = ..., once: _Optional[bool] = ..., measure: _Optional[str] = ..., percent: _Optional[str] = ..., invoice_on_cross: _Optional[bool] = ...) -> None: ...
 
 class CreateThresholdResponse(_message.Message):
     __slots__ = ("threshold",)
