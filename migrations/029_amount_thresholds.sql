@@ -1,5 +1,5 @@
--- Amount thresholds, shares of a limit and progressive billing (docs/alerts.md, docs/billing.md
--- "Progressive billing").
+-- Amount thresholds, shares of a limit, plan-level thresholds and progressive billing
+-- (docs/alerts.md, docs/billing.md "Progressive billing").
 --
 -- usage_thresholds gains measure 'amount': a line on the period's running amount (its usage
 -- charges priced as the period close prices them), with no metric (metric_code null).
@@ -18,6 +18,32 @@ alter table usage_thresholds add constraint usage_thresholds_metric_of_measure
 -- What the ingest path probes for amount thresholds: those of a batch's subscriptions.
 create index usage_thresholds_amount on usage_thresholds (tenant_id, subscription_id)
     where deleted_at is null and measure = 'amount';
+
+-- Plan-level thresholds: `plan_id` instead of `subscription_id` (exactly one of the two); such
+-- a threshold applies to every subscription whose current plan it is, each crossing keyed per
+-- subscription and period.
+alter table usage_thresholds alter column subscription_id drop not null;
+alter table usage_thresholds add column plan_id uuid;
+alter table usage_thresholds add constraint usage_thresholds_plan
+    foreign key (tenant_id, plan_id) references plans (tenant_id, id);
+alter table usage_thresholds add constraint usage_thresholds_one_scope
+    check ((subscription_id is null) <> (plan_id is null));
+create index usage_thresholds_by_plan on usage_thresholds (tenant_id, plan_id, metric_code)
+    where deleted_at is null and plan_id is not null;
+create index usage_thresholds_plan_listed on usage_thresholds (tenant_id, plan_id, created_at, id)
+    where plan_id is not null;
+
+-- A crossing names its subscription: a plan-level threshold crosses once per subscription and
+-- period. The key becomes (threshold, subscription, period); rows written before are the
+-- crossings of subscription thresholds, whose subscription is the threshold's.
+alter table usage_threshold_crossings add column subscription_id uuid;
+update usage_threshold_crossings c set subscription_id = t.subscription_id
+  from usage_thresholds t where t.tenant_id = c.tenant_id and t.id = c.threshold_id;
+alter table usage_threshold_crossings alter column subscription_id set not null;
+alter table usage_threshold_crossings drop constraint usage_threshold_crossings_pkey;
+alter table usage_threshold_crossings add primary key (tenant_id, threshold_id, subscription_id, period_start);
+alter table usage_threshold_crossings add constraint usage_threshold_crossings_subscription
+    foreign key (tenant_id, subscription_id) references subscriptions (tenant_id, id) on delete cascade;
 
 -- What threshold invoices charged in a period: one row per invoice request written by a
 -- crossing (keyed by the crossing: at most one per threshold and period). The period's close

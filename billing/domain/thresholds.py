@@ -43,8 +43,11 @@ def crossing_key(recurring: bool, period_start: datetime) -> datetime:
     return period_start if recurring else ONCE_KEY
 
 
-def alert_id(threshold_id: uuid.UUID, key: datetime) -> uuid.UUID:
-    """The same crossing always has the same id (a consumer may deduplicate on it)."""
+def alert_id(threshold_id: uuid.UUID, key: datetime, subscription_id: uuid.UUID | None = None) -> uuid.UUID:
+    """The same crossing always has the same id (a consumer may deduplicate on it). A plan's
+    threshold crosses per subscription: its `subscription_id` is part of the id."""
+    if subscription_id is not None:
+        return uuid.uuid5(_ALERT_NS, f"{threshold_id}/{subscription_id}/{key.isoformat()}")
     return uuid.uuid5(_ALERT_NS, f"{threshold_id}/{key.isoformat()}")
 
 

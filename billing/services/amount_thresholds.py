@@ -52,6 +52,7 @@ class AmountCrossing:
     key: datetime
     crossed_at: datetime
     invoice_request_id: uuid.UUID | None
+    plan_level: bool = False  # a plan's threshold: its alert id names the subscription
 
 
 async def _plan(conn: asyncpg.Connection, tenant_id: uuid.UUID, plan_id: uuid.UUID) -> PlanSpec:
@@ -89,14 +90,14 @@ async def check(conn: asyncpg.Connection, tenant_id: uuid.UUID,
         if not hits:
             continue
         recorded = await store.record_amount_crossings(
-            conn, tenant_id, [(th["id"], crossing_key(th["recurring"], start), th["clock_now"]) for th in hits.values()])
+            conn, tenant_id, sub_id, [(th["id"], crossing_key(th["recurring"], start), th["clock_now"]) for th in hits.values()])
         for rec in sorted(recorded, key=lambda x: (hits[x["threshold_id"]]["value"], x["threshold_id"])):
             th = hits[rec["threshold_id"]]
             request = None
             if th["invoice_on_cross"]:
                 request = await _invoice(conn, tenant_id, th, lines, start, end, spec.currency)
             out.append(AmountCrossing(th["id"], sub_id, th["value"], th["recurring"], amount, spec.currency, start,
-                                      end, rec["period_start"], rec["crossed_at"], request))
+                                      end, rec["period_start"], rec["crossed_at"], request, th["plan_level"]))
     return out
 
 
@@ -111,6 +112,7 @@ async def _invoice(conn: asyncpg.Connection, tenant_id: uuid.UUID, th: asyncpg.R
         return None
     sub = await subs_store.get(conn, tenant_id, sub_id)
     assert sub is not None  # held KEY SHARE by the batch
+    # the subscription is in request_id's name: a plan's threshold invoices each subscription once
     ident = invoice_requests.request_id(tenant_id, sub_id, f"threshold:{th['id']}:{start.isoformat()}")
     clock = th["test_clock_id"]
     await invoice_requests.enqueue(conn, tenant_id, [invoice_requests.encode(

@@ -42,13 +42,13 @@ async def after_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: list
         return 0
     out: list[tuple[str, bytes | None, bytes, str]] = []
     for c in crossed:
-        out.append(_row(tenant_id, c["id"], c["key"], c["subscription_id"], {
+        out.append(_row(tenant_id, c["id"], c["key"], c["subscription_id"], c["plan_level"], {
             "metric_code": c["metric_code"], "threshold_value": decimal_to_str(c["value"]),
             "quantity": decimal_to_str(c["quantity"]), "recurring": c["recurring"],
             "period_start_us": to_us(c["period_start"]), "period_end_us": to_us(c["period_end"]),
             "crossed_at_us": to_us(c["crossed_at"])}))
     for a in amounts:
-        out.append(_row(tenant_id, a.threshold_id, a.key, a.subscription_id, {
+        out.append(_row(tenant_id, a.threshold_id, a.key, a.subscription_id, a.plan_level, {
             "metric_code": "", "threshold_value": decimal_to_str(a.value), "quantity": decimal_to_str(a.amount),
             "recurring": a.recurring, "period_start_us": to_us(a.period_start), "period_end_us": to_us(a.period_end),
             "crossed_at_us": to_us(a.crossed_at), "measure": "amount", "currency": a.currency,
@@ -58,9 +58,9 @@ async def after_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: list
 
 
 def _row(tenant_id: uuid.UUID, threshold_id: uuid.UUID, key: datetime, subscription_id: uuid.UUID,
-         fields: dict) -> tuple[str, bytes | None, bytes, str]:
+         plan_level: bool, fields: dict) -> tuple[str, bytes | None, bytes, str]:
     """The outbox row of one alert: the UsageAlert record of a crossing and its headers."""
-    ident = str(alert_id(threshold_id, key))
+    ident = str(alert_id(threshold_id, key, subscription_id if plan_level else None))
     record = {"alert_id": ident, "type": EventType.THRESHOLD_CROSSED.value, "tenant_id": str(tenant_id),
               "subscription_id": str(subscription_id), "threshold_id": str(threshold_id), **fields}
     headers = {"content-type": _CONTENT_TYPE, "event-type": EventType.THRESHOLD_CROSSED.value, "alert-id": ident}

@@ -175,3 +175,54 @@ async def test_bad_input_names_the_field(stub, tenant, field, kw):
         await _threshold(stub, tenant, sub.id, **kw)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in _violations(info.value), _violations(info.value)
+
+
+async def test_a_plans_thresholds_cross_once_per_subscription(stub, tenant, admin_conn):
+    plan, other = await _plan(stub, tenant), await _plan(stub, tenant)
+    at = datetime.now(UTC) - timedelta(minutes=5)
+    subs = [await _sub(stub, tenant, plan, at - timedelta(hours=1)) for _ in range(2)]
+    elsewhere = await _sub(stub, tenant, other, at - timedelta(hours=1))
+    qty = (await stub.CreateThreshold(pb.CreateThresholdRequest(
+        request_id=rid(), plan_id=plan.id, metric_code="calls", value="10"), metadata=tenant.md)).threshold
+    amount = (await stub.CreateThreshold(pb.CreateThresholdRequest(
+        request_id=rid(), plan_id=plan.id, measure="amount", value="0.10", invoice_on_cross=True),
+        metadata=tenant.md)).threshold
+    assert (qty.plan_id, qty.subscription_id) == (plan.id, "")
+    for sub in [*subs, elsewhere]:
+        for n in range(2):  # the second batch crosses nothing new
+            await _use(stub, tenant, sub, "10", at, f"{sub.id}-{n}")
+    for sub in subs:
+        alerts = await _alerts(admin_conn, tenant, sub.id)
+        assert sorted((a["threshold_id"], a["quantity"]) for a in alerts) == sorted(
+            [(qty.id, "10"), (amount.id, "0.10")])
+        assert all(a["invoice_request_id"] for a in alerts if a["measure"] == "amount")
+    assert await _alerts(admin_conn, tenant, elsewhere.id) == []
+    ids = {a["alert_id"] for sub in subs for a in await _alerts(admin_conn, tenant, sub.id)}
+    assert len(ids) == 4  # one per (threshold, subscription, period)
+    assert await admin_conn.fetchval("select count(*) from progressive_invoices where threshold_id = $1",
+                                     uuid.UUID(amount.id)) == 2
+    listed = await stub.ListThresholds(pb.ListThresholdsRequest(plan_id=plan.id), metadata=tenant.md)
+    assert [t.id for t in listed.thresholds] == [qty.id, amount.id]
+    own = await stub.ListThresholds(pb.ListThresholdsRequest(subscription_id=subs[0].id), metadata=tenant.md)
+    assert list(own.thresholds) == []
+
+
+async def test_plan_scope_bad_paths(stub, tenant):
+    plan = await _plan(stub, tenant)
+    sub = await _sub(stub, tenant, plan, datetime.now(UTC) - timedelta(hours=1))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CreateThreshold(pb.CreateThresholdRequest(request_id=rid(), subscription_id=sub.id,
+                                                             plan_id=plan.id, metric_code="calls", value="1"),
+                                   metadata=tenant.md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "plan_id" in _violations(info.value)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CreateThreshold(pb.CreateThresholdRequest(request_id=rid(), plan_id=str(uuid.uuid4()),
+                                                             metric_code="calls", value="1"), metadata=tenant.md)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "plan" in info.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ListThresholds(pb.ListThresholdsRequest(subscription_id=sub.id, plan_id=plan.id),
+                                  metadata=tenant.md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "plan_id" in _violations(info.value)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ListThresholds(pb.ListThresholdsRequest(plan_id=str(uuid.uuid4())), metadata=tenant.md)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
