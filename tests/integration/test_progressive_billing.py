@@ -6,6 +6,8 @@ would have charged. Shares of a limit, a test clock's crossing time, and every b
 from __future__ import annotations
 
 import asyncio
+import os
+import random
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
@@ -114,6 +116,47 @@ async def test_threshold_invoices_and_the_final_one_sum_to_the_single_invoice(
     assert never.id not in {a["threshold_id"] for a in await _alerts(admin_conn, tenant, sub.id)}
     assert await admin_conn.fetchval("select count(*) from progressive_invoices where subscription_id = $1",
                                      uuid.UUID(sub.id)) == 2
+
+
+async def test_a_random_stream_bills_what_a_twin_without_thresholds_is_billed(
+        kafka_roles, migrated, stub, tenant):
+    """The property through the real stack: two subscriptions of one plan get the same random
+    usage; one has random invoicing amount thresholds. Their requests' totals are equal."""
+    seed = int(os.environ.get("PROGRESSIVE_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    plan = await _plan(stub, tenant, minimum_commitment="40.00", usage_charges=[
+        pb.UsageCharge(metric_code="calls", aggregation=pb.AGGREGATION_SUM, pricing_model=pb.PRICING_MODEL_GRADUATED,
+                       tiers=[pb.Tier(up_to="1000", unit_price="0.0125"), pb.Tier(up_to="", unit_price="0.0037")]),
+        pb.UsageCharge(metric_code="storage", aggregation=pb.AGGREGATION_SUM, pricing_model=pb.PRICING_MODEL_PER_UNIT,
+                       unit_price="1.337", max_amount="5.00")])
+    start = (datetime.now(UTC) - timedelta(days=1, hours=2)).replace(microsecond=0)
+    progressive, twin = await _sub(stub, tenant, plan, start), await _sub(stub, tenant, plan, start)
+    for sub in (progressive, twin):
+        await stub.CreateDiscount(pb.CreateDiscountRequest(request_id=rid(), subscription_id=sub.id,
+                                                           kind=pb.DISCOUNT_KIND_PERCENTAGE, value="10"),
+                                  metadata=tenant.md)
+    for _ in range(4):
+        await _threshold(stub, tenant, progressive.id, measure="amount", value=f"{rng.uniform(0, 30):.2f}",
+                         invoice_on_cross=True)
+    await _threshold(stub, tenant, progressive.id, measure="amount", percent="50", invoice_on_cross=True)
+    for n in range(12):
+        metric, quantity = rng.choice(["calls", "calls", "storage"]), f"{rng.uniform(0, 800):.3f}"
+        for sub in (progressive, twin):
+            await stub.RecordUsage(pb.RecordUsageRequest(
+                request_id=rid(), event_id=f"{sub.id}-{n}", subscription_id=sub.id, metric_code=metric,
+                quantity=quantity, occurred_at=ts(start + timedelta(minutes=n + 1))), metadata=tenant.md)
+    await _run(stub, tenant, start + timedelta(days=1, minutes=1))
+    [(_, single)] = await asyncio.to_thread(_read_invoices, migrated, twin.id, 1)
+    found = [inv for _, inv in await asyncio.to_thread(_read_invoices, migrated, progressive.id, 1)]
+    final = [inv for inv in found if inv["reason"] == "period"]
+    while not final:  # the threshold requests came first; the period's follows
+        found = [inv for _, inv in await asyncio.to_thread(_read_invoices, migrated, progressive.id, len(found) + 1)]
+        final = [inv for inv in found if inv["reason"] == "period"]
+    by_threshold = [inv for inv in found if inv["reason"] == "threshold"]
+    assert len(final) == 1 and len(found) == len(by_threshold) + 1 <= 6, f"seed {seed}: {found}"
+    total = sum((D(inv["total"]) for inv in found), D(0))
+    assert total == D(single["total"]), f"seed {seed}: {[inv['total'] for inv in found]} vs {single['total']}"
+    assert all(D(inv["total"]) > 0 for inv in by_threshold), f"seed {seed}"
 
 
 async def test_a_quantity_share_of_the_metered_limit(stub, tenant, admin_conn):
