@@ -503,6 +503,26 @@ def test_invoice_request_before_reasons_reads_without_one():
     assert decode(Schema.INVOICE_REQUEST, _single_object(old, rec)) == {**rec, "reason": None, "threshold_id": None}
 
 
+@pytest.mark.parametrize("old_name,schema,record", [
+    ("InvoiceRequest.2.avsc", Schema.INVOICE_REQUEST,
+     {**INVOICE_REQUEST, "reason": "threshold", "threshold_id": "0e5f2a61-3c4d-4b7e-8f90-1a2b3c4d5e6f"}),
+    ("UsageAlert.1.avsc", Schema.USAGE_ALERT,
+     {"alert_id": "a", "type": "usage.threshold_crossed", "tenant_id": "t", "subscription_id": "s",
+      "threshold_id": "h", "metric_code": "", "threshold_value": "10", "quantity": "12.50", "recurring": True,
+      "period_start_us": 1, "period_end_us": 2, "crossed_at_us": 3, "measure": "amount", "currency": "EUR",
+      "invoice_request_id": "r"}),
+])
+def test_an_old_reader_reads_a_new_message(old_name, schema, record):
+    # Forward compatibility: a reader still on the previous version skips the new fields.
+    old = json.loads((codec.HISTORY_DIR / old_name).read_text())
+    data = encode(schema, record)[10:]  # the Avro body, after the single-object header
+    new = json.loads(codec.schema_json(schema))
+    read = fastavro.schemaless_reader(io.BytesIO(data), fastavro.parse_schema(codec._strip_logical(new)),
+                                      fastavro.parse_schema(codec._strip_logical(old)))
+    added = {"reason", "threshold_id", "measure", "currency", "invoice_request_id"}
+    assert read == {k: v for k, v in record.items() if k not in added}
+
+
 def test_usage_alert_before_amount_thresholds_reads_as_a_quantity_alert():
     # UsageAlert.1 (schemas/avro/history): no measure, currency, invoice_request_id.
     old = json.loads((codec.HISTORY_DIR / "UsageAlert.1.avsc").read_text())
