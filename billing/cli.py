@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Client commands: over the gRPC API, as a tenant (billing/cli_common.py).
     from billing import (
         cli_catalog, cli_clocks, cli_credits, cli_discounts, cli_entitlements, cli_invoices, cli_runs, cli_seed,
+        cli_thresholds,
     )
 
     cli_catalog.add_parsers(sub, common)
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_discounts.add_parsers(sub, common)
     cli_credits.add_parsers(sub, common)
     cli_entitlements.add_parsers(sub, common)
+    cli_thresholds.add_parsers(sub, common)
     cli_invoices.add_parsers(sub, common, cmd_invoices_tail)
     cli_seed.add_parsers(sub, common, cmd_seed)
 

@@ -255,9 +255,11 @@ def discount_message(d: DiscountView) -> pb.Discount:
 
 def threshold_message(t) -> pb.Threshold:
     """A `billing.services.thresholds.ThresholdView` as its message."""
-    return pb.Threshold(id=str(t.id), subscription_id=str(t.subscription_id), metric_code=t.metric_code,
+    return pb.Threshold(id=str(t.id), subscription_id=str(t.subscription_id or ""), metric_code=t.metric_code,
                         value=decimal_to_str(t.value), recurring=t.recurring, aggregation=t.aggregation,
-                        created_at=timestamp(t.created_at), deleted_at=timestamp(t.deleted_at))
+                        created_at=timestamp(t.created_at), deleted_at=timestamp(t.deleted_at), measure=t.measure,
+                        percent=decimal_to_str(t.percent) if t.percent is not None else "",
+                        invoice_on_cross=t.invoice_on_cross, plan_id=str(t.plan_id or ""))
 
 
 def credit_grant_message(g) -> pb.CreditGrant:

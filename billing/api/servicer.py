@@ -210,14 +210,16 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     @rpc
     async def CreateThreshold(self, request: pb.CreateThresholdRequest, caller: Caller) -> pb.CreateThresholdResponse:
         t = await thresholds.create_threshold(self.db, caller, request.request_id, request.subscription_id,
-                                              request.metric_code, request.value, recurring=not request.once)
+                                              request.metric_code, request.value, recurring=not request.once,
+                                              measure=request.measure, percent=request.percent,
+                                              invoice_on_cross=request.invoice_on_cross, plan_id=request.plan_id)
         return pb.CreateThresholdResponse(threshold=convert.threshold_message(t))
 
     @rpc
     async def ListThresholds(self, request: pb.ListThresholdsRequest, caller: Caller) -> pb.ListThresholdsResponse:
         found, token = await thresholds.list_thresholds(
             self.db, caller, request.subscription_id, tokens=self.tokens, page_size=request.page_size,
-            page_token=request.page_token, include_deleted=request.include_deleted)
+            page_token=request.page_token, include_deleted=request.include_deleted, plan_id=request.plan_id)
         return pb.ListThresholdsResponse(thresholds=[convert.threshold_message(t) for t in found],
                                          next_page_token=token)
 

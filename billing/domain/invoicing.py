@@ -20,6 +20,7 @@ from billing.domain import proration
 from billing.domain.invoice_assembly import Discount, assemble, usage_charge_lines
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.periods import period_containing
+from billing.domain.progressive import with_billed
 from billing.domain.plans import BillingTiming, PlanSpec
 from fractions import Fraction
 
@@ -127,7 +128,8 @@ def _next_state(sub: Subscription, plan: PlanSpec, next_plan: PlanSpec | None) -
 
 def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage: Mapping[str, PeriodUsage], *,
                  next_plan: PlanSpec | None = None, charged_in_advance: bool = True,
-                 extra_lines: Sequence[Line] = (), discounts: Sequence[Discount] = ()) -> ClosedPeriod:
+                 extra_lines: Sequence[Line] = (), discounts: Sequence[Discount] = (),
+                 progressive_billed: Decimal = Decimal(0)) -> ClosedPeriod:
     """Bill the subscription's current period, which must have ended, and advance it.
 
     ``plan`` is the plan in effect during the period, ``next_plan`` the pending plan (when
@@ -138,6 +140,9 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
     discounts in their order (``invoice_assembly.discount_lines``); those that count this
     close come back in ``ClosedPeriod.discounts`` with ``used`` + 1.
     The lines: charges, then ``invoice_assembly.assemble`` (discounts, commitment, credits).
+    ``progressive_billed``: what threshold invoices charged for this period already
+    (``domain/progressive``), subtracted last as one ``progressive_billed`` line, after the
+    commitment true-up (which sees the whole period) and before credits.
     """
     if sub.status not in BILLABLE or sub.current_period_start is None or sub.current_period_end is None:
         raise ValueError(f"subscription {sub.id} is {sub.status.value}: it has no period to close")
@@ -167,6 +172,8 @@ def close_period(tenant_id: uuid.UUID, sub: Subscription, plan: PlanSpec, usage:
     counted = [] if trial else [d for d in discounts if d.applies()]
     share = _billed_share(sub, plan) if plan.minimum_commitment and not trial else None
     final = assemble(plan, lines, counted, commitment_share=share, period_start=start, period_end=end)
+    if progressive_billed:
+        final = with_billed(final, progressive_billed, start, end)
     later = tuple(discounts) if trial else tuple(_evolve_discount(d) if d.applies() else d for d in discounts)
     return ClosedPeriod(invoice_request_id(tenant_id, sub.id, start), start, end, plan.currency, final,
                         total(final), after, event, later)

@@ -13,12 +13,14 @@ from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import decimal_to_str
 from billing.domain.plans import PlanSpec
 from billing.domain.pricing import Line, price_usage, total
+from billing.domain.progressive import with_billed
 from billing.domain.subscriptions import Change, Subscription
 from billing.services import invoice_requests, period_reads
 from billing.services.clock_time import SubscriptionTime
 from billing.services.previews import ChangePreview
 from billing.services.context import Caller
 from billing.store import billed_periods, pending_lines
+from billing.store import progressive as progressive_store
 
 
 async def charged_in_advance(conn: asyncpg.Connection, caller: Caller, sub: Subscription) -> bool:
@@ -30,7 +32,8 @@ async def charged_in_advance(conn: asyncpg.Connection, caller: Caller, sub: Subs
 async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscription, spec: PlanSpec,
                        end: datetime) -> list[Line]:
     """Usage of the current period up to an immediate cancel, priced like a period close
-    (the run never bills a canceled subscription again). A trial's usage is free."""
+    (the run never bills a canceled subscription again), less what its threshold invoices
+    charged. A trial's usage is free."""
     if (sub.status is SubscriptionStatus.TRIALING or sub.current_period_start is None
             or sub.current_period_end is None or not spec.usage_charges):
         return []
@@ -39,7 +42,9 @@ async def _final_usage(conn: asyncpg.Connection, caller: Caller, sub: Subscripti
     if end <= start:
         return []
     usage, _ = await period_reads.usage_of_period(conn, caller.tenant_id, sub.id, spec, start)
-    return usage_charge_lines(price_usage(spec, usage, start, end), spec.currency, start, end)
+    lines = usage_charge_lines(price_usage(spec, usage, start, end), spec.currency, start, end)
+    # What the period's threshold invoices charged already (progressive billing) is not charged again.
+    return list(with_billed(lines, await progressive_store.billed(conn, caller.tenant_id, sub.id, start), start, end))
 
 
 

@@ -31,6 +31,9 @@ from billing.services.clock_time import clock_headers
 from billing.store import outbox
 
 STREAM = Stream.INVOICE_REQUESTS
+#: The request's `reason` field: a period's close; a crossed threshold (progressive billing).
+PERIOD = "period"
+THRESHOLD = "threshold"
 #: run_id of a request that no billing run made.
 NO_RUN = uuid.UUID(int=0)
 _HEADERS = {"content-type": codec.content_type(codec.Schema.INVOICE_REQUEST)}
@@ -63,10 +66,12 @@ def line_record(ln: Line, times: Mapping[datetime, int] | None = None) -> dict:
 def invoice_record(*, tenant_id: uuid.UUID | str, invoice_request_id: uuid.UUID | str, run_id: uuid.UUID | str,
                    sub: Subscription, currency: str, period_start: datetime, period_end: datetime,
                    lines: Sequence[Line], issued_at: datetime | None = None,
-                   test_clock_id: uuid.UUID | str | None = None) -> dict:
+                   test_clock_id: uuid.UUID | str | None = None, reason: str | None = None,
+                   threshold_id: uuid.UUID | str | None = None) -> dict:
     """The InvoiceRequest record (schemas/avro/invoice_request.avsc); subtotal and total are
     the exact sum of the rounded lines. The ids may be given as text already. `test_clock_id`:
-    the test clock of the subscription (the request is a test-clock request; null otherwise)."""
+    the test clock of the subscription (the request is a test-clock request; null otherwise).
+    `reason`: PERIOD, THRESHOLD (with the `threshold_id` that made it) or None (the others)."""
     amount = decimal_to_str(total(lines))
     start, end = to_us(period_start), to_us(period_end)
     times = {period_start: start, period_end: end}
@@ -78,19 +83,21 @@ def invoice_record(*, tenant_id: uuid.UUID | str, invoice_request_id: uuid.UUID 
         "lines": [line_record(ln, times) for ln in lines],
         "subtotal": amount, "total": amount, "metadata": dict(sub.metadata),
         "test_clock_id": str(test_clock_id) if test_clock_id else None,
+        "reason": reason, "threshold_id": str(threshold_id) if threshold_id else None,
     }
 
 
 def encode(*, tenant_id: uuid.UUID | str, invoice_request_id: uuid.UUID | str, run_id: uuid.UUID | str,
            sub: Subscription, currency: str, lines: Sequence[Line],
            period: tuple[datetime, datetime] | None = None, issued_at: datetime | None = None,
-           test_clock_id: uuid.UUID | str | None = None) -> Encoded:
+           test_clock_id: uuid.UUID | str | None = None, reason: str | None = None,
+           threshold_id: uuid.UUID | str | None = None) -> Encoded:
     """The one builder: an invoice request encoded for `enqueue`. `period` defaults to the
     time the lines cover (`span`)."""
     start, end = period or span(lines)
     record = invoice_record(tenant_id=tenant_id, invoice_request_id=invoice_request_id, run_id=run_id, sub=sub,
                             currency=currency, period_start=start, period_end=end, lines=lines, issued_at=issued_at,
-                            test_clock_id=test_clock_id)
+                            test_clock_id=test_clock_id, reason=reason, threshold_id=threshold_id)
     return record["invoice_request_id"], codec.encode(codec.Schema.INVOICE_REQUEST, record)
 
 

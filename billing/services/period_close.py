@@ -9,7 +9,8 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import NamedTuple, Sequence
+from decimal import Decimal
+from typing import Mapping, NamedTuple, Sequence
 
 import asyncpg
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 # is 366); more means something is wrong with the subscription: it fails alone.
 MAX_PERIODS_PER_SUBSCRIPTION = 1000
 _NO_USAGE: dict[str, PeriodUsage] = {}
+_NONE = Decimal(0)
 
 
 @dataclass
@@ -106,7 +108,7 @@ def _compute(ctx: CloseContext, subs: list[Subscription], inputs: period_reads.C
         try:
             outcomes.append(_close_all(ctx, ids, sub, inputs.usage, sub.id in inputs.charged,
                                        inputs.late.get(sub.id, ()), inputs.pending.get(sub.id, ()), book,
-                                       inputs.discounts.get(sub.id, ())))
+                                       inputs.discounts.get(sub.id, ()), inputs.progressive))
         except Exception as exc:  # noqa: BLE001 - recorded with its reason; the run goes on
             if mark is not None:
                 book.restore(mark)  # what it burned is not written: the chunk's others may burn it
@@ -119,10 +121,12 @@ def _compute(ctx: CloseContext, subs: list[Subscription], inputs: period_reads.C
 def _close_all(ctx: CloseContext, ids: _RequestIds, sub: Subscription, usage: period_reads.UsageByPeriod,
                charged_in_advance: bool, late: Sequence[tuple[list[str], Line]],
                pending: Sequence[tuple[uuid.UUID, Line]], book: CreditBook,
-               discounts: Sequence[Discount] = ()) -> Billed:
+               discounts: Sequence[Discount] = (),
+               progressive: Mapping[tuple[uuid.UUID, datetime], Decimal] | None = None) -> Billed:
     """Close every ended period of `sub` (pure computation and encoding, nothing written).
     Late usage and pending adjustment lines go into the first period closed; each close
-    hands the discounts, as it counted them, to the next."""
+    hands the discounts, as it counted them, to the next. `progressive`: what threshold
+    invoices charged per (subscription, period start), subtracted by that period's close."""
     out = Billed(sub, [], [], [], [], [], [e for ids, _ in late for e in ids], [i for i, _ in pending])
     extra = [ln for _, ln in late] + [ln for _, ln in pending]
     plans, current = ctx.plans, sub
@@ -135,6 +139,8 @@ def _close_all(ctx: CloseContext, ids: _RequestIds, sub: Subscription, usage: pe
             usage.get((current.id, current.current_period_start)) or usage.get((current.id, None), _NO_USAGE),
             next_plan=plans.get(current.pending_plan_id) if current.pending_plan_id else None,
             charged_in_advance=charged_in_advance, extra_lines=extra, discounts=discounts,
+            progressive_billed=progressive.get((current.id, current.current_period_start), _NONE) if progressive
+            else _NONE,
         )
         discounts = closed.discounts
         closed = _apply_credits(out, book, current, closed)
@@ -165,7 +171,7 @@ def _add_closed(out: Billed, ids: _RequestIds, current: Subscription, closed: Cl
     rid, payload = invoice_requests.encode(
         tenant_id=ids.tenant, invoice_request_id=str(closed.invoice_request_id), run_id=ids.run, sub=current,
         currency=closed.currency, lines=closed.lines, period=(closed.period_start, closed.period_end),
-        issued_at=ids.issued_at, test_clock_id=ids.test_clock)
+        issued_at=ids.issued_at, test_clock_id=ids.test_clock, reason=invoice_requests.PERIOD)
     out.request_ids.append(rid)
     out.payloads.append(payload)
 

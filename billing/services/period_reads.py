@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
 
@@ -18,6 +19,7 @@ from billing.domain.subscriptions import Subscription
 from billing.services import discounts as discount_reads, event_usage
 from billing.store import billed_periods, credits as credit_store, pending_lines, period_usage as usage_reads
 from billing.store import plans as plans_store
+from billing.store import progressive as progressive_store
 from billing.store import usage as usage_store
 
 # (subscription id, period start) -> metric code -> the period's totals (start None: what a
@@ -39,6 +41,8 @@ class ChunkInputs:
     pending: dict[uuid.UUID, list[tuple[uuid.UUID, Line]]]
     discounts: dict[uuid.UUID, list[Discount]] = field(default_factory=dict)
     credits: CreditBook = field(default_factory=CreditBook)
+    # (subscription, period start) -> what its threshold invoices charged (docs/billing.md)
+    progressive: dict[tuple[uuid.UUID, datetime], Decimal] = field(default_factory=dict)
 
 
 async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec],
@@ -67,7 +71,8 @@ async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uu
     pending = await pending_lines.unbilled(conn, tenant, ids)
     discounts = await discount_reads.live_for(conn, tenant, ids)
     grants = await credit_store.open_grants(conn, tenant, ids, sorted({s.customer_id for s in subs}), lock=lock)
-    return ChunkInputs(usage, charged, late, pending, discounts, CreditBook(grants))
+    progressive = await progressive_store.billed_from(conn, tenant, firsts)
+    return ChunkInputs(usage, charged, late, pending, discounts, CreditBook(grants), progressive)
 
 
 async def load_plans(conn, tenant: uuid.UUID, plans: dict[uuid.UUID, PlanSpec], wanted: set[uuid.UUID]) -> None:

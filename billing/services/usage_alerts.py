@@ -12,6 +12,7 @@ own period (usage_rules.attribute) and so crosses that period's thresholds.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 import asyncpg
 
@@ -21,6 +22,7 @@ from billing.domain.money import decimal_to_str
 from billing.domain.periods import to_us
 from billing.domain.thresholds import alert_id
 from billing.ops.metrics import USAGE_ALERTS
+from billing.services import amount_thresholds
 from billing.store import outbox
 from billing.store import thresholds as store
 from billing.store.db import json_text
@@ -31,25 +33,38 @@ _CONTENT_TYPE = codec.content_type(codec.Schema.USAGE_ALERT)
 
 async def after_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: list[tuple]) -> int:
     """Record and announce the thresholds crossed by a tenant's batch just stored; `rows`
-    are its staging rows (usage_store.Batch.rows). Returns how many alerts were written."""
+    are its staging rows (usage_store.Batch.rows). Returns how many alerts were written.
+    Quantity thresholds: one statement. Amount thresholds: one probe, and the pricing of the
+    batch's subscriptions that have any (services/amount_thresholds.py)."""
     touched = list({(r[1], r[2], r[5]) for r in rows})
     crossed = await store.record_crossings(conn, tenant_id, touched)
-    if not crossed:
+    amounts = await amount_thresholds.check(conn, tenant_id, {(sub, start) for sub, _, start in touched})
+    if not crossed and not amounts:
         return 0
     out: list[tuple[str, bytes | None, bytes, str]] = []
     for c in crossed:
-        ident = str(alert_id(c["id"], c["key"]))
-        record = {
-            "alert_id": ident, "type": EventType.THRESHOLD_CROSSED.value, "tenant_id": str(tenant_id),
-            "subscription_id": str(c["subscription_id"]), "threshold_id": str(c["id"]),
+        out.append(_row(tenant_id, c["id"], c["key"], c["subscription_id"], c["plan_level"], {
             "metric_code": c["metric_code"], "threshold_value": decimal_to_str(c["value"]),
             "quantity": decimal_to_str(c["quantity"]), "recurring": c["recurring"],
             "period_start_us": to_us(c["period_start"]), "period_end_us": to_us(c["period_end"]),
-            "crossed_at_us": to_us(c["crossed_at"]),
-        }
-        headers = {"content-type": _CONTENT_TYPE, "event-type": EventType.THRESHOLD_CROSSED.value, "alert-id": ident}
-        out.append((STREAM.value, str(c["subscription_id"]).encode(), codec.encode(codec.Schema.USAGE_ALERT, record),
-                    json_text(headers)))
+            "crossed_at_us": to_us(c["crossed_at"])}))
+    for a in amounts:
+        out.append(_row(tenant_id, a.threshold_id, a.key, a.subscription_id, a.plan_level, {
+            "metric_code": "", "threshold_value": decimal_to_str(a.value), "quantity": decimal_to_str(a.amount),
+            "recurring": a.recurring, "period_start_us": to_us(a.period_start), "period_end_us": to_us(a.period_end),
+            "crossed_at_us": to_us(a.crossed_at), "measure": "amount", "currency": a.currency,
+            "invoice_request_id": str(a.invoice_request_id) if a.invoice_request_id else None}))
     await outbox.enqueue_many(conn, tenant_id, out)
     USAGE_ALERTS.inc(len(out))
     return len(out)
+
+
+def _row(tenant_id: uuid.UUID, threshold_id: uuid.UUID, key: datetime, subscription_id: uuid.UUID,
+         plan_level: bool, fields: dict) -> tuple[str, bytes | None, bytes, str]:
+    """The outbox row of one alert: the UsageAlert record of a crossing and its headers."""
+    ident = str(alert_id(threshold_id, key, subscription_id if plan_level else None))
+    record = {"alert_id": ident, "type": EventType.THRESHOLD_CROSSED.value, "tenant_id": str(tenant_id),
+              "subscription_id": str(subscription_id), "threshold_id": str(threshold_id), **fields}
+    headers = {"content-type": _CONTENT_TYPE, "event-type": EventType.THRESHOLD_CROSSED.value, "alert-id": ident}
+    return (STREAM.value, str(subscription_id).encode(), codec.encode(codec.Schema.USAGE_ALERT, record),
+            json_text(headers))

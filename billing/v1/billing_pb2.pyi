@@ -1276,7 +1276,7 @@ class ListEntitlementsResponse(_message.Message):
     def __init__(self, entitlements: _Optional[_Iterable[_Union[Entitlement, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Threshold(_message.Message):
-    __slots__ = ("id", "subscription_id", "metric_code", "value", "recurring", "aggregation", "created_at", "deleted_at")
+    __slots__ = ("id", "subscription_id", "metric_code", "value", "recurring", "aggregation", "created_at", "deleted_at", "measure", "percent", "invoice_on_cross", "plan_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -1285,6 +1285,10 @@ class Threshold(_message.Message):
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DELETED_AT_FIELD_NUMBER: _ClassVar[int]
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ON_CROSS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     subscription_id: str
     metric_code: str
@@ -1293,21 +1297,33 @@ class Threshold(_message.Message):
     aggregation: str
     created_at: _timestamp_pb2.Timestamp
     deleted_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., metric_code: _Optional[str] = ..., value: _Optional[str] = ..., recurring: _Optional[bool] = ..., aggregation: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    measure: str
+    percent: str
+    invoice_on_cross: bool
+    plan_id: str
+    def __init__(self, id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., metric_code: _Optional[str] = ..., value: _Optional[str] = ..., recurring: _Optional[bool] = ..., aggregation: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deleted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., measure: _Optional[str] = ..., percent: _Optional[str] = ..., invoice_on_cross: _Optional[bool] = ..., plan_id: _Optional[str] = ...) -> None: ...
 
 class CreateThresholdRequest(_message.Message):
-    __slots__ = ("request_id", "subscription_id", "metric_code", "value", "once")
+    __slots__ = ("request_id", "subscription_id", "metric_code", "value", "once", "measure", "percent", "invoice_on_cross", "plan_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     METRIC_CODE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     ONCE_FIELD_NUMBER: _ClassVar[int]
+    MEASURE_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    INVOICE_ON_CROSS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     subscription_id: str
     metric_code: str
     value: str
     once: bool
-    def __init__(self, request_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., metric_code: _Optional[str] = ..., value: _Optional[str] = ..., once: _Optional[bool] = ...) -> None: ...
+    measure: str
+    percent: str
+    invoice_on_cross: bool
+    plan_id: str
+    def __init__(self, request_id: _Optional[str] = ..., subscription_id: _Optional[str] = ..., metric_code: _Optional[str] = ..., value: _Optional[str] = ..., once: _Optional[bool] = ..., measure: _Optional[str] = ..., percent: _Optional[str] = ..., invoice_on_cross: _Optional[bool] = ..., plan_id: _Optional[str] = ...) -> None: ...
 
 class CreateThresholdResponse(_message.Message):
     __slots__ = ("threshold",)
@@ -1316,16 +1332,18 @@ class CreateThresholdResponse(_message.Message):
     def __init__(self, threshold: _Optional[_Union[Threshold, _Mapping]] = ...) -> None: ...
 
 class ListThresholdsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "subscription_id", "include_deleted")
+    __slots__ = ("page_size", "page_token", "subscription_id", "include_deleted", "plan_id")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DELETED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     subscription_id: str
     include_deleted: bool
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., subscription_id: _Optional[str] = ..., include_deleted: _Optional[bool] = ...) -> None: ...
+    plan_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., subscription_id: _Optional[str] = ..., include_deleted: _Optional[bool] = ..., plan_id: _Optional[str] = ...) -> None: ...
 
 class ListThresholdsResponse(_message.Message):
     __slots__ = ("thresholds", "next_page_token")

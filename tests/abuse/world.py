@@ -14,7 +14,7 @@ from tests.integration.test_plans_api import plan_request
 
 TABLES = ("plans", "subscriptions", "audit_events", "idempotency_keys", "outbox", "usage_events", "usage_totals",
           "billing_runs", "billed_periods", "discounts", "credit_grants", "credit_entries", "test_clocks",
-          "usage_thresholds", "usage_threshold_crossings")
+          "usage_thresholds", "usage_threshold_crossings", "progressive_invoices")
 
 
 def rid() -> str:
@@ -126,9 +126,13 @@ async def build_world(stub, tenant, tag: str = "w") -> World:
     w.discounts["deleted"] = (await call(stub.DeleteDiscount, pb.DeleteDiscountRequest(
         request_id=rid(), id=w.discounts["deleted"].id))).discount
 
-    # Crossed by the usage below (1 + 2 + 3 calls): A has a crossing and an alert in its outbox.
+    # Crossed by the usage below (1 + 2 + 3 calls): A has crossings, alerts in its outbox and
+    # (the plan's amount threshold, 0.06 at 0.01 a call) a threshold invoice.
     w.thresholds["active"] = (await call(stub.CreateThreshold, pb.CreateThresholdRequest(
         request_id=rid(), subscription_id=w.subs["active"].id, metric_code="calls", value="5"))).threshold
+    w.thresholds["plan"] = (await call(stub.CreateThreshold, pb.CreateThresholdRequest(
+        request_id=rid(), plan_id=w.plans["main"].id, measure="amount", value="0.05",
+        invoice_on_cross=True))).threshold
     w.thresholds["deleted"] = (await call(stub.CreateThreshold, pb.CreateThresholdRequest(
         request_id=rid(), subscription_id=w.subs["active2"].id, metric_code="calls", value="1", once=True))).threshold
     w.thresholds["deleted"] = (await call(stub.DeleteThreshold, pb.DeleteThresholdRequest(

@@ -192,6 +192,8 @@ INVOICE_REQUEST = {
     "total": "86.53",
     "metadata": {"po_number": "PO-1"},
     "test_clock_id": None,
+    "reason": "period",
+    "threshold_id": None,
 }
 
 SAMPLES: list[tuple[Schema, dict]] = (
@@ -199,7 +201,9 @@ SAMPLES: list[tuple[Schema, dict]] = (
     + [(Schema.SUBSCRIPTION_COMMAND, c) for c in COMMANDS]
     + [(Schema.SUBSCRIPTION_EVENT, e) for e in SUBSCRIPTION_EVENTS]
     + [(Schema.BILLING_RUN_REQUEST, BILLING_RUN), (Schema.INVOICE_REQUEST, INVOICE_REQUEST),
-       (Schema.INVOICE_REQUEST, {**INVOICE_REQUEST, "test_clock_id": "5b0c7f4e-8a1d-4a53-9b62-0f3c1d2e4a77"})]
+       (Schema.INVOICE_REQUEST, {**INVOICE_REQUEST, "test_clock_id": "5b0c7f4e-8a1d-4a53-9b62-0f3c1d2e4a77"}),
+       (Schema.INVOICE_REQUEST, {**INVOICE_REQUEST, "reason": "threshold",
+                                 "threshold_id": "0e5f2a61-3c4d-4b7e-8f90-1a2b3c4d5e6f"})]
 )
 
 
@@ -487,8 +491,46 @@ def test_old_writer_schema_resolves_to_current_reader(isolated_registry):
 def test_invoice_request_before_test_clocks_reads_as_real_time():
     # InvoiceRequest.1 (schemas/avro/history) has no test_clock_id: it reads as null.
     old = json.loads((codec.HISTORY_DIR / "InvoiceRequest.1.avsc").read_text())
-    rec = {k: v for k, v in INVOICE_REQUEST.items() if k != "test_clock_id"}
-    assert decode(Schema.INVOICE_REQUEST, _single_object(old, rec)) == {**rec, "test_clock_id": None}
+    rec = {k: v for k, v in INVOICE_REQUEST.items() if k not in ("test_clock_id", "reason", "threshold_id")}
+    assert decode(Schema.INVOICE_REQUEST, _single_object(old, rec)) == {
+        **rec, "test_clock_id": None, "reason": None, "threshold_id": None}
+
+
+def test_invoice_request_before_reasons_reads_without_one():
+    # InvoiceRequest.2 (schemas/avro/history) has no reason nor threshold_id: both read as null.
+    old = json.loads((codec.HISTORY_DIR / "InvoiceRequest.2.avsc").read_text())
+    rec = {k: v for k, v in INVOICE_REQUEST.items() if k not in ("reason", "threshold_id")}
+    assert decode(Schema.INVOICE_REQUEST, _single_object(old, rec)) == {**rec, "reason": None, "threshold_id": None}
+
+
+@pytest.mark.parametrize("old_name,schema,record", [
+    ("InvoiceRequest.2.avsc", Schema.INVOICE_REQUEST,
+     {**INVOICE_REQUEST, "reason": "threshold", "threshold_id": "0e5f2a61-3c4d-4b7e-8f90-1a2b3c4d5e6f"}),
+    ("UsageAlert.1.avsc", Schema.USAGE_ALERT,
+     {"alert_id": "a", "type": "usage.threshold_crossed", "tenant_id": "t", "subscription_id": "s",
+      "threshold_id": "h", "metric_code": "", "threshold_value": "10", "quantity": "12.50", "recurring": True,
+      "period_start_us": 1, "period_end_us": 2, "crossed_at_us": 3, "measure": "amount", "currency": "EUR",
+      "invoice_request_id": "r"}),
+])
+def test_an_old_reader_reads_a_new_message(old_name, schema, record):
+    # Forward compatibility: a reader still on the previous version skips the new fields.
+    old = json.loads((codec.HISTORY_DIR / old_name).read_text())
+    data = encode(schema, record)[10:]  # the Avro body, after the single-object header
+    new = json.loads(codec.schema_json(schema))
+    read = fastavro.schemaless_reader(io.BytesIO(data), fastavro.parse_schema(codec._strip_logical(new)),
+                                      fastavro.parse_schema(codec._strip_logical(old)))
+    known = {f["name"] for f in old["fields"]}
+    assert known < set(record) and read == {k: v for k, v in record.items() if k in known}
+
+
+def test_usage_alert_before_amount_thresholds_reads_as_a_quantity_alert():
+    # UsageAlert.1 (schemas/avro/history): no measure, currency, invoice_request_id.
+    old = json.loads((codec.HISTORY_DIR / "UsageAlert.1.avsc").read_text())
+    rec = {"alert_id": "a", "type": "usage.threshold_crossed", "tenant_id": "t", "subscription_id": "s",
+           "threshold_id": "h", "metric_code": "calls", "threshold_value": "10", "quantity": "12", "recurring": True,
+           "period_start_us": 1, "period_end_us": 2, "crossed_at_us": 3}
+    assert decode(Schema.USAGE_ALERT, _single_object(old, rec)) == {
+        **rec, "measure": "quantity", "currency": None, "invoice_request_id": None}
 
 
 def test_history_file_is_registered_by_path(isolated_registry, tmp_path: Path):

@@ -62,4 +62,9 @@ def test_the_alert_round_trips_through_its_avro_schema():
               "subscription_id": str(uuid.uuid4()), "threshold_id": str(uuid.uuid4()), "metric_code": "calls",
               "threshold_value": "10", "quantity": "12", "recurring": True, "period_start_us": 1,
               "period_end_us": 2, "crossed_at_us": 3}
-    assert codec.decode(codec.Schema.USAGE_ALERT, codec.encode(codec.Schema.USAGE_ALERT, record)) == record
+    # the fields added for amount thresholds read as their defaults when not written
+    assert codec.decode(codec.Schema.USAGE_ALERT, codec.encode(codec.Schema.USAGE_ALERT, record)) == {
+        **record, "measure": "quantity", "currency": None, "invoice_request_id": None}
+    amount = {**record, "metric_code": "", "measure": "amount", "currency": "EUR",
+              "invoice_request_id": str(uuid.uuid4())}
+    assert codec.decode(codec.Schema.USAGE_ALERT, codec.encode(codec.Schema.USAGE_ALERT, amount)) == amount
