@@ -1,0 +1,120 @@
+"""SQL of the partition maintenance of usage_events (migration 032): monthly partitions by
+period start, created ahead; retention by detaching and dropping whole partitions.
+
+Creating runs as the worker (the security-definer usage_partition_ensure); listing,
+checking and dropping run as the schema owner (`billing maintenance`), who alone may detach.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+import asyncpg
+
+PARENT = "usage_events"
+DEFAULT = "usage_events_default"
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    start: datetime  # period starts in [start, end)
+    end: datetime
+
+
+async def ensure(conn: asyncpg.Connection, month: date) -> bool:
+    """The month's partition exists after this; True when this call created it."""
+    return bool(await conn.fetchval("select usage_partition_ensure($1)", month))
+
+
+async def monthly(conn: asyncpg.Connection) -> list[Partition]:
+    """The monthly partitions attached to usage_events, oldest first (the default one apart)."""
+    rows = await conn.fetch(
+        """select c.relname,
+                  (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\) TO \\(''([^'']+)''\\)'))
+                      as bounds
+             from pg_inherits i join pg_class c on c.oid = i.inhrelid
+            where i.inhparent = 'public.usage_events'::regclass and c.relname <> 'usage_events_default'""")
+    out = []
+    for r in rows:
+        lo, hi = (await conn.fetchrow("select $1::timestamptz as lo, $2::timestamptz as hi", *r["bounds"])).values()
+        out.append(Partition(r["relname"], lo, hi))
+    return sorted(out, key=lambda p: p.start)
+
+
+async def default_rows(conn: asyncpg.Connection) -> int:
+    """Events in the default partition: months no partition covers (docs/usage.md)."""
+    return await conn.fetchval(f"select count(*) from {DEFAULT}")
+
+
+async def blockers(conn: asyncpg.Connection, p: Partition, billed_before: datetime, ended_before: timedelta,
+                   now: datetime) -> dict[str, int]:
+    """What keeps a partition: periods not billed (or billed after `billed_before`), periods
+    that ended less than `ended_before` ago (the late window: a late event may still arrive;
+    a test clock's subscription measured by its clock), late events not billed yet. All zero:
+    the partition may go. One scan of the partition (as the owner: every tenant)."""
+    row = await conn.fetchrow(
+        f"""with periods as (
+                select distinct e.tenant_id, e.subscription_id, e.period_start, e.period_end from {_ident(p.name)} e
+            )
+            select count(*) filter (where not exists (
+                       select 1 from billed_periods b
+                        where b.tenant_id = x.tenant_id and b.subscription_id = x.subscription_id
+                          and b.period_start <= x.period_start and x.period_start < b.period_end
+                          and b.billed_at <= $1)) as unbilled,
+                   count(*) filter (where x.period_end > coalesce(
+                       (select c.frozen_time from subscriptions s join test_clocks c
+                          on c.tenant_id = s.tenant_id and c.id = s.test_clock_id
+                         where s.tenant_id = x.tenant_id and s.id = x.subscription_id), $3) - $2) as in_late_window,
+                   (select count(*) from {_ident(p.name)} e
+                     where e.late and not exists (select 1 from late_usage_billed b
+                                                   where b.tenant_id = e.tenant_id and b.event_id = e.event_id))
+                       as late_unbilled
+              from periods x""",
+        billed_before, ended_before, now)
+    return dict(row)
+
+
+async def detach(conn: asyncpg.Connection, p: Partition, lock_timeout_s: float) -> None:
+    """Detach the partition from usage_events (plain DETACH: CONCURRENTLY is not allowed
+    beside a default partition). It takes an ACCESS EXCLUSIVE lock on usage_events for a
+    catalog change only; `lock_timeout_s` bounds how long it may queue (and so hold back
+    the statements queued behind it); the caller retries on the next pass."""
+    async with conn.transaction():
+        await conn.execute(f"set local lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
+        await conn.execute(f"alter table {PARENT} detach partition {_ident(p.name)}")
+
+
+async def detached_subscriptions(conn: asyncpg.Connection, name: str) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    return [(r[0], r[1]) for r in await conn.fetch(
+        f"select distinct tenant_id, subscription_id from {_ident(name)}")]
+
+
+async def forget_keys(conn: asyncpg.Connection, name: str, tenant_id: uuid.UUID, subscription_id: uuid.UUID) -> int:
+    """Delete the dedup keys (usage_event_ids) of one subscription's events in a detached
+    partition: a short transaction per subscription (row locks only)."""
+    status = await conn.execute(
+        f"""delete from usage_event_ids k using {_ident(name)} e
+             where e.tenant_id = $1 and e.subscription_id = $2 and k.tenant_id = $1
+               and k.event_key = md5(e.event_id)::uuid""", tenant_id, subscription_id)
+    return int(status.split()[-1])
+
+
+async def drop(conn: asyncpg.Connection, name: str) -> None:
+    await conn.execute(f"drop table {_ident(name)}")
+
+
+async def detached(conn: asyncpg.Connection) -> list[str]:
+    """usage_events_p* tables not attached (a pass that detached and did not finish)."""
+    rows = await conn.fetch(
+        """select c.relname from pg_class c
+            where c.relnamespace = 'public'::regnamespace and c.relkind = 'r' and c.relname like 'usage\\_events\\_p%'
+              and not c.relispartition order by 1""")
+    return [r[0] for r in rows]
+
+
+def _ident(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"not a partition name: {name!r}")
+    return '"' + name + '"'
