@@ -31,16 +31,13 @@ async def ensure(conn: asyncpg.Connection, month: date) -> bool:
 async def monthly(conn: asyncpg.Connection) -> list[Partition]:
     """The monthly partitions attached to usage_events, oldest first (the default one apart)."""
     rows = await conn.fetch(
-        """select c.relname,
-                  (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\) TO \\(''([^'']+)''\\)'))
-                      as bounds
-             from pg_inherits i join pg_class c on c.oid = i.inhrelid
-            where i.inhparent = 'public.usage_events'::regclass and c.relname <> 'usage_events_default'""")
-    out = []
-    for r in rows:
-        lo, hi = (await conn.fetchrow("select $1::timestamptz as lo, $2::timestamptz as hi", *r["bounds"])).values()
-        out.append(Partition(r["relname"], lo, hi))
-    return sorted(out, key=lambda p: p.start)
+        """select b.relname, b.bounds[1]::timestamptz as lo, b.bounds[2]::timestamptz as hi
+             from (select c.relname, regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                                  'FROM \\(''([^'']+)''\\) TO \\(''([^'']+)''\\)') as bounds
+                     from pg_inherits i join pg_class c on c.oid = i.inhrelid
+                    where i.inhparent = 'public.usage_events'::regclass and c.relname <> 'usage_events_default') b
+            order by lo""")
+    return [Partition(r["relname"], r["lo"], r["hi"]) for r in rows]
 
 
 async def default_rows(conn: asyncpg.Connection) -> int:
@@ -62,11 +59,12 @@ async def blockers(conn: asyncpg.Connection, p: Partition, billed_before: dateti
                        select 1 from billed_periods b
                         where b.tenant_id = x.tenant_id and b.subscription_id = x.subscription_id
                           and b.period_start <= x.period_start and x.period_start < b.period_end
-                          and b.billed_at <= $1)) as unbilled,
+                          and b.billed_at <= $1::timestamptz)) as unbilled,
                    count(*) filter (where x.period_end > coalesce(
                        (select c.frozen_time from subscriptions s join test_clocks c
                           on c.tenant_id = s.tenant_id and c.id = s.test_clock_id
-                         where s.tenant_id = x.tenant_id and s.id = x.subscription_id), $3) - $2) as in_late_window,
+                         where s.tenant_id = x.tenant_id and s.id = x.subscription_id), $3::timestamptz) - $2::interval)
+                       as in_late_window,
                    (select count(*) from {_ident(p.name)} e
                      where e.late and not exists (select 1 from late_usage_billed b
                                                    where b.tenant_id = e.tenant_id and b.event_id = e.event_id))

@@ -5,7 +5,6 @@ included (docs/operations.md, "Upgrading to partitioned usage")."""
 from __future__ import annotations
 
 import shutil
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
@@ -17,6 +16,8 @@ from billing.services.tenants import create_tenant
 from billing.store import usage as usage_store
 from billing.store.migrations import migrate
 from tests.conftest import Tenant
+from billing.v1 import billing_pb2 as pb
+from tests.integration.test_subscriptions_api import rid, ts
 from tests.integration.test_billing_scale import _invoices, _run, _sub, _usage, _weekly_plan
 from tests.integration.test_migrations import fresh_database  # noqa: F401 - a fixture
 
@@ -64,7 +65,7 @@ async def _serving(settings):
     return svc
 
 
-async def test_a_populated_database_keeps_every_row_and_bills_on_after_032(migrated, fresh_database, tmp_path,
+async def test_a_populated_database_keeps_every_row_and_bills_on_after_032(migrated, fresh_database, tmp_path,  # noqa: F811
                                                                        monkeypatch):
     url = await fresh_database("usage_upgrade")
     before_dir = tmp_path / "up_to_028"
@@ -131,8 +132,10 @@ async def test_a_populated_database_keeps_every_row_and_bills_on_after_032(migra
 
             stub = billing_pb2_grpc.BillingServiceStub(channel)
             # A moved event sent again, with another time (another period): still a duplicate.
-            assert (await _usage(stub, tenant, sub.id, "10", p1 + 2 * week + timedelta(days=2),
-                                 event_id="p1-0")).duplicate
+            again = await stub.RecordUsage(pb.RecordUsageRequest(
+                request_id=rid(), event_id="p1-0", subscription_id=sub.id, metric_code="api_calls", quantity="10",
+                occurred_at=ts(p1 + 2 * week + timedelta(days=2))), metadata=tenant.md)
+            assert again.duplicate
             assert not (await _usage(stub, tenant, sub.id, "1", p1 + timedelta(days=4), event_id="late-new")).duplicate
             await _run(svc, tenant, p1 + 3 * week + timedelta(hours=1))  # bills P3, with P1's late usage
     finally:
