@@ -10,11 +10,10 @@ import asyncpg
 # The batch is COPYed (binary) into a session-local staging table, then ONE statement
 # stores the events not seen before and folds exactly those into the totals (faster than
 # array parameters: docs/usage.md, Throughput); then TRUNCATE empties the staging table for
-# the next tenant of the transaction. Dedup (migration 032): an event id is new when its key
-# md5(event_id)::uuid is not in usage_event_ids; within the batch the first row of an id in
-# COPY order wins. The key is inserted without ON CONFLICT: a transaction storing the same id
-# at the same moment makes this one fail on the primary key, and its retry sees the id stored
-# (cheaper than a speculative insert per event for a race that needs two senders of one id).
+# the next tenant of the transaction. Dedup (migration 032): an event is stored when its key
+# md5(event_id)::uuid is inserted into usage_event_ids by this statement (ON CONFLICT DO
+# NOTHING: a transaction storing the same id at the same moment is waited for, not failed);
+# within the batch the first row of an id in COPY order wins (DISTINCT ON, by ctid).
 # Times travel as integer microseconds and quantities as text, converted here. A late
 # event's late_usage_pending row is written by a trigger (migration 015), not here.
 STAGING_TABLE = """
@@ -32,16 +31,17 @@ with input as (
            timestamptz 'epoch' + t.end_us * interval '1 microsecond' as period_end,
            t.late, t.properties::jsonb as properties
       from (select md5(s.event_id)::uuid as event_key, s.ctid as n, s.* from usage_staging s) t
-     where not exists (select 1 from usage_event_ids k where k.tenant_id = $1 and k.event_key = t.event_key)
      order by t.event_key, t.n
 ), keys as (
     insert into usage_event_ids (tenant_id, event_key) select $1, event_key from input
+    on conflict do nothing
+    returning event_key
 ), inserted as (
     insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
                               period_start, period_end, late, properties)
     select $1, event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late,
            properties
-      from input
+      from input where event_key in (select event_key from keys)
     returning event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late
 ), folded as (
     select subscription_id, metric_code, period_start, max(period_end) as period_end,
