@@ -41,6 +41,7 @@ create index usage_events_late on usage_events (tenant_id, subscription_id) wher
 -- maintenance has not created yet) is stored here, never refused; creating the month's
 -- partition later moves its rows out (usage_partition_ensure).
 create table usage_events_default partition of usage_events default;
+select enable_tenant_isolation('usage_events_default');
 
 create table usage_event_ids (
     tenant_id  uuid not null,
@@ -76,6 +77,9 @@ begin
                    name) using lo, hi;
     delete from usage_events_default where period_start >= lo and period_start < hi;
     execute format('alter table usage_events attach partition %I for values from (%L) to (%L)', name, lo, hi);
+    -- Reached through usage_events only (no role has a grant on a partition); forced RLS
+    -- all the same, like every table with a tenant_id.
+    perform enable_tenant_isolation(name::regclass);
     return true;
 end $$;
 revoke all on function usage_partition_ensure(date) from public;
