@@ -84,8 +84,8 @@ with g as (
 )
 insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at, period_start,
                           period_end)
-select tenant_id, event_id, subscription_id, 'calls', 1, $4 + m * interval '1 month' + interval '1 hour',
-       $4 + m * interval '1 month', $4 + (m + 1) * interval '1 month'
+select tenant_id, event_id, subscription_id, 'calls', 1, $4::timestamptz + m * interval '1 month' + interval '1 hour',
+       $4::timestamptz + m * interval '1 month', $4::timestamptz + (m + 1) * interval '1 month'
   from g"""
 
 
