@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     usage_partitions_ahead_months: int = Field(default=3, ge=1, le=24)
     partition_maintenance_interval_s: float = Field(default=3600.0, ge=0)
     usage_retention_months: int = Field(default=0, ge=0, le=1200)
+    # Published outbox rows kept this many days (whole months go, `billing maintenance`); 0: forever.
+    outbox_retention_days: int = Field(default=0, ge=0, le=36500)
 
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051

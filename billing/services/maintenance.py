@@ -1,13 +1,14 @@
-"""Partition maintenance of usage_events (docs/usage.md, "Partitions and retention").
+"""Partition maintenance of usage_events and outbox (docs/usage.md, "Partitions and retention").
 
-* `create_ahead`: this month's partition and the next `months_ahead`, idempotent. Run by the
+* `create_ahead`: this month's partition of each and the next `months_ahead`, idempotent. Run by the
   scheduler role every `BILLING_PARTITION_MAINTENANCE_INTERVAL_S` (`scheduler.PartitionMaintainer`,
   as the worker, through the security-definer usage_partition_ensure) and by `billing maintenance`.
 * `apply_retention`: run by `billing maintenance` as the schema owner. A monthly partition
   goes only when every period in it was billed at least `retention_months` ago, ended more
   than the late window ago (no late event can be accepted for it any more) and has no late
   event left unbilled; it is detached, its dedup keys deleted a subscription at a time, and
-  dropped (or kept detached, `drop=False`, for an archive).
+  dropped (or kept detached, `drop=False`, for an archive). An outbox month goes once it
+  ended more than `outbox_days` ago and every row of it is published.
 """
 from __future__ import annotations
 
@@ -45,9 +46,10 @@ def months_back(now: datetime, months: int) -> datetime:
 async def create_ahead(conn: asyncpg.Connection, now: datetime, months_ahead: int) -> list[str]:
     """Ensure the partitions of now's month and the next `months_ahead`; the names created."""
     created = []
-    for month in months_from(now, months_ahead):
-        if await partitions.ensure(conn, month):
-            created.append(f"usage_events_p{month:%Y_%m}")
+    for parent in (partitions.USAGE, partitions.OUTBOX):
+        for month in months_from(now, months_ahead):
+            if await partitions.ensure(conn, month, parent):
+                created.append(f"{parent}_p{month:%Y_%m}")
     return created
 
 
@@ -66,6 +68,7 @@ class RetentionPolicy:
     late_window: timedelta  # usage_max_age_days + usage_max_future_skew_s: when late events stop
     drop: bool = True
     lock_timeout_s: float = 3.0
+    outbox_days: int = 0  # published outbox rows kept this many days; 0: kept forever
 
 
 async def apply_retention(conn: asyncpg.Connection, now: datetime, policy: RetentionPolicy) -> RetentionReport:
@@ -93,4 +96,24 @@ async def apply_retention(conn: asyncpg.Connection, now: datetime, policy: Reten
         await partitions.drop(conn, name)
         report.dropped.append(name)
         log.info("usage partition dropped", extra={"partition": name})
+    await _outbox_retention(conn, now, policy, report)
     return report
+
+
+async def _outbox_retention(conn: asyncpg.Connection, now: datetime, policy: RetentionPolicy,
+                            report: RetentionReport) -> None:
+    leftovers = await partitions.detached(conn, partitions.OUTBOX) if policy.drop else []
+    if policy.outbox_days > 0:
+        for p in await partitions.monthly(conn, partitions.OUTBOX):
+            if p.end > now - timedelta(days=policy.outbox_days):
+                break
+            waiting = await partitions.unpublished(conn, p)
+            if waiting:
+                report.kept[p.name] = {"unpublished": waiting}
+                continue
+            await partitions.detach(conn, p, policy.lock_timeout_s, partitions.OUTBOX)
+            (leftovers if policy.drop else report.detached).append(p.name)
+    for name in leftovers:
+        await partitions.drop(conn, name)
+        report.dropped.append(name)
+        log.info("outbox partition dropped", extra={"partition": name})

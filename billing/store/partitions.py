@@ -1,7 +1,8 @@
-"""SQL of the partition maintenance of usage_events (migration 032): monthly partitions by
-period start, created ahead; retention by detaching and dropping whole partitions.
+"""SQL of the partition maintenance of usage_events (by period start, migration 032) and
+outbox (by created_at, 033): monthly partitions created ahead; retention by detaching and
+dropping whole partitions.
 
-Creating runs as the worker (the security-definer usage_partition_ensure); listing,
+Creating runs as the worker (the security-definer time_partition_ensure); listing,
 checking and dropping run as the schema owner (`billing maintenance`), who alone may detach.
 """
 from __future__ import annotations
@@ -12,8 +13,7 @@ from datetime import date, datetime, timedelta
 
 import asyncpg
 
-PARENT = "usage_events"
-DEFAULT = "usage_events_default"
+USAGE, OUTBOX = "usage_events", "outbox"  # the time-partitioned tables
 
 
 @dataclass(frozen=True)
@@ -23,26 +23,26 @@ class Partition:
     end: datetime
 
 
-async def ensure(conn: asyncpg.Connection, month: date) -> bool:
-    """The month's partition exists after this; True when this call created it."""
-    return bool(await conn.fetchval("select usage_partition_ensure($1)", month))
+async def ensure(conn: asyncpg.Connection, month: date, parent: str = USAGE) -> bool:
+    """The month's partition of `parent` exists after this; True when this call created it."""
+    return bool(await conn.fetchval("select time_partition_ensure($1, $2)", parent, month))
 
 
-async def monthly(conn: asyncpg.Connection) -> list[Partition]:
-    """The monthly partitions attached to usage_events, oldest first (the default one apart)."""
+async def monthly(conn: asyncpg.Connection, parent: str = USAGE) -> list[Partition]:
+    """The monthly partitions attached to `parent`, oldest first (the default one apart)."""
     rows = await conn.fetch(
         """select b.relname, b.bounds[1]::timestamptz as lo, b.bounds[2]::timestamptz as hi
              from (select c.relname, regexp_match(pg_get_expr(c.relpartbound, c.oid),
                                                   'FROM \\(''([^'']+)''\\) TO \\(''([^'']+)''\\)') as bounds
                      from pg_inherits i join pg_class c on c.oid = i.inhrelid
-                    where i.inhparent = 'public.usage_events'::regclass and c.relname <> 'usage_events_default') b
-            order by lo""")
+                    where i.inhparent = $1::regclass and c.relname <> $1 || '_default') b
+            order by lo""", parent)
     return [Partition(r["relname"], r["lo"], r["hi"]) for r in rows]
 
 
 async def default_rows(conn: asyncpg.Connection) -> int:
     """Events in the default partition: months no partition covers (docs/usage.md)."""
-    return await conn.fetchval(f"select count(*) from {DEFAULT}")
+    return await conn.fetchval("select count(*) from usage_events_default")
 
 
 async def blockers(conn: asyncpg.Connection, p: Partition, billed_before: datetime, ended_before: timedelta,
@@ -74,14 +74,19 @@ async def blockers(conn: asyncpg.Connection, p: Partition, billed_before: dateti
     return dict(row)
 
 
-async def detach(conn: asyncpg.Connection, p: Partition, lock_timeout_s: float) -> None:
-    """Detach the partition from usage_events (plain DETACH: CONCURRENTLY is not allowed
-    beside a default partition). It takes an ACCESS EXCLUSIVE lock on usage_events for a
+async def unpublished(conn: asyncpg.Connection, p: Partition) -> int:
+    """Outbox rows of the partition not published yet (parked ones included)."""
+    return await conn.fetchval(f"select count(*) from {_ident(p.name)} where published_at is null")
+
+
+async def detach(conn: asyncpg.Connection, p: Partition, lock_timeout_s: float, parent: str = USAGE) -> None:
+    """Detach the partition from its table (plain DETACH: CONCURRENTLY is not allowed
+    beside a default partition). It takes an ACCESS EXCLUSIVE lock on the table for a
     catalog change only; `lock_timeout_s` bounds how long it may queue (and so hold back
     the statements queued behind it); the caller retries on the next pass."""
     async with conn.transaction():
         await conn.execute(f"set local lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
-        await conn.execute(f"alter table {PARENT} detach partition {_ident(p.name)}")
+        await conn.execute(f"alter table {_ident(parent)} detach partition {_ident(p.name)}")
 
 
 async def detached_subscriptions(conn: asyncpg.Connection, name: str) -> list[tuple[uuid.UUID, uuid.UUID]]:
@@ -103,12 +108,12 @@ async def drop(conn: asyncpg.Connection, name: str) -> None:
     await conn.execute(f"drop table {_ident(name)}")
 
 
-async def detached(conn: asyncpg.Connection) -> list[str]:
-    """usage_events_p* tables not attached (a pass that detached and did not finish)."""
+async def detached(conn: asyncpg.Connection, parent: str = USAGE) -> list[str]:
+    """<parent>_pYYYY_MM tables not attached (a pass that detached and did not finish)."""
     rows = await conn.fetch(
         """select c.relname from pg_class c
-            where c.relnamespace = 'public'::regnamespace and c.relkind = 'r' and c.relname like 'usage\\_events\\_p%'
-              and not c.relispartition order by 1""")
+            where c.relnamespace = 'public'::regnamespace and c.relkind = 'r' and c.relname ~ ('^' || $1 || '_p\\d{4}_\\d{2}$')
+              and not c.relispartition order by 1""", parent)
     return [r[0] for r in rows]
 
 

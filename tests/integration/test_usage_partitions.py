@@ -79,8 +79,9 @@ async def test_partitions_are_created_ahead_once_and_a_month_without_one_lands_i
         await maintenance.create_ahead(conn, now, 3)
         assert await maintenance.create_ahead(conn, now, 3) == []  # idempotent
     names = {p.name for p in await partitions.monthly(admin_conn)}
+    outbox = {p.name for p in await partitions.monthly(admin_conn, partitions.OUTBOX)}
     for month in maintenance.months_from(now, 3):
-        assert f"usage_events_p{month:%Y_%m}" in names
+        assert f"usage_events_p{month:%Y_%m}" in names and f"outbox_p{month:%Y_%m}" in outbox
 
     # A month far ahead (a test clock's, say): stored in the default partition, not refused ...
     tid = await _tenant(admin_conn)
@@ -199,3 +200,24 @@ async def test_retention_can_keep_a_partition_detached_for_an_archive_and_is_off
     assert report.detached == ["usage_events_p2025_01"] and report.dropped == []
     assert await owner.fetchval("select count(*) from usage_events where tenant_id = $1", tid) == 0
     assert await owner.fetchval("select count(*) from usage_events_p2025_01") == 1  # the archive, detached
+
+
+async def test_outbox_months_go_once_every_row_is_published_and_ids_go_on(own_db):
+    owner, _ = own_db
+    tid = await _tenant(owner)
+    jan, feb = datetime(2025, 1, 10, tzinfo=UTC), datetime(2025, 2, 10, tzinfo=UTC)
+    for m in (jan, feb):
+        await partitions.ensure(owner, m.date().replace(day=1), partitions.OUTBOX)
+    ids = [await owner.fetchval("""insert into outbox (tenant_id, stream, payload, created_at, published_at)
+                                   values ($1, 's', 'x', $2, $3) returning id""", tid, at, published)
+           for at, published in ((jan, jan), (jan, jan), (feb, feb), (feb, None))]
+    assert ids == sorted(ids)
+    now = datetime(2025, 6, 1, tzinfo=UTC)
+    policy = maintenance.RetentionPolicy(months=0, late_window=timedelta(days=35), outbox_days=30)
+    report = await maintenance.apply_retention(owner, now, policy)
+    assert report.dropped == ["outbox_p2025_01"] and report.kept == {"outbox_p2025_02": {"unpublished": 1}}
+    assert [r[0] for r in await owner.fetch("select id from outbox where tenant_id = $1 order by id", tid)] == ids[2:]
+    later = await owner.fetchval("insert into outbox (tenant_id, stream, payload) values ($1, 's', 'y') returning id",
+                                 tid)
+    assert later > ids[-1]
+    assert await owner.fetchval("select tableoid::regclass::text from outbox where id = $1", later) != "outbox_default"
