@@ -71,6 +71,7 @@ async def maintenance(settings: Settings, keep_detached: bool = False) -> dict:
         created = await _maintenance.create_ahead(conn, now, settings.usage_partitions_ahead_months)
         policy = _maintenance.RetentionPolicy(
             months=settings.usage_retention_months, drop=not keep_detached, outbox_days=settings.outbox_retention_days,
+            audit_months=settings.audit_detach_months,
             late_window=timedelta(days=settings.usage_max_age_days, seconds=settings.usage_max_future_skew_s))
         report = await _maintenance.apply_retention(conn, now, policy)
     finally:

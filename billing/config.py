@@ -148,6 +148,8 @@ class Settings(BaseSettings):
     usage_retention_months: int = Field(default=0, ge=0, le=1200)
     # Published outbox rows kept this many days (whole months go, `billing maintenance`); 0: forever.
     outbox_retention_days: int = Field(default=0, ge=0, le=36500)
+    # Audit months detached (kept as tables, never dropped by the service) this many months after they end; 0: never.
+    audit_detach_months: int = Field(default=0, ge=0, le=1200)
 
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051

@@ -8,7 +8,8 @@
   than the late window ago (no late event can be accepted for it any more) and has no late
   event left unbilled; it is detached, its dedup keys deleted a subscription at a time, and
   dropped (or kept detached, `drop=False`, for an archive). An outbox month goes once it
-  ended more than `outbox_days` ago and every row of it is published.
+  ended more than `outbox_days` ago and every row of it is published. An audit month is
+  only detached, `audit_months` after it ended, never dropped: archive it, then drop it by hand.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def months_back(now: datetime, months: int) -> datetime:
 async def create_ahead(conn: asyncpg.Connection, now: datetime, months_ahead: int) -> list[str]:
     """Ensure the partitions of now's month and the next `months_ahead`; the names created."""
     created = []
-    for parent in (partitions.USAGE, partitions.OUTBOX):
+    for parent in (partitions.USAGE, partitions.OUTBOX, partitions.AUDIT):
         for month in months_from(now, months_ahead):
             if await partitions.ensure(conn, month, parent):
                 created.append(f"{parent}_p{month:%Y_%m}")
@@ -69,6 +70,7 @@ class RetentionPolicy:
     drop: bool = True
     lock_timeout_s: float = 3.0
     outbox_days: int = 0  # published outbox rows kept this many days; 0: kept forever
+    audit_months: int = 0  # audit months detached (never dropped) this long after they ended; 0: never
 
 
 async def apply_retention(conn: asyncpg.Connection, now: datetime, policy: RetentionPolicy) -> RetentionReport:
@@ -97,6 +99,13 @@ async def apply_retention(conn: asyncpg.Connection, now: datetime, policy: Reten
         report.dropped.append(name)
         log.info("usage partition dropped", extra={"partition": name})
     await _outbox_retention(conn, now, policy, report)
+    if policy.audit_months > 0:
+        for p in await partitions.monthly(conn, partitions.AUDIT):
+            if p.end > months_back(now, policy.audit_months):
+                break
+            await partitions.detach(conn, p, policy.lock_timeout_s, partitions.AUDIT)
+            report.detached.append(p.name)
+            log.info("audit partition detached", extra={"partition": p.name})
     return report
 
 

@@ -1,6 +1,6 @@
-"""SQL of the partition maintenance of usage_events (by period start, migration 032) and
-outbox (by created_at, 033): monthly partitions created ahead; retention by detaching and
-dropping whole partitions.
+"""SQL of the partition maintenance of usage_events (by period start, migration 032), outbox
+(by created_at) and audit_events (by at, 033): monthly partitions created ahead; retention
+by detaching (and, but for the audit trail, dropping) whole partitions.
 
 Creating runs as the worker (the security-definer time_partition_ensure); listing,
 checking and dropping run as the schema owner (`billing maintenance`), who alone may detach.
@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 
 import asyncpg
 
-USAGE, OUTBOX = "usage_events", "outbox"  # the time-partitioned tables
+USAGE, OUTBOX, AUDIT = "usage_events", "outbox", "audit_events"  # the time-partitioned tables
 
 
 @dataclass(frozen=True)

@@ -221,3 +221,26 @@ async def test_outbox_months_go_once_every_row_is_published_and_ids_go_on(own_db
                                  tid)
     assert later > ids[-1]
     assert await owner.fetchval("select tableoid::regclass::text from outbox where id = $1", later) != "outbox_default"
+
+
+async def test_audit_months_are_detached_for_an_archive_never_dropped_and_rows_never_deleted(own_db):
+    owner, worker = own_db
+    tid = await _tenant(owner)
+    old, recent = datetime(2025, 1, 10, tzinfo=UTC), datetime(2025, 5, 10, tzinfo=UTC)
+    for m in (old, recent):
+        await partitions.ensure(owner, m.date().replace(day=1), partitions.AUDIT)
+    for at in (old, recent):
+        await owner.execute("""insert into audit_events (tenant_id, entity_type, entity_id, action, actor, at)
+                               values ($1, 'subscription', $2, 'created', 'test', $3)""", tid, uuid.uuid4(), at)
+    policy = maintenance.RetentionPolicy(months=0, late_window=timedelta(days=35), audit_months=3)
+    report = await maintenance.apply_retention(owner, datetime(2025, 6, 1, tzinfo=UTC), policy)
+    assert report.detached == ["audit_events_p2025_01"] and report.dropped == []
+    assert await owner.fetchval("select count(*) from audit_events_p2025_01") == 1  # the archive
+    assert await owner.fetchval("select count(*) from audit_events where tenant_id = $1", tid) == 1
+    again = await maintenance.apply_retention(owner, datetime(2025, 6, 1, tzinfo=UTC), policy)
+    assert again.dropped == [] and await owner.fetchval("select to_regclass('audit_events_p2025_01')") is not None
+    # Rows are never deleted, not even by the owner; the worker has no DELETE at all.
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await owner.execute("delete from audit_events where tenant_id = $1", tid)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await worker.execute("delete from audit_events")

@@ -53,6 +53,7 @@ _TABLES = {
     "late_usage_billed": "tenant_id, event_id",
     "late_usage_pending": "tenant_id, subscription_id",
     "outbox": "id",
+    "audit_events": "id",
 }
 
 
@@ -123,6 +124,7 @@ async def test_a_populated_database_keeps_every_row_and_bills_on_after_032(migra
         assert await owner.fetchval("select count(*) from usage_events_default") == 0
         assert await owner.fetchval("select to_regclass('usage_events_unpartitioned')") is None
         assert await owner.fetchval("select count(*) from outbox_default") == 0
+        assert await owner.fetchval("select count(*) from audit_events_default") == 0
     finally:
         await owner.close()
 
