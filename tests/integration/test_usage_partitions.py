@@ -5,6 +5,7 @@ removes anything unbilled, inside the late window or with unbilled late events.
 Retention drops partitions of the whole database, so those tests run on a database of their own."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ import pytest
 
 from billing.domain.periods import to_us
 from billing.services import maintenance
+from billing.services.scheduler import PartitionMaintainer
 from billing.store import partitions
 from billing.store import usage as usage_store
 from billing.store.migrations import migrate
@@ -107,6 +109,24 @@ async def test_the_app_and_worker_roles_cannot_delete_usage_or_reach_a_partition
                     "usage_events_default"):
             with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.WrongObjectTypeError)):
                 await conn.execute(sql)
+
+
+async def test_the_scheduler_role_creates_the_partitions_ahead(admin_conn, worker_db):
+    months = maintenance.months_from(datetime.now(UTC), 6)
+    task = PartitionMaintainer(worker_db, 3600, 6)
+    running = asyncio.create_task(task.run())
+    try:
+        for _ in range(100):
+            names = {p.name for parent in (partitions.USAGE, partitions.OUTBOX, partitions.AUDIT)
+                     for p in await partitions.monthly(admin_conn, parent)}
+            if f"audit_events_p{months[-1]:%Y_%m}" in names:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        task.stop()
+        await running
+    for parent in (partitions.USAGE, partitions.OUTBOX, partitions.AUDIT):
+        assert {f"{parent}_p{m:%Y_%m}" for m in months} <= names
 
 
 @pytest.fixture
