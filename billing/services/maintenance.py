@@ -74,8 +74,10 @@ class RetentionPolicy:
 
 
 async def apply_retention(conn: asyncpg.Connection, now: datetime, policy: RetentionPolicy) -> RetentionReport:
-    """Detach (and drop) the monthly partitions of usage_events the policy lets go. `conn`:
-    the schema owner, outside a transaction (each step commits on its own)."""
+    """Detach (and drop) the monthly partitions the policy lets go: usage_events, outbox,
+    audit_events (detached only). `conn`: the schema owner, outside a transaction (each step
+    commits on its own). A table whose detach waits past the lock timeout is left for the
+    next pass (`kept[name] == {"lock_timeout": 1}`)."""
     report = RetentionReport(default_rows=await partitions.default_rows(conn))
     # A pass that detached a partition and stopped before dropping it is finished first.
     leftovers = await partitions.detached(conn) if policy.drop else []
@@ -89,7 +91,9 @@ async def apply_retention(conn: asyncpg.Connection, now: datetime, policy: Reten
             if any(why.values()):
                 report.kept[p.name] = why
                 continue
-            await partitions.detach(conn, p, policy.lock_timeout_s)
+            if not await partitions.detach(conn, p, policy.lock_timeout_s):
+                report.kept[p.name] = {"lock_timeout": 1}
+                break
             log.info("usage partition detached", extra={"partition": p.name})
             (leftovers if policy.drop else report.detached).append(p.name)
     for name in leftovers:
@@ -103,7 +107,9 @@ async def apply_retention(conn: asyncpg.Connection, now: datetime, policy: Reten
         for p in await partitions.monthly(conn, partitions.AUDIT):
             if p.end > months_back(now, policy.audit_months):
                 break
-            await partitions.detach(conn, p, policy.lock_timeout_s, partitions.AUDIT)
+            if not await partitions.detach(conn, p, policy.lock_timeout_s, partitions.AUDIT):
+                report.kept[p.name] = {"lock_timeout": 1}
+                break
             report.detached.append(p.name)
             log.info("audit partition detached", extra={"partition": p.name})
     return report
@@ -120,7 +126,9 @@ async def _outbox_retention(conn: asyncpg.Connection, now: datetime, policy: Ret
             if waiting:
                 report.kept[p.name] = {"unpublished": waiting}
                 continue
-            await partitions.detach(conn, p, policy.lock_timeout_s, partitions.OUTBOX)
+            if not await partitions.detach(conn, p, policy.lock_timeout_s, partitions.OUTBOX):
+                report.kept[p.name] = {"lock_timeout": 1}
+                break
             (leftovers if policy.drop else report.detached).append(p.name)
     for name in leftovers:
         await partitions.drop(conn, name)

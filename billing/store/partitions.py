@@ -79,14 +79,19 @@ async def unpublished(conn: asyncpg.Connection, p: Partition) -> int:
     return await conn.fetchval(f"select count(*) from {_ident(p.name)} where published_at is null")
 
 
-async def detach(conn: asyncpg.Connection, p: Partition, lock_timeout_s: float, parent: str = USAGE) -> None:
+async def detach(conn: asyncpg.Connection, p: Partition, lock_timeout_s: float, parent: str = USAGE) -> bool:
     """Detach the partition from its table (plain DETACH: CONCURRENTLY is not allowed
     beside a default partition). It takes an ACCESS EXCLUSIVE lock on the table for a
     catalog change only; `lock_timeout_s` bounds how long it may queue (and so hold back
-    the statements queued behind it); the caller retries on the next pass."""
-    async with conn.transaction():
-        await conn.execute(f"set local lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
-        await conn.execute(f"alter table {_ident(parent)} detach partition {_ident(p.name)}")
+    the statements queued behind it). False: the lock was not granted in time (nothing
+    changed; the next pass tries again)."""
+    try:
+        async with conn.transaction():
+            await conn.execute(f"set local lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
+            await conn.execute(f"alter table {_ident(parent)} detach partition {_ident(p.name)}")
+    except asyncpg.LockNotAvailableError:
+        return False
+    return True
 
 
 async def detached_subscriptions(conn: asyncpg.Connection, name: str) -> list[tuple[uuid.UUID, uuid.UUID]]:

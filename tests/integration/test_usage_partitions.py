@@ -215,6 +215,13 @@ async def test_retention_can_keep_a_partition_detached_for_an_archive_and_is_off
     window = timedelta(days=35)
     off = await maintenance.apply_retention(owner, now, maintenance.RetentionPolicy(months=0, late_window=window))
     assert off.dropped == [] and off.detached == []
+    # A long reader of usage_events holds the detach back: this pass gives up at its lock timeout.
+    async with worker.transaction():
+        await worker.execute("select set_config('billing.tenant_id', $1, true)", str(tid))
+        await worker.fetchval("select count(*) from usage_events")
+        impatient = maintenance.RetentionPolicy(months=1, late_window=window, lock_timeout_s=0.2)
+        blocked = await maintenance.apply_retention(owner, now, impatient)
+    assert blocked.kept == {"usage_events_p2025_01": {"lock_timeout": 1}} and blocked.dropped == []
     keep = maintenance.RetentionPolicy(months=1, late_window=window, drop=False)
     report = await maintenance.apply_retention(owner, now, keep)
     assert report.detached == ["usage_events_p2025_01"] and report.dropped == []
