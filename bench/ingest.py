@@ -14,6 +14,10 @@
 3. Measures the naive baseline (one transaction per event: insert, then totals upsert) on a
    smaller N against the same database, and prints the ratio.
 
+`--preload N` first stores N events of 50 other tenants over the past 24 months with SQL
+(generate_series, straight into the partitions, not through Kafka), so the figures show the
+cost per event with a long history behind it.
+
 Event ids are random UUIDv4, as real producers send (`--sequential-ids`: `<run>-<n>`, which
 insert at the end of the primary key and hide the cost of scattered inserts). CPU is counted
 for the bench's own processes only (bench/cpu.py): the consumer processes, and the PostgreSQL
@@ -68,6 +72,49 @@ async def setup_tenant(settings: Settings, subscriptions: int) -> tuple[str, lis
         [(tenant.tenant_id, s, plan_id, start, start + timedelta(days=30)) for s in subs])
     await admin.close()
     return str(tenant.tenant_id), [str(s) for s in subs]
+
+
+_PRELOAD = """
+with g as (
+    select ($1::uuid[])[1 + i % $5] as tenant_id, gen_random_uuid()::text as event_id, (i / $5) % $6 as m,
+           ('00000000-0000-4000-8000-' || lpad((i % 1000)::text, 12, '0'))::uuid as subscription_id
+      from generate_series($2::bigint, $3::bigint - 1) as i
+), keys as (
+    insert into usage_event_ids (tenant_id, event_key) select tenant_id, md5(event_id)::uuid from g
+)
+insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at, period_start,
+                          period_end)
+select tenant_id, event_id, subscription_id, 'calls', 1, $4::timestamptz + m * interval '1 month' + interval '1 hour',
+       $4::timestamptz + m * interval '1 month', $4::timestamptz + (m + 1) * interval '1 month'
+  from g"""
+
+
+async def preload(settings: Settings, events: int, tenants: int = 50, months: int = 24) -> float:
+    """`events` raw events of tenants of their own over the `months` before this one, written
+    with SQL (not through Kafka: only the stored history matters), in their partitions.
+    Returns the seconds it took."""
+    conn = await asyncpg.connect(settings.admin_database_url)
+    started = time.perf_counter()
+    try:
+        ids = [uuid.uuid4() for _ in range(tenants)]
+        await conn.executemany("insert into tenants (id, name) values ($1, $2)",
+                               [(t, f"preload-{i}") for i, t in enumerate(ids)])
+        now = datetime.now(timezone.utc)
+        y, mo = now.year, now.month - months
+        while mo < 1:
+            y, mo = y - 1, mo + 12
+        first = datetime(y, mo, 1, tzinfo=timezone.utc)
+        for m in range(months):
+            await conn.execute("select usage_partition_ensure(($1::timestamptz + $2 * interval '1 month')::date)",
+                               first, m)
+        step = 500_000
+        for lo in range(0, events, step):
+            await conn.execute(_PRELOAD, ids, lo, min(events, lo + step), first, tenants, months)
+            log(f"preloaded {min(events, lo + step):,} of {events:,} events")
+        await conn.execute("analyze usage_events; analyze usage_event_ids")
+    finally:
+        await conn.close()
+    return time.perf_counter() - started
 
 
 def high_watermarks(settings: Settings) -> dict[int, int]:
@@ -131,9 +178,10 @@ async def measure_consumers(settings: Settings, env: dict, consumers: int, marks
             "cpu_s": CpuMeter.used(cpu_before, cpu_after)}
 
 
+_NAIVE_KEY = """insert into usage_event_ids (tenant_id, event_key) values ($1, md5($2)::uuid) on conflict do nothing"""
 _NAIVE_INSERT = """insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
                                            period_start, period_end)
-                   values ($1, $2, $3, 'calls', $4::numeric, $5, $6, $7) on conflict do nothing"""
+                   values ($1, $2, $3, 'calls', $4::numeric, $5, $6, $7)"""
 _NAIVE_TOTALS = """insert into usage_totals as t (tenant_id, subscription_id, metric_code, period_start, period_end,
                        quantity_sum, event_count, quantity_max, latest_quantity, latest_at, latest_event_id)
                    values ($1, $2, 'calls', $3, $4, $5::numeric, 1, $5::numeric, $5::numeric, $6, $7)
@@ -143,7 +191,7 @@ _NAIVE_TOTALS = """insert into usage_totals as t (tenant_id, subscription_id, me
 
 
 async def measure_naive(settings: Settings, tenant_id: str, subs: list[str], n: int) -> float:
-    """One transaction per event: dedup insert, then the totals upsert."""
+    """One transaction per event: the dedup key, the event, then the totals upsert."""
     conn = await asyncpg.connect(settings.worker_database_url)  # the usage consumer's role
     tenant = uuid.UUID(tenant_id)
     start = datetime.now(timezone.utc) - timedelta(hours=1)
@@ -153,8 +201,9 @@ async def measure_naive(settings: Settings, tenant_id: str, subs: list[str], n: 
         sub = uuid.UUID(subs[i % len(subs)])
         async with conn.transaction():
             await conn.execute("select set_config('billing.tenant_id', $1, true)", tenant_id)
-            status = await conn.execute(_NAIVE_INSERT, tenant, f"naive-{i}", sub, "1.5", start, start, end)
+            status = await conn.execute(_NAIVE_KEY, tenant, f"naive-{i}")
             if status.endswith(" 1"):
+                await conn.execute(_NAIVE_INSERT, tenant, f"naive-{i}", sub, "1.5", start, start, end)
                 await conn.execute(_NAIVE_TOTALS, tenant, sub, start, end, "1.5", start, f"naive-{i}")
     elapsed = time.perf_counter() - t0
     await conn.close()
@@ -178,6 +227,9 @@ def main() -> int:
     parser.add_argument("--subscriptions", type=int, default=1000)
     parser.add_argument("--consumers", type=int, default=2)
     parser.add_argument("--naive-events", type=int, default=5000)
+    parser.add_argument("--preload", type=int, default=0,
+                        help="first store this many events of other tenants over the past 24 months with SQL, "
+                             "then measure (the cost per event must not grow with the history)")
     parser.add_argument("--sequential-ids", action="store_true",
                         help="event ids <run>-<n> instead of random UUIDv4 (what real producers send)")
     args = parser.parse_args()
@@ -202,6 +254,10 @@ def main() -> int:
     try:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         ensure_topics(settings)
+        preload_s = 0.0
+        if args.preload:
+            log(f"preloading {args.preload:,} events with SQL")
+            preload_s = asyncio.run(preload(settings, args.preload))
         tenant_id, subs = asyncio.run(setup_tenant(settings, args.subscriptions))
         from producers.load import produce_load
 
@@ -221,6 +277,7 @@ def main() -> int:
                    "startup_s": round(run["startup_s"], 2),
                    "events_per_s": round(rate), "peak_rss_mib": round(run["peak_rss_mib"], 1),
                    "ids": "sequential" if args.sequential_ids else "uuid4",
+                   "preloaded": args.preload, "preload_s": round(preload_s, 1),
                    "cpu_s": {k: None if v is None else round(v, 1) for k, v in run["cpu_s"].items()},
                    "cpu_us_per_event": cpu_per_event(run["cpu_s"], run["messages"]),
                    "naive_events_per_s": round(naive), "ratio_vs_naive": round(rate / naive, 1)}

@@ -1,13 +1,16 @@
 """Administrative actions run as the schema owner (BILLING_ADMIN_DATABASE_URL): migrations,
-tenants and their keys. `billing` (billing/cli.py) and `billing dev` (billing/devstack/cli.py)
+tenants and their keys, partition maintenance. `billing` (billing/cli.py) and `billing dev` (billing/devstack/cli.py)
 both call these."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
 from billing.config import Settings
+from billing.services import maintenance as _maintenance
 from billing.services import tenants as _tenants
 from billing.services.tenants import create_tenant as _create, revoke_key as _revoke
 from billing.store.migrations import migrate as _migrate
@@ -57,3 +60,20 @@ async def rotate_key(settings: Settings, tenant_id: str, revoke_others: bool) ->
         await conn.close()
     return {"tenant_id": tenant_id, "api_key_id": str(rotated.api_key_id), "api_key": rotated.api_key,
             "revoked": [str(k) for k in rotated.revoked]}
+
+
+async def maintenance(settings: Settings, keep_detached: bool = False) -> dict:
+    """Usage partitions created ahead, then the retention of BILLING_USAGE_RETENTION_MONTHS
+    (docs/usage.md, "Partitions and retention"); what was done, as JSON-ready values."""
+    conn = await asyncpg.connect(settings.admin_database_url)
+    try:
+        now = datetime.now(timezone.utc)
+        created = await _maintenance.create_ahead(conn, now, settings.usage_partitions_ahead_months)
+        policy = _maintenance.RetentionPolicy(
+            months=settings.usage_retention_months, drop=not keep_detached, outbox_days=settings.outbox_retention_days,
+            audit_months=settings.audit_detach_months,
+            late_window=timedelta(days=settings.usage_max_age_days, seconds=settings.usage_max_future_skew_s))
+        report = await _maintenance.apply_retention(conn, now, policy)
+    finally:
+        await conn.close()
+    return {"created": created, **asdict(report)}

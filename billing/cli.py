@@ -109,6 +109,11 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    print(json.dumps(asyncio.run(admin.maintenance(_admin_settings(), keep_detached=args.keep_detached))))
+    return 0
+
+
 def cmd_tenants_create(args: argparse.Namespace) -> int:
     if not 1 <= len(args.name.strip()) <= 200:
         raise CommandError(f"tenant name must be 1..200 characters, got {args.name!r}")
@@ -227,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("migrate", help="apply pending migrations (as BILLING_ADMIN_DATABASE_URL)")
     p.set_defaults(func=cmd_migrate)
+
+    p = command("maintenance", help="usage partitions: create this month's and the next ones (as the service's "
+                                    "scheduler does), then apply BILLING_USAGE_RETENTION_MONTHS (as "
+                                    "BILLING_ADMIN_DATABASE_URL); prints what it did as JSON")
+    p.add_argument("--keep-detached", action="store_true",
+                   help="detach expired partitions but do not drop them (to archive them first)")
+    p.set_defaults(func=cmd_maintenance)
 
     p = command("topics", help="create the service's Kafka topics that do not exist yet and check "
                                "every topic's replication factor and min.insync.replicas (exit 1 if below)")

@@ -143,6 +143,17 @@ class Settings(BaseSettings):
     auto_resume_interval_s: float = 60.0
     # Subscriptions resumed per transaction by that pass (it repeats until none is left).
     auto_resume_batch_size: int = 500
+    # usage_events partitions (docs/usage.md, "Partitions and retention"): the scheduler role
+    # creates this month's and the next N months' every interval (0: not by the service);
+    # `billing maintenance` applies the retention: raw usage kept this many months after its
+    # period was billed (and past the late window); 0 keeps it forever.
+    usage_partitions_ahead_months: int = Field(default=3, ge=1, le=24)
+    partition_maintenance_interval_s: float = Field(default=3600.0, ge=0)
+    usage_retention_months: int = Field(default=0, ge=0, le=1200)
+    # Published outbox rows kept this many days (whole months go, `billing maintenance`); 0: forever.
+    outbox_retention_days: int = Field(default=0, ge=0, le=36500)
+    # Audit months detached (kept as tables, never dropped by the service) this many months after they end; 0: never.
+    audit_detach_months: int = Field(default=0, ge=0, le=1200)
 
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051

@@ -117,6 +117,11 @@ class Service:
 
             self._start_role("auto-resume", AutoResumer(self.worker_db, s.auto_resume_interval_s,
                                                         s.auto_resume_batch_size))
+        if "scheduler" in self.roles and s.partition_maintenance_interval_s > 0:
+            from billing.services.scheduler import PartitionMaintainer
+
+            self._start_role("partitions", PartitionMaintainer(self.worker_db, s.partition_maintenance_interval_s,
+                                                               s.usage_partitions_ahead_months))
         if "relay" in self.roles:
             from producers.outbox_relay import OutboxRelay
 

@@ -23,6 +23,7 @@ from billing.ops.metrics import AUTO_RESUMED
 from billing.ops.tracing import tracer
 from billing.services import billing_runs
 from billing.services import auto_resume
+from billing.services import maintenance
 from billing.services.context import Caller
 from billing.store import tenants as tenants_store
 from billing.store.db import Database
@@ -158,3 +159,22 @@ class AutoResumer(_Periodic):
         span.set_attribute("billing.subscriptions", count)
         if count:
             log.info("paused subscriptions resumed as scheduled", extra={"subscriptions": count})
+
+
+class PartitionMaintainer(_Periodic):
+    """Part of the `scheduler` role of `billing serve`: every `interval_s`, the usage_events
+    partitions of this month and the next `months_ahead` are created if missing. Any number
+    of replicas: creation is serialised in the database and idempotent."""
+
+    span_name, failure = "partition maintenance", "creating usage partitions failed"
+
+    def __init__(self, db: Database, interval_s: float, months_ahead: int):
+        super().__init__(db, interval_s)
+        self.months_ahead = months_ahead
+
+    async def round(self, span) -> None:
+        async with self.db.tx() as conn:
+            created = await maintenance.create_ahead(conn, datetime.now(timezone.utc), self.months_ahead)
+        span.set_attribute("billing.partitions_created", len(created))
+        if created:
+            log.info("usage partitions created", extra={"partitions": created})

@@ -8,10 +8,12 @@ from datetime import datetime
 import asyncpg
 
 # The batch is COPYed (binary) into a session-local staging table, then ONE statement
-# inserts the raw events dropping duplicates (also duplicates within the batch), and folds
-# exactly the inserted rows into the totals (faster than array parameters: docs/usage.md,
-# Throughput); then TRUNCATE empties the staging table for the next tenant of the
-# transaction (deleting the rows one by one in the statement cost more than the truncate).
+# stores the events not seen before and folds exactly those into the totals (faster than
+# array parameters: docs/usage.md, Throughput); then TRUNCATE empties the staging table for
+# the next tenant of the transaction. Dedup (migration 032): an event is stored when its key
+# md5(event_id)::uuid is inserted into usage_event_ids by this statement (ON CONFLICT DO
+# NOTHING: a transaction storing the same id at the same moment is waited for, not failed);
+# within the batch the first row of an id in COPY order wins (DISTINCT ON, by ctid).
 # Times travel as integer microseconds and quantities as text, converted here. A late
 # event's late_usage_pending row is written by a trigger (migration 015), not here.
 STAGING_TABLE = """
@@ -22,19 +24,24 @@ create temp table if not exists usage_staging (
 
 _INSERT_BATCH = """
 with input as (
-    select t.event_id, t.subscription_id, t.metric_code, t.quantity::numeric as quantity,
+    select distinct on (t.event_key) t.event_id, t.event_key, t.subscription_id, t.metric_code,
+           t.quantity::numeric as quantity,
            timestamptz 'epoch' + t.occurred_us * interval '1 microsecond' as occurred_at,
            timestamptz 'epoch' + t.start_us * interval '1 microsecond' as period_start,
            timestamptz 'epoch' + t.end_us * interval '1 microsecond' as period_end,
            t.late, t.properties::jsonb as properties
-      from usage_staging t
+      from (select md5(s.event_id)::uuid as event_key, s.ctid as n, s.* from usage_staging s) t
+     order by t.event_key, t.n
+), keys as (
+    insert into usage_event_ids (tenant_id, event_key) select $1, event_key from input
+    on conflict do nothing
+    returning event_key
 ), inserted as (
     insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
                               period_start, period_end, late, properties)
     select $1, event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late,
            properties
-      from input
-    on conflict (tenant_id, event_id) do nothing
+      from input where event_key in (select event_key from keys)
     returning event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late
 ), folded as (
     select subscription_id, metric_code, period_start, max(period_end) as period_end,
