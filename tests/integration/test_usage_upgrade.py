@@ -22,7 +22,7 @@ from tests.integration.test_billing_scale import _invoices, _run, _sub, _usage, 
 from tests.integration.test_migrations import fresh_database  # noqa: F401 - a fixture
 
 # The usage batch's statement before migration 032 (its dedup was usage_events' primary key):
-# what a database at 028 was written by.
+# what a database at 029 (the last migration before it) was written by.
 _OLD_DEDUP = """
 with input as (
     select t.event_id, t.subscription_id, t.metric_code, t.quantity::numeric as quantity,
@@ -70,10 +70,10 @@ async def _serving(settings):
 async def test_a_populated_database_keeps_every_row_and_bills_on_after_032(migrated, fresh_database, tmp_path,  # noqa: F811
                                                                        monkeypatch):
     url = await fresh_database("usage_upgrade")
-    before_dir = tmp_path / "up_to_028"
+    before_dir = tmp_path / "up_to_029"
     before_dir.mkdir()
     for f in migrated.migrations_dir.glob("*.sql"):
-        if int(f.name[:3]) <= 28:
+        if int(f.name[:3]) < 32:
             shutil.copy(f, before_dir / f.name)
     await migrate(url, before_dir)
     owner = await asyncpg.connect(url)
@@ -84,7 +84,7 @@ async def test_a_populated_database_keeps_every_row_and_bills_on_after_032(migra
             "worker_database_url": url.replace("billing_owner:billing_owner", "billing_worker:billing_worker"),
             "admin_database_url": url}
 
-    # Before: the previous version (at 028) records usage, bills P1, then late usage of P1
+    # Before: the previous version (at 029) records usage, bills P1, then late usage of P1
     # (billed with P2), then one more late event that no run has billed yet.
     monkeypatch.setattr(usage_store, "_INSERT_BATCH", _old(usage_store._INSERT_BATCH))
     monkeypatch.setattr(usage_store, "_INSERT_BATCH_IDS", _old(usage_store._INSERT_BATCH_IDS))
