@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from billing import codec
-from billing.services.usage import UsageEvent
+from billing.services.usage_ingest import UsageEvent
 
 _FIELDS = [("event_id", "string"), ("tenant_id", "string"), ("subscription_id", "string"), ("metric_code", "string"),
            ("quantity", "string"), ("occurred_at_us", "long")]
@@ -33,10 +33,19 @@ _HEADER = codec.MAGIC + codec.fingerprint(codec.Schema.USAGE_EVENT)
 _SIZE = len(_HEADER)
 _CONT = 0x0080808080808080  # bytes 0..6 of an 8-byte varint carry the continuation bit
 _CONT_MASK = 0x8080808080808080
+_new = tuple.__new__  # a UsageEvent (a NamedTuple) without its Python-level __new__
 
 
 class Strings(dict):
-    """bytes -> str, for the values that repeat within a batch."""
+    """bytes -> str, for the values that repeat within a batch; and `times`: the decoded
+    upper six bytes of an 8-byte time varint (events of a batch are close in time, so those
+    bytes repeat and only the lower two change from one event to the next)."""
+
+    __slots__ = ("times",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: dict[int, int] = {}
 
     def text(self, raw: bytes) -> str:
         s = self.get(raw)
@@ -103,10 +112,14 @@ def _decode(v: bytes, strings: Strings) -> UsageEvent | None:
             return _decode_general(v, strings)
     except (IndexError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
-    z = (x & 0x7F | (x >> 1) & 0x3F80 | (x >> 2) & 0x1FC000 | (x >> 3) & 0xFE00000
-         | (x >> 4) & 0x7F0000000 | (x >> 5) & 0x3F800000000 | (x >> 6) & 0x1FC0000000000
-         | (x >> 7) & 0xFE000000000000)
-    return UsageEvent(event_id, tenant, sub, metric, quantity, (z >> 1) ^ -(z & 1), None)
+    high = x >> 16
+    zh = strings.times.get(high)
+    if zh is None:
+        zh = strings.times[high] = ((x >> 2) & 0x1FC000 | (x >> 3) & 0xFE00000 | (x >> 4) & 0x7F0000000
+                                    | (x >> 5) & 0x3F800000000 | (x >> 6) & 0x1FC0000000000
+                                    | (x >> 7) & 0xFE000000000000)
+    z = zh | x & 0x7F | (x >> 1) & 0x3F80
+    return _new(UsageEvent, (event_id, tenant, sub, metric, quantity, (z >> 1) ^ -(z & 1), None))
 
 
 def _decode_general(v: bytes, strings: Strings) -> UsageEvent | None:
