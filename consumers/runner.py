@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from consumers.batches import FetchBuffer, without, topics_of
+from consumers.batches import FetchBuffer, partitions_of, topics_of, without
 from consumers.commit import BatchCommit, Committed, Fenced, load_stored, reasons
 from consumers.dlq import DeadLetterDeliveryError, DeadLetterProducer
 from consumers.dlq_limit import DlqLimit, DlqLimitState, TooManyBadMessages
@@ -169,7 +169,7 @@ class ConsumerRunner:
         try:
             while batch:
                 try:
-                    done = await self._commit(batch, self._positions.expected({m.tp for m in batch}))
+                    done = await self._commit(batch, self._positions.expected(partitions_of(batch)))
                     self._committed(batch, done)
                     await self._refresh_lag()
                     return
@@ -231,8 +231,9 @@ class ConsumerRunner:
             log.warning("dead-lettered: %s", d.reason, extra={
                 "group": self.group_id, "topic": d.message.topic, "partition": d.message.partition,
                 "offset": d.message.offset, "reason": d.reason, "detail": d.detail[:500]})
-        log.debug("batch committed: %d messages, %d dead letters, %.3fs", len(batch), len(done.dead), done.seconds,
-                  extra={"group": self.group_id, "topic": topics_of(batch)})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch committed: %d messages, %d dead letters, %.3fs", len(batch), len(done.dead), done.seconds,
+                      extra={"group": self.group_id, "topic": topics_of(batch)})
         if self._on_batch is not None:
             try:
                 self._on_batch(len(batch), len(done.dead), done.seconds)

@@ -20,6 +20,7 @@ from opentelemetry.trace import Span
 
 from billing.ops import tracing
 from billing.services import usage
+from consumers.batches import distinct_headers
 from consumers.runner import BatchResult, DeadLetter, Message
 from consumers.usage_payloads import decode_batch
 
@@ -37,7 +38,7 @@ class UsageStrategy:
         try:
             events, positions, dead = decode_batch(batch)
             result = await usage.ingest(conn, events, now_us=time.time_ns() // 1000, limits=self.limits,
-                                        plans=self.plans)
+                                        plans=self.plans, periods=False)
             for r in result.rejected:
                 dead.append(DeadLetter(batch[positions[r.index]], r.reason, r.detail))
         except BaseException as exc:
@@ -62,6 +63,8 @@ class UsageStrategy:
 def _event_spans(batch: list[Message]) -> dict[tuple[int, int], Span]:
     """Spans for the first MAX_MESSAGE_SPANS events that carry a trace context."""
     spans: dict[tuple[int, int], Span] = {}
+    if not any("traceparent" in h for h in distinct_headers(batch)):
+        return spans
     for msg in batch:
         if "traceparent" in msg.headers:
             spans[(msg.partition, msg.offset)] = tracing.start_message_span("usage event", msg.headers, attributes={
