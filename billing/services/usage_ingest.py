@@ -72,7 +72,7 @@ class UsageLimits:
 
 
 class UsageEvent(NamedTuple):
-    """A NamedTuple: the consumer builds one per message (`tuple.__new__` on it is a
+    """A NamedTuple: the consumer builds one per message (`tuple.__new__` on it costs a
     fraction of a dataclass's __init__), and the checks read it by position."""
 
     event_id: str
@@ -242,10 +242,8 @@ async def _known_subscriptions(conn, tenant: uuid.UUID, texts: set[str], now_us:
 
 async def _ingest_tenant(conn, tenant: uuid.UUID, events: Sequence[UsageEvent], indexes: Sequence[int], now_us: int,
                          limits: UsageLimits, plans: PlanCache, result: IngestResult, want_periods: bool) -> None:
-    if isinstance(indexes, range):
-        texts = set(map(_SUBSCRIPTION, events))
-    else:
-        texts = {events[i][2] for i in indexes}
+    whole = isinstance(indexes, range)  # every event of the batch (one tenant)
+    texts = set(map(_SUBSCRIPTION, events)) if whole else {events[i][2] for i in indexes}
     known, fast, on_clock = await _known_subscriptions(conn, tenant, texts, now_us, limits, plans)
     rows = usage_store.Batch()
     add_row, add_index = rows.rows.append, rows.indexes.append
@@ -255,8 +253,7 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: Sequence[UsageEvent], 
     quantities: dict[str, bool] = {}
     quantity_get = quantities.get
     quantity_ok = _QUANTITY.fullmatch
-    for i in indexes:
-        e = events[i]
+    for i, e in enumerate(events) if whole else ((i, events[i]) for i in indexes):
         event_id, _, sub_text, metric, quantity, t, props = e
         f = fast_get(sub_text)
         if f is not None and f[1] <= t < f[2] and metric in f[3] and not props \
@@ -277,23 +274,24 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: Sequence[UsageEvent], 
 
 def _check_one(i: int, e: UsageEvent, known: dict[str, _Known | None], on_clock: set[uuid.UUID],
                limits: UsageLimits, rows: usage_store.Batch, result: IngestResult, want_periods: bool) -> None:
-    """Every check in its order: the event is rejected with the first that fails, or added."""
+    """Every check in its order: the event is rejected with the first that fails, or added.
+    `e` may be any 7-tuple in UsageEvent's order (the consumer's decoder builds plain ones)."""
+    event_id, _, sub_text, metric, quantity, t, props = e
     reject = result.rejected.append
-    entry = known[e.subscription_id]
+    entry = known[sub_text]
     if entry is None:
-        reject(Rejection(i, "unknown_subscription", f"no subscription {e.subscription_id[:64]!r}"))
+        reject(Rejection(i, "unknown_subscription", f"no subscription {sub_text[:64]!r}"))
         return
     sub_id, sub, metrics, spec, rules, sub_now, earliest, latest = entry
-    t = e.occurred_at_us
     refused = refusal(sub, t)
     if refused is not None:
         reject(Rejection(i, refused, _REFUSAL_DETAIL[refused].format(sub_id=sub_id, status=sub.status)))
-    elif e.metric_code not in metrics:
-        reject(Rejection(i, "unknown_metric", f"metric {e.metric_code[:64]!r} is not on the subscription's plan"))
-    elif not _QUANTITY.fullmatch(e.quantity) and not (e.metric_code in rules.negative_ok
-                                                      and _SIGNED_QUANTITY.fullmatch(e.quantity)):
-        reject(Rejection(i, check_quantity(e.quantity) or "invalid_quantity",
-                         f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
+    elif metric not in metrics:
+        reject(Rejection(i, "unknown_metric", f"metric {metric[:64]!r} is not on the subscription's plan"))
+    elif not _QUANTITY.fullmatch(quantity) and not (metric in rules.negative_ok
+                                                    and _SIGNED_QUANTITY.fullmatch(quantity)):
+        reject(Rejection(i, check_quantity(quantity) or "invalid_quantity",
+                         f"quantity {quantity[:40]!r} is not a non-negative decimal"))
     elif t > latest:
         reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - sub_now) // 1_000_000} s ahead of "
                                                  f"{'its test clock' if sub_id in on_clock else 'now'}"))
@@ -301,18 +299,18 @@ def _check_one(i: int, e: UsageEvent, known: dict[str, _Known | None], on_clock:
         reject(Rejection(i, "too_old", f"occurred_at is older than {limits.max_age_us // 86_400_000_000} days"))
     elif t < sub.start_us:
         reject(Rejection(i, "before_subscription_start", "occurred_at is before the subscription started"))
-    elif not e.event_id or len(e.event_id) > MAX_EVENT_ID or "\x00" in e.event_id:
+    elif not event_id or len(event_id) > MAX_EVENT_ID or "\x00" in event_id:
         reject(Rejection(i, "invalid_event_id", f"event_id must be 1..{MAX_EVENT_ID} characters, no NUL"))
-    elif e.properties and not _properties_ok(e.properties):
+    elif props and not _properties_ok(props):
         reject(Rejection(i, "invalid_properties",
                          f"properties: at most {MAX_PROPERTIES}, keys up to {MAX_PROPERTY_KEY} and values up to "
                          f"{MAX_PROPERTY_VALUE} characters, without NUL (PostgreSQL refuses NUL)"))
-    elif rules.amount_property and e.metric_code in rules.amount_property and not _QUANTITY.fullmatch(
-            (e.properties or {}).get(rules.amount_property[e.metric_code], "")):
-        reject(Rejection(i, "invalid_amount", f"properties[{rules.amount_property[e.metric_code]!r}] must hold "
+    elif rules.amount_property and metric in rules.amount_property and not _QUANTITY.fullmatch(
+            (props or {}).get(rules.amount_property[metric], "")):
+        reject(Rejection(i, "invalid_amount", f"properties[{rules.amount_property[metric]!r}] must hold "
                          "the event's price, a non-negative decimal (dynamic pricing)"))
     else:
         start, end, late = sub.attribute(spec, t)
-        rows.add(i, e, sub_id, start, end, late)
+        rows.add(i, e if isinstance(e, UsageEvent) else UsageEvent._make(e), sub_id, start, end, late)
         if want_periods:
             result.periods[i] = (start, end)
