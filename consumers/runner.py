@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_LOGGED_DEAD_LETTERS = 20  # per batch, one line each; the rest in one line
 
 
 class _Abandoned(Exception):
@@ -227,10 +228,15 @@ class ConsumerRunner:
         self.stats.messages += len(batch)
         self.stats.dead_letters += len(done.dead)
         self.stats.counters.update(done.counters)
-        for d in done.dead:
+        # A line per dead letter, up to a bound per batch: a flood of bad input would
+        # otherwise cost more in log lines than in ingestion (the DLQ keeps every one).
+        for d in done.dead[:_LOGGED_DEAD_LETTERS]:
             log.warning("dead-lettered: %s", d.reason, extra={
                 "group": self.group_id, "topic": d.message.topic, "partition": d.message.partition,
                 "offset": d.message.offset, "reason": d.reason, "detail": d.detail[:500]})
+        if len(done.dead) > _LOGGED_DEAD_LETTERS:
+            log.warning("dead-lettered %d more messages of the batch: %s", len(done.dead) - _LOGGED_DEAD_LETTERS,
+                        reasons(done.dead[_LOGGED_DEAD_LETTERS:]), extra={"group": self.group_id})
         if log.isEnabledFor(logging.DEBUG):
             log.debug("batch committed: %d messages, %d dead letters, %.3fs", len(batch), len(done.dead), done.seconds,
                       extra={"group": self.group_id, "topic": topics_of(batch)})
