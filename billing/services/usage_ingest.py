@@ -196,10 +196,14 @@ async def _known_subscriptions(conn, tenant: uuid.UUID, texts: set[str], now_us:
         except ValueError:
             sub_ids[text] = None
     subs: dict[uuid.UUID, UsageSubscription] = {}
+    # The id as asyncpg returned it (its own UUID type, whose hash and bytes are C-level):
+    # the rows carry it, and the COPY and the alerts' grouping read it once per event.
+    row_ids: dict[uuid.UUID, uuid.UUID] = {}
     # A test clock's subscription takes usage by its clock's time (docs/time.md, "Test clocks").
     clock_now: dict[uuid.UUID, int] = {}
     # Read FOR KEY SHARE, held until the batch commits (billing/store/usage.py, `subscriptions`).
     for row in await usage_store.subscriptions(conn, tenant, [s for s in sub_ids.values() if s]):
+        row_ids[row["id"]] = row["id"]
         subs[row["id"]] = UsageSubscription(
             row["plan_id"], row["status"], to_us(row["start_at"]), row["billing_anchor"],
             to_us(row["current_period_start"]) if row["current_period_start"] else None,
@@ -221,6 +225,7 @@ async def _known_subscriptions(conn, tenant: uuid.UUID, texts: set[str], now_us:
         if not (sub_id and sub):
             known[text] = None
             continue
+        sub_id = row_ids[sub_id]
         spec = plans.spec(tenant, sub.plan_id)
         rules = checks.get(sub.plan_id) or checks.setdefault(sub.plan_id, event_checks(spec))
         metrics = plans.metric_codes(tenant, sub.plan_id)
