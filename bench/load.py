@@ -310,7 +310,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4, help="concurrent gRPC clients (default 4)")
     parser.add_argument("--subscriptions", type=int, default=1000, help="active subscriptions with usage")
     parser.add_argument("--due", type=int, default=5000, help="subscriptions the billing run bills")
-    parser.add_argument("--consumers", type=int, default=1, help="usage consumer processes")
+    parser.add_argument("--consumers", type=int, default=0,
+                        help="usage consumer processes (default: one per 20,000 events/s of --rate)")
     parser.add_argument("--producers", type=int, default=0,
                         help="load generator processes, each a share of --rate (default: one per 20,000 events/s)")
     parser.add_argument("--sequential-ids", action="store_true",
@@ -320,6 +321,9 @@ def main() -> int:
                              "generator; the api role keeps 0 (default 10; 0 = all equal)")
     args = parser.parse_args()
     baseline_s = args.baseline_seconds or max(10.0, args.seconds / 4)
+    # One consumer decodes, checks and commits its batches in turn: at 40,000 events/s a
+    # single process has little headroom on a busy machine, a second one shares the partitions.
+    args.consumers = args.consumers or max(1, math.ceil(args.rate / 20_000))
 
     stack = None
     state = Path(tempfile.mkdtemp(prefix="bench-load-"))

@@ -63,6 +63,10 @@ class FetchBuffer:
     def extend(self, messages: Iterable[Message]) -> None:
         self._messages.extend(messages)
 
+    def peek(self, max_size: int) -> list[Message]:
+        """What `take(max_size)` would return now, left in the buffer."""
+        return self._messages[:max_size]
+
     def take(self, max_size: int) -> list[Message]:
         """The next batch: the oldest `max_size` messages."""
         batch = self._messages[:max_size]

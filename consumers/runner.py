@@ -66,6 +66,7 @@ class ConsumerRunner:
         self._pool = pool
         self._source = source
         self._strategy = strategy
+        self._predecode: Callable[[list[Message]], None] | None = getattr(strategy, "predecode", None)
         self._batching = batching
         self._retry = retry
         self._dead_letters = dead_letters
@@ -152,13 +153,17 @@ class ConsumerRunner:
                 self._report_lag(data)
 
     async def _process_with_prefetch(self) -> None:
-        """Commit a batch while the Kafka thread fetches the next one."""
+        """Commit a batch while the Kafka thread fetches the next one; once the next batch
+        is fetched, a strategy with a `predecode(batch)` (pure CPU work, no I/O) does it
+        while this batch's transaction is still in PostgreSQL."""
         busy = asyncio.ensure_future(self._process_next_batch())
         try:
             while not busy.done() and not self._stopping and not self._kafka.paused \
                     and (room := self._buffer.room(self._batching.max_size)):
                 await self._poll(room, 0.02)
                 await asyncio.sleep(0)
+            if self._predecode is not None and not busy.done() and not self._stopping:
+                self._predecode(self._buffer.peek(self._batching.max_size))
         finally:
             await busy
 

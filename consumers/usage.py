@@ -14,6 +14,7 @@ marked as an error when the event is dead-lettered), at most 100 per batch.
 from __future__ import annotations
 
 import time
+from operator import is_
 
 import asyncpg
 from opentelemetry.trace import Span
@@ -24,6 +25,8 @@ from consumers.batches import distinct_headers
 from consumers.runner import BatchResult, DeadLetter, Message
 from consumers.usage_payloads import decode_batch
 
+Decoded = tuple[list[usage.UsageEvent], list[int], list[DeadLetter]]
+
 
 class UsageStrategy:
     # The dead-letter reasons this strategy gives (their metric series start at 0).
@@ -32,11 +35,28 @@ class UsageStrategy:
     def __init__(self, limits: usage.UsageLimits, plans: usage.PlanCache):
         self.limits = limits  # from the settings (billing/bootstrap.py), as RecordUsage's
         self.plans = plans
+        # The next batch decoded ahead (`predecode`), with the messages it was decoded from.
+        self._ahead: tuple[list[Message], Decoded] | None = None
+
+    def predecode(self, batch: list[Message]) -> None:
+        """Decode the next batch ahead: the runner calls this while the current batch's
+        transaction is in PostgreSQL. Decoding is pure, so the result stands for exactly
+        these messages; anything else (or any error) is decoded again in `process`."""
+        try:
+            self._ahead = (batch, decode_batch(batch))
+        except Exception:  # noqa: BLE001 - process() decodes again and raises it there
+            self._ahead = None
+
+    def _decode(self, batch: list[Message]) -> Decoded:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and len(ahead[0]) == len(batch) and all(map(is_, ahead[0], batch)):
+            return ahead[1]
+        return decode_batch(batch)
 
     async def process(self, conn: asyncpg.Connection, batch: list[Message]) -> BatchResult:
         spans = _event_spans(batch)
         try:
-            events, positions, dead = decode_batch(batch)
+            events, positions, dead = self._decode(batch)
             result = await usage.ingest(conn, events, now_us=time.time_ns() // 1000, limits=self.limits,
                                         plans=self.plans, periods=False)
             for r in result.rejected:
