@@ -3,6 +3,7 @@ rebalance or a fence takes away, and which offsets a batch stores."""
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from itertools import groupby
 from operator import itemgetter
 
 from consumers.strategy import Message, TopicPartition
@@ -19,9 +20,12 @@ def next_offsets(batch: Sequence[Message]) -> dict[TopicPartition, int]:
     """Per partition of the batch, the offset to store: its last offset + 1."""
     out: dict[TopicPartition, int] = {}
     get = out.get
-    for tp, offset in zip(map(_TP, batch), map(_OFFSET, batch)):
-        if offset >= get(tp, -1):
-            out[tp] = offset
+    # A batch is runs of messages of one partition (as fetched): a Python step per run,
+    # the messages of a run read in C.
+    for tp, run in groupby(batch, _TP):
+        last = max(map(_OFFSET, run))
+        if last >= get(tp, -1):
+            out[tp] = last
     for tp in out:
         out[tp] += 1
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import compress
 from operator import itemgetter
 
 from billing import codec
@@ -276,9 +277,11 @@ def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], lis
             dead.append(DeadLetter(batch[positions[slot]], _UNDECODABLE, str(error)[:1000]))
             dead_pos.append(positions[slot])
         dead = [d for _, d in sorted(zip(dead_pos, dead), key=itemgetter(0))]
-        kept = [k for k, e in enumerate(events) if e is not None]
-        events = [events[k] for k in kept]
-        positions = [positions[k] for k in kept]
+        keep = [True] * len(events)
+        for slot in failed:
+            keep[slot] = False
+        events = list(compress(events, keep))
+        positions = list(compress(positions, keep))
     return events, positions, dead  # type: ignore[return-value]
 
 
