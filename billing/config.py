@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     # and so are events older than the window (too late to bill).
     usage_max_future_skew_s: int = 300
     usage_max_age_days: int = 35
-    usage_batch_size: int = 20_000
+    usage_batch_size: int = 40_000
     # RecordUsage group commit: calls of a tenant arriving within this many milliseconds
     # share one transaction (each still answered with its own outcome, after the commit),
     # up to usage_group_commit_max calls; 0 = one transaction per call.
