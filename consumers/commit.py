@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind
 
 from billing.ops import tracing
 from billing.store import offsets as offset_store
-from consumers.batches import next_offsets, topics_of
+from consumers.batches import distinct_headers, next_offsets, topics_of
 from consumers.dlq import DeadLetterProducer
 from consumers.dlq_limit import DlqLimitState, dead_flags
 from consumers.limits import split_too_large
@@ -69,7 +69,7 @@ class BatchCommit:
         topics = topics_of(batch)
         with tracing.tracer.start_as_current_span(
             f"process {topics}", kind=SpanKind.CONSUMER,
-            links=tracing.message_links(m.headers for m in batch),
+            links=tracing.message_links(distinct_headers(batch)),
             attributes={"messaging.system": "kafka", "messaging.destination.name": topics,
                         "messaging.consumer.group.name": self._group, "messaging.operation.type": "process",
                         "messaging.batch.message_count": len(batch)},

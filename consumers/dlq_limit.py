@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 from consumers.strategy import DeadLetter, Message
 
@@ -108,10 +109,15 @@ class DlqLimitState:
                                   reasons=reasons, consecutive=breach.consecutive)
 
 
+_KEY = itemgetter(0, 1, 2)  # Message (topic, partition, offset)
+
+
 def dead_flags(batch: Sequence[Message], dead: Sequence[DeadLetter]) -> list[bool]:
     """Per message of the batch, in order: was it dead-lettered? A dead letter for a
     message not in the batch is a strategy's bug."""
-    index = {(m.topic, m.partition, m.offset): i for i, m in enumerate(batch)}
+    if not dead:
+        return [False] * len(batch)
+    index = dict(zip(map(_KEY, batch), range(len(batch))))
     flags = [False] * len(batch)
     for d in dead:
         i = index.get((d.message.topic, d.message.partition, d.message.offset))

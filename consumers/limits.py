@@ -20,8 +20,11 @@ recompresses whatever producers send into zstd (docs/kafka.md, "Bounded consumpt
 """
 from __future__ import annotations
 
+from operator import itemgetter
+
 from confluent_kafka import KafkaError
 
+from consumers.batches import distinct_headers
 from consumers.strategy import DeadLetter, Message
 
 TOO_LARGE = "too_large"
@@ -41,8 +44,15 @@ def placeholder(topic: str, partition: int, offset: int, error: str) -> Message:
                    ((PLACEHOLDER_HEADER, value),))
 
 
+_VALUE = itemgetter(4)  # Message.value
+
+
 def split_too_large(batch: list[Message], max_bytes: int | None) -> tuple[list[Message], list[DeadLetter]]:
     """(messages for the strategy, dead letters for the too large ones)."""
+    # The usual batch has neither: told by C-level passes, before a loop over the messages.
+    if not any(PLACEHOLDER_HEADER in h for h in distinct_headers(batch)) and (
+            max_bytes is None or max(map(len, filter(None, map(_VALUE, batch))), default=0) <= max_bytes):
+        return batch, []
     dead = []
     for m in batch:
         if PLACEHOLDER_HEADER in m.headers:

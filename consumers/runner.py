@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import asyncpg
 
-from consumers.batches import FetchBuffer, without, topics_of
+from consumers.batches import FetchBuffer, partitions_of, topics_of, without
 from consumers.commit import BatchCommit, Committed, Fenced, load_stored, reasons
 from consumers.dlq import DeadLetterDeliveryError, DeadLetterProducer
 from consumers.dlq_limit import DlqLimit, DlqLimitState, TooManyBadMessages
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_LOGGED_DEAD_LETTERS = 20  # per batch, one line each; the rest in one line
 
 
 class _Abandoned(Exception):
@@ -65,6 +66,7 @@ class ConsumerRunner:
         self._pool = pool
         self._source = source
         self._strategy = strategy
+        self._predecode: Callable[[list[Message]], None] | None = getattr(strategy, "predecode", None)
         self._batching = batching
         self._retry = retry
         self._dead_letters = dead_letters
@@ -151,13 +153,17 @@ class ConsumerRunner:
                 self._report_lag(data)
 
     async def _process_with_prefetch(self) -> None:
-        """Commit a batch while the Kafka thread fetches the next one."""
+        """Commit a batch while the Kafka thread fetches the next one; once the next batch
+        is fetched, a strategy with a `predecode(batch)` (pure CPU work, no I/O) does it
+        while this batch's transaction is still in PostgreSQL."""
         busy = asyncio.ensure_future(self._process_next_batch())
         try:
             while not busy.done() and not self._stopping and not self._kafka.paused \
                     and (room := self._buffer.room(self._batching.max_size)):
                 await self._poll(room, 0.02)
                 await asyncio.sleep(0)
+            if self._predecode is not None and not busy.done() and not self._stopping:
+                self._predecode(self._buffer.peek(self._batching.max_size))
         finally:
             await busy
 
@@ -169,7 +175,7 @@ class ConsumerRunner:
         try:
             while batch:
                 try:
-                    done = await self._commit(batch, self._positions.expected({m.tp for m in batch}))
+                    done = await self._commit(batch, self._positions.expected(partitions_of(batch)))
                     self._committed(batch, done)
                     await self._refresh_lag()
                     return
@@ -227,12 +233,18 @@ class ConsumerRunner:
         self.stats.messages += len(batch)
         self.stats.dead_letters += len(done.dead)
         self.stats.counters.update(done.counters)
-        for d in done.dead:
+        # A line per dead letter, up to a bound per batch: a flood of bad input would
+        # otherwise cost more in log lines than in ingestion (the DLQ keeps every one).
+        for d in done.dead[:_LOGGED_DEAD_LETTERS]:
             log.warning("dead-lettered: %s", d.reason, extra={
                 "group": self.group_id, "topic": d.message.topic, "partition": d.message.partition,
                 "offset": d.message.offset, "reason": d.reason, "detail": d.detail[:500]})
-        log.debug("batch committed: %d messages, %d dead letters, %.3fs", len(batch), len(done.dead), done.seconds,
-                  extra={"group": self.group_id, "topic": topics_of(batch)})
+        if len(done.dead) > _LOGGED_DEAD_LETTERS:
+            log.warning("dead-lettered %d more messages of the batch: %s", len(done.dead) - _LOGGED_DEAD_LETTERS,
+                        reasons(done.dead[_LOGGED_DEAD_LETTERS:]), extra={"group": self.group_id})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("batch committed: %d messages, %d dead letters, %.3fs", len(batch), len(done.dead), done.seconds,
+                      extra={"group": self.group_id, "topic": topics_of(batch)})
         if self._on_batch is not None:
             try:
                 self._on_batch(len(batch), len(done.dead), done.seconds)

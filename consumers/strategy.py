@@ -27,6 +27,7 @@ TopicPartition = tuple[str, int]
 _HEADER_DICTS: dict[tuple, dict[str, bytes]] = {}
 _HEADER_DICTS_MAX = 1024
 _NO_HEADERS: dict[str, bytes] = {}
+_new = tuple.__new__
 
 
 class Message(NamedTuple):
@@ -58,9 +59,10 @@ class Message(NamedTuple):
         else:
             raw, headers = (), _NO_HEADERS
         ts_type, ts = msg.timestamp()
-        return cls(msg.topic() if topic is None else topic, msg.partition() if partition is None else partition,
-                   msg.offset(), msg.key(), msg.value(), headers,
-                   None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts, raw)
+        # tuple.__new__: the NamedTuple's own __new__ is a Python function, called per message.
+        return _new(cls, (msg.topic() if topic is None else topic, msg.partition() if partition is None else partition,
+                          msg.offset(), msg.key(), msg.value(), headers,
+                          None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts, raw))
 
     @property
     def tp(self) -> TopicPartition:

@@ -14,14 +14,18 @@ marked as an error when the event is dead-lettered), at most 100 per batch.
 from __future__ import annotations
 
 import time
+from operator import is_
 
 import asyncpg
 from opentelemetry.trace import Span
 
 from billing.ops import tracing
 from billing.services import usage
+from consumers.batches import distinct_headers
 from consumers.runner import BatchResult, DeadLetter, Message
 from consumers.usage_payloads import decode_batch
+
+Decoded = tuple[list[usage.UsageEvent], list[int], list[DeadLetter]]
 
 
 class UsageStrategy:
@@ -31,13 +35,30 @@ class UsageStrategy:
     def __init__(self, limits: usage.UsageLimits, plans: usage.PlanCache):
         self.limits = limits  # from the settings (billing/bootstrap.py), as RecordUsage's
         self.plans = plans
+        # The next batch decoded ahead (`predecode`), with the messages it was decoded from.
+        self._ahead: tuple[list[Message], Decoded] | None = None
+
+    def predecode(self, batch: list[Message]) -> None:
+        """Decode the next batch ahead: the runner calls this while the current batch's
+        transaction is in PostgreSQL. Decoding is pure, so the result stands for exactly
+        these messages; anything else (or any error) is decoded again in `process`."""
+        try:
+            self._ahead = (batch, decode_batch(batch))
+        except Exception:  # noqa: BLE001 - process() decodes again and raises it there
+            self._ahead = None
+
+    def _decode(self, batch: list[Message]) -> Decoded:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and len(ahead[0]) == len(batch) and all(map(is_, ahead[0], batch)):
+            return ahead[1]
+        return decode_batch(batch)
 
     async def process(self, conn: asyncpg.Connection, batch: list[Message]) -> BatchResult:
         spans = _event_spans(batch)
         try:
-            events, positions, dead = decode_batch(batch)
+            events, positions, dead = self._decode(batch)
             result = await usage.ingest(conn, events, now_us=time.time_ns() // 1000, limits=self.limits,
-                                        plans=self.plans)
+                                        plans=self.plans, periods=False)
             for r in result.rejected:
                 dead.append(DeadLetter(batch[positions[r.index]], r.reason, r.detail))
         except BaseException as exc:
@@ -62,6 +83,8 @@ class UsageStrategy:
 def _event_spans(batch: list[Message]) -> dict[tuple[int, int], Span]:
     """Spans for the first MAX_MESSAGE_SPANS events that carry a trace context."""
     spans: dict[tuple[int, int], Span] = {}
+    if not any("traceparent" in h for h in distinct_headers(batch)):
+        return spans
     for msg in batch:
         if "traceparent" in msg.headers:
             spans[(msg.partition, msg.offset)] = tracing.start_message_span("usage event", msg.headers, attributes={

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import compress
+from operator import itemgetter
 
 from billing import codec
-from billing.services.usage import UsageEvent
+from billing.services.usage_ingest import UsageEvent
 from consumers import usage_avro
 from consumers.runner import DeadLetter, Message
 
@@ -22,6 +24,7 @@ _CONFLUENT = codec.CONFLUENT_MAGIC  # b"\x00": the Confluent wire format (schema
 _USAGE = codec.Schema.USAGE_EVENT
 _UNDECODABLE = "undecodable"
 _INVALID = "invalid_cloudevent"
+_VALUE = itemgetter(4)  # Message.value
 
 
 class _Number(str):
@@ -222,69 +225,70 @@ def _undecodable_detail(msg: Message) -> str:
 
 
 def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], list[DeadLetter]]:
-    """Decode a batch: (events, position in `batch` of each event, dead letters)."""
-    avro_values: list[bytes] = []
-    avro_pos: list[int] = []
-    json_events: list[UsageEvent] = []
-    json_pos: list[int] = []
+    """Decode a batch: (events, position in `batch` of each event, dead letters), all in
+    batch order."""
+    events: list[UsageEvent | None] = []
+    positions: list[int] = []
     dead: list[DeadLetter] = []
-    add_value, add_pos = avro_values.append, avro_pos.append
+    dead_pos: list[int] = []  # the batch position of each dead letter
+    add_event, add_pos = events.append, positions.append
+    # Values the codec decodes (and their slot in `events`, None until then).
+    slow_values: list[bytes] = []
+    slow_slots: list[int] = []
     # The usual Avro record, read by hand; the rest (and any doubt) goes to the codec.
     fast = usage_avro.decode
     strings = usage_avro.Strings()
-    fast_events: list[UsageEvent] = []
-    fast_pos: list[int] = []
-    for i, msg in enumerate(batch):
-        v = msg.value
+    for i, v in enumerate(map(_VALUE, batch)):
         if v.__class__ is not bytes:
             if isinstance(v, (bytearray, memoryview)):
                 v = bytes(v)
             else:
-                dead.append(DeadLetter(msg, _UNDECODABLE, _undecodable_detail(msg)))
+                dead.append(DeadLetter(batch[i], _UNDECODABLE, _undecodable_detail(batch[i])))
+                dead_pos.append(i)
                 continue
         if v.startswith(_AVRO):
             event = fast(v, strings) if fast is not None else None
-            if event is not None:
-                fast_events.append(event)
-                fast_pos.append(i)
-            else:
-                add_value(v)
-                add_pos(i)
-        elif v.startswith(_CONFLUENT):
-            add_value(v)
+            if event is None:
+                slow_slots.append(len(events))
+                slow_values.append(v)
+            add_event(event)
             add_pos(i)
-        elif v.startswith(b"{") or _is_cloudevents_header(msg):
+        elif v.startswith(_CONFLUENT):
+            slow_slots.append(len(events))
+            slow_values.append(v)
+            add_event(None)
+            add_pos(i)
+        elif v.startswith(b"{") or _is_cloudevents_header(batch[i]):
             out = _cloudevent(v)
             if out.__class__ is tuple:
-                dead.append(DeadLetter(msg, out[0], out[1]))
+                dead.append(DeadLetter(batch[i], out[0], out[1]))  # type: ignore[index]
+                dead_pos.append(i)
             else:
-                json_events.append(out)
-                json_pos.append(i)
+                add_event(out)  # type: ignore[arg-type]
+                add_pos(i)
         else:
-            dead.append(DeadLetter(msg, _UNDECODABLE, _undecodable_detail(msg)))
-
-    if avro_values:
-        events, avro_pos = _decode_avro(batch, avro_values, avro_pos, dead)
-        if fast_events:
-            events, avro_pos = _merge(fast_events, fast_pos, events, avro_pos)
-    else:
-        events, avro_pos = fast_events, fast_pos
-    if json_events:
-        if events:
-            events, positions = _merge(events, avro_pos, json_events, json_pos)
-        else:
-            events, positions = json_events, json_pos
-    else:
-        positions = avro_pos
-    if len(dead) > 1:
-        order = {id(m): i for i, m in enumerate(batch)}
-        dead.sort(key=lambda d: order.get(id(d.message), 0))
-    return events, positions, dead
+            dead.append(DeadLetter(batch[i], _UNDECODABLE, _undecodable_detail(batch[i])))
+            dead_pos.append(i)
+    if not slow_values:
+        return events, positions, dead  # type: ignore[return-value]
+    failed = _decode_avro(events, slow_values, slow_slots)
+    if failed:
+        for slot, error in failed.items():
+            dead.append(DeadLetter(batch[positions[slot]], _UNDECODABLE, str(error)[:1000]))
+            dead_pos.append(positions[slot])
+        dead = [d for _, d in sorted(zip(dead_pos, dead), key=itemgetter(0))]
+        keep = [True] * len(events)
+        for slot in failed:
+            keep[slot] = False
+        events = list(compress(events, keep))
+        positions = list(compress(positions, keep))
+    return events, positions, dead  # type: ignore[return-value]
 
 
-def _decode_avro(batch: list[Message], values: list[bytes], positions: list[int],
-                 dead: list[DeadLetter]) -> tuple[list[UsageEvent], list[int]]:
-    failed: dict[int, codec.CodecError] = {}
+def _decode_avro(events: list[UsageEvent | None], values: list[bytes], slots: list[int]) -> dict[int, Exception]:
+    """Decode `values` with the codec into their `slots` of `events`; the slots that failed
+    (left None) with their error."""
+    failed: dict[int, Exception] = {}
 
     def on_error(index: int, error: codec.CodecError) -> None:
         failed[index] = error
@@ -302,18 +306,9 @@ def _decode_avro(batch: list[Message], values: list[bytes], positions: list[int]
             except OSError:
                 raise
             except Exception as exc:
-                failed[index] = exc  # type: ignore[assignment]
-    if failed:
-        for index, error in failed.items():
-            dead.append(DeadLetter(batch[positions[index]], _UNDECODABLE, str(error)[:1000]))
-        positions = [p for index, p in enumerate(positions) if index not in failed]
-    events = [UsageEvent(r["event_id"], r["tenant_id"], r["subscription_id"], r["metric_code"], r["quantity"],
-                         r["occurred_at_us"], r["properties"] or None) for r in records]
-    return events, positions
-
-
-def _merge(a: list[UsageEvent], a_pos: list[int], b: list[UsageEvent],
-           b_pos: list[int]) -> tuple[list[UsageEvent], list[int]]:
-    """Two position-sorted lists into one, in batch order."""
-    pairs = sorted(zip(a_pos + b_pos, a + b), key=lambda p: p[0])
-    return [e for _, e in pairs], [p for p, _ in pairs]
+                failed[index] = exc
+    ok = [slot for index, slot in enumerate(slots) if index not in failed]
+    for slot, r in zip(ok, records):
+        events[slot] = UsageEvent(r["event_id"], r["tenant_id"], r["subscription_id"], r["metric_code"],
+                                  r["quantity"], r["occurred_at_us"], r["properties"] or None)
+    return {slots[index]: error for index, error in failed.items()}

@@ -1,254 +1,29 @@
-"""Usage ingestion: one function for a batch of events, used by the Kafka consumer and by
-RecordUsage alike, so both paths deduplicate against each other by event id.
-
-Per tenant in the batch, one round trip does everything: the raw events are inserted
-(`ON CONFLICT DO NOTHING` on (tenant, event id) drops duplicates, also within the batch)
-and the rows actually inserted are folded into the per-period totals, in ONE statement.
-Python only validates and attributes each event to its billing period; times stay integer
-microseconds and quantities stay text until PostgreSQL casts them, because converting a
-million values to `datetime` and `Decimal` costs more than the database work.
+"""Usage: RecordUsage's and GetUsage's use cases (`Usage`), over the ingestion of
+`billing/services/usage_ingest.py` (validation, period attribution, storing a batch), whose
+names are re-exported here for the callers that import them from this module.
 """
 from __future__ import annotations
 
-import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-
-import asyncpg
 
 from billing.domain.invoice_assembly import usage_charge_lines
 from billing.domain.periods import from_us, to_us
 from billing.domain.plans import PlanSpec
-from billing.domain.usage_rules import EventChecks, UsageSubscription, event_checks, period_at, refusal
-from billing.services import usage_alerts
+from billing.domain.usage_rules import UsageSubscription, period_at
 from billing.services.plans import PlanCache
+from billing.services.usage_ingest import (MAX_EVENT_ID, MAX_PROPERTIES, MAX_PROPERTY_KEY, MAX_PROPERTY_VALUE,
+                                           IngestResult, Rejection, UsageEvent, UsageLimits, check_quantity, ingest,
+                                           prepare, store)
 from billing.store import usage as usage_store
-from billing.store.db import set_tenant
 
-# A non-negative exact decimal: up to 15 digits before the point and 12 after. ASCII digits
-# only: without re.ASCII, \d also matches "１２" (full-width) or "١٢" (Arabic-Indic), which
-# PostgreSQL's numeric refuses, failing the whole batch instead of the one event.
-_QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?", re.ASCII)
-# The same, negative allowed: a correction of a sum charge that takes them, a weighted_sum
-# change; and an event's price for a dynamic charge (non-negative, as a quantity).
-_SIGNED_QUANTITY = re.compile(r"-?\d{1,15}(?:\.\d{1,12})?", re.ASCII)
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
-MAX_EVENT_ID = 200
-# Per subscription: uuid, state, metric codes, plan, checks, its now, earliest and latest event time.
-_Known = tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec, EventChecks, int, int, int]
-MAX_PROPERTIES = 50
-# An event property is a label (a user id, a region), stored with every raw event: a
-# megabyte of it is a producer bug, refused like NUL rather than kept forever.
-MAX_PROPERTY_KEY = 100
-MAX_PROPERTY_VALUE = 1000
-
-
-_REFUSAL_DETAIL = {
-    "subscription_not_started": "subscription {sub_id} is {status}",
-    "subscription_canceled": "subscription {sub_id} was canceled before the event",
-    "subscription_paused": "subscription {sub_id} was paused when the event happened",
-}
-
-
-@dataclass(frozen=True)
-class UsageLimits:
-    # Events further in the future than this are a producer's clock gone wrong.
-    max_future_skew_us: int = 5 * 60 * 1_000_000
-    # Events older than this are too late to bill (and would reopen closed books).
-    max_age_us: int = 35 * 24 * 3600 * 1_000_000
-
-
-@dataclass(slots=True)
-class UsageEvent:
-    event_id: str
-    tenant_id: str
-    subscription_id: str
-    metric_code: str
-    quantity: str
-    occurred_at_us: int
-    properties: dict | None = None
-
-
-@dataclass(slots=True)
-class Rejection:
-    index: int  # position in the input list
-    reason: str  # machine-readable: unknown_tenant, unknown_subscription, ...
-    detail: str
-
-
-@dataclass
-class IngestResult:
-    received: int = 0
-    inserted: int = 0
-    late: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-    # Per accepted input index: (period_start_us, period_end_us), for RecordUsage's answer.
-    periods: dict[int, tuple[int, int]] = field(default_factory=dict)
-    # Accepted events not stored yet, per tenant (`prepare` fills it, `store` empties it).
-    pending: dict[uuid.UUID, usage_store.Batch] = field(default_factory=dict)
-    # With `store(..., want_ids=True)`: the event ids this call inserted (not duplicates).
-    inserted_ids: set[str] = field(default_factory=set)
-
-    @property
-    def duplicates(self) -> int:
-        return self.received - len(self.rejected) - self.inserted
-
-
-def _properties_ok(properties: dict) -> bool:
-    return len(properties) <= MAX_PROPERTIES and not any(
-        k.__class__ is not str or v.__class__ is not str or "\x00" in k or "\x00" in v
-        or len(k) > MAX_PROPERTY_KEY or len(v) > MAX_PROPERTY_VALUE for k, v in properties.items())
-
-
-def check_quantity(text: str) -> str | None:
-    """None when fine, else the rejection reason."""
-    if _QUANTITY.fullmatch(text):
-        return None
-    if _NUMBER.fullmatch(text):
-        return "negative_quantity" if text.startswith("-") and text.strip("-0.") else "invalid_quantity"
-    return "invalid_quantity"
-
-
-async def ingest(conn: asyncpg.Connection, events: list[UsageEvent], *, now_us: int, limits: UsageLimits,
-                 plans: PlanCache) -> IngestResult:
-    """Validate, attribute and store a batch; `conn` is inside a transaction the caller owns.
-
-    Sets the tenant on the connection for each tenant group in turn (transaction-local), so
-    row-level security applies to every statement.
-    """
-    result = await prepare(conn, events, now_us=now_us, limits=limits, plans=plans)
-    await store(conn, result)
-    return result
-
-
-async def store(conn: asyncpg.Connection, result: IngestResult, *, drop: frozenset[int] = frozenset(),
-                want_ids: bool = False) -> None:
-    """Store what `prepare` accepted, except the input indexes in `drop` (no longer wanted:
-    they count as neither inserted nor rejected)."""
-    for tenant, rows in result.pending.items():
-        if drop:
-            rows.keep(lambda i: i not in drop)
-        if rows:
-            await set_tenant(conn, tenant)
-            inserted, late_inserted, ids = await usage_store.insert_batch(conn, tenant, rows, want_ids=want_ids)
-            if inserted:  # nothing folded, nothing crossed (docs/alerts.md)
-                await usage_alerts.after_batch(conn, tenant, rows.rows)
-            result.inserted += inserted
-            result.late += late_inserted
-            result.inserted_ids.update(ids)
-    result.pending.clear()
-
-
-async def prepare(conn: asyncpg.Connection, events: list[UsageEvent], *, now_us: int, limits: UsageLimits,
-                  plans: PlanCache) -> IngestResult:
-    """Validate and attribute a batch without storing it: the rejections, the periods, and
-    the accepted rows in `pending` (their subscriptions stay locked FOR KEY SHARE)."""
-    result = IngestResult(received=len(events))
-    by_tenant: dict[str, list[int]] = {}
-    for i, e in enumerate(events):
-        by_tenant.setdefault(e.tenant_id, []).append(i)
-    for tenant_text, indexes in by_tenant.items():
-        try:
-            tenant = uuid.UUID(tenant_text)
-        except ValueError:
-            result.rejected += [Rejection(i, "unknown_tenant", f"tenant_id {tenant_text[:64]!r} is not a UUID")
-                                for i in indexes]
-            continue
-        await set_tenant(conn, tenant)
-        if not await usage_store.tenant_exists(conn, tenant):
-            result.rejected += [Rejection(i, "unknown_tenant", f"no tenant {tenant}") for i in indexes]
-            continue
-        await _ingest_tenant(conn, tenant, events, indexes, now_us, limits, plans, result)
-    return result
-
-
-async def _ingest_tenant(conn, tenant: uuid.UUID, events: list[UsageEvent], indexes: list[int], now_us: int,
-                         limits: UsageLimits, plans: PlanCache, result: IngestResult) -> None:
-    sub_ids: dict[str, uuid.UUID | None] = {}
-    for i in indexes:
-        text = events[i].subscription_id
-        if text not in sub_ids:
-            try:
-                sub_ids[text] = uuid.UUID(text)
-            except ValueError:
-                sub_ids[text] = None
-    subs: dict[uuid.UUID, UsageSubscription] = {}
-    # A test clock's subscription takes usage by its clock's time (docs/time.md, "Test clocks").
-    clock_now: dict[uuid.UUID, int] = {}
-    # Read FOR KEY SHARE, held until the batch commits (billing/store/usage.py, `subscriptions`).
-    for row in await usage_store.subscriptions(conn, tenant, [s for s in sub_ids.values() if s]):
-        subs[row["id"]] = UsageSubscription(
-            row["plan_id"], row["status"], to_us(row["start_at"]), row["billing_anchor"],
-            to_us(row["current_period_start"]) if row["current_period_start"] else None,
-            to_us(row["current_period_end"]) if row["current_period_end"] else None,
-            to_us(row["canceled_at"]) if row["canceled_at"] else None,
-            to_us(row["paused_at"]) if row["paused_at"] else None,
-            tuple(zip(map(to_us, row["paused_from"]), map(to_us, row["paused_to"]))),
-            to_us(row["pause_resumes_at"]) if row["pause_resumes_at"] else None, zone=row["time_zone"],
-        )
-        if row["clock_now"] is not None:
-            clock_now[row["id"]] = to_us(row["clock_now"])
-    await plans.load(conn, tenant, {s.plan_id for s in subs.values()})
-
-    known: dict[str, _Known | None] = {}  # per subscription text, once (None: unknown)
-    checks: dict[uuid.UUID, EventChecks] = {}  # per plan
-    for text, sub_id in sub_ids.items():
-        sub = subs.get(sub_id) if sub_id else None
-        if sub_id and sub:
-            spec = plans.spec(tenant, sub.plan_id)
-            rules = checks.get(sub.plan_id) or checks.setdefault(sub.plan_id, event_checks(spec))
-            sub_now = clock_now.get(sub_id, now_us)
-            known[text] = (sub_id, sub, plans.metric_codes(tenant, sub.plan_id), spec, rules, sub_now,
-                           sub_now - limits.max_age_us, sub_now + limits.max_future_skew_us)
-        else:
-            known[text] = None
-    rows = usage_store.Batch()
-    add = rows.add
-    periods = result.periods
-    reject = result.rejected.append
-    quantity_ok = _QUANTITY.fullmatch
-    for i in indexes:
-        e = events[i]
-        entry = known[e.subscription_id]
-        if entry is None:
-            reject(Rejection(i, "unknown_subscription", f"no subscription {e.subscription_id[:64]!r}"))
-            continue
-        sub_id, sub, metrics, spec, rules, sub_now, earliest, latest = entry
-        t = e.occurred_at_us
-        refused = refusal(sub, t)
-        if refused is not None:
-            reject(Rejection(i, refused, _REFUSAL_DETAIL[refused].format(sub_id=sub_id, status=sub.status)))
-        elif e.metric_code not in metrics:
-            reject(Rejection(i, "unknown_metric", f"metric {e.metric_code[:64]!r} is not on the subscription's plan"))
-        elif not quantity_ok(e.quantity) and not (e.metric_code in rules.negative_ok
-                                                   and _SIGNED_QUANTITY.fullmatch(e.quantity)):
-            reject(Rejection(i, check_quantity(e.quantity) or "invalid_quantity", f"quantity {e.quantity[:40]!r} is not a non-negative decimal"))
-        elif t > latest:
-            reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - sub_now) // 1_000_000} s ahead of "
-                                                     f"{'its test clock' if sub_id in clock_now else 'now'}"))
-        elif t < earliest:
-            reject(Rejection(i, "too_old", f"occurred_at is older than {limits.max_age_us // 86_400_000_000} days"))
-        elif t < sub.start_us:
-            reject(Rejection(i, "before_subscription_start", "occurred_at is before the subscription started"))
-        elif not e.event_id or len(e.event_id) > MAX_EVENT_ID or "\x00" in e.event_id:
-            reject(Rejection(i, "invalid_event_id", f"event_id must be 1..{MAX_EVENT_ID} characters, no NUL"))
-        elif e.properties and not _properties_ok(e.properties):
-            reject(Rejection(i, "invalid_properties",
-                             f"properties: at most {MAX_PROPERTIES}, keys up to {MAX_PROPERTY_KEY} and values up to "
-                             f"{MAX_PROPERTY_VALUE} characters, without NUL (PostgreSQL refuses NUL)"))
-        elif rules.amount_property and e.metric_code in rules.amount_property and not quantity_ok(
-                (e.properties or {}).get(rules.amount_property[e.metric_code], "")):
-            reject(Rejection(i, "invalid_amount", f"properties[{rules.amount_property[e.metric_code]!r}] must hold "
-                             "the event's price, a non-negative decimal (dynamic pricing)"))
-        else:
-            start, end, late = sub.attribute(spec, t)
-            add(i, e, sub_id, start, end, late)
-            periods[i] = (start, end)
-    if rows:
-        result.pending[tenant] = rows
-
+__all__ = [
+    "MAX_EVENT_ID", "MAX_PROPERTIES", "MAX_PROPERTY_KEY", "MAX_PROPERTY_VALUE", "REJECTION_REASONS", "IngestResult",
+    "PlanCache", "Recorded", "Rejection", "Usage", "UsageEvent", "UsageLimits", "UsageReport", "check_quantity",
+    "ingest", "prepare", "store", "to_us",
+]
 
 # -- gRPC: RecordUsage and GetUsage ------------------------------------------------------
 

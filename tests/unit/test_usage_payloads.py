@@ -61,10 +61,7 @@ def one(value, headers=None):
 
 
 def expected(i: int = 1, **over) -> UsageEvent:
-    e = UsageEvent(f"evt-{i}", TENANT, SUB, "api_calls", "12.5", T0, None)
-    for k, v in over.items():
-        setattr(e, k, v)
-    return e
+    return UsageEvent(f"evt-{i}", TENANT, SUB, "api_calls", "12.5", T0, None)._replace(**over)
 
 
 # ------------------------------------------------------------------ both formats agree

@@ -1,0 +1,321 @@
+"""Usage ingestion: one function for a batch of events, used by the Kafka consumer and by
+RecordUsage alike, so both paths deduplicate against each other by event id.
+
+Per tenant in the batch, one round trip does everything: the raw events are inserted
+(`ON CONFLICT DO NOTHING` on (tenant, event id) drops duplicates, also within the batch)
+and the rows actually inserted are folded into the per-period totals, in ONE statement.
+Python only validates and attributes each event to its billing period; times stay integer
+microseconds and quantities stay text until PostgreSQL casts them, because converting a
+million values to `datetime` and `Decimal` costs more than the database work.
+
+Most events of a batch are alike: a subscription in its current period, with no pause or
+cancel, an ordinary metric and quantity, no properties. Those take a short path (a window
+and a metric set per subscription, a cache of quantities per batch, computed once per
+batch) that accepts exactly what the full chain of checks would; anything else, or any
+doubt, takes the full chain, which also words the rejection.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import NamedTuple
+
+import asyncpg
+
+from billing.domain.periods import to_us
+from billing.domain.plans import PlanSpec
+from billing.domain.usage_rules import EventChecks, UsageSubscription, event_checks, refusal
+from billing.services import usage_alerts
+from billing.services.plans import PlanCache
+from billing.store import usage as usage_store
+from billing.store.db import set_tenant
+
+# A non-negative exact decimal: up to 15 digits before the point and 12 after. ASCII digits
+# only: without re.ASCII, \d also matches "１２" (full-width) or "١٢" (Arabic-Indic), which
+# PostgreSQL's numeric refuses, failing the whole batch instead of the one event.
+_QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?", re.ASCII)
+# The same, negative allowed: a correction of a sum charge that takes them, a weighted_sum
+# change; and an event's price for a dynamic charge (non-negative, as a quantity).
+_SIGNED_QUANTITY = re.compile(r"-?\d{1,15}(?:\.\d{1,12})?", re.ASCII)
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+MAX_EVENT_ID = 200
+# Per subscription: uuid, state, metric codes, plan, checks, its now, earliest and latest event time.
+_Known = tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec, EventChecks, int, int, int]
+# Per subscription the short path may take: uuid, first and after-last time it accepts,
+# the metrics it accepts, the period (start, end).
+_Fast = tuple[uuid.UUID, int, int, frozenset[str], tuple[int, int]]
+MAX_PROPERTIES = 50
+# An event property is a label (a user id, a region), stored with every raw event: a
+# megabyte of it is a producer bug, refused like NUL rather than kept forever.
+MAX_PROPERTY_KEY = 100
+MAX_PROPERTY_VALUE = 1000
+
+_TENANT = itemgetter(1)
+_SUBSCRIPTION = itemgetter(2)
+
+_REFUSAL_DETAIL = {
+    "subscription_not_started": "subscription {sub_id} is {status}",
+    "subscription_canceled": "subscription {sub_id} was canceled before the event",
+    "subscription_paused": "subscription {sub_id} was paused when the event happened",
+}
+
+
+@dataclass(frozen=True)
+class UsageLimits:
+    # Events further in the future than this are a producer's clock gone wrong.
+    max_future_skew_us: int = 5 * 60 * 1_000_000
+    # Events older than this are too late to bill (and would reopen closed books).
+    max_age_us: int = 35 * 24 * 3600 * 1_000_000
+
+
+class UsageEvent(NamedTuple):
+    """A NamedTuple: the consumer builds one per message (`tuple.__new__` on it costs a
+    fraction of a dataclass's __init__), and the checks read it by position."""
+
+    event_id: str
+    tenant_id: str
+    subscription_id: str
+    metric_code: str
+    quantity: str
+    occurred_at_us: int
+    properties: dict | None = None
+
+
+@dataclass(slots=True)
+class Rejection:
+    index: int  # position in the input list
+    reason: str  # machine-readable: unknown_tenant, unknown_subscription, ...
+    detail: str
+
+
+@dataclass
+class IngestResult:
+    received: int = 0
+    inserted: int = 0
+    late: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    # Per accepted input index: (period_start_us, period_end_us), for RecordUsage's answer
+    # (left empty when the caller does not want it: `prepare(..., periods=False)`).
+    periods: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Accepted events not stored yet, per tenant (`prepare` fills it, `store` empties it).
+    pending: dict[uuid.UUID, usage_store.Batch] = field(default_factory=dict)
+    # With `store(..., want_ids=True)`: the event ids this call inserted (not duplicates).
+    inserted_ids: set[str] = field(default_factory=set)
+
+    @property
+    def duplicates(self) -> int:
+        return self.received - len(self.rejected) - self.inserted
+
+
+def _properties_ok(properties: dict) -> bool:
+    return len(properties) <= MAX_PROPERTIES and not any(
+        k.__class__ is not str or v.__class__ is not str or "\x00" in k or "\x00" in v
+        or len(k) > MAX_PROPERTY_KEY or len(v) > MAX_PROPERTY_VALUE for k, v in properties.items())
+
+
+def check_quantity(text: str) -> str | None:
+    """None when fine, else the rejection reason."""
+    if _QUANTITY.fullmatch(text):
+        return None
+    if _NUMBER.fullmatch(text):
+        return "negative_quantity" if text.startswith("-") and text.strip("-0.") else "invalid_quantity"
+    return "invalid_quantity"
+
+
+async def ingest(conn: asyncpg.Connection, events: Sequence[UsageEvent], *, now_us: int, limits: UsageLimits,
+                 plans: PlanCache, periods: bool = True) -> IngestResult:
+    """Validate, attribute and store a batch; `conn` is inside a transaction the caller owns.
+
+    Sets the tenant on the connection for each tenant group in turn (transaction-local), so
+    row-level security applies to every statement. `periods=False`: `result.periods` is
+    left empty (the consumer does not answer per event).
+    """
+    result = await prepare(conn, events, now_us=now_us, limits=limits, plans=plans, periods=periods)
+    await store(conn, result)
+    return result
+
+
+async def store(conn: asyncpg.Connection, result: IngestResult, *, drop: frozenset[int] = frozenset(),
+                want_ids: bool = False) -> None:
+    """Store what `prepare` accepted, except the input indexes in `drop` (no longer wanted:
+    they count as neither inserted nor rejected)."""
+    for tenant, rows in result.pending.items():
+        if drop:
+            rows.keep(lambda i: i not in drop)
+        if rows:
+            await set_tenant(conn, tenant)
+            inserted, late_inserted, ids = await usage_store.insert_batch(conn, tenant, rows, want_ids=want_ids)
+            if inserted:  # nothing folded, nothing crossed (docs/alerts.md)
+                await usage_alerts.after_batch(conn, tenant, rows.rows)
+            result.inserted += inserted
+            result.late += late_inserted
+            result.inserted_ids.update(ids)
+    result.pending.clear()
+
+
+async def prepare(conn: asyncpg.Connection, events: Sequence[UsageEvent], *, now_us: int, limits: UsageLimits,
+                  plans: PlanCache, periods: bool = True) -> IngestResult:
+    """Validate and attribute a batch without storing it: the rejections, the periods, and
+    the accepted rows in `pending` (their subscriptions stay locked FOR KEY SHARE)."""
+    result = IngestResult(received=len(events))
+    tenants = set(map(_TENANT, events))
+    by_tenant: dict[str, Sequence[int]]
+    if len(tenants) == 1:  # the usual batch: no grouping needed
+        by_tenant = {tenants.pop(): range(len(events))}
+    else:
+        groups: dict[str, list[int]] = {}
+        for i, e in enumerate(events):
+            groups.setdefault(e[1], []).append(i)
+        by_tenant = dict(groups)
+    for tenant_text, indexes in by_tenant.items():
+        try:
+            tenant = uuid.UUID(tenant_text)
+        except ValueError:
+            result.rejected += [Rejection(i, "unknown_tenant", f"tenant_id {tenant_text[:64]!r} is not a UUID")
+                                for i in indexes]
+            continue
+        await set_tenant(conn, tenant)
+        if not await usage_store.tenant_exists(conn, tenant):
+            result.rejected += [Rejection(i, "unknown_tenant", f"no tenant {tenant}") for i in indexes]
+            continue
+        await _ingest_tenant(conn, tenant, events, indexes, now_us, limits, plans, result, periods)
+    return result
+
+
+async def _known_subscriptions(conn, tenant: uuid.UUID, texts: set[str], now_us: int, limits: UsageLimits,
+                               plans: PlanCache) -> tuple[dict[str, _Known | None], dict[str, _Fast], set[uuid.UUID]]:
+    """Per subscription text of the batch: what the checks need (None: unknown), what the
+    short path needs (only the subscriptions it may take), and which run on a test clock."""
+    sub_ids: dict[str, uuid.UUID | None] = {}
+    for text in texts:
+        try:
+            sub_ids[text] = uuid.UUID(text)
+        except ValueError:
+            sub_ids[text] = None
+    subs: dict[uuid.UUID, UsageSubscription] = {}
+    # The id as asyncpg returned it (its own UUID type, whose hash and bytes are C-level):
+    # the rows carry it, and the COPY and the alerts' grouping read it once per event.
+    row_ids: dict[uuid.UUID, uuid.UUID] = {}
+    # A test clock's subscription takes usage by its clock's time (docs/time.md, "Test clocks").
+    clock_now: dict[uuid.UUID, int] = {}
+    # Read FOR KEY SHARE, held until the batch commits (billing/store/usage.py, `subscriptions`).
+    for row in await usage_store.subscriptions(conn, tenant, [s for s in sub_ids.values() if s]):
+        row_ids[row["id"]] = row["id"]
+        subs[row["id"]] = UsageSubscription(
+            row["plan_id"], row["status"], to_us(row["start_at"]), row["billing_anchor"],
+            to_us(row["current_period_start"]) if row["current_period_start"] else None,
+            to_us(row["current_period_end"]) if row["current_period_end"] else None,
+            to_us(row["canceled_at"]) if row["canceled_at"] else None,
+            to_us(row["paused_at"]) if row["paused_at"] else None,
+            tuple(zip(map(to_us, row["paused_from"]), map(to_us, row["paused_to"]))),
+            to_us(row["pause_resumes_at"]) if row["pause_resumes_at"] else None, zone=row["time_zone"],
+        )
+        if row["clock_now"] is not None:
+            clock_now[row["id"]] = to_us(row["clock_now"])
+    await plans.load(conn, tenant, {s.plan_id for s in subs.values()})
+
+    known: dict[str, _Known | None] = {}
+    fast: dict[str, _Fast] = {}
+    checks: dict[uuid.UUID, EventChecks] = {}  # per plan
+    for text, sub_id in sub_ids.items():
+        sub = subs.get(sub_id) if sub_id else None
+        if not (sub_id and sub):
+            known[text] = None
+            continue
+        sub_id = row_ids[sub_id]
+        spec = plans.spec(tenant, sub.plan_id)
+        rules = checks.get(sub.plan_id) or checks.setdefault(sub.plan_id, event_checks(spec))
+        metrics = plans.metric_codes(tenant, sub.plan_id)
+        sub_now = clock_now.get(sub_id, now_us)
+        earliest, latest = sub_now - limits.max_age_us, sub_now + limits.max_future_skew_us
+        known[text] = (sub_id, sub, metrics, spec, rules, sub_now, earliest, latest)
+        # The short path: no refusal can apply at any time (started, never canceled or
+        # paused), and inside [lo, hi) an event is in the current period, not too old, not
+        # in the future, not before the start: `attribute` gives the current period, not late.
+        if sub.period_start_us is not None and sub.period_end_us is not None and sub.canceled_us is None \
+                and sub.paused_us is None and not sub.pauses:
+            lo = max(earliest, sub.start_us, sub.period_start_us)
+            hi = min(latest + 1, sub.period_end_us)
+            if lo < hi:
+                fast[text] = (sub_id, lo, hi, frozenset(metrics) - frozenset(rules.amount_property),
+                              (sub.period_start_us, sub.period_end_us))
+    return known, fast, set(clock_now)
+
+
+async def _ingest_tenant(conn, tenant: uuid.UUID, events: Sequence[UsageEvent], indexes: Sequence[int], now_us: int,
+                         limits: UsageLimits, plans: PlanCache, result: IngestResult, want_periods: bool) -> None:
+    whole = isinstance(indexes, range)  # every event of the batch (one tenant)
+    texts = set(map(_SUBSCRIPTION, events)) if whole else {events[i][2] for i in indexes}
+    known, fast, on_clock = await _known_subscriptions(conn, tenant, texts, now_us, limits, plans)
+    rows = usage_store.Batch()
+    add_row, add_index = rows.rows.append, rows.indexes.append
+    periods = result.periods
+    fast_get = fast.get
+    # Per batch: quantity text -> a non-negative decimal? (the values repeat).
+    quantities: dict[str, bool] = {}
+    quantity_get = quantities.get
+    quantity_ok = _QUANTITY.fullmatch
+    for i, e in enumerate(events) if whole else ((i, events[i]) for i in indexes):
+        event_id, _, sub_text, metric, quantity, t, props = e
+        f = fast_get(sub_text)
+        if f is not None and f[1] <= t < f[2] and metric in f[3] and not props \
+                and event_id and len(event_id) <= MAX_EVENT_ID and "\x00" not in event_id:
+            ok = quantity_get(quantity)
+            if ok is None:
+                ok = quantities[quantity] = quantity_ok(quantity) is not None
+            if ok:
+                add_row((event_id, f[0], metric, quantity, t, f[4][0], f[4][1], False, None))
+                add_index(i)
+                if want_periods:
+                    periods[i] = f[4]
+                continue
+        _check_one(i, e, known, on_clock, limits, rows, result, want_periods)
+    if rows:
+        result.pending[tenant] = rows
+
+
+def _check_one(i: int, e: UsageEvent, known: dict[str, _Known | None], on_clock: set[uuid.UUID],
+               limits: UsageLimits, rows: usage_store.Batch, result: IngestResult, want_periods: bool) -> None:
+    """Every check in its order: the event is rejected with the first that fails, or added.
+    `e` may be any 7-tuple in UsageEvent's order (the consumer's decoder builds plain ones)."""
+    event_id, _, sub_text, metric, quantity, t, props = e
+    reject = result.rejected.append
+    entry = known[sub_text]
+    if entry is None:
+        reject(Rejection(i, "unknown_subscription", f"no subscription {sub_text[:64]!r}"))
+        return
+    sub_id, sub, metrics, spec, rules, sub_now, earliest, latest = entry
+    refused = refusal(sub, t)
+    if refused is not None:
+        reject(Rejection(i, refused, _REFUSAL_DETAIL[refused].format(sub_id=sub_id, status=sub.status)))
+    elif metric not in metrics:
+        reject(Rejection(i, "unknown_metric", f"metric {metric[:64]!r} is not on the subscription's plan"))
+    elif not _QUANTITY.fullmatch(quantity) and not (metric in rules.negative_ok
+                                                    and _SIGNED_QUANTITY.fullmatch(quantity)):
+        reject(Rejection(i, check_quantity(quantity) or "invalid_quantity",
+                         f"quantity {quantity[:40]!r} is not a non-negative decimal"))
+    elif t > latest:
+        reject(Rejection(i, "too_far_in_future", f"occurred_at is {(t - sub_now) // 1_000_000} s ahead of "
+                                                 f"{'its test clock' if sub_id in on_clock else 'now'}"))
+    elif t < earliest:
+        reject(Rejection(i, "too_old", f"occurred_at is older than {limits.max_age_us // 86_400_000_000} days"))
+    elif t < sub.start_us:
+        reject(Rejection(i, "before_subscription_start", "occurred_at is before the subscription started"))
+    elif not event_id or len(event_id) > MAX_EVENT_ID or "\x00" in event_id:
+        reject(Rejection(i, "invalid_event_id", f"event_id must be 1..{MAX_EVENT_ID} characters, no NUL"))
+    elif props and not _properties_ok(props):
+        reject(Rejection(i, "invalid_properties",
+                         f"properties: at most {MAX_PROPERTIES}, keys up to {MAX_PROPERTY_KEY} and values up to "
+                         f"{MAX_PROPERTY_VALUE} characters, without NUL (PostgreSQL refuses NUL)"))
+    elif rules.amount_property and metric in rules.amount_property and not _QUANTITY.fullmatch(
+            (props or {}).get(rules.amount_property[metric], "")):
+        reject(Rejection(i, "invalid_amount", f"properties[{rules.amount_property[metric]!r}] must hold "
+                         "the event's price, a non-negative decimal (dynamic pricing)"))
+    else:
+        start, end, late = sub.attribute(spec, t)
+        rows.add(i, e if isinstance(e, UsageEvent) else UsageEvent._make(e), sub_id, start, end, late)
+        if want_periods:
+            result.periods[i] = (start, end)
