@@ -69,7 +69,7 @@ def connect_config(pg_admin_url: str, bootstrap: str, name: str, tasks: int) -> 
               "value.converter.schemas.enable": "true",
               "consumer.max.poll.records": 5000,
               "offset.flush.interval.ms": 250,
-              "plugin.discovery": "hybrid_warn"}
+              "plugin.discovery": "service_load"}
     connector = {"name": name, "connector.class": "io.debezium.connector.jdbc.JdbcSinkConnector",
                  "tasks.max": tasks, "topics": PEER_TOPIC,
                  "connection.url": f"jdbc:postgresql://{url.hostname}:{url.port}{url.path}"

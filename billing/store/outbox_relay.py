@@ -10,9 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import asyncpg
 
@@ -20,8 +19,8 @@ import asyncpg
 NOTIFY_CHANNEL = "outbox"
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRow:
+class PendingRow(NamedTuple):
+    """An unpublished outbox row (a tuple: a relay batch makes thousands of them)."""
     tenant_id: uuid.UUID
     id: int
     stream: str
@@ -57,8 +56,7 @@ async def fetch_pending(conn: asyncpg.Connection, *, after_id: int, limit: int,
         "select tenant_id, id, stream, key, payload, headers, created_at from outbox_pending($1, $2, $3)",
         after_id, limit, list(skip_streams),
     )
-    return [PendingRow(r["tenant_id"], r["id"], r["stream"], r["key"], r["payload"],
-                       _headers(r["headers"]), r["created_at"]) for r in rows]
+    return [PendingRow(r[0], r[1], r[2], r[3], r[4], _headers(r[5]), r[6]) for r in rows]
 
 
 async def mark_published(conn: asyncpg.Connection, ids: Sequence[int]) -> int:
@@ -97,4 +95,7 @@ def _headers(value) -> dict[str, str]:
         return {}
     if isinstance(value, (str, bytes)):
         value = json.loads(value)
-    return {str(k): str(v) for k, v in value.items()}
+    for v in value.values():
+        if type(v) is not str:  # never from this service's writers
+            return {str(k): str(v) for k, v in value.items()}
+    return value
