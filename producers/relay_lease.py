@@ -72,13 +72,10 @@ class LeaderLease:
                 await self._close(conn, locked)
 
     async def _connect(self) -> asyncpg.Connection:
-        # No bitmap scans or sorts on this session (it runs only the relay's functions): a
-        # burst of outbox rows outruns the table's statistics (autovacuum analyzes later), and
-        # on stale ones the planner reads and sorts the whole backlog for every batch instead
-        # of walking the `outbox_unpublished` index in id order and stopping after a batch.
+        # The session runs only the relay's functions: with the relay's planner settings
+        # (billing/store/outbox_relay.py says why).
         conn = await asyncpg.connect(self._s.dsn, command_timeout=30, server_settings={
-            "application_name": f"billing-outbox-relay:{self._s.group}"[:63],
-            "enable_bitmapscan": "off", "enable_sort": "off"})
+            "application_name": f"billing-outbox-relay:{self._s.group}"[:63], **sql.PLANNER_SETTINGS})
         await init_connection(conn)
         conn.add_termination_listener(lambda _c: self._on_session_lost())
         return conn
