@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-chaos-alerts test-cluster proto bench-ingest bench-billing bench-grpc-usage bench-load bench-entitlements dashboard clean
+.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-chaos-alerts test-cluster proto bench-ingest bench-peer bench-billing bench-grpc-usage bench-load bench-entitlements dashboard clean
 
 # Dependencies at the versions of constraints.txt (reproducible installs; the Dockerfile uses it too).
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -79,6 +79,12 @@ proto: install
 ## Usage ingestion end to end vs a naive baseline; last line: ingest_events_per_s=<n> ratio_vs_naive=<r> cpu_us_per_event=<c> ...
 bench-ingest: install
 	$(PY) -m bench.ingest $(ARGS)
+
+## The same messages through Kafka Connect + the Debezium JDBC sink (jars from Maven Central) and through
+## our usage consumers, alternating (ARGS="--events 200000 --runs 1" for a short run);
+## last line: peer_events_per_s=<p> ours_events_per_s=<o> ratio=<o/p> peer_cpu_us=<c> ours_cpu_us=<u>
+bench-peer: install
+	$(PY) -m bench.peer $(ARGS)
 
 ## One billing run over N subscriptions vs one subscription per transaction;
 ## last line: billing_subs_per_s=<n> ratio_vs_naive=<r> cpu_us_per_sub=<c> published_subs_per_s=<p>

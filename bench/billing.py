@@ -128,6 +128,7 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
             for p in procs:
                 p.start()
             ready.wait()
+            published_s = None
             pg_before = tree_cpu_s(pg_pid)
             relay_before = tree_cpu_s(relay.pid) if relay is not None else None
             started = time.perf_counter()
@@ -142,11 +143,16 @@ async def bill(settings: Settings, tenant_id: uuid.UUID, chunk_size: int, worker
             if relay is not None:
                 published_s = await relay.wait_published(db, tenant_id, started)
                 relay_cpu = (tree_cpu_s(relay.pid) or 0) - (relay_before or 0)
+                pg_published = tree_cpu_s(pg_pid)
             billed = max(1, done.subscriptions_billed)
             cpu_per_sub = {"python": round(python_cpu / billed * 1e6),
                            "postgres": None if pg_before is None or pg_after is None else round((pg_after - pg_before) / billed * 1e6)}
             if relay is not None:
                 cpu_per_sub["relay"] = round(relay_cpu / billed * 1e6)
+                # PostgreSQL from the run's start to the last request on the topic: the run's
+                # statements and the relay's (its fetches and marking), both.
+                cpu_per_sub["postgres_to_topic"] = (None if pg_before is None or pg_published is None
+                                                    else round((pg_published - pg_before) / billed * 1e6))
         if processes == 1:
             seconds = time.perf_counter() - started
             cpu_per_sub = None
@@ -245,6 +251,8 @@ def main() -> int:
             line += f" cpu_us_per_sub={cpu['python'] + (cpu['postgres'] or 0)}"
         if run["published_s"]:
             line += f" published_subs_per_s={args.subscriptions / run['published_s']:.0f}"
+            log(f"to the topic, µs of CPU per subscription: shards {cpu['python']}, relay {cpu['relay']}, "
+                f"PostgreSQL {cpu['postgres_to_topic']}; load average {os.getloadavg()[0]:.1f}")
         print(line)
         finished = True
     finally:

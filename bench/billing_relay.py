@@ -40,15 +40,19 @@ class RelayProcess:
                                 stderr=open(Path(tempfile.gettempdir()) / "bench-billing-relay.log", "w"))
         return cls(proc, settings)
 
-    def published(self) -> int:
+    def published(self, probe: Consumer | None = None) -> int:
         """Messages on the invoice-requests topic (the sum of its high watermarks)."""
         topic = self.settings.topics.invoice_requests
-        c = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap_servers, "group.id": "bench-probe"})
+        c = probe or self.probe()
         try:
             parts = c.list_topics(topic, timeout=10).topics[topic].partitions
             return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1] for p in parts)
         finally:
-            c.close()
+            if probe is None:
+                c.close()
+
+    def probe(self) -> Consumer:
+        return Consumer({"bootstrap.servers": self.settings.kafka_bootstrap_servers, "group.id": "bench-probe"})
 
     async def wait_published(self, db, tenant_id: uuid.UUID, started: float, timeout_s: float = 600) -> float:
         """Seconds from `started` until every invoice request of the tenant is on the topic
@@ -59,12 +63,16 @@ class RelayProcess:
                 expected = await conn.fetchval(
                     "select count(*) from outbox where tenant_id = $1 and stream = 'invoice_requests'", tenant_id)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the relay exited with {self.proc.returncode}")
-            if await asyncio.to_thread(self.published) >= expected:
-                return time.perf_counter() - started
-            await asyncio.sleep(0.05)
+        probe = self.probe()  # one client for every look: a new one per look takes longer than the look
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the relay exited with {self.proc.returncode}")
+                if await asyncio.to_thread(self.published, probe) >= expected:
+                    return time.perf_counter() - started
+                await asyncio.sleep(0.02)
+        finally:
+            probe.close()
         raise RuntimeError(f"the relay did not publish {expected} invoice requests in {timeout_s} s")
 
     def stop(self) -> None:

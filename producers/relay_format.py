@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from functools import lru_cache
 
 from billing import codec
 from billing.codec_confluent import SchemaIds, to_confluent
@@ -25,7 +26,6 @@ from billing.registry import registry_for
 
 __all__ = ["RelayFormat", "cloudevent_headers", "relay_format"]
 
-_ID_HEADERS = ("event-id", "invoice-request-id", "alert-id")
 _TYPES = {  # outbox stream -> ce_type when the row has no event-type header
     "invoice_requests": f"{codec.NAMESPACE}.{codec.Schema.INVOICE_REQUEST.value}",
     "billing_runs": f"{codec.NAMESPACE}.{codec.Schema.BILLING_RUN_REQUEST.value}",
@@ -33,16 +33,22 @@ _TYPES = {  # outbox stream -> ce_type when the row has no event-type header
 }
 
 
+@lru_cache(maxsize=256)
+def _rfc3339_utc(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _rfc3339(t: datetime | None) -> str:
-    t = (t or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The rows of one transaction share their `created_at`: formatted once, not per row.
+    return _rfc3339_utc(t if t is not None else datetime.now(timezone.utc))
 
 
 def cloudevent_headers(row, source: str) -> dict[str, str]:
     """The ce_* headers of an outbox row (a row header of the same name wins)."""
     own: Mapping[str, str] = row.headers
-    ce_id = next((own[h] for h in _ID_HEADERS if own.get(h)), None) or f"{row.stream}/{row.id}"
-    event_type = own.get("event-type")
+    get = own.get
+    ce_id = get("event-id") or get("invoice-request-id") or get("alert-id") or f"{row.stream}/{row.id}"
+    event_type = get("event-type")
     out = {
         "ce_specversion": "1.0",
         "ce_id": ce_id,
@@ -51,9 +57,13 @@ def cloudevent_headers(row, source: str) -> dict[str, str]:
         "ce_time": _rfc3339(getattr(row, "created_at", None)),
         "ce_tenantid": str(row.tenant_id),
     }
-    if row.key:
-        out["ce_subject"] = row.key.decode("utf-8", "replace") if isinstance(row.key, bytes) else str(row.key)
-    return {**out, **{k: v for k, v in own.items() if k.startswith("ce_")}}
+    key = row.key
+    if key:
+        out["ce_subject"] = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+    for k, v in own.items():
+        if k.startswith("ce_"):
+            out[k] = v
+    return out
 
 
 class RelayFormat:

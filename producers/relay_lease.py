@@ -72,8 +72,10 @@ class LeaderLease:
                 await self._close(conn, locked)
 
     async def _connect(self) -> asyncpg.Connection:
+        # The session runs only the relay's functions: with the relay's planner settings
+        # (billing/store/outbox_relay.py says why).
         conn = await asyncpg.connect(self._s.dsn, command_timeout=30, server_settings={
-            "application_name": f"billing-outbox-relay:{self._s.group}"[:63]})
+            "application_name": f"billing-outbox-relay:{self._s.group}"[:63], **sql.PLANNER_SETTINGS})
         await init_connection(conn)
         conn.add_termination_listener(lambda _c: self._on_session_lost())
         return conn

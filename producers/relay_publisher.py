@@ -1,15 +1,20 @@
 """The relay's publisher: one batch of outbox rows produced in id order, then every
 delivery report awaited. Runs in a worker thread (the producer's calls block).
 
-Each row is published in a span of its own (`publish <topic>`, kind PRODUCER) that
-continues the trace stored in the row's `traceparent` header, or is a child of the batch
-span; it ends at the delivery report. The message carries that span's context as its
-`traceparent` header, so consumers of the topic continue the same trace.
+Rows are published in spans `publish <topic>` (kind PRODUCER), one per topic, tenant and
+writer's trace context in a batch: the rows one transaction wrote (a billing run's chunk:
+hundreds of invoice requests) share one, which continues the trace stored in their
+`traceparent` header (rows without one: a child of the batch span), counts them
+(`billing.outbox.rows`), is marked failed if any of them failed, and ends when the batch's
+delivery reports are in. Bounded like the consumers' message spans: a span per row cost
+more CPU than the rest of the relay's work on the row. Each message carries its span's
+context as its `traceparent` header, so consumers of the topic continue the same trace.
 """
 from __future__ import annotations
 
 import threading
 import time
+from functools import lru_cache
 from collections.abc import Callable, Hashable, Mapping
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -68,6 +73,11 @@ class Publisher:
         return batch.outcome(self._holds.isolated)
 
 
+@lru_cache(maxsize=64)
+def _span_name(topic: str) -> str:
+    return f"publish {topic}"
+
+
 class _Batch:
     """The state of one publish round: what was produced, reported, and blocked."""
 
@@ -80,7 +90,9 @@ class _Batch:
         self._reports: dict[int, KafkaError | None] = {}
         self._produced: list = []
         self._blocked: set[Hashable] = set()
-        self._spans: dict[int, Span] = {}  # row id -> its publish span, ended by the delivery report
+        self._spans: dict[int, Span] = {}  # row id -> its publish span
+        # (topic, tenant, trace context) -> (publish span, its trace headers, rows in it)
+        self._groups: dict[tuple, tuple[Span, dict[str, str], list[int]]] = {}
 
     def blocks(self, row) -> bool:
         return stream_hold(row.stream) in self._blocked or key_hold(row) in self._blocked
@@ -89,12 +101,28 @@ class _Batch:
         self._result.failed.append(failure)
         self._blocked.add(hold_of(failure.row, failure.topic_level))
 
+    def _span_of(self, row, topic: str) -> tuple[Span, dict[str, str], list[int]]:
+        """The publish span of a row: one per topic, tenant and writer's trace context in a
+        batch (the rows one transaction wrote share it), continuing that context (or a
+        child of the batch span), so a batch of a billing run's chunk makes one span, not a
+        thousand; it ends when the batch's reports are in."""
+        headers = row.headers
+        parent = headers.get("traceparent")
+        key = (topic, row.tenant_id, parent, headers.get("tracestate"), headers.get("baggage"))
+        group = self._groups.get(key)
+        if group is None:
+            span = tracing.tracer.start_span(
+                _span_name(topic), context=tracing.extract(headers) if parent is not None else None,
+                kind=SpanKind.PRODUCER,
+                attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
+                            "messaging.operation.type": "send", "billing.outbox.id": row.id,
+                            "billing.tenant_id": str(row.tenant_id)})
+            group = self._groups[key] = (span, tracing.inject({}, trace.set_span_in_context(span)), [])
+        return group
+
     def produce(self, row, topic: str) -> None:
-        span = tracing.tracer.start_span(
-            f"publish {topic}", context=tracing.extract(row.headers), kind=SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": topic,
-                        "messaging.operation.type": "send", "billing.outbox.id": row.id,
-                        "billing.tenant_id": str(row.tenant_id)})
+        span, trace_headers, rows = self._span_of(row, topic)
+        rows.append(row.id)
         try:
             value, ce_headers = self._format.message(row, topic)
         except (RegistryUnavailable, RegistryRefused, CodecError) as exc:
@@ -104,14 +132,13 @@ class _Batch:
             self.fail(Failure(row, f"schema registry: {exc}", topic_level=not bad,
                               park_reason="invalid_record" if bad else None))
             tracing.record_error(span, str(exc))
-            span.end()
             return
         self._spans[row.id] = span
-        headers = message_headers(row, tracing.inject({}, trace.set_span_in_context(span)), ce_headers)
+        headers = message_headers(row, trace_headers, ce_headers)
         while True:
             try:
                 self._producer.produce(topic, value=value, key=row.key, headers=headers,
-                                       on_delivery=self._on_delivery(row.id, span))
+                                       on_delivery=self._on_delivery(row.id))
                 self._produced.append(row)
                 return
             except BufferError:
@@ -123,15 +150,13 @@ class _Batch:
                 self.fail(Failure(row, str(err), err.code() in TOPIC_ERRORS, fatal=err.fatal(), code=err.code(),
                                   park_reason=PERMANENT_ERRORS.get(err.code())))
                 tracing.record_error(span, f"produce failed: {err}")
-                span.end()
                 return
 
-    def _on_delivery(self, row_id: int, span: Span) -> Callable:
+    def _on_delivery(self, row_id: int) -> Callable:
+        reports = self._reports
+
         def on_delivery(err, _msg) -> None:
-            self._reports[row_id] = err
-            if err is not None:
-                tracing.record_error(span, f"delivery failed: {err}")
-            span.end()
+            reports[row_id] = err
         return on_delivery
 
     def await_reports(self) -> bool:
@@ -153,16 +178,21 @@ class _Batch:
             self._blocked.add(hold_of(row, err.code() in TOPIC_ERRORS))
 
     def outcome(self, isolated: Callable[[int], bool]) -> PublishResult:
+        reports = self._reports
+        delivered = self._result.delivered
         for row in self._produced:
-            if row.id not in self._reports:
+            if row.id not in reports:
                 self._result.unconfirmed.append(row)
-                tracing.record_error(self._spans[row.id], "delivery unconfirmed at stop")
-                self._spans[row.id].end()
-            elif (err := self._reports[row.id]) is None:
-                self._result.delivered.append(row)
+                tracing.record_error(self._spans[row.id], f"delivery of outbox row {row.id} unconfirmed at stop")
+            elif (err := reports[row.id]) is None:
+                delivered.append(row)
             else:
+                tracing.record_error(self._spans[row.id], f"delivery of outbox row {row.id} failed: {err}")
                 # A broker refuses whole record batches: only a row refused alone is parked.
                 park = PERMANENT_ERRORS.get(err.code()) if isolated(row.id) else None
                 self._result.failed.append(Failure(row, str(err), err.code() in TOPIC_ERRORS, fatal=err.fatal(),
                                                    code=err.code(), park_reason=park))
+        for span, _, rows in self._groups.values():
+            span.set_attribute("billing.outbox.rows", len(rows))
+            span.end()
         return self._result

@@ -10,18 +10,37 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import datetime
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import asyncpg
 
 # The channel the `outbox_notify` trigger (migration 003) notifies after every insert.
 NOTIFY_CHANNEL = "outbox"
 
+# The planner settings of the relay's statements. A billing run writes outbox rows faster
+# than autovacuum analyzes the table; on the stale statistics the planner reads and sorts
+# the whole backlog for a batch (or for the oldest row) instead of walking the
+# `outbox_unpublished` index in id order and stopping early. Set on the relay's own
+# session (producers/relay_lease.py), and locally around the gauges' reads.
+PLANNER_SETTINGS = {"enable_bitmapscan": "off", "enable_sort": "off"}
+_SET_PLANNER = "select " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in PLANNER_SETTINGS.items())
 
-@dataclass(frozen=True, slots=True)
-class PendingRow:
+
+@asynccontextmanager
+async def _relay_planner(conn: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection (of the pool, or the one given) in a transaction with PLANNER_SETTINGS."""
+    async with AsyncExitStack() as stack:
+        c = await stack.enter_async_context(conn.acquire()) if isinstance(conn, asyncpg.Pool) else conn
+        await stack.enter_async_context(c.transaction())
+        await c.execute(_SET_PLANNER)
+        yield c
+
+
+class PendingRow(NamedTuple):
+    """An unpublished outbox row (a tuple: a relay batch makes thousands of them)."""
     tenant_id: uuid.UUID
     id: int
     stream: str
@@ -57,8 +76,7 @@ async def fetch_pending(conn: asyncpg.Connection, *, after_id: int, limit: int,
         "select tenant_id, id, stream, key, payload, headers, created_at from outbox_pending($1, $2, $3)",
         after_id, limit, list(skip_streams),
     )
-    return [PendingRow(r["tenant_id"], r["id"], r["stream"], r["key"], r["payload"],
-                       _headers(r["headers"]), r["created_at"]) for r in rows]
+    return [PendingRow(r[0], r[1], r[2], r[3], r[4], _headers(r[5]), r[6]) for r in rows]
 
 
 async def mark_published(conn: asyncpg.Connection, ids: Sequence[int]) -> int:
@@ -80,13 +98,15 @@ async def parked_count(conn: asyncpg.Connection | asyncpg.Pool) -> int:
 
 async def backlog(conn: asyncpg.Connection | asyncpg.Pool) -> int:
     """Unpublished outbox rows across all tenants."""
-    return int(await conn.fetchval("select outbox_backlog()"))
+    async with _relay_planner(conn) as c:
+        return int(await c.fetchval("select outbox_backlog()"))
 
 
 async def oldest_pending_age_s(conn: asyncpg.Connection | asyncpg.Pool) -> float:
     """Age of the lowest unpublished row (rows are written in id order, so about the oldest)."""
-    age = await conn.fetchval(
-        "select extract(epoch from clock_timestamp() - created_at)::float8 from outbox_pending(0, 1, '{}')")
+    async with _relay_planner(conn) as c:
+        age = await c.fetchval(
+            "select extract(epoch from clock_timestamp() - created_at)::float8 from outbox_pending(0, 1, '{}')")
     return max(0.0, age or 0.0)
 
 
@@ -97,4 +117,7 @@ def _headers(value) -> dict[str, str]:
         return {}
     if isinstance(value, (str, bytes)):
         value = json.loads(value)
-    return {str(k): str(v) for k, v in value.items()}
+    for v in value.values():
+        if type(v) is not str:  # never from this service's writers
+            return {str(k): str(v) for k, v in value.items()}
+    return value
