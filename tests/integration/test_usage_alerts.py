@@ -65,8 +65,10 @@ async def test_exactly_one_alert_per_threshold_and_period(roles, migrated, stub,
                                          uuid.UUID(sub.id))
     await wait_until(all_counted)
     await asyncio.to_thread(produce, migrated, migrated.topics.usage, first)  # the whole stream replayed
-    marker = await _threshold(stub, tenant, sub.id, "0")  # crossed by the marker event, after the replay
-    await asyncio.to_thread(produce, migrated, migrated.topics.usage, [ev(5, "0", now + 3)])
+    # Crossed by the marker event only: above both periods' totals (20 and 25), so the replay,
+    # which may be consumed after the marker is created, cannot cross it.
+    marker = await _threshold(stub, tenant, sub.id, "26")
+    await asyncio.to_thread(produce, migrated, migrated.topics.usage, [ev(5, "6", now + 3)])
 
     reader = TopicReader(migrated, migrated.topics.usage_alerts)
     try:
