@@ -14,9 +14,7 @@ excluded, and Hibernate is taken at 7.2.19.Final (same minor; core and Agroal bo
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -24,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from billing.devstack.kafka import LOG4J_VERSION, SLF4J_VERSION, _require
+from billing.devstack.process import stop_process_group
 from billing.devstack.postgres import DevstackError
 
 DEBEZIUM_JDBC_VERSION = "3.6.0.Final"
@@ -157,12 +156,5 @@ class LocalConnect:
     def stop(self) -> None:
         if self._proc is None:
             return
-        try:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self._proc, grace_s=30)
         self._proc = None

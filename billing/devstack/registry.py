@@ -17,9 +17,7 @@ Why 2.4.2.Final, and the two adjustments (all Maven Central could serve):
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -28,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from billing.devstack.kafka import _require
+from billing.devstack.process import stop_process_group
 from billing.devstack.postgres import DevstackError
 
 APICURIO_VERSION = "2.4.2.Final"
@@ -167,13 +166,6 @@ class LocalSchemaRegistry:
     def stop(self) -> None:
         if self._proc is None:
             return
-        try:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            self._proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self._proc, grace_s=20)
         self._proc = None
         (self.data_dir / "registry.pid").unlink(missing_ok=True)
