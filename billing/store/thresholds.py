@@ -44,28 +44,24 @@ async def live_count(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscriptio
         tenant_id, subscription_id, plan_id)
 
 
-async def list_page(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID, *,
-                    include_deleted: bool, after: tuple[datetime, uuid.UUID] | None,
-                    limit: int) -> list[asyncpg.Record]:
-    after_at, after_id = after if after else (None, None)
-    return await conn.fetch(
-        f"""select {_COLUMNS} from usage_thresholds t
-             where t.tenant_id = $1 and t.subscription_id = $2 and ($3 or t.deleted_at is null)
-               and ($4::timestamptz is null or (t.created_at, t.id) > ($4, $5))
-             order by t.created_at, t.id limit $6""",
-        tenant_id, subscription_id, include_deleted, after_at, after_id, limit)
+def _page_of(scope: str):
+    """A page of the thresholds of a subscription or of a plan (`scope` names the column),
+    keyed by creation time then id."""
+    async def list_page(conn: asyncpg.Connection, tenant_id: uuid.UUID, owner_id: uuid.UUID, *,
+                        include_deleted: bool, after: tuple[datetime, uuid.UUID] | None,
+                        limit: int) -> list[asyncpg.Record]:
+        after_at, after_id = after if after else (None, None)
+        return await conn.fetch(
+            f"""select {_COLUMNS} from usage_thresholds t
+                 where t.tenant_id = $1 and t.{scope} = $2 and ($3 or t.deleted_at is null)
+                   and ($4::timestamptz is null or (t.created_at, t.id) > ($4, $5))
+                 order by t.created_at, t.id limit $6""",
+            tenant_id, owner_id, include_deleted, after_at, after_id, limit)
+    return list_page
 
 
-async def list_plan_page(conn: asyncpg.Connection, tenant_id: uuid.UUID, plan_id: uuid.UUID, *,
-                         include_deleted: bool, after: tuple[datetime, uuid.UUID] | None,
-                         limit: int) -> list[asyncpg.Record]:
-    after_at, after_id = after if after else (None, None)
-    return await conn.fetch(
-        f"""select {_COLUMNS} from usage_thresholds t
-             where t.tenant_id = $1 and t.plan_id = $2 and ($3 or t.deleted_at is null)
-               and ($4::timestamptz is null or (t.created_at, t.id) > ($4, $5))
-             order by t.created_at, t.id limit $6""",
-        tenant_id, plan_id, include_deleted, after_at, after_id, limit)
+list_page = _page_of("subscription_id")
+list_plan_page = _page_of("plan_id")
 
 
 # ONE statement per tenant of a usage batch, after its totals are folded: the live quantity

@@ -8,24 +8,14 @@ import random
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import asyncpg
-import pytest
 
 from billing.services import usage_ingest
 from billing.services.usage import PlanCache, UsageEvent, UsageLimits, to_us
 from billing.store import usage as usage_store
-from billing.store.db import init_connection, set_tenant
+from billing.store.db import set_tenant
 from billing.v1 import billing_pb2 as pb
 from tests.integration.test_subscriptions_api import rid
-from tests.integration.test_usage_ingest import _setup
-
-
-@pytest.fixture
-async def app_conn(migrated):
-    conn = await asyncpg.connect(migrated.worker_database_url)
-    await init_connection(conn)
-    yield conn
-    await conn.close()
+from tests.integration.test_usage_ingest import _setup, app_conn  # noqa: F401 - a fixture
 
 
 async def _subscriptions(stub, tenant) -> list:
@@ -67,7 +57,7 @@ def _events(rng: random.Random, tenant_id: str, subs: list, now: datetime, n: in
     return out + [out[0]]  # a repeat: the same event twice in a batch
 
 
-async def test_the_short_path_accepts_and_rejects_exactly_as_the_full_chain(stub, tenant, app_conn):
+async def test_the_short_path_accepts_and_rejects_exactly_as_the_full_chain(stub, tenant, app_conn):  # noqa: F811
     subs = await _subscriptions(stub, tenant)
     tid = uuid.UUID(tenant.id)
     now = datetime.now(timezone.utc) + timedelta(minutes=1)
