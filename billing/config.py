@@ -154,6 +154,14 @@ class Settings(BaseSettings):
     # Calls handled at once by this process; beyond it a call is answered RESOURCE_EXHAUSTED
     # at once (health checks and reflection are never refused). 0: no bound.
     grpc_max_concurrent_calls: int = 200
+    # API processes sharing grpc_port (SO_REUSEPORT; the kernel spreads the connections): the
+    # first runs every role asked for, the others the api alone, each with its own pool
+    # (db_pool_max each) and group-commit window, and its own HTTP side port, http_port + i
+    # (docs/operations.md, "Several API processes"). 1: one process.
+    grpc_processes: int = Field(default=1, ge=1, le=64)
+    # How long an API key -> tenant entry may be reused by a process that listens for key
+    # changes (billing/services/api_keys.py); 0: ask the database on every call.
+    api_key_cache_ttl_s: float = Field(default=60.0, ge=0, le=3600)
     # On SIGTERM: health turns NOT_SERVING, calls are still answered for this long (load
     # balancers see the change and stop sending), then the server closes and the roles stop.
     shutdown_drain_s: float = 5.0

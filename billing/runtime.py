@@ -87,7 +87,8 @@ class Service:
         if "api" in self.roles:
             self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, tls=ServerTls.from_settings(s),
                                    max_concurrent_calls=s.grpc_max_concurrent_calls, usage=app.usage,
-                                   run_shards=app.runs.shards, page_tokens=app.page_tokens)
+                                   run_shards=app.runs.shards, page_tokens=app.page_tokens,
+                                   api_key_cache_ttl_s=s.api_key_cache_ttl_s, reuse_port=s.grpc_processes > 1)
             if warning := grpc_warning(self.grpc.tls.mode, self.grpc.address):
                 log.warning(warning)
             await self.grpc.start()

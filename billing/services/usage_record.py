@@ -30,6 +30,7 @@ from billing.services.context import Caller
 from billing.services.errors import FailedPrecondition, IdempotencyConflict, NotFound, ValidationError
 from billing.services.usage import (_REJECTION_STATUS, MAX_PROPERTIES, Recorded, Rejection, Usage, UsageEvent,
                                     ingest, prepare, store)
+from billing.services.uow import entry_keys
 from billing.store import idempotency as keys_store
 
 OPERATION = "RecordUsage"
@@ -153,7 +154,8 @@ class GroupCommit:
 
     async def _alone(self, db, call: Call) -> None:
         try:
-            _answer(call, await record_one(self.usage, db, call))
+            with entry_keys(_keys_of([call])):
+                _answer(call, await record_one(self.usage, db, call))
         except Exception as exc:
             _answer(call, exc)
 
@@ -167,6 +169,13 @@ class GroupCommit:
         group = list(first.values())
         digests = {c: idempotency.digest(OPERATION, c.payload) for c in group}
         now_us = _now_us()
+        # Every caller's key is checked live as the group's transaction opens: one revoked
+        # fails the group, and each call is then run alone under its own key.
+        with entry_keys(_keys_of(calls)):
+            return await self._in_tx(db, tenant, group, digests, now_us, answers, alone)
+
+    async def _in_tx(self, db, tenant: uuid.UUID, group: list[Call], digests: dict, now_us: int, answers: dict,
+                     alone: list[Call]) -> tuple[dict, list[Call]]:
         async with db.tenant_tx(tenant) as conn:
             known = await keys_store.get_keys(conn, tenant, [c.request_id for c in group])
             new: list[Call] = []
@@ -206,6 +215,10 @@ class GroupCommit:
             if responses:
                 await keys_store.set_responses(conn, tenant, responses)
         return answers, alone
+
+
+def _keys_of(calls: list[Call]) -> tuple[bytes, ...]:
+    return tuple({c.caller.api_key_hash: None for c in calls if c.caller.api_key_hash is not None})
 
 
 def _answer(call: Call, answer: Recorded | BaseException) -> None:
