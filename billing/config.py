@@ -255,6 +255,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _processes_share_a_known_port(self) -> "Settings":
+        if self.grpc_processes > 1 and (self.grpc_port == 0 or self.http_port == 0):
+            raise ValueError("BILLING_GRPC_PROCESSES > 1 needs a fixed BILLING_GRPC_PORT and BILLING_HTTP_PORT (not 0): "
+                             "the processes share the first and take the ports after the second")
+        return self
+
+    @model_validator(mode="after")
     def _kafka_checks(self) -> "Settings":
         kafka_properties.check(kafka_properties.merged(self.kafka_config, self.kafka_config_file))
         if self.kafka_min_insync_replicas > self.kafka_replication_factor:
