@@ -24,6 +24,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import asyncpg
+
 from billing.domain.periods import from_us, to_us
 from billing.services import idempotency
 from billing.services.context import Caller
@@ -144,6 +146,9 @@ class GroupCommit:
             answers, alone = await self._group(db, tenant, calls)
             self.groups += 1
             self.grouped_calls += len(answers)
+        except asyncpg.InvalidAuthorizationSpecificationError:  # a caller's key revoked: a refusal, not a fault
+            log.info("RecordUsage group of %d calls has a revoked API key; running each alone", len(calls))
+            answers, alone = {}, calls
         except Exception:  # the group's transaction failed: each call in a transaction of its own
             log.warning("RecordUsage group of %d calls failed; running each alone", len(calls), exc_info=True)
             answers, alone = {}, calls

@@ -144,3 +144,32 @@ async def test_ttl_zero_turns_the_cache_off(migrated, ttl):
         await server.keys.stop()
     finally:
         await db.close()
+
+
+async def test_a_group_commit_with_a_revoked_key_answers_each_call_by_its_own_key(stub, tenant, admin_conn,
+                                                                                   migrated):
+    """RecordUsage calls of one tenant under two keys share a group; one key is revoked:
+    the group's live check fails, each call runs alone under its own key, so only that
+    key's calls are refused and only the others' usage is stored."""
+    from billing.services.context import Caller
+    from billing.services.tenants import issue_key
+    from billing.store.db import Database
+    from tests.integration.test_usage_group_commit import _calls_total, _call, _usage
+    from tests.integration.test_usage_ingest import _setup
+
+    _, sub = await _setup(stub, tenant)
+    other_id, other_key = await issue_key(admin_conn, uuid.UUID(tenant.id))
+    live = Caller(uuid.UUID(tenant.id), "api:live", api_key_hash=hash_key(other_key))
+    revoked = Caller(uuid.UUID(tenant.id), "api:revoked", api_key_hash=hash_key(tenant.api_key))
+    assert await revoke_key(admin_conn, uuid.UUID(tenant.api_key_id))
+    db = await Database.connect(migrated.database_url, min_size=1, max_size=4)
+    try:
+        usage, group = _usage()
+        results = await asyncio.gather(*(_call(usage, db, c, sub.id, event_id=f"k-{i}")
+                                         for i, c in enumerate([live, revoked] * 4)))
+    finally:
+        await db.close()
+    assert group.groups == 0  # the group failed on the revoked key
+    assert all(r.duplicate is False for r in results[0::2])
+    assert all(isinstance(r, asyncpg.InvalidAuthorizationSpecificationError) for r in results[1::2])
+    assert await _calls_total(admin_conn, tenant) == (4, 4)
