@@ -189,14 +189,19 @@ def _enter_sql(tenant_id: uuid.UUID, keys: tuple[bytes, ...]) -> str:
     """`set_tenant` (and the key check) as literal SQL, to ride in BEGIN's simple query: the
     values are a canonical UUID and hex digests, nothing a caller can shape."""
     tenant = str(uuid.UUID(str(tenant_id)))
-    token = _tenant_tokens.get(tenant_id, "")
-    if not _HEX.fullmatch(token):
-        raise ValueError("tenant token is not hex")
-    sql = (f"select set_config('billing.tenant_id', '{tenant}', true), "
-           f"set_config('billing.tenant_token', '{token}', true)")
     if keys:
-        sql += ", api_keys_live(array[" + ", ".join(f"decode('{k.hex()}', 'hex')" for k in keys) + "])"
-    return sql + ";"
+        # The tenant token as of now, through the caller's key: never a stale one when the
+        # tenant secret was replaced since this process cached the key.
+        hashes = [f"decode('{k.hex()}', 'hex')" for k in keys]
+        token = f"(select token from authenticate_api_key_token({hashes[0]}))"
+        check = f", api_keys_live(array[{', '.join(hashes)}])"
+    else:
+        known = _tenant_tokens.get(tenant_id, "")
+        if not _HEX.fullmatch(known):
+            raise ValueError("tenant token is not hex")
+        token, check = f"'{known}'", ""
+    return (f"select set_config('billing.tenant_id', '{tenant}', true), "
+            f"set_config('billing.tenant_token', {token}, true){check};")
 
 
 async def set_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> None:
