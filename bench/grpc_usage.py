@@ -14,8 +14,10 @@ time, with random UUIDv4 event ids over 1,000 subscriptions, for `--seconds`:
 2. RecordUsage with group commit (BILLING_USAGE_GROUP_COMMIT_MS, default 2);
 3. RecordUsageBatch with `--batch-size` events per call (default 500).
 
-CPU is counted for the bench's own processes only (bench/cpu.py): the server's and its
-PostgreSQL's process trees, per call (per event for the batch phase); the clients' apart.
+`--server-processes N` runs the server as N API processes on one port (BILLING_GRPC_PROCESSES).
+
+CPU is counted for the bench's own processes only (bench/cpu.py): the server's (all its API
+processes) and its PostgreSQL's process trees, per call (per event for the batch phase); the clients' apart.
 
 The last line is `grpc_usage_calls_per_s=<n> p99_ms=<x> batch_events_per_s=<b> errors=<k>
 ratio_vs_per_call=<r> cpu_us_per_call=<c>` (c: server + PostgreSQL, group commit phase).
@@ -124,14 +126,14 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None
 
 
 def phase(settings: Settings, pg: LocalPostgres, api_key: str, subs: list[str], *, mode: str, group_ms: float,
-          clients: int, seconds: float, batch_size: int) -> dict:
+          clients: int, seconds: float, batch_size: int, server_processes: int = 1) -> dict:
     port = free_port()
     env = {**os.environ, "BILLING_DATABASE_URL": settings.database_url,
            "BILLING_WORKER_DATABASE_URL": settings.worker_database_url,
            "BILLING_ADMIN_DATABASE_URL": settings.admin_database_url, "BILLING_GRPC_PORT": str(port),
            "BILLING_HTTP_PORT": str(free_port()), "BILLING_READINESS_REQUIRES_KAFKA": "false",
            "BILLING_USAGE_GROUP_COMMIT_MS": str(group_ms), "BILLING_DB_POOL_MAX": "20",
-           "BILLING_LOG_LEVEL": "WARNING"}
+           "BILLING_LOG_LEVEL": "WARNING", "BILLING_GRPC_PROCESSES": str(server_processes)}
     server = subprocess.Popen([sys.executable, "-m", "billing.cli", "serve", "--roles", "api"], env=env,
                               stdout=subprocess.DEVNULL,
                               stderr=open(Path(tempfile.gettempdir()) / "bench-grpc-usage-server.log", "w"))
@@ -183,6 +185,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--group-ms", type=float, default=2.0)
     parser.add_argument("--subscriptions", type=int, default=1000)
+    parser.add_argument("--server-processes", type=int, default=1,
+                        help="API processes on the port (BILLING_GRPC_PROCESSES; default 1)")
     args = parser.parse_args()
 
     pg = LocalPostgres(data_dir=Path(tempfile.mkdtemp(prefix="bench-grpc-usage-")) / "postgres", port=free_port())
@@ -193,7 +197,7 @@ def main() -> int:
     try:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         api_key, subs = asyncio.run(setup(settings, args.subscriptions))
-        common = dict(clients=args.clients, batch_size=args.batch_size)
+        common = dict(clients=args.clients, batch_size=args.batch_size, server_processes=args.server_processes)
         log(f"baseline: RecordUsage, one transaction per call, {args.clients} clients")
         base = phase(settings, pg, api_key, subs, mode="single", group_ms=0,
                      seconds=args.baseline_seconds or args.seconds, **common)
@@ -204,7 +208,7 @@ def main() -> int:
         batch = phase(settings, pg, api_key, subs, mode="batch", group_ms=args.group_ms, seconds=args.seconds,
                       **common)
         print(json.dumps({"baseline": base, "group_commit": grouped, "batch": batch,
-                          "load_avg_1m": os.getloadavg()[0]}))
+                          "server_processes": args.server_processes, "load_avg_1m": os.getloadavg()[0]}))
         ratio = grouped["calls_per_s"] / max(1, base["calls_per_s"])
         cpu = grouped["cpu_us_per_event"]
         print(f"grpc_usage_calls_per_s={grouped['calls_per_s']} p99_ms={grouped['p99_ms']} "

@@ -59,9 +59,10 @@ def _admin_settings() -> Settings:
     return settings
 
 
-def check_can_serve(settings: Settings, roles: tuple[str, ...]) -> None:
+def check_can_serve(settings: Settings, roles: tuple[str, ...], grpc_shared: bool = False) -> None:
     """What `billing serve` needs before it starts: the migration files, its ports free, the
-    database of each role and (for the Kafka roles) a broker reachable."""
+    database of each role and (for the Kafka roles) a broker reachable. `grpc_shared`: an
+    extra API process, whose gRPC port the first process holds already (SO_REUSEPORT)."""
     from billing.runtime import ALL_ROLES, KAFKA_ROLES
     from billing.store.migrations import load_migrations
 
@@ -70,7 +71,7 @@ def check_can_serve(settings: Settings, roles: tuple[str, ...]) -> None:
         raise CommandError(f"unknown roles {', '.join(unknown)}; known: {', '.join(ALL_ROLES)} (--roles)")
     load_migrations(settings.migrations_dir)
     listen = [("HTTP", settings.http_host, settings.http_port, "BILLING_HTTP_HOST/BILLING_HTTP_PORT")]
-    if "api" in roles:
+    if "api" in roles and not grpc_shared:
         listen.append(("gRPC", settings.grpc_host, settings.grpc_port, "BILLING_GRPC_HOST/BILLING_GRPC_PORT"))
     for what, host, port, setting in listen:
         reach.check_can_listen(what, host, port, setting)
@@ -93,14 +94,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure(settings.log_level)
     warn_unknown_env()
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip()) if args.roles else ALL_ROLES
-    check_can_serve(settings, roles)
+    if args.api_process:  # started by the first process (billing/api_processes.py)
+        from billing.api_processes import settings_of_process
+
+        settings, roles = settings_of_process(settings, args.api_process), ("api",)
+    check_can_serve(settings, roles, grpc_shared=bool(args.api_process))
     if args.setup:
         from billing.kafka import ensure_topics
 
         reach.check_postgres(settings.admin_database_url, "BILLING_ADMIN_DATABASE_URL")
         asyncio.run(admin.migrate(settings))
         ensure_topics(settings)
-    return asyncio.run(serve(settings, roles))
+    return asyncio.run(serve(settings, roles, api_process=args.api_process))
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
@@ -228,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", help="run the service (all roles, or --roles)")
     p.add_argument("--roles", default="", help="comma-separated roles; default: all")
     p.add_argument("--setup", action="store_true", help="apply pending migrations and create missing topics first")
+    p.add_argument("--api-process", type=int, default=0, help=argparse.SUPPRESS)  # BILLING_GRPC_PROCESSES
     p.set_defaults(func=cmd_serve)
 
     p = command("migrate", help="apply pending migrations (as BILLING_ADMIN_DATABASE_URL)")

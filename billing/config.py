@@ -169,6 +169,14 @@ class Settings(BaseSettings):
     # Calls handled at once by this process; beyond it a call is answered RESOURCE_EXHAUSTED
     # at once (health checks and reflection are never refused). 0: no bound.
     grpc_max_concurrent_calls: int = 200
+    # API processes sharing grpc_port (SO_REUSEPORT; the kernel spreads the connections): the
+    # first runs every role asked for, the others the api alone, each with its own pool
+    # (db_pool_max each) and group-commit window, and its own HTTP side port, http_port + i
+    # (docs/operations.md, "Several API processes"). 1: one process.
+    grpc_processes: int = Field(default=1, ge=1, le=64)
+    # How long an API key -> tenant entry may be reused by a process that listens for key
+    # changes (billing/services/api_keys.py); 0: ask the database on every call.
+    api_key_cache_ttl_s: float = Field(default=60.0, ge=0, le=3600)
     # On SIGTERM: health turns NOT_SERVING, calls are still answered for this long (load
     # balancers see the change and stop sending), then the server closes and the roles stop.
     shutdown_drain_s: float = 5.0
@@ -259,6 +267,13 @@ class Settings(BaseSettings):
         if self.kafka_wire_format == "confluent" and not self.schema_registry_url:
             raise ValueError("BILLING_KAFKA_WIRE_FORMAT=confluent needs BILLING_SCHEMA_REGISTRY_URL (the registry "
                              "that gives the schema ids)")
+        return self
+
+    @model_validator(mode="after")
+    def _processes_share_a_known_port(self) -> "Settings":
+        if self.grpc_processes > 1 and (self.grpc_port == 0 or self.http_port == 0):
+            raise ValueError("BILLING_GRPC_PROCESSES > 1 needs a fixed BILLING_GRPC_PORT and BILLING_HTTP_PORT (not 0): "
+                             "the processes share the first and take the ports after the second")
         return self
 
     @model_validator(mode="after")

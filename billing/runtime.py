@@ -87,7 +87,8 @@ class Service:
         if "api" in self.roles:
             self.grpc = GrpcServer(self.db, s.grpc_host, s.grpc_port, tls=ServerTls.from_settings(s),
                                    max_concurrent_calls=s.grpc_max_concurrent_calls, usage=app.usage,
-                                   run_shards=app.runs.shards, page_tokens=app.page_tokens)
+                                   run_shards=app.runs.shards, page_tokens=app.page_tokens,
+                                   api_key_cache_ttl_s=s.api_key_cache_ttl_s, reuse_port=s.grpc_processes > 1)
             if warning := grpc_warning(self.grpc.tls.mode, self.grpc.address):
                 log.warning(warning)
             await self.grpc.start()
@@ -249,15 +250,23 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD_GEN0, 20, 20)
 
 
-async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
+async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES, api_process: int = 0) -> int:
     """Run until SIGTERM/SIGINT (drain, then exit 0) or until a role fails (exit 1, no drain:
-    the process is broken, not being replaced)."""
+    the process is broken, not being replaced). `api_process`: 0 for the process `billing
+    serve` starts, which starts the others of BILLING_GRPC_PROCESSES; i for those."""
     service = Service(settings, roles)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
+    extra = None
+    if "api" in roles and settings.grpc_processes > 1 and not api_process:
+        from billing.api_processes import ApiProcesses
+
+        extra = ApiProcesses(settings)  # the other API processes on the port (BILLING_GRPC_PROCESSES)
+        extra.start()
+        service._tasks.append(asyncio.create_task(extra.watch(service.failed), name="api-processes"))
     tune_gc()
     try:
         stopped = asyncio.create_task(stop.wait())
@@ -265,10 +274,14 @@ async def serve(settings: Settings, roles: tuple[str, ...] = ALL_ROLES) -> int:
         await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
         stopped.cancel()
         failed.cancel()
+        if extra is not None:
+            extra.terminate()  # they drain in parallel with this one
         if stop.is_set() and not service.failed.is_set():
             await service.drain()
     finally:
         await service.stop()
+        if extra is not None:
+            await extra.wait(settings.shutdown_drain_s + settings.shutdown_grace_s + 30)
     return 1 if service.failed.is_set() else 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import logging
 
+import asyncpg
 import grpc
 
 from billing.api import status
@@ -72,6 +73,11 @@ def rpc(method):
             await refuse(context, exc)
         except grpc.aio.AbortError:
             raise
+        except asyncpg.InvalidAuthorizationSpecificationError:  # the key, revoked since it was cached
+            log.info("unauthenticated call refused", extra={"method": method.__name__,
+                                                            "reason": "API key revoked during the call's cache life"})
+            await status.abort(context, grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked API key",
+                               reason="API_KEY_INVALID")
         except UNAVAILABLE_ERRORS as exc:
             log.warning("database unavailable in %s: %s: %s", method.__name__, type(exc).__name__, exc)
             await status.abort(context, grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE,

@@ -22,9 +22,10 @@ from billing.api.unavailable import UNAVAILABLE_ERRORS, UNAVAILABLE_MESSAGE
 from billing.ops import tracing
 from billing.ops.logging import current_tenant
 from billing.ops.metrics import GRPC_LATENCY, GRPC_REQUESTS
+from billing.services.api_keys import KeyCache
 from billing.services.context import Caller
-from billing.services.tenants import KeyIdentity, identify
-from billing.services.uow import Database
+from billing.services.tenants import KeyIdentity
+from billing.services.uow import reset_entry_keys, set_entry_keys
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,12 @@ def _bearer(metadata: tuple) -> str | None:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, db: Database):
-        self._db = db
+    """API key -> tenant through `keys` (services/api_keys.py: cached while the process
+    hears of every revocation); the key is checked live again by each transaction the call
+    opens, so a call refused there forgets the key here too."""
+
+    def __init__(self, keys: KeyCache):
+        self._keys = keys
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
@@ -80,8 +85,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                                        "missing API key: send metadata 'authorization: Bearer <key>'",
                                        reason="API_KEY_MISSING")
                 try:
-                    async with self._db.pool.acquire() as conn:
-                        identity: KeyIdentity | None = await identify(conn, key)
+                    identity: KeyIdentity | None = await self._keys.identify(key)
                 except UNAVAILABLE_ERRORS as exc:  # not UNKNOWN: the client should retry
                     log.warning("database unavailable for authentication: %s: %s", type(exc).__name__, exc)
                     await status.abort(context, grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE,
@@ -94,11 +98,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                                        reason="API_KEY_INVALID")
                 tenant_id = identity.tenant_id
                 trace.get_current_span().set_attribute("billing.tenant_id", str(tenant_id))
-                caller_token = current_caller.set(Caller(tenant_id, identity.actor))
+                caller_token = current_caller.set(Caller(tenant_id, identity.actor, api_key_hash=identity.key_hash))
                 tenant_token = current_tenant.set(str(tenant_id))
+                keys_token = set_entry_keys((identity.key_hash,) if identity.key_hash else ())
                 try:
                     return await behavior(request, context)
+                except grpc.aio.AbortError:
+                    if context.code() == grpc.StatusCode.UNAUTHENTICATED:  # revoked meanwhile
+                        self._keys.forget(identity.key_hash)
+                    raise
                 finally:
+                    reset_entry_keys(keys_token)
                     current_tenant.reset(tenant_token)
                     current_caller.reset(caller_token)
             return call

@@ -12,6 +12,7 @@ from billing.api.malformed import MalformedRequestInterceptor
 from billing.api.overload import ConcurrencyLimitInterceptor
 from billing.api.servicer import BillingServicer
 from billing.api.tls import ServerTls
+from billing.services.api_keys import KeyCache
 from billing.services.paging import PageTokens
 from billing.services.uow import Database
 from billing.services.usage import Usage
@@ -26,16 +27,20 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 class GrpcServer:
     def __init__(self, db: Database, host: str, port: int, *, usage: Usage, run_shards: int,
-                 tls: ServerTls | None = None, max_concurrent_calls: int = 0, page_tokens: PageTokens | None = None):
+                 tls: ServerTls | None = None, max_concurrent_calls: int = 0, page_tokens: PageTokens | None = None,
+                 api_key_cache_ttl_s: float = 0.0, reuse_port: bool = False):
         self.tls = tls or ServerTls()
         credentials = self.tls.credentials()  # before binding: a bad setting fails the start
         self.limiter = ConcurrencyLimitInterceptor(max_concurrent_calls)
+        self.keys = KeyCache(db, api_key_cache_ttl_s)
         self.server = grpc.aio.server(
             # Outermost first: the metrics count the calls refused by the bound too; the span
             # covers authentication, and so does the latency.
-            interceptors=[MetricsInterceptor(SERVICE_METHODS), self.limiter, TracingInterceptor(), AuthInterceptor(db),
+            interceptors=[MetricsInterceptor(SERVICE_METHODS), self.limiter, TracingInterceptor(), AuthInterceptor(self.keys),
                           MalformedRequestInterceptor()],
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+            # so_reuseport: the processes of BILLING_GRPC_PROCESSES share the port (the kernel
+            # spreads connections); off otherwise, so a port already taken fails the start.
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", int(reuse_port))],
         )
         page_tokens = page_tokens or PageTokens()
         if not page_tokens.shared:
@@ -56,6 +61,7 @@ class GrpcServer:
         self.address = f"{host}:{self.port}"
 
     async def start(self) -> None:
+        self.keys.start()
         await self.server.start()
 
     async def set_serving(self, serving: bool) -> None:
@@ -69,3 +75,4 @@ class GrpcServer:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.server.stop(grace_s)
+        await self.keys.stop()

@@ -12,3 +12,6 @@ class Caller:
     actor: str
     # Set when the change comes from a Kafka command (its command_id), for the events it emits.
     command_id: str | None = None
+    # The SHA-256 of the API key of the call, checked live when a transaction enters the
+    # tenant (billing/store/db.py); None for the workers.
+    api_key_hash: bytes | None = None

@@ -98,6 +98,7 @@ async def exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
 class KeyIdentity:
     tenant_id: uuid.UUID
     api_key_id: uuid.UUID
+    key_hash: bytes | None = None
 
     @property
     def actor(self) -> str:
@@ -110,5 +111,6 @@ async def identify(conn: asyncpg.Connection, api_key: str) -> KeyIdentity | None
     revocation takes effect at once."""
     if not api_key.startswith(KEY_PREFIX) or len(api_key) > 200:
         return None
-    found = await tenants_store.key_for_hash(conn, hash_key(api_key))
-    return KeyIdentity(*found) if found else None
+    key_hash = hash_key(api_key)
+    found = await tenants_store.key_for_hash(conn, key_hash)
+    return KeyIdentity(found[0], found[1], key_hash) if found else None

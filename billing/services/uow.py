@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncpg
 
-from billing.store.db import ConnectionScope, Database
+from billing.store.db import ConnectionScope, Database, entry_keys, reset_entry_keys, set_entry_keys
 
-__all__ = ["ConnectionScope", "Database", "in_batch"]
+# entry_keys / set_entry_keys: the API keys whose calls the next transactions of this context
+# serve, checked live as each transaction enters its tenant (billing/store/db.py).
+__all__ = ["ConnectionScope", "Database", "entry_keys", "in_batch", "reset_entry_keys", "set_entry_keys"]
 
 
 def in_batch(conn: asyncpg.Connection) -> ConnectionScope:

@@ -24,12 +24,15 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import asyncpg
+
 from billing.domain.periods import from_us, to_us
 from billing.services import idempotency
 from billing.services.context import Caller
 from billing.services.errors import FailedPrecondition, IdempotencyConflict, NotFound, ValidationError
 from billing.services.usage import (_REJECTION_STATUS, MAX_PROPERTIES, Recorded, Rejection, Usage, UsageEvent,
                                     ingest, prepare, store)
+from billing.services.uow import entry_keys
 from billing.store import idempotency as keys_store
 
 OPERATION = "RecordUsage"
@@ -143,6 +146,9 @@ class GroupCommit:
             answers, alone = await self._group(db, tenant, calls)
             self.groups += 1
             self.grouped_calls += len(answers)
+        except asyncpg.InvalidAuthorizationSpecificationError:  # a caller's key revoked: a refusal, not a fault
+            log.info("RecordUsage group of %d calls has a revoked API key; running each alone", len(calls))
+            answers, alone = {}, calls
         except Exception:  # the group's transaction failed: each call in a transaction of its own
             log.warning("RecordUsage group of %d calls failed; running each alone", len(calls), exc_info=True)
             answers, alone = {}, calls
@@ -153,7 +159,8 @@ class GroupCommit:
 
     async def _alone(self, db, call: Call) -> None:
         try:
-            _answer(call, await record_one(self.usage, db, call))
+            with entry_keys(_keys_of([call])):
+                _answer(call, await record_one(self.usage, db, call))
         except Exception as exc:
             _answer(call, exc)
 
@@ -167,6 +174,13 @@ class GroupCommit:
         group = list(first.values())
         digests = {c: idempotency.digest(OPERATION, c.payload) for c in group}
         now_us = _now_us()
+        # Every caller's key is checked live as the group's transaction opens: one revoked
+        # fails the group, and each call is then run alone under its own key.
+        with entry_keys(_keys_of(calls)):
+            return await self._in_tx(db, tenant, group, digests, now_us, answers, alone)
+
+    async def _in_tx(self, db, tenant: uuid.UUID, group: list[Call], digests: dict, now_us: int, answers: dict,
+                     alone: list[Call]) -> tuple[dict, list[Call]]:
         async with db.tenant_tx(tenant) as conn:
             known = await keys_store.get_keys(conn, tenant, [c.request_id for c in group])
             new: list[Call] = []
@@ -206,6 +220,10 @@ class GroupCommit:
             if responses:
                 await keys_store.set_responses(conn, tenant, responses)
         return answers, alone
+
+
+def _keys_of(calls: list[Call]) -> tuple[bytes, ...]:
+    return tuple({c.caller.api_key_hash: None for c in calls if c.caller.api_key_hash is not None})
 
 
 def _answer(call: Call, answer: Recorded | BaseException) -> None:

@@ -5,10 +5,12 @@ tenant of the log lines written inside it.
 """
 from __future__ import annotations
 
+import contextvars
 import json
+import re
 import uuid
-from contextlib import asynccontextmanager
-from typing import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import AsyncIterator, Iterator, Mapping
 
 import asyncpg
 import orjson
@@ -37,6 +39,42 @@ def _json_default(value):
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+class TenantConnection(asyncpg.Connection):
+    """A pool connection that saves two round trips per `tenant_tx`: the statement entering
+    the tenant travels with BEGIN, and the pool's reset (advisory locks, cursors, LISTENs,
+    session settings) with COMMIT, so releasing the connection sends nothing more.
+
+    Only the text asyncpg's own `transaction()` sends is extended (simple queries, no
+    parameters): nested transactions, savepoints and errors behave as before. A transaction
+    that fails or rolls back gets the pool's full reset on release as usual."""
+
+    _on_begin = ""
+    _reset_with_commit = False
+    _reset_sent = False
+
+    def enter_on_begin(self, sql: str) -> None:
+        self._on_begin = sql
+
+    def reset_with_commit(self) -> None:
+        self._reset_with_commit = True
+
+    async def execute(self, query: str, *args, timeout: float | None = None) -> str:
+        if not args and query == "BEGIN;" and self._on_begin:
+            query, self._on_begin = f"BEGIN;{self._on_begin}", ""
+        elif not args and query == "COMMIT;" and self._reset_with_commit:
+            self._reset_with_commit = False
+            status = await super().execute(f"COMMIT;{super().get_reset_query()}", timeout=timeout)
+            self._reset_sent = True
+            return status
+        return await super().execute(query, *args, timeout=timeout)
+
+    def get_reset_query(self) -> str:
+        if self._reset_sent:  # the COMMIT just sent it; nothing ran on the connection since
+            self._reset_sent = False
+            return ""
+        return super().get_reset_query()
+
+
 class Database:
     def __init__(self, pool: asyncpg.Pool, url: str | None = None):
         self.pool = pool
@@ -45,7 +83,7 @@ class Database:
     @classmethod
     async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> "Database":
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init_connection,
-                                         command_timeout=30)
+                                         command_timeout=30, connection_class=TenantConnection)
         return cls(pool, url)
 
     async def close(self) -> None:
@@ -56,9 +94,15 @@ class Database:
         """A transaction in which row-level security shows only this tenant's rows."""
         with _tx_span(tenant_id), _log_tenant(tenant_id):
             async with self.pool.acquire() as conn:
-                async with conn.transaction():
-                    await set_tenant(conn, tenant_id)
-                    yield conn
+                if hasattr(conn, "enter_on_begin"):  # a TenantConnection: the pools of Database.connect
+                    conn.enter_on_begin(_enter_sql(tenant_id, _entry_keys.get()))
+                    async with conn.transaction():
+                        yield conn
+                        conn.reset_with_commit()  # only when the body succeeded: COMMIT follows
+                else:
+                    async with conn.transaction():
+                        await set_tenant(conn, tenant_id)
+                        yield conn
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[asyncpg.Connection]:
@@ -115,6 +159,49 @@ _tenant_tokens: dict[uuid.UUID, str] = {}
 
 def remember_tenant_token(tenant_id: uuid.UUID, token: str) -> None:
     _tenant_tokens[tenant_id] = token
+
+
+# The API keys of the calls a transaction serves (set by the API's authentication), checked
+# live in the statement that enters the tenant (api_keys_live, migration 031): a key revoked
+# a moment ago is refused there even if this process has not heard of the revocation yet.
+_entry_keys: contextvars.ContextVar[tuple[bytes, ...]] = contextvars.ContextVar("billing_entry_keys", default=())
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+@contextmanager
+def entry_keys(keys: tuple[bytes, ...]) -> Iterator[None]:
+    token = _entry_keys.set(keys)
+    try:
+        yield
+    finally:
+        _entry_keys.reset(token)
+
+
+def set_entry_keys(keys: tuple[bytes, ...]) -> contextvars.Token:
+    return _entry_keys.set(keys)
+
+
+def reset_entry_keys(token: contextvars.Token) -> None:
+    _entry_keys.reset(token)
+
+
+def _enter_sql(tenant_id: uuid.UUID, keys: tuple[bytes, ...]) -> str:
+    """`set_tenant` (and the key check) as literal SQL, to ride in BEGIN's simple query: the
+    values are a canonical UUID and hex digests, nothing a caller can shape."""
+    tenant = str(uuid.UUID(str(tenant_id)))
+    if keys:
+        # The tenant token as of now, through the caller's key: never a stale one when the
+        # tenant secret was replaced since this process cached the key.
+        hashes = [f"decode('{k.hex()}', 'hex')" for k in keys]
+        token = f"(select token from authenticate_api_key_token({hashes[0]}))"
+        check = f", api_keys_live(array[{', '.join(hashes)}])"
+    else:
+        known = _tenant_tokens.get(tenant_id, "")
+        if not _HEX.fullmatch(known):
+            raise ValueError("tenant token is not hex")
+        token, check = f"'{known}'", ""
+    return (f"select set_config('billing.tenant_id', '{tenant}', true), "
+            f"set_config('billing.tenant_token', {token}, true){check};")
 
 
 async def set_tenant(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> None:

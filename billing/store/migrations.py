@@ -32,14 +32,30 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
+# Readiness loads the files every few seconds in every process: read again only when a
+# file's name, size or modification time changed (a stat per file instead of a read).
+_loaded: dict[Path, tuple[tuple, list[Migration]]] = {}
+
+
 def load_migrations(directory: Path) -> list[Migration]:
     """The migrations of `directory`, in order. None at all is an error, never "nothing to
     do": a package installed without its SQL files would otherwise report an empty database
     as migrated (BILLING_MIGRATIONS_DIR names another directory)."""
     if not directory.is_dir():
         raise MigrationError(f"no migrations directory at {directory} (BILLING_MIGRATIONS_DIR)")
+    paths = sorted(directory.glob("*.sql"))
+    signature = tuple((p.name, st.st_size, st.st_mtime_ns) for p in paths for st in (p.stat(),))
+    cached = _loaded.get(directory)
+    if cached is not None and cached[0] == signature:
+        return list(cached[1])
+    found = _read(directory, paths)
+    _loaded[directory] = (signature, found)
+    return list(found)
+
+
+def _read(directory: Path, paths: list[Path]) -> list[Migration]:
     found: list[Migration] = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in paths:
         match = _FILE.match(path.name)
         if not match:
             raise MigrationError(f"{path.name}: migration files are named NNN_name.sql")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Callable
 
 import asyncpg
 
@@ -68,3 +69,16 @@ async def revoke_keys_except(admin: asyncpg.Connection, tenant_id: uuid.UUID, ke
         """update api_keys set revoked_at = now()
             where tenant_id = $1 and id <> $2 and revoked_at is null returning id""", tenant_id, keep)
     return sorted(r["id"] for r in rows)
+
+
+KEY_CHANGES_CHANNEL = "billing_api_keys"  # notified at the commit of any revocation (migration 031)
+
+
+async def listen_key_changes(url: str, on_change: Callable[[], None],
+                             on_lost: Callable[[], None]) -> asyncpg.Connection:
+    """A connection of its own LISTENing for key changes: `on_change` at each notification,
+    `on_lost` when the connection ends (the listener's owner closes it)."""
+    conn = await asyncpg.connect(url)
+    conn.add_termination_listener(lambda _conn: on_lost())
+    await conn.add_listener(KEY_CHANGES_CHANNEL, lambda *_args: on_change())
+    return conn
