@@ -14,6 +14,8 @@ And a revoked API key is refused at once, on every RPC.
 """
 from __future__ import annotations
 
+import asyncio
+
 import uuid
 
 import grpc
@@ -222,8 +224,10 @@ def _empty_request(method: str):
 
 
 async def test_revoked_key_is_refused_at_once_on_every_rpc(stub, admin_conn):
-    """Revocation takes effect on the very next call, for every RPC; the tenant's other key
-    goes on working."""
+    """Revocation takes effect on the very next call that touches tenant data, and on every
+    RPC once the process has heard of it (docs/api.md, Authentication: a malformed request is
+    refused before any database access, by the key cache); the tenant's other key goes on
+    working."""
     from billing.services.tenants import create_tenant, issue_key, revoke_key
 
     t = await create_tenant(admin_conn, "matrix-revoked")
@@ -234,6 +238,19 @@ async def test_revoked_key_is_refused_at_once_on_every_rpc(stub, admin_conn):
     requests = {m: _empty_request(m) for m in METHODS}
     requests["GetPlan"] = pb.GetPlanRequest(id=plan.id)
     requests["ArchivePlan"] = pb.ArchivePlanRequest(request_id=rid(), id=plan.id)
+    for method in ("GetPlan", "ArchivePlan"):  # they read or write: refused at once
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await getattr(stub, method)(requests[method], metadata=md)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, method
+    deadline = asyncio.get_running_loop().time() + 5  # the notification: milliseconds
+    while True:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CreatePlan(pb.CreatePlanRequest(), metadata=md)
+        if err.value.code() == grpc.StatusCode.UNAUTHENTICATED:
+            break
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert asyncio.get_running_loop().time() < deadline, "the revocation never reached the key cache"
+        await asyncio.sleep(0.01)
     for method in METHODS:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await getattr(stub, method)(requests[method], metadata=md)
