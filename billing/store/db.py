@@ -45,7 +45,7 @@ class TenantConnection(asyncpg.Connection):
     session settings) with COMMIT, so releasing the connection sends nothing more.
 
     Only the text asyncpg's own `transaction()` sends is extended (simple queries, no
-    parameters): nested transactions, savepoints and errors behave as before. A transaction
+    parameters): nested transactions, savepoints and errors are asyncpg's own. A transaction
     that fails or rolls back gets the pool's full reset on release as usual."""
 
     _on_begin = ""
