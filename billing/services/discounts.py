@@ -22,6 +22,7 @@ from billing.domain.plan_storage import plan_from_dict
 from billing.services import audit, idempotency, paging, subscription_pages
 from billing.services.context import Caller
 from billing.services.errors import FailedPrecondition, NotFound, Violations
+from billing.services.soft_delete import soft_delete
 from billing.store import discounts as store
 from billing.store import plans as plans_store
 from billing.store import subscriptions as subs_store
@@ -121,25 +122,11 @@ async def list_discounts(db: Database, caller: Caller, subscription_id: str, *, 
 async def delete_discount(db: Database, caller: Caller, request_id: str, discount_id: str) -> DiscountView:
     """The discount applies to no close after this one commits; deleting it again returns it
     unchanged."""
-    v = Violations()
-    v.check(idempotency.check_key, request_id)
-    ident = v.check(paging.parse_uuid, discount_id, "id")
-    v.raise_if_any()
-    assert ident is not None
-    async with db.tenant_tx(caller.tenant_id) as conn:
-        replay = await idempotency.claim(conn, caller, request_id, "DeleteDiscount", {"id": str(ident)})
-        if replay is not None:
-            return DiscountView.from_snapshot(replay)
-        row = await store.get(conn, caller.tenant_id, ident)
-        if row is None:
-            raise NotFound("discount", discount_id)
-        await subs_store.get(conn, caller.tenant_id, row["subscription_id"], for_update=True)
-        before = DiscountView.from_row(row)
-        after = before
-        if before.deleted_at is None:
-            after = DiscountView.from_row(await store.delete(conn, caller.tenant_id, ident))
-            await audit.record_change(conn, caller, entity_type="discount", entity_id=ident,
-                                      action="discount.deleted", before=before.snapshot(), after=after.snapshot(),
-                                      request_id=request_id)
-        await idempotency.remember(conn, caller, request_id, after.snapshot())
-        return after
+    return await soft_delete(db, caller, request_id, discount_id, entity="discount", method="DeleteDiscount",
+                             get=store.get, delete=store.delete, view=DiscountView.from_row,
+                             from_snapshot=DiscountView.from_snapshot, before_change=_lock_subscription)
+
+
+async def _lock_subscription(conn: asyncpg.Connection, tenant_id: uuid.UUID, row: asyncpg.Record) -> None:
+    """The discount's subscription row, locked like the run that bills it takes it."""
+    await subs_store.get(conn, tenant_id, row["subscription_id"], for_update=True)

@@ -22,6 +22,7 @@ from billing.domain.thresholds import AMOUNT, MEASURES, choose_value, measure_of
 from billing.services import audit, idempotency, paging, subscription_pages
 from billing.services.context import Caller
 from billing.services.errors import FailedPrecondition, NotFound, ValidationError, Violations
+from billing.services.soft_delete import soft_delete
 from billing.store import plans as plans_store
 from billing.store import subscriptions as subs_store
 from billing.store import thresholds as store
@@ -192,24 +193,6 @@ async def list_thresholds(db: Database, caller: Caller, subscription_id: str, *,
 async def delete_threshold(db: Database, caller: Caller, request_id: str, threshold_id: str) -> ThresholdView:
     """The threshold fires for no batch committed after this one; deleting it again returns
     it unchanged."""
-    v = Violations()
-    v.check(idempotency.check_key, request_id)
-    ident = v.check(paging.parse_uuid, threshold_id, "id")
-    v.raise_if_any()
-    assert ident is not None
-    async with db.tenant_tx(caller.tenant_id) as conn:
-        replay = await idempotency.claim(conn, caller, request_id, "DeleteThreshold", {"id": str(ident)})
-        if replay is not None:
-            return ThresholdView.from_snapshot(replay)
-        row = await store.get(conn, caller.tenant_id, ident)
-        if row is None:
-            raise NotFound("threshold", threshold_id)
-        before = ThresholdView.from_row(row)
-        after = before
-        if before.deleted_at is None:
-            after = ThresholdView.from_row(await store.delete(conn, caller.tenant_id, ident))
-            await audit.record_change(conn, caller, entity_type="threshold", entity_id=ident,
-                                      action="threshold.deleted", before=before.snapshot(), after=after.snapshot(),
-                                      request_id=request_id)
-        await idempotency.remember(conn, caller, request_id, after.snapshot())
-        return after
+    return await soft_delete(db, caller, request_id, threshold_id, entity="threshold", method="DeleteThreshold",
+                             get=store.get, delete=store.delete, view=ThresholdView.from_row,
+                             from_snapshot=ThresholdView.from_snapshot)

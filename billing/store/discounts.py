@@ -64,8 +64,9 @@ async def live_for(conn: asyncpg.Connection, tenant_id: uuid.UUID,
 
 
 async def delete(conn: asyncpg.Connection, tenant_id: uuid.UUID, discount_id: uuid.UUID) -> asyncpg.Record:
-    await conn.execute("update discounts set deleted_at = now() where tenant_id = $1 and id = $2",
-                       tenant_id, discount_id)
-    row = await get(conn, tenant_id, discount_id)
-    assert row is not None
-    return row
+    return await conn.fetchrow(
+        f"""with d as (
+                update discounts set deleted_at = now() where tenant_id = $1 and id = $2 returning *)
+            select {_COLUMNS} from d""",
+        tenant_id, discount_id,
+    )

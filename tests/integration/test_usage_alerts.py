@@ -177,6 +177,11 @@ async def test_deleting_an_unknown_threshold_is_not_found(stub, tenant):
         await stub.DeleteThreshold(pb.DeleteThresholdRequest(request_id=str(uuid.uuid4()), id=str(uuid.uuid4())),
                                    metadata=tenant.md)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "threshold" in info.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.DeleteThreshold(pb.DeleteThresholdRequest(request_id="", id="not-a-uuid"), metadata=tenant.md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {"request_id", "id"} <= set(_violations(info.value))
 
 
 async def test_deleting_a_test_clock_removes_its_subscriptions_thresholds(stub, tenant, admin_conn):
