@@ -14,14 +14,13 @@ excluded, and Hibernate is taken at 7.2.19.Final (same minor; core and Agroal bo
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from billing.devstack.kafka import LOG4J_VERSION, SLF4J_VERSION, _require
+from billing.devstack import maven
 from billing.devstack.process import stop_process_group
 from billing.devstack.postgres import DevstackError
 
@@ -29,66 +28,24 @@ DEBEZIUM_JDBC_VERSION = "3.6.0.Final"
 POSTGRES_JDBC_VERSION = "42.7.8"
 HIBERNATE_VERSION = "7.2.19.Final"
 
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>billing.devstack</groupId><artifactId>connect-debezium-jdbc</artifactId><version>1</version>
-  <dependencies>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>connect-runtime</artifactId><version>{kafka}</version></dependency>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>connect-json</artifactId><version>{kafka}</version></dependency>
-    <dependency><groupId>io.debezium</groupId><artifactId>debezium-connector-jdbc</artifactId><version>{debezium}</version>
-      <exclusions><exclusion><groupId>org.hibernate</groupId><artifactId>hibernate-agroal</artifactId></exclusion></exclusions>
-    </dependency>
-    <dependency><groupId>org.hibernate.orm</groupId><artifactId>hibernate-agroal</artifactId><version>{hibernate}</version></dependency>
-    <dependency><groupId>org.hibernate.orm</groupId><artifactId>hibernate-core</artifactId><version>{hibernate}</version></dependency>
-    <dependency><groupId>org.postgresql</groupId><artifactId>postgresql</artifactId><version>{pgjdbc}</version></dependency>
-    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>{slf4j}</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>{log4j}</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>{log4j}</version></dependency>
-  </dependencies>
-</project>
-"""
-
-_LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
-<Configuration status="WARN">
-  <Appenders>
-    <File name="file" fileName="${sys:connect.logs.dir}/connect.log">
-      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
-    </File>
-  </Appenders>
-  <Loggers>
-    <Root level="WARN"><AppenderRef ref="file"/></Root>
-  </Loggers>
-</Configuration>
-"""
+_LOG4J2 = maven.log4j2_config("${sys:connect.logs.dir}/connect.log", root_level="WARN")
 
 
 def resolve_connect_jars(kafka_version: str, cache_dir: Path) -> Path:
     """Download Connect, the Debezium JDBC sink and the PostgreSQL driver with Maven, once;
     return the jar directory."""
+    pom = maven.pom("connect-debezium-jdbc", [
+        maven.dependency("org.apache.kafka", "connect-runtime", kafka_version),
+        maven.dependency("org.apache.kafka", "connect-json", kafka_version),
+        maven.dependency("io.debezium", "debezium-connector-jdbc", DEBEZIUM_JDBC_VERSION,
+                         exclusions=[("org.hibernate", "hibernate-agroal")]),
+        maven.dependency("org.hibernate.orm", "hibernate-agroal", HIBERNATE_VERSION),
+        maven.dependency("org.hibernate.orm", "hibernate-core", HIBERNATE_VERSION),
+        maven.dependency("org.postgresql", "postgresql", POSTGRES_JDBC_VERSION),
+        *maven.logging_dependencies()])
     work = cache_dir / f"connect-{kafka_version}-debezium-jdbc-{DEBEZIUM_JDBC_VERSION}-hibernate-{HIBERNATE_VERSION}"
-    lib_dir = work / "libs"
-    done = lib_dir / ".complete"
-    if done.exists():
-        return lib_dir
-    mvn = _require("mvn")
-    _require("java")
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "pom.xml").write_text(_POM.format(kafka=kafka_version, debezium=DEBEZIUM_JDBC_VERSION,
-                                              pgjdbc=POSTGRES_JDBC_VERSION, hibernate=HIBERNATE_VERSION, slf4j=SLF4J_VERSION, log4j=LOG4J_VERSION))
-    if lib_dir.exists():
-        shutil.rmtree(lib_dir)
-    proc = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-         f"-DoutputDirectory={lib_dir}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, timeout=900,
-    )
-    if proc.returncode != 0:
-        raise DevstackError(f"Maven could not resolve Kafka Connect {kafka_version} with the Debezium JDBC sink "
-                            f"{DEBEZIUM_JDBC_VERSION}: {(proc.stdout + proc.stderr)[-2000:]}")
-    for jar in lib_dir.glob("slf4j-api-1.*.jar"):  # as for the broker: SLF4J 2 only
-        jar.unlink()
-    done.write_text(kafka_version)
-    return lib_dir
+    return maven.runtime_jars(work, pom, stamp=kafka_version, what=f"Kafka Connect {kafka_version} with the "
+                                                                    f"Debezium JDBC sink {DEBEZIUM_JDBC_VERSION}")
 
 
 def _properties(values: dict[str, str | int]) -> str:
@@ -124,7 +81,7 @@ class LocalConnect:
         (self.data_dir / "log4j2.xml").write_text(_LOG4J2)
         out = open(self.data_dir / "stdout.log", "ab")
         self._proc = subprocess.Popen(
-            [_require("java"), "-Xms256m", f"-Xmx{self.heap_max}", "-XX:+UseG1GC",
+            [maven.require("java"), "-Xms256m", f"-Xmx{self.heap_max}", "-XX:+UseG1GC",
              f"-Dconnect.logs.dir={self.data_dir}", f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.xml'}",
              "-cp", str(lib_dir / "*"), "org.apache.kafka.connect.cli.ConnectStandalone",
              str(self.data_dir / "worker.properties"), str(self.data_dir / "connector.properties")],

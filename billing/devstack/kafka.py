@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,77 +16,18 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from billing.devstack import maven
 from billing.devstack.postgres import DevstackError
 
-# Kafka 4.x logs through SLF4J 2; log4j2 is the backend Kafka itself ships with.
-LOG4J_VERSION = "2.25.3"
-SLF4J_VERSION = "2.0.17"
-
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>billing.devstack</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
-  <dependencies>
-    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{kafka}</version></dependency>
-    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-api</artifactId><version>{slf4j}</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j2-impl</artifactId><version>{log4j}</version></dependency>
-    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>{log4j}</version></dependency>
-  </dependencies>
-</project>
-"""
-
-_LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
-<Configuration status="WARN">
-  <Appenders>
-    <File name="file" fileName="${sys:kafka.logs.dir}/server.log">
-      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
-    </File>
-  </Appenders>
-  <Loggers>
-    <Root level="INFO"><AppenderRef ref="file"/></Root>
-    <Logger name="org.apache.kafka.controller" level="WARN"/>
-    <Logger name="state.change.logger" level="WARN"/>
-    <Logger name="kafka.log" level="WARN"/>
-    <Logger name="org.apache.kafka.storage" level="WARN"/>
-  </Loggers>
-</Configuration>
-"""
-
-
-def _require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        raise DevstackError(
-            f"{tool} is not installed, so the local Kafka cannot start; "
-            "set BILLING_KAFKA_BOOTSTRAP_SERVERS to an existing Kafka instead"
-        )
-    return path
+_LOG4J2 = maven.log4j2_config("${sys:kafka.logs.dir}/server.log", root_level="INFO", quiet=(
+    "org.apache.kafka.controller", "state.change.logger", "kafka.log", "org.apache.kafka.storage"))
 
 
 def resolve_kafka_jars(version: str, cache_dir: Path) -> Path:
     """Download Kafka and a logging backend with Maven, once; return the jar directory."""
-    lib_dir = cache_dir / f"kafka-{version}" / "libs"
-    done = lib_dir / ".complete"
-    if done.exists():
-        return lib_dir
-    mvn = _require("mvn")
-    _require("java")
-    work = cache_dir / f"kafka-{version}"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "pom.xml").write_text(_POM.format(kafka=version, slf4j=SLF4J_VERSION, log4j=LOG4J_VERSION))
-    if lib_dir.exists():
-        shutil.rmtree(lib_dir)
-    proc = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(work / "pom.xml"), "dependency:copy-dependencies",
-         f"-DoutputDirectory={lib_dir}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, timeout=900,
-    )
-    if proc.returncode != 0:
-        raise DevstackError(f"Maven could not resolve Kafka {version}: {(proc.stdout + proc.stderr)[-2000:]}")
-    # Kafka pulls slf4j-api 1.7 transitively; keep only the 2.x we asked for.
-    for jar in lib_dir.glob("slf4j-api-1.*.jar"):
-        jar.unlink()
-    done.write_text(version)
-    return lib_dir
+    pom = maven.pom("kafka-runtime", [maven.dependency("org.apache.kafka", "kafka_2.13", version),
+                                      *maven.logging_dependencies()])
+    return maven.runtime_jars(cache_dir / f"kafka-{version}", pom, stamp=version, what=f"Kafka {version}")
 
 
 def port_is_open(host: str, port: int) -> bool:
@@ -153,7 +93,7 @@ class LocalKafka:
 
     def _java(self, lib_dir: Path, main: str, *args: str) -> list[str]:
         return [
-            _require("java"), f"-Xms{self.heap_min}", f"-Xmx{self.heap_max}", "-XX:+UseG1GC", *self.jvm_flags,
+            maven.require("java"), f"-Xms{self.heap_min}", f"-Xmx{self.heap_max}", "-XX:+UseG1GC", *self.jvm_flags,
             f"-Dkafka.logs.dir={self.data_dir}",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.xml'}",
             "-cp", str(lib_dir / "*"), main, *args,

@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from billing.devstack.kafka import _require
+from billing.devstack import maven
 from billing.devstack.process import stop_process_group
 from billing.devstack.postgres import DevstackError
 
@@ -33,30 +33,23 @@ APICURIO_VERSION = "2.4.2.Final"
 QUARKUS_VERSION = "2.16.4.Final"  # the one apicurio-registry 2.4.2.Final is built with
 CCOMPAT_PATH = "/apis/ccompat/v6"
 
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>billing.devstack</groupId><artifactId>schema-registry</artifactId><version>1</version>
-  <properties>
-    <maven.compiler.source>17</maven.compiler.source><maven.compiler.target>17</maven.compiler.target>
-    <project.build.sourceEncoding>UTF-8</project.build.sourceEncoding>
-  </properties>
-  <dependencyManagement><dependencies>
-    <dependency><groupId>io.apicurio</groupId><artifactId>apicurio-registry</artifactId><version>{apicurio}</version><type>pom</type><scope>import</scope></dependency>
-  </dependencies></dependencyManagement>
-  <dependencies>
-    <dependency><groupId>io.apicurio</groupId><artifactId>apicurio-registry-app</artifactId><version>{apicurio}</version>
-      <exclusions>
-        <exclusion><groupId>com.github.everit-org.json-schema</groupId><artifactId>*</artifactId></exclusion>
-        <exclusion><groupId>io.apicurio</groupId><artifactId>apicurio-common-app-components-config-index</artifactId></exclusion>
-      </exclusions>
-    </dependency>
-  </dependencies>
-  <build><plugins>
-    <plugin><groupId>io.quarkus</groupId><artifactId>quarkus-maven-plugin</artifactId><version>{quarkus}</version>
-      <executions><execution><goals><goal>build</goal></goals></execution></executions></plugin>
-  </plugins></build>
-</project>
-"""
+_POM = maven.pom(
+    "schema-registry",
+    [maven.dependency("io.apicurio", "apicurio-registry-app", APICURIO_VERSION, exclusions=[
+        ("com.github.everit-org.json-schema", "*"),
+        ("io.apicurio", "apicurio-common-app-components-config-index")])],
+    head=("  <properties>\n"
+          "    <maven.compiler.source>17</maven.compiler.source><maven.compiler.target>17</maven.compiler.target>\n"
+          "    <project.build.sourceEncoding>UTF-8</project.build.sourceEncoding>\n"
+          "  </properties>\n"
+          "  <dependencyManagement><dependencies>\n"
+          f"    {maven.dependency('io.apicurio', 'apicurio-registry', APICURIO_VERSION, type_='pom', scope='import')}\n"
+          "  </dependencies></dependencyManagement>\n"),
+    build=("  <build><plugins>\n"
+           "    <plugin><groupId>io.quarkus</groupId><artifactId>quarkus-maven-plugin</artifactId>"
+           f"<version>{QUARKUS_VERSION}</version>\n"
+           "      <executions><execution><goals><goal>build</goal></goals></execution></executions></plugin>\n"
+           "  </plugins></build>\n"))
 
 _CONFIG_LIST = """package billing.devstack;
 
@@ -85,11 +78,8 @@ _INDEXED = ("apicurio-registry-app", "apicurio-registry-schema-util-provider", "
 
 
 def _mvn(mvn: str, work: Path, *args: str) -> None:
-    proc = subprocess.run([mvn, "-q", "-B", "-f", str(work / "pom.xml"), *args],
-                          capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        raise DevstackError(f"Maven could not build Apicurio Registry {APICURIO_VERSION} "
-                            f"({' '.join(args)}): {(proc.stdout + proc.stderr)[-2000:]}")
+    maven.run(mvn, work, *args, timeout_s=1800,
+              failure=f"Maven could not build Apicurio Registry {APICURIO_VERSION} ({' '.join(args)})")
 
 
 def resolve_registry_jar(cache_dir: Path) -> Path:
@@ -99,15 +89,15 @@ def resolve_registry_jar(cache_dir: Path) -> Path:
     done = work / ".complete"
     if done.exists() and jar.exists():
         return jar
-    mvn = _require("mvn")
-    _require("java")
+    mvn = maven.require("mvn")
+    maven.require("java")
     if work.exists():
         shutil.rmtree(work)
     java_dir = work / "src" / "main" / "java" / "billing" / "devstack"
     resources = work / "src" / "main" / "resources"
     java_dir.mkdir(parents=True)
     resources.mkdir(parents=True)
-    (work / "pom.xml").write_text(_POM.format(apicurio=APICURIO_VERSION, quarkus=QUARKUS_VERSION))
+    (work / "pom.xml").write_text(_POM)
     (java_dir / "DynamicConfigList.java").write_text(_CONFIG_LIST)
     # The application's own build-time configuration lives in its jar: take it over.
     _mvn(mvn, work, "dependency:copy", f"-Dartifact=io.apicurio:apicurio-registry-app:{APICURIO_VERSION}",
@@ -144,7 +134,7 @@ class LocalSchemaRegistry:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.data_dir / "registry.log", "ab")
         self._proc = subprocess.Popen(
-            [_require("java"), f"-Xmx{self.heap_max}", "-XX:+UseSerialGC", f"-Dquarkus.http.port={self.port}",
+            [maven.require("java"), f"-Xmx{self.heap_max}", "-XX:+UseSerialGC", f"-Dquarkus.http.port={self.port}",
              f"-Dquarkus.http.host={self.host}", "-Dquarkus.log.level=WARN", "-jar", str(jar)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.data_dir)
         (self.data_dir / "registry.pid").write_text(str(self._proc.pid))
