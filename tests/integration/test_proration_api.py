@@ -42,6 +42,17 @@ def _period(sub: pb.Subscription) -> tuple[datetime, datetime]:
     return sub.current_period_start.ToDatetime(UTC), sub.current_period_end.ToDatetime(UTC)
 
 
+async def _opened_by_a_run(admin_conn, tenant, sub: pb.Subscription) -> tuple[datetime, datetime]:
+    """Make the current period one a run opened (and so charged in advance): the period before
+    it is recorded as billed. Returns the current period."""
+    period = _period(sub)
+    await admin_conn.execute(
+        """insert into billed_periods (tenant_id, subscription_id, period_start, period_end, run_id)
+           values ($1, $2, $3, $4, $5)""",
+        uuid.UUID(tenant.id), uuid.UUID(sub.id), period[0] - timedelta(days=31), period[0], uuid.uuid4())
+    return period
+
+
 async def _lines(admin_conn, sub_id: str) -> list:
     return await admin_conn.fetch(
         "select * from pending_lines where subscription_id = $1 order by created_at, id", uuid.UUID(sub_id))
@@ -82,12 +93,7 @@ async def _change(stub, tenant, sub, plan, **kw) -> tuple[pb.Subscription, tuple
 async def test_upgrade_now_puts_credit_and_charge_on_the_next_invoice(stub, tenant, admin_conn):
     basic, pro = await _plan(stub, tenant, "10.00"), await _plan(stub, tenant, "20.00")
     sub = await _sub(stub, tenant, basic, days_ago=10)
-    # Make the current period one that a run opened (and so charged in advance): the period before it was billed.
-    period = _period(sub)
-    await admin_conn.execute(
-        """insert into billed_periods (tenant_id, subscription_id, period_start, period_end, run_id)
-           values ($1, $2, $3, $4, $5)""",
-        uuid.UUID(tenant.id), uuid.UUID(sub.id), period[0] - timedelta(days=31), period[0], uuid.uuid4())
+    period = await _opened_by_a_run(admin_conn, tenant, sub)
     request_id = rid()
     changed, called = await _change(stub, tenant, sub, pro, request_id=request_id)  # default: upgrade now
     assert changed.plan_id == pro.id and not changed.HasField("pending_change")
@@ -158,11 +164,7 @@ async def test_proration_none_and_scheduled_downgrades_make_no_lines(stub, tenan
 async def test_cancel_now_in_advance_invoices_the_credit_and_what_was_pending(stub, tenant, admin_conn):
     basic, pro = await _plan(stub, tenant, "10.00"), await _plan(stub, tenant, "20.00")
     sub = await _sub(stub, tenant, basic, days_ago=10)
-    period = _period(sub)
-    await admin_conn.execute(
-        """insert into billed_periods (tenant_id, subscription_id, period_start, period_end, run_id)
-           values ($1, $2, $3, $4, $5)""",
-        uuid.UUID(tenant.id), uuid.UUID(sub.id), period[0] - timedelta(days=31), period[0], uuid.uuid4())
+    period = await _opened_by_a_run(admin_conn, tenant, sub)
     await _change(stub, tenant, sub, pro)  # credit + charge, pending
     before = datetime.now(UTC)
     request_id = rid()
@@ -212,11 +214,7 @@ async def test_cancel_now_in_arrears_charges_used_time_and_usage(stub, tenant, a
 async def test_cancel_now_with_proration_none_keeps_the_full_fee(stub, tenant, admin_conn):
     spec = await _plan(stub, tenant, "10.00")
     sub = await _sub(stub, tenant, spec, days_ago=10)
-    period = _period(sub)
-    await admin_conn.execute(
-        """insert into billed_periods (tenant_id, subscription_id, period_start, period_end, run_id)
-           values ($1, $2, $3, $4, $5)""",
-        uuid.UUID(tenant.id), uuid.UUID(sub.id), period[0] - timedelta(days=31), period[0], uuid.uuid4())
+    await _opened_by_a_run(admin_conn, tenant, sub)
     await stub.CancelSubscription(pb.CancelSubscriptionRequest(
         request_id=rid(), id=sub.id, mode=pb.CANCEL_MODE_IMMEDIATELY, proration=pb.PRORATION_BEHAVIOR_NONE),
         metadata=tenant.md)
@@ -226,11 +224,7 @@ async def test_cancel_now_with_proration_none_keeps_the_full_fee(stub, tenant, a
 async def test_pause_credits_the_rest_and_resume_reopens_it(stub, tenant, admin_conn):
     spec = await _plan(stub, tenant, "10.00")
     sub = await _sub(stub, tenant, spec, days_ago=10)
-    period = _period(sub)
-    await admin_conn.execute(
-        """insert into billed_periods (tenant_id, subscription_id, period_start, period_end, run_id)
-           values ($1, $2, $3, $4, $5)""",
-        uuid.UUID(tenant.id), uuid.UUID(sub.id), period[0] - timedelta(days=31), period[0], uuid.uuid4())
+    period = await _opened_by_a_run(admin_conn, tenant, sub)
     before = datetime.now(UTC)
     await stub.PauseSubscription(pb.PauseSubscriptionRequest(request_id=rid(), id=sub.id), metadata=tenant.md)
     called = (before, datetime.now(UTC))
