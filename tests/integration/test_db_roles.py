@@ -26,6 +26,16 @@ from tests.conftest import PROJECT_ROOT
 from tests.integration.test_plans_api import plan_request
 
 
+async def _enter(conn: asyncpg.Connection, tenant_id: str, token: str | None = None) -> None:
+    """Claim the tenant for the open transaction, as the store does: its id, and (the API
+    role's way in) the token an API key of it was given."""
+    if token is None:
+        await conn.execute("select set_config('billing.tenant_id', $1, true)", tenant_id)
+    else:
+        await conn.execute("select set_config('billing.tenant_id', $1, true), set_config('billing.tenant_token', $2, true)",
+                           tenant_id, token)
+
+
 @pytest.fixture
 async def app(migrated):
     conn = await asyncpg.connect(migrated.database_url)
@@ -81,22 +91,20 @@ async def test_app_role_cannot_enter_a_tenant_by_setting_its_id(app, stub, new_t
                       ("insert into plans (tenant_id, id, code, spec) values ($1, $2, 'x', '{}')",
                        (uuid.UUID(b.id), uuid.uuid4()))]:
         async with app.transaction():
-            await app.execute("select set_config('billing.tenant_id', $1, true)", b.id)
+            await _enter(app, b.id)
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="without a valid tenant token"):
                 await app.execute(sql, *args)
     # A's token (a key of A is known) does not open B either.
     await key_for_hash(app, hash_key(a.api_key))
     token = await app.fetchval("select token from authenticate_api_key_token($1)", hash_key(a.api_key))
     async with app.transaction():
-        await app.execute("select set_config('billing.tenant_id', $1, true), set_config('billing.tenant_token', $2, true)",
-                          b.id, token)
+        await _enter(app, b.id, token)
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await app.fetchval("select count(*) from plans")
     # The way in: the token of the key's own tenant, which sees that tenant alone.
     await stub.CreatePlan(plan_request(), metadata=a.md)
     async with app.transaction():
-        await app.execute("select set_config('billing.tenant_id', $1, true), set_config('billing.tenant_token', $2, true)",
-                          a.id, token)
+        await _enter(app, a.id, token)
         assert {r[0] for r in await app.fetch("select distinct tenant_id from plans")} == {uuid.UUID(a.id)}
     # An unknown or revoked key gets no token.
     assert await app.fetchrow("select * from authenticate_api_key_token($1)", hash_key("bk_nope")) is None
@@ -131,8 +139,7 @@ async def test_app_role_cannot_rewrite_its_own_tenants_outbox(app, admin_conn, t
     token = await app.fetchval("select token from authenticate_api_key_token($1)", hash_key(tenant.api_key))
     for sql in ("update outbox set payload = 'forged' where id = $1", "delete from outbox where id = $1"):
         async with app.transaction():
-            await app.execute("select set_config('billing.tenant_id', $1, true), "
-                              "set_config('billing.tenant_token', $2, true)", tenant.id, token)
+            await _enter(app, tenant.id, token)
             assert await app.fetchval("select count(*) from outbox where id = $1", row) == 1
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await app.execute(sql, row)
@@ -144,7 +151,7 @@ async def test_worker_role_enters_any_tenant_and_runs_the_relay(worker, admin_co
     ra, rb = await _outbox_row(admin_conn, a.id), await _outbox_row(admin_conn, b.id)
     for t, own in ((a, ra), (b, rb)):
         async with worker.transaction():
-            await worker.execute("select set_config('billing.tenant_id', $1, true)", t.id)
+            await _enter(worker, t.id)
             assert [r[0] for r in await worker.fetch("select id from outbox where id in ($1, $2)", ra, rb)] == [own]
     assert await worker.fetchval("select count(*) from outbox where id in ($1, $2)", ra, rb) == 0  # no tenant: none
     pending = {r["id"] for r in await worker.fetch("select id from outbox_pending($1, 100000)", ra - 1)}
@@ -184,7 +191,7 @@ async def test_policy_evaluates_the_tenant_once_per_statement(worker, tenant):
     """`(select current_tenant())` is an initplan: one call per statement, not one per row
     (the usage batch inserts tens of thousands of rows in one statement)."""
     async with worker.transaction():
-        await worker.execute("select set_config('billing.tenant_id', $1, true)", tenant.id)
+        await _enter(worker, tenant.id)
         plan = "\n".join(r[0] for r in await worker.fetch(
             "explain (verbose, costs off) select * from usage_events where quantity > 0"))
     # usage_events is partitioned (migration 032): one index scan per partition, each on the initplan's value.
@@ -229,8 +236,7 @@ async def test_a_new_secret_voids_issued_tokens_and_calls_go_on(app, stub, tenan
         "update tenant_context_secret set secret = decode(replace(gen_random_uuid()::text || gen_random_uuid()::text,"
         " '-', ''), 'hex')")
     async with app.transaction():
-        await app.execute("select set_config('billing.tenant_id', $1, true), set_config('billing.tenant_token', $2, true)",
-                          tenant.id, token)
+        await _enter(app, tenant.id, token)
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await app.fetchval("select count(*) from plans")
     # The API authenticates every call, so it holds the new token at once.
