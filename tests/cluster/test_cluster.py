@@ -30,8 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
 from decimal import Decimal
 from pathlib import Path
@@ -42,6 +40,7 @@ from billing import codec
 from billing.config import Settings
 from billing.devstack import LocalPostgres, LocalStack, free_port
 from billing.devstack.cluster import KafkaCluster
+from tests.http_probe import get_json
 from tests.chaos.harness import Cluster
 from tests.chaos.test_chaos import (Admin, World, billing_load, check_billing, check_commands, check_usage,
                                     command_load, drain, read_topic, setup_world, usage_load)
@@ -83,13 +82,7 @@ def sasl_stack():
 
 
 def _readyz(port: int) -> tuple[int, dict | None]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-    except OSError:
-        return 0, None
+    return get_json(f"http://127.0.0.1:{port}/readyz")
 
 
 def test_wrong_sasl_password_is_a_clear_error_and_not_ready(sasl_stack, tmp_path):

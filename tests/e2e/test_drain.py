@@ -8,24 +8,19 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from billing.devstack import free_port
+from tests.http_probe import get_json
 from tests.e2e.test_process import _billing, _env, _wait_ready, create_and_get_plan
 
 DRAIN_S = 4.0
 
 
-def _readyz(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+def _readyz(port: int) -> tuple[int, dict | None]:
+    return get_json(f"http://127.0.0.1:{port}/readyz", timeout_s=2)
 
 
 def test_sigterm_drains_then_exits_zero(migrated, tmp_path):

@@ -33,6 +33,7 @@ from billing.store.migrations import migrate
 from billing.v1 import billing_pb2 as pb
 from billing.v1 import billing_pb2_grpc
 from tests.e2e.test_process import _billing, _env
+from tests.http_probe import get_json
 from tests.integration.test_plans_api import plan_request
 from tests.integration.test_usage_consumer import avro
 from tests.kafka_helpers import TopicReader, command, produce
@@ -77,13 +78,7 @@ class Served:
         self.md = (("authorization", f"Bearer {self.tenant['api_key']}"),)
 
     def http(self, path: str) -> tuple[int, dict | None]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-        except OSError:
-            return 0, None
+        return get_json(f"http://127.0.0.1:{self.http_port}{path}")
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as resp:
