@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Sequence
 
-from billing.domain.errors import ValidationError, Violations
+from billing.domain.errors import ValidationError, Violations, enum_field
 from billing.domain.invoice_assembly import DiscountKind
 from billing.domain.money import minor_units, parse_decimal
-from billing.domain.plan_validation import enum_field
 
 __all__ = ["DiscountInput", "ParsedDiscount", "parse_discount", "MAX_TARGETS", "MAX_PERIODS"]
 

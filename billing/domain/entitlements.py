@@ -25,7 +25,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Collection, Sequence
 
-from billing.domain.errors import ValidationError, Violations, text_field
+from billing.domain.errors import ValidationError, Violations, enum_field, text_field
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import parse_decimal
 
@@ -103,17 +103,6 @@ def _empty(value: object, field: str, kind: FeatureKind) -> None:
         raise ValidationError(field, f"must be empty for kind '{kind.value}'")
 
 
-def _kind(value: object, field: str) -> FeatureKind:
-    text = text_field(value, field)
-    if text == "":
-        raise ValidationError(field, "is required")
-    try:
-        return FeatureKind(text)
-    except ValueError:
-        raise ValidationError(field, f"must be one of {', '.join(k.value for k in FeatureKind)}, "
-                                     f"got {text!r}") from None
-
-
 def _parse_feature(f: object, field: str, metrics: Collection[str]) -> Feature:
     if not isinstance(f, FeatureInput):
         raise ValidationError(field, "must be a feature")
@@ -123,7 +112,7 @@ def _parse_feature(f: object, field: str, metrics: Collection[str]) -> Feature:
     if _CODE_RE.fullmatch(code) is None:
         raise ValidationError(f"{field}.code", "must be 1..64 characters: start with a-z or 0-9, then only "
                                                "a-z, 0-9, '_', '.', '-'")
-    kind = _kind(f.kind, f"{field}.kind")
+    kind = enum_field(FeatureKind, f.kind, f"{field}.kind")
     if kind is not FeatureKind.STATIC:
         _empty(f.value, f"{field}.value", kind)
     if kind is not FeatureKind.METERED:

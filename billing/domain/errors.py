@@ -7,6 +7,7 @@ gRPC ``INVALID_ARGUMENT`` (or a dead-lettered Kafka command) and
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Callable, ParamSpec, TypeVar
 
 _P = ParamSpec("_P")
@@ -133,3 +134,18 @@ def text_field(value: object, field: str) -> str:
     if not isinstance(value, str):
         raise ValidationError(field, "must be a string")
     return value
+
+
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def enum_field(enum_cls: type[_E], value: object, field: str) -> _E:
+    """A required text field holding one of `enum_cls`'s values; the error lists them."""
+    text = text_field(value, field)
+    if text == "":
+        raise ValidationError(field, "is required")
+    try:
+        return enum_cls(text)
+    except ValueError:
+        allowed = ", ".join(m.value for m in enum_cls)
+        raise ValidationError(field, f"must be one of {allowed}, got {text!r}") from None

@@ -6,9 +6,9 @@ from enum import StrEnum
 from typing import Any, Literal, Mapping, TypeVar, overload
 
 from billing.domain.entitlements import Feature, FeatureKind, LimitMode
-from billing.domain.errors import ValidationError
+from billing.domain.errors import ValidationError, enum_field
 from billing.domain.money import decimal_to_str, minor_units, parse_decimal
-from billing.domain.plan_validation import enum_field, int_field
+from billing.domain.plan_validation import int_field
 from billing.domain.plans import (
     Aggregation, BillingTiming, IntervalUnit, PackageRounding, PlanSpec, PricingModel, Tier, UsageCharge,
 )

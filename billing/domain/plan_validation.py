@@ -45,12 +45,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from decimal import Decimal
-from enum import StrEnum
-from typing import Sequence, TypeVar
+from typing import Sequence
 
 from billing.domain.charge_options import charge_options
 from billing.domain.entitlements import parse_features
-from billing.domain.errors import ValidationError, Violations, text_field
+from billing.domain.errors import ValidationError, Violations, enum_field, text_field
 from billing.domain.money import decimal_to_str, minor_units, parse_decimal, validate_currency
 from billing.domain.plans import (
     CODE_MAX_LEN, DESCRIPTION_MAX_LEN, MAX_INTERVAL_COUNT, MAX_TIERS, MAX_TRIAL_DAYS, MAX_USAGE_CHARGES,
@@ -117,20 +116,6 @@ def _check_description(value: object, field: str) -> str:
     if bad is not None:
         raise ValidationError(field, f"must not contain control characters (found U+{ord(bad):04X})")
     return text
-
-
-_E = TypeVar("_E", bound=StrEnum)
-
-
-def enum_field(enum_cls: type[_E], value: object, field: str) -> _E:
-    text = text_field(value, field)
-    if text == "":
-        raise ValidationError(field, "is required")
-    try:
-        return enum_cls(text)
-    except ValueError:
-        allowed = ", ".join(m.value for m in enum_cls)
-        raise ValidationError(field, f"must be one of {allowed}, got {text!r}") from None
 
 
 def _must_be_empty(value: object, field: str, model: PricingModel) -> None:

@@ -66,6 +66,8 @@ def test_each_bad_feature_names_its_field():
         (0, "code"), (1, "code"), (2, "kind"), (3, "value"), (4, "value"), (5, "metric_code"), (6, "limit"),
         (7, "limit"), (8, "limit_mode"), (9, "limit"), (11, "code"), (12, "kind")]}
     assert "duplicates features[10].code" in got["features[11].code"]
+    assert got["features[2].kind"] == "is required"
+    assert got["features[12].kind"] == "must be one of boolean, static, metered, got 'weird'"
 
 
 def test_too_many_features():
