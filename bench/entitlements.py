@@ -350,8 +350,9 @@ def main() -> int:
         ingest = {"produced_per_s": round((marks1 - marks0) / (t1 - t0)),
                   "consumed_per_s": round((offsets1 - offsets0) / (t1 - t0)), "lag_at_end": marks1 - offsets1}
         ratio = loaded["checks_per_s"] / max(1, baseline["checks_per_s"])
-        figures = {"client": args.client, "clients": args.clients, "subscriptions": args.subscriptions, "rate_asked": args.rate,
-                   "ingest": ingest, "under_ingestion": loaded, "baseline_no_ingestion": baseline,
+        figures = {"client": args.client, "clients": args.clients, "connections": args.connections,
+                   "subscriptions": args.subscriptions, "rate_asked": args.rate, "ingest": ingest,
+                   "under_ingestion": loaded, "baseline_no_ingestion": baseline,
                    "ratio_vs_no_ingest": round(ratio, 2), "alert_lag": alerts,
                    "load_avg": [round(x, 2) for x in os.getloadavg()]}
         print(json.dumps(figures))

@@ -104,7 +104,8 @@ def command(binary: Path, address: str, method: str, data_file: Path, api_key: s
     return [str(binary), "--proto", str(PROTO), "--import-paths", str(IMPORT_PATH),
             "--call", f"{SERVICE}/{method}", "--insecure", *flags,
             "--metadata", json.dumps({"authorization": f"Bearer {api_key}"}),
-            "--data-file", str(data_file), "--concurrency", str(concurrency), "--connections", str(connections),
+            "--data-file", str(data_file), "--concurrency", str(concurrency),
+            "--connections", str(min(connections, concurrency)),  # ghz refuses more than concurrency
             "--duration", f"{seconds:g}s", "--duration-stop", "wait",  # calls in flight finish and count
             "--timeout", f"{timeout_s:g}s", "--format", "json", "--output", str(output), address]
 

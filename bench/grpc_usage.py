@@ -131,6 +131,12 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None
     raise RuntimeError("the API server did not listen in time")
 
 
+def _per_event(cpu: dict, per: int, clients_us: float | None) -> dict:
+    return {"server": round(cpu["server"] / per * 1e6, 1),
+            "postgres": None if cpu["postgres"] is None else round(cpu["postgres"] / per * 1e6, 1),
+            "clients": clients_us}
+
+
 def ghz_requests(subs: list[str]) -> list[dict]:
     """RecordUsage requests for ghz, round-robin over the subscriptions in a random order; ghz
     fills a fresh UUIDv4 request id (the event id too, left empty) and the time per call."""
@@ -168,9 +174,7 @@ def phase(settings: Settings, pg: LocalPostgres, api_key: str, subs: list[str], 
                 "events": r["ok"], "errors": r["errors"], "error_codes": r["error_codes"],
                 "error_messages": r["error_messages"], "calls_per_s": r["ok_per_s"], "events_per_s": r["ok_per_s"],
                 "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
-                "cpu_us_per_event": {"server": round(cpu["server"] / per * 1e6, 1),
-                                     "postgres": None if cpu["postgres"] is None else round(cpu["postgres"] / per * 1e6, 1),
-                                     "clients": r["cpu_us_per_call"]}}
+                "cpu_us_per_event": _per_event(cpu, per, r["cpu_us_per_call"])}
     ctx = multiprocessing.get_context("spawn")
     ready, go, out = ctx.Barrier(clients + 1), ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_client, args=(f"127.0.0.1:{port}", api_key, subs, mode, batch_size, seconds,
@@ -201,14 +205,13 @@ def phase(settings: Settings, pg: LocalPostgres, api_key: str, subs: list[str], 
     lat = sorted(x for r in results for x in r["latencies"])
     calls, events = sum(r["calls"] for r in results), sum(r["events"] for r in results)
     per = max(1, events)
-    return {"mode": mode, "group_ms": group_ms, "client": "python", "seconds": round(elapsed, 1), "calls": calls, "events": events,
+    return {"mode": mode, "group_ms": group_ms, "client": "python", "seconds": round(elapsed, 1), "calls": calls,
+            "events": events,
             "errors": sum(r["errors"] for r in results),
             "calls_per_s": round(calls / elapsed), "events_per_s": round(events / elapsed),
             "p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
             "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1) if lat else None,
-            "cpu_us_per_event": {"server": round(cpu["server"] / per * 1e6, 1),
-                                 "postgres": None if cpu["postgres"] is None else round(cpu["postgres"] / per * 1e6, 1),
-                                 "clients": round(sum(r["cpu_s"] for r in results) / per * 1e6, 1)}}
+            "cpu_us_per_event": _per_event(cpu, per, round(sum(r["cpu_s"] for r in results) / per * 1e6, 1))}
 
 
 def main() -> int:

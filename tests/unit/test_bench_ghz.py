@@ -60,6 +60,9 @@ def test_the_command_names_the_service_sends_the_key_and_lets_calls_in_flight_fi
     templated = ghz.command(Path("/bin/ghz"), "127.0.0.1:5", "RecordUsage", tmp_path / "d.json", "bk_1",
                             concurrency=50, connections=10, seconds=30, output=tmp_path / "r.json", templates=True)
     assert "--disable-template-data" not in templated and "--disable-template-functions" in templated
+    few = ghz.command(Path("/bin/ghz"), "127.0.0.1:5", "RecordUsage", tmp_path / "d.json", "bk_1",
+                      concurrency=5, connections=10, seconds=3, output=tmp_path / "r.json")
+    assert few[few.index("--connections") + 1] == "5"  # ghz exits when connections exceed concurrency
 
 
 def test_without_go_the_first_run_says_what_is_missing(tmp_path, monkeypatch):
