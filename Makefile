@@ -91,8 +91,9 @@ bench-peer: install
 bench-billing: install
 	$(PY) -m bench.billing $(ARGS)
 
-## RecordUsage (one transaction per call, then group commit) and RecordUsageBatch, 50 client
-## processes; last line: grpc_usage_calls_per_s=<n> p99_ms=<x> batch_events_per_s=<b> errors=<k> ...
+## RecordUsage (one transaction per call, then group commit; 50 concurrent calls from ghz, built with
+## Go on the first run, or ARGS="--client python") and RecordUsageBatch (50 client processes);
+## last line: grpc_usage_calls_per_s=<n> p99_ms=<x> batch_events_per_s=<b> errors=<k> ... client_cpu_us=<u>
 bench-grpc-usage: install
 	$(PY) -m bench.grpc_usage $(ARGS)
 
@@ -101,8 +102,9 @@ bench-grpc-usage: install
 bench-load: install
 	$(PY) -m bench.load $(ARGS)
 
-## CheckEntitlement from 50 client processes while usage ingests at 20,000 events/s, against the
-## same checks alone in the same run; last line: entitlement_checks_per_s=<n> p99_ms=<x> errors=<k> ...
+## CheckEntitlement, 50 concurrent calls from ghz (ARGS="--client python": 50 processes), while usage
+## ingests at 20,000 events/s, against the same checks alone in the same run;
+## last line: entitlement_checks_per_s=<n> p99_ms=<x> errors=<k> ... client_cpu_us=<u>
 bench-entitlements: install
 	$(PY) -m bench.entitlements $(ARGS)
 

@@ -12,15 +12,20 @@ checks with no ingestion, measured in the same run (issue 23).
    each a process of its own, all at the same priority by default: the issue asks for checks
    while usage ingests at the rate, and a consumer at nice 10 (bench/load.py's default)
    beside 50 client processes ingests a fraction of it (--nice 10 to measure that).
-3. Clients: --clients processes (default 50), each one synchronous gRPC channel calling
-   CheckEntitlement in a loop, one call at a time, on random subscriptions, the three
-   features in turn (a third of the checks read live usage).
+3. Clients (--client): `ghz` (the default; bench/ghz.py), one Go process with --clients
+   concurrent calls over --connections channels, requests round-robin from a shuffled list of
+   every (subscription, feature) pair; or `python`, --clients processes, each one synchronous
+   channel calling in a loop, one call at a time, on random subscriptions, the three features
+   in turn. A third of the checks read live usage. The Python clients also fail a check that
+   answers allowed = false; ghz sees only the status, so every feature is checked on a few
+   subscriptions with a Python client before the run.
 4. Baseline: the checks alone for --baseline-seconds (default 10). Then, for --seconds
    (default 30): usage produced to billing.usage.v1 at --rate events/s (default 20,000;
    `billing produce-usage`, uuid4 ids) and consumed by the usage role, with the same checks.
 
 CPU is counted for the bench's own processes only (bench/cpu.py): the api server, its
-PostgreSQL, the usage role and the broker, per check; the clients apart. Under ingestion,
+PostgreSQL, the usage role and the broker, per check; the clients apart (ghz: its process's
+whole CPU; python: the client processes' CPU while calling). Under ingestion,
 PostgreSQL's CPU includes the ingestion's, so the baseline's figure is the check's own.
 
 The threshold alert lag (issue 23; bench/alert_lag.py): --alert-subscriptions more
@@ -34,9 +39,10 @@ the phase under ingestion, the bulk producer stops and the bench waits up to
 The last line is `entitlement_checks_per_s=<n> p99_ms=<x> p50_ms=<y> errors=<k>
 ingest_events_per_s=<i> cpu_us_per_check=<c> server_us=<s> postgres_us=<p>
 ratio_vs_no_ingest=<r> baseline_p99_ms=<b> alert_lag_p99_ms=<l> alert_lag_p50_ms=<m> alerts=<a>
-alerts_missing=<x> alert_lag_alone_p99_ms=<z>` (under ingestion; c = s + p measured in the
-baseline phase, where PostgreSQL serves the checks and the probe's 200 events/s only;
-alert_lag_alone: the probe's alerts in the baseline phase, with no bulk ingestion).
+alerts_missing=<x> alert_lag_alone_p99_ms=<z> client=<ghz|python> client_cpu_us=<u>` (under
+ingestion; c = s + p measured in the baseline phase, where PostgreSQL serves the checks and
+the probe's 200 events/s only; alert_lag_alone: the probe's alerts in the baseline phase, with
+no bulk ingestion; u: the load generator's CPU per check under ingestion).
 """
 from __future__ import annotations
 
@@ -59,6 +65,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench import ghz
 from bench.alert_lag import AlertProbe, histogram_means
 from bench.cpu import CpuMeter, kafka_pid, postmaster_pid
 from bench.fixtures import copy_rows
@@ -199,12 +206,48 @@ def measured(go, out, clients: int, procs, meter: CpuMeter) -> dict:
     return summarize(results, elapsed, CpuMeter.used(before, meter.read()))
 
 
+def check_answers(address: str, api_key: str, subs: list[str]) -> None:
+    """ghz sees the status of a call, not its answer: every feature on a few subscriptions
+    must answer allowed before the run, as the Python clients require of every check."""
+    import grpc
+
+    from billing.v1 import billing_pb2 as pb
+    from billing.v1 import billing_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = billing_pb2_grpc.BillingServiceStub(channel)
+        for sub in subs[:3]:
+            for feature in FEATURES:
+                resp = stub.CheckEntitlement(pb.CheckEntitlementRequest(subscription_id=sub, feature_code=feature),
+                                             metadata=(("authorization", f"Bearer {api_key}"),), timeout=30)
+                if not resp.entitlement.allowed:
+                    raise RuntimeError(f"{feature} of {sub} not allowed: {resp.entitlement.reason}")
+
+
+def ghz_measured(binary: Path, address: str, api_key: str, requests: list[dict], args, seconds: float,
+                 meter: CpuMeter, workdir: Path) -> dict:
+    """One phase driven by ghz, in summarize()'s shape (no per-feature split)."""
+    before = meter.read()
+    r = ghz.run(binary, address, "CheckEntitlement", requests, api_key, concurrency=args.clients,
+                connections=args.connections, seconds=seconds, workdir=workdir)
+    cpu = CpuMeter.used(before, meter.read())
+    per = max(1, r["ok"])
+    us = {k: None if v is None else round(v / per * 1e6, 1) for k, v in cpu.items()}
+    us["clients"] = r["cpu_us_per_call"]
+    return {"seconds": r["seconds"], "checks": r["ok"], "checks_per_s": r["ok_per_s"], "errors": r["errors"],
+            "error_codes": r["error_codes"], "error_messages": r["error_messages"], "p50_ms": r["p50_ms"],
+            "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"], "cpu_us_per_check": us}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30, help="checks under ingestion (default 30)")
     parser.add_argument("--baseline-seconds", type=float, default=10, help="checks alone (default 10)")
     parser.add_argument("--rate", type=float, default=20_000, help="usage events produced per second (default 20000)")
-    parser.add_argument("--clients", type=int, default=50, help="client processes (default 50)")
+    parser.add_argument("--client", choices=("ghz", "python"), default="ghz",
+                        help="load generator: ghz (bench/ghz.py) or Python processes (default ghz)")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent calls; python: processes (default 50)")
+    parser.add_argument("--connections", type=int, default=10, help="ghz's gRPC connections (default 10)")
     parser.add_argument("--subscriptions", type=int, default=1000)
     parser.add_argument("--alert-subscriptions", type=int, default=100, help="subscriptions with thresholds")
     parser.add_argument("--alert-rate", type=float, default=200, help="probe events/s to them (default 200)")
@@ -216,6 +259,7 @@ def main() -> int:
     args = parser.parse_args()
 
     base = Settings()
+    ghz_binary = ghz.ensure_ghz(base.kafka_cache_dir) if args.client == "ghz" else None
     state = Path(tempfile.mkdtemp(prefix="bench-entitlements-"))
     stack = LocalStack.create(state, pg_port=free_port(), kafka_port=free_port(), controller_port=free_port(),
                               kafka_version=base.kafka_version, kafka_cache_dir=base.kafka_cache_dir)
@@ -246,20 +290,31 @@ def main() -> int:
         roles.append(start_role("relay", env, state))
         wait_ready(roles)
         probe.start_reader()
-        ctx = multiprocessing.get_context("spawn")
-        ready, gos, out = ctx.Barrier(args.clients + 1), [ctx.Event(), ctx.Event()], ctx.Queue()
-        clients = [ctx.Process(target=_client, args=(f"127.0.0.1:{grpc_port}", api_key, subs,
-                                                     [args.baseline_seconds, args.seconds], ready, gos, out))
-                   for _ in range(args.clients)]
-        for p in clients:
-            p.start()
-        ready.wait(timeout=300)
+        address = f"127.0.0.1:{grpc_port}"
         meter = CpuMeter(server=roles[0][0].pid, postgres=postmaster_pid(stack.postgres.data_dir),
                          usage=roles[1][0].pid, kafka=kafka_pid(stack.kafka.data_dir))
-        log(f"{args.clients} clients connected; baseline: checks alone for {args.baseline_seconds:.0f}s")
+        if ghz_binary is not None:
+            check_answers(address, api_key, subs)
+            requests = [{"subscription_id": s, "feature_code": f} for s in subs for f in FEATURES]
+            random.shuffle(requests)
+
+            def run_phase(i: int, seconds: float) -> dict:
+                return ghz_measured(ghz_binary, address, api_key, requests, args, seconds, meter, state)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            ready, gos, out = ctx.Barrier(args.clients + 1), [ctx.Event(), ctx.Event()], ctx.Queue()
+            clients = [ctx.Process(target=_client, args=(address, api_key, subs, [args.baseline_seconds, args.seconds],
+                                                         ready, gos, out)) for _ in range(args.clients)]
+            for p in clients:
+                p.start()
+            ready.wait(timeout=300)
+
+            def run_phase(i: int, seconds: float) -> dict:
+                return measured(gos[i], out, args.clients, clients, meter)
+        log(f"{args.clients} concurrent {args.client} clients; baseline: checks alone for {args.baseline_seconds:.0f}s")
         probing = threading.Thread(target=probe.run, args=(args.baseline_seconds, "alone"), daemon=True)
         probing.start()
-        baseline = measured(gos[0], out, args.clients, clients, meter)
+        baseline = run_phase(0, args.baseline_seconds)
         probing.join()
         log(f"baseline {baseline['checks_per_s']} checks/s p99 {baseline['p99_ms']} ms; under ingestion: "
             f"{args.rate:.0f} events/s produced, the same checks, for {args.seconds:.0f}s")
@@ -275,7 +330,7 @@ def main() -> int:
         probing.start()
         time.sleep(3)  # ingestion at its steady state before the clock starts
         marks0, offsets0, t0 = high_watermark(settings), asyncio.run(stored_offsets(settings)), time.perf_counter()
-        loaded = measured(gos[1], out, args.clients, clients, meter)
+        loaded = run_phase(1, args.seconds)
         marks1, offsets1, t1 = high_watermark(settings), asyncio.run(stored_offsets(settings)), time.perf_counter()
         probing.join()
         producer.terminate()  # the bulk load stops; the alerts still due are waited for
@@ -295,8 +350,9 @@ def main() -> int:
         ingest = {"produced_per_s": round((marks1 - marks0) / (t1 - t0)),
                   "consumed_per_s": round((offsets1 - offsets0) / (t1 - t0)), "lag_at_end": marks1 - offsets1}
         ratio = loaded["checks_per_s"] / max(1, baseline["checks_per_s"])
-        figures = {"clients": args.clients, "subscriptions": args.subscriptions, "rate_asked": args.rate,
-                   "ingest": ingest, "under_ingestion": loaded, "baseline_no_ingestion": baseline,
+        figures = {"client": args.client, "clients": args.clients, "connections": args.connections,
+                   "subscriptions": args.subscriptions, "rate_asked": args.rate, "ingest": ingest,
+                   "under_ingestion": loaded, "baseline_no_ingestion": baseline,
                    "ratio_vs_no_ingest": round(ratio, 2), "alert_lag": alerts,
                    "load_avg": [round(x, 2) for x in os.getloadavg()]}
         print(json.dumps(figures))
@@ -309,7 +365,8 @@ def main() -> int:
               f"baseline_p99_ms={baseline['p99_ms']} alert_lag_p99_ms={alerts['under_ingestion']['lag']['p99_ms']} "
               f"alert_lag_p50_ms={alerts['under_ingestion']['lag']['p50_ms']} "
               f"alerts={alerts['under_ingestion']['alerts']} alerts_missing={alerts['under_ingestion']['missing']} "
-              f"alert_lag_alone_p99_ms={alerts['alone']['lag']['p99_ms']}")
+              f"alert_lag_alone_p99_ms={alerts['alone']['lag']['p99_ms']} client={args.client} "
+              f"client_cpu_us={loaded['cpu_us_per_check']['clients']}")
         finished = True
     finally:
         for p in clients:

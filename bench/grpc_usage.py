@@ -5,9 +5,12 @@ RecordUsageBatch, against one transaction per call measured in the same run.
     python -m bench.grpc_usage --seconds 10 --clients 20
 
 Starts its own PostgreSQL (the local stack's, in a temporary directory) and, per phase, an
-API server (`billing serve --roles api`, its own process); no Kafka is needed. Clients run
-in processes of their own (`--clients`, default 50), each calling in a loop, one call at a
-time, with random UUIDv4 event ids over 1,000 subscriptions, for `--seconds`:
+API server (`billing serve --roles api`, its own process); no Kafka is needed. `--clients`
+(default 50) concurrent calls, each a new UUIDv4 event id on one of 1,000 subscriptions, for
+`--seconds`. The RecordUsage phases are driven by ghz (`--client ghz`, the default;
+bench/ghz.py: one Go process, `--connections` channels) or by Python processes (`--client
+python`: one process per client, each calling in a loop, one call at a time); the batch
+phase always by Python processes (its 500 events per call are built in the client):
 
 1. baseline: RecordUsage with BILLING_USAGE_GROUP_COMMIT_MS=0 (one transaction per call),
    for `--baseline-seconds` (default: `--seconds`);
@@ -17,10 +20,12 @@ time, with random UUIDv4 event ids over 1,000 subscriptions, for `--seconds`:
 `--server-processes N` runs the server as N API processes on one port (BILLING_GRPC_PROCESSES).
 
 CPU is counted for the bench's own processes only (bench/cpu.py): the server's (all its API
-processes) and its PostgreSQL's process trees, per call (per event for the batch phase); the clients' apart.
+processes) and its PostgreSQL's process trees, per call (per event for the batch phase); the
+clients' apart (ghz: its whole process's CPU). Errors: every call not answered OK.
 
 The last line is `grpc_usage_calls_per_s=<n> p99_ms=<x> batch_events_per_s=<b> errors=<k>
-ratio_vs_per_call=<r> cpu_us_per_call=<c>` (c: server + PostgreSQL, group commit phase).
+ratio_vs_per_call=<r> cpu_us_per_call=<c> client=<ghz|python> client_cpu_us=<u>` (c: server +
+PostgreSQL, u: the load generator, per call, group commit phase).
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench import ghz
 from bench.cpu import CpuMeter, postmaster_pid
 from bench.fixtures import copy_rows, metered_tenant
 from billing.devstack import LocalPostgres, free_port
@@ -125,8 +131,23 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None
     raise RuntimeError("the API server did not listen in time")
 
 
+def _per_event(cpu: dict, per: int, clients_us: float | None) -> dict:
+    return {"server": round(cpu["server"] / per * 1e6, 1),
+            "postgres": None if cpu["postgres"] is None else round(cpu["postgres"] / per * 1e6, 1),
+            "clients": clients_us}
+
+
+def ghz_requests(subs: list[str]) -> list[dict]:
+    """RecordUsage requests for ghz, round-robin over the subscriptions in a random order; ghz
+    fills a fresh UUIDv4 request id (the event id too, left empty) and the time per call."""
+    order = random.sample(subs, len(subs))
+    return [{"request_id": "{{.UUID}}", "subscription_id": s, "metric_code": "calls", "quantity": "1",
+             "occurred_at": "{{.Timestamp}}"} for s in order]
+
+
 def phase(settings: Settings, pg: LocalPostgres, api_key: str, subs: list[str], *, mode: str, group_ms: float,
-          clients: int, seconds: float, batch_size: int, server_processes: int = 1) -> dict:
+          clients: int, seconds: float, batch_size: int, server_processes: int = 1,
+          ghz_binary: Path | None = None, connections: int = 10) -> dict:
     port = free_port()
     env = {**os.environ, "BILLING_DATABASE_URL": settings.database_url,
            "BILLING_WORKER_DATABASE_URL": settings.worker_database_url,
@@ -137,6 +158,23 @@ def phase(settings: Settings, pg: LocalPostgres, api_key: str, subs: list[str], 
     server = subprocess.Popen([sys.executable, "-m", "billing.cli", "serve", "--roles", "api"], env=env,
                               stdout=subprocess.DEVNULL,
                               stderr=open(Path(tempfile.gettempdir()) / "bench-grpc-usage-server.log", "w"))
+    if ghz_binary is not None and mode == "single":
+        try:
+            _wait_port(port, server)
+            meter = CpuMeter(server=server.pid, postgres=postmaster_pid(pg.data_dir))
+            before = meter.read()
+            r = ghz.run(ghz_binary, f"127.0.0.1:{port}", "RecordUsage", ghz_requests(subs), api_key,
+                        concurrency=clients, connections=connections, seconds=seconds, templates=True)
+            cpu = CpuMeter.used(before, meter.read())
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        per = max(1, r["ok"])
+        return {"mode": mode, "group_ms": group_ms, "client": "ghz", "seconds": r["seconds"], "calls": r["ok"],
+                "events": r["ok"], "errors": r["errors"], "error_codes": r["error_codes"],
+                "error_messages": r["error_messages"], "calls_per_s": r["ok_per_s"], "events_per_s": r["ok_per_s"],
+                "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                "cpu_us_per_event": _per_event(cpu, per, r["cpu_us_per_call"])}
     ctx = multiprocessing.get_context("spawn")
     ready, go, out = ctx.Barrier(clients + 1), ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_client, args=(f"127.0.0.1:{port}", api_key, subs, mode, batch_size, seconds,
@@ -167,21 +205,24 @@ def phase(settings: Settings, pg: LocalPostgres, api_key: str, subs: list[str], 
     lat = sorted(x for r in results for x in r["latencies"])
     calls, events = sum(r["calls"] for r in results), sum(r["events"] for r in results)
     per = max(1, events)
-    return {"mode": mode, "group_ms": group_ms, "seconds": round(elapsed, 1), "calls": calls, "events": events,
+    return {"mode": mode, "group_ms": group_ms, "client": "python", "seconds": round(elapsed, 1), "calls": calls,
+            "events": events,
             "errors": sum(r["errors"] for r in results),
             "calls_per_s": round(calls / elapsed), "events_per_s": round(events / elapsed),
             "p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
             "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1) if lat else None,
-            "cpu_us_per_event": {"server": round(cpu["server"] / per * 1e6, 1),
-                                 "postgres": None if cpu["postgres"] is None else round(cpu["postgres"] / per * 1e6, 1),
-                                 "clients": round(sum(r["cpu_s"] for r in results) / per * 1e6, 1)}}
+            "cpu_us_per_event": _per_event(cpu, per, round(sum(r["cpu_s"] for r in results) / per * 1e6, 1))}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--baseline-seconds", type=float, default=None)
-    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--client", choices=("ghz", "python"), default="ghz",
+                        help="load generator of the RecordUsage phases: ghz (bench/ghz.py) or Python processes; "
+                             "the batch phase always runs Python processes (default ghz)")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent calls; python: processes (default 50)")
+    parser.add_argument("--connections", type=int, default=10, help="ghz's gRPC connections (default 10)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--group-ms", type=float, default=2.0)
     parser.add_argument("--subscriptions", type=int, default=1000)
@@ -189,6 +230,7 @@ def main() -> int:
                         help="API processes on the port (BILLING_GRPC_PROCESSES; default 1)")
     args = parser.parse_args()
 
+    ghz_binary = ghz.ensure_ghz() if args.client == "ghz" else None
     pg = LocalPostgres(data_dir=Path(tempfile.mkdtemp(prefix="bench-grpc-usage-")) / "postgres", port=free_port())
     log(f"starting PostgreSQL in {pg.data_dir}")
     pg.start()
@@ -197,7 +239,8 @@ def main() -> int:
     try:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         api_key, subs = asyncio.run(setup(settings, args.subscriptions))
-        common = dict(clients=args.clients, batch_size=args.batch_size, server_processes=args.server_processes)
+        common = dict(clients=args.clients, batch_size=args.batch_size, server_processes=args.server_processes,
+                      ghz_binary=ghz_binary, connections=args.connections)
         log(f"baseline: RecordUsage, one transaction per call, {args.clients} clients")
         base = phase(settings, pg, api_key, subs, mode="single", group_ms=0,
                      seconds=args.baseline_seconds or args.seconds, **common)
@@ -213,7 +256,8 @@ def main() -> int:
         cpu = grouped["cpu_us_per_event"]
         print(f"grpc_usage_calls_per_s={grouped['calls_per_s']} p99_ms={grouped['p99_ms']} "
               f"batch_events_per_s={batch['events_per_s']} errors={grouped['errors'] + batch['errors']} "
-              f"ratio_vs_per_call={ratio:.1f} cpu_us_per_call={cpu['server'] + (cpu['postgres'] or 0):.0f}")
+              f"ratio_vs_per_call={ratio:.1f} cpu_us_per_call={cpu['server'] + (cpu['postgres'] or 0):.0f} "
+              f"client={args.client} client_cpu_us={cpu['clients']}")
         finished = True
     finally:
         pg.stop(quiet=True)
