@@ -10,7 +10,7 @@ import json
 import re
 import uuid
 from contextlib import asynccontextmanager, contextmanager
-from typing import AsyncIterator, Iterator, Mapping
+from typing import AsyncIterator, Iterator, Mapping, NamedTuple
 
 import asyncpg
 import orjson
@@ -68,11 +68,22 @@ class TenantConnection(asyncpg.Connection):
             return status
         return await super().execute(query, *args, timeout=timeout)
 
+    def skip_reset(self) -> None:
+        """Only one statement ran, in its implicit transaction, leaving no session state."""
+        self._reset_sent = True
+
     def get_reset_query(self) -> str:
         if self._reset_sent:  # the COMMIT just sent it; nothing ran on the connection since
             self._reset_sent = False
             return ""
         return super().get_reset_query()
+
+
+class Entry(NamedTuple):
+    """How a statement enters its tenant: the API keys of the call (checked live; the tenant
+    token comes through them) or, with none, the token this process holds."""
+    key_hashes: tuple[bytes, ...]
+    token: str | None
 
 
 class Database:
@@ -103,6 +114,19 @@ class Database:
                     async with conn.transaction():
                         await set_tenant(conn, tenant_id)
                         yield conn
+
+    @asynccontextmanager
+    async def tenant_statement(self, tenant_id: uuid.UUID) -> AsyncIterator[tuple[asyncpg.Connection, Entry]]:
+        """A connection for ONE statement that enters the tenant itself (a function given
+        `Entry`: the call's API keys to check live, or the token this process holds), in its
+        own implicit transaction: no BEGIN, no COMMIT, and nothing to reset on release (the
+        tenant settings are transaction-local; no lock, cursor or LISTEN is left)."""
+        with _tx_span(tenant_id), _log_tenant(tenant_id):
+            async with self.pool.acquire() as conn:
+                keys = _entry_keys.get()
+                yield conn, Entry(keys, None if keys else _tenant_tokens.get(tenant_id, ""))
+                if hasattr(conn, "skip_reset"):
+                    conn.skip_reset()
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[asyncpg.Connection]:

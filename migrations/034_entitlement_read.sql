@@ -1,0 +1,37 @@
+-- CheckEntitlement in one statement, so one round trip (billing/store/entitlement_reads.py):
+-- a call used to open a transaction (BEGIN carrying the tenant and the key check), read the
+-- subscription, read its period's usage totals, and COMMIT.
+--
+-- entitlement_read() does in its caller's implicit transaction what that BEGIN did: the key
+-- check (api_keys_live, migration 031: SQLSTATE 28000 for a revoked or unknown key), then
+-- the tenant and its token set with set_config(..., true), which end with the statement.
+-- SECURITY INVOKER (the default): its queries run as the caller, so row-level security
+-- filters them exactly as it does the API's other queries; a subscription of another tenant
+-- is no row at all. One row per usage total of the subscription's current period (all its
+-- metrics), or one row with a null metric when there is none; no row: no such subscription.
+--
+-- p_key_hashes: the API keys of the call (the tenant token comes through the first, as in
+-- store/db.py); empty for a caller that enters with a token it holds (p_token).
+
+create function entitlement_read(p_tenant uuid, p_key_hashes bytea[], p_token text, p_subscription uuid)
+    returns table (plan_id uuid, status text, current_period_start timestamptz, current_period_end timestamptz,
+                   metric_code text, quantity_sum numeric, event_count bigint, quantity_max numeric,
+                   latest_quantity numeric)
+    language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+begin
+    if cardinality(p_key_hashes) > 0 then
+        perform public.api_keys_live(p_key_hashes);
+        p_token := (select a.token from public.authenticate_api_key_token(p_key_hashes[1]) a);
+    end if;
+    perform set_config('billing.tenant_id', p_tenant::text, true),
+            set_config('billing.tenant_token', coalesce(p_token, ''), true);
+    return query
+        select s.plan_id, s.status, s.current_period_start, s.current_period_end,
+               u.metric_code, u.quantity_sum, u.event_count, u.quantity_max, u.latest_quantity
+          from public.subscriptions s
+          left join public.usage_totals u
+            on u.tenant_id = s.tenant_id and u.subscription_id = s.id and u.period_start = s.current_period_start
+         where s.tenant_id = p_tenant and s.id = p_subscription;
+end $$;
+revoke all on function entitlement_read(uuid, bytea[], text, uuid) from public;
+grant execute on function entitlement_read(uuid, bytea[], text, uuid) to billing_app, billing_worker;
