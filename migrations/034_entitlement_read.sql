@@ -3,7 +3,7 @@
 -- subscription, read its period's usage totals, and COMMIT.
 --
 -- entitlement_read() does in its caller's implicit transaction what that BEGIN did: the key
--- check (api_keys_live, migration 031: SQLSTATE 28000 for a revoked or unknown key), then
+-- check (as api_keys_live, migration 031: SQLSTATE 28000 for a revoked or unknown key), then
 -- the tenant and its token set with set_config(..., true), which end with the statement.
 -- SECURITY INVOKER (the default): its queries run as the caller, so row-level security
 -- filters them exactly as it does the API's other queries; a subscription of another tenant
@@ -20,8 +20,15 @@ create function entitlement_read(p_tenant uuid, p_key_hashes bytea[], p_token te
     language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
 begin
     if cardinality(p_key_hashes) > 0 then
-        perform public.api_keys_live(p_key_hashes);
+        -- One key (every API call): authenticate_api_key_token() answers nothing for a revoked
+        -- or unknown key, which is refused as api_keys_live() refuses it; more: api_keys_live().
+        if cardinality(p_key_hashes) > 1 then
+            perform public.api_keys_live(p_key_hashes);
+        end if;
         p_token := (select a.token from public.authenticate_api_key_token(p_key_hashes[1]) a);
+        if p_token is null then
+            raise exception 'API key revoked or unknown' using errcode = 'invalid_authorization_specification';
+        end if;
     end if;
     perform set_config('billing.tenant_id', p_tenant::text, true),
             set_config('billing.tenant_token', coalesce(p_token, ''), true);
