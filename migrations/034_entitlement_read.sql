@@ -9,11 +9,14 @@
 -- filters them exactly as it does the API's other queries; a subscription of another tenant
 -- is no row at all. One row per usage total of the subscription's current period (all its
 -- metrics), or one row with a null metric when there is none; no row: no such subscription.
+-- p_with_usage false (the feature is metered in no plan the API process has cached, so
+-- the answer needs no usage): the subscription alone, no usage_totals read.
 --
 -- p_key_hashes: the API keys of the call (the tenant token comes through the first, as in
 -- store/db.py); empty for a caller that enters with a token it holds (p_token).
 
-create function entitlement_read(p_tenant uuid, p_key_hashes bytea[], p_token text, p_subscription uuid)
+create function entitlement_read(p_tenant uuid, p_key_hashes bytea[], p_token text, p_subscription uuid,
+                                 p_with_usage boolean)
     returns table (plan_id uuid, status text, current_period_start timestamptz, current_period_end timestamptz,
                    metric_code text, quantity_sum numeric, event_count bigint, quantity_max numeric,
                    latest_quantity numeric)
@@ -32,6 +35,14 @@ begin
     end if;
     perform set_config('billing.tenant_id', p_tenant::text, true),
             set_config('billing.tenant_token', coalesce(p_token, ''), true);
+    if not p_with_usage then
+        return query
+            select s.plan_id, s.status, s.current_period_start, s.current_period_end,
+                   null::text, null::numeric, null::bigint, null::numeric, null::numeric
+              from public.subscriptions s
+             where s.tenant_id = p_tenant and s.id = p_subscription;
+        return;
+    end if;
     return query
         select s.plan_id, s.status, s.current_period_start, s.current_period_end,
                u.metric_code, u.quantity_sum, u.event_count, u.quantity_max, u.latest_quantity
@@ -40,5 +51,5 @@ begin
             on u.tenant_id = s.tenant_id and u.subscription_id = s.id and u.period_start = s.current_period_start
          where s.tenant_id = p_tenant and s.id = p_subscription;
 end $$;
-revoke all on function entitlement_read(uuid, bytea[], text, uuid) from public;
-grant execute on function entitlement_read(uuid, bytea[], text, uuid) to billing_app, billing_worker;
+revoke all on function entitlement_read(uuid, bytea[], text, uuid, boolean) from public;
+grant execute on function entitlement_read(uuid, bytea[], text, uuid, boolean) to billing_app, billing_worker;

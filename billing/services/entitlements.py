@@ -56,9 +56,11 @@ async def _check_in_one_statement(db: Database, caller: Caller, cache: PlanCache
     its period's stored totals. None when that is not enough to answer as `_judge` would: the
     plan is not in the cache yet, or the feature's metric is counted from the events (a
     unique count, a dynamic or per-event price, a weighted sum); the caller then reads in a
-    transaction."""
+    transaction. The totals are read only if a cached plan of the tenant meters the feature."""
+    with_usage = cache.metered_somewhere(caller.tenant_id, feature_code)
     async with db.tenant_statement(caller.tenant_id) as (conn, entry):
-        rows = await entitlement_reads.read(conn, caller.tenant_id, entry.key_hashes, entry.token, sub_uuid)
+        rows = await entitlement_reads.read(conn, caller.tenant_id, entry.key_hashes, entry.token, sub_uuid,
+                                            with_usage)
     if not rows:
         raise NotFound("subscription", subscription_id)
     first = rows[0]
@@ -73,8 +75,8 @@ async def _check_in_one_statement(db: Database, caller: Caller, cache: PlanCache
     quantity = None
     if feature is not None and metered and status in ENTITLED_STATUSES and start is not None:
         charges = [c for c in spec.usage_charges if c.metric_code == feature.metric_code]
-        if any(c.unique_property or event_usage.from_events(c) for c in charges):
-            return None
+        if not with_usage or any(c.unique_property or event_usage.from_events(c) for c in charges):
+            return None  # not with_usage: the plan came into the cache during the read
         totals = {r["metric_code"]: r for r in rows}
         for charge in charges:  # the last charge of the metric counts, as in `_judge`
             row = totals.get(charge.metric_code)

@@ -109,14 +109,14 @@ async def test_another_tenants_subscription_is_not_found(service, stub, tenant, 
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     key = [hash_key(other.api_key)]
     async with service.db.pool.acquire() as conn:  # as billing_app, with the other tenant's key
-        rows = await conn.fetch("select * from entitlement_read($1, $2, null, $3)", uuid.UUID(other.id), key,
+        rows = await conn.fetch("select * from entitlement_read($1, $2, null, $3, true)", uuid.UUID(other.id), key,
                                 uuid.UUID(sub.id))
         assert rows == []
         # Naming the subscription's own tenant with the other tenant's key: no token, refused.
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.fetch("select * from entitlement_read($1, $2, null, $3)", uuid.UUID(tenant.id), key,
+            await conn.fetch("select * from entitlement_read($1, $2, null, $3, true)", uuid.UUID(tenant.id), key,
                              uuid.UUID(sub.id))
         # No key and no token: the API role cannot enter any tenant.
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.fetch("select * from entitlement_read($1, '{}', null, $2)", uuid.UUID(tenant.id),
+            await conn.fetch("select * from entitlement_read($1, '{}', null, $2, true)", uuid.UUID(tenant.id),
                              uuid.UUID(sub.id))
