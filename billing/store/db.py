@@ -160,8 +160,8 @@ class ConnectionScope:
 
 class _tx_span:
     """The `db.transaction` span, current while the block runs: what `start_as_current_span`
-    does (an exception of the block is recorded and sets the status), by hand, as it runs for
-    every call and its generator-based context managers cost more than the span itself."""
+    does (an exception of the block is recorded and sets the status), by hand: it runs for
+    every call, and the generator-based context managers of `start_as_current_span` add to each."""
 
     __slots__ = ("attributes", "span", "token")
 
