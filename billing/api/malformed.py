@@ -2,17 +2,12 @@
 field) are refused with INVALID_ARGUMENT.
 
 grpc answers a request that its deserializer cannot parse with UNKNOWN ("Unexpected
-DecodeError"), which tells the client nothing and looks like a server fault. This
-interceptor, the innermost, makes the deserializer return a marker instead, and answers a
-marked call INVALID_ARGUMENT after the outer interceptors (authentication first) ran.
+DecodeError"), which tells the client nothing and looks like a server fault. The call
+interceptor (billing/api/interceptors.py) makes the deserializer return a marker instead
+(`lenient`), and answers a marked call INVALID_ARGUMENT after authentication, just before
+the handler runs.
 """
 from __future__ import annotations
-
-from typing import Awaitable, Callable
-
-import grpc
-
-from billing.api import status
 
 
 class MalformedRequest:
@@ -22,7 +17,7 @@ class MalformedRequest:
         self.reason = reason
 
 
-def _lenient(deserializer):
+def lenient(deserializer):
     if deserializer is None:
         return None
 
@@ -33,23 +28,3 @@ def _lenient(deserializer):
             return MalformedRequest(f"{type(exc).__name__}: {str(exc)[:200]}")
 
     return parse
-
-
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        behavior: Callable[..., Awaitable] = handler.unary_unary
-
-        async def call(request, context: grpc.aio.ServicerContext):
-            if isinstance(request, MalformedRequest):
-                message = f"request: not a valid protobuf message ({request.reason})"
-                await status.abort(context, grpc.StatusCode.INVALID_ARGUMENT, message, reason="MALFORMED_REQUEST",
-                                   violations=[("request", message)])
-            return await behavior(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            call, request_deserializer=_lenient(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )

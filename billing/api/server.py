@@ -7,9 +7,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from billing.api.interceptors import AuthInterceptor, MetricsInterceptor, TracingInterceptor
-from billing.api.malformed import MalformedRequestInterceptor
-from billing.api.overload import ConcurrencyLimitInterceptor
+from billing.api.interceptors import CallInterceptor
+from billing.api.overload import CallLimit
 from billing.api.servicer import BillingServicer
 from billing.api.tls import ServerTls
 from billing.services.api_keys import KeyCache
@@ -31,13 +30,13 @@ class GrpcServer:
                  api_key_cache_ttl_s: float = 0.0, reuse_port: bool = False):
         self.tls = tls or ServerTls()
         credentials = self.tls.credentials()  # before binding: a bad setting fails the start
-        self.limiter = ConcurrencyLimitInterceptor(max_concurrent_calls)
+        self.limiter = CallLimit(max_concurrent_calls)
         self.keys = KeyCache(db, api_key_cache_ttl_s)
         self.server = grpc.aio.server(
-            # Outermost first: the metrics count the calls refused by the bound too; the span
-            # covers authentication, and so does the latency.
-            interceptors=[MetricsInterceptor(SERVICE_METHODS), self.limiter, TracingInterceptor(), AuthInterceptor(self.keys),
-                          MalformedRequestInterceptor()],
+            # One interceptor: metrics (outermost: they count the calls refused by the bound
+            # too), the bound, the span (it covers authentication, and so does the latency),
+            # authentication, malformed requests (billing/api/interceptors.py).
+            interceptors=[CallInterceptor(self.keys, self.limiter, SERVICE_METHODS)],
             # so_reuseport: the processes of BILLING_GRPC_PROCESSES share the port (the kernel
             # spreads connections); off otherwise, so a port already taken fails the start.
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", int(reuse_port))],

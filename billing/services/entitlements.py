@@ -14,12 +14,14 @@ from billing.domain.aggregation import PeriodUsage, charge_quantity
 from billing.domain.entitlements import ENTITLED_STATUSES, Decision, Feature, FeatureKind, decide, change_data
 from billing.domain.events import EventType
 from billing.domain.plans import PlanSpec
+from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.subscriptions import Subscription
-from billing.services import events, paging, period_reads, plans
+from billing.services import event_usage, events, paging, period_reads, plans
 from billing.services.context import Caller
 from billing.services.errors import NotFound, ValidationError, Violations
 from billing.services.plans import PlanCache
 from billing.services.uow import Database
+from billing.store import entitlement_reads
 from billing.store import subscriptions as subs_store
 
 
@@ -39,10 +41,52 @@ async def check(db: Database, caller: Caller, cache: PlanCache, *, subscription_
         raise ValidationError("feature_code", "is required")
     if len(feature_code) > 64:
         raise ValidationError("feature_code", "must be at most 64 characters")
+    found = await _check_in_one_statement(db, caller, cache, sub_uuid, subscription_id, feature_code)
+    if found is not None:
+        return found
     async with db.tenant_tx(caller.tenant_id) as conn:
         sub, spec = await _subscription(conn, caller, cache, sub_uuid, subscription_id)
         feature = next((f for f in spec.features if f.code == feature_code), None)
         return (await _judge(conn, caller, sub, spec, [feature_code], [feature]))[0]
+
+
+async def _check_in_one_statement(db: Database, caller: Caller, cache: PlanCache, sub_uuid: uuid.UUID,
+                                  subscription_id: str, feature_code: str) -> EntitlementView | None:
+    """The usual check in one round trip (`store/entitlement_reads.py`): the subscription and
+    its period's stored totals. None when that is not enough to answer as `_judge` would: the
+    plan is not in the cache yet, or the feature's metric is counted from the events (a
+    unique count, a dynamic or per-event price, a weighted sum); the caller then reads in a
+    transaction. The totals are read only if a cached plan of the tenant meters the feature."""
+    with_usage = cache.metered_somewhere(caller.tenant_id, feature_code)
+    async with db.tenant_statement(caller.tenant_id) as (conn, entry):
+        rows = await entitlement_reads.read(conn, caller.tenant_id, entry.key_hashes, entry.token, sub_uuid,
+                                            with_usage)
+    if not rows:
+        raise NotFound("subscription", subscription_id)
+    first = rows[0]
+    try:
+        spec = cache.spec(caller.tenant_id, first["plan_id"])
+    except KeyError:
+        return None
+    feature = next((f for f in spec.features if f.code == feature_code), None)
+    status = SubscriptionStatus(first["status"])
+    start = first["current_period_start"]
+    metered = feature is not None and feature.kind is FeatureKind.METERED
+    quantity = None
+    if feature is not None and metered and status in ENTITLED_STATUSES and start is not None:
+        charges = [c for c in spec.usage_charges if c.metric_code == feature.metric_code]
+        if not with_usage or any(c.unique_property or event_usage.from_events(c) for c in charges):
+            return None  # not with_usage: the plan came into the cache during the read
+        totals = {r["metric_code"]: r for r in rows}
+        for charge in charges:  # the last charge of the metric counts, as in `_judge`
+            row = totals.get(charge.metric_code)
+            usage = PeriodUsage() if row is None else PeriodUsage(row["quantity_sum"], row["event_count"],
+                                                                  row["quantity_max"], row["latest_quantity"])
+            quantity = charge_quantity(charge, usage)
+    decision = decide(feature, status, quantity)
+    counted = metered and decision.used is not None
+    return EntitlementView(feature_code, feature, decision, start if counted else None,
+                           first["current_period_end"] if counted else None)
 
 
 async def list_entitlements(db: Database, caller: Caller, cache: PlanCache, *, subscription_id: str,

@@ -25,7 +25,7 @@ UsageByPeriod = dict[tuple[uuid.UUID, datetime | None], dict[str, PeriodUsage]]
 _ZERO = Decimal(0)
 
 
-def _from_events(charge: UsageCharge) -> bool:
+def from_events(charge: UsageCharge) -> bool:
     return bool(charge.amount_property) or charge.per_event or charge.aggregation is Aggregation.WEIGHTED_SUM
 
 
@@ -41,7 +41,7 @@ async def add_event_usage(conn: asyncpg.Connection, tenant: uuid.UUID, subs: Ite
     wanted: dict[UsageCharge, set[uuid.UUID]] = {}
     for sub_id, spec in subs:
         for charge in spec.usage_charges:
-            if _from_events(charge):
+            if from_events(charge):
                 wanted.setdefault(charge, set()).add(sub_id)
     for charge, sub_ids in wanted.items():
         periods = [(s, firsts[s]) for s in sorted(sub_ids)]
@@ -86,7 +86,7 @@ async def late_event_usage(conn: asyncpg.Connection, tenant: uuid.UUID, sub_id: 
                            after: PeriodUsage) -> tuple[PeriodUsage, PeriodUsage]:
     """`before` and `after` (a period's totals without and with its late events) completed
     with what an event-priced charge needs, read from the period's events."""
-    if not _from_events(charge):
+    if not from_events(charge):
         return before, after
     start, end = period
     rows = await event_aggregates.period_events(conn, tenant, sub_id, charge.metric_code, start, late_ids,

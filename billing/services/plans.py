@@ -12,6 +12,7 @@ from typing import Sequence
 
 import asyncpg
 
+from billing.domain.entitlements import FeatureKind
 from billing.domain.plans import PlanInput, PlanSpec
 from billing.domain.plan_storage import plan_from_dict, plan_to_dict
 from billing.domain.plan_validation import parse_plan
@@ -68,6 +69,7 @@ class PlanCache:
     def __init__(self) -> None:
         self._specs: dict[tuple[uuid.UUID, uuid.UUID], PlanSpec] = {}
         self._metrics: dict[tuple[uuid.UUID, uuid.UUID], frozenset[str]] = {}
+        self._metered: dict[uuid.UUID, set[str]] = {}  # tenant -> codes of a metered feature of a cached plan
 
     async def load(self, conn: asyncpg.Connection, tenant: uuid.UUID, plan_ids: set[uuid.UUID]) -> None:
         """Make `spec` and `metric_codes` answer for these plans (one query for the missing)."""
@@ -76,12 +78,19 @@ class PlanCache:
             spec = plan_from_dict(raw)
             self._specs[(tenant, plan_id)] = spec
             self._metrics[(tenant, plan_id)] = frozenset(c.metric_code for c in spec.usage_charges)
+            self._metered.setdefault(tenant, set()).update(f.code for f in spec.features
+                                                           if f.kind is FeatureKind.METERED)
 
     def spec(self, tenant: uuid.UUID, plan_id: uuid.UUID) -> PlanSpec:
         return self._specs[(tenant, plan_id)]
 
     def metric_codes(self, tenant: uuid.UUID, plan_id: uuid.UUID) -> frozenset[str]:
         return self._metrics[(tenant, plan_id)]
+
+    def metered_somewhere(self, tenant: uuid.UUID, feature_code: str) -> bool:
+        """Whether a cached plan of the tenant lists this feature as metered."""
+        found = self._metered.get(tenant)
+        return found is not None and feature_code in found
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import asyncpg
@@ -100,10 +101,20 @@ class KeyIdentity:
     api_key_id: uuid.UUID
     key_hash: bytes | None = None
 
-    @property
+    # Cached: an identity lives in the key cache and serves every call made with the key.
+    @cached_property
     def actor(self) -> str:
         """The audit trail's actor: the key's id, which names the key without any of its secret."""
         return f"api:{self.api_key_id}"
+
+    @cached_property
+    def tenant_text(self) -> str:
+        return str(self.tenant_id)
+
+    @cached_property
+    def entry_keys(self) -> tuple[bytes, ...]:
+        """The keys a call made with this one has its database statements check live."""
+        return (self.key_hash,) if self.key_hash else ()
 
 
 async def identify(conn: asyncpg.Connection, api_key: str) -> KeyIdentity | None:

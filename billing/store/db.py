@@ -10,11 +10,13 @@ import json
 import re
 import uuid
 from contextlib import asynccontextmanager, contextmanager
-from typing import AsyncIterator, Iterator, Mapping
+from typing import AsyncIterator, Iterator, Mapping, NamedTuple
 
 import asyncpg
 import orjson
-from opentelemetry.trace import SpanKind
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from billing.telemetry import current_tenant, tracer
 
@@ -68,11 +70,22 @@ class TenantConnection(asyncpg.Connection):
             return status
         return await super().execute(query, *args, timeout=timeout)
 
+    def skip_reset(self) -> None:
+        """Only one statement ran, in its implicit transaction, leaving no session state."""
+        self._reset_sent = True
+
     def get_reset_query(self) -> str:
         if self._reset_sent:  # the COMMIT just sent it; nothing ran on the connection since
             self._reset_sent = False
             return ""
         return super().get_reset_query()
+
+
+class Entry(NamedTuple):
+    """How a statement enters its tenant: the API keys of the call (checked live; the tenant
+    token comes through them) or, with none, the token this process holds."""
+    key_hashes: tuple[bytes, ...]
+    token: str | None
 
 
 class Database:
@@ -105,6 +118,19 @@ class Database:
                         yield conn
 
     @asynccontextmanager
+    async def tenant_statement(self, tenant_id: uuid.UUID) -> AsyncIterator[tuple[asyncpg.Connection, Entry]]:
+        """A connection for ONE statement that enters the tenant itself (a function given
+        `Entry`: the call's API keys to check live, or the token this process holds), in its
+        own implicit transaction: no BEGIN, no COMMIT, and nothing to reset on release (the
+        tenant settings are transaction-local; no lock, cursor or LISTEN is left)."""
+        with _tx_span(tenant_id), _log_tenant(tenant_id):
+            async with self.pool.acquire() as conn:
+                keys = _entry_keys.get()
+                yield conn, Entry(keys, None if keys else _tenant_tokens.get(tenant_id, ""))
+                if hasattr(conn, "skip_reset"):
+                    conn.skip_reset()
+
+    @asynccontextmanager
     async def tx(self) -> AsyncIterator[asyncpg.Connection]:
         """A transaction with no tenant: row-level security shows no tenant rows at all."""
         with _tx_span(None):
@@ -132,13 +158,33 @@ class ConnectionScope:
                 yield self.conn
 
 
-def _tx_span(tenant_id: uuid.UUID | None, savepoint: bool = False):
-    attributes = {"db.system.name": "postgresql"}
-    if tenant_id is not None:
-        attributes["billing.tenant_id"] = str(tenant_id)
-    if savepoint:
-        attributes["billing.savepoint"] = True
-    return tracer.start_as_current_span("db.transaction", kind=SpanKind.CLIENT, attributes=attributes)
+class _tx_span:
+    """The `db.transaction` span, current while the block runs: what `start_as_current_span`
+    does (an exception of the block is recorded and sets the status), by hand: it runs for
+    every call, and the generator-based context managers of `start_as_current_span` add to each."""
+
+    __slots__ = ("attributes", "span", "token")
+
+    def __init__(self, tenant_id: uuid.UUID | None, savepoint: bool = False):
+        attributes: dict[str, str | bool] = {"db.system.name": "postgresql"}
+        if tenant_id is not None:
+            attributes["billing.tenant_id"] = str(tenant_id)
+        if savepoint:
+            attributes["billing.savepoint"] = True
+        self.attributes = attributes
+
+    def __enter__(self):
+        self.span = tracer.start_span("db.transaction", kind=SpanKind.CLIENT, attributes=self.attributes)
+        self.token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, kind, exc, tb):
+        otel_context.detach(self.token)
+        span = self.span
+        if isinstance(exc, Exception) and span.is_recording():
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.end()
 
 
 class _log_tenant:
