@@ -214,7 +214,8 @@ def measure_history(settings: Settings, args, pg) -> dict:
     log(f"setting up {args.subscriptions:,} due subscriptions with {args.history_months} months of history")
     tenant = asyncio.run(setup(settings, args.subscriptions, seed=2))
     stored = asyncio.run(billing_history.with_history(settings.admin_database_url, tenant, args.history_months,
-                                                      args.history_churn, args.history_events, log))
+                                                      args.history_churn, args.history_events, log,
+                                                      pg.superuser_url if pg else None))
     log(f"history stored in {stored['setup_s']} s: {stored['rows']}; running")
     seconds, run = asyncio.run(bill(settings, tenant, args.chunk, args.workers, args.processes,
                                     postmaster_pid(pg.data_dir) if pg is not None else None))
@@ -265,7 +266,7 @@ def main() -> int:
         log(f"setting up {args.subscriptions:,} due subscriptions with usage")
         tenant = asyncio.run(setup(settings, args.subscriptions))
         if args.history_months:
-            asyncio.run(billing_history.settled(settings.admin_database_url))
+            asyncio.run(billing_history.settled(settings.admin_database_url, pg.superuser_url if pg else None))
         if args.publish and args.processes > 1:
             relay = RelayProcess.start(settings)
         log(f"running: one billing run in {args.processes} shard process(es)")
