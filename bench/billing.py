@@ -24,8 +24,15 @@ measures the run to the topic: from its start to the moment the last of its invo
 requests is on `billing.invoice-requests.v1` (the topic's high watermarks), as
 `published_subs_per_s`, with the relay's CPU per subscription over that time.
 
+`--history-months N` (to the outbox only, no Kafka) measures a second run: of a tenant with
+N months of history behind its due subscriptions (bench/billing_history.py: billed periods,
+usage totals and raw events, published outbox rows, audit rows, earlier runs, churned
+subscriptions), after the run without history, and reports the ratio of their CPU per
+subscription (`history_ratio`; target at most 1.2, issue #24).
+
 The last line is `billing_subs_per_s=<n> ratio_vs_naive=<r> cpu_us_per_sub=<c>
-published_subs_per_s=<p>` (c: the shard processes' and PostgreSQL's CPU, to the outbox).
+published_subs_per_s=<p>` (c: the shard processes' and PostgreSQL's CPU, to the outbox), with
+`history_cpu_us_per_sub=<h> history_ratio=<h/c>` after it with `--history-months`.
 """
 from __future__ import annotations
 
@@ -47,6 +54,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench import billing_history
 from bench.billing_relay import RelayProcess
 from bench.cpu import postmaster_pid, tree_cpu_s
 from bench.fixtures import copy_rows, metered_tenant
@@ -195,6 +203,26 @@ def _shard(url: str, tenant_id: uuid.UUID, run_id: uuid.UUID, shard: int, chunk_
     asyncio.run(run())
 
 
+def _cpu_us(run: dict) -> int:
+    cpu = run["cpu_us_per_sub"]
+    return cpu["python"] + (cpu["postgres"] or 0)
+
+
+def measure_history(settings: Settings, args, pg) -> dict:
+    """The same run over a tenant with `--history-months` of history (written first, not
+    measured); its CPU per subscription against the run without history just measured."""
+    log(f"setting up {args.subscriptions:,} due subscriptions with {args.history_months} months of history")
+    tenant = asyncio.run(setup(settings, args.subscriptions, seed=2))
+    stored = asyncio.run(billing_history.with_history(settings.admin_database_url, tenant, args.history_months,
+                                                      args.history_churn, args.history_events, log,
+                                                      pg.superuser_url if pg else None))
+    log(f"history stored in {stored['setup_s']} s: {stored['rows']}; running")
+    seconds, run = asyncio.run(bill(settings, tenant, args.chunk, args.workers, args.processes,
+                                    postmaster_pid(pg.data_dir) if pg is not None else None))
+    return {"months": args.history_months, "churn": args.history_churn, **stored, "seconds": round(seconds, 2),
+            "subs_per_s": round(args.subscriptions / seconds), "run": run}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscriptions", type=int, default=100_000)
@@ -205,7 +233,16 @@ def main() -> int:
                         help="no Kafka and no relay: the run is measured to the outbox only")
     parser.add_argument("--processes", type=int, default=2,
                         help="shards of the run, each executed by a process of its own (like billing consumers)")
+    parser.add_argument("--history-months", type=int, default=0,
+                        help="also bill a tenant with this many months of history, and report the CPU ratio")
+    parser.add_argument("--history-churn", type=float, default=0.02,
+                        help="subscriptions canceled per month of history, as a share of the due ones")
+    parser.add_argument("--history-events", type=int, default=2, help="raw usage events per past period")
     args = parser.parse_args()
+    if args.history_months:
+        if args.processes < 2:
+            parser.error("--history-months compares CPU per subscription: it needs --processes 2 or more")
+        args.publish = False  # both runs to the outbox: what the history could change
 
     pg, stack, relay, finished = None, None, None, False
     if os.environ.get("BILLING_DATABASE_URL"):
@@ -228,12 +265,20 @@ def main() -> int:
         asyncio.run(migrate(settings.admin_database_url, settings.migrations_dir))
         log(f"setting up {args.subscriptions:,} due subscriptions with usage")
         tenant = asyncio.run(setup(settings, args.subscriptions))
+        if args.history_months:
+            asyncio.run(billing_history.settled(settings.admin_database_url, pg.superuser_url if pg else None))
         if args.publish and args.processes > 1:
             relay = RelayProcess.start(settings)
         log(f"running: one billing run in {args.processes} shard process(es)")
         seconds, run = asyncio.run(bill(settings, tenant, args.chunk, args.workers, args.processes,
                                         postmaster_pid(pg.data_dir) if pg is not None else None, relay))
         rate = args.subscriptions / seconds
+        history = measure_history(settings, args, pg) if args.history_months else None
+        if history:
+            empty_cpu, history_cpu = _cpu_us(run), _cpu_us(history["run"])
+            history.update(cpu_us=history_cpu, ratio=round(history_cpu / empty_cpu, 2))
+            log(f"CPU per subscription, µs (Python + PostgreSQL): without history {run['cpu_us_per_sub']}, "
+                f"with {history['run']['cpu_us_per_sub']}; load average {os.getloadavg()[0]:.1f}")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         log(f"baseline: {args.naive_subscriptions:,} subscriptions, one per transaction")
         naive_tenant = asyncio.run(setup(settings, args.naive_subscriptions))
@@ -244,7 +289,8 @@ def main() -> int:
                           "processes": args.processes,
                           "peak_rss_mb": round(peak_mb), "load_avg_1m": os.getloadavg()[0],
                           "naive_subscriptions": args.naive_subscriptions,
-                          "naive_subs_per_s": round(naive), "naive_run": naive_run}))
+                          "naive_subs_per_s": round(naive), "naive_run": naive_run,
+                          **({"history": history} if history else {})}))
         line = f"billing_subs_per_s={rate:.0f} ratio_vs_naive={rate / naive:.1f}"
         cpu = run["cpu_us_per_sub"] or {}
         if cpu:
@@ -253,6 +299,8 @@ def main() -> int:
             line += f" published_subs_per_s={args.subscriptions / run['published_s']:.0f}"
             log(f"to the topic, µs of CPU per subscription: shards {cpu['python']}, relay {cpu['relay']}, "
                 f"PostgreSQL {cpu['postgres_to_topic']}; load average {os.getloadavg()[0]:.1f}")
+        if history:
+            line += f" history_cpu_us_per_sub={history['cpu_us']} history_ratio={history['ratio']}"
         print(line)
         finished = True
     finally:

@@ -63,7 +63,8 @@ async def rotate_key(settings: Settings, tenant_id: str, revoke_others: bool) ->
 
 
 async def maintenance(settings: Settings, keep_detached: bool = False) -> dict:
-    """Usage partitions created ahead, then the retention of BILLING_USAGE_RETENTION_MONTHS
+    """Usage partitions created ahead, then the retention of BILLING_USAGE_RETENTION_MONTHS,
+    BILLING_OUTBOX_RETENTION_DAYS, BILLING_AUDIT_DETACH_MONTHS and BILLING_IDEMPOTENCY_RETENTION_DAYS
     (docs/usage.md, "Partitions and retention"); what was done, as JSON-ready values."""
     conn = await asyncpg.connect(settings.admin_database_url)
     try:
@@ -71,7 +72,7 @@ async def maintenance(settings: Settings, keep_detached: bool = False) -> dict:
         created = await _maintenance.create_ahead(conn, now, settings.usage_partitions_ahead_months)
         policy = _maintenance.RetentionPolicy(
             months=settings.usage_retention_months, drop=not keep_detached, outbox_days=settings.outbox_retention_days,
-            audit_months=settings.audit_detach_months,
+            audit_months=settings.audit_detach_months, idempotency_days=settings.idempotency_retention_days,
             late_window=timedelta(days=settings.usage_max_age_days, seconds=settings.usage_max_future_skew_s))
         report = await _maintenance.apply_retention(conn, now, policy)
     finally:

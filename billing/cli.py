@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = command("maintenance", help="usage partitions: create this month's and the next ones (as the service's "
-                                    "scheduler does), then apply BILLING_USAGE_RETENTION_MONTHS (as "
+                                    "scheduler does), then apply the retention settings (BILLING_USAGE_RETENTION_MONTHS, "
+                                    "..._OUTBOX_..., ..._AUDIT_DETACH_..., ..._IDEMPOTENCY_RETENTION_DAYS; as "
                                     "BILLING_ADMIN_DATABASE_URL); prints what it did as JSON")
     p.add_argument("--keep-detached", action="store_true",
                    help="detach expired partitions but do not drop them (to archive them first)")

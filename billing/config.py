@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     outbox_retention_days: int = Field(default=0, ge=0, le=36500)
     # Audit months detached (kept as tables, never dropped by the service) this many months after they end; 0: never.
     audit_detach_months: int = Field(default=0, ge=0, le=1200)
+    # Idempotency keys (request_id, command_id) kept this many days (`billing maintenance`); a
+    # replay of a key deleted since is a new request (docs/api.md); 0: forever.
+    idempotency_retention_days: int = Field(default=0, ge=0, le=36500)
 
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 50051

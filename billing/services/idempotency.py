@@ -3,7 +3,8 @@
 The key row is inserted first, inside the use case's transaction: a concurrent request
 with the same key blocks on that insert until the first one commits (then sees its
 outcome) or rolls back (then goes ahead itself). A refused request rolls back, so it
-leaves no key behind and can be retried.
+leaves no key behind and can be retried. `billing maintenance` deletes keys older than
+BILLING_IDEMPOTENCY_RETENTION_DAYS; a replay after that is a new request (docs/api.md).
 """
 from __future__ import annotations
 
@@ -41,9 +42,17 @@ def _digest(operation: str, payload: Any) -> bytes:
 async def claim(conn: asyncpg.Connection, caller: Caller, key: str, operation: str, payload: Any) -> dict | None:
     """Claim the key for this request; return the stored outcome if it was done before."""
     digest = _digest(operation, payload)
-    if await store.insert_key(conn, caller.tenant_id, key, operation, digest):
-        return None
-    row = await store.get_key(conn, caller.tenant_id, key)
+    row = None
+    # A key the retention deletes between the insert and the read (docs/api.md) is gone:
+    # the request claims it anew. Twice is a key deleted right as it was replayed.
+    for _ in range(2):
+        if await store.insert_key(conn, caller.tenant_id, key, operation, digest):
+            return None
+        row = await store.get_key(conn, caller.tenant_id, key)
+        if row is not None:
+            break
+    if row is None:
+        raise RuntimeError(f"idempotency key {key!r} neither inserted nor found")
     if row["operation"] != operation or bytes(row["request_hash"]) != digest:
         raise IdempotencyConflict(key, operation)
     return row["response"]

@@ -10,6 +10,9 @@
   dropped (or kept detached, `drop=False`, for an archive). An outbox month goes once it
   ended more than `outbox_days` ago and every row of it is published. An audit month is
   only detached, `audit_months` after it ended, never dropped: archive it, then drop it by hand.
+  Idempotency keys older than `idempotency_days` are deleted (the table is not partitioned:
+  its key is (tenant_id, key), whatever the time), a tenant at a time, oldest first, in
+  batches of `KEY_BATCH`, each its own short transaction.
 """
 from __future__ import annotations
 
@@ -19,9 +22,12 @@ from datetime import date, datetime, timedelta, timezone
 
 import asyncpg
 
-from billing.store import partitions
+from billing.store import idempotency, partitions
 
 log = logging.getLogger(__name__)
+
+# Idempotency keys deleted per transaction: row locks on this many keys for a fraction of a second.
+KEY_BATCH = 10_000
 
 
 def months_from(now: datetime, count: int) -> list[date]:
@@ -61,6 +67,7 @@ class RetentionReport:
     kept: dict[str, dict[str, int]] = field(default_factory=dict)  # old enough, but blocked: why
     keys_deleted: int = 0
     default_rows: int = 0
+    idempotency_keys_deleted: int = 0
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,7 @@ class RetentionPolicy:
     lock_timeout_s: float = 3.0
     outbox_days: int = 0  # published outbox rows kept this many days; 0: kept forever
     audit_months: int = 0  # audit months detached (never dropped) this long after they ended; 0: never
+    idempotency_days: int = 0  # idempotency keys kept this many days; 0: forever
 
 
 async def apply_retention(conn: asyncpg.Connection, now: datetime, policy: RetentionPolicy) -> RetentionReport:
@@ -112,7 +120,27 @@ async def apply_retention(conn: asyncpg.Connection, now: datetime, policy: Reten
                 break
             report.detached.append(p.name)
             log.info("audit partition detached", extra={"partition": p.name})
+    if policy.idempotency_days > 0:
+        report.idempotency_keys_deleted = await forget_idempotency_keys(
+            conn, now - timedelta(days=policy.idempotency_days))
     return report
+
+
+async def forget_idempotency_keys(conn: asyncpg.Connection, before: datetime, batch: int = KEY_BATCH) -> int:
+    """Delete every idempotency key created before `before`: per tenant, `batch` keys per
+    transaction, oldest first, until none is left. `conn` outside a transaction. A key
+    younger than `before` is never touched; a replay of a deleted key is a new request
+    (docs/api.md)."""
+    deleted = 0
+    for tenant_id in await idempotency.all_tenants(conn):
+        while True:
+            n = await idempotency.forget_before(conn, tenant_id, before, batch)
+            deleted += n
+            if n < batch:
+                break
+    if deleted:
+        log.info("idempotency keys deleted", extra={"keys": deleted, "before": before.isoformat()})
+    return deleted
 
 
 async def _outbox_retention(conn: asyncpg.Connection, now: datetime, policy: RetentionPolicy,

@@ -62,8 +62,10 @@ async def read_chunk(conn: asyncpg.Connection, tenant: uuid.UUID, plans: dict[uu
     # its fee in advance: asked for those alone, not for a chunk of in-arrears plans.
     in_advance = [p for p, s in zip(firsts, subs) if _fee_in_advance(plans[s.plan_id])]
     charged = await billed_periods.opened_by_a_run(conn, tenant, in_advance) if in_advance else set()
-    usage = _usage_by_period(firsts, await usage_reads.usage_totals_from(conn, tenant, firsts, as_of,
-                                                                         _totals_charged(plans, plan_ids)))
+    # Totals of the metrics the plans charge: a metric no charge prices changes no line.
+    metrics = sorted({c.metric_code for p in plan_ids if p in plans for c in plans[p].usage_charges})
+    usage = _usage_by_period(firsts, await usage_reads.usage_totals_from(
+        conn, tenant, firsts, as_of, _totals_charged(plans, plan_ids), metrics=metrics))
     await _add_unique_counts(conn, tenant, plans, subs, firsts, as_of, usage)
     await event_usage.add_event_usage(conn, tenant, [(s.id, plans[p]) for s in subs for p in (s.plan_id, s.pending_plan_id)
                                                      if p], dict(firsts), as_of, usage)

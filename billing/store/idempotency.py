@@ -56,3 +56,23 @@ async def set_responses(conn: asyncpg.Connection, tenant_id: uuid.UUID, response
             where k.tenant_id = $1 and k.key = v.key""",
         tenant_id, list(responses), list(responses.values()),
     )
+
+
+async def all_tenants(conn: asyncpg.Connection) -> list[uuid.UUID]:
+    """Every tenant (the retention pass goes tenant by tenant: each statement names one)."""
+    return [r[0] for r in await conn.fetch("select id from tenants order by id")]
+
+
+async def forget_before(conn: asyncpg.Connection, tenant_id: uuid.UUID, before, limit: int) -> int:
+    """Delete up to `limit` of the tenant's keys created before `before`, oldest first, in
+    the caller's transaction (autocommit: one short transaction); the count deleted.
+    Found through idempotency_keys_created (migration 037)."""
+    status = await conn.execute(
+        """delete from idempotency_keys k
+            where k.tenant_id = $1 and k.created_at < $2
+              and k.key = any(array(select i.key from idempotency_keys i
+                                     where i.tenant_id = $1 and i.created_at < $2
+                                     order by i.created_at limit $3))""",
+        tenant_id, before, limit,
+    )
+    return int(status.split()[-1])
