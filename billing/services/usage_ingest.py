@@ -31,7 +31,6 @@ from billing.domain.usage_rules import EventChecks, UsageSubscription, event_che
 from billing.services import usage_alerts
 from billing.services.plans import PlanCache
 from billing.store import usage as usage_store
-from billing.store.usage import event_key
 from billing.store.db import set_tenant
 
 # A non-negative exact decimal: up to 15 digits before the point and 12 after. ASCII digits
@@ -268,7 +267,7 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: Sequence[UsageEvent], 
             if ok is None:
                 ok = quantities[quantity] = quantity_ok(quantity) is not None
             if ok:
-                add_row((event_id, f[0], metric, quantity, t, f[4][0], f[4][1], False, None, event_key(event_id)))
+                add_row((event_id, f[0], metric, quantity, t, f[4][0], f[4][1], False, None))
                 add_index(i)
                 if want_periods:
                     periods[i] = f[4]

@@ -1,22 +1,11 @@
 """Rows of usage_events and usage_totals."""
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from datetime import datetime
 
 import asyncpg
-from asyncpg.pgproto.pgproto import UUID as PgUUID
-
-_md5 = hashlib.md5
-
-
-def event_key(event_id: str) -> PgUUID:
-    """usage_event_ids.event_key of an event id: md5(event_id)::uuid as PostgreSQL computes
-    it (UTF-8, the encoding of the service's database; migration 032 and delete_test_clock
-    hash in SQL and must agree)."""
-    return PgUUID(_md5(event_id.encode("utf-8", "surrogatepass")).digest())
 
 # The batch is COPYed (binary) into a session-local staging table, then ONE statement
 # stores the events not seen before and folds exactly those into the totals (faster than
@@ -25,8 +14,6 @@ def event_key(event_id: str) -> PgUUID:
 # md5(event_id)::uuid is inserted into usage_event_ids by this statement (ON CONFLICT DO
 # NOTHING: a transaction storing the same id at the same moment is waited for, not failed);
 # within the batch the first row of an id in COPY order wins (DISTINCT ON, by ctid).
-# The key is computed by the caller (`event_key`, the same bytes as PostgreSQL's md5 of the
-# UTF-8 text): hashing and parsing the hex text in SQL cost more than the row's insert.
 # The new events are inserted in (subscription, metric, period) order, so consecutive
 # entries of usage_events_period land on the same leaf page (docs/usage.md, Throughput).
 # Times travel as integer microseconds and quantities as text, converted here. A late
@@ -34,7 +21,7 @@ def event_key(event_id: str) -> PgUUID:
 STAGING_TABLE = """
 create temp table if not exists usage_staging (
     event_id text, subscription_id uuid, metric_code text, quantity text, occurred_us bigint, start_us bigint,
-    end_us bigint, late boolean, properties text, event_key uuid
+    end_us bigint, late boolean, properties text
 ) on commit delete rows"""
 
 _INSERT_BATCH = """
@@ -45,7 +32,7 @@ with input as (
            timestamptz 'epoch' + t.start_us * interval '1 microsecond' as period_start,
            timestamptz 'epoch' + t.end_us * interval '1 microsecond' as period_end,
            t.late, t.properties::jsonb as properties
-      from (select s.ctid as n, s.* from usage_staging s) t
+      from (select md5(s.event_id)::uuid as event_key, s.ctid as n, s.* from usage_staging s) t
      order by t.event_key, t.n
 ), keys as (
     insert into usage_event_ids (tenant_id, event_key) select $1, event_key from input
@@ -103,8 +90,7 @@ class Batch:
     def add(self, index: int, event, subscription_id: uuid.UUID, start_us: int, end_us: int, late: bool) -> None:
         self.indexes.append(index)
         self.rows.append((event.event_id, subscription_id, event.metric_code, event.quantity, event.occurred_at_us,
-                          start_us, end_us, late, json.dumps(event.properties) if event.properties else None,
-                          event_key(event.event_id)))
+                          start_us, end_us, late, json.dumps(event.properties) if event.properties else None))
 
     def keep(self, wanted) -> None:
         """Only the rows whose index `wanted(index)` is true."""
