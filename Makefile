@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-chaos-alerts test-cluster proto bench-ingest bench-peer bench-billing bench-grpc-usage bench-load bench-entitlements dashboard clean
+.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-chaos-alerts test-cluster proto bench-ingest bench-ingest-sql bench-peer bench-billing bench-grpc-usage bench-load bench-entitlements dashboard clean
 
 # Dependencies at the versions of constraints.txt (reproducible installs; the Dockerfile uses it too).
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -79,6 +79,11 @@ proto: install
 ## Usage ingestion end to end vs a naive baseline; last line: ingest_events_per_s=<n> ratio_vs_naive=<r> cpu_us_per_event=<c> ...
 bench-ingest: install
 	$(PY) -m bench.ingest $(ARGS)
+
+## PostgreSQL's share of ingestion alone (own server, pg_stat_statements); last line:
+## pg_cpu_us_per_event=<c> wal_bytes_per_event=<w> events=<n> batch=<b>
+bench-ingest-sql: install
+	$(PY) -m bench.ingest_sql $(ARGS)
 
 ## The same messages through Kafka Connect + the Debezium JDBC sink (jars from Maven Central) and through
 ## our usage consumers, alternating (ARGS="--events 200000 --runs 1" for a short run);

@@ -14,6 +14,8 @@ import asyncpg
 # md5(event_id)::uuid is inserted into usage_event_ids by this statement (ON CONFLICT DO
 # NOTHING: a transaction storing the same id at the same moment is waited for, not failed);
 # within the batch the first row of an id in COPY order wins (DISTINCT ON, by ctid).
+# The new events are inserted in (subscription, metric, period) order, so consecutive
+# entries of usage_events_period land on the same leaf page (docs/usage.md, Throughput).
 # Times travel as integer microseconds and quantities as text, converted here. A late
 # event's late_usage_pending row is written by a trigger (migration 015), not here.
 STAGING_TABLE = """
@@ -42,6 +44,7 @@ with input as (
     select $1, event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late,
            properties
       from input where event_key in (select event_key from keys)
+     order by subscription_id, metric_code, period_start
     returning event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late
 ), folded as (
     select subscription_id, metric_code, period_start, max(period_end) as period_end,
