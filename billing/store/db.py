@@ -16,11 +16,13 @@ import asyncpg
 import orjson
 from opentelemetry.trace import SpanKind
 
+from billing.store import usage as usage_store
 from billing.telemetry import current_tenant, tracer
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await usage_store.prepare_session(conn)  # the usage batch's staging table, once per connection
 
 
 def json_text(value) -> str:
