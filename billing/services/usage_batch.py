@@ -148,6 +148,7 @@ def outcome(call: BatchCall, base: int, rejected: dict[int, Rejection], result: 
     `seen`: the event ids answered before it in the same transaction (a later one is a duplicate)."""
     outcomes = dict(call.refused)
     inserted = result.inserted_ids
+    times: dict[tuple[int, int], tuple[datetime, datetime]] = {}  # a batch's events share a few periods
     for k, i in enumerate(call.valid):
         r = rejected.get(base + k)
         if r is not None:
@@ -156,8 +157,11 @@ def outcome(call: BatchCall, base: int, rejected: dict[int, Rejection], result: 
                                                            r.detail))
             continue
         eid = call.events[k].event_id
-        start, end = result.periods[base + k]
-        outcomes[i] = EventOutcome(i, Recorded(eid, eid not in inserted or eid in seen, from_us(start), from_us(end)))
+        period = result.periods[base + k]
+        at = times.get(period)
+        if at is None:
+            at = times[period] = (from_us(period[0]), from_us(period[1]))
+        outcomes[i] = EventOutcome(i, Recorded(eid, eid not in inserted or eid in seen, *at))
         seen.add(eid)
     return BatchOutcome([outcomes[i] for i in range(call.size)])
 
@@ -173,11 +177,34 @@ def _stored_one(o: EventOutcome) -> dict:
 
 
 def stored(done: BatchOutcome) -> dict:
-    """The outcome as kept with the request_id (a replay answers it again)."""
-    return {"outcomes": [_stored_one(o) for o in done.outcomes]}
+    """The outcome as kept with the request_id (a replay answers it again): per event in
+    order, [event_id, duplicate, period number] or its error; the periods once each."""
+    periods: dict[tuple[datetime, datetime], int] = {}
+    events: list = []
+    for o in done.outcomes:
+        r = o.recorded
+        if r is None:
+            events.append(_stored_one(o))
+            continue
+        p = periods.setdefault((r.period_start, r.period_end), len(periods))
+        events.append([r.event_id, r.duplicate, p])
+    return {"periods": [[s.isoformat(), e.isoformat()] for s, e in periods], "events": events}
 
 
 def from_stored(stored: dict) -> BatchOutcome:
+    if "events" not in stored:  # the form kept before the periods were numbered
+        return _from_stored_v1(stored)
+    periods = [(datetime.fromisoformat(s), datetime.fromisoformat(e)) for s, e in stored["periods"]]
+    out = []
+    for i, d in enumerate(stored["events"]):
+        if isinstance(d, dict):
+            out.append(EventOutcome(i, error=EventError(d["code"], d["reason"], d["field"], d["description"])))
+        else:
+            out.append(EventOutcome(i, Recorded(d[0], d[1], *periods[d[2]])))
+    return BatchOutcome(out)
+
+
+def _from_stored_v1(stored: dict) -> BatchOutcome:
     out = []
     for d in stored["outcomes"]:
         if "code" in d:

@@ -5,6 +5,8 @@ import uuid
 
 import asyncpg
 
+from billing.store.db import json_text
+
 
 async def insert_key(conn: asyncpg.Connection, tenant_id: uuid.UUID, key: str, operation: str,
                      digest: bytes) -> bool:
@@ -53,8 +55,8 @@ async def set_responses(conn: asyncpg.Connection, tenant_id: uuid.UUID, response
     # `key = any($2)` makes the plan probe the primary key per key; a join on `k.key = v.key`
     # alone is planned (generic plan) as a scan of all the tenant's keys, ever longer.
     await conn.execute(
-        """update idempotency_keys k set response = v.r
-             from unnest($2::text[], $3::jsonb[]) as v(key, r)
+        """update idempotency_keys k set response = v.r::jsonb
+             from unnest($2::text[], $3::text[]) as v(key, r)
             where k.tenant_id = $1 and k.key = any($2::text[]) and k.key = v.key""",
-        tenant_id, list(responses), list(responses.values()),
+        tenant_id, list(responses), [json_text(r) for r in responses.values()],
     )
