@@ -12,7 +12,8 @@ time, with random UUIDv4 event ids over 1,000 subscriptions, for `--seconds`:
 1. baseline: RecordUsage with BILLING_USAGE_GROUP_COMMIT_MS=0 (one transaction per call),
    for `--baseline-seconds` (default: `--seconds`);
 2. RecordUsage with group commit (BILLING_USAGE_GROUP_COMMIT_MS, default 2);
-3. RecordUsageBatch with `--batch-size` events per call (default 500).
+3. RecordUsageBatch with `--batch-size` events per call (default 1,000, the RPC's limit: a producer
+   batching its usage sends full batches).
 
 `--server-processes N` runs the server as N API processes on one port (BILLING_GRPC_PROCESSES).
 
@@ -182,7 +183,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--baseline-seconds", type=float, default=None)
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--group-ms", type=float, default=2.0)
     parser.add_argument("--subscriptions", type=int, default=1000)
     parser.add_argument("--server-processes", type=int, default=1,

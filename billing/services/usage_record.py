@@ -23,6 +23,7 @@ import collections
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import datetime, timezone
 
 import asyncpg
@@ -204,7 +205,7 @@ class GroupCommit:
     async def _group(self, db, tenant: uuid.UUID, calls: list) -> tuple[dict, list]:
         """({call: its answer or the exception to raise}, the calls to run alone afterwards)."""
         alone: list = []
-        first: dict[str, object] = {}
+        first: dict[str, Any] = {}
         for c in calls:  # a request_id twice in a group: the later call after the commit (a replay then)
             (alone.append(c) if c.request_id in first else first.__setitem__(c.request_id, c))
         group = list(first.values())
@@ -231,7 +232,8 @@ class GroupCommit:
                 answers[c] = _replayed(c, row["response"])
         if not new:
             return answers
-        starts, flat = [], []
+        starts: list[int] = []
+        flat: list[UsageEvent] = []
         for c in new:
             starts.append(len(flat))
             flat += c.events
@@ -260,13 +262,14 @@ class GroupCommit:
             if c.operation == OPERATION:
                 eid = c.event.event_id
                 start, end = result.periods[starts[k]]
-                answer = Recorded(eid, eid not in result.inserted_ids or eid in seen, from_us(start), from_us(end))
+                recorded = Recorded(eid, eid not in result.inserted_ids or eid in seen, from_us(start), from_us(end))
                 seen.add(eid)
-                responses[c.request_id] = _stored(answer)
+                responses[c.request_id] = _stored(recorded)
+                answers[c] = recorded
             else:
-                answer = usage_batch.outcome(c, starts[k], rejected, result, seen)
-                responses[c.request_id] = usage_batch.stored(answer)
-            answers[c] = answer
+                done = usage_batch.outcome(c, starts[k], rejected, result, seen)
+                responses[c.request_id] = usage_batch.stored(done)
+                answers[c] = done
         if responses:
             await keys_store.set_responses(conn, tenant, responses)
         return answers
