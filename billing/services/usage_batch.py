@@ -1,4 +1,5 @@
-"""RecordUsageBatch: up to MAX_EVENTS usage events in one transaction, one outcome each.
+"""RecordUsageBatch: up to MAX_EVENTS usage events in one transaction (the group commit's,
+shared with the tenant's other calls: `usage_record.GroupCommit`), one outcome each.
 
 An event refused (by the same rules as RecordUsage) is answered in its outcome, naming
 the field with the event's index (`events[3].quantity`); the others are stored. The

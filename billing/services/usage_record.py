@@ -1,18 +1,21 @@
 """RecordUsage and RecordUsageBatch: usage sent over gRPC, deduplicated with the Kafka path
 by event id (both store through `usage.prepare` / `usage.store`).
 
-`record_one` is one call in one transaction. `GroupCommit` coalesces the calls of a tenant
-arriving within a few milliseconds into ONE transaction (one commit, one flush of the WAL,
-a handful of statements for the whole group): each call is still answered with exactly
-what `record_one` would have answered, and only after the group's commit.
+`record_one` is one call in one transaction. `GroupCommit` coalesces the RecordUsage and
+RecordUsageBatch calls of a tenant arriving within a few milliseconds into ONE transaction
+(one commit, one flush of the WAL, a handful of statements for the whole group), one group
+of a tenant in flight at a time: each call is still answered with exactly what it would
+have been answered alone, and only after the group's commit.
 
 How a group keeps each call's outcome its own:
 - replays and request_id conflicts are read first (keys committed before);
-- the events are validated before anything is written; a refused call is answered with its
-  error and leaves no key, as its own rolled-back transaction would have;
+- the events are validated before anything is written; a refused RecordUsage call is
+  answered with its error and leaves no key, as its own rolled-back transaction would have
+  (a batch answers its refused events in its outcome and keeps its key, as alone);
 - the keys of the accepted calls are inserted in one statement; a key another transaction
   took meanwhile (or a second call with the same request_id in the group) is left out and
   that call runs alone after the commit, where it sees the replay as it would have;
+- an event id stored by an earlier call of the group is a duplicate for the later ones;
 - any database error fails the group's transaction only: every call of it is then run
   alone, in its own transaction, so one call's failure is never another's.
 """
