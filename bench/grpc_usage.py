@@ -10,12 +10,13 @@ API server (`billing serve --roles api`, its own process); no Kafka is needed. `
 `--seconds`. The RecordUsage phases are driven by ghz (`--client ghz`, the default;
 bench/ghz.py: one Go process, `--connections` channels) or by Python processes (`--client
 python`: one process per client, each calling in a loop, one call at a time); the batch
-phase always by Python processes (its 500 events per call are built in the client):
+phase always by Python processes (its events per call are built in the client):
 
 1. baseline: RecordUsage with BILLING_USAGE_GROUP_COMMIT_MS=0 (one transaction per call),
    for `--baseline-seconds` (default: `--seconds`);
 2. RecordUsage with group commit (BILLING_USAGE_GROUP_COMMIT_MS, default 2);
-3. RecordUsageBatch with `--batch-size` events per call (default 500).
+3. RecordUsageBatch with `--batch-size` events per call (default 1,000, the RPC's limit: a producer
+   batching its usage sends full batches).
 
 `--server-processes N` runs the server as N API processes on one port (BILLING_GRPC_PROCESSES).
 
@@ -223,7 +224,7 @@ def main() -> int:
                              "the batch phase always runs Python processes (default ghz)")
     parser.add_argument("--clients", type=int, default=50, help="concurrent calls; python: processes (default 50)")
     parser.add_argument("--connections", type=int, default=10, help="ghz's gRPC connections (default 10)")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--group-ms", type=float, default=2.0)
     parser.add_argument("--subscriptions", type=int, default=1000)
     parser.add_argument("--server-processes", type=int, default=1,

@@ -1,4 +1,5 @@
-"""RecordUsageBatch: up to MAX_EVENTS usage events in one transaction, one outcome each.
+"""RecordUsageBatch: up to MAX_EVENTS usage events in one transaction (the group commit's,
+shared with the tenant's other calls: `usage_record.GroupCommit`), one outcome each.
 
 An event refused (by the same rules as RecordUsage) is answered in its outcome, naming
 the field with the event's index (`events[3].quantity`); the others are stored. The
@@ -8,13 +9,16 @@ whole succeeded).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from billing.domain.periods import from_us, to_us
 from billing.services import idempotency
+from billing.services.context import Caller
 from billing.services.errors import ValidationError
-from billing.services.usage import _REJECTION_STATUS, MAX_PROPERTIES, Recorded, Usage, UsageEvent, prepare, store
+from billing.services.usage import (_REJECTION_STATUS, MAX_PROPERTIES, IngestResult, Recorded, Rejection, Usage,
+                                    UsageEvent, prepare, store)
 
 OPERATION = "RecordUsageBatch"
 MAX_EVENTS = 1000
@@ -79,52 +83,91 @@ def _payload(e: EventInput) -> dict:
             "properties": e.properties}
 
 
-async def record_batch(usage: Usage, db, caller, request_id: str, events: list[EventInput]) -> BatchOutcome:
+@dataclass(eq=False)  # identity: calls are dict keys in a group
+class BatchCall:
+    """A RecordUsageBatch call checked for shape, ready to store alone or in a group
+    (`usage_record.GroupCommit`): `events` are the events that passed the shape checks,
+    `valid[k]` the request's index of `events[k]`."""
+
+    caller: Caller
+    request_id: str
+    size: int
+    events: list[UsageEvent]
+    valid: list[int]
+    refused: dict[int, EventOutcome]
+    payload: list[dict]
+    operation: str = OPERATION
+    future: asyncio.Future | None = field(default=None, repr=False)
+
+
+def new_batch_call(caller: Caller, request_id: str, events: list[EventInput]) -> BatchCall:
+    """The call, or the error the request's shape alone deserves (raised before any queueing)."""
     idempotency.check_key(request_id)
     if not events:
         raise ValidationError("events", "at least one event")
     if len(events) > MAX_EVENTS:
         raise ValidationError("events", f"at most {MAX_EVENTS} events per batch, got {len(events)}")
-    outcomes: dict[int, EventOutcome] = {}
+    refused: dict[int, EventOutcome] = {}
     valid: list[int] = []
+    evs: list[UsageEvent] = []
+    tenant = str(caller.tenant_id)
     for i, e in enumerate(events):
         err = _shape_error(i, e)
         if err is not None:
-            outcomes[i] = EventOutcome(i, error=err)
+            refused[i] = EventOutcome(i, error=err)
         else:
             valid.append(i)
-    tenant = str(caller.tenant_id)
+            evs.append(UsageEvent(e.event_id, tenant, e.subscription_id, e.metric_code, e.quantity,
+                                  to_us(_required(e.occurred_at)), dict(e.properties) or None))
+    return BatchCall(caller, request_id, len(events), evs, valid, refused, [_payload(e) for e in events])
+
+
+async def record_batch(usage: Usage, db, caller: Caller, request_id: str, events: list[EventInput]) -> BatchOutcome:
+    call = new_batch_call(caller, request_id, events)
+    if usage.group is not None:  # with the RecordUsage calls and batches of the tenant arriving meanwhile
+        return await usage.group.submit(db, call)
+    return await record_alone(usage, db, call)
+
+
+async def record_alone(usage: Usage, db, call: BatchCall) -> BatchOutcome:
+    """The batch in a transaction of its own."""
     now_us = to_us(datetime.now(timezone.utc))
-    async with db.tenant_tx(caller.tenant_id) as conn:
-        replay = await idempotency.claim(conn, caller, request_id, OPERATION, [_payload(e) for e in events])
+    async with db.tenant_tx(call.caller.tenant_id) as conn:
+        replay = await idempotency.claim(conn, call.caller, call.request_id, OPERATION, call.payload)
         if replay is not None:
-            return _from_stored(replay)
-        evs = [UsageEvent(events[i].event_id, tenant, events[i].subscription_id, events[i].metric_code,
-                          events[i].quantity, to_us(_required(events[i].occurred_at)),
-                          dict(events[i].properties) or None)
-               for i in valid]
-        result = await prepare(conn, evs, now_us=now_us, limits=usage.limits, plans=usage.plans)
+            return from_stored(replay)
+        result = await prepare(conn, call.events, now_us=now_us, limits=usage.limits, plans=usage.plans)
         await store(conn, result, want_ids=True)
-        for r in result.rejected:
-            i = valid[r.index]
-            kind, field_name = _REJECTION_STATUS.get(r.reason, ("invalid", r.reason))
-            outcomes[i] = EventOutcome(i, error=EventError(_CODES[kind], r.reason.upper(), f"events[{i}].{field_name}",
-                                                           r.detail))
-        seen: set[str] = set()
-        for k, i in enumerate(valid):
-            if i in outcomes:
-                continue
-            eid = evs[k].event_id
-            start, end = result.periods[k]
-            outcomes[i] = EventOutcome(i, Recorded(eid, eid not in result.inserted_ids or eid in seen,
-                                                   from_us(start), from_us(end)))
-            seen.add(eid)
-        done = BatchOutcome([outcomes[i] for i in range(len(events))])
-        await idempotency.remember(conn, caller, request_id, {"outcomes": [_stored(o) for o in done.outcomes]})
+        done = outcome(call, 0, {r.index: r for r in result.rejected}, result, set())
+        await idempotency.remember(conn, call.caller, call.request_id, stored(done))
     return done
 
 
-def _stored(o: EventOutcome) -> dict:
+def outcome(call: BatchCall, base: int, rejected: dict[int, Rejection], result: IngestResult,
+            seen: set[str]) -> BatchOutcome:
+    """The batch's outcomes from a store whose input held its events from index `base` on;
+    `seen`: the event ids answered before it in the same transaction (a later one is a duplicate)."""
+    outcomes = dict(call.refused)
+    inserted = result.inserted_ids
+    times: dict[tuple[int, int], tuple[datetime, datetime]] = {}  # a batch's events share a few periods
+    for k, i in enumerate(call.valid):
+        r = rejected.get(base + k)
+        if r is not None:
+            kind, field_name = _REJECTION_STATUS.get(r.reason, ("invalid", r.reason))
+            outcomes[i] = EventOutcome(i, error=EventError(_CODES[kind], r.reason.upper(), f"events[{i}].{field_name}",
+                                                           r.detail))
+            continue
+        eid = call.events[k].event_id
+        period = result.periods[base + k]
+        at = times.get(period)
+        if at is None:
+            at = times[period] = (from_us(period[0]), from_us(period[1]))
+        outcomes[i] = EventOutcome(i, Recorded(eid, eid not in inserted or eid in seen, *at))
+        seen.add(eid)
+    return BatchOutcome([outcomes[i] for i in range(call.size)])
+
+
+def _stored_one(o: EventOutcome) -> dict:
     if o.error is not None:
         return {"i": o.index, "code": o.error.code, "reason": o.error.reason, "field": o.error.field,
                 "description": o.error.description}
@@ -134,7 +177,35 @@ def _stored(o: EventOutcome) -> dict:
             "period_end": r.period_end.isoformat()}
 
 
-def _from_stored(stored: dict) -> BatchOutcome:
+def stored(done: BatchOutcome) -> dict:
+    """The outcome as kept with the request_id (a replay answers it again): per event in
+    order, [event_id, duplicate, period number] or its error; the periods once each."""
+    periods: dict[tuple[datetime, datetime], int] = {}
+    events: list = []
+    for o in done.outcomes:
+        r = o.recorded
+        if r is None:
+            events.append(_stored_one(o))
+            continue
+        p = periods.setdefault((r.period_start, r.period_end), len(periods))
+        events.append([r.event_id, r.duplicate, p])
+    return {"periods": [[s.isoformat(), e.isoformat()] for s, e in periods], "events": events}
+
+
+def from_stored(stored: dict) -> BatchOutcome:
+    if "events" not in stored:  # the form kept before the periods were numbered
+        return _from_stored_v1(stored)
+    periods = [(datetime.fromisoformat(s), datetime.fromisoformat(e)) for s, e in stored["periods"]]
+    out = []
+    for i, d in enumerate(stored["events"]):
+        if isinstance(d, dict):
+            out.append(EventOutcome(i, error=EventError(d["code"], d["reason"], d["field"], d["description"])))
+        else:
+            out.append(EventOutcome(i, Recorded(d[0], d[1], *periods[d[2]])))
+    return BatchOutcome(out)
+
+
+def _from_stored_v1(stored: dict) -> BatchOutcome:
     out = []
     for d in stored["outcomes"]:
         if "code" in d:

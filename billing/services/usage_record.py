@@ -1,33 +1,38 @@
 """RecordUsage and RecordUsageBatch: usage sent over gRPC, deduplicated with the Kafka path
 by event id (both store through `usage.prepare` / `usage.store`).
 
-`record_one` is one call in one transaction. `GroupCommit` coalesces the calls of a tenant
-arriving within a few milliseconds into ONE transaction (one commit, one flush of the WAL,
-a handful of statements for the whole group): each call is still answered with exactly
-what `record_one` would have answered, and only after the group's commit.
+`record_one` is one call in one transaction. `GroupCommit` coalesces the RecordUsage and
+RecordUsageBatch calls of a tenant arriving within a few milliseconds into ONE transaction
+(one commit, one flush of the WAL, a handful of statements for the whole group), one group
+of a tenant in flight at a time: each call is still answered with exactly what it would
+have been answered alone, and only after the group's commit.
 
 How a group keeps each call's outcome its own:
 - replays and request_id conflicts are read first (keys committed before);
-- the events are validated before anything is written; a refused call is answered with its
-  error and leaves no key, as its own rolled-back transaction would have;
+- the events are validated before anything is written; a refused RecordUsage call is
+  answered with its error and leaves no key, as its own rolled-back transaction would have
+  (a batch answers its refused events in its outcome and keeps its key, as alone);
 - the keys of the accepted calls are inserted in one statement; a key another transaction
   took meanwhile (or a second call with the same request_id in the group) is left out and
   that call runs alone after the commit, where it sees the replay as it would have;
+- an event id stored by an earlier call of the group is a duplicate for the later ones;
 - any database error fails the group's transaction only: every call of it is then run
   alone, in its own transaction, so one call's failure is never another's.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import datetime, timezone
 
 import asyncpg
 
 from billing.domain.periods import from_us, to_us
-from billing.services import idempotency
+from billing.services import idempotency, usage_batch
 from billing.services.context import Caller
 from billing.services.errors import FailedPrecondition, IdempotencyConflict, NotFound, ValidationError
 from billing.services.usage import (_REJECTION_STATUS, MAX_PROPERTIES, Recorded, Rejection, Usage, UsageEvent,
@@ -47,6 +52,11 @@ class Call:
     payload: dict
     subscription_id: str
     future: asyncio.Future | None = field(default=None, repr=False)
+    operation: str = OPERATION
+
+    @property
+    def events(self) -> list[UsageEvent]:
+        return [self.event]
 
 
 def new_call(caller, *, request_id: str, event_id: str, subscription_id: str, metric_code: str, quantity: str,
@@ -104,28 +114,43 @@ async def record_one(usage: Usage, db, call: Call) -> Recorded:
     return recorded
 
 
+# A group holds at most this many events (RecordUsageBatch calls count their events): five
+# full batches, a transaction of a few tens of milliseconds.
+MAX_GROUP_EVENTS = 5000
+
+
 class GroupCommit:
-    """Concurrent RecordUsage calls of a tenant, `window_s` apart at most and up to
-    `max_calls` together, in one transaction."""
+    """Concurrent RecordUsage and RecordUsageBatch calls of a tenant in one transaction: the
+    calls arriving within `window_s` of the first, up to `max_calls` calls and
+    MAX_GROUP_EVENTS events. One group of a tenant is in flight at a time (per process): the
+    calls arriving meanwhile wait and form the next group as soon as it commits, so groups
+    grow with the load and the tenant's transactions never wait on each other's rows (the
+    totals, the subscriptions' key-share locks)."""
 
     def __init__(self, usage: Usage, window_s: float, max_calls: int):
         self.usage = usage
         self.window_s = window_s
         self.max_calls = max_calls
-        self._pending: dict[uuid.UUID, list[Call]] = {}
+        self._pending: dict[uuid.UUID, collections.deque] = {}
+        self._events: dict[uuid.UUID, int] = {}  # events pending per tenant
         self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
+        self._running: set[uuid.UUID] = set()  # tenants with a group in flight
         self._flushing: set[asyncio.Task] = set()
         # Transactions run for groups, and calls answered by one (for tests and metrics).
         self.groups = 0
         self.grouped_calls = 0
 
-    async def submit(self, db, call: Call) -> Recorded:
+    async def submit(self, db, call):
+        """`call`: a `Call` (answered with Recorded) or a `usage_batch.BatchCall` (BatchOutcome)."""
         loop = asyncio.get_running_loop()
         call.future = loop.create_future()
         tenant = call.caller.tenant_id
-        calls = self._pending.setdefault(tenant, [])
+        calls = self._pending.setdefault(tenant, collections.deque())
         calls.append(call)
-        if len(calls) >= self.max_calls:
+        events = self._events[tenant] = self._events.get(tenant, 0) + len(call.events)
+        if tenant in self._running:
+            pass  # the next group, as soon as the one in flight commits
+        elif len(calls) >= self.max_calls or events >= MAX_GROUP_EVENTS:
             self._flush(db, tenant)
         elif tenant not in self._timers:
             self._timers[tenant] = loop.call_later(self.window_s, self._flush, db, tenant)
@@ -135,13 +160,23 @@ class GroupCommit:
         timer = self._timers.pop(tenant, None)
         if timer is not None:
             timer.cancel()
-        calls = self._pending.pop(tenant, [])
-        if calls:
-            task = asyncio.get_running_loop().create_task(self._run(db, tenant, calls))
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+        calls = self._pending.get(tenant)
+        if tenant in self._running or not calls:
+            return
+        group: list = []
+        events = 0
+        while calls and len(group) < self.max_calls and (not group or events + len(calls[0].events) <= MAX_GROUP_EVENTS):
+            group.append(calls.popleft())
+            events += len(group[-1].events)
+        self._events[tenant] -= events
+        if not calls:
+            del self._pending[tenant], self._events[tenant]
+        self._running.add(tenant)
+        task = asyncio.get_running_loop().create_task(self._run(db, tenant, group))
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
 
-    async def _run(self, db, tenant: uuid.UUID, calls: list[Call]) -> None:
+    async def _run(self, db, tenant: uuid.UUID, calls: list) -> None:
         try:
             answers, alone = await self._group(db, tenant, calls)
             self.groups += 1
@@ -152,81 +187,106 @@ class GroupCommit:
         except Exception:  # the group's transaction failed: each call in a transaction of its own
             log.warning("RecordUsage group of %d calls failed; running each alone", len(calls), exc_info=True)
             answers, alone = {}, calls
+        finally:
+            self._running.discard(tenant)
+            self._flush(db, tenant)  # the calls that arrived meanwhile
         for call, answer in answers.items():
             _answer(call, answer)
         if alone:
             await asyncio.gather(*(self._alone(db, c) for c in alone))
 
-    async def _alone(self, db, call: Call) -> None:
+    async def _alone(self, db, call) -> None:
         try:
             with entry_keys(_keys_of([call])):
-                _answer(call, await record_one(self.usage, db, call))
+                if call.operation == OPERATION:
+                    _answer(call, await record_one(self.usage, db, call))
+                else:
+                    _answer(call, await usage_batch.record_alone(self.usage, db, call))
         except Exception as exc:
             _answer(call, exc)
 
-    async def _group(self, db, tenant: uuid.UUID, calls: list[Call]) -> tuple[dict, list[Call]]:
-        """({call: Recorded or the exception to raise}, the calls to run alone afterwards)."""
-        answers: dict[Call, Recorded | Exception] = {}
-        alone: list[Call] = []
-        first: dict[str, Call] = {}
+    async def _group(self, db, tenant: uuid.UUID, calls: list) -> tuple[dict, list]:
+        """({call: its answer or the exception to raise}, the calls to run alone afterwards)."""
+        alone: list = []
+        first: dict[str, Any] = {}
         for c in calls:  # a request_id twice in a group: the later call after the commit (a replay then)
             (alone.append(c) if c.request_id in first else first.__setitem__(c.request_id, c))
         group = list(first.values())
-        digests = {c: idempotency.digest(OPERATION, c.payload) for c in group}
+        digests = {c: idempotency.digest(c.operation, c.payload) for c in group}
         now_us = _now_us()
         # Every caller's key is checked live as the group's transaction opens: one revoked
         # fails the group, and each call is then run alone under its own key.
         with entry_keys(_keys_of(calls)):
-            return await self._in_tx(db, tenant, group, digests, now_us, answers, alone)
-
-    async def _in_tx(self, db, tenant: uuid.UUID, group: list[Call], digests: dict, now_us: int, answers: dict,
-                     alone: list[Call]) -> tuple[dict, list[Call]]:
-        async with db.tenant_tx(tenant) as conn:
-            known = await keys_store.get_keys(conn, tenant, [c.request_id for c in group])
-            new: list[Call] = []
-            for c in group:
-                row = known.get(c.request_id)
-                if row is None:
-                    new.append(c)
-                elif row["operation"] != OPERATION or bytes(row["request_hash"]) != digests[c]:
-                    answers[c] = IdempotencyConflict(c.request_id, OPERATION)
-                else:
-                    answers[c] = _recorded(row["response"])
-            if not new:
-                return answers, alone
-            result = await prepare(conn, [c.event for c in new], now_us=now_us, limits=self.usage.limits,
-                                   plans=self.usage.plans)
-            refused = {r.index for r in result.rejected}
-            for r in result.rejected:
-                answers[new[r.index]] = rejection_error(r, new[r.index].subscription_id)
-            accepted = [i for i in range(len(new)) if i not in refused]
-            claimed = await keys_store.insert_keys(conn, tenant, [new[i].request_id for i in accepted], OPERATION,
-                                                   [digests[new[i]] for i in accepted]) if accepted else set()
-            lost = frozenset(i for i in accepted if new[i].request_id not in claimed)
-            alone += [new[i] for i in lost]
-            await store(conn, result, drop=lost, want_ids=True)
-            seen: set[str] = set()
-            responses: dict[str, dict] = {}
-            for i in accepted:
-                if i in lost:
-                    continue
-                c = new[i]
-                eid = c.event.event_id
-                start, end = result.periods[i]
-                recorded = Recorded(eid, eid not in result.inserted_ids or eid in seen, from_us(start), from_us(end))
-                seen.add(eid)
-                answers[c] = recorded
-                responses[c.request_id] = _stored(recorded)
-            if responses:
-                await keys_store.set_responses(conn, tenant, responses)
+            async with db.tenant_tx(tenant) as conn:
+                answers = await self._in_tx(conn, tenant, group, digests, now_us, alone)
         return answers, alone
 
+    async def _in_tx(self, conn, tenant: uuid.UUID, group: list, digests: dict, now_us: int, alone: list) -> dict:
+        answers: dict = {}
+        known = await keys_store.get_keys(conn, tenant, [c.request_id for c in group])
+        new: list = []
+        for c in group:
+            row = known.get(c.request_id)
+            if row is None:
+                new.append(c)
+            elif row["operation"] != c.operation or bytes(row["request_hash"]) != digests[c]:
+                answers[c] = IdempotencyConflict(c.request_id, c.operation)
+            else:
+                answers[c] = _replayed(c, row["response"])
+        if not new:
+            return answers
+        starts: list[int] = []
+        flat: list[UsageEvent] = []
+        for c in new:
+            starts.append(len(flat))
+            flat += c.events
+        result = await prepare(conn, flat, now_us=now_us, limits=self.usage.limits, plans=self.usage.plans)
+        rejected = {r.index: r for r in result.rejected}
+        accepted = []
+        for k, c in enumerate(new):
+            r = rejected.get(starts[k]) if c.operation == OPERATION else None
+            if r is not None:  # a refused call leaves no key, as its own transaction would
+                answers[c] = rejection_error(r, c.subscription_id)
+            else:  # a batch keeps its key whatever its events' outcomes
+                accepted.append(k)
+        claimed = await keys_store.insert_keys(conn, tenant, [new[k].request_id for k in accepted],
+                                               [new[k].operation for k in accepted],
+                                               [digests[new[k]] for k in accepted]) if accepted else set()
+        lost = [k for k in accepted if new[k].request_id not in claimed]
+        alone += [new[k] for k in lost]
+        drop = frozenset(i for k in lost for i in range(starts[k], starts[k] + len(new[k].events)))
+        await store(conn, result, drop=drop, want_ids=True)
+        seen: set[str] = set()
+        responses: dict[str, dict] = {}
+        for k in accepted:
+            c = new[k]
+            if c.request_id not in claimed:
+                continue
+            if c.operation == OPERATION:
+                eid = c.event.event_id
+                start, end = result.periods[starts[k]]
+                recorded = Recorded(eid, eid not in result.inserted_ids or eid in seen, from_us(start), from_us(end))
+                seen.add(eid)
+                responses[c.request_id] = _stored(recorded)
+                answers[c] = recorded
+            else:
+                done = usage_batch.outcome(c, starts[k], rejected, result, seen)
+                responses[c.request_id] = usage_batch.stored(done)
+                answers[c] = done
+        if responses:
+            await keys_store.set_responses(conn, tenant, responses)
+        return answers
 
-def _keys_of(calls: list[Call]) -> tuple[bytes, ...]:
+
+def _replayed(call, response: dict):
+    return _recorded(response) if call.operation == OPERATION else usage_batch.from_stored(response)
+
+
+def _keys_of(calls: list) -> tuple[bytes, ...]:
     return tuple({c.caller.api_key_hash: None for c in calls if c.caller.api_key_hash is not None})
 
 
-def _answer(call: Call, answer: Recorded | BaseException) -> None:
+def _answer(call, answer) -> None:
     fut = call.future
     if fut is None or fut.done():  # the caller went away (deadline, cancel): its outcome is stored all the same
         return

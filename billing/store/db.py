@@ -18,11 +18,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from billing.store import usage as usage_store
 from billing.telemetry import current_tenant, tracer
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await usage_store.prepare_session(conn)  # the usage batch's staging table, once per connection
 
 
 def json_text(value) -> str:

@@ -5,6 +5,8 @@ import uuid
 
 import asyncpg
 
+from billing.store.db import json_text
+
 
 async def insert_key(conn: asyncpg.Connection, tenant_id: uuid.UUID, key: str, operation: str,
                      digest: bytes) -> bool:
@@ -29,15 +31,15 @@ async def set_response(conn: asyncpg.Connection, tenant_id: uuid.UUID, key: str,
     )
 
 
-async def insert_keys(conn: asyncpg.Connection, tenant_id: uuid.UUID, keys: list[str], operation: str,
+async def insert_keys(conn: asyncpg.Connection, tenant_id: uuid.UUID, keys: list[str], operations: list[str],
                       digests: list[bytes]) -> set[str]:
     """The keys this call inserted (one statement for a group of calls); blocks while
     another open transaction holds one of them."""
     rows = await conn.fetch(
         """insert into idempotency_keys (tenant_id, key, operation, request_hash)
-           select $1, k, $3, d from unnest($2::text[], $4::bytea[]) as v(k, d)
+           select $1, k, o, d from unnest($2::text[], $3::text[], $4::bytea[]) as v(k, o, d)
            on conflict do nothing returning key""",
-        tenant_id, keys, operation, digests,
+        tenant_id, keys, operations, digests,
     )
     return {r["key"] for r in rows}
 
@@ -50,11 +52,13 @@ async def get_keys(conn: asyncpg.Connection, tenant_id: uuid.UUID, keys: list[st
 
 
 async def set_responses(conn: asyncpg.Connection, tenant_id: uuid.UUID, responses: dict[str, dict]) -> None:
+    # `key = any($2)` makes the plan probe the primary key per key; a join on `k.key = v.key`
+    # alone is planned (generic plan) as a scan of all the tenant's keys, ever longer.
     await conn.execute(
-        """update idempotency_keys k set response = v.r
-             from unnest($2::text[], $3::jsonb[]) as v(key, r)
-            where k.tenant_id = $1 and k.key = v.key""",
-        tenant_id, list(responses), list(responses.values()),
+        """update idempotency_keys k set response = v.r::jsonb
+             from unnest($2::text[], $3::text[]) as v(key, r)
+            where k.tenant_id = $1 and k.key = any($2::text[]) and k.key = v.key""",
+        tenant_id, list(responses), [json_text(r) for r in responses.values()],
     )
 
 

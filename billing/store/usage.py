@@ -7,17 +7,19 @@ from datetime import datetime
 
 import asyncpg
 
-# The batch is COPYed (binary) into a session-local staging table, then ONE statement
-# stores the events not seen before and folds exactly those into the totals (faster than
-# array parameters: docs/usage.md, Throughput); then TRUNCATE empties the staging table for
-# the next tenant of the transaction. Dedup (migration 032): an event is stored when its key
-# md5(event_id)::uuid is inserted into usage_event_ids by this statement (ON CONFLICT DO
-# NOTHING: a transaction storing the same id at the same moment is waited for, not failed);
-# within the batch the first row of an id in COPY order wins (DISTINCT ON, by ctid).
-# The new events are inserted in (subscription, metric, period) order, so consecutive
-# entries of usage_events_period land on the same leaf page (docs/usage.md, Throughput).
-# Times travel as integer microseconds and quantities as text, converted here. A late
-# event's late_usage_pending row is written by a trigger (migration 015), not here.
+# The batch is COPYed (binary) into a session-local staging table, then ONE statement takes
+# the rows out of it (DELETE ... RETURNING: empty again for the next tenant of the
+# transaction, without a TRUNCATE, which costs a new file each time), stores the events not
+# seen before and folds exactly those into the totals (faster than array parameters:
+# docs/usage.md, Throughput). The pools create the table with each connection
+# (`prepare_session`), so a transaction does not send its CREATE. Dedup (migration 032): an
+# event is stored when its key md5(event_id)::uuid is inserted into usage_event_ids by this
+# statement (ON CONFLICT DO NOTHING: a transaction storing the same id at the same moment is
+# waited for, not failed); within the batch the first row of an id in COPY order wins
+# (DISTINCT ON, by ctid). The new events are inserted in (subscription, metric, period)
+# order, so consecutive entries of usage_events_period land on the same leaf page. Times
+# travel as integer microseconds and quantities as text, converted here. A late event's
+# late_usage_pending row is written by a trigger (migration 015), not here.
 STAGING_TABLE = """
 create temp table if not exists usage_staging (
     event_id text, subscription_id uuid, metric_code text, quantity text, occurred_us bigint, start_us bigint,
@@ -25,14 +27,16 @@ create temp table if not exists usage_staging (
 ) on commit delete rows"""
 
 _INSERT_BATCH = """
-with input as (
+with staged as (
+    delete from usage_staging returning ctid as n, *
+), input as (
     select distinct on (t.event_key) t.event_id, t.event_key, t.subscription_id, t.metric_code,
            t.quantity::numeric as quantity,
            timestamptz 'epoch' + t.occurred_us * interval '1 microsecond' as occurred_at,
            timestamptz 'epoch' + t.start_us * interval '1 microsecond' as period_start,
            timestamptz 'epoch' + t.end_us * interval '1 microsecond' as period_end,
            t.late, t.properties::jsonb as properties
-      from (select md5(s.event_id)::uuid as event_key, s.ctid as n, s.* from usage_staging s) t
+      from (select md5(s.event_id)::uuid as event_key, s.* from staged s) t
      order by t.event_key, t.n
 ), keys as (
     insert into usage_event_ids (tenant_id, event_key) select $1, event_key from input
@@ -114,11 +118,24 @@ _INSERT_BATCH_IDS = _INSERT_BATCH.replace(
 async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch,
                        want_ids: bool = False) -> tuple[int, int, list[str]]:
     """(inserted, late among them, the inserted event ids if `want_ids`, else [])."""
-    await conn.execute(STAGING_TABLE)  # once per session in effect; a no-op after the first
+    if not getattr(conn, "usage_staging_ready", False):  # a connection not from the pools
+        await conn.execute(STAGING_TABLE)
     await conn.copy_records_to_table("usage_staging", records=b.rows)
     row = await conn.fetchrow(_INSERT_BATCH_IDS if want_ids else _INSERT_BATCH, tenant_id)
-    await conn.execute("truncate usage_staging")
     return row["inserted"], row["late"], row["ids"] if want_ids else []
+
+
+async def prepare_session(conn: asyncpg.Connection) -> None:
+    """Create the staging table for the session's life (outside any transaction, so no
+    rollback can take it away) and mark the connection: `insert_batch` skips its CREATE."""
+    try:
+        await conn.execute(STAGING_TABLE)
+    except asyncpg.InsufficientPrivilegeError:  # a role without TEMP: it stores no usage
+        return
+    try:
+        conn.usage_staging_ready = True  # type: ignore[attr-defined]
+    except AttributeError:  # a connection class without a __dict__: CREATE IF NOT EXISTS each time
+        pass
 
 
 async def tenant_exists(conn: asyncpg.Connection, tenant_id: uuid.UUID) -> bool:
