@@ -1,8 +1,8 @@
--- CheckEntitlement in one statement, so one round trip (billing/store/entitlement_reads.py):
--- a call used to open a transaction (BEGIN carrying the tenant and the key check), read the
--- subscription, read its period's usage totals, and COMMIT.
+-- CheckEntitlement in one statement, so one round trip (billing/store/entitlement_reads.py)
+-- instead of a transaction's BEGIN, reads and COMMIT.
 --
--- entitlement_read() does in its caller's implicit transaction what that BEGIN did: the key
+-- entitlement_read() does in its caller's implicit transaction what the BEGIN of the other
+-- calls' transactions does (billing/store/db.py TenantConnection): the key
 -- check (as api_keys_live, migration 031: SQLSTATE 28000 for a revoked or unknown key), then
 -- the tenant and its token set with set_config(..., true), which end with the statement.
 -- SECURITY INVOKER (the default): its queries run as the caller, so row-level security
