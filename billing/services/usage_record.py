@@ -3,8 +3,8 @@ by event id (both store through `usage.prepare` / `usage.store`).
 
 `record_one` is one call in one transaction. `GroupCommit` coalesces the RecordUsage and
 RecordUsageBatch calls of a tenant arriving within a few milliseconds into ONE transaction
-(one commit, one flush of the WAL, a handful of statements for the whole group), one group
-of a tenant in flight at a time: each call is still answered with exactly what it would
+(one commit, one flush of the WAL, a handful of statements for the whole group), up to
+`in_flight` groups of a tenant at a time: each call is still answered with exactly what it would
 have been answered alone, and only after the group's commit.
 
 How a group keeps each call's outcome its own:
@@ -122,23 +122,27 @@ MAX_GROUP_EVENTS = 5000
 class GroupCommit:
     """Concurrent RecordUsage and RecordUsageBatch calls of a tenant in one transaction: the
     calls arriving within `window_s` of the first, up to `max_calls` calls and
-    MAX_GROUP_EVENTS events. One group of a tenant is in flight at a time (per process): the
-    calls arriving meanwhile wait and form the next group as soon as it commits, so groups
-    grow with the load and the tenant's transactions never wait on each other's rows (the
-    totals, the subscriptions' key-share locks)."""
+    MAX_GROUP_EVENTS events. Up to `in_flight` groups of a tenant run at once (per process):
+    the calls arriving while that many are in flight wait and form the next group as soon as
+    one commits, so groups grow with the load. With two in flight, one group's Python
+    overlaps the other's statements in PostgreSQL; they cannot deadlock, since every
+    statement takes its locks in key order (the keys, the event ids, the totals: docs/usage.md);
+    a group that fails all the same (a deadlock with another writer) runs each call alone."""
 
-    def __init__(self, usage: Usage, window_s: float, max_calls: int):
+    def __init__(self, usage: Usage, window_s: float, max_calls: int, in_flight: int = 1):
         self.usage = usage
         self.window_s = window_s
         self.max_calls = max_calls
+        self.in_flight = in_flight
         self._pending: dict[uuid.UUID, collections.deque] = {}
         self._events: dict[uuid.UUID, int] = {}  # events pending per tenant
         self._timers: dict[uuid.UUID, asyncio.TimerHandle] = {}
-        self._running: set[uuid.UUID] = set()  # tenants with a group in flight
+        self._running: dict[uuid.UUID, int] = {}  # groups in flight per tenant
         self._flushing: set[asyncio.Task] = set()
         # Transactions run for groups, and calls answered by one (for tests and metrics).
         self.groups = 0
         self.grouped_calls = 0
+        self.failed_groups = 0  # groups whose transaction failed: each call then ran alone
 
     async def submit(self, db, call):
         """`call`: a `Call` (answered with Recorded) or a `usage_batch.BatchCall` (BatchOutcome)."""
@@ -148,8 +152,8 @@ class GroupCommit:
         calls = self._pending.setdefault(tenant, collections.deque())
         calls.append(call)
         events = self._events[tenant] = self._events.get(tenant, 0) + len(call.events)
-        if tenant in self._running:
-            pass  # the next group, as soon as the one in flight commits
+        if self._running.get(tenant, 0) >= self.in_flight:
+            pass  # the next group, as soon as one in flight commits
         elif len(calls) >= self.max_calls or events >= MAX_GROUP_EVENTS:
             self._flush(db, tenant)
         elif tenant not in self._timers:
@@ -161,7 +165,7 @@ class GroupCommit:
         if timer is not None:
             timer.cancel()
         calls = self._pending.get(tenant)
-        if tenant in self._running or not calls:
+        if self._running.get(tenant, 0) >= self.in_flight or not calls:
             return
         group: list = []
         events = 0
@@ -171,7 +175,7 @@ class GroupCommit:
         self._events[tenant] -= events
         if not calls:
             del self._pending[tenant], self._events[tenant]
-        self._running.add(tenant)
+        self._running[tenant] = self._running.get(tenant, 0) + 1
         task = asyncio.get_running_loop().create_task(self._run(db, tenant, group))
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
@@ -184,11 +188,15 @@ class GroupCommit:
         except asyncpg.InvalidAuthorizationSpecificationError:  # a caller's key revoked: a refusal, not a fault
             log.info("RecordUsage group of %d calls has a revoked API key; running each alone", len(calls))
             answers, alone = {}, calls
-        except Exception:  # the group's transaction failed: each call in a transaction of its own
+        except Exception:  # the group's transaction failed (a deadlock too): each call in a transaction of its own
+            self.failed_groups += 1
             log.warning("RecordUsage group of %d calls failed; running each alone", len(calls), exc_info=True)
             answers, alone = {}, calls
         finally:
-            self._running.discard(tenant)
+            if self._running[tenant] <= 1:
+                del self._running[tenant]
+            else:
+                self._running[tenant] -= 1
             self._flush(db, tenant)  # the calls that arrived meanwhile
         for call, answer in answers.items():
             _answer(call, answer)

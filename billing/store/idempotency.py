@@ -34,10 +34,13 @@ async def set_response(conn: asyncpg.Connection, tenant_id: uuid.UUID, key: str,
 async def insert_keys(conn: asyncpg.Connection, tenant_id: uuid.UUID, keys: list[str], operations: list[str],
                       digests: list[bytes]) -> set[str]:
     """The keys this call inserted (one statement for a group of calls); blocks while
-    another open transaction holds one of them."""
+    another open transaction holds one of them. Inserted in key order, as every group
+    does: two groups of a tenant in flight wait on each other's keys in one order, never in
+    a cycle (docs/usage.md, "Lock order")."""
     rows = await conn.fetch(
         """insert into idempotency_keys (tenant_id, key, operation, request_hash)
            select $1, k, o, d from unnest($2::text[], $3::text[], $4::bytea[]) as v(k, o, d)
+            order by k
            on conflict do nothing returning key""",
         tenant_id, keys, operations, digests,
     )

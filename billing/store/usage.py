@@ -17,7 +17,10 @@ import asyncpg
 # statement (ON CONFLICT DO NOTHING: a transaction storing the same id at the same moment is
 # waited for, not failed); within the batch the first row of an id in COPY order wins
 # (DISTINCT ON, by ctid). The new events are inserted in (subscription, metric, period)
-# order, so consecutive entries of usage_events_period land on the same leaf page. Times
+# order, so consecutive entries of usage_events_period land on the same leaf page. Lock
+# order: the event keys are inserted in key order and the totals upserted in key order, so
+# two transactions of a tenant storing the same ids or totals wait on each other in one
+# order, never in a cycle (docs/usage.md, "Lock order"). Times
 # travel as integer microseconds and quantities as text, converted here. A late event's
 # late_usage_pending row is written by a trigger (migration 015), not here.
 STAGING_TABLE = """
@@ -39,7 +42,7 @@ with staged as (
       from (select md5(s.event_id)::uuid as event_key, s.* from staged s) t
      order by t.event_key, t.n
 ), keys as (
-    insert into usage_event_ids (tenant_id, event_key) select $1, event_key from input
+    insert into usage_event_ids (tenant_id, event_key) select $1, event_key from input order by event_key
     on conflict do nothing
     returning event_key
 ), inserted as (
@@ -64,6 +67,7 @@ with staged as (
     select $1, subscription_id, metric_code, period_start, period_end, quantity_sum, event_count, quantity_max,
            latest_quantity, latest_at, latest_event_id
       from folded
+     order by subscription_id, metric_code, period_start
     on conflict (tenant_id, subscription_id, metric_code, period_start) do update set
         quantity_sum = t.quantity_sum + excluded.quantity_sum,
         event_count = t.event_count + excluded.event_count,
