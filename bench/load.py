@@ -4,9 +4,8 @@
     python -m bench.load --seconds 15        # a short run while developing
 
 1. Starts its own PostgreSQL and Kafka (the local stack, in a temporary directory) unless
-   BILLING_DATABASE_URL / BILLING_WORKER_DATABASE_URL / BILLING_ADMIN_DATABASE_URL /
-   BILLING_KAFKA_BOOTSTRAP_SERVERS
-   point at servers of yours; migrates; creates a tenant with --subscriptions active
+   BILLING_{,WORKER_,ADMIN_}DATABASE_URL and BILLING_KAFKA_BOOTSTRAP_SERVERS point at
+   servers of yours; migrates; creates a tenant with --subscriptions active
    subscriptions (the ones usage is sent for and read back) and --due subscriptions whose
    period has ended (what the billing run bills).
 2. Runs the service as an operator would on one machine: one process per kind of work,
@@ -19,13 +18,13 @@
    (`billing produce-usage`, --producers processes of their own sharing the rate, random
    UUIDv4 event ids unless --sequential-ids, 2% duplicates) and consumed by the usage
    role, the same gRPC reads, and one billing run over the due subscriptions (RunBilling
-   after the first fifth of the phase, over gRPC, not counted among the reads).
+   over gRPC after the first fifth of the phase, not counted among the reads).
 
 Prints the ingestion rate (messages whose offsets the usage consumer committed per second
 over the phase, and the lag left at its end), gRPC latency p50/p90/p99/max per method and
-overall, errors by status, for the baseline and under load with the ratio, and the billing
-run's duration. The last line is `load_events_per_s=<n> grpc_p99_ms=<x> errors=<k>`
-(figures under load; errors = failed gRPC reads, any status but OK, timeouts included).
+overall, errors by status, baseline and under load, and the billing run's duration. Last
+line: `load_events_per_s=<n> grpc_p99_ms=<x> errors=<k>` (under load; errors = failed gRPC
+reads, any status but OK, timeouts included).
 """
 from __future__ import annotations
 
