@@ -294,7 +294,7 @@ def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], lis
     failed = _decode_avro(events, slow_values, slow_slots)
     if failed:
         for slot, error in failed.items():
-            dead.append(DeadLetter(batch[positions[slot]], _UNDECODABLE, str(error)[:1000]))
+            dead.append(DeadLetter(batch[positions[slot]], _UNDECODABLE, error))
             dead_pos.append(positions[slot])
         dead = [d for _, d in sorted(zip(dead_pos, dead), key=itemgetter(0))]
         keep = [True] * len(events)
@@ -305,13 +305,18 @@ def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], lis
     return events, positions, dead  # type: ignore[return-value]
 
 
-def _decode_avro(events: list[UsageEvent | None], values: list[bytes], slots: list[int]) -> dict[int, Exception]:
+def _decode_avro(events: list[UsageEvent | None], values: list[bytes], slots: list[int]) -> dict[int, str]:
     """Decode `values` with the codec into their `slots` of `events`; the slots that failed
-    (left None) with their error."""
-    failed: dict[int, Exception] = {}
+    (left None) with their error's text.
+
+    Only the text is kept, never the exception: its traceback holds the frames down from
+    `decode_batch`, whose locals hold this dict, a reference cycle that would leave the
+    whole batch (messages, events) to the cyclic garbage collector instead of freeing it
+    when the batch is done."""
+    failed: dict[int, str] = {}
 
     def on_error(index: int, error: codec.CodecError) -> None:
-        failed[index] = error
+        failed[index] = str(error)[:1000]
 
     try:
         records = codec.decode_many(_USAGE, values, on_error=on_error)
@@ -326,7 +331,7 @@ def _decode_avro(events: list[UsageEvent | None], values: list[bytes], slots: li
             except OSError:
                 raise
             except Exception as exc:
-                failed[index] = exc
+                failed[index] = str(exc)[:1000]
     ok = [slot for index, slot in enumerate(slots) if index not in failed]
     for slot, r in zip(ok, records):
         events[slot] = UsageEvent(r["event_id"], r["tenant_id"], r["subscription_id"], r["metric_code"],

@@ -2,6 +2,7 @@
 usage_payloads.py) against what a message-by-message reading gives."""
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -94,3 +95,23 @@ def test_a_batch_every_record_of_which_is_read_by_hand():
     events, positions, dead = decode_batch(batch)
     assert positions == list(range(50)) and dead == []
     assert [e.event_id for e in events] == [f"e-{i}" for i in range(50)]
+
+
+def test_a_batch_with_a_codec_error_is_freed_without_the_cycle_collector():
+    """A codec error kept with its traceback would tie the whole batch into a reference
+    cycle (frames down from decode_batch): the batch would wait for the cyclic collector."""
+    confluent = codec.CONFLUENT_MAGIC + b"\x00\x00\x00\x07" + b"\x00"
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        batch = [_msg(i, _avro(i)) for i in range(20)] + [_msg(20, confluent), _msg(21, b"\x00" + bytes(31))]
+        events, positions, dead = decode_batch(batch)
+        assert [d.message.offset for d in dead] == [20, 21]
+        del batch, events, positions, dead
+        gc.collect()
+        assert not [o for o in gc.garbage if isinstance(o, Message)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
