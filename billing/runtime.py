@@ -41,7 +41,7 @@ COMMANDS_GROUP = "billing-commands"
 USAGE_GROUP = "billing-usage"
 BILLING_GROUP = "billing-runs"
 # Allocations between young-generation collections (default 700); see tune_gc.
-GC_THRESHOLD_GEN0 = 50_000
+GC_THRESHOLD_GEN0 = 200_000
 
 
 @dataclass
@@ -243,7 +243,10 @@ def tune_gc() -> None:
     A consumer batch allocates hundreds of thousands of short-lived, acyclic objects
     (messages, tuples, dicts) that reference counting frees on its own; at the default gen-0
     threshold the collector runs constantly (docs/usage.md, Throughput). Freeze what start-up
-    built, so full collections never walk it, and collect young objects far less often.
+    built, so full collections never walk it, and collect young objects far less often: a
+    consumer holds up to three batches in flight (fetched, being decoded ahead, being
+    stored), and a young generation smaller than that keeps moving live batches into the
+    older generations, which then get collected over and over (docs/usage.md, the consumer's third pass).
     """
     gc.collect()
     gc.freeze()

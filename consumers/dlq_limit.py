@@ -117,6 +117,12 @@ def dead_flags(batch: Sequence[Message], dead: Sequence[DeadLetter]) -> list[boo
     message not in the batch is a strategy's bug."""
     if not dead:
         return [False] * len(batch)
+    # Strategies dead-letter the batch's own Message objects: told by identity, in C, with
+    # no key tuple per message; any other dead letter is looked up by its coordinates.
+    ids = {id(d.message) for d in dead}
+    flags = list(map(ids.__contains__, map(id, batch)))
+    if flags.count(True) == len(ids):
+        return flags
     index = dict(zip(map(_KEY, batch), range(len(batch))))
     flags = [False] * len(batch)
     for d in dead:

@@ -11,6 +11,7 @@ The layout is checked against the current schema at import; if the schema ever c
 shape, `decode` is None and the codec decodes everything."""
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 from billing import codec
@@ -33,6 +34,7 @@ _HEADER = codec.MAGIC + codec.fingerprint(codec.Schema.USAGE_EVENT)
 _SIZE = len(_HEADER)
 _CONT = 0x0080808080808080  # bytes 0..6 of an 8-byte varint carry the continuation bit
 _CONT_MASK = 0x8080808080808080
+_u64 = struct.Struct("<Q").unpack_from  # 8 bytes as an unsigned little-endian int
 _new = tuple.__new__  # a UsageEvent (a NamedTuple) without its Python-level __new__
 
 
@@ -106,8 +108,10 @@ def _decode(v: bytes, strings: Strings) -> UsageEvent | None:
         e = p + (n >> 1)
         raw = v[p:e]
         quantity = strings.get(raw) or strings.text(raw)
-        x = int.from_bytes(v[e:e + 8], "little")
-        if len(v) != e + 9 or x & _CONT_MASK != _CONT or v[-1]:  # not an 8-byte time then an empty map
+        if len(v) != e + 9:  # not an 8-byte time then an empty map
+            return _decode_general(v, strings)
+        x, = _u64(v, e)  # no slice
+        if x & _CONT_MASK != _CONT or v[-1]:
             return _decode_general(v, strings)
     except (IndexError, ValueError):  # UnicodeDecodeError is a ValueError
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from operator import itemgetter
 
 import asyncpg
 
@@ -29,6 +30,7 @@ from billing.store.db import json_text
 
 STREAM = Stream.USAGE_ALERTS
 _CONTENT_TYPE = codec.content_type(codec.Schema.USAGE_ALERT)
+_SUB_METRIC_START = itemgetter(1, 2, 5)  # of a staging row (usage_store.Batch.rows)
 
 
 async def after_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: list[tuple]) -> int:
@@ -36,7 +38,7 @@ async def after_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: list
     are its staging rows (usage_store.Batch.rows). Returns how many alerts were written.
     Quantity thresholds: one statement. Amount thresholds: one probe, and the pricing of the
     batch's subscriptions that have any (services/amount_thresholds.py)."""
-    touched = list({(r[1], r[2], r[5]) for r in rows})
+    touched = list(set(map(_SUB_METRIC_START, rows)))
     crossed = await store.record_crossings(conn, tenant_id, touched)
     amounts = await amount_thresholds.check(conn, tenant_id, {(sub, start) for sub, _, start in touched})
     if not crossed and not amounts:
