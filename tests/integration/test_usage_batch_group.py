@@ -18,6 +18,7 @@ from billing.services.usage import Usage, UsageEvent, UsageLimits, ingest
 from billing.services.usage_batch import BatchOutcome, EventInput, record_batch
 from billing.services.usage_record import GroupCommit
 from billing.store.db import Database
+from tests.group_probe import watch_groups_in_flight
 from tests.integration.test_subscriptions_api import rid
 from tests.integration.test_usage_group_commit import _call, _calls_total
 from tests.integration.test_usage_ingest import _setup
@@ -102,19 +103,7 @@ async def test_one_group_in_flight_per_tenant(stub, tenant, app_db, admin_conn, 
     _, sub = await _setup(stub, tenant)
     caller = Caller(uuid.UUID(tenant.id), "test")
     usage, group = _usage(window_s=0.001, max_calls=5)
-    in_flight, most = [0], [0]
-    real = GroupCommit._in_tx
-
-    async def counted(self, *args):
-        in_flight[0] += 1
-        most[0] = max(most[0], in_flight[0])
-        try:
-            await asyncio.sleep(0.02)  # long enough for the next calls to queue behind it
-            return await real(self, *args)
-        finally:
-            in_flight[0] -= 1
-
-    monkeypatch.setattr(GroupCommit, "_in_tx", counted)
+    most = watch_groups_in_flight(monkeypatch)
     calls = [_call(usage, app_db, caller, sub.id, event_id=f"g-{i}") for i in range(23)]
     calls += [_batch(usage, app_db, caller, [_in(sub.id, f"gb-{i}-{j}") for j in range(50)]) for i in range(3)]
     results = await asyncio.gather(*calls)

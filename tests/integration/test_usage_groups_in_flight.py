@@ -23,6 +23,7 @@ from billing.services.usage_batch import BatchOutcome, EventInput, record_batch
 from billing.services.usage_record import GroupCommit
 from billing.store import idempotency as keys_store
 from billing.store.db import Database
+from tests.group_probe import watch_groups_in_flight
 from tests.integration.test_subscriptions_api import rid
 from tests.integration.test_usage_ingest import _setup
 
@@ -143,19 +144,7 @@ async def test_at_most_the_setting_s_groups_in_flight(stub, tenant, app_db, admi
     caller = Caller(uuid.UUID(tenant.id), "test")
     usage, group = _usage(in_flight, window_s=0.001, max_calls=5)
     ids = Ids([sub.id], datetime.now(timezone.utc))
-    running, most = [0], [0]
-    real = GroupCommit._in_tx
-
-    async def counted(self, *args):
-        running[0] += 1
-        most[0] = max(most[0], running[0])
-        try:
-            await asyncio.sleep(0.02)  # long enough for the next calls to gather behind it
-            return await real(self, *args)
-        finally:
-            running[0] -= 1
-
-    monkeypatch.setattr(GroupCommit, "_in_tx", counted)
+    most = watch_groups_in_flight(monkeypatch)
     results = await asyncio.gather(*(_record(usage, app_db, caller, ids, 3 * i + 1, rid()) for i in range(30)))
     assert most[0] == in_flight
     assert [r.duplicate for r in results] == [False] * 30
