@@ -217,9 +217,9 @@ State = tuple[SubscriptionStatus | str, object, tuple[Feature, ...]]
 
 def change_data(before: State | None, after: State, cause_event: str) -> dict[str, str] | None:
     """The ``data`` of an ``entitlements.changed`` event for a change from ``before`` to
-    ``after`` (``before`` None: a new subscription), or None when what the subscription may
-    use is the same after as before (a plan without features, a change between two plans
-    with the same features, a trial ending on the same plan, a change while paused)."""
+    ``after`` (``before`` None: a new subscription), or None when both states entitle the
+    subscription to the same features (a plan without features, two plans with the same
+    features, a trial ending on the same plan, a change while paused)."""
     old = entitled_to(before[0], before[2]) if before else ()
     new = entitled_to(after[0], after[2])
     if old == new:
