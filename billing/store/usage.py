@@ -7,21 +7,25 @@ from datetime import datetime
 
 import asyncpg
 
-# The batch is COPYed (binary) into a session-local staging table, then ONE statement takes
-# the rows out of it (DELETE ... RETURNING: empty again for the next tenant of the
-# transaction, without a TRUNCATE, which costs a new file each time), stores the events not
-# seen before and folds exactly those into the totals (faster than array parameters:
-# docs/usage.md, Throughput). The pools create the table with each connection
-# (`prepare_session`), so a transaction does not send its CREATE. Dedup (migration 032): an
-# event is stored when its key md5(event_id)::uuid is inserted into usage_event_ids by this
-# statement (ON CONFLICT DO NOTHING: a transaction storing the same id at the same moment is
-# waited for, not failed); within the batch the first row of an id in COPY order wins
-# (DISTINCT ON, by ctid). The new events are inserted in (subscription, metric, period)
-# order, so consecutive entries of usage_events_period land on the same leaf page. Lock
-# order: the event keys are inserted in key order and the totals upserted in key order, so
-# two transactions of a tenant storing the same ids or totals wait on each other in one
-# order, never in a cycle (docs/usage.md, "Lock order"). Times
-# travel as integer microseconds and quantities as text, converted here. A late event's
+# The batch is COPYed (binary) into a session-local staging table, then ONE statement reads
+# it, stores the events not seen before and folds exactly those into the totals (faster than
+# array parameters: docs/usage.md, Throughput). The pools create the table with each
+# connection (`prepare_session`), so a transaction does not send its CREATE; the statement
+# does not delete what it read (a DELETE costs per row): the table empties itself at the
+# end of the transaction (ON COMMIT DELETE ROWS), and `insert_batch` empties it first when
+# the session staged another tenant's rows before. Dedup (migration 032): an event is stored
+# when its key md5(event_id)::uuid is inserted into usage_event_ids by this statement;
+# within the batch the first row of an id in COPY order wins (DISTINCT ON, by ctid). Two
+# forms of the key insert (docs/usage.md, "Fewer passes per event"): a large batch MERGEs
+# the keys (one probe, then a plain insert) in a savepoint, and a key another transaction
+# inserted meanwhile (a unique violation) or a deadlock rolls it back to the ON CONFLICT DO
+# NOTHING form, which waits for such a transaction rather than fails; small batches
+# (RecordUsage) take that form at once. The new events are inserted in (subscription,
+# metric, period) order, so consecutive entries of usage_events_period land on the same
+# leaf page. Lock order: the event keys are inserted in key order and the totals upserted
+# in key order, so two transactions of a tenant storing the same ids or totals wait on each
+# other in one order, never in a cycle (docs/usage.md, "Lock order"). Times travel as
+# integer microseconds and quantities as text, converted here. A late event's
 # late_usage_pending row is written by a trigger (migration 015), not here.
 STAGING_TABLE = """
 create temp table if not exists usage_staging (
@@ -29,37 +33,50 @@ create temp table if not exists usage_staging (
     end_us bigint, late boolean, properties text
 ) on commit delete rows"""
 
-_INSERT_BATCH = """
-with staged as (
-    delete from usage_staging returning ctid as n, *
-), input as (
+# The staged rows, first row of each key in COPY order, in key order.
+_INPUT = """
+with input as (
     select distinct on (t.event_key) t.event_id, t.event_key, t.subscription_id, t.metric_code,
            t.quantity::numeric as quantity,
            timestamptz 'epoch' + t.occurred_us * interval '1 microsecond' as occurred_at,
            timestamptz 'epoch' + t.start_us * interval '1 microsecond' as period_start,
            timestamptz 'epoch' + t.end_us * interval '1 microsecond' as period_end,
            t.late, t.properties::jsonb as properties
-      from (select md5(s.event_id)::uuid as event_key, s.* from staged s) t
+      from (select md5(s.event_id)::uuid as event_key, s.ctid as n, s.* from usage_staging s) t
      order by t.event_key, t.n
-), keys as (
+)"""
+
+# `new`: the input rows whose key this statement inserted.
+_NEW_ON_CONFLICT = """, keys as (
     insert into usage_event_ids (tenant_id, event_key) select $1, event_key from input order by event_key
     on conflict do nothing
     returning event_key
-), inserted as (
+), new as (
+    select * from input where event_key in (select event_key from keys)
+)"""
+
+# The same in one pass (PostgreSQL 17: MERGE ... RETURNING the source's columns); a key
+# inserted by another transaction after this statement's snapshot is a unique violation.
+_NEW_MERGE = """, new as (
+    merge into usage_event_ids k using input i on k.tenant_id = $1 and k.event_key = i.event_key
+    when not matched then insert (tenant_id, event_key) values ($1, i.event_key)
+    returning i.*
+)"""
+
+_STORE = """, inserted as (
     insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
                               period_start, period_end, late, properties)
     select $1, event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late,
            properties
-      from input where event_key in (select event_key from keys)
+      from new
      order by subscription_id, metric_code, period_start
-    returning event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late
 ), folded as (
     select subscription_id, metric_code, period_start, max(period_end) as period_end,
            sum(quantity) as quantity_sum, count(*) as event_count, max(quantity) as quantity_max,
            (array_agg(quantity order by occurred_at desc, event_id desc))[1] as latest_quantity,
            max(occurred_at) as latest_at,
            (array_agg(event_id order by occurred_at desc, event_id desc))[1] as latest_event_id
-      from inserted
+      from new
      group by subscription_id, metric_code, period_start
 ), totals as (
     insert into usage_totals as t (tenant_id, subscription_id, metric_code, period_start, period_end, quantity_sum,
@@ -80,10 +97,26 @@ with staged as (
         updated_at = now()
     returning 1
 )
-select (select count(*) from inserted) as inserted,
-       (select count(*) from inserted where late) as late,
+select (select count(*) from new) as inserted,
+       (select count(*) from new where late) as late,
        (select count(*) from totals) as totals
 """
+
+_INSERT_BATCH = _INPUT + _NEW_ON_CONFLICT + _STORE
+_MERGE_BATCH = _INPUT + _NEW_MERGE + _STORE
+# A batch of at least this many rows takes the MERGE form (its savepoint costs two round
+# trips, which only a large batch repays).
+MERGE_MIN_ROWS = 1000
+
+
+class _Staged:
+    """Whose rows the session's staging table may still hold: the tenant of its last batch
+    (the rows go at the end of that batch's transaction)."""
+
+    __slots__ = ("tenant",)
+
+    def __init__(self) -> None:
+        self.tenant: uuid.UUID | None = None
 
 
 class Batch:
@@ -114,18 +147,40 @@ class Batch:
 
 
 # The same, also returning the ids inserted (RecordUsage tells each call whether it was a duplicate).
-_INSERT_BATCH_IDS = _INSERT_BATCH.replace(
-    "(select count(*) from totals) as totals", "(select count(*) from totals) as totals,\n"
-    "       array(select event_id from inserted) as ids")
+def _with_ids(sql: str) -> str:
+    return sql.replace("(select count(*) from totals) as totals", "(select count(*) from totals) as totals,\n"
+                       "       array(select event_id from new) as ids")
+
+
+_INSERT_BATCH_IDS = _with_ids(_INSERT_BATCH)
+_MERGE_BATCH_IDS = _with_ids(_MERGE_BATCH)
 
 
 async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch,
                        want_ids: bool = False) -> tuple[int, int, list[str]]:
-    """(inserted, late among them, the inserted event ids if `want_ids`, else [])."""
-    if not getattr(conn, "usage_staging_ready", False):  # a connection not from the pools
+    """(inserted, late among them, the inserted event ids if `want_ids`, else []).
+    `conn` is inside a transaction the caller owns."""
+    staged: _Staged | None = getattr(conn, "usage_staging", None)
+    if staged is None:  # a connection not from the pools: it may hold anything
         await conn.execute(STAGING_TABLE)
+        await conn.execute("delete from usage_staging")
+    elif staged.tenant is not None and staged.tenant != tenant_id:
+        # Rows of another tenant staged earlier in this transaction (a batch of several
+        # tenants) must not be read as this one's; rows of the same tenant may be: their
+        # keys are inserted already, so they are duplicates.
+        await conn.execute("delete from usage_staging")
     await conn.copy_records_to_table("usage_staging", records=b.rows)
-    row = await conn.fetchrow(_INSERT_BATCH_IDS if want_ids else _INSERT_BATCH, tenant_id)
+    if staged is not None:
+        staged.tenant = tenant_id
+    row = None
+    if len(b.rows) >= MERGE_MIN_ROWS and conn.get_server_version().major >= 17 and conn.is_in_transaction():
+        try:
+            async with conn.transaction():  # a savepoint
+                row = await conn.fetchrow(_MERGE_BATCH_IDS if want_ids else _MERGE_BATCH, tenant_id)
+        except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
+            row = None  # rolled back to the savepoint: the staged rows are still there
+    if row is None:
+        row = await conn.fetchrow(_INSERT_BATCH_IDS if want_ids else _INSERT_BATCH, tenant_id)
     return row["inserted"], row["late"], row["ids"] if want_ids else []
 
 
@@ -137,7 +192,7 @@ async def prepare_session(conn: asyncpg.Connection) -> None:
     except asyncpg.InsufficientPrivilegeError:  # a role without TEMP: it stores no usage
         return
     try:
-        conn.usage_staging_ready = True  # type: ignore[attr-defined]
+        conn.usage_staging = _Staged()  # type: ignore[attr-defined]
     except AttributeError:  # a connection class without a __dict__: CREATE IF NOT EXISTS each time
         pass
 

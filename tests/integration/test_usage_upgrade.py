@@ -31,7 +31,7 @@ with input as (
            timestamptz 'epoch' + t.end_us * interval '1 microsecond' as period_end,
            t.late, t.properties::jsonb as properties
       from usage_staging t
-), inserted as (
+), new as (
     insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
                               period_start, period_end, late, properties)
     select $1, event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late,
@@ -88,6 +88,8 @@ async def test_a_populated_database_keeps_every_row_and_bills_on_after_032(migra
     # (billed with P2), then one more late event that no run has billed yet.
     monkeypatch.setattr(usage_store, "_INSERT_BATCH", _old(usage_store._INSERT_BATCH))
     monkeypatch.setattr(usage_store, "_INSERT_BATCH_IDS", _old(usage_store._INSERT_BATCH_IDS))
+    monkeypatch.setattr(usage_store, "_MERGE_BATCH", _old(usage_store._MERGE_BATCH))
+    monkeypatch.setattr(usage_store, "_MERGE_BATCH_IDS", _old(usage_store._MERGE_BATCH_IDS))
     svc = await _serving(migrated.model_copy(update={**urls, "migrations_dir": before_dir}))
     now = datetime.now(timezone.utc)
     try:
