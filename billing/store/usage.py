@@ -174,11 +174,13 @@ async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch,
         staged.tenant = tenant_id
     row = None
     if len(b.rows) >= MERGE_MIN_ROWS and conn.get_server_version().major >= 17 and conn.is_in_transaction():
+        # A savepoint by hand: the caller's transaction may not be asyncpg's own.
+        await conn.execute("savepoint usage_merge")
         try:
-            async with conn.transaction():  # a savepoint
-                row = await conn.fetchrow(_MERGE_BATCH_IDS if want_ids else _MERGE_BATCH, tenant_id)
+            row = await conn.fetchrow(_MERGE_BATCH_IDS if want_ids else _MERGE_BATCH, tenant_id)
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
-            row = None  # rolled back to the savepoint: the staged rows are still there
+            await conn.execute("rollback to savepoint usage_merge")  # the staged rows are still there
+        await conn.execute("release savepoint usage_merge")
     if row is None:
         row = await conn.fetchrow(_INSERT_BATCH_IDS if want_ids else _INSERT_BATCH, tenant_id)
     return row["inserted"], row["late"], row["ids"] if want_ids else []
