@@ -1,0 +1,110 @@
+-- CheckEntitlement in one statement whatever the plan and the feature's metric
+-- (billing/store/entitlement_reads.py): entitlement_read() of migration 034 left two cases to a
+-- second read in a transaction, a plan the API process had not cached yet and a metric counted
+-- from the events. entitlement_check() answers both in the same call:
+--
+-- * p_known_plans: the plans the caller has cached. When the subscription's plan is not one
+--   of them, every row carries the plan's stored spec (plans.spec) and the period's usage
+--   totals are read whatever p_with_usage says (the caller cannot know yet whether the
+--   feature is metered in it).
+-- * p_unique_metrics / p_unique_props (pairs): one more row each with the current period's
+--   count of distinct values of the property (as store/usage.py unique_count), the property
+--   in unique_property.
+-- * p_gauge_metrics: one more row each with a weighted_sum metric's history for the current
+--   period: its level before (the earlier periods' totals) and the period's events in time
+--   order (as store/event_aggregates.py gauge_levels and gauge_changes).
+--
+-- Otherwise as entitlement_read(): the key check and the tenant entered for the statement's
+-- own transaction, SECURITY INVOKER so row-level security filters every read, no row for no
+-- such subscription; then one row per usage total of the current period (one row with a null
+-- metric when there is none, or when the totals are not read), then the extra rows, their
+-- totals columns null. entitlement_read() stays for a server of the previous version.
+
+create function entitlement_check(p_tenant uuid, p_key_hashes bytea[], p_token text, p_subscription uuid,
+                                  p_with_usage boolean, p_known_plans uuid[], p_unique_metrics text[],
+                                  p_unique_props text[], p_gauge_metrics text[])
+    returns table (plan_id uuid, status text, current_period_start timestamptz, current_period_end timestamptz,
+                   spec jsonb, metric_code text, quantity_sum numeric, event_count bigint, quantity_max numeric,
+                   latest_quantity numeric, unique_property text, unique_count bigint, gauge_level numeric, gauge_at_us bigint[],
+                   gauge_quantities numeric[])
+    language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+declare
+    v_plan uuid;
+    v_status text;
+    v_start timestamptz;
+    v_end timestamptz;
+    v_spec jsonb;
+begin
+    if cardinality(p_key_hashes) > 0 then
+        if cardinality(p_key_hashes) > 1 then
+            perform public.api_keys_live(p_key_hashes);
+        end if;
+        p_token := (select a.token from public.authenticate_api_key_token(p_key_hashes[1]) a);
+        if p_token is null then
+            raise exception 'API key revoked or unknown' using errcode = 'invalid_authorization_specification';
+        end if;
+    end if;
+    perform set_config('billing.tenant_id', p_tenant::text, true),
+            set_config('billing.tenant_token', coalesce(p_token, ''), true);
+    select s.plan_id, s.status, s.current_period_start, s.current_period_end
+      into v_plan, v_status, v_start, v_end
+      from public.subscriptions s
+     where s.tenant_id = p_tenant and s.id = p_subscription;
+    if not found then
+        return;
+    end if;
+    if not v_plan = any(p_known_plans) then
+        v_spec := (select p.spec from public.plans p where p.tenant_id = p_tenant and p.id = v_plan);
+    end if;
+    if p_with_usage or v_spec is not null then
+        return query
+            select v_plan, v_status, v_start, v_end, v_spec,
+                   u.metric_code, u.quantity_sum, u.event_count, u.quantity_max, u.latest_quantity,
+                   null::text, null::bigint, null::numeric, null::bigint[], null::numeric[]
+              from (values (1)) one
+              left join public.usage_totals u
+                on u.tenant_id = p_tenant and u.subscription_id = p_subscription and u.period_start = v_start;
+    else
+        plan_id := v_plan;
+        status := v_status;
+        current_period_start := v_start;
+        current_period_end := v_end;
+        return next;
+    end if;
+    if v_start is null then
+        return;
+    end if;
+    if cardinality(p_unique_metrics) > 0 then
+        return query
+            select v_plan, v_status, v_start, v_end, null::jsonb, m.metric,
+                   null::numeric, null::bigint, null::numeric, null::numeric, m.prop,
+                   (select count(distinct e.properties ->> m.prop)
+                      from public.usage_events e
+                     where e.tenant_id = p_tenant and e.subscription_id = p_subscription
+                       and e.metric_code = m.metric and e.period_start = v_start and e.properties ? m.prop),
+                   null::numeric, null::bigint[], null::numeric[]
+              from unnest(p_unique_metrics, p_unique_props) as m(metric, prop);
+    end if;
+    if cardinality(p_gauge_metrics) > 0 then
+        return query
+            select v_plan, v_status, v_start, v_end, null::jsonb, g.metric,
+                   null::numeric, null::bigint, null::numeric, null::numeric, null::text, null::bigint,
+                   (select coalesce(sum(t.quantity_sum), 0)
+                      from public.usage_totals t
+                     where t.tenant_id = p_tenant and t.subscription_id = p_subscription
+                       and t.metric_code = g.metric and t.period_start < v_start),
+                   coalesce(c.at_us, '{}'), coalesce(c.quantities, '{}')
+              from unnest(p_gauge_metrics) as g(metric)
+             cross join lateral (
+                select array_agg((extract(epoch from e.occurred_at) * 1000000)::bigint
+                                 order by e.occurred_at, e.event_id) as at_us,
+                       array_agg(e.quantity order by e.occurred_at, e.event_id) as quantities
+                  from public.usage_events e
+                 where e.tenant_id = p_tenant and e.subscription_id = p_subscription
+                   and e.metric_code = g.metric and e.period_start = v_start) c;
+    end if;
+end $$;
+revoke all on function entitlement_check(uuid, bytea[], text, uuid, boolean, uuid[], text[], text[], text[])
+    from public;
+grant execute on function entitlement_check(uuid, bytea[], text, uuid, boolean, uuid[], text[], text[], text[])
+    to billing_app, billing_worker;
