@@ -180,12 +180,12 @@ def parse_features(given: Sequence[FeatureInput], metrics: Collection[str], v: V
 
 def counting_charge(spec: PlanSpec, feature: Feature) -> UsageCharge | None:
     """The usage charge whose aggregation a metered feature's ``used`` follows: the plan's
-    last charge of the feature's metric (None: no charge of it, which validation refuses)."""
-    found = None
+    charge of the feature's metric (one at most: metric codes are unique in a plan; None:
+    none, which validation refuses)."""
     for charge in spec.usage_charges:
         if charge.metric_code == feature.metric_code:
-            found = charge
-    return found
+            return charge
+    return None
 
 
 @dataclass(frozen=True)
