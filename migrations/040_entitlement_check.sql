@@ -46,6 +46,23 @@ begin
     end if;
     perform set_config('billing.tenant_id', p_tenant::text, true),
             set_config('billing.tenant_token', coalesce(p_token, ''), true);
+    if p_with_usage and cardinality(p_unique_metrics) = 0 and cardinality(p_gauge_metrics) = 0 then
+        -- The usual metered check: one query, as entitlement_read() makes it.
+        return query
+            select s.plan_id, s.status, s.current_period_start, s.current_period_end,
+                   case when s.plan_id = any(p_known_plans) then null
+                        else (select p.spec from public.plans p where p.tenant_id = p_tenant and p.id = s.plan_id)
+                   end,
+                   u.metric_code, u.quantity_sum, u.event_count, u.quantity_max, u.latest_quantity,
+                   null::text, null::bigint, null::numeric, null::bigint[], null::numeric[]
+              from public.subscriptions s
+              left join public.usage_totals u
+                on u.tenant_id = s.tenant_id and u.subscription_id = s.id
+               and u.period_start = s.current_period_start
+             where s.tenant_id = p_tenant and s.id = p_subscription;
+        return;
+    end if;
+    -- Otherwise the subscription first: whether its plan is known decides what else to read.
     select s.plan_id, s.status, s.current_period_start, s.current_period_end
       into v_plan, v_status, v_start, v_end
       from public.subscriptions s
