@@ -46,10 +46,9 @@ async def check(db: Database, caller: Caller, cache: PlanCache, *, subscription_
         raise ValidationError("feature_code", "is required")
     if len(feature_code) > 64:
         raise ValidationError("feature_code", "must be at most 64 characters")
-    found = await _check_in_one_statement(db, caller, cache, sub_uuid, subscription_id, feature_code)
-    if found is None:
+    found = None
+    while found is None:  # each None cached a plan new to the process: the next asks what it needs
         found = await _check_in_one_statement(db, caller, cache, sub_uuid, subscription_id, feature_code)
-    assert found is not None  # the plan is cached now, and with it what the feature reads
     return found
 
 
