@@ -16,12 +16,12 @@ from billing.domain.events import EventType
 from billing.domain.plans import PlanSpec
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.subscriptions import Subscription
-from billing.services import events, paging, period_reads, plans
+from billing.services import entitlement_groups, events, paging, period_reads, plans
 from billing.services.context import Caller
 from billing.services.errors import NotFound, ValidationError, Violations
+from billing.services.entitlement_groups import CheckGroups
 from billing.services.plans import PlanCache
 from billing.services.uow import Database
-from billing.store import entitlement_reads
 from billing.store import subscriptions as subs_store
 
 
@@ -35,12 +35,13 @@ class EntitlementView:
 
 
 async def check(db: Database, caller: Caller, cache: PlanCache, *, subscription_id: str,
-                feature_code: str) -> EntitlementView:
+                feature_code: str, groups: CheckGroups | None = None) -> EntitlementView:
     """One statement (`store/entitlement_reads.py`), whatever the plan and the metric: the
     subscription, its period's totals when a cached plan of the tenant meters the feature,
     the event counts those plans need for it, and the plan's spec when it is not cached. A
     second statement only in the rare case that a plan just cached counts the feature from
-    events no cached plan did (the first check of that plan in the process)."""
+    events no cached plan did (the first check of that plan in the process). With `groups`,
+    the statement is shared with the tenant's concurrent checks (`entitlement_groups`)."""
     sub_uuid = paging.parse_uuid(subscription_id, "subscription_id")
     if feature_code == "":
         raise ValidationError("feature_code", "is required")
@@ -48,24 +49,21 @@ async def check(db: Database, caller: Caller, cache: PlanCache, *, subscription_
         raise ValidationError("feature_code", "must be at most 64 characters")
     found = None
     while found is None:  # each None cached a plan new to the process: the next asks what it needs
-        found = await _check_in_one_statement(db, caller, cache, sub_uuid, subscription_id, feature_code)
+        found = await _check_in_one_statement(db, caller, cache, sub_uuid, subscription_id, feature_code, groups)
     return found
 
 
 async def _check_in_one_statement(db: Database, caller: Caller, cache: PlanCache, sub_uuid: uuid.UUID,
-                                  subscription_id: str, feature_code: str) -> EntitlementView | None:
+                                  subscription_id: str, feature_code: str,
+                                  groups: CheckGroups | None = None) -> EntitlementView | None:
     """None when the statement did not ask for an event count the answer needs: the plan was
     not cached and counts the feature from the events as no cached plan of the tenant does
     (it is cached on return, so the next statement asks)."""
     tenant = caller.tenant_id
-    reads = cache.metered_somewhere(tenant, feature_code)
-    known = cache.plan_ids(tenant)
-    async with db.tenant_statement(tenant) as (conn, entry):
-        if reads is None:
-            rows = await entitlement_reads.read(conn, tenant, entry.key_hashes, entry.token, sub_uuid, False, known)
-        else:
-            rows = await entitlement_reads.read(conn, tenant, entry.key_hashes, entry.token, sub_uuid, True, known,
-                                                reads.unique_metrics, reads.unique_properties, reads.gauge_metrics)
+    if groups is not None:
+        rows = await groups.rows(db, cache, tenant, sub_uuid, feature_code)
+    else:
+        rows = (await entitlement_groups.read(db, cache, tenant, [(sub_uuid, feature_code)])).get(sub_uuid, [])
     if not rows:
         raise NotFound("subscription", subscription_id)
     first = rows[0]

@@ -119,6 +119,12 @@ class Database:
                         await set_tenant(conn, tenant_id)
                         yield conn
 
+    @staticmethod
+    def entry(tenant_id: uuid.UUID) -> Entry:
+        """How a statement run now would enter the tenant (`tenant_statement` gives the same)."""
+        keys = _entry_keys.get()
+        return Entry(keys, None if keys else _tenant_tokens.get(tenant_id, ""))
+
     def tenant_statement(self, tenant_id: uuid.UUID) -> "_TenantStatement":
         """A connection for ONE statement that enters the tenant itself (a function given
         `Entry`: the call's API keys to check live, or the token this process holds), in its
@@ -206,8 +212,7 @@ class _TenantStatement:
             self.log.__exit__(type(e), e, e.__traceback__)
             self.span.__exit__(type(e), e, e.__traceback__)
             raise
-        keys = _entry_keys.get()
-        return self.conn, Entry(keys, None if keys else _tenant_tokens.get(self.tenant_id, ""))
+        return self.conn, Database.entry(self.tenant_id)
 
     async def __aexit__(self, kind, exc, tb) -> bool:
         try:

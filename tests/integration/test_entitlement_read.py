@@ -1,10 +1,12 @@
 """CheckEntitlement in one statement (migration 040, `entitlement_check`): the same answers as
 the transaction path (ListEntitlements' `_judge`) for every kind of feature and every
 aggregation, counted from the stored totals or from the events, with the plan cached or not,
-each in ONE statement; a revoked key refused by the statement itself, and another tenant's
+each in ONE statement; concurrent checks in one statement (`entitlement_groups`) answering
+each as alone; a revoked key refused by the statement itself, and another tenant's
 subscription invisible (docs/entitlements.md#reading-the-usage)."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -15,6 +17,7 @@ import pytest
 from billing.domain.pricing import price_usage
 from billing.services import entitlements, period_reads
 from billing.services.context import Caller
+from billing.services.errors import NotFound
 from billing.services.plans import PlanCache
 from billing.services.tenants import hash_key, revoke_key
 from billing.services.uow import entry_keys
@@ -88,7 +91,7 @@ def statements(monkeypatch):
     real = entitlement_reads.read
 
     async def counted(*args, **kwargs):
-        calls.append(args[5:])
+        calls.append(args[4:])
         return await real(*args, **kwargs)
     monkeypatch.setattr(entitlement_reads, "read", counted)
     return calls
@@ -152,7 +155,7 @@ async def test_two_plans_counting_one_feature_by_different_properties(service, s
             statements.clear()
             got = await entitlements.check(db, caller, cache, subscription_id=sub.id, feature_code="seats")
             assert got.decision.used == used and len(statements) == 1
-            assert statements[0][2:4] == (("seats", "seats"), ("user_id", "team"))  # both asked, one counted
+            assert statements[0][3:5] == (["seats", "seats"], ["user_id", "team"])  # both asked, one counted
 
 
 async def test_a_paused_subscription_is_denied_by_the_one_statement(service, stub, tenant):
@@ -183,6 +186,41 @@ async def test_a_revoked_key_is_refused_by_the_statement(service, stub, tenant, 
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_concurrent_checks_share_a_statement_and_answer_as_alone(service, stub, tenant, statements):
+    subs = [await _setup(stub, tenant, f"group-{i}") for i in range(3)]
+    db, caller = service.db, _caller(tenant)
+    missing = str(uuid.uuid4())
+    asked = [(s.id, code) for s in subs for code in CODES] * 3 + [(missing, "calls"), (missing, "sso")]
+    expected = {(s.id, code): await _by_transaction(db, caller, s, code) for s in subs for code in CODES}
+    cache, groups = PlanCache(), entitlements.CheckGroups()
+    with entry_keys((caller.api_key_hash,)):
+        await entitlements.check(db, caller, cache, subscription_id=subs[0].id, feature_code="seats")
+        statements.clear()
+        got = await asyncio.gather(*(entitlements.check(db, caller, cache, subscription_id=sub, feature_code=code,
+                                                        groups=groups) for sub, code in asked),
+                                   return_exceptions=True)
+    for (sub, code), answer in zip(asked, got):
+        if sub == missing:
+            assert isinstance(answer, NotFound)
+        else:
+            assert answer == expected[(sub, code)], (sub, code)
+    # The first check goes alone; the others wait for it and go together.
+    assert groups.checks == len(asked) and len(statements) == groups.statements <= 3
+    assert all(len(set(s[0])) > 1 for s in statements[1:])  # several subscriptions a statement
+
+
+async def test_a_revoked_key_fails_its_whole_group(service, stub, tenant, admin_conn):
+    plan = await _plan(stub, tenant, "1.00", features("gold"))
+    subs = [await _sub(stub, tenant, plan, f"revoked-{i}") for i in range(3)]
+    caller, cache, groups = _caller(tenant), PlanCache(), entitlements.CheckGroups()
+    assert await revoke_key(admin_conn, uuid.UUID(tenant.api_key_id))
+    with entry_keys((caller.api_key_hash,)):
+        got = await asyncio.gather(*(entitlements.check(service.db, caller, cache, subscription_id=s.id,
+                                                        feature_code=code, groups=groups)
+                                     for s in subs for code in ("sso", "calls")), return_exceptions=True)
+    assert all(isinstance(e, asyncpg.InvalidAuthorizationSpecificationError) for e in got)
+
+
 _CHECK = "select * from entitlement_check($1, $2, null, $3, true, '{}', '{}', '{}', '{}')"
 
 
@@ -196,10 +234,10 @@ async def test_another_tenants_subscription_is_not_found(service, stub, tenant, 
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     key = [hash_key(other.api_key)]
     async with service.db.pool.acquire() as conn:  # as billing_app, with the other tenant's key
-        assert await conn.fetch(_CHECK, uuid.UUID(other.id), key, uuid.UUID(sub.id)) == []
+        assert await conn.fetch(_CHECK, uuid.UUID(other.id), key, [uuid.UUID(sub.id)]) == []
         # Naming the subscription's own tenant with the other tenant's key: no token, refused.
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.fetch(_CHECK, uuid.UUID(tenant.id), key, uuid.UUID(sub.id))
+            await conn.fetch(_CHECK, uuid.UUID(tenant.id), key, [uuid.UUID(sub.id)])
         # No key and no token: the API role cannot enter any tenant.
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.fetch(_CHECK, uuid.UUID(tenant.id), [], uuid.UUID(sub.id))
+            await conn.fetch(_CHECK, uuid.UUID(tenant.id), [], [uuid.UUID(sub.id)])
