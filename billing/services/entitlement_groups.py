@@ -24,6 +24,8 @@ from billing.store import entitlement_reads
 
 Rows = list[asyncpg.Record]
 
+MAX_GROUP = 256  # checks a statement: the rest wait for the next, so a statement stays short
+
 
 @dataclass(eq=False)
 class _Check:
@@ -55,7 +57,10 @@ class CheckGroups:
         return await check.future
 
     def _launch(self, cache: PlanCache, key: tuple) -> None:
-        group = [c for c in self._waiting.pop(key, ()) if not c.future.done()]  # done: its caller gave up
+        waiting = [c for c in self._waiting.pop(key, ()) if not c.future.done()]  # done: its caller gave up
+        group, rest = waiting[:MAX_GROUP], waiting[MAX_GROUP:]
+        if rest:
+            self._waiting[key] = rest
         if not group:
             self._running.discard(key)
             return
