@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from billing.domain.pricing import price_usage
-from billing.services import entitlements, period_reads
+from billing.services import entitlement_groups, entitlements, period_reads
 from billing.services.context import Caller
 from billing.services.errors import NotFound
 from billing.services.plans import PlanCache
@@ -207,6 +207,18 @@ async def test_concurrent_checks_share_a_statement_and_answer_as_alone(service, 
     # The first check goes alone; the others wait for it and go together.
     assert groups.checks == len(asked) and len(statements) == groups.statements <= 3
     assert all(len(set(s[0])) > 1 for s in statements[1:])  # several subscriptions a statement
+
+
+async def test_a_statement_takes_at_most_max_group_checks(service, stub, tenant, statements, monkeypatch):
+    monkeypatch.setattr(entitlement_groups, "MAX_GROUP", 4)
+    plan = await _plan(stub, tenant, "1.00", features("gold"))
+    subs = [await _sub(stub, tenant, plan, f"capped-{i}") for i in range(10)]
+    caller, cache, groups = _caller(tenant), PlanCache(), entitlements.CheckGroups()
+    with entry_keys((caller.api_key_hash,)):
+        got = await asyncio.gather(*(entitlements.check(service.db, caller, cache, subscription_id=s.id,
+                                                        feature_code="tier", groups=groups) for s in subs))
+    assert [g.decision.value for g in got] == ["gold"] * 10
+    assert [len(s[0]) for s in statements] == [1, 4, 4, 1]  # the first alone, then by four
 
 
 async def test_a_revoked_key_fails_its_whole_group(service, stub, tenant, admin_conn):
