@@ -21,6 +21,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
         self.usage = usage
         self.run_shards = run_shards
         self.tokens = page_tokens or PageTokens()
+        self.entitlement_groups = entitlements.CheckGroups()  # concurrent checks of a tenant: one statement
 
     # -- plans -------------------------------------------------------------------------
 
@@ -294,7 +295,7 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
     async def CheckEntitlement(self, request: pb.CheckEntitlementRequest,
                                caller: Caller) -> pb.CheckEntitlementResponse:
         found = await entitlements.check(self.db, caller, self.usage.plans, subscription_id=request.subscription_id,
-                                         feature_code=request.feature_code)
+                                         feature_code=request.feature_code, groups=self.entitlement_groups)
         return pb.CheckEntitlementResponse(entitlement=convert.entitlement_message(found))
 
     @rpc

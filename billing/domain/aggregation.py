@@ -6,13 +6,13 @@ the one a charge's aggregation names. Pure; re-exported by ``pricing``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from billing.domain.plans import Aggregation, UsageCharge
 from billing.domain.pricing_models import EventBands, weighted_quantity
 
-__all__ = ["Gauge", "PeriodUsage", "period_usage", "aggregate", "charge_quantity"]
+__all__ = ["Gauge", "PeriodUsage", "period_usage", "aggregate", "charge_quantity", "over_period"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,11 @@ def charge_quantity(charge: UsageCharge, usage: PeriodUsage) -> Decimal:
     return aggregate(charge.aggregation, quantity_sum=usage.quantity_sum, event_count=usage.event_count,
                      quantity_max=usage.quantity_max, latest_quantity=usage.latest_quantity,
                      unique_count=usage.unique_count, weighted_quantity=usage.weighted_quantity)
+
+
+def over_period(usage: PeriodUsage, start_us: int, end_us: int) -> PeriodUsage:
+    """``usage`` with a weighted_sum's gauge turned into the period's weighted quantity (when
+    it was not given): what ``charge_quantity`` picks for a weighted_sum charge."""
+    if usage.gauge is None or usage.weighted_quantity is not None:
+        return usage
+    return replace(usage, weighted_quantity=usage.gauge.weighted(start_us, end_us))

@@ -23,15 +23,21 @@ import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import Collection, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Collection, Mapping, Sequence
 
 from billing.domain.errors import ValidationError, Violations, enum_field, text_field
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.money import parse_decimal
 
+if TYPE_CHECKING:  # domain/plans imports this module: the aggregation is imported where it is used
+    from billing.domain.aggregation import PeriodUsage
+    from billing.domain.plans import PlanSpec, UsageCharge
+
 __all__ = [
     "FeatureKind", "LimitMode", "FeatureInput", "Feature", "Decision", "Reason", "MAX_FEATURES",
-    "ENTITLED_STATUSES", "State", "parse_features", "decide", "entitled_to", "change_data",
+    "ENTITLED_STATUSES", "State", "parse_features", "decide", "entitled_to", "change_data", "counting_charge",
+    "EventCounts", "event_counts", "metered_used",
 ]
 
 MAX_FEATURES = 50
@@ -167,6 +173,60 @@ def parse_features(given: Sequence[FeatureInput], metrics: Collection[str], v: V
         seen[feature.code] = i
         out.append(feature)
     return out
+
+
+# ----------------------------------------------------------------------- usage
+
+
+def counting_charge(spec: PlanSpec, feature: Feature) -> UsageCharge | None:
+    """The usage charge whose aggregation a metered feature's ``used`` follows: the plan's
+    charge of the feature's metric (one at most: metric codes are unique in a plan; None:
+    none, which validation refuses)."""
+    for charge in spec.usage_charges:
+        if charge.metric_code == feature.metric_code:
+            return charge
+    return None
+
+
+@dataclass(frozen=True)
+class EventCounts:
+    """What a counting charge's quantity needs read from the events rather than the stored
+    totals: a unique count's property, or a weighted_sum's history (the level and changes)."""
+
+    unique_property: str | None = None
+    gauge: bool = False
+
+
+_NO_EVENTS = EventCounts()
+
+
+def event_counts(charge: UsageCharge) -> EventCounts:
+    """Only unique_count and weighted_sum quantities come from the events: a dynamic or
+    per-event price reads its events for the amount, never for the quantity."""
+    from billing.domain.plans import Aggregation
+
+    if charge.aggregation is Aggregation.UNIQUE_COUNT and charge.unique_property:
+        return EventCounts(unique_property=charge.unique_property)
+    if charge.aggregation is Aggregation.WEIGHTED_SUM:
+        return EventCounts(gauge=True)
+    return _NO_EVENTS
+
+
+def metered_used(spec: PlanSpec, feature: Feature, usage: Mapping[str, PeriodUsage], period_start: datetime,
+                 period_end: datetime | None) -> Decimal | None:
+    """A metered feature's ``used``: its counting charge's quantity (``charge_quantity``, a
+    weighted_sum over the whole period as the close prices it) of the period's ``usage`` by
+    metric. None: the plan has no charge of the metric (``decide`` counts it as 0)."""
+    from billing.domain.aggregation import PeriodUsage, charge_quantity, over_period
+    from billing.domain.periods import to_us
+
+    charge = counting_charge(spec, feature)
+    if charge is None:
+        return None
+    metric_usage = usage.get(charge.metric_code) or PeriodUsage()
+    if period_end is not None:
+        metric_usage = over_period(metric_usage, to_us(period_start), to_us(period_end))
+    return charge_quantity(charge, metric_usage)
 
 
 # ----------------------------------------------------------------------- decision

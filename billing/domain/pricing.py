@@ -8,7 +8,7 @@ usage and GetUsage's preview all call it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from datetime import datetime
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, NamedTuple, Protocol
 from billing.domain.money import decimal_to_str, round_money
 from billing.domain.periods import to_us
 from billing.domain.plans import PackageRounding, PlanSpec, PricingModel, Tier, UsageCharge
-from billing.domain.aggregation import PeriodUsage, aggregate, charge_quantity, period_usage
+from billing.domain.aggregation import PeriodUsage, aggregate, charge_quantity, over_period, period_usage
 from billing.domain.pricing_models import packages, percentage_parts
 
 __all__ = [
@@ -385,9 +385,7 @@ def price_usage(plan: PlanSpec, usage: Mapping[str, PeriodUsage], period_start: 
     priced = []
     for charge in plan.usage_charges:
         metric_usage = usage.get(charge.metric_code) or _NO_USAGE
-        if metric_usage.gauge is not None and metric_usage.weighted_quantity is None:
-            metric_usage = replace(metric_usage, weighted_quantity=metric_usage.gauge.weighted(
-                to_us(period_start), to_us(period_end)))
+        metric_usage = over_period(metric_usage, to_us(period_start), to_us(period_end))
         quantity = charge_quantity(charge, metric_usage)
         priced.append(PricedCharge(charge, quantity, usage_lines(charge, quantity, plan.currency, period_start,
                                                                  period_end, metric_usage)))

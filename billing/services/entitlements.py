@@ -6,22 +6,22 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
-from decimal import Decimal
 
 import asyncpg
 
-from billing.domain.aggregation import PeriodUsage, charge_quantity
-from billing.domain.entitlements import ENTITLED_STATUSES, Decision, Feature, FeatureKind, decide, change_data
+from billing.domain.aggregation import Gauge, PeriodUsage
+from billing.domain.entitlements import (ENTITLED_STATUSES, Decision, EventCounts, Feature, FeatureKind, change_data,
+                                         counting_charge, decide, event_counts, metered_used)
 from billing.domain.events import EventType
 from billing.domain.plans import PlanSpec
 from billing.domain.lifecycle import SubscriptionStatus
 from billing.domain.subscriptions import Subscription
-from billing.services import event_usage, events, paging, period_reads, plans
+from billing.services import entitlement_groups, events, paging, period_reads, plans
 from billing.services.context import Caller
 from billing.services.errors import NotFound, ValidationError, Violations
+from billing.services.entitlement_groups import CheckGroups
 from billing.services.plans import PlanCache
 from billing.services.uow import Database
-from billing.store import entitlement_reads
 from billing.store import subscriptions as subs_store
 
 
@@ -35,58 +35,81 @@ class EntitlementView:
 
 
 async def check(db: Database, caller: Caller, cache: PlanCache, *, subscription_id: str,
-                feature_code: str) -> EntitlementView:
+                feature_code: str, groups: CheckGroups | None = None) -> EntitlementView:
+    """One statement (`store/entitlement_reads.py`), whatever the plan and the metric: the
+    subscription, its period's totals when a cached plan of the tenant meters the feature,
+    the event counts those plans need for it, and the plan's spec when it is not cached. A
+    second statement only in the rare case that a plan just cached counts the feature from
+    events no cached plan did (the first check of that plan in the process). With `groups`,
+    the statement is shared with the tenant's concurrent checks (`entitlement_groups`)."""
     sub_uuid = paging.parse_uuid(subscription_id, "subscription_id")
     if feature_code == "":
         raise ValidationError("feature_code", "is required")
     if len(feature_code) > 64:
         raise ValidationError("feature_code", "must be at most 64 characters")
-    found = await _check_in_one_statement(db, caller, cache, sub_uuid, subscription_id, feature_code)
-    if found is not None:
-        return found
-    async with db.tenant_tx(caller.tenant_id) as conn:
-        sub, spec = await _subscription(conn, caller, cache, sub_uuid, subscription_id)
-        feature = next((f for f in spec.features if f.code == feature_code), None)
-        return (await _judge(conn, caller, sub, spec, [feature_code], [feature]))[0]
+    found = None
+    while found is None:  # each None cached a plan new to the process: the next asks what it needs
+        found = await _check_in_one_statement(db, caller, cache, sub_uuid, subscription_id, feature_code, groups)
+    return found
 
 
 async def _check_in_one_statement(db: Database, caller: Caller, cache: PlanCache, sub_uuid: uuid.UUID,
-                                  subscription_id: str, feature_code: str) -> EntitlementView | None:
-    """The usual check in one round trip (`store/entitlement_reads.py`): the subscription and
-    its period's stored totals. None when that is not enough to answer as `_judge` would: the
-    plan is not in the cache yet, or the feature's metric is counted from the events (a
-    unique count, a dynamic or per-event price, a weighted sum); the caller then reads in a
-    transaction. The totals are read only if a cached plan of the tenant meters the feature."""
-    with_usage = cache.metered_somewhere(caller.tenant_id, feature_code)
-    async with db.tenant_statement(caller.tenant_id) as (conn, entry):
-        rows = await entitlement_reads.read(conn, caller.tenant_id, entry.key_hashes, entry.token, sub_uuid,
-                                            with_usage)
+                                  subscription_id: str, feature_code: str,
+                                  groups: CheckGroups | None = None) -> EntitlementView | None:
+    """None when the statement did not ask for an event count the answer needs: the plan was
+    not cached and counts the feature from the events as no cached plan of the tenant does
+    (it is cached on return, so the next statement asks)."""
+    tenant = caller.tenant_id
+    if groups is not None:
+        rows = await groups.rows(db, cache, tenant, sub_uuid, feature_code)
+    else:
+        rows = (await entitlement_groups.read(db, cache, tenant, [(sub_uuid, feature_code)])).get(sub_uuid, [])
     if not rows:
         raise NotFound("subscription", subscription_id)
     first = rows[0]
-    try:
-        spec = cache.spec(caller.tenant_id, first["plan_id"])
-    except KeyError:
-        return None
-    feature = next((f for f in spec.features if f.code == feature_code), None)
+    plan_id = first["plan_id"]
+    raw = first["spec"]
+    spec = cache.spec(tenant, plan_id) if raw is None else cache.put(tenant, plan_id, raw)
+    feature = cache.feature(tenant, plan_id, feature_code)
     status = SubscriptionStatus(first["status"])
-    start = first["current_period_start"]
+    start, end = first["current_period_start"], first["current_period_end"]
     metered = feature is not None and feature.kind is FeatureKind.METERED
     quantity = None
-    if feature is not None and metered and status in ENTITLED_STATUSES and start is not None:
-        charges = [c for c in spec.usage_charges if c.metric_code == feature.metric_code]
-        if not with_usage or any(c.unique_property or event_usage.from_events(c) for c in charges):
-            return None  # not with_usage: the plan came into the cache during the read
-        totals = {r["metric_code"]: r for r in rows}
-        for charge in charges:  # the last charge of the metric counts, as in `_judge`
-            row = totals.get(charge.metric_code)
-            usage = PeriodUsage() if row is None else PeriodUsage(row["quantity_sum"], row["event_count"],
-                                                                  row["quantity_max"], row["latest_quantity"])
-            quantity = charge_quantity(charge, usage)
+    if metered and status in ENTITLED_STATUSES and start is not None:
+        assert feature is not None
+        charge = counting_charge(spec, feature)
+        usage: dict[str, PeriodUsage] = {}
+        if charge is not None:
+            found = _metric_usage(rows, charge.metric_code, event_counts(charge))
+            if found is None:
+                return None
+            usage[charge.metric_code] = found
+        quantity = metered_used(spec, feature, usage, start, end)
     decision = decide(feature, status, quantity)
     counted = metered and decision.used is not None
-    return EntitlementView(feature_code, feature, decision, start if counted else None,
-                           first["current_period_end"] if counted else None)
+    return EntitlementView(feature_code, feature, decision, start if counted else None, end if counted else None)
+
+
+def _metric_usage(rows: list, metric: str, counts: EventCounts) -> PeriodUsage | None:
+    """The statement's rows of one metric as the period's usage the counting charge needs
+    (None: an event count it needs was not asked for)."""
+    totals = unique = gauge = None
+    for r in rows:
+        if r["metric_code"] != metric:
+            continue
+        if r["gauge_level"] is not None:
+            gauge = Gauge(r["gauge_level"], tuple(zip(r["gauge_at_us"], r["gauge_quantities"])))
+        elif r["unique_property"] is not None:
+            if r["unique_property"] == counts.unique_property:
+                unique = r["unique_count"]
+        else:
+            totals = r
+    if (counts.gauge and gauge is None) or (counts.unique_property is not None and unique is None):
+        return None
+    if totals is None:
+        return PeriodUsage(unique_count=unique, gauge=gauge)
+    return PeriodUsage(totals["quantity_sum"], totals["event_count"], totals["quantity_max"],
+                       totals["latest_quantity"], unique, gauge=gauge)
 
 
 async def list_entitlements(db: Database, caller: Caller, cache: PlanCache, *, subscription_id: str,
@@ -117,20 +140,20 @@ async def _subscription(conn: asyncpg.Connection, caller: Caller, cache: PlanCac
 async def _judge(conn: asyncpg.Connection, caller: Caller, sub: Subscription, spec: PlanSpec, codes: list[str],
                  features: list[Feature | None]) -> list[EntitlementView]:
     """Reads usage only for the metered features of an entitled subscription, and only
-    their metrics (the plan restricted to those charges): a check of one feature reads one
-    metric's totals."""
+    their metrics (the plan restricted to those charges)."""
     metered = {f.metric_code for f in features if f is not None and f.kind is FeatureKind.METERED}
     start = sub.current_period_start
-    used: dict[str, Decimal] = {}
+    usage: dict[str, PeriodUsage] | None = None
     if metered and sub.status in ENTITLED_STATUSES and start is not None:
         charges = tuple(c for c in spec.usage_charges if c.metric_code in metered)
         usage, _ = await period_reads.usage_of_period(conn, caller.tenant_id, sub.id,
                                                       replace(spec, usage_charges=charges), start)
-        used = {c.metric_code: charge_quantity(c, usage.get(c.metric_code, PeriodUsage())) for c in charges}
     out = []
     for code, feature in zip(codes, features):
         is_metered = feature is not None and feature.kind is FeatureKind.METERED
-        quantity = used.get(feature.metric_code or "") if feature is not None and is_metered else None
+        quantity = None
+        if feature is not None and is_metered and usage is not None and start is not None:
+            quantity = metered_used(spec, feature, usage, start, sub.current_period_end)
         decision = decide(feature, sub.status, quantity)
         counted = is_metered and decision.used is not None
         out.append(EntitlementView(code, feature, decision, start if counted else None,

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import asyncpg
 
-from billing.domain.entitlements import FeatureKind
+from billing.domain.entitlements import EventCounts, Feature, FeatureKind, counting_charge, event_counts
 from billing.domain.plans import PlanInput, PlanSpec
 from billing.domain.plan_storage import plan_from_dict, plan_to_dict
 from billing.domain.plan_validation import parse_plan
@@ -62,35 +62,82 @@ async def load(conn: asyncpg.Connection, tenant_id: uuid.UUID, plan_id: uuid.UUI
 class PlanCache:
     """Plan specs by (tenant, plan id), loaded on first use and kept: specs are immutable.
 
-    Built once per process (billing/bootstrap.py) and shared by RecordUsage, GetUsage and
-    the usage consumer.
+    Built once per process (billing/bootstrap.py) and shared by RecordUsage, GetUsage,
+    CheckEntitlement and the usage consumer.
     """
 
     def __init__(self) -> None:
         self._specs: dict[tuple[uuid.UUID, uuid.UUID], PlanSpec] = {}
         self._metrics: dict[tuple[uuid.UUID, uuid.UUID], frozenset[str]] = {}
-        self._metered: dict[uuid.UUID, set[str]] = {}  # tenant -> codes of a metered feature of a cached plan
+        self._features: dict[tuple[uuid.UUID, uuid.UUID], dict[str, Feature]] = {}
+        self._plan_ids: dict[uuid.UUID, tuple[uuid.UUID, ...]] = {}  # tenant -> its cached plans
+        self._metered: dict[uuid.UUID, dict[str, EventReads]] = {}  # tenant -> feature metered in a cached plan
 
     async def load(self, conn: asyncpg.Connection, tenant: uuid.UUID, plan_ids: set[uuid.UUID]) -> None:
         """Make `spec` and `metric_codes` answer for these plans (one query for the missing)."""
         missing = [p for p in plan_ids if (tenant, p) not in self._specs]
         for plan_id, raw in await plans_store.specs(conn, tenant, missing):
-            spec = plan_from_dict(raw)
-            self._specs[(tenant, plan_id)] = spec
-            self._metrics[(tenant, plan_id)] = frozenset(c.metric_code for c in spec.usage_charges)
-            self._metered.setdefault(tenant, set()).update(f.code for f in spec.features
-                                                           if f.kind is FeatureKind.METERED)
+            self.put(tenant, plan_id, raw)
+
+    def put(self, tenant: uuid.UUID, plan_id: uuid.UUID, raw: dict) -> PlanSpec:
+        """A plan's stored spec (`plans.spec`), read by the caller, into the cache."""
+        found = self._specs.get((tenant, plan_id))
+        if found is not None:
+            return found
+        spec = plan_from_dict(raw)
+        self._specs[(tenant, plan_id)] = spec
+        self._metrics[(tenant, plan_id)] = frozenset(c.metric_code for c in spec.usage_charges)
+        self._features[(tenant, plan_id)] = {f.code: f for f in spec.features}
+        self._plan_ids[tenant] = self._plan_ids.get(tenant, ()) + (plan_id,)
+        metered = self._metered.setdefault(tenant, {})
+        for feature in spec.features:
+            if feature.kind is FeatureKind.METERED:
+                charge = counting_charge(spec, feature)
+                reads = metered.get(feature.code) or EventReads()
+                metered[feature.code] = reads.adding(event_counts(charge) if charge else EventCounts(),
+                                                     feature.metric_code or "")
+        return spec
 
     def spec(self, tenant: uuid.UUID, plan_id: uuid.UUID) -> PlanSpec:
         return self._specs[(tenant, plan_id)]
 
+    def feature(self, tenant: uuid.UUID, plan_id: uuid.UUID, code: str) -> Feature | None:
+        """The cached plan's feature of this code (None: the plan does not list it)."""
+        return self._features[(tenant, plan_id)].get(code)
+
     def metric_codes(self, tenant: uuid.UUID, plan_id: uuid.UUID) -> frozenset[str]:
         return self._metrics[(tenant, plan_id)]
 
-    def metered_somewhere(self, tenant: uuid.UUID, feature_code: str) -> bool:
-        """Whether a cached plan of the tenant lists this feature as metered."""
+    def plan_ids(self, tenant: uuid.UUID) -> tuple[uuid.UUID, ...]:
+        """The tenant's cached plans, in the order they came in."""
+        return self._plan_ids.get(tenant, ())
+
+    def metered_somewhere(self, tenant: uuid.UUID, feature_code: str) -> EventReads | None:
+        """What a check of this feature reads, when a cached plan of the tenant lists it as
+        metered (None: none does): the usage totals, and what any of those plans counts
+        from the events for it."""
         found = self._metered.get(tenant)
-        return found is not None and feature_code in found
+        return found.get(feature_code) if found is not None else None
+
+
+@dataclass(frozen=True)
+class EventReads:
+    """The event counts a feature's check asks of `entitlement_check` (migration 040): the
+    (metric, property) pairs of unique counts and the weighted_sum metrics, as the lists
+    the statement takes."""
+
+    unique_metrics: tuple[str, ...] = ()
+    unique_properties: tuple[str, ...] = ()
+    gauge_metrics: tuple[str, ...] = ()
+
+    def adding(self, counts: EventCounts, metric: str) -> "EventReads":
+        uniques = list(zip(self.unique_metrics, self.unique_properties))
+        if counts.unique_property is not None and (metric, counts.unique_property) not in uniques:
+            return EventReads(self.unique_metrics + (metric,), self.unique_properties + (counts.unique_property,),
+                              self.gauge_metrics)
+        if counts.gauge and metric not in self.gauge_metrics:
+            return EventReads(self.unique_metrics, self.unique_properties, self.gauge_metrics + (metric,))
+        return self
 
 
 @dataclass(frozen=True)

@@ -119,18 +119,18 @@ class Database:
                         await set_tenant(conn, tenant_id)
                         yield conn
 
-    @asynccontextmanager
-    async def tenant_statement(self, tenant_id: uuid.UUID) -> AsyncIterator[tuple[asyncpg.Connection, Entry]]:
+    @staticmethod
+    def entry(tenant_id: uuid.UUID) -> Entry:
+        """How a statement run now would enter the tenant (`tenant_statement` gives the same)."""
+        keys = _entry_keys.get()
+        return Entry(keys, None if keys else _tenant_tokens.get(tenant_id, ""))
+
+    def tenant_statement(self, tenant_id: uuid.UUID) -> "_TenantStatement":
         """A connection for ONE statement that enters the tenant itself (a function given
         `Entry`: the call's API keys to check live, or the token this process holds), in its
         own implicit transaction: no BEGIN, no COMMIT, and nothing to reset on release (the
         tenant settings are transaction-local; no lock, cursor or LISTEN is left)."""
-        with _tx_span(tenant_id), _log_tenant(tenant_id):
-            async with self.pool.acquire() as conn:
-                keys = _entry_keys.get()
-                yield conn, Entry(keys, None if keys else _tenant_tokens.get(tenant_id, ""))
-                if hasattr(conn, "skip_reset"):
-                    conn.skip_reset()
+        return _TenantStatement(self.pool, tenant_id)
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[asyncpg.Connection]:
@@ -187,6 +187,42 @@ class _tx_span:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.end()
+
+
+class _TenantStatement:
+    """`Database.tenant_statement`'s block: the span, the log tenant and a pooled connection,
+    as `tenant_tx` holds them, by hand rather than through a generator-based context manager
+    (CheckEntitlement runs one per call)."""
+
+    __slots__ = ("pool", "tenant_id", "span", "log", "acquiring", "conn")
+
+    def __init__(self, pool: asyncpg.Pool, tenant_id: uuid.UUID):
+        self.pool = pool
+        self.tenant_id = tenant_id
+
+    async def __aenter__(self) -> tuple[asyncpg.Connection, Entry]:
+        self.span = _tx_span(self.tenant_id)
+        self.span.__enter__()
+        self.log = _log_tenant(self.tenant_id)
+        self.log.__enter__()
+        try:
+            self.acquiring = self.pool.acquire()
+            self.conn = await self.acquiring.__aenter__()
+        except BaseException as e:
+            self.log.__exit__(type(e), e, e.__traceback__)
+            self.span.__exit__(type(e), e, e.__traceback__)
+            raise
+        return self.conn, Database.entry(self.tenant_id)
+
+    async def __aexit__(self, kind, exc, tb) -> bool:
+        try:
+            if exc is None and hasattr(self.conn, "skip_reset"):
+                self.conn.skip_reset()
+            await self.acquiring.__aexit__(kind, exc, tb)
+        finally:
+            self.log.__exit__(kind, exc, tb)
+            self.span.__exit__(kind, exc, tb)
+        return False
 
 
 class _log_tenant:

@@ -1,13 +1,18 @@
 """Entitlements: the plan's features (validation, stored form) and the decision rule."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
 
+from billing.domain.aggregation import Gauge, PeriodUsage
 from billing.domain.entitlements import (
-    Feature, FeatureInput, FeatureKind, LimitMode, Reason, change_data, decide, entitled_to,
+    EventCounts, Feature, FeatureInput, FeatureKind, LimitMode, Reason, change_data, counting_charge, decide,
+    entitled_to, event_counts, metered_used,
 )
+from billing.domain.periods import to_us
+from billing.domain.pricing import price_usage
 from billing.domain.errors import ValidationError
 from billing.domain.plan_storage import plan_from_dict, plan_to_dict
 from billing.domain.plan_validation import parse_plan
@@ -140,3 +145,43 @@ def test_change_data_of_each_lifecycle_change():
     assert change_data(("paused", "p1", f1), ("paused", "p2", f2), "subscription.plan_changed") is None
     assert change_data(("active", "p1", f1), ("active", "p2", f1), "subscription.plan_changed") is None
     assert change_data(("active", "p1", ()), ("paused", "p1", ()), "subscription.paused") is None
+
+
+# ----------------------------------------------------------------------- a metered feature's used
+
+_START, _END = datetime(2026, 12, 1, tzinfo=timezone.utc), datetime(2026, 12, 31, tzinfo=timezone.utc)
+
+
+def test_used_is_the_metric_aggregated_as_its_charge_aggregates_it():
+    storage = UsageChargeInput("storage", "max", "per_unit", "1")
+    spec = parse_plan(plan(FeatureInput("calls", "metered", metric_code="api_calls", limit="100"),
+                           charges=(storage, UsageChargeInput("api_calls", "max", "per_unit", "1"))))
+    feature = spec.features[0]
+    assert counting_charge(spec, feature) is spec.usage_charges[1]
+    usage = {"api_calls": PeriodUsage(quantity_sum=Decimal(30), quantity_max=Decimal(7))}
+    assert metered_used(spec, feature, usage, _START, _END) == 7  # max, not the sum
+    assert metered_used(spec, feature, {}, _START, _END) == 0  # no usage yet
+    assert event_counts(spec.usage_charges[1]) == EventCounts()
+
+
+def test_a_unique_count_and_a_weighted_sum_are_counted_from_the_events():
+    seats = UsageChargeInput("seats", "unique_count", "per_unit", "1", unique_property="user_id")
+    gpus = UsageChargeInput("gpus", "weighted_sum", "per_unit", "1")
+    llm = UsageChargeInput("llm", "count", "dynamic", amount_property="cost")
+    spec = parse_plan(plan(FeatureInput("seats", "metered", metric_code="seats", limit="3"),
+                           FeatureInput("gpus", "metered", metric_code="gpus", limit="3"),
+                           FeatureInput("llm", "metered", metric_code="llm", limit="3"), charges=(seats, gpus, llm)))
+    by_code = {f.code: f for f in spec.features}
+    assert [event_counts(c) for c in spec.usage_charges] == [EventCounts(unique_property="user_id"),
+                                                            EventCounts(gauge=True), EventCounts()]
+    assert metered_used(spec, by_code["seats"], {"seats": PeriodUsage(event_count=5, unique_count=2)},
+                        _START, _END) == 2
+    assert metered_used(spec, by_code["llm"], {"llm": PeriodUsage(event_count=5, amount_sum=Decimal(9))},
+                        _START, _END) == 5  # the prices do not count, the events do
+    # A level of 2 all period, raised to 4 at half time: 3 on average, as the close prices it.
+    half = to_us(_START) + (to_us(_END) - to_us(_START)) // 2
+    gauge = Gauge(Decimal(2), ((half, Decimal(2)),))
+    assert metered_used(spec, by_code["gpus"], {"gpus": PeriodUsage(gauge=gauge)}, _START, _END) == 3
+    priced = {p.charge.metric_code: p.quantity for p in price_usage(spec, {"gpus": PeriodUsage(gauge=gauge)},
+                                                                   _START, _END)}
+    assert priced["gpus"] == 3
