@@ -23,8 +23,10 @@
 Prints the ingestion rate (messages whose offsets the usage consumer committed per second
 over the phase, and the lag left at its end), gRPC latency p50/p90/p99/max per method and
 overall, errors by status, baseline and under load, and the billing run's duration. Last
-line: `load_events_per_s=<n> grpc_p99_ms=<x> errors=<k>` (under load; errors = failed gRPC
-reads, any status but OK, timeouts included).
+line: `load_events_per_s=<n> grpc_p99_ms=<x> errors=<k> api_cpu_us_per_read=<a>
+baseline_cpu_us_per_read=<b>` (under load; errors = failed gRPC reads, any status but OK,
+timeouts included; a: the api process's CPU per read under load, b: the api process's and
+PostgreSQL's per read in the baseline, both from bench/cpu.py).
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.cpu import CpuMeter, postmaster_pid
 from bench.fixtures import copy_rows, metered_tenant
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
@@ -208,6 +211,11 @@ def summarize(result: dict) -> dict:
 # ------------------------------------------------------------------------------ measuring
 
 
+def per_read(cpu: dict, calls: int) -> dict:
+    """CPU µs per read of each process tree (bench/cpu.py: the bench's own processes only)."""
+    return {k: None if v is None or not calls else round(v / calls * 1e6, 1) for k, v in cpu.items()}
+
+
 async def stored_offsets(settings: Settings) -> int:
     conn = await asyncpg.connect(settings.admin_database_url)
     try:
@@ -354,11 +362,19 @@ def main() -> int:
         log(f"service up (logs in {state}); baseline: {args.rps:.0f} reads/s from {args.clients} clients "
             f"for {baseline_s:.0f}s, no ingestion")
         run_clients(address, api_key, subs, 3, args.clients, args.rps)()  # warm-up, not measured
+        meter = CpuMeter(api=procs[0][0].pid,
+                         postgres=postmaster_pid(stack.postgres.data_dir) if stack is not None else None)
+        before = meter.read()
         baseline = summarize(run_clients(address, api_key, subs, baseline_s, args.clients, args.rps)())
+        baseline["cpu_us_per_read"] = per_read(CpuMeter.used(before, meter.read()), baseline["calls"])
         log(f"baseline p50 {baseline['all']['p50_ms']} ms p99 {baseline['all']['p99_ms']} ms; under load: "
             f"{args.rate:.0f} events/s produced, the same reads, a billing run over {args.due} subscriptions, "
             f"for {args.seconds:.0f}s")
+        before = meter.read()
         loaded = asyncio.run(load_phase(args, settings, env, tenant_id, api_key, subs, address, state))
+        # The api process serves the reads alone (and one RunBilling); PostgreSQL serves ingestion too.
+        loaded["api_cpu_us_per_read"] = per_read(CpuMeter.used(before, meter.read()),
+                                                 loaded["reads"]["calls"])["api"]
         for proc, _ in procs:
             if proc.poll() is not None:
                 raise RuntimeError(f"a service process died under load (exit {proc.returncode}); logs in {state}")
@@ -374,7 +390,9 @@ def main() -> int:
               f"[ingestion only: p99={split['ingestion_only']['p99_ms']}ms; "
               f"while the billing run ran: p99={split['while_billing_run']['p99_ms']}ms], "
               f"billing run {loaded['billing_run']}")
-        print(f"load_events_per_s={loaded['events_per_s']} grpc_p99_ms={p99} errors={reads['errors']}")
+        print(f"load_events_per_s={loaded['events_per_s']} grpc_p99_ms={p99} errors={reads['errors']} "
+              f"api_cpu_us_per_read={loaded['api_cpu_us_per_read']} "
+              f"baseline_cpu_us_per_read={baseline['cpu_us_per_read']}")
         finished = True
     finally:
         for proc, _ in procs:
