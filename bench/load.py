@@ -50,7 +50,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.cpu import CpuMeter, postmaster_pid
+from bench.cpu import CpuMeter, per_read, postmaster_pid
 from bench.fixtures import copy_rows, metered_tenant
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
@@ -209,11 +209,6 @@ def summarize(result: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------ measuring
-
-
-def per_read(cpu: dict, calls: int) -> dict:
-    """CPU µs per read of each process tree (bench/cpu.py: the bench's own processes only)."""
-    return {k: None if v is None or not calls else round(v / calls * 1e6, 1) for k, v in cpu.items()}
 
 
 async def stored_offsets(settings: Settings) -> int:
