@@ -66,3 +66,8 @@ class CpuMeter:
     def used(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
         return {k: None if before.get(k) is None or after.get(k) is None else after[k] - before[k]  # type: ignore
                 for k in after}
+
+
+def per_read(cpu: dict[str, float | None], calls: int) -> dict[str, float | None]:
+    """CPU µs per call of each tree of `CpuMeter.used`."""
+    return {k: None if v is None or not calls else round(v / calls * 1e6, 1) for k, v in cpu.items()}

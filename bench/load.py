@@ -23,8 +23,9 @@
 Prints the ingestion rate (messages whose offsets the usage consumer committed per second
 over the phase, and the lag left at its end), gRPC latency p50/p90/p99/max per method and
 overall, errors by status, baseline and under load, and the billing run's duration. Last
-line: `load_events_per_s=<n> grpc_p99_ms=<x> errors=<k>` (under load; errors = failed gRPC
-reads, any status but OK, timeouts included).
+line: `load_events_per_s=<n> grpc_p99_ms=<x> errors=<k> api_cpu_us_per_read=<a>
+baseline_cpu_us_per_read=<b>` (errors: failed reads under load, timeouts included; a: the api
+process's CPU per read under load; b: the api's and PostgreSQL's in the baseline; bench/cpu.py).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from pathlib import Path
 
 import asyncpg
 
+from bench.cpu import CpuMeter, per_read, postmaster_pid
 from bench.fixtures import copy_rows, metered_tenant
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
@@ -62,8 +64,6 @@ METHODS = ("GetSubscription", "GetUsage", "ListSubscriptions")
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
-
-# ------------------------------------------------------------------------------ setup
 
 
 async def setup_tenant(settings: Settings, active: int, due: int) -> tuple[str, str, list[str]]:
@@ -113,11 +113,8 @@ def wait_ready(procs: list[tuple[subprocess.Popen, int]], timeout_s: float = 90)
             time.sleep(0.3)
 
 
-# ------------------------------------------------------------------------------ gRPC clients
 
-
-def _client_process(address: str, api_key: str, subs: list[str], seconds: float, clients: int, rps: float,
-                    out) -> None:
+def _client_process(address: str, api_key: str, subs: list[str], seconds: float, clients: int, rps: float, out) -> None:
     """Runs in a process of its own: `clients` concurrent clients, together `rps` calls/s."""
     import grpc
 
@@ -204,8 +201,6 @@ def summarize(result: dict) -> dict:
                      "max_ms": round(max(values), 2) if values else None}
     return out
 
-
-# ------------------------------------------------------------------------------ measuring
 
 
 async def stored_offsets(settings: Settings) -> int:
@@ -354,11 +349,16 @@ def main() -> int:
         log(f"service up (logs in {state}); baseline: {args.rps:.0f} reads/s from {args.clients} clients "
             f"for {baseline_s:.0f}s, no ingestion")
         run_clients(address, api_key, subs, 3, args.clients, args.rps)()  # warm-up, not measured
+        meter = CpuMeter(api=procs[0][0].pid, postgres=postmaster_pid(stack.postgres.data_dir) if stack else None)
+        before = meter.read()
         baseline = summarize(run_clients(address, api_key, subs, baseline_s, args.clients, args.rps)())
+        baseline["cpu_us_per_read"] = per_read(CpuMeter.used(before, meter.read()), baseline["calls"])
         log(f"baseline p50 {baseline['all']['p50_ms']} ms p99 {baseline['all']['p99_ms']} ms; under load: "
             f"{args.rate:.0f} events/s produced, the same reads, a billing run over {args.due} subscriptions, "
             f"for {args.seconds:.0f}s")
+        before = meter.read()
         loaded = asyncio.run(load_phase(args, settings, env, tenant_id, api_key, subs, address, state))
+        loaded["api_cpu_us_per_read"] = per_read(CpuMeter.used(before, meter.read()), loaded["reads"]["calls"])["api"]
         for proc, _ in procs:
             if proc.poll() is not None:
                 raise RuntimeError(f"a service process died under load (exit {proc.returncode}); logs in {state}")
@@ -374,7 +374,8 @@ def main() -> int:
               f"[ingestion only: p99={split['ingestion_only']['p99_ms']}ms; "
               f"while the billing run ran: p99={split['while_billing_run']['p99_ms']}ms], "
               f"billing run {loaded['billing_run']}")
-        print(f"load_events_per_s={loaded['events_per_s']} grpc_p99_ms={p99} errors={reads['errors']}")
+        print(f"load_events_per_s={loaded['events_per_s']} grpc_p99_ms={p99} errors={reads['errors']} api_cpu_us_"
+              f"per_read={loaded['api_cpu_us_per_read']} baseline_cpu_us_per_read={baseline['cpu_us_per_read']}")
         finished = True
     finally:
         for proc, _ in procs:

@@ -11,7 +11,7 @@ import contextvars
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
-__all__ = ["TRACE_HEADERS", "current_tenant", "inject", "tracer"]
+__all__ = ["TRACE_HEADERS", "current_tenant", "direct_tracer", "inject", "tracer"]
 
 # Set by the gRPC auth interceptor, the consumers and each tenant transaction for the
 # duration of one unit of work; every log line written meanwhile names the tenant.
@@ -21,6 +21,21 @@ current_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("cur
 tracer = trace.get_tracer("billing")
 
 TRACE_HEADERS = ("traceparent", "tracestate")
+
+_direct: trace.Tracer | None = None
+
+
+def direct_tracer() -> trace.Tracer:
+    """The installed provider's own tracer (the same scope, "billing"), for the spans every
+    call makes: `tracer` is a ProxyTracer, which looks its delegate up on every span. Until a
+    provider is installed, `tracer` itself; a provider, once installed, is never replaced."""
+    global _direct
+    if _direct is None:
+        found = trace.get_tracer("billing")
+        if isinstance(found, trace.ProxyTracer):
+            return tracer
+        _direct = found
+    return _direct
 
 
 def inject(headers: dict[str, str], context: Context | None = None) -> dict[str, str]:

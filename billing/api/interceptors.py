@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from billing.api import status
 from billing.api.malformed import MalformedRequest, lenient
 from billing.api.overload import EXEMPT_PREFIXES, OVERLOAD_MESSAGE, CallLimit
+from billing import telemetry
 from billing.api.unavailable import UNAVAILABLE_ERRORS, UNAVAILABLE_MESSAGE
 from billing.ops import tracing
 from billing.ops.logging import current_tenant
@@ -186,11 +187,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         name = full_method.lstrip("/")
         service, _, method = name.rpartition("/")
         attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
-        tracer = tracing.tracer
+        direct_tracer = telemetry.direct_tracer
 
         async def call(request, context: grpc.aio.ServicerContext):
             parent = tracing.extract(context.invocation_metadata())
-            span = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
+            span = direct_tracer().start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
                                      record_exception=False, set_status_on_exception=False)
             token = otel_context.attach(trace.set_span_in_context(span))
             gave_up = None

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from typing import Iterable, Mapping, Sequence
 
 import asyncpg
 
@@ -171,20 +172,29 @@ async def usage_of_period(conn: asyncpg.Connection, tenant: uuid.UUID, sub_id: u
     """One period's totals by metric of `spec`'s charges, unique counts included: what
     `pricing.price_usage` prices for an immediate cancel's final usage and GetUsage's
     preview. Also the period's end as stored with its totals (None: no usage yet)."""
-    rows = {r["metric_code"]: r for r in await usage_store.totals(conn, tenant, sub_id, start)}
+    totals = await usage_store.totals(conn, tenant, sub_id, start)
+    uniques = [await usage_store.unique_count(conn, tenant, sub_id, charge.metric_code, start, charge.unique_property)
+               if charge.unique_property else None for charge in spec.usage_charges]
+    usage, end = usage_from_totals(spec, totals, uniques)
+    await event_usage.add_period_event_usage(conn, tenant, sub_id, spec, start, usage)
+    return usage, end
+
+
+def usage_from_totals(spec: PlanSpec, totals: Iterable[Mapping], uniques: Sequence[int | None] | None = None,
+                      ) -> tuple[dict[str, PeriodUsage], datetime | None]:
+    """The period's usage by metric from its stored totals (rows of store/usage.totals) and
+    the unique counts of `spec.usage_charges` (in their order; None: no unique count). The
+    usage of event-priced charges is not in it (`event_usage.add_period_event_usage`)."""
+    rows = {r["metric_code"]: r for r in totals}
     usage: dict[str, PeriodUsage] = {}
     end = None
-    for charge in spec.usage_charges:
+    for i, charge in enumerate(spec.usage_charges):
         row = rows.get(charge.metric_code)
-        unique = None
-        if charge.unique_property:
-            unique = await usage_store.unique_count(conn, tenant, sub_id, charge.metric_code, start,
-                                                    charge.unique_property)
+        unique = uniques[i] if uniques else None
         if row is None:
             usage[charge.metric_code] = PeriodUsage(unique_count=unique)
             continue
         end = end or row["period_end"]
         usage[charge.metric_code] = PeriodUsage(row["quantity_sum"], row["event_count"], row["quantity_max"],
                                                 row["latest_quantity"], unique)
-    await event_usage.add_period_event_usage(conn, tenant, sub_id, spec, start, usage)
     return usage, end

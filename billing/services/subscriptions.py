@@ -30,6 +30,7 @@ from billing.services.previews import ChangePreview, Rollback
 from billing.services.errors import AlreadyExists, FailedPrecondition, NotFound, ValidationError, Violations
 from billing.store import audit as audit_store
 from billing.store import plans as plans_store
+from billing.store import subscription_reads as reads_store
 from billing.store import subscriptions as store
 from billing.store import test_clocks as clocks_store
 from billing.store import usage as usage_store
@@ -106,6 +107,14 @@ async def _views(conn: asyncpg.Connection, caller: Caller, subs: list[Subscripti
     clocks = await clocks_store.clocks_of(conn, caller.tenant_id, [s.id for s in subs])
     return [SubscriptionView(s, codes[s.plan_id], codes[s.pending_plan_id] if s.pending_plan_id else None,
                              test_clock_id=clocks.get(s.id)) for s in subs]
+
+
+def _view_of_row(row: asyncpg.Record) -> SubscriptionView:
+    """A row of store/subscription_reads: what `_view` reads in three queries, in one."""
+    sub = store.from_row(row)
+    if row["plan_code"] is None or (sub.pending_plan_id and row["pending_plan_code"] is None):
+        raise NotFound("plan", str(sub.plan_id if row["plan_code"] is None else sub.pending_plan_id))
+    return SubscriptionView(sub, row["plan_code"], row["pending_plan_code"], test_clock_id=row["test_clock_id"])
 
 
 async def record_change(conn: asyncpg.Connection, caller: Caller, request_id: str, before: Subscription | None,
@@ -345,6 +354,12 @@ async def change_plan(db, caller: Caller, request_id: str, subscription_id: str,
 
 async def get_subscription(db, caller: Caller, subscription_id: str, include_history: bool) -> SubscriptionView:
     sub_uuid = paging.parse_uuid(subscription_id, "id")
+    if not include_history and hasattr(db, "tenant_statement"):  # one statement (store/subscription_reads.py)
+        async with db.tenant_statement(caller.tenant_id) as (conn, entry):
+            row = await reads_store.subscription(conn, caller.tenant_id, entry.key_hashes, entry.token, sub_uuid)
+        if row is None:
+            raise NotFound("subscription", subscription_id)
+        return _view_of_row(row)
     async with db.tenant_tx(caller.tenant_id) as conn:
         sub = await store.get(conn, caller.tenant_id, sub_uuid)
         if sub is None:
@@ -365,10 +380,11 @@ async def list_subscriptions(db, caller: Caller, *, tokens: paging.PageTokens, p
         raise ValidationError("status", f"unknown status {status!r}")
     filters = {"status": status, "customer_id": customer_id, "plan_id": str(plan_uuid or "")}
     after = tokens.decode(page_token, "ListSubscriptions", caller.tenant_id, filters)
-    async with db.tenant_tx(caller.tenant_id) as conn:
-        subs = await store.list_page(conn, caller.tenant_id, status=status or None, customer_id=customer_id or None,
-                                     plan_id=plan_uuid, after=after, limit=limit + 1)
-        views = await _views(conn, caller, subs[:limit])
-    token = tokens.encode("ListSubscriptions", caller.tenant_id, filters, subs[limit - 1].created_at,
-                          subs[limit - 1].id) if len(subs) > limit else ""
+    async with db.tenant_statement(caller.tenant_id) as (conn, entry):
+        rows = await reads_store.subscription_page(conn, caller.tenant_id, entry.key_hashes, entry.token,
+                                                   status=status or None, customer_id=customer_id or None,
+                                                   plan_id=plan_uuid, after=after, limit=limit + 1)
+    views = [_view_of_row(r) for r in rows[:limit]]
+    token = tokens.encode("ListSubscriptions", caller.tenant_id, filters, rows[limit - 1]["created_at"],
+                          rows[limit - 1]["id"]) if len(rows) > limit else ""
     return SubscriptionPage(views, token)

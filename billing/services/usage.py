@@ -84,52 +84,108 @@ class Usage:
                   series: str) -> "UsageReport":
         """Totals per metric of the plan for a period (default: the current one), each with
         the amount it would be billed at now (a preview), and optionally a series."""
-        from billing.domain.money import round_money
         from billing.domain.pricing import price_usage
-        from billing.domain.pricing import total as pricing_total
         from billing.services import paging, period_reads
-        from billing.services.errors import FailedPrecondition, NotFound, ValidationError
+        from billing.services.errors import NotFound, ValidationError
         from billing.store import subscriptions as subs_store
 
         sub_uuid = paging.parse_uuid(subscription_id, "subscription_id")
         if series not in ("", "hour", "day"):
             raise ValidationError("series", f"unknown granularity {series!r}")
+        if not series and hasattr(db, "tenant_statement"):
+            report = await self._get_in_one(db, caller, sub_uuid, subscription_id, period_start)
+            if report is not None:
+                return report
         async with db.tenant_tx(caller.tenant_id) as conn:
             sub = await subs_store.get(conn, caller.tenant_id, sub_uuid)
             if sub is None:
                 raise NotFound("subscription", subscription_id)
             await self.plans.load(conn, caller.tenant_id, {sub.plan_id})
             spec = self.plans.spec(caller.tenant_id, sub.plan_id)
-            if period_start is None:
-                if sub.current_period_start is None:
-                    raise FailedPrecondition(f"subscription {subscription_id} has not started (it is {sub.status})",
-                                             reason="SUBSCRIPTION_NOT_STARTED")
-                start, end = sub.current_period_start, sub.current_period_end
-            else:
-                start, end = period_start, _period_end_at(sub, spec, period_start)
+            start, end = _period(sub, spec, subscription_id, period_start)
             usage, stored_end = await period_reads.usage_of_period(conn, caller.tenant_id, sub_uuid, spec, start)
-            # A start the periods as drawn now do not have may still be one usage was stored
-            # under (a period reopened by a resume); anything else names no period at all.
-            end = end or stored_end
-            if end is None:
-                raise ValidationError("period_start", f"{start.isoformat()} is not the start of a billing "
-                                      f"period of subscription {subscription_id} (unset: the current period)")
+            end = _known_end(end or stored_end, start, subscription_id)
             late = {r["metric_code"]: r for r in await usage_store.late_usage(conn, caller.tenant_id, sub_uuid, start)}
-            metrics = []
-            # Priced as the period's close prices it: the amount is the sum of its rounded lines.
-            for priced in price_usage(spec, usage, start, end):
-                code = priced.charge.metric_code
-                points = []
-                if series:
-                    points = [(p["at"], p["quantity"]) for p in await usage_store.series(
-                        conn, caller.tenant_id, sub_uuid, code, start, series)]
-                lr = late.get(code)
-                metrics.append(MetricUsage(
-                    code, priced.charge.aggregation.value, priced.quantity,
-                    pricing_total(usage_charge_lines([priced], spec.currency, start, end)), points,
-                    LateUsageReport(lr["event_count"], lr["quantity_sum"], lr["billed_count"]) if lr else NO_LATE_USAGE))
-        total = round_money(sum((m.amount for m in metrics), start=Decimal(0)), spec.currency)
-        return UsageReport(sub_uuid, start, end, spec.currency, metrics, total)
+            priced = list(price_usage(spec, usage, start, end))
+            points = {}
+            for p in priced if series else ():
+                code = p.charge.metric_code
+                points[code] = [(r["at"], r["quantity"]) for r in await usage_store.series(
+                    conn, caller.tenant_id, sub_uuid, code, start, series)]
+        return _report(sub_uuid, spec, start, end, priced, late, points)
+
+    async def _get_in_one(self, db, caller, sub_uuid: uuid.UUID, subscription_id: str,
+                          period_start: datetime | None) -> "UsageReport | None":
+        """`get` without a series in one statement (store/subscription_reads.usage): the
+        subscription, its period's totals and late events. None when that is not enough to
+        answer as `get` would: the plan is not cached yet, or a charge is counted from the
+        events (a unique count, a dynamic or per-event price, a weighted sum)."""
+        from billing.domain.pricing import price_usage
+        from billing.services import event_usage, period_reads
+        from billing.services.errors import NotFound
+        from billing.store import subscription_reads
+        from billing.store import subscriptions as subs_store
+
+        async with db.tenant_statement(caller.tenant_id) as (conn, entry):
+            rows = await subscription_reads.usage(conn, caller.tenant_id, entry.key_hashes, entry.token, sub_uuid,
+                                                  period_start)
+        if not rows:
+            raise NotFound("subscription", subscription_id)
+        sub = subs_store.from_row(rows[0])
+        try:
+            spec = self.plans.spec(caller.tenant_id, sub.plan_id)
+        except KeyError:
+            return None
+        if any(c.unique_property or event_usage.from_events(c) for c in spec.usage_charges):
+            return None
+        start, end = _period(sub, spec, subscription_id, period_start)
+        usage, stored_end = period_reads.usage_from_totals(spec, [r for r in rows if r["kind"] == "total"])
+        end = _known_end(end or stored_end, start, subscription_id)
+        late = {r["metric_code"]: r for r in rows if r["kind"] == "late"}
+        return _report(sub_uuid, spec, start, end, list(price_usage(spec, usage, start, end)), late, {})
+
+
+def _period(sub, spec: PlanSpec, subscription_id: str, period_start: datetime | None) -> tuple[datetime, datetime | None]:
+    """The period asked for: its start, and its end as the periods are drawn now (None: none
+    starts there)."""
+    from billing.services.errors import FailedPrecondition
+
+    if period_start is None:
+        if sub.current_period_start is None:
+            raise FailedPrecondition(f"subscription {subscription_id} has not started (it is {sub.status})",
+                                     reason="SUBSCRIPTION_NOT_STARTED")
+        return sub.current_period_start, sub.current_period_end
+    return period_start, _period_end_at(sub, spec, period_start)
+
+
+def _known_end(end: datetime | None, start: datetime, subscription_id: str) -> datetime:
+    """A start the periods as drawn now do not have may still be one usage was stored under
+    (a period reopened by a resume: `end` is then the stored one); anything else names no
+    period at all."""
+    from billing.services.errors import ValidationError
+
+    if end is None:
+        raise ValidationError("period_start", f"{start.isoformat()} is not the start of a billing "
+                              f"period of subscription {subscription_id} (unset: the current period)")
+    return end
+
+
+def _report(sub_uuid: uuid.UUID, spec: PlanSpec, start: datetime, end: datetime, priced: list, late: dict,
+            points: dict) -> "UsageReport":
+    """Priced as the period's close prices it: each amount is the sum of its rounded lines."""
+    from billing.domain.money import round_money
+    from billing.domain.pricing import total as pricing_total
+
+    metrics = []
+    for p in priced:
+        code = p.charge.metric_code
+        lr = late.get(code)
+        metrics.append(MetricUsage(
+            code, p.charge.aggregation.value, p.quantity,
+            pricing_total(usage_charge_lines([p], spec.currency, start, end)), points.get(code, []),
+            LateUsageReport(lr["event_count"], lr["quantity_sum"], lr["billed_count"]) if lr else NO_LATE_USAGE))
+    total = round_money(sum((m.amount for m in metrics), start=Decimal(0)), spec.currency)
+    return UsageReport(sub_uuid, start, end, spec.currency, metrics, total)
 
 
 def _period_end_at(sub, spec: PlanSpec, start: datetime) -> datetime | None:

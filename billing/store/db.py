@@ -19,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from billing.store import usage as usage_store
-from billing.telemetry import current_tenant, tracer
+from billing.telemetry import current_tenant, direct_tracer
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -176,7 +176,7 @@ class _tx_span:
         self.attributes = attributes
 
     def __enter__(self):
-        self.span = tracer.start_span("db.transaction", kind=SpanKind.CLIENT, attributes=self.attributes)
+        self.span = direct_tracer().start_span("db.transaction", kind=SpanKind.CLIENT, attributes=self.attributes)
         self.token = otel_context.attach(trace.set_span_in_context(self.span))
         return self.span
 
