@@ -34,7 +34,7 @@ def test_the_current_schema_has_the_layout_it_knows():
     assert codec_invoice.ENABLED
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(RECORD)
 def test_the_same_bytes_as_fastavro(record):
     assert codec_invoice.encode(record) == codec.encode(Schema.INVOICE_REQUEST, record)
