@@ -34,8 +34,9 @@ Wake-ups
 
 Metrics
     `on_published(count, seconds)` after each batch that marked rows (seconds from the first
-    produce to the end of the marking); `on_delivered(delays)`: per row delivered, seconds
-    from its writing to its delivery confirmed; `on_parked(reason)` per row parked.
+    produce to the end of the marking); `on_delivered(delays)`: (seconds from writing to
+    delivery confirmed, rows delivered with that delay) pairs, one per writing time (the
+    rows of one transaction share theirs, so a chunk's thousand rows are one pair); `on_parked(reason)` per row parked.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ import asyncio
 import threading
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -144,7 +145,7 @@ class OutboxRelay:
                  max_scan_pages: int = 10, producer_overrides: dict | None = None,
                  topics: Mapping[str, str] | None = None,
                  on_published: Callable[[int, float], None] | None = None,
-                 on_delivered: Callable[[list[float]], None] | None = None,
+                 on_delivered: Callable[[list[tuple[float, int]]], None] | None = None,
                  on_parked: Callable[[str], None] | None = None):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -302,8 +303,9 @@ class OutboxRelay:
         if ids:
             confirmed = datetime.now(timezone.utc)
             self._callback("on_published", self._on_published, marked, elapsed)
+            written = Counter(r.created_at for r in result.delivered)
             self._callback("on_delivered", self._on_delivered,
-                           [(confirmed - r.created_at).total_seconds() for r in result.delivered])
+                           [((confirmed - at).total_seconds(), n) for at, n in written.items()])
         return any(f.fatal for f in result.failed)
 
     async def _scan(self, conn: asyncpg.Connection, after_id: int = 0) -> list[PendingRow]:

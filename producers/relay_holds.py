@@ -109,6 +109,8 @@ class HoldBook:
         return self._holds.get(key)
 
     def held(self, row: Row, now: float) -> bool:
+        if not self._holds:  # the usual case: nothing held, no keys to build per row
+            return False
         return any((h := self._holds.get(k)) is not None and h.retry_at > now
                    for k in (stream_hold(row.stream), key_hold(row)))
 

@@ -25,7 +25,7 @@ from billing.codec import CodecError
 from billing.codec_confluent import RegistryUnavailable
 from billing.registry import RegistryRefused
 from billing.ops import tracing
-from producers.relay_format import RelayFormat
+from producers.relay_format import RelayFormat, tenant_text
 from producers.relay_holds import (
     PERMANENT_ERRORS, TOPIC_ERRORS, Failure, HoldBook, PublishResult, hold_of, key_hold, stream_hold,
 )
@@ -41,7 +41,7 @@ def message_headers(row, trace_headers: Mapping[str, str],
     extra = extra or {}
     own = (OUTBOX_ID_HEADER, TENANT_ID_HEADER)
     headers = [(k, v) for k, v in row.headers.items() if k not in own and k not in trace_headers and k not in extra]
-    return headers + [*extra.items(), (OUTBOX_ID_HEADER, str(row.id)), (TENANT_ID_HEADER, str(row.tenant_id)),
+    return headers + [*extra.items(), (OUTBOX_ID_HEADER, str(row.id)), (TENANT_ID_HEADER, tenant_text(row.tenant_id)),
                       *trace_headers.items()]
 
 

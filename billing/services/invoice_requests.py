@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import asyncpg
 
-from billing import codec
+from billing import codec, codec_invoice
 from billing.domain.events import Stream
 from billing.domain.invoicing import NAMESPACE
 from billing.domain.money import decimal_to_str
@@ -98,7 +98,7 @@ def encode(*, tenant_id: uuid.UUID | str, invoice_request_id: uuid.UUID | str, r
     record = invoice_record(tenant_id=tenant_id, invoice_request_id=invoice_request_id, run_id=run_id, sub=sub,
                             currency=currency, period_start=start, period_end=end, lines=lines, issued_at=issued_at,
                             test_clock_id=test_clock_id, reason=reason, threshold_id=threshold_id)
-    return record["invoice_request_id"], codec.encode(codec.Schema.INVOICE_REQUEST, record)
+    return record["invoice_request_id"], codec_invoice.encode(record)
 
 
 async def enqueue(conn: asyncpg.Connection, tenant_id: uuid.UUID, requests: list[Encoded],

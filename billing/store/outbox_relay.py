@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import NamedTuple, Sequence
 
 import asyncpg
+import orjson
 
 # The channel the `outbox_notify` trigger (migration 003) notifies after every insert.
 NOTIFY_CHANNEL = "outbox"
@@ -72,8 +73,10 @@ async def unlock(conn: asyncpg.Connection, key: int) -> bool:
 
 async def fetch_pending(conn: asyncpg.Connection, *, after_id: int, limit: int,
                         skip_streams: Sequence[str] = ()) -> list[PendingRow]:
+    # The headers as text, parsed by orjson: the connection's jsonb codec (json.loads) was
+    # the largest part of decoding a row. Headers are strings (never a large integer).
     rows = await conn.fetch(
-        "select tenant_id, id, stream, key, payload, headers, created_at from outbox_pending($1, $2, $3)",
+        "select tenant_id, id, stream, key, payload, headers::text, created_at from outbox_pending($1, $2, $3)",
         after_id, limit, list(skip_streams),
     )
     return [PendingRow(r[0], r[1], r[2], r[3], r[4], _headers(r[5]), r[6]) for r in rows]
@@ -111,13 +114,15 @@ async def oldest_pending_age_s(conn: asyncpg.Connection | asyncpg.Pool) -> float
 
 
 def _headers(value) -> dict[str, str]:
-    # jsonb comes back decoded when the connection has the project's codec
-    # (billing.store.db.init_connection), as text otherwise.
+    # Text from fetch_pending (or a dict from a connection whose jsonb codec decodes).
     if value is None:
         return {}
+    text = None
     if isinstance(value, (str, bytes)):
-        value = json.loads(value)
+        text, value = value, orjson.loads(value)
     for v in value.values():
-        if type(v) is not str:  # never from this service's writers
+        if type(v) is not str:  # never from this service's writers: json's reading, as text
+            if text is not None:
+                value = json.loads(text)
             return {str(k): str(v) for k, v in value.items()}
     return value
