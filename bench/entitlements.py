@@ -263,6 +263,7 @@ def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="bench-entitlements-"))
     stack = LocalStack.create(state, pg_port=free_port(), kafka_port=free_port(), controller_port=free_port(),
                               kafka_version=base.kafka_version, kafka_cache_dir=base.kafka_cache_dir)
+    stack.postgres.extra_options = "-c track_commit_timestamp=on"  # the alert lag's stages (bench/alert_lag.py)
     log(f"starting the local stack in {state}")
     stack.start()
     settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()})
@@ -338,6 +339,8 @@ def main() -> int:
         log(f"waiting up to {args.alert_drain_seconds:.0f}s for the alerts still due")
         probe.wait_for_alerts(args.alert_drain_seconds)
         probe.stop_reader()
+        asyncio.run(probe.load_commit_times())
+        log(probe.stage_line("alone") + "\n" + probe.stage_line("ingest"))
         means_ms = {**histogram_means(roles[1][1], ("billing_consumer_batch_duration_seconds",)),
                     **histogram_means(roles[2][1], ("billing_outbox_delivery_delay_seconds",
                                                     "billing_outbox_publish_duration_seconds"))}
