@@ -124,7 +124,11 @@ class ConsumerRunner:
     # ------------------------------------------------------------------ fetching
 
     async def _fill(self) -> None:
-        deadline = time.monotonic() + self._batching.max_wait_s
+        # The window starts at the batch's first message, not here: messages fetched while
+        # the previous batch committed have waited that long already (and with them a
+        # threshold alert, docs/alerts.md#alert-lag), so they wait at most max_wait_s in all.
+        since = self._buffer.since
+        deadline = (time.monotonic() if since is None else since) + self._batching.max_wait_s
         while (room := self._buffer.room(self._batching.max_size)) and not self._stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -134,7 +138,7 @@ class ConsumerRunner:
     async def _poll(self, max_messages: int, timeout_s: float) -> None:
         events, messages = await self._kafka.poll(max_messages, timeout_s)
         self._apply(events)
-        self._buffer.extend(messages)
+        self._buffer.extend(messages, time.monotonic())
 
     def _apply(self, events: list[Event]) -> None:
         # Callback events come before the messages of the same poll: librdkafka drops
@@ -225,7 +229,7 @@ class ConsumerRunner:
             self._apply(events)
             # Paused partitions return nothing new; whatever was already on its way is kept
             # in order behind the held batch.
-            self._buffer.extend(messages)
+            self._buffer.extend(messages, time.monotonic())
 
     def _committed(self, batch: list[Message], done: Committed) -> None:
         self._positions.stored(done.offsets)
