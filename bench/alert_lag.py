@@ -33,6 +33,7 @@ from bench.load import percentile
 from billing import codec
 from billing.config import Settings
 from billing.kafka import consumer_config, producer_config
+from billing.store.db import init_connection
 
 MAX_THRESHOLDS = 50  # per subscription, as CreateThreshold allows
 
@@ -72,7 +73,7 @@ class AlertProbe:
         self._reader: threading.Thread | None = None
         self._assigned = threading.Event()
 
-    async def create_thresholds(self, admin: asyncpg.Connection) -> int:
+    async def create_thresholds(self) -> int:
         """Recurring thresholds at step, 2 * step, ... on every probe subscription, straight
         into the table as the owner (as the bench writes its subscriptions)."""
         rows = []
@@ -82,8 +83,13 @@ class AlertProbe:
                 tid = uuid.uuid4()
                 self.thresholds[(sub, k * self.step)] = str(tid)
                 rows.append((tenant, tid, uuid.UUID(sub), "calls", "quantity_sum", k * self.step, True))
-        await copy_rows(admin, "usage_thresholds",
-                        ["tenant_id", "id", "subscription_id", "metric_code", "measure", "value", "recurring"], rows)
+        admin = await asyncpg.connect(self.settings.admin_database_url)
+        try:
+            await init_connection(admin)
+            await copy_rows(admin, "usage_thresholds",
+                            ["tenant_id", "id", "subscription_id", "metric_code", "measure", "value", "recurring"], rows)
+        finally:
+            await admin.close()
         return len(rows)
 
     # -- the reader ----------------------------------------------------------------------

@@ -12,8 +12,10 @@ own; the probe of bench/alert_lag.py produces events of quantity 1 to them at `-
 events/s for `--seconds`, and reads the alerts. The service's settings come from the
 environment (BILLING_USAGE_BATCH_WAIT_MS, say).
 
-stderr: the lag per stage (bench/alert_lag.py's docstring). stdout: a JSON line (the probe's
-summary, CPU per probe event of the usage role, the relay and PostgreSQL, the load average),
+stderr: the lag per stage (bench/alert_lag.py's docstring) and the means of the roles'
+histograms (a usage batch's wait from its first message fetched, that message's age, the
+batch; the relay's delivery delay). stdout: a JSON line (the probe's summary, those means, CPU
+per probe event of the usage role, the relay and PostgreSQL, the load average),
 then `alert_lag_p99_ms=<x> alert_lag_p50_ms=<y> alerts=<a> alerts_missing=<m>
 usage_cpu_us=<u> relay_cpu_us=<r> postgres_cpu_us=<p>`.
 """
@@ -31,9 +33,9 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.alert_lag import AlertProbe
+from bench.alert_lag import AlertProbe, histogram_means
 from bench.cpu import CpuMeter, postmaster_pid
-from bench.entitlements import create_thresholds, log, setup_tenant
+from bench.entitlements import log, setup_tenant
 from bench.load import start_role, wait_ready
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
@@ -95,7 +97,7 @@ def main() -> int:
         ensure_topics(settings)
         tenant_id, _, _, subs = asyncio.run(setup_tenant(settings, 0, args.subscriptions))
         probe = AlertProbe(settings, tenant_id, subs, args.step, args.rate)
-        log(f"{asyncio.run(create_thresholds(settings, probe))} thresholds on {len(subs)} subscriptions")
+        log(f"{asyncio.run(probe.create_thresholds())} thresholds on {len(subs)} subscriptions")
         roles.append(start_role("usage", env, state))
         roles.append(start_role("relay", env, state))
         wait_ready(roles)
@@ -110,18 +112,22 @@ def main() -> int:
         probe.run(args.seconds, "alone")
         probe.wait_for_alerts(args.drain_seconds)
         cpu = CpuMeter.used(before, meter.read())
+        means_ms = {**histogram_means(roles[0][1], ("billing_consumer_batch_duration_seconds",
+                                                    "billing_consumer_batch_wait_seconds",
+                                                    "billing_consumer_batch_age_seconds")),
+                    **histogram_means(roles[1][1], ("billing_outbox_delivery_delay_seconds",))}
         if args.statements:
             log(asyncio.run(_statements(su)))
         probe.stop_reader()
         asyncio.run(probe.load_commit_times())
-        log(probe.stage_line("alone"))
+        log(probe.stage_line("alone") + f"\nmeans (ms) of the roles' histograms: {means_ms}")
         for proc, _ in roles:
             if proc.poll() is not None:
                 raise RuntimeError(f"a service process died (exit {proc.returncode}); logs in {state}")
         events = max(1, int(args.rate * args.seconds))
         us = {k: None if v is None else round(v / events * 1e6, 1) for k, v in cpu.items()}
         summary = probe.summary("alone")
-        print(json.dumps({"alert_lag": summary, "repeated": probe.repeats, "cpu_us_per_probe_event": us,
+        print(json.dumps({"alert_lag": summary, "repeated": probe.repeats, "cpu_us_per_probe_event": us, "mean_ms": means_ms,
                           "rate": args.rate, "seconds": args.seconds, "subscriptions": len(subs), "step": args.step,
                           "batch_wait_ms": Settings().usage_batch_wait_ms,
                           "load_avg": [round(x, 2) for x in os.getloadavg()]}))

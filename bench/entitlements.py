@@ -117,15 +117,6 @@ async def setup_tenant(settings: Settings, subscriptions: int,
     return str(tenant.tenant_id), tenant.api_key, ids[:subscriptions], ids[subscriptions:]
 
 
-async def create_thresholds(settings: Settings, probe: AlertProbe) -> int:
-    admin = await asyncpg.connect(settings.admin_database_url)
-    await init_connection(admin)
-    try:
-        return await probe.create_thresholds(admin)
-    finally:
-        await admin.close()
-
-
 def _client(address: str, api_key: str, subs: list[str], phases: list[float], ready, gos, out) -> None:
     """A process of its own: one channel, one call at a time; one report per phase."""
     import grpc
@@ -285,7 +276,7 @@ def main() -> int:
         tenant_id, api_key, subs, alert_subs = asyncio.run(setup_tenant(settings, args.subscriptions,
                                                                         args.alert_subscriptions))
         probe = AlertProbe(settings, tenant_id, alert_subs, args.alert_step, args.alert_rate)
-        log(f"{asyncio.run(create_thresholds(settings, probe))} thresholds on {len(alert_subs)} subscriptions")
+        log(f"{asyncio.run(probe.create_thresholds())} thresholds on {len(alert_subs)} subscriptions")
         roles.append(start_role("api", env, state, BILLING_GRPC_PORT=str(grpc_port)))
         roles.append(start_role("usage", env, state, nice=args.nice))
         roles.append(start_role("relay", env, state))
@@ -341,7 +332,9 @@ def main() -> int:
         probe.stop_reader()
         asyncio.run(probe.load_commit_times())
         log(probe.stage_line("alone") + "\n" + probe.stage_line("ingest"))
-        means_ms = {**histogram_means(roles[1][1], ("billing_consumer_batch_duration_seconds",)),
+        means_ms = {**histogram_means(roles[1][1], ("billing_consumer_batch_duration_seconds",
+                                                    "billing_consumer_batch_wait_seconds",
+                                                    "billing_consumer_batch_age_seconds")),
                     **histogram_means(roles[2][1], ("billing_outbox_delivery_delay_seconds",
                                                     "billing_outbox_publish_duration_seconds"))}
         alerts = {"mean_ms": means_ms, "under_ingestion": probe.summary("ingest"), "alone": probe.summary("alone"),

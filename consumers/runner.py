@@ -74,6 +74,8 @@ class ConsumerRunner:
         self._observer = observer
         self._on_batch = on_batch
         self._lag_interval_s = lag_interval_s
+        # Optional on an observer: `waited(fetched_s, age_s)` as each batch starts.
+        self._waited: Callable[[float | None, float | None], None] | None = getattr(observer, "waited", None)
         self.stats = RunnerStats()
         # Set while at least one partition is assigned (tests and readiness wait on it).
         self.assigned = asyncio.Event()
@@ -174,7 +176,12 @@ class ConsumerRunner:
     # ------------------------------------------------------------------ one batch
 
     async def _process_next_batch(self) -> None:
+        since = self._buffer.since
         batch = self._buffer.take(self._batching.max_size)
+        if batch and self._waited is not None:
+            first = batch[0].timestamp_ms
+            self._notify(lambda o: self._waited(None if since is None else time.monotonic() - since,
+                                                None if first is None else time.time() - first / 1000))
         attempt = 0
         try:
             while batch:
