@@ -55,6 +55,24 @@ def histogram_means(http_port: int, names: tuple[str, ...]) -> dict[str, float |
             for n in names}
 
 
+def wait_assigned(http_port: int, group: str = "billing-usage", timeout_s: float = 90) -> None:
+    """Until the consumer role on `http_port` has partitions (its lag gauge has a series per
+    assigned partition): a probe started before would time the group's join, not the path."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    needle = f'billing_consumer_lag_messages{{group="{group}"'
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as resp:
+                if needle in resp.read().decode():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the consumer group {group} got no partitions within {timeout_s:.0f}s")
+
+
 class AlertProbe:
     def __init__(self, settings: Settings, tenant_id: str, subs: list[str], step: int, rate: float):
         self.settings = settings

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.alert_lag import AlertProbe, histogram_means
+from bench.alert_lag import AlertProbe, histogram_means, wait_assigned
 from bench.cpu import CpuMeter, postmaster_pid
 from bench.entitlements import log, setup_tenant
 from bench.load import start_role, wait_ready
@@ -101,6 +101,7 @@ def main() -> int:
         roles.append(start_role("usage", env, state))
         roles.append(start_role("relay", env, state))
         wait_ready(roles)
+        wait_assigned(roles[0][1])  # the probe times the path, not the usage group's join
         probe.start_reader()
         meter = CpuMeter(usage=roles[0][0].pid, relay=roles[1][0].pid,
                          postgres=postmaster_pid(stack.postgres.data_dir))

@@ -66,7 +66,7 @@ from pathlib import Path
 import asyncpg
 
 from bench import ghz
-from bench.alert_lag import AlertProbe, histogram_means
+from bench.alert_lag import AlertProbe, histogram_means, wait_assigned
 from bench.cpu import CpuMeter, kafka_pid, postmaster_pid
 from bench.fixtures import copy_rows
 from bench.load import high_watermark, percentile, start_role, stored_offsets, wait_ready
@@ -281,6 +281,7 @@ def main() -> int:
         roles.append(start_role("usage", env, state, nice=args.nice))
         roles.append(start_role("relay", env, state))
         wait_ready(roles)
+        wait_assigned(roles[1][1])  # the probe times the path, not the usage group's join
         probe.start_reader()
         address = f"127.0.0.1:{grpc_port}"
         meter = CpuMeter(server=roles[0][0].pid, postgres=postmaster_pid(stack.postgres.data_dir),
