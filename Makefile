@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-chaos-alerts test-cluster proto bench-ingest bench-ingest-sql bench-peer bench-billing bench-grpc-usage bench-load bench-entitlements dashboard clean
+.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-chaos-alerts test-cluster proto bench-ingest bench-ingest-sql bench-peer bench-billing bench-grpc-usage bench-load bench-entitlements bench-alert-lag dashboard clean
 
 # Dependencies at the versions of constraints.txt (reproducible installs; the Dockerfile uses it too).
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -112,6 +112,11 @@ bench-load: install
 ## last line: entitlement_checks_per_s=<n> p99_ms=<x> errors=<k> ... client_cpu_us=<u>
 bench-entitlements: install
 	$(PY) -m bench.entitlements $(ARGS)
+
+## The threshold alert lag with nothing else running (bench/alert_lag_alone.py; --statements for
+## the usage batch's statements).
+bench-alert-lag: install
+	$(PY) -m bench.alert_lag_alone $(ARGS)
 
 ## Regenerate deploy/grafana/dashboards/billing.json (a test fails when it is stale).
 dashboard: install

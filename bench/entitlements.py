@@ -66,7 +66,7 @@ from pathlib import Path
 import asyncpg
 
 from bench import ghz
-from bench.alert_lag import AlertProbe, histogram_means
+from bench.alert_lag import AlertProbe, histogram_means, wait_assigned
 from bench.cpu import CpuMeter, kafka_pid, postmaster_pid
 from bench.fixtures import copy_rows
 from bench.load import high_watermark, percentile, start_role, stored_offsets, wait_ready
@@ -115,15 +115,6 @@ async def setup_tenant(settings: Settings, subscriptions: int,
     await admin.close()
     ids = [str(s) for s in subs]
     return str(tenant.tenant_id), tenant.api_key, ids[:subscriptions], ids[subscriptions:]
-
-
-async def create_thresholds(settings: Settings, probe: AlertProbe) -> int:
-    admin = await asyncpg.connect(settings.admin_database_url)
-    await init_connection(admin)
-    try:
-        return await probe.create_thresholds(admin)
-    finally:
-        await admin.close()
 
 
 def _client(address: str, api_key: str, subs: list[str], phases: list[float], ready, gos, out) -> None:
@@ -263,6 +254,7 @@ def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="bench-entitlements-"))
     stack = LocalStack.create(state, pg_port=free_port(), kafka_port=free_port(), controller_port=free_port(),
                               kafka_version=base.kafka_version, kafka_cache_dir=base.kafka_cache_dir)
+    stack.postgres.extra_options = "-c track_commit_timestamp=on"  # the alert lag's stages (bench/alert_lag.py)
     log(f"starting the local stack in {state}")
     stack.start()
     settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()})
@@ -284,11 +276,12 @@ def main() -> int:
         tenant_id, api_key, subs, alert_subs = asyncio.run(setup_tenant(settings, args.subscriptions,
                                                                         args.alert_subscriptions))
         probe = AlertProbe(settings, tenant_id, alert_subs, args.alert_step, args.alert_rate)
-        log(f"{asyncio.run(create_thresholds(settings, probe))} thresholds on {len(alert_subs)} subscriptions")
+        log(f"{asyncio.run(probe.create_thresholds())} thresholds on {len(alert_subs)} subscriptions")
         roles.append(start_role("api", env, state, BILLING_GRPC_PORT=str(grpc_port)))
         roles.append(start_role("usage", env, state, nice=args.nice))
         roles.append(start_role("relay", env, state))
         wait_ready(roles)
+        wait_assigned(roles[1][1])  # the probe times the path, not the usage group's join
         probe.start_reader()
         address = f"127.0.0.1:{grpc_port}"
         meter = CpuMeter(server=roles[0][0].pid, postgres=postmaster_pid(stack.postgres.data_dir),
@@ -338,7 +331,11 @@ def main() -> int:
         log(f"waiting up to {args.alert_drain_seconds:.0f}s for the alerts still due")
         probe.wait_for_alerts(args.alert_drain_seconds)
         probe.stop_reader()
-        means_ms = {**histogram_means(roles[1][1], ("billing_consumer_batch_duration_seconds",)),
+        asyncio.run(probe.load_commit_times())
+        log(probe.stage_line("alone") + "\n" + probe.stage_line("ingest"))
+        means_ms = {**histogram_means(roles[1][1], ("billing_consumer_batch_duration_seconds",
+                                                    "billing_consumer_batch_wait_seconds",
+                                                    "billing_consumer_batch_age_seconds")),
                     **histogram_means(roles[2][1], ("billing_outbox_delivery_delay_seconds",
                                                     "billing_outbox_publish_duration_seconds"))}
         alerts = {"mean_ms": means_ms, "under_ingestion": probe.summary("ingest"), "alone": probe.summary("alone"),

@@ -63,10 +63,15 @@ def topics_of(batch: Iterable[Message]) -> str:
 
 
 class FetchBuffer:
-    """Messages fetched and not yet in a batch, in consumption order."""
+    """Messages fetched and not yet in a batch, in consumption order, and `since`: when the
+    oldest of them was fetched (on the caller's clock; None when empty), which starts the
+    batch window (consumers/runner.py). Kept per fetch, not per message: messages fetched
+    after the oldest are only younger, so a window from `since` is never too long."""
 
     def __init__(self) -> None:
         self._messages: list[Message] = []
+        self.since: float | None = None
+        self._taken_since: float | None = None  # `since` of the last batch taken (put_back)
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -75,8 +80,12 @@ class FetchBuffer:
         """How many more messages the next batch of `max_size` can take."""
         return max(0, max_size - len(self._messages))
 
-    def extend(self, messages: Iterable[Message]) -> None:
+    def extend(self, messages: Iterable[Message], at: float) -> None:
+        """Messages fetched at `at`."""
+        empty = not self._messages
         self._messages.extend(messages)
+        if empty and self._messages:
+            self.since = at
 
     def peek(self, max_size: int) -> list[Message]:
         """What `take(max_size)` would return now, left in the buffer."""
@@ -86,16 +95,25 @@ class FetchBuffer:
         """The next batch: the oldest `max_size` messages."""
         batch = self._messages[:max_size]
         del self._messages[:len(batch)]
+        self._taken_since = self.since
+        if not self._messages:
+            self.since = None
         return batch
 
     def put_back(self, batch: Sequence[Message], fenced: Collection[TopicPartition]) -> None:
         """A batch fenced on some partitions: the others were not the problem, so their
-        messages go back to the front, in order, for the next batch."""
-        self._messages[:0] = without(batch, fenced)
+        messages go back to the front, in order, for the next batch (as old as before)."""
+        back = without(batch, fenced)
+        self._messages[:0] = back
+        if back and self._taken_since is not None:
+            self.since = self._taken_since if self.since is None else min(self.since, self._taken_since)
 
     def drop(self, partitions: Collection[TopicPartition]) -> None:
         """Partitions revoked or resynced: what was fetched of them is read again later."""
         self._messages = without(self._messages, partitions)
+        if not self._messages:
+            self.since = None
 
     def clear(self) -> None:
         self._messages.clear()
+        self.since = None

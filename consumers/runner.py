@@ -74,6 +74,8 @@ class ConsumerRunner:
         self._observer = observer
         self._on_batch = on_batch
         self._lag_interval_s = lag_interval_s
+        # Optional on an observer: `waited(fetched_s, age_s)` as each batch starts.
+        self._waited: Callable[[float | None, float | None], None] | None = getattr(observer, "waited", None)
         self.stats = RunnerStats()
         # Set while at least one partition is assigned (tests and readiness wait on it).
         self.assigned = asyncio.Event()
@@ -124,7 +126,11 @@ class ConsumerRunner:
     # ------------------------------------------------------------------ fetching
 
     async def _fill(self) -> None:
-        deadline = time.monotonic() + self._batching.max_wait_s
+        # The window starts at the batch's first message, not here: messages fetched while
+        # the previous batch committed have waited that long already (and with them a
+        # threshold alert, docs/alerts.md#alert-lag), so they wait at most max_wait_s in all.
+        since = self._buffer.since
+        deadline = (time.monotonic() if since is None else since) + self._batching.max_wait_s
         while (room := self._buffer.room(self._batching.max_size)) and not self._stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -134,7 +140,7 @@ class ConsumerRunner:
     async def _poll(self, max_messages: int, timeout_s: float) -> None:
         events, messages = await self._kafka.poll(max_messages, timeout_s)
         self._apply(events)
-        self._buffer.extend(messages)
+        self._buffer.extend(messages, time.monotonic())
 
     def _apply(self, events: list[Event]) -> None:
         # Callback events come before the messages of the same poll: librdkafka drops
@@ -170,7 +176,12 @@ class ConsumerRunner:
     # ------------------------------------------------------------------ one batch
 
     async def _process_next_batch(self) -> None:
+        since = self._buffer.since
         batch = self._buffer.take(self._batching.max_size)
+        if batch and self._waited is not None:
+            first = batch[0].timestamp_ms
+            self._notify(lambda o: self._waited(None if since is None else time.monotonic() - since,
+                                                None if first is None else time.time() - first / 1000))
         attempt = 0
         try:
             while batch:
@@ -225,7 +236,7 @@ class ConsumerRunner:
             self._apply(events)
             # Paused partitions return nothing new; whatever was already on its way is kept
             # in order behind the held batch.
-            self._buffer.extend(messages)
+            self._buffer.extend(messages, time.monotonic())
 
     def _committed(self, batch: list[Message], done: Committed) -> None:
         self._positions.stored(done.offsets)

@@ -38,8 +38,9 @@ class ConsumerSource:
 
 @dataclass(frozen=True)
 class Batching:
-    """A batch is up to `max_size` messages or what arrived within `max_wait_s`. Values
-    over `max_message_bytes` are dead-lettered as too_large before the strategy sees them."""
+    """A batch is up to `max_size` messages, or fewer when its first message was fetched
+    `max_wait_s` ago. Values over `max_message_bytes` are dead-lettered as too_large
+    before the strategy sees them."""
 
     max_size: int = 5000
     max_wait_s: float = 0.2

@@ -96,6 +96,10 @@ class RunnerObserver(Protocol):
 
     def lag(self, topic: str, partition: int, messages: int) -> None: ...
 
+    # Optional (the runner calls it when the observer has it): as each batch starts, seconds
+    # since its first message was fetched and that message's age by its Kafka timestamp.
+    # def waited(self, fetched_s: float | None, age_s: float | None) -> None: ...
+
     def forget(self, topic: str, partition: int) -> None: ...
 
 

@@ -47,6 +47,8 @@ class LocalPostgres:
     data_dir: Path
     port: int
     host: str = "127.0.0.1"
+    # More `-c name=value` server options (a bench's track_commit_timestamp, say).
+    extra_options: str = ""
 
     @property
     def app_url(self) -> str:
@@ -109,6 +111,7 @@ class LocalPostgres:
             "-c max_connections=200 -c shared_buffers=256MB -c synchronous_commit=on "
             # Fewer checkpoints under a bulk load (each one is followed by full-page writes).
             "-c max_wal_size=4GB -c checkpoint_timeout=15min"
+            f" {self.extra_options}"
         )
         proc = subprocess.run(
             [str(_bin_dir() / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log), "-o", options,

@@ -46,6 +46,18 @@ CONSUMER_BATCH_SECONDS = Histogram(
     "billing_consumer_batch_duration_seconds", "Time to process and commit one batch", ["group"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+# Per batch, at its processing start: where an event's time goes before its transaction
+# (a threshold alert's lag, docs/alerts.md#alert-lag).
+CONSUMER_BATCH_WAIT = Histogram(
+    "billing_consumer_batch_wait_seconds",
+    "From a batch's first message fetched to the batch's processing start (the batch window, the batch ahead)",
+    ["group"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CONSUMER_BATCH_AGE = Histogram(
+    "billing_consumer_batch_age_seconds",
+    "Age of a batch's first message (its Kafka timestamp) at the batch's processing start: the consumer's lag in time",
+    ["group"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
 OUTBOX_PUBLISHED = Counter("billing_outbox_published_total", "Outbox rows published to Kafka and marked", [])
 OUTBOX_BACKLOG = Gauge("billing_outbox_backlog_rows", "Outbox rows not published yet, over the whole database", [])
 OUTBOX_OLDEST_AGE = Gauge(
@@ -87,6 +99,8 @@ class ConsumerMetrics:
         self._messages = CONSUMER_MESSAGES.labels(group)
         self._batches = CONSUMER_BATCHES.labels(group)
         self._seconds = CONSUMER_BATCH_SECONDS.labels(group)
+        self._wait = CONSUMER_BATCH_WAIT.labels(group)
+        self._age = CONSUMER_BATCH_AGE.labels(group)
         self._dedup = CONSUMER_DEDUP_HITS.labels(group)
         # The series exist (at 0) before the first dead letter: rate()/increase() see the
         # first one, and alerts on them can fire (a series born at 1 shows no increase).
@@ -104,6 +118,13 @@ class ConsumerMetrics:
             self._dedup.inc(counters["duplicates"])
         if counters.get("late"):
             USAGE_LATE_EVENTS.inc(counters["late"])
+
+    def waited(self, fetched_s: float | None, age_s: float | None) -> None:
+        """A batch starts: since its first message was fetched, and that message's age."""
+        if fetched_s is not None:
+            self._wait.observe(max(0.0, fetched_s))
+        if age_s is not None:
+            self._age.observe(max(0.0, age_s))
 
     def lag(self, topic: str, partition: int, messages: int) -> None:
         CONSUMER_LAG.labels(self.group, topic, str(partition)).set(max(0, messages))

@@ -81,14 +81,19 @@ with touched as (
 ), scoped as (
     select u.sub, u.metric, u.period_start, th.id, th.value, th.recurring, th.measure, false as plan_level
       from touched u
-      join usage_thresholds th
-        on th.tenant_id = $1 and th.subscription_id = u.sub and th.metric_code = u.metric and th.deleted_at is null
+     cross join lateral (
+           select th.id, th.value, th.recurring, th.measure from usage_thresholds th
+            where th.tenant_id = $1 and th.subscription_id = u.sub and th.metric_code = u.metric
+              and th.deleted_at is null
+           offset 0) th
     union all
     select u.sub, u.metric, u.period_start, th.id, th.value, th.recurring, th.measure, true
       from touched u
       join subscriptions s on s.tenant_id = $1 and s.id = u.sub
-      join usage_thresholds th
-        on th.tenant_id = $1 and th.plan_id = s.plan_id and th.metric_code = u.metric and th.deleted_at is null
+     cross join lateral (
+           select th.id, th.value, th.recurring, th.measure from usage_thresholds th
+            where th.tenant_id = $1 and th.plan_id = s.plan_id and th.metric_code = u.metric and th.deleted_at is null
+           offset 0) th
      where exists (select 1 from usage_thresholds p
                     where p.tenant_id = $1 and p.plan_id is not null and p.deleted_at is null)
 ), hit as (
@@ -96,9 +101,10 @@ with touched as (
            th.id, th.sub as subscription_id, th.plan_level, th.metric as metric_code, th.value, th.recurring,
            tt.period_start,
            tt.period_end, case when th.recurring then tt.period_start else timestamptz 'epoch' end as key,
-           (select c.frozen_time from subscriptions s join test_clocks c on c.tenant_id = s.tenant_id
-                                                                         and c.id = s.test_clock_id
-             where s.tenant_id = $1 and s.id = th.sub) as clock_now,
+           case when exists (select 1 from test_clocks k where k.tenant_id = $1) then
+               (select c.frozen_time from subscriptions s join test_clocks c on c.tenant_id = s.tenant_id
+                                                                             and c.id = s.test_clock_id
+                 where s.tenant_id = $1 and s.id = th.sub) end as clock_now,
            case th.measure when 'quantity_sum' then tt.quantity_sum
                            when 'event_count' then tt.event_count::numeric
                            when 'quantity_max' then tt.quantity_max

@@ -54,24 +54,44 @@ def test_next_offsets_are_the_last_offset_plus_one_per_partition():
 
 def test_buffer_takes_batches_in_order_and_reports_room():
     buffer = FetchBuffer()
-    buffer.extend(msg(0, i) for i in range(5))
+    buffer.extend((msg(0, i) for i in range(5)), 1.0)
     assert buffer.room(8) == 3 and buffer.room(4) == 0
     assert [m.offset for m in buffer.take(3)] == [0, 1, 2]
     assert [m.offset for m in buffer.take(3)] == [3, 4]
     assert len(buffer) == 0 and buffer.take(3) == []
 
 
+def test_buffer_since_is_when_its_oldest_message_was_fetched():
+    buffer = FetchBuffer()
+    assert buffer.since is None
+    buffer.extend([], 1.0)
+    assert buffer.since is None  # nothing fetched
+    buffer.extend([msg(0, 0)], 2.0)
+    buffer.extend([msg(0, 1)], 3.0)
+    assert buffer.since == 2.0  # a later fetch does not make the oldest message younger
+    batch = buffer.take(10)
+    assert buffer.since is None
+    buffer.extend([msg(0, 2)], 5.0)
+    buffer.put_back(batch, set())  # a fenced batch comes back as old as it was
+    assert buffer.since == 2.0 and len(buffer) == 3
+    buffer.drop({("t", 0)})
+    assert buffer.since is None
+    buffer.extend([msg(1, 0)], 6.0)
+    buffer.clear()
+    assert buffer.since is None
+
+
 def test_a_fenced_batch_puts_back_the_other_partitions_first():
     buffer = FetchBuffer()
     batch = [msg(0, 0), msg(1, 0), msg(0, 1), msg(1, 1)]
-    buffer.extend([msg(1, 2), msg(0, 2)])
+    buffer.extend([msg(1, 2), msg(0, 2)], 1.0)
     buffer.put_back(batch, {("t", 0)})
     assert [(m.partition, m.offset) for m in buffer.take(10)] == [(1, 0), (1, 1), (1, 2), (0, 2)]
 
 
 def test_revoked_partitions_leave_the_buffer_and_the_held_batch():
     buffer = FetchBuffer()
-    buffer.extend([msg(0, 0), msg(1, 0), msg(2, 0)])
+    buffer.extend([msg(0, 0), msg(1, 0), msg(2, 0)], 1.0)
     buffer.drop({("t", 1)})
     assert [m.partition for m in buffer.take(10)] == [0, 2]
     assert [m.partition for m in without([msg(0, 0), msg(1, 0)], {("t", 0)})] == [1]
