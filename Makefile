@@ -103,7 +103,8 @@ bench-grpc-usage: install
 	$(PY) -m bench.grpc_usage $(ARGS)
 
 ## Sustained usage ingestion + gRPC reads + a billing run, against reads alone in the same run;
-## last line: load_events_per_s=<n> grpc_p99_ms=<x> errors=<k> api_cpu_us_per_read=<a> baseline_cpu_us_per_read=<b>
+## last line: load_events_per_s=<n> grpc_p99_ms=<x> errors=<k> p99_while_billing_run_ms=<r>
+## api_cpu_us_per_read=<a> baseline_api_cpu_us_per_read=<b> baseline_postgres_cpu_us_per_read=<p>
 bench-load: install
 	$(PY) -m bench.load $(ARGS)
 

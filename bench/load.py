@@ -1,7 +1,6 @@
 """bench/load: sustained usage ingestion together with gRPC reads and a billing run.
 
-    make bench-load                          # 60 s under load
-    python -m bench.load --seconds 15        # a short run while developing
+    make bench-load                          # 60 s under load (--seconds 15 while developing)
 
 1. Starts its own PostgreSQL and Kafka (the local stack, in a temporary directory) unless
    BILLING_{,WORKER_,ADMIN_}DATABASE_URL and BILLING_KAFKA_BOOTSTRAP_SERVERS point at
@@ -9,8 +8,7 @@
    subscriptions (the ones usage is sent for and read back) and --due subscriptions whose
    period has ended (what the billing run bills).
 2. Runs the service as an operator would on one machine: one process per kind of work,
-   `billing serve --roles api`, `--roles usage` (x --consumers) and `--roles billing,relay`,
-   so the gRPC event loop never waits behind a usage batch being decoded.
+   `billing serve --roles api`, `--roles usage` (x --consumers) and `--roles billing,relay`.
 3. Baseline: gRPC reads only (GetSubscription, GetUsage, ListSubscriptions, spread evenly
    at --rps calls per second over --clients concurrent clients, from a process of their
    own) for --baseline-seconds, nothing else running.
@@ -23,9 +21,9 @@
 Prints the ingestion rate (messages whose offsets the usage consumer committed per second
 over the phase, and the lag left at its end), gRPC latency p50/p90/p99/max per method and
 overall, errors by status, baseline and under load, and the billing run's duration. Last
-line: `load_events_per_s=<n> grpc_p99_ms=<x> errors=<k> api_cpu_us_per_read=<a>
-baseline_cpu_us_per_read=<b>` (errors: failed reads under load, timeouts included; a: the api
-process's CPU per read under load; b: the api's and PostgreSQL's in the baseline; bench/cpu.py).
+line: `load_events_per_s grpc_p99_ms errors p99_while_billing_run_ms api_cpu_us_per_read
+baseline_api_cpu_us_per_read baseline_postgres_cpu_us_per_read` (errors: failed reads under load,
+timeouts included; CPU per read of the bench's own processes, bench/cpu.py).
 """
 from __future__ import annotations
 
@@ -374,8 +372,10 @@ def main() -> int:
               f"[ingestion only: p99={split['ingestion_only']['p99_ms']}ms; "
               f"while the billing run ran: p99={split['while_billing_run']['p99_ms']}ms], "
               f"billing run {loaded['billing_run']}")
-        print(f"load_events_per_s={loaded['events_per_s']} grpc_p99_ms={p99} errors={reads['errors']} api_cpu_us_"
-              f"per_read={loaded['api_cpu_us_per_read']} baseline_cpu_us_per_read={baseline['cpu_us_per_read']}")
+        print(f"load_events_per_s={loaded['events_per_s']} grpc_p99_ms={p99} errors={reads['errors']} "
+              f"p99_while_billing_run_ms={split['while_billing_run']['p99_ms']} api_cpu_us_per_read="
+              f"{loaded['api_cpu_us_per_read']} baseline_api_cpu_us_per_read={baseline['cpu_us_per_read']['api']} "
+              f"baseline_postgres_cpu_us_per_read={baseline['cpu_us_per_read']['postgres']}")
         finished = True
     finally:
         for proc, _ in procs:
