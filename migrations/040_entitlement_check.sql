@@ -25,16 +25,17 @@
 -- filter): a check that needs no totals reads none. entitlement_read() stays for a server of
 -- the previous version.
 
-create function entitlement_check(p_tenant uuid, p_key_hashes bytea[], p_token text, p_subscriptions uuid[],
-                                  p_with_usage boolean, p_known_plans uuid[], p_unique_metrics text[],
-                                  p_unique_props text[], p_gauge_metrics text[])
-    returns table (subscription_id uuid, plan_id uuid, status text, current_period_start timestamptz,
-                   current_period_end timestamptz, spec jsonb, metric_code text, quantity_sum numeric,
-                   event_count bigint, quantity_max numeric, latest_quantity numeric, unique_property text,
-                   unique_count bigint, gauge_level numeric, gauge_at_us bigint[], gauge_quantities numeric[])
+-- read_enter(): enter the tenant inside the caller's implicit transaction, as the BEGIN of a
+-- transaction does (store/db.py): the API keys of the call checked live (the tenant token
+-- comes through the first), or a token the caller holds (p_token, no keys). Its settings are
+-- transaction-local, so they hold for the rest of the statement that called it. The reads of
+-- migration 042 enter the same way.
+create function read_enter(p_tenant uuid, p_key_hashes bytea[], p_token text) returns void
     language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
 begin
     if cardinality(p_key_hashes) > 0 then
+        -- One key (every API call): authenticate_api_key_token() answers nothing for a revoked
+        -- or unknown key, which is refused as api_keys_live() refuses it; more: api_keys_live().
         if cardinality(p_key_hashes) > 1 then
             perform public.api_keys_live(p_key_hashes);
         end if;
@@ -45,6 +46,20 @@ begin
     end if;
     perform set_config('billing.tenant_id', p_tenant::text, true),
             set_config('billing.tenant_token', coalesce(p_token, ''), true);
+end $$;
+revoke all on function read_enter(uuid, bytea[], text) from public;
+grant execute on function read_enter(uuid, bytea[], text) to billing_app, billing_worker;
+
+create function entitlement_check(p_tenant uuid, p_key_hashes bytea[], p_token text, p_subscriptions uuid[],
+                                  p_with_usage boolean, p_known_plans uuid[], p_unique_metrics text[],
+                                  p_unique_props text[], p_gauge_metrics text[])
+    returns table (subscription_id uuid, plan_id uuid, status text, current_period_start timestamptz,
+                   current_period_end timestamptz, spec jsonb, metric_code text, quantity_sum numeric,
+                   event_count bigint, quantity_max numeric, latest_quantity numeric, unique_property text,
+                   unique_count bigint, gauge_level numeric, gauge_at_us bigint[], gauge_quantities numeric[])
+    language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
+begin
+    perform public.read_enter(p_tenant, p_key_hashes, p_token);
     return query
         select s.id, s.plan_id, s.status, s.current_period_start, s.current_period_end,
                case when s.plan_id = any(p_known_plans) then null

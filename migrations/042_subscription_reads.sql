@@ -2,9 +2,9 @@
 -- (billing/store/subscription_reads.py) instead of a transaction's BEGIN, three or four
 -- reads and COMMIT: under sustained ingestion every round trip waits for a core.
 --
--- read_enter() does in its caller's implicit transaction what the BEGIN of the other calls'
--- transactions does (billing/store/db.py TenantConnection), as entitlement_read (migration
--- 034) does: the key check (as api_keys_live, migration 031: SQLSTATE 28000 for a revoked or
+-- read_enter() (migration 040, which CheckEntitlement's statement calls too) does in its
+-- caller's implicit transaction what the BEGIN of the other calls' transactions does
+-- (billing/store/db.py TenantConnection): the key check (as api_keys_live, migration 031: SQLSTATE 28000 for a revoked or
 -- unknown key), then the tenant and its token set with set_config(..., true), which end with
 -- the statement (a function's SET clause restores only the settings it names, so these
 -- outlive read_enter's return and hold for the queries of its caller).
@@ -14,26 +14,6 @@
 --
 -- p_key_hashes: the API keys of the call (the tenant token comes through the first, as in
 -- store/db.py); empty for a caller that enters with a token it holds (p_token).
-
-create function read_enter(p_tenant uuid, p_key_hashes bytea[], p_token text) returns void
-    language plpgsql volatile set search_path = pg_catalog, pg_temp as $$
-begin
-    if cardinality(p_key_hashes) > 0 then
-        -- One key (every API call): authenticate_api_key_token() answers nothing for a revoked
-        -- or unknown key, which is refused as api_keys_live() refuses it; more: api_keys_live().
-        if cardinality(p_key_hashes) > 1 then
-            perform public.api_keys_live(p_key_hashes);
-        end if;
-        p_token := (select a.token from public.authenticate_api_key_token(p_key_hashes[1]) a);
-        if p_token is null then
-            raise exception 'API key revoked or unknown' using errcode = 'invalid_authorization_specification';
-        end if;
-    end if;
-    perform set_config('billing.tenant_id', p_tenant::text, true),
-            set_config('billing.tenant_token', coalesce(p_token, ''), true);
-end $$;
-revoke all on function read_enter(uuid, bytea[], text) from public;
-grant execute on function read_enter(uuid, bytea[], text) to billing_app, billing_worker;
 
 -- One subscription (p_id) or a page of them (p_id null: the filters and keyset of
 -- store/subscriptions.list_page), each with its plan's code, its pending plan's code (null
