@@ -36,20 +36,12 @@ import asyncpg
 from bench.alert_lag import AlertProbe, histogram_means, wait_assigned
 from bench.cpu import CpuMeter, postmaster_pid
 from bench.entitlements import log, setup_tenant
+from bench.fixtures import run_sql, stop_processes
 from bench.load import start_role, wait_ready
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
 from billing.kafka import ensure_topics
 from billing.store.migrations import migrate
-
-
-async def _sql(dsn: str, *statements: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        for statement in statements:
-            await conn.execute(statement)
-    finally:
-        await conn.close()
 
 
 async def _statements(dsn: str) -> str:
@@ -107,7 +99,7 @@ def main() -> int:
                          postgres=postmaster_pid(stack.postgres.data_dir))
         su = stack.postgres.superuser_url.rsplit("/", 1)[0] + "/billing"
         if args.statements:
-            asyncio.run(_sql(su, "create extension if not exists pg_stat_statements",
+            asyncio.run(run_sql(su, "create extension if not exists pg_stat_statements",
                              "select pg_stat_statements_reset()"))
         before = meter.read()
         probe.run(args.seconds, "alone")
@@ -137,14 +129,7 @@ def main() -> int:
               f"relay_cpu_us={us['relay']} postgres_cpu_us={us['postgres']}")
         finished = True
     finally:
-        for proc, _ in roles:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, _ in roles:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(roles)
         stack.stop()
         if finished:
             shutil.rmtree(state, ignore_errors=True)

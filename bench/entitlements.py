@@ -68,7 +68,7 @@ import asyncpg
 from bench import ghz
 from bench.alert_lag import AlertProbe, histogram_means, wait_assigned
 from bench.cpu import CpuMeter, kafka_pid, postmaster_pid
-from bench.fixtures import copy_rows
+from bench.fixtures import copy_rows, stop_processes
 from bench.load import high_watermark, percentile, start_role, stored_offsets, wait_ready
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
@@ -373,14 +373,7 @@ def main() -> int:
         if producer is not None and producer.poll() is None:
             producer.terminate()
             producer.wait(timeout=30)
-        for proc, _ in roles:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, _ in roles:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(roles)
         stack.stop()
         if finished:
             shutil.rmtree(state, ignore_errors=True)  # data and logs; kept when the run failed

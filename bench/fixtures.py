@@ -2,6 +2,7 @@
 the database as the owner (a bench measures one path, not the API that creates its data)."""
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import asyncpg
@@ -35,3 +36,25 @@ async def copy_rows(admin: asyncpg.Connection, table: str, columns: list[str], r
         await admin.execute(f"create temp table bench_copy (like {table} including defaults) on commit drop")
         await admin.copy_records_to_table("bench_copy", columns=columns, records=records)
         await admin.execute(f"insert into {table} ({cols}) select {cols} from bench_copy")
+
+
+async def run_sql(dsn: str, *statements: str) -> None:
+    """Each statement in turn, on a connection of its own."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def stop_processes(procs) -> None:
+    """Terminate every (process, log) pair's process, then wait for each (30 s, then kill)."""
+    for proc, _ in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc, _ in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

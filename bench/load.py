@@ -48,7 +48,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.cpu import CpuMeter, per_read, postmaster_pid
-from bench.fixtures import copy_rows, metered_tenant
+from bench.fixtures import copy_rows, metered_tenant, stop_processes
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
 from billing.kafka import ensure_topics
@@ -378,14 +378,7 @@ def main() -> int:
               f"baseline_postgres_cpu_us_per_read={baseline['cpu_us_per_read']['postgres']}")
         finished = True
     finally:
-        for proc, _ in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, _ in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         if stack is not None:
             stack.stop()
         if finished:

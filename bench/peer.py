@@ -44,6 +44,7 @@ from urllib.parse import urlparse
 import asyncpg
 
 from bench.cpu import CpuMeter, postmaster_pid
+from bench.fixtures import run_sql
 from bench.ingest import high_watermarks, measure_consumers, setup_tenant
 from bench.peer_messages import CREATE_RAW_TABLE, RAW_TABLE, CommittedOffsets, transcode
 from billing.config import Settings
@@ -82,15 +83,6 @@ def connect_config(pg_admin_url: str, bootstrap: str, name: str, tasks: int) -> 
     return worker, connector
 
 
-async def _sql(url: str, *statements: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        for s in statements:
-            await conn.execute(s)
-    finally:
-        await conn.close()
-
-
 async def _count(url: str) -> int:
     conn = await asyncpg.connect(url)
     try:
@@ -101,8 +93,8 @@ async def _count(url: str) -> int:
 
 def run_peer(stack: LocalStack, settings: Settings, state: Path, run: int, tasks: int, marks: dict[int, int],
              rows: int) -> dict:
-    asyncio.run(_sql(settings.admin_database_url, f"truncate {RAW_TABLE}"))
-    asyncio.run(_sql(stack.postgres.superuser_url, "checkpoint"))
+    asyncio.run(run_sql(settings.admin_database_url, f"truncate {RAW_TABLE}"))
+    asyncio.run(run_sql(stack.postgres.superuser_url, "checkpoint"))
     name = f"peer-{run}"
     worker, connector = connect_config(settings.admin_database_url, settings.kafka_bootstrap_servers, name, tasks)
     connect = LocalConnect(data_dir=state / f"connect-{run}", kafka_version=settings.kafka_version,
@@ -137,9 +129,9 @@ def run_peer(stack: LocalStack, settings: Settings, state: Path, run: int, tasks
 
 
 def run_ours(stack: LocalStack, settings: Settings, env: dict, consumers: int, marks: dict[int, int]) -> dict:
-    asyncio.run(_sql(settings.admin_database_url, "truncate usage_events, usage_event_ids, usage_totals, late_usage_pending",
+    asyncio.run(run_sql(settings.admin_database_url, "truncate usage_events, usage_event_ids, usage_totals, late_usage_pending",
                      f"delete from consumer_offsets where consumer_group = '{USAGE_GROUP}'"))
-    asyncio.run(_sql(stack.postgres.superuser_url, "checkpoint"))
+    asyncio.run(run_sql(stack.postgres.superuser_url, "checkpoint"))
     return asyncio.run(measure_consumers(settings, env, consumers, marks, stack))
 
 
@@ -187,7 +179,7 @@ def main() -> int:
         marks = high_watermarks(settings)
         log(f"copying them as JSON with schema to {PEER_TOPIC}")
         rows = transcode(settings.kafka_bootstrap_servers, settings.topics.usage, PEER_TOPIC, marks)
-        asyncio.run(_sql(settings.admin_database_url, CREATE_RAW_TABLE))
+        asyncio.run(run_sql(settings.admin_database_url, CREATE_RAW_TABLE))
         peer_runs, our_runs = [], []
         for i in range(args.runs):
             log(f"run {i + 1}/{args.runs}: Kafka Connect + Debezium JDBC sink, {args.tasks} tasks")
