@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import asyncpg
 from bench.alert_lag import AlertProbe, histogram_means, wait_assigned
 from bench.cpu import CpuMeter, postmaster_pid
 from bench.entitlements import log, setup_tenant
-from bench.fixtures import run_sql, stop_processes
+from bench.fixtures import run_sql, stop_processes, stop_stack
 from bench.load import start_role, wait_ready
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
@@ -130,11 +129,7 @@ def main() -> int:
         finished = True
     finally:
         stop_processes(roles)
-        stack.stop()
-        if finished:
-            shutil.rmtree(state, ignore_errors=True)
-        else:
-            log(f"logs and data kept in {state}")
+        stop_stack(stack, state, finished, log)
     return 0
 
 

@@ -53,7 +53,6 @@ import multiprocessing
 import os
 import queue
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,7 +67,7 @@ import asyncpg
 from bench import ghz
 from bench.alert_lag import AlertProbe, histogram_means, wait_assigned
 from bench.cpu import CpuMeter, kafka_pid, postmaster_pid
-from bench.fixtures import copy_rows, stop_processes
+from bench.fixtures import copy_rows, stop_processes, stop_stack
 from bench.load import high_watermark, percentile, start_role, stored_offsets, wait_ready
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
@@ -374,11 +373,7 @@ def main() -> int:
             producer.terminate()
             producer.wait(timeout=30)
         stop_processes(roles)
-        stack.stop()
-        if finished:
-            shutil.rmtree(state, ignore_errors=True)  # data and logs; kept when the run failed
-        else:
-            log(f"logs and data kept in {state}")
+        stop_stack(stack, state, finished, log)
     return 0
 
 

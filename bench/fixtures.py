@@ -2,6 +2,7 @@
 the database as the owner (a bench measures one path, not the API that creates its data)."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import uuid
 
@@ -58,3 +59,14 @@ def stop_processes(procs) -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def stop_stack(stack, state, finished: bool, log) -> None:
+    """Stop the bench's own servers (None: not started); their data and logs are removed after
+    a finished run and kept, named by `log`, after a failed one."""
+    if stack is not None:
+        stack.stop()
+    if finished:
+        shutil.rmtree(state, ignore_errors=True)
+    else:
+        log(f"logs and data kept in {state}")

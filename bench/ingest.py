@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ import psutil
 from confluent_kafka import Consumer, TopicPartition
 
 from bench.cpu import CpuMeter, kafka_pid, postmaster_pid
-from bench.fixtures import metered_tenant
+from bench.fixtures import metered_tenant, stop_stack
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
 from billing.kafka import ensure_topics
@@ -288,13 +287,7 @@ def main() -> int:
               f"postgres_us={per['postgres']} kafka_us={per['kafka']}")
         finished = True
     finally:
-        if stack is not None:
-            stack.stop()
-            # Data and logs (~0.7 GB per 1,000,000 events): removed, unless the run failed.
-            if finished:
-                shutil.rmtree(state, ignore_errors=True)
-            else:
-                log(f"logs and data kept in {state}")
+        stop_stack(stack, state, finished, log)
     return 0
 
 

@@ -34,7 +34,6 @@ import math
 import multiprocessing
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.cpu import CpuMeter, per_read, postmaster_pid
-from bench.fixtures import copy_rows, metered_tenant, stop_processes
+from bench.fixtures import copy_rows, metered_tenant, stop_processes, stop_stack
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
 from billing.kafka import ensure_topics
@@ -379,12 +378,7 @@ def main() -> int:
         finished = True
     finally:
         stop_processes(procs)
-        if stack is not None:
-            stack.stop()
-        if finished:
-            shutil.rmtree(state, ignore_errors=True)  # data and logs; kept when the run failed
-        else:
-            log(f"logs and data kept in {state}")
+        stop_stack(stack, state, finished, log)
     return 0
 
 

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from urllib.parse import urlparse
 import asyncpg
 
 from bench.cpu import CpuMeter, postmaster_pid
-from bench.fixtures import run_sql
+from bench.fixtures import run_sql, stop_stack
 from bench.ingest import high_watermarks, measure_consumers, setup_tenant
 from bench.peer_messages import CREATE_RAW_TABLE, RAW_TABLE, CommittedOffsets, transcode
 from billing.config import Settings
@@ -198,11 +197,7 @@ def main() -> int:
               f"peer_cpu_us={peer_cpu} ours_cpu_us={ours_cpu}")
         finished = True
     finally:
-        stack.stop()
-        if finished:
-            shutil.rmtree(state, ignore_errors=True)
-        else:
-            log(f"logs and data kept in {state}")
+        stop_stack(stack, state, finished, log)
     return 0
 
 
