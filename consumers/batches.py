@@ -102,7 +102,8 @@ class FetchBuffer:
 
     def put_back(self, batch: Sequence[Message], fenced: Collection[TopicPartition]) -> None:
         """A batch fenced on some partitions: the others were not the problem, so their
-        messages go back to the front, in order, for the next batch (as old as before)."""
+        messages go back to the front, in order, for the next batch, which keeps the time they
+        were first fetched (the batch window counts from it)."""
         back = without(batch, fenced)
         self._messages[:0] = back
         if back and self._taken_since is not None:

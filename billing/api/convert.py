@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -354,22 +353,6 @@ def feature_message(f: Feature) -> pb.Feature:
 _FEATURE_KINDS = {k: enum_number(pb.FeatureKind, k, "FEATURE_KIND_") for k in FeatureKind}
 
 
-@lru_cache(maxsize=4096)
-def _seconds_nanos(dt: datetime) -> tuple[int, int]:
-    """A period boundary as Timestamp fields, kept: every check of a metered feature answers
-    one of the few period boundaries its subscriptions share."""
-    ts = Timestamp()
-    ts.FromDatetime(dt.astimezone(timezone.utc))
-    return ts.seconds, ts.nanos
-
-
-def _period_time(dt: datetime | None) -> Timestamp | None:
-    if dt is None:
-        return None
-    seconds, nanos = _seconds_nanos(dt)
-    return Timestamp(seconds=seconds, nanos=nanos)
-
-
 def entitlement_message(e: EntitlementView) -> pb.Entitlement:
     d, f = e.decision, e.feature
     if f is None:
@@ -379,4 +362,4 @@ def entitlement_message(e: EntitlementView) -> pb.Entitlement:
     return pb.Entitlement(
         feature_code=e.feature_code, kind=kind, allowed=d.allowed, value=d.value, used=_dec(d.used),
         remaining=_dec(d.remaining), limit=_dec(d.limit), reason=d.reason.value, over_limit=d.over_limit,
-        metric_code=metric, period_start=_period_time(e.period_start), period_end=_period_time(e.period_end))
+        metric_code=metric, period_start=timestamp(e.period_start), period_end=timestamp(e.period_end))
