@@ -1,7 +1,7 @@
 """billing.v1 messages <-> domain and service values. No rules here: only translation."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -20,7 +20,6 @@ from billing.services.plans import Plan
 from billing.v1 import billing_pb2 as pb
 
 _UTC_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_YEAR_9001 = int((datetime(9001, 1, 1, tzinfo=timezone.utc) - _UTC_EPOCH).total_seconds())  # optional_time's bound
 
 
 def enum_value(enum_type, number: int, prefix: str, field: str) -> str:
@@ -222,46 +221,6 @@ def billing_run_message(run) -> pb.BillingRun:
 def billing_run_page(page) -> pb.ListBillingRunsResponse:
     return pb.ListBillingRunsResponse(runs=[billing_run_message(r) for r in page.runs],
                                       next_page_token=page.next_page_token)
-
-
-def usage_event_inputs(events) -> list:
-    """RecordUsageBatch's events; a bad timestamp is named with its event's index. More than
-    the batch's limit is refused by the service before any is looked at."""
-    from billing.services.usage_batch import MAX_EVENTS, EventInput
-
-    if len(events) > MAX_EVENTS:
-        raise ValidationError("events", f"at most {MAX_EVENTS} events per batch, got {len(events)}")
-    out = []
-    for i, e in enumerate(events):
-        at = None
-        if e.HasField("occurred_at"):  # the usual time by arithmetic; the rest by optional_time, which words errors
-            seconds, nanos = e.occurred_at.seconds, e.occurred_at.nanos
-            if 0 <= seconds < _YEAR_9001 and 0 <= nanos < 1_000_000_000:
-                at = _UTC_EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
-            else:
-                try:
-                    at = optional_time(e, "occurred_at")
-                except ValidationError as exc:
-                    raise ValidationError(f"events[{i}].occurred_at", exc.message) from None
-        out.append(EventInput(e.event_id, e.subscription_id, e.metric_code, e.quantity, at, dict(e.properties)))
-    return out
-
-
-def usage_batch_response(done) -> "pb.RecordUsageBatchResponse":
-    outcomes = []
-    times: dict[datetime, Timestamp] = {}  # a batch's events share a few periods
-    for o in done.outcomes:
-        if o.error is not None:
-            outcomes.append(pb.UsageEventOutcome(index=o.index, error=pb.UsageEventError(
-                code=o.error.code, reason=o.error.reason, field=o.error.field, description=o.error.description)))
-        else:
-            r = o.recorded
-            start = times.get(r.period_start) or times.setdefault(r.period_start, timestamp(r.period_start))
-            end = times.get(r.period_end) or times.setdefault(r.period_end, timestamp(r.period_end))
-            outcomes.append(pb.UsageEventOutcome(index=o.index, recorded=pb.RecordUsageResponse(
-                duplicate=r.duplicate, event_id=r.event_id, period_start=start, period_end=end)))
-    return pb.RecordUsageBatchResponse(outcomes=outcomes, recorded=done.count("recorded"),
-                                       duplicates=done.count("duplicates"), rejected=done.count("rejected"))
 
 
 def discount_input(req: pb.CreateDiscountRequest) -> DiscountInput:

@@ -11,11 +11,12 @@ from billing.api.interceptors import CallInterceptor
 from billing.api.overload import CallLimit
 from billing.api.servicer import BillingServicer
 from billing.api.tls import ServerTls
+from billing.api import usage_batch_wire
 from billing.services.api_keys import KeyCache
 from billing.services.paging import PageTokens
 from billing.services.uow import Database
 from billing.services.usage import Usage
-from billing.v1 import billing_pb2, billing_pb2_grpc
+from billing.v1 import billing_pb2
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,7 @@ class GrpcServer:
         if not page_tokens.shared:
             log.info("BILLING_PAGE_TOKEN_SECRET is not set: page tokens are signed with a key of this process "
                      "alone, valid only on this replica until it restarts (docs/api.md#page-tokens)")
-        billing_pb2_grpc.add_BillingServiceServicer_to_server(BillingServicer(db, usage, run_shards, page_tokens),
-                                                              self.server)
+        usage_batch_wire.register(BillingServicer(db, usage, run_shards, page_tokens), self.server, SERVICE_NAME)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -2,7 +2,7 @@
 (inherited from the generated base class) until they land."""
 from __future__ import annotations
 
-from billing.api import convert
+from billing.api import convert, usage_batch_wire
 from billing.api.errors import rpc
 from billing.services import billing_runs, credits, discounts, entitlements, plans, previews, subscriptions, test_clocks, thresholds, usage_batch
 from billing.services.context import Caller
@@ -140,11 +140,10 @@ class BillingServicer(billing_pb2_grpc.BillingServiceServicer):
                                       period_end=convert.timestamp(recorded.period_end))
 
     @rpc
-    async def RecordUsageBatch(self, request: pb.RecordUsageBatchRequest,
-                               caller: Caller) -> pb.RecordUsageBatchResponse:
+    async def RecordUsageBatch(self, request: pb.RecordUsageBatchRequest, caller: Caller) -> bytes:
         done = await usage_batch.record_batch(self.usage, self.db, caller, request.request_id,
-                                              convert.usage_event_inputs(request.events))
-        return convert.usage_batch_response(done)
+                                              usage_batch_wire.batch_input(request.events))
+        return usage_batch_wire.encode_response(done)  # bytes: the method's serializer sends them
 
     @rpc
     async def GetUsage(self, request: pb.GetUsageRequest, caller: Caller) -> pb.GetUsageResponse:

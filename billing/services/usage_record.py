@@ -58,6 +58,10 @@ class Call:
     def events(self) -> list[UsageEvent]:
         return [self.event]
 
+    @property
+    def request_digest(self) -> bytes:
+        return idempotency.digest(OPERATION, self.payload)
+
 
 def new_call(caller, *, request_id: str, event_id: str, subscription_id: str, metric_code: str, quantity: str,
              occurred_at: datetime | None, properties: dict[str, str]) -> Call:
@@ -220,7 +224,7 @@ class GroupCommit:
         for c in calls:  # a request_id twice in a group: the later call after the commit (a replay then)
             (alone.append(c) if c.request_id in first else first.__setitem__(c.request_id, c))
         group = list(first.values())
-        digests = {c: idempotency.digest(c.operation, c.payload) for c in group}
+        digests = {c: c.request_digest for c in group}
         now_us = _now_us()
         # Every caller's key is checked live as the group's transaction opens: one revoked
         # fails the group, and each call is then run alone under its own key.
@@ -287,7 +291,7 @@ class GroupCommit:
 
 
 def _replayed(call, response: dict):
-    return _recorded(response) if call.operation == OPERATION else usage_batch.from_stored(response)
+    return _recorded(response) if call.operation == OPERATION else usage_batch.from_stored(response, call.event_ids)
 
 
 def _keys_of(calls: list) -> tuple[bytes, ...]:

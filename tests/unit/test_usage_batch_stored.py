@@ -1,8 +1,11 @@
 """RecordUsageBatch's outcome as kept with its request_id: read back exactly, in the
-numbered-periods form and in the form kept before it (replays of older requests)."""
+current form (without the event ids: the replay's request holds them) and in the two
+forms kept before it (replays of older requests)."""
 from __future__ import annotations
 
 import json
+
+import pytest
 from datetime import datetime, timezone
 
 from billing.services.usage import Recorded
@@ -18,10 +21,37 @@ DONE = BatchOutcome([
 ])
 
 
+_IDS = ["a", "bad", "a", "late"]  # the request's event ids
+
+
 def test_the_stored_outcome_reads_back_exactly_through_json():
     kept = json.loads(json.dumps(stored(DONE)))
     assert len(kept["periods"]) == 2  # each period once
-    assert from_stored(kept) == DONE
+    assert "\"a\"" not in json.dumps(kept) and "late" not in json.dumps(kept)  # the ids are the request's
+    assert from_stored(kept, _IDS) == DONE
+
+
+def test_a_large_batch_keeps_a_few_bytes_not_a_few_per_event():
+    many = BatchOutcome([EventOutcome(i, Recorded(f"{i:036d}", i == 7, *_P1)) for i in range(1000)])
+    kept = json.dumps(stored(many))
+    assert len(kept) < 200
+    assert from_stored(json.loads(kept), [f"{i:036d}" for i in range(1000)]) == many
+
+
+def test_the_current_form_needs_the_request_s_ids():
+    kept = stored(DONE)
+    with pytest.raises(ValueError, match="event ids"):
+        from_stored(kept)
+    with pytest.raises(ValueError, match="event ids"):
+        from_stored(kept, _IDS[:3])
+
+
+def test_an_outcome_kept_with_numbered_periods_still_replays():
+    numbered = {"periods": [[_P1[0].isoformat(), _P1[1].isoformat()], [_P2[0].isoformat(), _P2[1].isoformat()]],
+                "events": [["a", False, 0], {"code": 3, "reason": "NEGATIVE_QUANTITY", "field": "events[1].quantity",
+                                             "description": "quantity '-1' is not ..."},
+                           ["a", True, 0], ["late", False, 1]]}
+    assert from_stored(numbered) == DONE
 
 
 def test_an_outcome_kept_in_the_earlier_form_still_replays():
