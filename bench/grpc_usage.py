@@ -10,7 +10,9 @@ API server (`billing serve --roles api`, its own process); no Kafka is needed. `
 `--seconds`. The RecordUsage phases are driven by ghz (`--client ghz`, the default;
 bench/ghz.py: one Go process, `--connections` channels) or by Python processes (`--client
 python`: one process per client, each calling in a loop, one call at a time); the batch
-phase always by Python processes (its events per call are built in the client):
+phase always by Python processes, each building its request's bytes once and writing fresh
+random UUIDv4 ids into them per call (bench/batch_request.py), and checking every answer
+(one outcome per event, the first and last ids, no refusal, no duplicate: else an error):
 
 1. baseline: RecordUsage with BILLING_USAGE_GROUP_COMMIT_MS=0 (one transaction per call),
    for `--baseline-seconds` (default: `--seconds`);
@@ -25,8 +27,10 @@ processes) and its PostgreSQL's process trees, per call (per event for the batch
 clients' apart (ghz: its whole process's CPU). Errors: every call not answered OK.
 
 The last line is `grpc_usage_calls_per_s=<n> p99_ms=<x> batch_events_per_s=<b> errors=<k>
-ratio_vs_per_call=<r> cpu_us_per_call=<c> client=<ghz|python> client_cpu_us=<u>` (c: server +
-PostgreSQL, u: the load generator, per call, group commit phase).
+ratio_vs_per_call=<r> cpu_us_per_call=<c> client=<ghz|python> client_cpu_us=<u>
+batch_cpu_us_per_event=<e> batch_server_us=<s> batch_postgres_us=<p> batch_client_us=<k>` (c:
+server + PostgreSQL, u: the load generator, per call, group commit phase; e = s + p, and k,
+per event stored by the batch phase).
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ from pathlib import Path
 import asyncpg
 
 from bench import ghz
+from bench.batch_request import BatchRequests
 from bench.cpu import CpuMeter, postmaster_pid
 from bench.fixtures import copy_rows, metered_tenant
 from billing.devstack import LocalPostgres, free_port
@@ -87,26 +92,36 @@ def _client(address: str, api_key: str, subs: list[str], mode: str, batch_size: 
     md = (("authorization", f"Bearer {api_key}"),)
     rnd = random.Random()
     latencies: list[float] = []
-    calls = events = errors = 0
+    calls = events = errors = duplicates = 0
     with grpc.insecure_channel(address) as channel:
         stub = billing_pb2_grpc.BillingServiceStub(channel)
+        # The batch's bytes built once, fresh ids written per call (bench/batch_request.py), sent as they are.
+        batches = BatchRequests([rnd.choice(subs) for _ in range(batch_size)], "calls", "1",
+                                datetime.now(timezone.utc)) if mode == "batch" else None
+        send_batch = channel.unary_unary("/billing.v1.BillingService/RecordUsageBatch", request_serializer=None,
+                                         response_deserializer=pb.RecordUsageBatchResponse.FromString)
         ready.wait()
         go.wait()
         cpu0 = time.process_time()
         end = time.perf_counter() + seconds
         while (now := time.perf_counter()) < end:
-            at = datetime.now(timezone.utc)
             try:
-                if mode == "batch":
-                    req = pb.RecordUsageBatchRequest(request_id=str(uuid.uuid4()), events=[
-                        pb.UsageEventInput(event_id=str(uuid.uuid4()), subscription_id=rnd.choice(subs),
-                                           metric_code="calls", quantity="1") for _ in range(batch_size)])
-                    for e in req.events:
-                        e.occurred_at.FromDatetime(at)
-                    resp = stub.RecordUsageBatch(req, metadata=md, timeout=30)
-                    events += resp.recorded + resp.duplicates
-                    errors += resp.rejected
+                if batches is not None:
+                    data, _ = batches.next()
+                    resp = send_batch(data, metadata=md, timeout=30)
+                    # Every event answered once, in order (the first and last ids checked): else
+                    # the call counts as an error; a refused event counts as one.
+                    if (len(resp.outcomes) != batch_size
+                            or resp.recorded + resp.duplicates + resp.rejected != batch_size
+                            or resp.outcomes[0].recorded.event_id != batches.event_id(0)
+                            or resp.outcomes[-1].recorded.event_id != batches.event_id(batch_size - 1)):
+                        errors += 1
+                        continue
+                    events += resp.recorded
+                    duplicates += resp.duplicates  # fresh random ids: a duplicate is a wrong answer
+                    errors += resp.rejected + resp.duplicates
                 else:
+                    at = datetime.now(timezone.utc)
                     req = pb.RecordUsageRequest(request_id=str(uuid.uuid4()), subscription_id=rnd.choice(subs),
                                                 metric_code="calls", quantity="1")
                     req.occurred_at.FromDatetime(at)
@@ -116,7 +131,7 @@ def _client(address: str, api_key: str, subs: list[str], mode: str, batch_size: 
                 latencies.append(time.perf_counter() - now)
             except grpc.RpcError:
                 errors += 1
-        out.put({"calls": calls, "events": events, "errors": errors, "latencies": latencies,
+        out.put({"calls": calls, "events": events, "duplicates": duplicates, "errors": errors, "latencies": latencies,
                  "cpu_s": time.process_time() - cpu0})
 
 
@@ -208,7 +223,7 @@ def phase(settings: Settings, pg: LocalPostgres, api_key: str, subs: list[str], 
     per = max(1, events)
     return {"mode": mode, "group_ms": group_ms, "client": "python", "seconds": round(elapsed, 1), "calls": calls,
             "events": events,
-            "errors": sum(r["errors"] for r in results),
+            "errors": sum(r["errors"] for r in results), "duplicates": sum(r.get("duplicates", 0) for r in results),
             "calls_per_s": round(calls / elapsed), "events_per_s": round(events / elapsed),
             "p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
             "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1) if lat else None,
@@ -254,11 +269,14 @@ def main() -> int:
         print(json.dumps({"baseline": base, "group_commit": grouped, "batch": batch,
                           "server_processes": args.server_processes, "load_avg_1m": os.getloadavg()[0]}))
         ratio = grouped["calls_per_s"] / max(1, base["calls_per_s"])
-        cpu = grouped["cpu_us_per_event"]
+        cpu, bcpu = grouped["cpu_us_per_event"], batch["cpu_us_per_event"]
         print(f"grpc_usage_calls_per_s={grouped['calls_per_s']} p99_ms={grouped['p99_ms']} "
               f"batch_events_per_s={batch['events_per_s']} errors={grouped['errors'] + batch['errors']} "
               f"ratio_vs_per_call={ratio:.1f} cpu_us_per_call={cpu['server'] + (cpu['postgres'] or 0):.0f} "
-              f"client={args.client} client_cpu_us={cpu['clients']}")
+              f"client={args.client} client_cpu_us={cpu['clients']} "
+              f"batch_cpu_us_per_event={bcpu['server'] + (bcpu['postgres'] or 0):.1f} "
+              f"batch_server_us={bcpu['server']} batch_postgres_us={bcpu['postgres']} "
+              f"batch_client_us={bcpu['clients']}")
         finished = True
     finally:
         pg.stop(quiet=True)
