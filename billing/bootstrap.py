@@ -50,7 +50,7 @@ def build(settings: Settings | None = None) -> Components:
     usage = Usage(limits, plans)
     if settings.usage_group_commit_ms > 0:
         usage.group = GroupCommit(usage, settings.usage_group_commit_ms / 1000, settings.usage_group_commit_max,
-                                  settings.usage_groups_in_flight)
+                                  settings.usage_groups_in_flight, settings.usage_group_commit_max_events)
     return Components(settings=settings, usage_limits=limits, plans=plans, usage=usage,
                       runs=RunSettings(shards=settings.run_shards),
                       page_tokens=PageTokens(settings.page_token_secret.get_secret_value()))

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # up to usage_group_commit_max calls; 0 = one transaction per call.
     usage_group_commit_ms: float = Field(default=2.0, ge=0, le=1000)
     usage_group_commit_max: int = Field(default=200, ge=1, le=10_000)
+    # ... and up to this many events (a batch counts its events): larger groups cost less
+    # CPU per event in PostgreSQL, smaller ones answer sooner (docs/usage.md).
+    usage_group_commit_max_events: int = Field(default=20_000, ge=1, le=100_000)
     # Group transactions of a tenant in flight at once (per process): with 2, one group's
     # Python overlaps the other's statements in PostgreSQL, for more calls/s and a lower p99
     # with a core to spare, but smaller groups cost more CPU per call (docs/usage.md).

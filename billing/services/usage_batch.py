@@ -208,12 +208,13 @@ def new_batch_call(caller: Caller, request_id: str, events: list[EventInput] | B
     else:
         valid, evs = [], []
         for i in range(n):
-            err = _shape_error(i, ids[i], times[i], props[i])
-            if err is not None:
-                refused[i] = err
+            at = times[i]
+            err = _shape_error(i, ids[i], at, props[i])
+            if err is not None or at is None:
+                refused[i] = err or EventError(3, "INVALID_OCCURRED_AT", f"events[{i}].occurred_at", "is required")
             else:
                 valid.append(i)
-                evs.append(UsageEvent(ids[i], tenant, subs[i], metrics[i], quantities[i], times[i], kept[i]))
+                evs.append(UsageEvent(ids[i], tenant, subs[i], metrics[i], quantities[i], at, kept[i]))
     return BatchCall(caller, request_id, n, evs, valid, refused, ids,
                      idempotency.digest_of_texts(OPERATION, payload))
 

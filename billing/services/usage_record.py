@@ -118,25 +118,29 @@ async def record_one(usage: Usage, db, call: Call) -> Recorded:
     return recorded
 
 
-# A group holds at most this many events (RecordUsageBatch calls count their events): five
-# full batches, a transaction of a few tens of milliseconds.
-MAX_GROUP_EVENTS = 5000
+# A group holds at most this many events by default (RecordUsageBatch calls count their
+# events; BILLING_USAGE_GROUP_COMMIT_MAX_EVENTS): twenty full batches, as many as the Kafka
+# path stores per statement. Per group, PostgreSQL reads each subscription and upserts each
+# total once, and sorts; larger groups spread that over more events (docs/usage.md).
+MAX_GROUP_EVENTS = 20000
 
 
 class GroupCommit:
     """Concurrent RecordUsage and RecordUsageBatch calls of a tenant in one transaction: the
-    calls arriving within `window_s` of the first, up to `max_calls` calls and
-    MAX_GROUP_EVENTS events. Up to `in_flight` groups of a tenant run at once (per process):
+    calls arriving within `window_s` of the first, up to `max_calls` calls and `max_events`
+    events. Up to `in_flight` groups of a tenant run at once (per process):
     the calls arriving while that many are in flight wait and form the next group as soon as
     one commits, so groups grow with the load. With two in flight, one group's Python
     overlaps the other's statements in PostgreSQL; they cannot deadlock, since every
     statement takes its locks in key order (the keys, the event ids, the totals: docs/usage.md);
     a group that fails all the same (a deadlock with another writer) runs each call alone."""
 
-    def __init__(self, usage: Usage, window_s: float, max_calls: int, in_flight: int = 1):
+    def __init__(self, usage: Usage, window_s: float, max_calls: int, in_flight: int = 1,
+                 max_events: int = MAX_GROUP_EVENTS):
         self.usage = usage
         self.window_s = window_s
         self.max_calls = max_calls
+        self.max_events = max_events
         self.in_flight = in_flight
         self._pending: dict[uuid.UUID, collections.deque] = {}
         self._events: dict[uuid.UUID, int] = {}  # events pending per tenant
@@ -158,7 +162,7 @@ class GroupCommit:
         events = self._events[tenant] = self._events.get(tenant, 0) + len(call.events)
         if self._running.get(tenant, 0) >= self.in_flight:
             pass  # the next group, as soon as one in flight commits
-        elif len(calls) >= self.max_calls or events >= MAX_GROUP_EVENTS:
+        elif len(calls) >= self.max_calls or events >= self.max_events:
             self._flush(db, tenant)
         elif tenant not in self._timers:
             self._timers[tenant] = loop.call_later(self.window_s, self._flush, db, tenant)
@@ -173,7 +177,7 @@ class GroupCommit:
             return
         group: list = []
         events = 0
-        while calls and len(group) < self.max_calls and (not group or events + len(calls[0].events) <= MAX_GROUP_EVENTS):
+        while calls and len(group) < self.max_calls and (not group or events + len(calls[0].events) <= self.max_events):
             group.append(calls.popleft())
             events += len(group[-1].events)
         self._events[tenant] -= events

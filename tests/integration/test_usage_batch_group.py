@@ -112,3 +112,29 @@ async def test_one_group_in_flight_per_tenant(stub, tenant, app_db, admin_conn, 
     assert all(not r.duplicate for r in results[:23])
     assert all(_shape(r) == ["new"] * 50 for r in results[23:])
     assert await _calls_total(admin_conn, tenant) == (173, 173)
+
+
+async def test_a_group_holds_at_most_its_events_and_a_larger_batch_goes_alone(stub, tenant, app_db, admin_conn):
+    _, sub = await _setup(stub, tenant)
+    caller = Caller(uuid.UUID(tenant.id), "test")
+    usage = Usage(UsageLimits(), PlanCache())
+    group = usage.group = GroupCommit(usage, 0.2, 1000, max_events=25)
+    sizes = [10, 10, 10, 10, 10, 40]
+    results = await asyncio.gather(*(_batch(usage, app_db, caller, [_in(sub.id, f"me-{i}-{j}") for j in range(n)])
+                                     for i, n in enumerate(sizes)))
+    assert [_shape(r) for r in results] == [["new"] * n for n in sizes]
+    # 10 + 10 (a third would make 30), 10 + 10, 10 (with the 40: 50), then the 40 alone
+    assert group.groups == 4
+    assert await _calls_total(admin_conn, tenant) == (90, 90)
+
+
+def test_the_events_of_a_group_are_a_setting():
+    from pydantic import ValidationError as SettingError
+
+    from billing.bootstrap import build
+    from billing.config import Settings
+
+    assert build(Settings(env_file="", usage_group_commit_max_events=500)).usage.group.max_events == 500
+    assert build(Settings(env_file="")).usage.group.max_events == 20_000
+    with pytest.raises(SettingError, match="usage_group_commit_max_events"):
+        Settings(env_file="", usage_group_commit_max_events=0)
