@@ -106,3 +106,40 @@ def test_more_events_than_the_limit_are_refused_before_any_is_read():
     with pytest.raises(ValidationError) as err:
         batch_input(req.events)
     assert err.value.field == "events"
+
+
+class _Recorder:
+    """What add_BillingServiceServicer_to_server hands a server."""
+
+    def __init__(self):
+        self.generic, self.registered = [], {}
+
+    def add_generic_rpc_handlers(self, handlers):
+        self.generic += handlers
+
+    def add_registered_method_handlers(self, service, handlers):
+        self.registered[service] = handlers
+
+
+class _Details:
+    def __init__(self, method: str):
+        self.method = method
+
+
+def test_only_record_usage_batch_answers_in_bytes():
+    from billing.api.server import SERVICE_NAME
+    from billing.api.servicer import BillingServicer
+    from billing.api.usage_batch_wire import register
+
+    server = _Recorder()
+    register(BillingServicer(None, None, 1, None), server, SERVICE_NAME)
+    message = pb.RecordUsageBatchResponse(recorded=3)
+    for handler in (server.registered[SERVICE_NAME]["RecordUsageBatch"],
+                    server.generic[0].service(_Details(f"/{SERVICE_NAME}/RecordUsageBatch"))):
+        assert handler.response_serializer(b"\x10\x03") == b"\x10\x03"  # bytes as they are
+        assert handler.response_serializer(message) == message.SerializeToString()
+    other = server.registered[SERVICE_NAME]["RecordUsage"]
+    assert other.response_serializer == pb.RecordUsageResponse.SerializeToString
+    assert server.generic[0].service(_Details(f"/{SERVICE_NAME}/RecordUsage")).response_serializer == \
+        pb.RecordUsageResponse.SerializeToString
+    assert server.generic[0].service(_Details(f"/{SERVICE_NAME}/NoSuchMethod")) is None
