@@ -210,9 +210,10 @@ def new_batch_call(caller: Caller, request_id: str, events: list[EventInput] | B
         for i in range(n):
             at = times[i]
             err = _shape_error(i, ids[i], at, props[i])
-            if err is not None or at is None:
-                refused[i] = err or EventError(3, "INVALID_OCCURRED_AT", f"events[{i}].occurred_at", "is required")
+            if err is not None:
+                refused[i] = err
             else:
+                assert at is not None  # _shape_error refused the event otherwise
                 valid.append(i)
                 evs.append(UsageEvent(ids[i], tenant, subs[i], metrics[i], quantities[i], at, kept[i]))
     return BatchCall(caller, request_id, n, evs, valid, refused, ids,
