@@ -143,3 +143,15 @@ def test_only_record_usage_batch_answers_in_bytes():
     assert server.generic[0].service(_Details(f"/{SERVICE_NAME}/RecordUsage")).response_serializer == \
         pb.RecordUsageResponse.SerializeToString
     assert server.generic[0].service(_Details(f"/{SERVICE_NAME}/NoSuchMethod")) is None
+
+
+def test_the_messages_still_have_the_layout_the_encoder_writes():
+    """A field added to these messages must be written by encode_response too: this fails
+    until the encoder (and this list) know it."""
+    layout = {m.DESCRIPTOR.name: [(f.name, f.number) for f in m.DESCRIPTOR.fields]
+              for m in (pb.RecordUsageBatchResponse, pb.UsageEventOutcome, pb.RecordUsageResponse)}
+    assert layout == {
+        "RecordUsageBatchResponse": [("outcomes", 1), ("recorded", 2), ("duplicates", 3), ("rejected", 4)],
+        "UsageEventOutcome": [("index", 1), ("recorded", 2), ("error", 3)],
+        "RecordUsageResponse": [("duplicate", 1), ("event_id", 2), ("period_start", 3), ("period_end", 4)],
+    }
