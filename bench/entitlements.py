@@ -2,6 +2,7 @@
 checks with no ingestion, measured in the same run (issue 23).
 
     make bench-entitlements                            # 50 clients, 30 s under ingestion
+    make bench-entitlements ARGS=--floor               # the grpc.aio floor alone (bench/grpc_floor.py)
     python -m bench.entitlements --seconds 10 --clients 10 --rate 5000
 
 1. Starts its own PostgreSQL and Kafka (the local stack, in a temporary directory);
@@ -64,7 +65,7 @@ from pathlib import Path
 
 import asyncpg
 
-from bench import ghz
+from bench import ghz, grpc_floor
 from bench.alert_lag import AlertProbe, histogram_means, wait_assigned
 from bench.cpu import CpuMeter, kafka_pid, postmaster_pid
 from bench.fixtures import copy_rows, stop_processes, stop_stack
@@ -246,7 +247,14 @@ def main() -> int:
                         help="how long to wait for the alerts still due after the load (default 120)")
     parser.add_argument("--nice", type=int, default=0,
                         help="CPU niceness of the usage role and the load generator; the api keeps 0 (default 0)")
+    parser.add_argument("--floor", action="store_true",
+                        help="only the grpc.aio floor: a trivial server under the same ghz load (bench/grpc_floor.py)")
+    grpc_floor.add_arguments(parser)
     args = parser.parse_args()
+    if args.floor:
+        grpc_floor.report(grpc_floor.measure(args.baseline_seconds, args.clients, args.connections,
+                                             args.floor_processes, args.poll_strategy, args.uvloop))
+        return 0
 
     base = Settings()
     ghz_binary = ghz.ensure_ghz(base.kafka_cache_dir) if args.client == "ghz" else None

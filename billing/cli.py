@@ -105,6 +105,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reach.check_postgres(settings.admin_database_url, "BILLING_ADMIN_DATABASE_URL")
         asyncio.run(admin.migrate(settings))
         ensure_topics(settings)
+    if settings.event_loop == "uvloop":
+        import uvloop  # BILLING_EVENT_LOOP=uvloop: the `uvloop` extra (pip install 'billing-service[uvloop]')
+
+        return uvloop.run(serve(settings, roles, api_process=args.api_process))
     return asyncio.run(serve(settings, roles, api_process=args.api_process))
 
 

@@ -20,6 +20,12 @@ GRPC_LATENCY = Histogram(
 GRPC_IN_FLIGHT = Gauge(
     "billing_grpc_calls_in_flight", "gRPC calls being handled now (bounded by BILLING_GRPC_MAX_CONCURRENT_CALLS)", []
 )
+ENTITLEMENT_STATEMENTS = Counter(
+    "billing_entitlement_check_statements_total", "Statements run for CheckEntitlement (one per group of checks)", []
+)
+ENTITLEMENT_CHECKS_GROUPED = Counter(
+    "billing_entitlement_checks_grouped_total", "CheckEntitlement checks answered by those statements", []
+)
 READY = Gauge("billing_ready", "1 when PostgreSQL, Kafka and migrations are all ready", [])
 DEPENDENCY_UP = Gauge("billing_dependency_up", "1 when the dependency answered the last check", ["dependency"])
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from billing.ops.metrics import ENTITLEMENT_CHECKS_GROUPED, ENTITLEMENT_STATEMENTS
 from billing.services.plans import PlanCache
 from billing.services.uow import Database
 from billing.store import entitlement_reads
@@ -53,7 +54,10 @@ class CheckGroups:
                        contextvars.copy_context())
         self._waiting.setdefault(key, []).append(check)
         if key not in self._running:
-            self._launch(cache, key)
+            # The statement starts at the loop's next turn, not now: the checks whose calls are
+            # ready in this turn join it rather than wait for its answer.
+            self._running.add(key)
+            asyncio.get_running_loop().call_soon(self._launch, cache, key)
         return await check.future
 
     def _launch(self, cache: PlanCache, key: tuple) -> None:
@@ -83,11 +87,13 @@ class CheckGroups:
         else:
             self.statements += 1
             self.checks += len(group)
+            ENTITLEMENT_STATEMENTS.inc()
+            ENTITLEMENT_CHECKS_GROUPED.inc(len(group))
             for c in group:
                 if not c.future.done():
                     c.future.set_result(by_subscription.get(c.subscription, []))
         finally:
-            self._launch(cache, key)
+            asyncio.get_running_loop().call_soon(self._launch, cache, key)  # the next group, at the next turn
 
 
 async def read(db: Database, cache: PlanCache, tenant: uuid.UUID,

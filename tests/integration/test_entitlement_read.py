@@ -204,9 +204,9 @@ async def test_concurrent_checks_share_a_statement_and_answer_as_alone(service, 
             assert isinstance(answer, NotFound)
         else:
             assert answer == expected[(sub, code)], (sub, code)
-    # The first check goes alone; the others wait for it and go together.
-    assert groups.checks == len(asked) and len(statements) == groups.statements <= 3
-    assert all(len(set(s[0])) > 1 for s in statements[1:])  # several subscriptions a statement
+    # Checks made in the same turn of the loop go together: the statement starts at the next.
+    assert groups.checks == len(asked) and len(statements) == groups.statements == 1
+    assert len(set(statements[0][0])) == len(subs) + 1  # every subscription asked, the missing one too
 
 
 async def test_a_statement_takes_at_most_max_group_checks(service, stub, tenant, statements, monkeypatch):
@@ -218,7 +218,24 @@ async def test_a_statement_takes_at_most_max_group_checks(service, stub, tenant,
         got = await asyncio.gather(*(entitlements.check(service.db, caller, cache, subscription_id=s.id,
                                                         feature_code="tier", groups=groups) for s in subs))
     assert [g.decision.value for g in got] == ["gold"] * 10
-    assert [len(s[0]) for s in statements] == [1, 4, 4, 1]  # the first alone, then by four
+    assert [len(s[0]) for s in statements] == [4, 4, 2]  # by four, the rest after
+
+
+async def test_a_check_given_up_before_its_statement_starts_is_left_out(service, stub, tenant, statements):
+    plan = await _plan(stub, tenant, "1.00", features("gold"))
+    subs = [await _sub(stub, tenant, plan, f"gave-up-{i}") for i in range(3)]
+    caller, cache, groups = _caller(tenant), PlanCache(), entitlements.CheckGroups()
+    with entry_keys((caller.api_key_hash,)):
+        tasks = [asyncio.create_task(entitlements.check(service.db, caller, cache, subscription_id=s.id,
+                                                        feature_code="tier", groups=groups)) for s in subs]
+        await asyncio.sleep(0)  # each check waits for the statement of the next turn
+        tasks[1].cancel()
+        got = await asyncio.gather(*tasks, return_exceptions=True)
+        alone = await entitlements.check(service.db, caller, cache, subscription_id=subs[1].id,
+                                         feature_code="tier", groups=groups)
+    assert isinstance(got[1], asyncio.CancelledError)
+    assert [g.decision.value for g in (got[0], got[2], alone)] == ["gold"] * 3
+    assert [sorted(map(str, s[0])) for s in statements] == [sorted([subs[0].id, subs[2].id]), [subs[1].id]]
 
 
 async def test_a_revoked_key_fails_its_whole_group(service, stub, tenant, admin_conn):
