@@ -59,20 +59,25 @@ def _long(n: int) -> bytes:
         return done
     if not _MIN <= n < _MAX:
         raise TypeError(n)
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
+    # The varint 14 bits (two bytes) per table lookup, not 7 per loop round: a timestamp
+    # in microseconds is three rounds instead of eight.
+    z, done = (n << 1) ^ (n >> 63), b""
+    while z >= 0x4000:
+        done += _MID[z & 0x3FFF]
+        z >>= 14
+    done += _LAST[z]
     if len(_LONGS) >= 4096:
         _LONGS.clear()
-    done = _LONGS[n] = bytes(out)
+    _LONGS[n] = done
     return done
 
 
+# The varint bytes of 14 bits: with the continuation bit on both bytes (more follows), and
+# as the last one or two bytes.
+_MID = [bytes(((c & 0x7F) | 0x80, (c >> 7) | 0x80)) for c in range(1 << 14)]
+_LAST = [bytes((c,)) if c < 0x80 else bytes(((c & 0x7F) | 0x80, c >> 7)) for c in range(1 << 14)]
 # Longs written lately: a record's period bounds are its lines' bounds too, and the requests
-# of a chunk share their issue time (a timestamp's varint is eight rounds of the loop).
+# of a chunk share their issue time.
 _LONGS: dict[int, bytes] = {}
 
 

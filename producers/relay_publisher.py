@@ -95,7 +95,8 @@ class _Batch:
         self._groups: dict[tuple, tuple[Span, dict[str, str], list[int]]] = {}
 
     def blocks(self, row) -> bool:
-        return stream_hold(row.stream) in self._blocked or key_hold(row) in self._blocked
+        blocked = self._blocked  # the usual batch fails nothing: no holds to build per row
+        return bool(blocked) and (stream_hold(row.stream) in blocked or key_hold(row) in blocked)
 
     def fail(self, failure: Failure) -> None:
         self._result.failed.append(failure)

@@ -100,8 +100,7 @@ def _add_audit_and_event(w: ChunkWrites, caller: Caller, run_text: str, o: "Bill
     details = {"run_id": run_text, "period_start": closed.period_start, "period_end": closed.period_end,
                "invoice_request_id": o.request_ids[i], "total": decimal_to_str(closed.total),
                "currency": closed.currency}
-    before, after = _diff(prev, closed.subscription)
-    w.columns.update(k for k in before if k != "status" or before[k] != after[k])
+    before, after = _diff(prev, closed.subscription, w.columns)
     after["details"] = details
     w.audits.append((o.sub.id, closed.event, before, after))
     if closed.event == EventType.PERIOD_ADVANCED:
@@ -134,15 +133,21 @@ def _features(plans: Mapping[uuid.UUID, PlanSpec], plan_id: uuid.UUID) -> tuple[
 _SUB_FIELDS = tuple(f.name for f in fields(Subscription) if f.name != "status")
 
 
-def _diff(before: Subscription, after: Subscription) -> tuple[dict, dict]:
+def _diff(before: Subscription, after: Subscription, columns: set[str]) -> tuple[dict, dict]:
     """The fields a period close changed, and the status, as they were and as they are: the
     audit row of a period close holds these, not two whole snapshots (the full state at any
     point follows from the subscription's earlier rows). Values as they are (times, ids):
-    `audit_store.append_many` writes them in the audit trail's JSON form."""
-    b, a = {"status": before.status.value}, {"status": after.status.value}
+    `audit_store.append_many` writes them in the audit trail's JSON form. The changed
+    fields, and the status if it changed, go into `columns` (set by set, not key by key)."""
+    b: dict = {}
+    a: dict = {}
     old, new = before.__dict__, after.__dict__
     for k in _SUB_FIELDS:
         x, y = old[k], new[k]
         if x is not y and x != y:
             b[k], a[k] = x, y
+    columns.update(b)
+    b["status"], a["status"] = before.status.value, after.status.value
+    if before.status is not after.status:
+        columns.add("status")
     return b, a

@@ -87,3 +87,16 @@ def test_fields_left_out_take_their_defaults_as_with_fastavro():
     for name in ("metadata", "test_clock_id", "reason", "threshold_id"):
         del record[name]
     assert codec_invoice.encode(record) == codec.encode(Schema.INVOICE_REQUEST, record)
+
+
+_EDGES = sorted({s * ((1 << k) + d) for k in range(64) for d in (-1, 0, 1) for s in (1, -1)}
+                | {-(1 << 63), (1 << 63) - 1, 0})
+
+
+@pytest.mark.parametrize("n", [n for n in _EDGES if -(1 << 63) <= n < (1 << 63)])
+def test_a_long_at_every_varint_boundary_as_fastavro_writes_it(n):
+    """The varint by 14-bit tables: every width from one byte to ten, both signs, on and
+    around each power of two (the bits where a byte or a table lookup begins)."""
+    codec_invoice._LONGS.clear()
+    record = {**_record(), "period_start_us": n}
+    assert codec_invoice.encode(record) == codec.encode(Schema.INVOICE_REQUEST, record)
