@@ -100,7 +100,7 @@ def test_the_usage_consumer_decodes_confluent_values(registry):
     batch = [Message(TOPIC, 0, i, b"sub-1", v, {}, None) for i, v in
              enumerate([framed, b"\x00\x00\x00\x10\x00\x02", codec.encode(codec.Schema.USAGE_EVENT, usage(6))])]
     events, positions, dead = decode_batch(batch)
-    assert [e.event_id for e in events] == ["e-5", "e-6"] and positions == [0, 2]
+    assert [e[0] for e in events] == ["e-5", "e-6"] and positions == [0, 2]
     assert [d.reason for d in dead] == ["undecodable"] and "schema id 4096" in dead[0].detail
 
 

@@ -94,7 +94,7 @@ def test_a_batch_every_record_of_which_is_read_by_hand():
     batch = [_msg(i, _avro(i)) for i in range(50)]
     events, positions, dead = decode_batch(batch)
     assert positions == list(range(50)) and dead == []
-    assert [e.event_id for e in events] == [f"e-{i}" for i in range(50)]
+    assert [e[0] for e in events] == [f"e-{i}" for i in range(50)]
 
 
 def test_a_batch_with_a_codec_error_is_freed_without_the_cycle_collector():
