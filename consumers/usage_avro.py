@@ -71,7 +71,7 @@ def _varint(v: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _decode(v: bytes, strings: Strings) -> UsageEvent | None:
+def _decode(v: bytes, strings: Strings) -> tuple | None:
     if not v.startswith(_HEADER):
         return None
     # Unrolled for the usual record: every string shorter than 64 bytes (a one-byte length).
@@ -161,4 +161,4 @@ def _decode_general(v: bytes, strings: Strings) -> UsageEvent | None:
     return UsageEvent(out[0], out[1], out[2], out[3], out[4], us, None)
 
 
-decode: Callable[[bytes, Strings], UsageEvent | None] | None = _decode if _layout_matches() else None
+decode: Callable[[bytes, Strings], tuple | None] | None = _decode if _layout_matches() else None
