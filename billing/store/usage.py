@@ -107,6 +107,16 @@ _MERGE_BATCH = _INPUT + _NEW_MERGE + _STORE
 # A batch of at least this many rows takes the MERGE form (its savepoint costs two round
 # trips, which only a large batch repays).
 MERGE_MIN_ROWS = 1000
+# The MERGE's join must probe the key index once per staged key, whatever the statistics
+# say. Without them (a key table grown since its last ANALYZE: a fresh database, a burst)
+# the planner takes the tenant's keys for a few hundred and hashes the batch against a
+# scan of all of them, or, on a table it thinks nearly empty, loops over a scan of all of
+# them per staged key: a cost that grows with the table (docs/usage.md, "The key probe's
+# plan"). Every other way to join is turned off for the statement alone: sent with the
+# savepoint's command (no round trip of its own), reset with its release.
+_PROBE_OFF = ("enable_hashjoin", "enable_mergejoin", "enable_bitmapscan", "enable_seqscan", "enable_material")
+_PROBE_PER_KEY = "; ".join(f"set local {name} = off" for name in _PROBE_OFF)
+_PROBE_RESET = "; ".join(f"reset {name}" for name in _PROBE_OFF)
 
 
 class _Staged:
@@ -175,12 +185,12 @@ async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch,
     row = None
     if len(b.rows) >= MERGE_MIN_ROWS and conn.get_server_version().major >= 17 and conn.is_in_transaction():
         # A savepoint by hand: the caller's transaction may not be asyncpg's own.
-        await conn.execute("savepoint usage_merge")
+        await conn.execute(f"savepoint usage_merge; {_PROBE_PER_KEY}")
         try:
             row = await conn.fetchrow(_MERGE_BATCH_IDS if want_ids else _MERGE_BATCH, tenant_id)
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
             await conn.execute("rollback to savepoint usage_merge")  # the staged rows are still there
-        await conn.execute("release savepoint usage_merge")
+        await conn.execute(f"release savepoint usage_merge; {_PROBE_RESET}")
     if row is None:
         row = await conn.fetchrow(_INSERT_BATCH_IDS if want_ids else _INSERT_BATCH, tenant_id)
     return row["inserted"], row["late"], row["ids"] if want_ids else []
