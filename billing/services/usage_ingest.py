@@ -85,6 +85,13 @@ class UsageEvent(NamedTuple):
     properties: dict | None = None
 
 
+def as_event(e: tuple) -> UsageEvent:
+    """An event by name. The consumer's hand Avro reader gives plain tuples in `UsageEvent`'s
+    order (building the NamedTuple costs a second tuple per event); the checks read events
+    by position, anything else reads them through this."""
+    return e if isinstance(e, UsageEvent) else UsageEvent._make(e)
+
+
 @dataclass(slots=True)
 class Rejection:
     index: int  # position in the input list
@@ -317,6 +324,6 @@ def _check_one(i: int, e: UsageEvent, known: dict[str, _Known | None], on_clock:
                          "the event's price, a non-negative decimal (dynamic pricing)"))
     else:
         start, end, late = sub.attribute(spec, t)
-        rows.add(i, e if isinstance(e, UsageEvent) else UsageEvent._make(e), sub_id, start, end, late)
+        rows.add(i, as_event(e), sub_id, start, end, late)
         if want_periods:
             result.periods[i] = (start, end)

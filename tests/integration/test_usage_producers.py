@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from billing.services.usage import UsageEvent, to_us
+from billing.services.usage_ingest import as_event
 from consumers.runner import Message
 from consumers.usage_payloads import decode_batch as decode_messages
 from producers.load import produce_load
@@ -30,7 +31,7 @@ def decode_batch(messages: list[Message]) -> tuple[list[UsageEvent], list[int], 
     """The consumer's decoding, its events as `UsageEvent`s (the hand Avro reader gives
     plain tuples in that order)."""
     events, positions, dead = decode_messages(messages)
-    return [UsageEvent._make(e) for e in events], positions, dead
+    return [as_event(e) for e in events], positions, dead
 
 
 TENANT = "6f1c2a0e-3b7d-4c55-9a8e-2f4d1c0b9e77"
