@@ -20,9 +20,11 @@ import asyncpg
 # the keys (one probe, then a plain insert) in a savepoint, and a key another transaction
 # inserted meanwhile (a unique violation) or a deadlock rolls it back to the ON CONFLICT DO
 # NOTHING form, which waits for such a transaction rather than fails; small batches
-# (RecordUsage) take that form at once. The new events are inserted in (subscription,
-# metric, period) order, so consecutive entries of usage_events_period land on the same
-# leaf page. Lock order: the event keys are inserted in key order and the totals upserted
+# (RecordUsage) take that form at once. The new events are sorted once, in the order the
+# fold groups them (subscription, metric, period, then latest first), and both the raw
+# insert and the fold read that: consecutive entries of usage_events_period land on the
+# same leaf page, and the fold's own sort finds its input in order (one full sort fewer).
+# Lock order: the event keys are inserted in key order and the totals upserted
 # in key order, so two transactions of a tenant storing the same ids or totals wait on each
 # other in one order, never in a cycle (docs/usage.md, "Lock order"). Times travel as
 # integer microseconds and quantities as text, converted here. A late event's
@@ -63,20 +65,21 @@ _NEW_MERGE = """, new as (
     returning i.*
 )"""
 
-_STORE = """, inserted as (
+_STORE = """, sorted as materialized (
+    select * from new order by subscription_id, metric_code, period_start, occurred_at desc, event_id desc
+), inserted as (
     insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
                               period_start, period_end, late, properties)
     select $1, event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late,
            properties
-      from new
-     order by subscription_id, metric_code, period_start
+      from sorted
 ), folded as (
     select subscription_id, metric_code, period_start, max(period_end) as period_end,
            sum(quantity) as quantity_sum, count(*) as event_count, max(quantity) as quantity_max,
            (array_agg(quantity order by occurred_at desc, event_id desc))[1] as latest_quantity,
            max(occurred_at) as latest_at,
            (array_agg(event_id order by occurred_at desc, event_id desc))[1] as latest_event_id
-      from new
+      from sorted
      group by subscription_id, metric_code, period_start
 ), totals as (
     insert into usage_totals as t (tenant_id, subscription_id, metric_code, period_start, period_end, quantity_sum,
