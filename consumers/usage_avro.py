@@ -1,4 +1,7 @@
-"""The usage record's Avro layout read straight into `UsageEvent`s, without fastavro.
+"""The usage record's Avro layout read straight into events, without fastavro.
+
+The usual record becomes a plain 7-tuple in `UsageEvent`'s order (building the NamedTuple
+costs a second tuple per event); `usage_ingest` reads events by position and takes both.
 
 A `billing.usage.v1` record written with the current schema is five strings, a long and a
 map: `decode(value)` reads them by hand for the common case (an empty map) and returns None
@@ -11,7 +14,6 @@ The layout is checked against the current schema at import; if the schema ever c
 shape, `decode` is None and the codec decodes everything."""
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 from billing import codec
@@ -34,13 +36,11 @@ _HEADER = codec.MAGIC + codec.fingerprint(codec.Schema.USAGE_EVENT)
 _SIZE = len(_HEADER)
 _CONT = 0x0080808080808080  # bytes 0..6 of an 8-byte varint carry the continuation bit
 _CONT_MASK = 0x8080808080808080
-_u64 = struct.Struct("<Q").unpack_from  # 8 bytes as an unsigned little-endian int
-_new = tuple.__new__  # a UsageEvent (a NamedTuple) without its Python-level __new__
 
 
 class Strings(dict):
-    """bytes -> str, for the values that repeat within a batch; and `times`: the decoded
-    upper six bytes of an 8-byte time varint (events of a batch are close in time, so those
+    """bytes -> str, for the values that repeat within a batch; and `times`: the upper
+    six bytes of an 8-byte time varint -> their decoded part (events of a batch are close in time, so those
     bytes repeat and only the lower two change from one event to the next)."""
 
     __slots__ = ("heads", "times")
@@ -48,7 +48,7 @@ class Strings(dict):
     def __init__(self) -> None:
         super().__init__()
         self.heads: dict[bytes, tuple[str, str, str]] = {}  # tenant, subscription, metric
-        self.times: dict[int, int] = {}
+        self.times: dict[bytes, int] = {}
 
     def text(self, raw: bytes) -> str:
         s = self.get(raw)
@@ -71,7 +71,7 @@ def _varint(v: bytes, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _decode(v: bytes, strings: Strings) -> UsageEvent | None:
+def _decode(v: bytes, strings: Strings) -> tuple | None:
     if not v.startswith(_HEADER):
         return None
     # Unrolled for the usual record: every string shorter than 64 bytes (a one-byte length).
@@ -108,21 +108,37 @@ def _decode(v: bytes, strings: Strings) -> UsageEvent | None:
         e = p + (n >> 1)
         raw = v[p:e]
         quantity = strings.get(raw) or strings.text(raw)
-        if len(v) != e + 9:  # not an 8-byte time then an empty map
+        if len(v) != e + 9 or v[-1]:  # not an 8-byte time then an empty map
             return _decode_general(v, strings)
-        x, = _u64(v, e)  # no slice
-        if x & _CONT_MASK != _CONT or v[-1]:
+        # The time's two lower bytes (continued, as every byte of an 8-byte varint but the
+        # last) as small ints; its upper six repeat within a batch: their value is cached.
+        b0, b1 = v[e], v[e + 1]
+        if not b0 & b1 & 0x80:
             return _decode_general(v, strings)
+        upper = v[e + 2:e + 8]
     except (IndexError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
-    high = x >> 16
-    zh = strings.times.get(high)
-    if zh is None:
-        zh = strings.times[high] = ((x >> 2) & 0x1FC000 | (x >> 3) & 0xFE00000 | (x >> 4) & 0x7F0000000
-                                    | (x >> 5) & 0x3F800000000 | (x >> 6) & 0x1FC0000000000
-                                    | (x >> 7) & 0xFE000000000000)
-    z = zh | x & 0x7F | (x >> 1) & 0x3F80
-    return _new(UsageEvent, (event_id, head[0], head[1], head[2], quantity, (z >> 1) ^ -(z & 1), None))
+    high = strings.times.get(upper)
+    if high is None:
+        high = strings.times[upper] = _time_high(upper)
+        if high < 0:
+            return _decode_general(v, strings)
+    elif high < 0:
+        return _decode_general(v, strings)
+    low = b0 & 0x7F | (b1 & 0x7F) << 7  # zigzag: the value is low's sign bit and the rest
+    return (event_id, head[0], head[1], head[2], quantity,
+            high + (low >> 1) if not low & 1 else -1 - high - (low >> 1), None)
+
+
+def _time_high(upper: bytes) -> int:
+    """Bytes 2..7 of an 8-byte time varint -> their part of the zigzag value, shifted
+    right by one (its lowest bit, the sign, is in byte 0); -1 when they do not end the
+    varint exactly at byte 7 (the codec then reads the record)."""
+    x = int.from_bytes(upper, "little") << 16
+    if x & _CONT_MASK != _CONT & ~0xFFFF:
+        return -1
+    return ((x >> 2) & 0x1FC000 | (x >> 3) & 0xFE00000 | (x >> 4) & 0x7F0000000 | (x >> 5) & 0x3F800000000
+            | (x >> 6) & 0x1FC0000000000 | (x >> 7) & 0xFE000000000000) >> 1
 
 
 def _decode_general(v: bytes, strings: Strings) -> UsageEvent | None:
@@ -145,4 +161,4 @@ def _decode_general(v: bytes, strings: Strings) -> UsageEvent | None:
     return UsageEvent(out[0], out[1], out[2], out[3], out[4], us, None)
 
 
-decode: Callable[[bytes, Strings], UsageEvent | None] | None = _decode if _layout_matches() else None
+decode: Callable[[bytes, Strings], tuple | None] | None = _decode if _layout_matches() else None

@@ -226,7 +226,8 @@ def _undecodable_detail(msg: Message) -> str:
 
 def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], list[DeadLetter]]:
     """Decode a batch: (events, position in `batch` of each event, dead letters), all in
-    batch order."""
+    batch order. An event is a `UsageEvent` or, from the hand Avro reader, a plain tuple
+    in its order: read them by position."""
     # The usual Avro record, read by hand; the rest (and any doubt) goes to the codec.
     fast = usage_avro.decode
     strings = usage_avro.Strings()

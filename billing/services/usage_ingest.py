@@ -45,8 +45,9 @@ MAX_EVENT_ID = 200
 # Per subscription: uuid, state, metric codes, plan, checks, its now, earliest and latest event time.
 _Known = tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec, EventChecks, int, int, int]
 # Per subscription the short path may take: uuid, first and after-last time it accepts,
-# the metrics it accepts, the period (start, end).
-_Fast = tuple[uuid.UUID, int, int, frozenset[str], tuple[int, int]]
+# the metrics it accepts, the period (start, end), and its start and end again (read per
+# event, one subscript each).
+_Fast = tuple[uuid.UUID, int, int, frozenset[str], tuple[int, int], int, int]
 MAX_PROPERTIES = 50
 # An event property is a label (a user id, a region), stored with every raw event: a
 # megabyte of it is a producer bug, refused like NUL rather than kept forever.
@@ -82,6 +83,13 @@ class UsageEvent(NamedTuple):
     quantity: str
     occurred_at_us: int
     properties: dict | None = None
+
+
+def as_event(e: tuple) -> UsageEvent:
+    """An event by name. The consumer's hand Avro reader gives plain tuples in `UsageEvent`'s
+    order (building the NamedTuple costs a second tuple per event); the checks read events
+    by position, anything else reads them through this."""
+    return e if isinstance(e, UsageEvent) else UsageEvent._make(e)
 
 
 @dataclass(slots=True)
@@ -241,7 +249,7 @@ async def _known_subscriptions(conn, tenant: uuid.UUID, texts: set[str], now_us:
             hi = min(latest + 1, sub.period_end_us)
             if lo < hi:
                 fast[text] = (sub_id, lo, hi, frozenset(metrics) - frozenset(rules.amount_property),
-                              (sub.period_start_us, sub.period_end_us))
+                              (sub.period_start_us, sub.period_end_us), sub.period_start_us, sub.period_end_us)
     return known, fast, set(clock_now)
 
 
@@ -267,7 +275,7 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: Sequence[UsageEvent], 
             if ok is None:
                 ok = quantities[quantity] = quantity_ok(quantity) is not None
             if ok:
-                add_row((event_id, f[0], metric, quantity, t, f[4][0], f[4][1], False, None))
+                add_row((event_id, f[0], metric, quantity, t, f[5], f[6], False, None))
                 add_index(i)
                 if want_periods:
                     periods[i] = f[4]
@@ -316,6 +324,6 @@ def _check_one(i: int, e: UsageEvent, known: dict[str, _Known | None], on_clock:
                          "the event's price, a non-negative decimal (dynamic pricing)"))
     else:
         start, end, late = sub.attribute(spec, t)
-        rows.add(i, e if isinstance(e, UsageEvent) else UsageEvent._make(e), sub_id, start, end, late)
+        rows.add(i, as_event(e), sub_id, start, end, late)
         if want_periods:
             result.periods[i] = (start, end)

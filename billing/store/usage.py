@@ -20,9 +20,11 @@ import asyncpg
 # the keys (one probe, then a plain insert) in a savepoint, and a key another transaction
 # inserted meanwhile (a unique violation) or a deadlock rolls it back to the ON CONFLICT DO
 # NOTHING form, which waits for such a transaction rather than fails; small batches
-# (RecordUsage) take that form at once. The new events are inserted in (subscription,
-# metric, period) order, so consecutive entries of usage_events_period land on the same
-# leaf page. Lock order: the event keys are inserted in key order and the totals upserted
+# (RecordUsage) take that form at once. The new events are sorted once, in the order the
+# fold groups them (subscription, metric, period, then latest first), and both the raw
+# insert and the fold read that: consecutive entries of usage_events_period land on the
+# same leaf page, and the fold's own sort finds its input in order (one full sort fewer).
+# Lock order: the event keys are inserted in key order and the totals upserted
 # in key order, so two transactions of a tenant storing the same ids or totals wait on each
 # other in one order, never in a cycle (docs/usage.md, "Lock order"). Times travel as
 # integer microseconds and quantities as text, converted here. A late event's
@@ -63,20 +65,21 @@ _NEW_MERGE = """, new as (
     returning i.*
 )"""
 
-_STORE = """, inserted as (
+_STORE = """, sorted as materialized (
+    select * from new order by subscription_id, metric_code, period_start, occurred_at desc, event_id desc
+), inserted as (
     insert into usage_events (tenant_id, event_id, subscription_id, metric_code, quantity, occurred_at,
                               period_start, period_end, late, properties)
     select $1, event_id, subscription_id, metric_code, quantity, occurred_at, period_start, period_end, late,
            properties
-      from new
-     order by subscription_id, metric_code, period_start
+      from sorted
 ), folded as (
     select subscription_id, metric_code, period_start, max(period_end) as period_end,
            sum(quantity) as quantity_sum, count(*) as event_count, max(quantity) as quantity_max,
            (array_agg(quantity order by occurred_at desc, event_id desc))[1] as latest_quantity,
            max(occurred_at) as latest_at,
            (array_agg(event_id order by occurred_at desc, event_id desc))[1] as latest_event_id
-      from new
+      from sorted
      group by subscription_id, metric_code, period_start
 ), totals as (
     insert into usage_totals as t (tenant_id, subscription_id, metric_code, period_start, period_end, quantity_sum,
@@ -107,6 +110,16 @@ _MERGE_BATCH = _INPUT + _NEW_MERGE + _STORE
 # A batch of at least this many rows takes the MERGE form (its savepoint costs two round
 # trips, which only a large batch repays).
 MERGE_MIN_ROWS = 1000
+# The MERGE's join must probe the key index once per staged key, whatever the statistics
+# say. Without them (a key table grown since its last ANALYZE: a fresh database, a burst)
+# the planner takes the tenant's keys for a few hundred and hashes the batch against a
+# scan of all of them, or, on a table it thinks nearly empty, loops over a scan of all of
+# them per staged key: a cost that grows with the table (docs/usage.md, "The key probe's
+# plan"). Every other way to join is turned off for the statement alone: sent with the
+# savepoint's command (no round trip of its own), reset with its release.
+_PROBE_OFF = ("enable_hashjoin", "enable_mergejoin", "enable_bitmapscan", "enable_seqscan", "enable_material")
+_PROBE_PER_KEY = "; ".join(f"set local {name} = off" for name in _PROBE_OFF)
+_PROBE_RESET = "; ".join(f"reset {name}" for name in _PROBE_OFF)
 
 
 class _Staged:
@@ -175,12 +188,12 @@ async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch,
     row = None
     if len(b.rows) >= MERGE_MIN_ROWS and conn.get_server_version().major >= 17 and conn.is_in_transaction():
         # A savepoint by hand: the caller's transaction may not be asyncpg's own.
-        await conn.execute("savepoint usage_merge")
+        await conn.execute(f"savepoint usage_merge; {_PROBE_PER_KEY}")
         try:
             row = await conn.fetchrow(_MERGE_BATCH_IDS if want_ids else _MERGE_BATCH, tenant_id)
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
             await conn.execute("rollback to savepoint usage_merge")  # the staged rows are still there
-        await conn.execute("release savepoint usage_merge")
+        await conn.execute(f"release savepoint usage_merge; {_PROBE_RESET}")
     if row is None:
         row = await conn.fetchrow(_INSERT_BATCH_IDS if want_ids else _INSERT_BATCH, tenant_id)
     return row["inserted"], row["late"], row["ids"] if want_ids else []

@@ -16,14 +16,23 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from billing.services.usage import UsageEvent, to_us
+from billing.services.usage_ingest import as_event
 from consumers.runner import Message
-from consumers.usage_payloads import decode_batch
+from consumers.usage_payloads import decode_batch as decode_messages
 from producers.load import produce_load
 from producers.usage_client import DeliveryError, UsageProducer
 from tests.conftest import PROJECT_ROOT
 from tests.kafka_helpers import TopicReader
 
 pytestmark = pytest.mark.integration
+
+
+def decode_batch(messages: list[Message]) -> tuple[list[UsageEvent], list[int], list]:
+    """The consumer's decoding, its events as `UsageEvent`s (the hand Avro reader gives
+    plain tuples in that order)."""
+    events, positions, dead = decode_messages(messages)
+    return [as_event(e) for e in events], positions, dead
+
 
 TENANT = "6f1c2a0e-3b7d-4c55-9a8e-2f4d1c0b9e77"
 SUBS = ["0b7d3c1e-6b55-4c4e-9c3e-3f9d2a1b7c11", "1c8e4d2f-7c66-4d5f-8d4f-4a0e3b2c8d22",

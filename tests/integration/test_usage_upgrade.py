@@ -43,7 +43,8 @@ with input as (
 
 
 def _old(sql: str) -> str:
-    return _OLD_DEDUP + sql.split("), folded as (", 1)[1]
+    """The old dedup, then today's fold (which reads the new rows sorted once: `sorted`)."""
+    return _OLD_DEDUP + sql.split("), folded as (", 1)[1].replace("from sorted", "from new")
 
 
 _TABLES = {

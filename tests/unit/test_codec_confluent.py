@@ -19,6 +19,7 @@ from billing.codec_confluent import RegistryUnavailable, set_registry_resolver, 
 from billing.registry import Registry, registry_for
 from consumers.runner import Message
 from consumers.usage_payloads import decode_batch
+from billing.services.usage_ingest import as_event
 
 TOPIC = "billing.usage.v1"
 T0 = 1_732_406_400_000_000  # 2024-11-24T00:00:00Z
@@ -100,7 +101,7 @@ def test_the_usage_consumer_decodes_confluent_values(registry):
     batch = [Message(TOPIC, 0, i, b"sub-1", v, {}, None) for i, v in
              enumerate([framed, b"\x00\x00\x00\x10\x00\x02", codec.encode(codec.Schema.USAGE_EVENT, usage(6))])]
     events, positions, dead = decode_batch(batch)
-    assert [e.event_id for e in events] == ["e-5", "e-6"] and positions == [0, 2]
+    assert [as_event(e).event_id for e in events] == ["e-5", "e-6"] and positions == [0, 2]
     assert [d.reason for d in dead] == ["undecodable"] and "schema id 4096" in dead[0].detail
 
 

@@ -12,6 +12,7 @@ from consumers.batches import distinct_headers
 from consumers.dlq_limit import dead_flags
 from consumers.runner import DeadLetter, Message
 from consumers.usage_payloads import decode_batch
+from billing.services.usage_ingest import as_event
 
 _T = "billing.usage.v1"
 _A = {"content-type": b"avro"}
@@ -94,7 +95,7 @@ def test_a_batch_every_record_of_which_is_read_by_hand():
     batch = [_msg(i, _avro(i)) for i in range(50)]
     events, positions, dead = decode_batch(batch)
     assert positions == list(range(50)) and dead == []
-    assert [e.event_id for e in events] == [f"e-{i}" for i in range(50)]
+    assert [as_event(e).event_id for e in events] == [f"e-{i}" for i in range(50)]
 
 
 def test_a_batch_with_a_codec_error_is_freed_without_the_cycle_collector():

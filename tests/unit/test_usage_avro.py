@@ -10,6 +10,7 @@ from billing import codec
 from consumers import usage_avro
 from consumers.usage_payloads import decode_batch
 from consumers.runner import Message
+from billing.services.usage_ingest import as_event
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=80)
 _record = st.fixed_dictionaries({
@@ -51,7 +52,7 @@ def test_properties_bad_utf8_and_other_headers_are_left_to_the_codec():
     assert usage_avro.decode(_encode(rec), usage_avro.Strings()) is None
     rec["properties"] = {}
     good = _encode(rec)
-    assert usage_avro.decode(good, usage_avro.Strings()).event_id == "e"
+    assert as_event(usage_avro.decode(good, usage_avro.Strings())).event_id == "e"
     bad_utf8 = good.replace(b"\x02e", b"\x02\xff", 1)
     assert usage_avro.decode(bad_utf8, usage_avro.Strings()) is None
     other_fp = good[:2] + bytes(8) + good[10:]

@@ -13,6 +13,7 @@ from billing.services.usage import UsageEvent, to_us
 from consumers import usage_payloads
 from consumers.runner import Message
 from consumers.usage_payloads import decode_batch, parse_rfc3339_us
+from billing.services.usage_ingest import as_event
 
 TENANT = "6f1c2a0e-3b7d-4c55-9a8e-2f4d1c0b9e77"
 SUB = "0b7d3c1e-6b55-4c4e-9c3e-3f9d2a1b7c11"
@@ -78,7 +79,7 @@ def test_avro_and_cloudevents_decode_to_identical_events():
 
 
 def test_empty_properties_are_none_in_both_formats():
-    assert one(avro(properties={})).properties is None
+    assert as_event(one(avro(properties={}))).properties is None
     assert one(ce_bytes(data={"properties": {}})).properties is None
     assert one(ce_bytes()).properties is None
 
@@ -98,7 +99,7 @@ def test_avro_the_hand_reader_leaves_is_decoded_in_one_codec_call(monkeypatch):
              for i in range(30)]
     events, positions, dead = decode_batch(batch)
     assert calls == [10] and len(events) == 30 and not dead
-    assert [e.event_id for e in events] == [f"evt-{i}" for i in range(30)]
+    assert [as_event(e).event_id for e in events] == [f"evt-{i}" for i in range(30)]
 
 
 def test_empty_batch():
@@ -417,10 +418,10 @@ def test_mixed_batch_keeps_positions_and_order():
     batch = [msg(v, 100 + i) for i, v in enumerate(values)]
     events, positions, dead = decode_batch(batch)
     assert positions == [0, 2, 6, 7, 8, 9]
-    assert [e.event_id for e in events] == ["evt-0", "evt-2", "evt-6", "evt-7", "evt-8", "evt-8"]
+    assert [as_event(e).event_id for e in events] == ["evt-0", "evt-2", "evt-6", "evt-7", "evt-8", "evt-8"]
     for e, p in zip(events, positions):
-        assert e.event_id == f"evt-{p if p != 9 else 8}"
-    assert events[2].quantity == "-1" and events[3].quantity == "3"
+        assert as_event(e).event_id == f"evt-{p if p != 9 else 8}"
+    assert as_event(events[2]).quantity == "-1" and as_event(events[3]).quantity == "3"
     assert [(d.message.offset, d.reason) for d in dead] == [
         (101, "undecodable"), (103, "undecodable"), (104, "invalid_cloudevent"), (105, "undecodable"),
         (110, "undecodable")]

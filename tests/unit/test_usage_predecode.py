@@ -6,6 +6,7 @@ from __future__ import annotations
 from billing.services.usage import PlanCache, UsageLimits
 from consumers.usage import UsageStrategy
 from tests.unit.test_usage_payloads import avro, msg
+from billing.services.usage_ingest import as_event
 
 
 def _batch(n: int, first: int = 0) -> list:
@@ -20,7 +21,7 @@ def test_a_batch_decoded_ahead_is_used_once_for_the_same_messages():
     taken = list(batch)  # the runner takes a new list of the same messages
     assert strategy._decode(taken) is ahead
     events, positions, dead = ahead
-    assert [e.event_id for e in events] == [f"evt-{i}" for i in range(5)] and positions == list(range(5))
+    assert [as_event(e).event_id for e in events] == [f"evt-{i}" for i in range(5)] and positions == list(range(5))
     assert [d.message for d in dead] == [batch[5]]
     again = strategy._decode(taken)  # a retry of the batch: decoded afresh (process appends to `dead`)
     assert again is not ahead and again == ahead
@@ -32,10 +33,10 @@ def test_other_messages_are_decoded_afresh():
     strategy.predecode(batch)
     other = batch[:4] + [msg(avro(9), 4)] + batch[5:]  # same length, one message differs
     events, _, _ = strategy._decode(other)
-    assert [e.event_id for e in events] == ["evt-0", "evt-1", "evt-2", "evt-3", "evt-9"]
+    assert [as_event(e).event_id for e in events] == ["evt-0", "evt-1", "evt-2", "evt-3", "evt-9"]
     strategy.predecode(batch)
     shorter = batch[:3]  # a rebalance took messages away
-    assert [e.event_id for e in strategy._decode(shorter)[0]] == ["evt-0", "evt-1", "evt-2"]
+    assert [as_event(e).event_id for e in strategy._decode(shorter)[0]] == ["evt-0", "evt-1", "evt-2"]
 
 
 def test_a_failed_decode_ahead_leaves_nothing_behind(monkeypatch):
