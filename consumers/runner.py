@@ -66,7 +66,7 @@ class ConsumerRunner:
         self._pool = pool
         self._source = source
         self._strategy = strategy
-        self._predecode: Callable[[list[Message]], None] | None = getattr(strategy, "predecode", None)
+        self._predecode: Callable[[list[Message], int], None] | None = getattr(strategy, "predecode", None)
         self._batching = batching
         self._retry = retry
         self._dead_letters = dead_letters
@@ -159,19 +159,30 @@ class ConsumerRunner:
                 self._report_lag(data)
 
     async def _process_with_prefetch(self) -> None:
-        """Commit a batch while the Kafka thread fetches the next one; once the next batch
-        is fetched, a strategy with a `predecode(batch)` (pure CPU work, no I/O) does it
-        while this batch's transaction is still in PostgreSQL."""
+        """Commit a batch while the Kafka thread fetches the next one; a strategy with a
+        `predecode(messages, start)` (pure CPU work, no I/O) decodes each run of the next
+        batch's messages as it is fetched, while this batch's transaction is in PostgreSQL:
+        when the consumer keeps up, the next batch is rarely full by the commit, and its
+        decoding would otherwise be on the path of every event to its transaction."""
         busy = asyncio.ensure_future(self._process_next_batch())
+        await asyncio.sleep(0)  # the batch is taken: from here on the buffer is the next one's
+        ahead = 0  # messages of the next batch handed to predecode
         try:
             while not busy.done() and not self._stopping and not self._kafka.paused \
                     and (room := self._buffer.room(self._batching.max_size)):
                 await self._poll(room, 0.02)
+                ahead = self._decode_ahead(ahead, busy)
                 await asyncio.sleep(0)
-            if self._predecode is not None and not busy.done() and not self._stopping:
-                self._predecode(self._buffer.peek(self._batching.max_size))
         finally:
             await busy
+
+    def _decode_ahead(self, ahead: int, busy: asyncio.Future) -> int:
+        if self._predecode is None or busy.done() or self._stopping:
+            return ahead
+        fetched = self._buffer.peek_from(ahead, self._batching.max_size)
+        if fetched:
+            self._predecode(fetched, ahead)
+        return ahead + len(fetched)
 
     # ------------------------------------------------------------------ one batch
 
