@@ -44,6 +44,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _LOGGED_DEAD_LETTERS = 20  # per batch, one line each; the rest in one line
+_DECODE_AHEAD_MIN = 500  # messages handed to a strategy's predecode at once (fewer: decoded in the batch)
 
 
 class _Abandoned(Exception):
@@ -177,12 +178,17 @@ class ConsumerRunner:
             await busy
 
     def _decode_ahead(self, ahead: int, busy: asyncio.Future) -> int:
+        """Hand the next batch's messages fetched since `ahead` to predecode, once they are
+        `_DECODE_AHEAD_MIN` or complete the batch (a call per few messages would cost more
+        than decoding them in the batch); returns how many were handed over so far."""
         if self._predecode is None or busy.done() or self._stopping:
             return ahead
-        fetched = self._buffer.peek_from(ahead, self._batching.max_size)
-        if fetched:
-            self._predecode(fetched, ahead)
-        return ahead + len(fetched)
+        size = self._batching.max_size
+        fetched = min(len(self._buffer), size) - ahead
+        if fetched <= 0 or (fetched < _DECODE_AHEAD_MIN and ahead + fetched < size):
+            return ahead
+        self._predecode(self._buffer.peek_from(ahead, size), ahead)
+        return ahead + fetched
 
     # ------------------------------------------------------------------ one batch
 

@@ -33,8 +33,6 @@ class Recording:
 
     async def process(self, conn, batch):
         self.batches.append([m.offset for m in batch])
-        if len(self.batches) == 1:  # more arrives while the first batch commits
-            await asyncio.to_thread(produce, self.settings, self.topic, [f"late-{i}" for i in range(300)])
         await asyncio.sleep(0.5)
         return BatchResult()
 
@@ -42,7 +40,7 @@ class Recording:
 async def test_the_next_batch_is_handed_to_predecode_while_the_current_one_commits(migrated, pool):  # noqa: F811
     topic = new_topic(migrated)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    produce(migrated, topic, [f"early-{i}" for i in range(1500)])  # a backlog: the first two batches are full
+    produce(migrated, topic, [f"early-{i}" for i in range(2500)])  # a backlog: two full batches and a half
     strategy = Recording(migrated, topic)
     cfg = consumer_config(migrated, group, **{"session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
     runner = ConsumerRunner(pool, ConsumerSource(cfg, (topic,), group), strategy,
@@ -50,15 +48,16 @@ async def test_the_next_batch_is_handed_to_predecode_while_the_current_one_commi
     task = asyncio.create_task(runner.run())
     try:
         deadline = time.monotonic() + 30
-        while sum(map(len, strategy.batches)) < 1800 and time.monotonic() < deadline:
+        while sum(map(len, strategy.batches)) < 2500 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
     finally:
         runner.stop()
         await asyncio.wait_for(task, 15)
 
-    assert [len(b) for b in strategy.batches] == [1000, 800]
+    assert [len(b) for b in strategy.batches] == [1000, 1000, 500]
     decoded = [o for parts in strategy.begun for part in parts for o in part]
     assert len(decoded) == len(set(decoded))  # no message handed twice
-    # The second batch, fetched while the first committed (the rest of the backlog and what
-    # came during it), was handed over whole, in order, before it was processed.
-    assert [o for part in strategy.begun[0] for o in part] == strategy.batches[1]
+    # The second and third batches, fetched while the one before committed, were handed
+    # over whole, in order, in runs of at least 500 messages, before they were processed.
+    assert [[o for part in parts for o in part] for parts in strategy.begun] == strategy.batches[1:]
+    assert all(len(part) >= 500 for parts in strategy.begun for part in parts)
