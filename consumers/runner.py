@@ -164,12 +164,16 @@ class ConsumerRunner:
         `predecode(messages, start)` (pure CPU work, no I/O) decodes each run of the next
         batch's messages as it is fetched, while this batch's transaction is in PostgreSQL:
         when the consumer keeps up, the next batch is rarely full by the commit, and its
-        decoding would otherwise be on the path of every event to its transaction."""
+        decoding would otherwise be on the path of every event to its transaction. Under a
+        backlog (the buffer full when the batch is taken) the next batch is fetched and
+        decoded after the commit: overlapping them there cost the consumer more CPU per
+        event (docs/alerts.md#alert-lag) and saves no time when the cores are busy."""
+        backlog = not self._buffer.room(self._batching.max_size)
         busy = asyncio.ensure_future(self._process_next_batch())
         await asyncio.sleep(0)  # the batch is taken: from here on the buffer is the next one's
         ahead = 0  # messages of the next batch handed to predecode
         try:
-            while not busy.done() and not self._stopping and not self._kafka.paused \
+            while not backlog and not busy.done() and not self._stopping and not self._kafka.paused \
                     and (room := self._buffer.room(self._batching.max_size)):
                 await self._poll(room, 0.02)
                 ahead = self._decode_ahead(ahead, busy)
