@@ -5,8 +5,8 @@ commits (consumers/commit.py: effects, dead letters and offsets in one transacti
 fenced in PostgreSQL), retries, and serves rebalances through its Kafka thread
 (consumers/kafka_thread.py). docs/kafka.md tells the whole story.
 
-While a batch is committed the next one is fetched, so the fetch and the database round
-trip overlap; a rebalance can arrive mid-batch, and fencing keeps that safe. Backpressure
+While a batch is committed the next one is fetched (unless the batch was taken from a full
+buffer: a backlog), so the fetch and the database round trip overlap; a rebalance can arrive mid-batch, and fencing keeps that safe. Backpressure
 and transient errors are never dead-lettered: the batch rolls back, every assigned
 partition is paused, and the same batch is retried after a backoff during which the
 consumer keeps polling (heartbeats, rebalances). Any other exception from a strategy is a
