@@ -87,9 +87,9 @@ class FetchBuffer:
         if empty and self._messages:
             self.since = at
 
-    def peek_from(self, start: int, stop: int) -> list[Message]:
-        """The messages at positions `start` to `stop` (the next batch's, from `start`), left in the buffer."""
-        return self._messages[start:stop]
+    def peek(self, max_size: int) -> list[Message]:
+        """What `take(max_size)` would return now, left in the buffer."""
+        return self._messages[:max_size]
 
     def take(self, max_size: int) -> list[Message]:
         """The next batch: the oldest `max_size` messages."""

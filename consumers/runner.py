@@ -5,8 +5,8 @@ commits (consumers/commit.py: effects, dead letters and offsets in one transacti
 fenced in PostgreSQL), retries, and serves rebalances through its Kafka thread
 (consumers/kafka_thread.py). docs/kafka.md tells the whole story.
 
-While a batch is committed the next one is fetched (unless the batch was taken from a full
-buffer: a backlog), so the fetch and the database round trip overlap; a rebalance can arrive mid-batch, and fencing keeps that safe. Backpressure
+While a batch is committed the next one is fetched, so the fetch and the database round
+trip overlap; a rebalance can arrive mid-batch, and fencing keeps that safe. Backpressure
 and transient errors are never dead-lettered: the batch rolls back, every assigned
 partition is paused, and the same batch is retried after a backoff during which the
 consumer keeps polling (heartbeats, rebalances). Any other exception from a strategy is a
@@ -44,7 +44,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _LOGGED_DEAD_LETTERS = 20  # per batch, one line each; the rest in one line
-_DECODE_AHEAD_MIN = 500  # messages handed to a strategy's predecode at once (fewer: decoded in the batch)
 
 
 class _Abandoned(Exception):
@@ -67,7 +66,7 @@ class ConsumerRunner:
         self._pool = pool
         self._source = source
         self._strategy = strategy
-        self._predecode: Callable[[list[Message], int], None] | None = getattr(strategy, "predecode", None)
+        self._predecode: Callable[[list[Message]], None] | None = getattr(strategy, "predecode", None)
         self._batching = batching
         self._retry = retry
         self._dead_letters = dead_letters
@@ -160,39 +159,19 @@ class ConsumerRunner:
                 self._report_lag(data)
 
     async def _process_with_prefetch(self) -> None:
-        """Commit a batch while the Kafka thread fetches the next one; a strategy with a
-        `predecode(messages, start)` (pure CPU work, no I/O) decodes each run of the next
-        batch's messages as it is fetched, while this batch's transaction is in PostgreSQL:
-        when the consumer keeps up, the next batch is rarely full by the commit, and its
-        decoding would otherwise be on the path of every event to its transaction. Under a
-        backlog (the buffer full when the batch is taken) the next batch is fetched and
-        decoded after the commit: overlapping them there cost the consumer more CPU per
-        event (docs/alerts.md#alert-lag) and saves no time when the cores are busy."""
-        backlog = not self._buffer.room(self._batching.max_size)
+        """Commit a batch while the Kafka thread fetches the next one; once the next batch
+        is fetched, a strategy with a `predecode(batch)` (pure CPU work, no I/O) does it
+        while this batch's transaction is still in PostgreSQL."""
         busy = asyncio.ensure_future(self._process_next_batch())
-        await asyncio.sleep(0)  # the batch is taken: from here on the buffer is the next one's
-        ahead = 0  # messages of the next batch handed to predecode
         try:
-            while not backlog and not busy.done() and not self._stopping and not self._kafka.paused \
+            while not busy.done() and not self._stopping and not self._kafka.paused \
                     and (room := self._buffer.room(self._batching.max_size)):
                 await self._poll(room, 0.02)
-                ahead = self._decode_ahead(ahead, busy)
                 await asyncio.sleep(0)
+            if self._predecode is not None and not busy.done() and not self._stopping:
+                self._predecode(self._buffer.peek(self._batching.max_size))
         finally:
             await busy
-
-    def _decode_ahead(self, ahead: int, busy: asyncio.Future) -> int:
-        """Hand the next batch's messages fetched since `ahead` to predecode, once they are
-        `_DECODE_AHEAD_MIN` or complete the batch (a call per few messages would cost more
-        than decoding them in the batch); returns how many were handed over so far."""
-        if self._predecode is None or busy.done() or self._stopping:
-            return ahead
-        size = self._batching.max_size
-        fetched = min(len(self._buffer), size) - ahead
-        if fetched <= 0 or (fetched < _DECODE_AHEAD_MIN and ahead + fetched < size):
-            return ahead
-        self._predecode(self._buffer.peek_from(ahead, size), ahead)
-        return ahead + fetched
 
     # ------------------------------------------------------------------ one batch
 

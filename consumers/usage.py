@@ -14,32 +14,18 @@ marked as an error when the event is dead-lettered), at most 100 per batch.
 from __future__ import annotations
 
 import time
-from collections import deque
-from itertools import repeat
-from operator import add, is_
+from operator import is_
 
 import asyncpg
 from opentelemetry.trace import Span
 
 from billing.ops import tracing
 from billing.services import usage
-from consumers import usage_avro
 from consumers.batches import distinct_headers
 from consumers.runner import BatchResult, DeadLetter, Message
 from consumers.usage_payloads import decode_batch
 
 Decoded = tuple[list[usage.UsageEvent], list[int], list[DeadLetter]]
-
-
-class _Ahead:
-    """The parts of one batch decoded ahead, in order, and how many messages they cover."""
-
-    __slots__ = ("parts", "size", "strings")
-
-    def __init__(self) -> None:
-        self.parts: list[tuple[list[Message], Decoded]] = []
-        self.size = 0
-        self.strings = usage_avro.Strings()  # shared by the parts: the same values repeat
 
 
 class UsageStrategy:
@@ -49,57 +35,23 @@ class UsageStrategy:
     def __init__(self, limits: usage.UsageLimits, plans: usage.PlanCache):
         self.limits = limits  # from the settings (billing/bootstrap.py), as RecordUsage's
         self.plans = plans
-        # The batches decoded ahead (`predecode`): the next one, and the one in hand until
-        # its `process` takes its parts (the runner starts the next before that).
-        self._ahead: deque[_Ahead] = deque(maxlen=2)
+        # The next batch decoded ahead (`predecode`), with the messages it was decoded from.
+        self._ahead: tuple[list[Message], Decoded] | None = None
 
-    def predecode(self, messages: list[Message], start: int = 0) -> None:
-        """Decode ahead the part of the next batch from position `start`: the runner calls
-        this with each run of messages fetched for it, in order (`start` 0 begins a batch),
-        while the current batch's transaction is in PostgreSQL, so the decoding is off the
-        batches' critical path. Decoding is pure: a part stands for exactly the messages it
-        was decoded from; anything else (a part missing or failed, a message not the same)
-        is decoded again in `process`."""
-        if start == 0:
-            self._ahead.append(_Ahead())
-        elif not self._ahead or self._ahead[-1].size != start:
-            return  # a part before it is missing: the rest is decoded in `process`
-        ahead = self._ahead[-1]
+    def predecode(self, batch: list[Message]) -> None:
+        """Decode the next batch ahead: the runner calls this while the current batch's
+        transaction is in PostgreSQL. Decoding is pure, so the result stands for exactly
+        these messages; anything else (or any error) is decoded again in `process`."""
         try:
-            ahead.parts.append((messages, decode_batch(messages, ahead.strings)))
-        except Exception:  # noqa: BLE001 - process() decodes these again and raises it there
-            ahead.size = -1
-            return
-        ahead.size += len(messages)
+            self._ahead = (batch, decode_batch(batch))
+        except Exception:  # noqa: BLE001 - process() decodes again and raises it there
+            self._ahead = None
 
     def _decode(self, batch: list[Message]) -> Decoded:
-        """The batch decoded: from its parts decoded ahead, as far as they are exactly its
-        messages in order (each used once), the rest now."""
-        ahead = next((a for a in self._ahead if a.parts and a.parts[0][0][0] is batch[0]), None) if batch else None
-        if ahead is None:
-            return decode_batch(batch)
-        self._ahead.remove(ahead)
-        events: list[usage.UsageEvent] = []
-        positions: list[int] = []
-        dead: list[DeadLetter] = []
-        done = 0
-        for messages, decoded in ahead.parts:
-            n = len(messages)
-            if done + n > len(batch) or not all(map(is_, messages, batch[done:done + n])):
-                break
-            if done == 0 and n == len(batch):
-                return decoded
-            ev, pos, dl = decoded
-            events += ev
-            positions += map(add, pos, repeat(done)) if done else pos
-            dead += dl
-            done += n
-        if done < len(batch):
-            ev, pos, dl = decode_batch(batch[done:], ahead.strings)
-            events += ev
-            positions += map(add, pos, repeat(done)) if done else pos
-            dead += dl
-        return events, positions, dead
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and len(ahead[0]) == len(batch) and all(map(is_, ahead[0], batch)):
+            return ahead[1]
+        return decode_batch(batch)
 
     async def process(self, conn: asyncpg.Connection, batch: list[Message]) -> BatchResult:
         spans = _event_spans(batch)

@@ -224,15 +224,12 @@ def _undecodable_detail(msg: Message) -> str:
 # ------------------------------------------------------------------ the batch
 
 
-def decode_batch(batch: list[Message], strings: usage_avro.Strings | None = None,
-                 ) -> tuple[list[UsageEvent], list[int], list[DeadLetter]]:
+def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], list[DeadLetter]]:
     """Decode a batch: (events, position in `batch` of each event, dead letters), all in
-    batch order. `strings`: the cache of repeated values to share between the parts of one
-    batch decoded apart (consumers/usage.py, `predecode`)."""
+    batch order."""
     # The usual Avro record, read by hand; the rest (and any doubt) goes to the codec.
     fast = usage_avro.decode
-    if strings is None:
-        strings = usage_avro.Strings()
+    strings = usage_avro.Strings()
     values = list(map(_VALUE, batch))
     # The usual batch: every value bytes and read by hand, in one C-level pass over them.
     first: list[UsageEvent | None] | None = None
