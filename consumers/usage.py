@@ -35,22 +35,28 @@ class UsageStrategy:
     def __init__(self, limits: usage.UsageLimits, plans: usage.PlanCache):
         self.limits = limits  # from the settings (billing/bootstrap.py), as RecordUsage's
         self.plans = plans
-        # The next batch decoded ahead (`predecode`), with the messages it was decoded from.
-        self._ahead: tuple[list[Message], Decoded] | None = None
+        # Batches decoded ahead (`predecode`), each with the messages it was decoded from:
+        # at most two, since the runner may decode the batch after next before the batch it
+        # has just taken reaches `process` (its transaction opens first).
+        self._ahead: list[tuple[list[Message], Decoded]] = []
 
     def predecode(self, batch: list[Message]) -> None:
         """Decode the next batch ahead: the runner calls this while the current batch's
         transaction is in PostgreSQL. Decoding is pure, so the result stands for exactly
         these messages; anything else (or any error) is decoded again in `process`."""
         try:
-            self._ahead = (batch, decode_batch(batch))
+            decoded = decode_batch(batch)
         except Exception:  # noqa: BLE001 - process() decodes again and raises it there
-            self._ahead = None
+            return
+        self._ahead = [*self._ahead[-1:], (batch, decoded)]
 
     def _decode(self, batch: list[Message]) -> Decoded:
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and len(ahead[0]) == len(batch) and all(map(is_, ahead[0], batch)):
-            return ahead[1]
+        """The batch's decoding ahead if there is one for exactly these messages (used once,
+        with any older one), else decoded now."""
+        for i, (messages, decoded) in enumerate(self._ahead):
+            if len(messages) == len(batch) and all(map(is_, messages, batch)):
+                del self._ahead[:i + 1]
+                return decoded
         return decode_batch(batch)
 
     async def process(self, conn: asyncpg.Connection, batch: list[Message]) -> BatchResult:

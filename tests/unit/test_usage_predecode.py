@@ -17,7 +17,7 @@ def test_a_batch_decoded_ahead_is_used_once_for_the_same_messages():
     strategy = UsageStrategy(UsageLimits(), PlanCache())
     batch = _batch(5)
     strategy.predecode(batch)
-    ahead = strategy._ahead[1]
+    ahead = strategy._ahead[0][1]
     taken = list(batch)  # the runner takes a new list of the same messages
     assert strategy._decode(taken) is ahead
     events, positions, dead = ahead
@@ -47,4 +47,24 @@ def test_a_failed_decode_ahead_leaves_nothing_behind(monkeypatch):
 
     monkeypatch.setattr("consumers.usage.decode_batch", broken)
     strategy.predecode(_batch(2))
-    assert strategy._ahead is None
+    assert strategy._ahead == []
+
+
+def test_the_batch_after_next_decoded_before_the_taken_one_is_processed_keeps_both(monkeypatch):
+    """The runner takes batch 1 and, while its transaction opens, fetches and decodes batch 2:
+    batch 1 still uses its own decoding ahead, and batch 2 its own after it; nothing is
+    decoded twice."""
+    strategy = UsageStrategy(UsageLimits(), PlanCache())
+    first, second = _batch(3), _batch(3, first=10)
+    strategy.predecode(first)
+    strategy.predecode(second)
+    calls = []
+    real = __import__("consumers.usage", fromlist=["decode_batch"]).decode_batch
+    monkeypatch.setattr("consumers.usage.decode_batch", lambda b: calls.append(b) or real(b))
+    assert [as_event(e).event_id for e in strategy._decode(list(first))[0]] == ["evt-0", "evt-1", "evt-2"]
+    assert [as_event(e).event_id for e in strategy._decode(list(second))[0]] == ["evt-10", "evt-11", "evt-12"]
+    assert calls == [] and strategy._ahead == []
+    third = _batch(2, first=20)
+    for b in (first, second, third):  # at most two are kept: the oldest goes
+        strategy.predecode(b)
+    assert [m for m, _ in strategy._ahead] == [second, third]
