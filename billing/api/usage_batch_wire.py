@@ -10,18 +10,18 @@ against the messages in tests/unit/test_usage_batch_wire.py).
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import grpc
 
 from billing.api.convert import optional_time, timestamp
+from billing.domain.periods import to_us
 from billing.services.errors import ValidationError
 from billing.services.usage_batch import MAX_EVENTS, BatchInput, BatchOutcome
 from billing.v1 import billing_pb2 as pb
 from billing.v1 import billing_pb2_grpc
 
-_UTC_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_YEAR_9001 = int((datetime(9001, 1, 1, tzinfo=timezone.utc) - _UTC_EPOCH).total_seconds())  # optional_time's bound
+_YEAR_9001 = to_us(datetime(9001, 1, 1, tzinfo=timezone.utc)) // 1_000_000  # optional_time's bound
 _NO_PROPERTIES: dict[str, str] = {}  # shared by the events without any: read, never written
 METHOD = "RecordUsageBatch"
 
@@ -48,7 +48,7 @@ def batch_input(events) -> BatchInput:
             except ValidationError as exc:
                 raise ValidationError(f"events[{i}].occurred_at", exc.message) from None
             assert at is not None
-            add((at - _UTC_EPOCH) // timedelta(microseconds=1))
+            add(to_us(at))
     return BatchInput([e.event_id for e in events], [e.subscription_id for e in events],
                       [e.metric_code for e in events], [e.quantity for e in events], times,
                       [dict(p) if len(p := e.properties) else _NO_PROPERTIES for e in events])

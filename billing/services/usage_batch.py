@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import partial
 from itertools import repeat
 
@@ -34,7 +34,6 @@ OPERATION = "RecordUsageBatch"
 MAX_EVENTS = 1000
 # google.rpc.Code of each kind of refusal, as RecordUsage would answer it.
 _CODES = {"invalid": 3, "not_found": 5, "precondition": 9}
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _event = partial(tuple.__new__, UsageEvent)
 
 
@@ -85,7 +84,7 @@ def utc_texts(times: list[int | None]) -> list[str | None]:
         s, frac = divmod(us, 1_000_000)
         text = seconds.get(s)
         if text is None:
-            text = seconds[s] = (_EPOCH + timedelta(seconds=s)).isoformat()[:-6]
+            text = seconds[s] = from_us(s * 1_000_000).isoformat()[:-6]
         out.append(f"{text}.{frac:06d}+00:00" if frac else f"{text}+00:00")
     return out
 
