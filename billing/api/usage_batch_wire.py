@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 import grpc
 
 from billing.api.convert import optional_time, timestamp
+from billing.varint import varint
 from billing.domain.periods import to_us
 from billing.services.errors import ValidationError
 from billing.services.usage_batch import MAX_EVENTS, BatchInput, BatchOutcome
@@ -54,23 +55,9 @@ def batch_input(events) -> BatchInput:
                       [dict(p) if len(p := e.properties) else _NO_PROPERTIES for e in events])
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_SMALL = [_varint(n) for n in range(1 << 14)]  # every length a field of an outcome may have, and more
 # UsageEventOutcome.index (field 1, varint; 0 is not written, as protobuf writes it).
-_INDEX = [b""] + [b"\x08" + _varint(i) for i in range(1, MAX_EVENTS)]
+_INDEX = [b""] + [b"\x08" + varint(i) for i in range(1, MAX_EVENTS)]
 _DUPLICATE = pb.RecordUsageResponse(duplicate=True).SerializeToString()
-
-
-def _length(n: int) -> bytes:
-    return _SMALL[n] if n < 16384 else _varint(n)
 
 
 def encode_response(done: BatchOutcome) -> bytes:
@@ -81,7 +68,7 @@ def encode_response(done: BatchOutcome) -> bytes:
                for s, e in done.periods]
     errors = done.errors
     ids, duplicate = done.event_ids, done.duplicate
-    index = _INDEX if len(ids) <= MAX_EVENTS else _INDEX + [b"\x08" + _varint(i) for i in range(MAX_EVENTS, len(ids))]
+    index = _INDEX if len(ids) <= MAX_EVENTS else _INDEX + [b"\x08" + varint(i) for i in range(MAX_EVENTS, len(ids))]
     parts: list[bytes] = []
     add = parts.append
     for i, p in enumerate(done.period):
@@ -92,9 +79,9 @@ def encode_response(done: BatchOutcome) -> bytes:
         else:
             eid = ids[i].encode()
             # RecordUsageResponse: duplicate (1), event_id (2), the period (3, 4).
-            recorded = (_DUPLICATE if duplicate[i] else b"") + b"\x12" + _length(len(eid)) + eid + periods[p]
-            body = index[i] + b"\x12" + _length(len(recorded)) + recorded
-        add(b"\x0a" + _length(len(body)) + body)
+            recorded = (_DUPLICATE if duplicate[i] else b"") + b"\x12" + varint(len(eid)) + eid + periods[p]
+            body = index[i] + b"\x12" + varint(len(recorded)) + recorded
+        add(b"\x0a" + varint(len(body)) + body)
     rejected = len(errors)
     dups = sum(duplicate)
     add(pb.RecordUsageBatchResponse(recorded=len(ids) - rejected - dups, duplicates=dups,
