@@ -50,8 +50,9 @@ class EventInput:
 @dataclass
 class BatchInput:
     """A batch's events as columns, one entry per event in request order. `occurred_us`:
-    None when the time is missing. `occurred_text`: the times as the request's digest
-    writes them (`datetime.isoformat()`); None: UTC, from `occurred_us`."""
+    None when the time is missing. `properties`: dicts the batch only reads (the stored events
+    keep them as they are). `occurred_text`: the times as the request's digest writes them
+    (`datetime.isoformat()`); None: UTC, from `occurred_us`."""
 
     event_ids: list[str]
     subscription_ids: list[str]
@@ -199,7 +200,7 @@ def new_batch_call(caller: Caller, request_id: str, events: list[EventInput] | B
     payload = [{"event_id": e, "metric_code": m, "occurred_at": t, "properties": p, "quantity": q,
                 "subscription_id": s} for e, s, m, q, t, p in zip(ids, subs, metrics, quantities, texts, props)]
     tenant = str(caller.tenant_id)
-    kept = [dict(p) if p else None for p in props]
+    kept = [p or None for p in props]  # read, never written: the dicts the request was read into
     refused: dict[int, EventError] = {}
     if all(ids) and None not in times and not any(len(p) > MAX_PROPERTIES for p in props if p):
         valid = list(range(n))
