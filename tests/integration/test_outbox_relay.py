@@ -527,7 +527,7 @@ async def test_oversized_rows_are_parked_other_keys_flow_same_key_held_until_rel
 
     # Other keys keep flowing, the relay is alive, and the parked row is not retried.
     more = [await insert(admin_conn, tb, stream, b"k1", b"later %d" % i) for i in range(5)]
-    await all_published(admin_conn, more, timeout=5)
+    await all_published(admin_conn, more, timeout=15)
     await asyncio.sleep(1.5)
     assert len(parks) == 3 and relay.is_leader and not relays.task(relay).done()
     async with relays.pool.acquire() as conn:
@@ -551,7 +551,7 @@ async def test_oversized_rows_are_parked_other_keys_flow_same_key_held_until_rel
 
     async def parked_again():
         return (await park_state(admin_conn, [client_big]))[client_big][1] is not None
-    await wait_until(parked_again, 10)
+    await wait_until(parked_again, 20)
     assert len(parks) == 4
     msgs = [m for m in read_all(migrated, topic) if m.key == b"poison"]
     assert [m.outbox_id for m in sorted(msgs, key=lambda m: m.offset)] == [broker_big] + behind
