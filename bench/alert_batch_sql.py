@@ -119,6 +119,11 @@ async def run(pg: LocalPostgres, args) -> str:
                                   None))
         return out
 
+    if args.without_thresholds:  # the same statement without the thresholds' CTEs: their share
+        async def plain(conn, tenant_id, b, want_ids=False):
+            inserted, late, ids = await usage_store.insert_batch(conn, tenant_id, b, want_ids)
+            return usage_store.Stored(inserted, late, ids, [], [])
+        usage_store.store_batch = plain
     timers = Timers()
     # the batch's statement (the thresholds' CTEs in it), and what runs after it
     timers.wrap(usage_store, "store_batch", "events")
@@ -182,6 +187,8 @@ def main() -> int:
     parser.add_argument("--subscriptions", type=int, default=1000)
     parser.add_argument("--alert-subscriptions", type=int, default=100)
     parser.add_argument("--step", type=int, default=4)
+    parser.add_argument("--without-thresholds", action="store_true",
+                        help="store without judging thresholds (no alerts): what judging them costs")
     args = parser.parse_args()
     pg = LocalPostgres(Path(tempfile.mkdtemp(prefix="bench-alert-batch-")) / "pg", free_port())
     pg.start()

@@ -92,7 +92,8 @@ _AMOUNT_COLUMNS = """th.id, s.id as subscription_id, th.plan_id is not null as p
                   s.test_clock_id,
                   (select c.frozen_time from test_clocks c where c.tenant_id = $1 and c.id = s.test_clock_id)
                       as clock_now,
-                  s.current_period_start = any(b.starts) as added"""
+                  exists (select 1 from totals u where u.subscription_id = s.id
+                                                   and u.period_start = s.current_period_start) as added"""
 BATCH_CTES = f""", scoped as (
     select u.subscription_id as sub, u.metric_code as metric, u.period_start, u.period_end, th.id, th.value,
            th.recurring, false as plan_level, {_QUANTITY} as quantity
@@ -134,7 +135,7 @@ BATCH_CTES = f""", scoped as (
     on conflict do nothing
     returning threshold_id, subscription_id, period_start, crossed_at
 ), batch_subs as (
-    select subscription_id, array_agg(period_start) as starts from totals group by subscription_id
+    select distinct subscription_id from totals
 ), amount_probe as (
     select {_AMOUNT_COLUMNS}
       from batch_subs b
