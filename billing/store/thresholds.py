@@ -69,10 +69,11 @@ list_plan_page = _page_of("plan_id")
 # (subscription, metric, period) total the batch changed with its new values, so the
 # thresholds are judged on exactly the keys that got usage, with no second read of the
 # totals and no round trip of their own. `crossed`: the live quantity thresholds of those
-# keys - the subscription's own and its current plan's - whose total now reaches them, each
-# recorded as crossed for that subscription (ON CONFLICT DO NOTHING: a crossing already
-# recorded, by an earlier batch, a replay or a concurrent transaction, comes back as
-# nothing). The thresholds of a key are a LATERAL probe of usage_thresholds_by_subscription
+# keys - the subscription's own and its current plan's - whose total now reaches them and
+# that have no crossing recorded (an index probe: most reached thresholds were crossed by an
+# earlier batch, and a probe costs less than the insert's conflict), each recorded as crossed
+# for that subscription (ON CONFLICT DO NOTHING: a concurrent transaction may record it
+# meanwhile; `recorded` is what this statement actually inserted). The thresholds of a key are a LATERAL probe of usage_thresholds_by_subscription
 # (offset 0 keeps it one probe per key whatever the statistics: a joined form's generic plan
 # once walked every threshold of the tenant for every key); the plan branch runs only when
 # the tenant has a live plan threshold (one probe of usage_thresholds_by_plan). A one-off
