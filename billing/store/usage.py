@@ -32,7 +32,9 @@ from billing.store import thresholds
 # in key order, so two transactions of a tenant storing the same ids or totals wait on each
 # other in one order, never in a cycle (docs/usage.md, "Lock order"). Times travel as
 # integer microseconds and quantities as text, converted here. A late event's
-# late_usage_pending row is written by a trigger (migration 015), not here.
+# late_usage_pending row is written by a trigger (migration 015), not here. The ingest path's
+# form (`store_batch`) also judges the thresholds of the totals it changed, in the same
+# statement (store/thresholds.BATCH_CTES, docs/alerts.md).
 STAGING_TABLE = """
 create temp table if not exists usage_staging (
     event_id text, subscription_id uuid, metric_code text, quantity text, occurred_us bigint, start_us bigint,
