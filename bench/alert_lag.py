@@ -73,6 +73,24 @@ def wait_assigned(http_port: int, group: str = "billing-usage", timeout_s: float
     raise RuntimeError(f"the consumer group {group} got no partitions within {timeout_s:.0f}s")
 
 
+async def statements_per_batch(dsn: str) -> str:
+    """The top statements by total time (pg_stat_statements), per usage batch: the offsets'
+    upsert counts the batches."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "select calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 100) as q "
+            "from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database()) "
+            "order by total_exec_time desc limit 12")
+        batches = await conn.fetchval(
+            "select max(calls) from pg_stat_statements where query ilike '%insert into consumer_offsets%'") or 1
+    finally:
+        await conn.close()
+    lines = [f"statements per usage batch ({batches} batches): ms, calls, query"]
+    lines += [f"{r['total_exec_time'] / batches:8.2f} {r['calls'] / batches:6.2f} {r['q']}" for r in rows]
+    return "\n".join(lines)
+
+
 class AlertProbe:
     def __init__(self, settings: Settings, tenant_id: str, subs: list[str], step: int, rate: float):
         self.settings = settings

@@ -30,9 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import asyncpg
-
-from bench.alert_lag import AlertProbe, histogram_means, wait_assigned
+from bench.alert_lag import AlertProbe, histogram_means, statements_per_batch, wait_assigned
 from bench.cpu import CpuMeter, postmaster_pid
 from bench.entitlements import log, setup_tenant
 from bench.fixtures import run_sql, stop_processes, stop_stack
@@ -41,23 +39,6 @@ from billing.config import Settings
 from billing.devstack import LocalStack, free_port
 from billing.kafka import ensure_topics
 from billing.store.migrations import migrate
-
-
-async def _statements(dsn: str) -> str:
-    """The top statements by total time, per usage batch (the offsets' upsert counts them)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        rows = await conn.fetch(
-            "select calls, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 100) as q "
-            "from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database()) "
-            "order by total_exec_time desc limit 12")
-        batches = await conn.fetchval(
-            "select max(calls) from pg_stat_statements where query ilike '%insert into consumer_offsets%'") or 1
-    finally:
-        await conn.close()
-    lines = [f"statements per usage batch ({batches} batches): ms, calls, query"]
-    lines += [f"{r['total_exec_time'] / batches:8.2f} {r['calls'] / batches:6.2f} {r['q']}" for r in rows]
-    return "\n".join(lines)
 
 
 def main() -> int:
@@ -109,7 +90,7 @@ def main() -> int:
                                                     "billing_consumer_batch_age_seconds")),
                     **histogram_means(roles[1][1], ("billing_outbox_delivery_delay_seconds",))}
         if args.statements:
-            log(asyncio.run(_statements(su)))
+            log(asyncio.run(statements_per_batch(su)))
         probe.stop_reader()
         asyncio.run(probe.load_commit_times())
         log(probe.stage_line("alone") + f"\nmeans (ms) of the roles' histograms: {means_ms}")

@@ -66,9 +66,9 @@ from pathlib import Path
 import asyncpg
 
 from bench import ghz, grpc_floor
-from bench.alert_lag import AlertProbe, histogram_means, wait_assigned
+from bench.alert_lag import AlertProbe, histogram_means, statements_per_batch, wait_assigned
 from bench.cpu import CpuMeter, kafka_pid, postmaster_pid
-from bench.fixtures import copy_rows, stop_processes, stop_stack
+from bench.fixtures import copy_rows, run_sql, stop_processes, stop_stack
 from bench.load import high_watermark, percentile, start_role, stored_offsets, wait_ready
 from billing.config import Settings
 from billing.devstack import LocalStack, free_port
@@ -247,6 +247,8 @@ def main() -> int:
                         help="how long to wait for the alerts still due after the load (default 120)")
     parser.add_argument("--nice", type=int, default=0,
                         help="CPU niceness of the usage role and the load generator; the api keeps 0 (default 0)")
+    parser.add_argument("--statements", action="store_true",
+                        help="pg_stat_statements under ingestion: the top statements per usage batch, on stderr")
     parser.add_argument("--floor", action="store_true",
                         help="only the grpc.aio floor: a trivial server under the same ghz load (bench/grpc_floor.py)")
     grpc_floor.add_arguments(parser)
@@ -261,7 +263,9 @@ def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="bench-entitlements-"))
     stack = LocalStack.create(state, pg_port=free_port(), kafka_port=free_port(), controller_port=free_port(),
                               kafka_version=base.kafka_version, kafka_cache_dir=base.kafka_cache_dir)
-    stack.postgres.extra_options = "-c track_commit_timestamp=on"  # the alert lag's stages (bench/alert_lag.py)
+    # the alert lag's stages (bench/alert_lag.py); --statements: the batch's statements
+    stack.postgres.extra_options = "-c track_commit_timestamp=on" + (
+        " -c shared_preload_libraries=pg_stat_statements" if args.statements else "")
     log(f"starting the local stack in {state}")
     stack.start()
     settings = Settings(**{k.removeprefix("BILLING_").lower(): v for k, v in stack.env().items()})
@@ -329,10 +333,16 @@ def main() -> int:
         probing = threading.Thread(target=probe.run, args=(args.seconds + 3, "ingest"), daemon=True)
         probing.start()
         time.sleep(3)  # ingestion at its steady state before the clock starts
+        su = stack.postgres.superuser_url.rsplit("/", 1)[0] + "/billing"
+        if args.statements:
+            asyncio.run(run_sql(su, "create extension if not exists pg_stat_statements",
+                                "select pg_stat_statements_reset()"))
         marks0, offsets0, t0 = high_watermark(settings), asyncio.run(stored_offsets(settings)), time.perf_counter()
         loaded = run_phase(1, args.seconds)
         marks1, offsets1, t1 = high_watermark(settings), asyncio.run(stored_offsets(settings)), time.perf_counter()
         probing.join()
+        if args.statements:
+            log(asyncio.run(statements_per_batch(su)))
         producer.terminate()  # the bulk load stops; the alerts still due are waited for
         producer.wait(timeout=30)
         log(f"waiting up to {args.alert_drain_seconds:.0f}s for the alerts still due")

@@ -94,6 +94,8 @@ class BatchCommit:
                 fenced = await offset_store.store(conn, self._group, offsets, expected)  # 5
                 if fenced:
                     raise Fenced(fenced)
+                if hasattr(conn, "reset_with_commit"):  # a TenantConnection (store/db.py): the pool's
+                    conn.reset_with_commit()  # reset travels with COMMIT, no round trip on release
         self._limit.record(flags)  # 6: committed
         return Committed(offsets, dead, dict(result.counters), time.perf_counter() - started)
 

@@ -21,7 +21,6 @@ from decimal import Decimal
 
 import asyncpg
 
-from billing.domain.periods import to_us
 from billing.domain.plan_storage import plan_from_dict
 from billing.domain.plans import PlanSpec
 from billing.domain.progressive import running_lines, threshold_invoice
@@ -65,19 +64,19 @@ async def _plan(conn: asyncpg.Connection, tenant_id: uuid.UUID, plan_id: uuid.UU
     return spec
 
 
-async def check(conn: asyncpg.Connection, tenant_id: uuid.UUID,
-                touched: set[tuple[uuid.UUID, int]]) -> list[AmountCrossing]:
-    """The amount thresholds newly crossed by a batch that added usage to these (subscription,
-    period start in microseconds) keys, recorded, with their threshold invoices written."""
-    rows = await store.amount_thresholds(conn, tenant_id, sorted({sub for sub, _ in touched}))
-    by_sub: dict[uuid.UUID, list[asyncpg.Record]] = {}
+async def check(conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: list[dict]) -> list[AmountCrossing]:
+    """The amount thresholds newly crossed by a batch, recorded, with their threshold invoices
+    written. `rows`: the live amount thresholds of the batch's subscriptions, in subscription
+    order, each with `added` (the batch added usage to the subscription's current period), as
+    the batch's statement read them (store/thresholds.AMOUNT_FIELDS)."""
+    by_sub: dict[uuid.UUID, list[dict]] = {}
     for r in rows:
         by_sub.setdefault(r["subscription_id"], []).append(r)
     out: list[AmountCrossing] = []
     for sub_id, ths in by_sub.items():  # in subscription order: the advisory locks too
         first = ths[0]
         start, end = first["current_period_start"], first["current_period_end"]
-        if first["status"] not in _PRICED or start is None or (sub_id, to_us(start)) not in touched:
+        if first["status"] not in _PRICED or start is None or not first["added"]:
             continue  # a late event of a closed period: billed as late usage, not here
         invoicing = any(th["invoice_on_cross"] for th in ths)
         if invoicing:
@@ -101,7 +100,7 @@ async def check(conn: asyncpg.Connection, tenant_id: uuid.UUID,
     return out
 
 
-async def _invoice(conn: asyncpg.Connection, tenant_id: uuid.UUID, th: asyncpg.Record, lines: list[Line],
+async def _invoice(conn: asyncpg.Connection, tenant_id: uuid.UUID, th: dict, lines: list[Line],
                    start: datetime, end: datetime, currency: str) -> uuid.UUID | None:
     """The threshold invoice of a crossing: the running amount less what the period's threshold
     invoices charged; None when that leaves nothing to charge."""

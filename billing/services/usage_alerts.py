@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from operator import itemgetter
 
 import asyncpg
 
@@ -25,22 +24,21 @@ from billing.domain.thresholds import alert_id
 from billing.ops.metrics import USAGE_ALERTS
 from billing.services import amount_thresholds
 from billing.store import outbox
-from billing.store import thresholds as store
+from billing.store import usage as usage_store
 from billing.store.db import json_text
 
 STREAM = Stream.USAGE_ALERTS
 _CONTENT_TYPE = codec.content_type(codec.Schema.USAGE_ALERT)
-_SUB_METRIC_START = itemgetter(1, 2, 5)  # of a staging row (usage_store.Batch.rows)
 
 
-async def after_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, rows: list[tuple]) -> int:
-    """Record and announce the thresholds crossed by a tenant's batch just stored; `rows`
-    are its staging rows (usage_store.Batch.rows). Returns how many alerts were written.
-    Quantity thresholds: one statement. Amount thresholds: one probe, and the pricing of the
-    batch's subscriptions that have any (services/amount_thresholds.py)."""
-    touched = list(set(map(_SUB_METRIC_START, rows)))
-    crossed = await store.record_crossings(conn, tenant_id, touched)
-    amounts = await amount_thresholds.check(conn, tenant_id, {(sub, start) for sub, _, start in touched})
+async def after_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, stored: usage_store.Stored) -> int:
+    """Announce the thresholds crossed by a tenant's batch just stored: the quantity
+    thresholds its statement recorded as crossed (store/usage.store_batch), and the amount
+    thresholds of its subscriptions, priced and recorded here (services/amount_thresholds.py).
+    Returns how many alerts were written."""
+    crossed = stored.crossings
+    amounts = await amount_thresholds.check(conn, tenant_id, stored.amount_thresholds) \
+        if stored.amount_thresholds else []
     if not crossed and not amounts:
         return 0
     out: list[tuple[str, bytes | None, bytes, str]] = []

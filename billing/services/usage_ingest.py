@@ -155,12 +155,12 @@ async def store(conn: asyncpg.Connection, result: IngestResult, *, drop: frozens
             rows.keep(lambda i: i not in drop)
         if rows:
             await set_tenant(conn, tenant)
-            inserted, late_inserted, ids = await usage_store.insert_batch(conn, tenant, rows, want_ids=want_ids)
-            if inserted:  # nothing folded, nothing crossed (docs/alerts.md)
-                await usage_alerts.after_batch(conn, tenant, rows.rows)
-            result.inserted += inserted
-            result.late += late_inserted
-            result.inserted_ids.update(ids)
+            stored = await usage_store.store_batch(conn, tenant, rows, want_ids=want_ids)
+            if stored.inserted:  # nothing folded, nothing crossed (docs/alerts.md)
+                await usage_alerts.after_batch(conn, tenant, stored)
+            result.inserted += stored.inserted
+            result.late += stored.late
+            result.inserted_ids.update(stored.ids)
     result.pending.clear()
 
 

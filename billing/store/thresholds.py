@@ -64,83 +64,125 @@ list_page = _page_of("subscription_id")
 list_plan_page = _page_of("plan_id")
 
 
-# ONE statement per tenant of a usage batch, after its totals are folded: the live quantity
-# thresholds of the touched (subscription, metric, period) keys - the subscription's own and
-# its current plan's - whose total now reaches them, each recorded as crossed for that
-# subscription (ON CONFLICT DO NOTHING: a crossing already recorded, by an earlier batch, a
-# replay or a concurrent transaction, returns nothing). For a tenant with no thresholds it is
-# one probe of the partial index usage_thresholds_by_subscription per touched key, and one
-# probe of usage_thresholds_by_plan for the whole statement (the plan branch runs only when
-# the tenant has a live plan threshold). A one-off threshold is keyed on the epoch
-# (ONCE_KEY), so it is recorded once ever per subscription; DISTINCT ON keeps two periods of
-# one batch from both claiming it. A subscription on a test clock crosses at its clock's time.
-_CROSSINGS = """
-with touched as (
-    select distinct u.sub, u.metric, timestamptz 'epoch' + u.start_us * interval '1 microsecond' as period_start
-      from unnest($2::uuid[], $3::text[], $4::bigint[]) as u(sub, metric, start_us)
-), scoped as (
-    select u.sub, u.metric, u.period_start, th.id, th.value, th.recurring, th.measure, false as plan_level
-      from touched u
+# The thresholds' part of a usage batch's ONE statement (store/usage.store_batch appends
+# these CTEs to it): `totals` is that statement's upsert of usage_totals, RETURNING each
+# (subscription, metric, period) total the batch changed with its new values, so the
+# thresholds are judged on exactly the keys that got usage, with no second read of the
+# totals and no round trip of their own. `crossed`: the live quantity thresholds of those
+# keys - the subscription's own and its current plan's - whose total now reaches them and
+# that have no crossing recorded (an index probe: most reached thresholds were crossed by an
+# earlier batch, and a probe costs less than the insert's conflict), each recorded as crossed
+# for that subscription (ON CONFLICT DO NOTHING: a concurrent transaction may record it
+# meanwhile; `recorded` is what this statement actually inserted). The thresholds of a key are a LATERAL probe of usage_thresholds_by_subscription
+# (offset 0 keeps it one probe per key whatever the statistics: a joined form's generic plan
+# once walked every threshold of the tenant for every key); the plan branch runs only when
+# the tenant has a live plan threshold (one probe of usage_thresholds_by_plan). A one-off
+# threshold is keyed on the epoch (ONCE_KEY), so it is recorded once ever per subscription;
+# DISTINCT ON keeps two periods of one batch from both claiming it. A subscription on a test
+# clock crosses at its clock's time. `amount_probe`: the live amount thresholds of the
+# batch's subscriptions, their own and their current plan's (only when the tenant has a
+# live plan-level amount threshold), with what pricing their period needs and whether the
+# batch added usage to their current period (services/amount_thresholds.py prices those).
+_KEY = "case when th.recurring then th.period_start else timestamptz 'epoch' end"
+_QUANTITY = """case th.measure when 'quantity_sum' then u.quantity_sum
+                           when 'event_count' then u.event_count::numeric
+                           when 'quantity_max' then u.quantity_max
+                           else u.latest_quantity end"""
+_AMOUNT_COLUMNS = """th.id, s.id as subscription_id, th.plan_id is not null as plan_level, th.value, th.recurring,
+                  th.invoice_on_cross, s.plan_id, s.status, s.current_period_start, s.current_period_end,
+                  s.test_clock_id,
+                  (select c.frozen_time from test_clocks c where c.tenant_id = $1 and c.id = s.test_clock_id)
+                      as clock_now,
+                  exists (select 1 from totals u where u.subscription_id = s.id
+                                                   and u.period_start = s.current_period_start) as added"""
+BATCH_CTES = f""", scoped as (
+    select u.subscription_id as sub, u.metric_code as metric, u.period_start, u.period_end, th.id, th.value,
+           th.recurring, false as plan_level, {_QUANTITY} as quantity
+      from totals u
      cross join lateral (
            select th.id, th.value, th.recurring, th.measure from usage_thresholds th
-            where th.tenant_id = $1 and th.subscription_id = u.sub and th.metric_code = u.metric
+            where th.tenant_id = $1 and th.subscription_id = u.subscription_id and th.metric_code = u.metric_code
               and th.deleted_at is null
            offset 0) th
     union all
-    select u.sub, u.metric, u.period_start, th.id, th.value, th.recurring, th.measure, true
-      from touched u
-      join subscriptions s on s.tenant_id = $1 and s.id = u.sub
+    select u.subscription_id, u.metric_code, u.period_start, u.period_end, th.id, th.value, th.recurring, true,
+           {_QUANTITY}
+      from totals u
+      join subscriptions s on s.tenant_id = $1 and s.id = u.subscription_id
      cross join lateral (
            select th.id, th.value, th.recurring, th.measure from usage_thresholds th
-            where th.tenant_id = $1 and th.plan_id = s.plan_id and th.metric_code = u.metric and th.deleted_at is null
+            where th.tenant_id = $1 and th.plan_id = s.plan_id and th.metric_code = u.metric_code
+              and th.deleted_at is null
            offset 0) th
      where exists (select 1 from usage_thresholds p
                     where p.tenant_id = $1 and p.plan_id is not null and p.deleted_at is null)
 ), hit as (
-    select distinct on (th.id, th.sub, case when th.recurring then tt.period_start else timestamptz 'epoch' end)
+    select distinct on (th.id, th.sub, {_KEY})
            th.id, th.sub as subscription_id, th.plan_level, th.metric as metric_code, th.value, th.recurring,
-           tt.period_start,
-           tt.period_end, case when th.recurring then tt.period_start else timestamptz 'epoch' end as key,
+           th.period_start, th.period_end, {_KEY} as key, th.quantity,
            case when exists (select 1 from test_clocks k where k.tenant_id = $1) then
                (select c.frozen_time from subscriptions s join test_clocks c on c.tenant_id = s.tenant_id
                                                                              and c.id = s.test_clock_id
-                 where s.tenant_id = $1 and s.id = th.sub) end as clock_now,
-           case th.measure when 'quantity_sum' then tt.quantity_sum
-                           when 'event_count' then tt.event_count::numeric
-                           when 'quantity_max' then tt.quantity_max
-                           else tt.latest_quantity end as quantity
+                 where s.tenant_id = $1 and s.id = th.sub) end as clock_now
       from scoped th
-      join usage_totals tt
-        on tt.tenant_id = $1 and tt.subscription_id = th.sub and tt.metric_code = th.metric
-       and tt.period_start = th.period_start
-     where case th.measure when 'quantity_sum' then tt.quantity_sum
-                           when 'event_count' then tt.event_count::numeric
-                           when 'quantity_max' then tt.quantity_max
-                           else tt.latest_quantity end >= th.value
-     order by th.id, th.sub, case when th.recurring then tt.period_start else timestamptz 'epoch' end,
-              tt.period_start
+     where th.quantity >= th.value
+       and not exists (select 1 from usage_threshold_crossings c
+                        where c.tenant_id = $1 and c.threshold_id = th.id and c.subscription_id = th.sub
+                          and c.period_start = {_KEY})
+     order by th.id, th.sub, {_KEY}, th.period_start
 ), recorded as (
     insert into usage_threshold_crossings (tenant_id, threshold_id, subscription_id, period_start, crossed_at)
     select $1, id, subscription_id, key, coalesce(clock_now, now()) from hit
     on conflict do nothing
     returning threshold_id, subscription_id, period_start, crossed_at
-)
-select h.id, h.subscription_id, h.plan_level, h.metric_code, h.value, h.recurring, h.period_start, h.period_end, h.key,
-       h.quantity, r.crossed_at
-  from hit h join recorded r
-    on r.threshold_id = h.id and r.subscription_id = h.subscription_id and r.period_start = h.key
- order by h.subscription_id, h.period_start, h.value, h.id
-"""
+), batch_subs as (
+    select distinct subscription_id from totals
+), amount_probe as (
+    select {_AMOUNT_COLUMNS}
+      from batch_subs b
+     cross join lateral (
+           select th.* from usage_thresholds th
+            where th.tenant_id = $1 and th.subscription_id = b.subscription_id and th.deleted_at is null
+              and th.measure = 'amount'
+           offset 0) th
+      join subscriptions s on s.tenant_id = $1 and s.id = th.subscription_id
+    union all
+    select {_AMOUNT_COLUMNS}
+      from batch_subs b
+      join subscriptions s on s.tenant_id = $1 and s.id = b.subscription_id
+      join usage_thresholds th on th.tenant_id = $1 and th.plan_id = s.plan_id and th.deleted_at is null
+                              and th.measure = 'amount'
+     where exists (select 1 from usage_thresholds p where p.tenant_id = $1 and p.plan_id is not null
+                                                   and p.deleted_at is null and p.measure = 'amount')
+)"""
+# The batch statement's last columns, arrays of anonymous records (tuples): `crossings`, the
+# quantity thresholds reached and not recorded before the statement (CROSSING_FIELDS);
+# `recorded`, the crossings it did record (RECORDED_FIELDS): a concurrent transaction may
+# have recorded one of the first meanwhile (ON CONFLICT DO NOTHING), so only those in both
+# are new (`new_crossings`); `amount_thresholds` (AMOUNT_FIELDS).
+CROSSING_FIELDS = ("id", "subscription_id", "plan_level", "metric_code", "value", "recurring", "period_start",
+                   "period_end", "key", "quantity")
+RECORDED_FIELDS = ("threshold_id", "subscription_id", "period_start", "crossed_at")
+AMOUNT_FIELDS = ("id", "subscription_id", "plan_level", "value", "recurring", "invoice_on_cross", "plan_id", "status",
+                 "current_period_start", "current_period_end", "test_clock_id", "clock_now", "added")
+BATCH_COLUMNS = f""",
+       array(select row({", ".join(CROSSING_FIELDS)}) from hit order by subscription_id, period_start, value, id)
+           as crossings,
+       array(select row({", ".join(RECORDED_FIELDS)}) from recorded) as recorded,
+       array(select row({", ".join(AMOUNT_FIELDS)}) from amount_probe order by subscription_id, value, id)
+           as amount_thresholds"""
 
 
-async def record_crossings(conn: asyncpg.Connection, tenant_id: uuid.UUID,
-                           touched: list[tuple[uuid.UUID, str, int]]) -> list[asyncpg.Record]:
-    """The quantity thresholds newly crossed by a batch that touched these (subscription,
-    metric, period start in microseconds) keys, recorded as crossed in the caller's transaction."""
-    if not touched:
-        return []
-    subs, metrics, starts = (list(c) for c in zip(*touched))
-    return await conn.fetch(_CROSSINGS, tenant_id, subs, metrics, starts)
+def new_crossings(crossings: list[tuple], recorded: list[tuple]) -> list[dict]:
+    """The crossings this batch recorded, in `crossings`' order, as dicts of CROSSING_FIELDS
+    and `crossed_at`."""
+    at = {(r[0], r[1], r[2]): r[3] for r in recorded}
+    out = []
+    for c in crossings:
+        crossed_at = at.get((c[0], c[1], c[8]))
+        if crossed_at is not None:
+            out.append({**dict(zip(CROSSING_FIELDS, c)), "crossed_at": crossed_at})
+    return out
 
 
 async def crossings_of(conn: asyncpg.Connection, tenant_id: uuid.UUID, threshold_id: uuid.UUID) -> list[asyncpg.Record]:
@@ -148,36 +190,6 @@ async def crossings_of(conn: asyncpg.Connection, tenant_id: uuid.UUID, threshold
         """select subscription_id, period_start, crossed_at from usage_threshold_crossings
             where tenant_id = $1 and threshold_id = $2 order by subscription_id, period_start""",
         tenant_id, threshold_id)
-
-
-_AMOUNT_COLUMNS = """th.id, s.id as subscription_id, th.plan_id is not null as plan_level, th.value, th.recurring,
-                  th.invoice_on_cross, s.plan_id, s.status, s.current_period_start, s.current_period_end,
-                  s.test_clock_id,
-                  (select c.frozen_time from test_clocks c where c.tenant_id = $1 and c.id = s.test_clock_id)
-                      as clock_now"""
-
-
-async def amount_thresholds(conn: asyncpg.Connection, tenant_id: uuid.UUID,
-                            subscription_ids: list[uuid.UUID]) -> list[asyncpg.Record]:
-    """The live amount thresholds of these subscriptions, their own (a probe of the partial
-    index usage_thresholds_amount per subscription) and their current plan's (only when the
-    tenant has a live plan-level amount threshold), with what pricing their period needs."""
-    return await conn.fetch(
-        f"""select {_AMOUNT_COLUMNS}
-              from usage_thresholds th
-              join subscriptions s on s.tenant_id = $1 and s.id = th.subscription_id
-             where th.tenant_id = $1 and th.subscription_id = any($2::uuid[]) and th.deleted_at is null
-               and th.measure = 'amount'
-            union all
-            select {_AMOUNT_COLUMNS}
-              from subscriptions s
-              join usage_thresholds th on th.tenant_id = $1 and th.plan_id = s.plan_id and th.deleted_at is null
-                                      and th.measure = 'amount'
-             where s.tenant_id = $1 and s.id = any($2::uuid[])
-               and exists (select 1 from usage_thresholds p where p.tenant_id = $1 and p.plan_id is not null
-                                                             and p.deleted_at is null and p.measure = 'amount')
-            order by subscription_id, value, id""",
-        tenant_id, subscription_ids)
 
 
 async def record_amount_crossings(conn: asyncpg.Connection, tenant_id: uuid.UUID, subscription_id: uuid.UUID,

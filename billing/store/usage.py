@@ -4,8 +4,12 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
+from functools import lru_cache
+from typing import NamedTuple
 
 import asyncpg
+
+from billing.store import thresholds
 
 # The batch is COPYed (binary) into a session-local staging table, then ONE statement reads
 # it, stores the events not seen before and folds exactly those into the totals (faster than
@@ -28,7 +32,9 @@ import asyncpg
 # in key order, so two transactions of a tenant storing the same ids or totals wait on each
 # other in one order, never in a cycle (docs/usage.md, "Lock order"). Times travel as
 # integer microseconds and quantities as text, converted here. A late event's
-# late_usage_pending row is written by a trigger (migration 015), not here.
+# late_usage_pending row is written by a trigger (migration 015), not here. The ingest path's
+# form (`store_batch`) also judges the thresholds of the totals it changed, in the same
+# statement (store/thresholds.BATCH_CTES, docs/alerts.md).
 STAGING_TABLE = """
 create temp table if not exists usage_staging (
     event_id text, subscription_id uuid, metric_code text, quantity text, occurred_us bigint, start_us bigint,
@@ -98,15 +104,18 @@ _STORE = """, sorted as materialized (
                                then excluded.latest_event_id else t.latest_event_id end,
         latest_at = greatest(t.latest_at, excluded.latest_at),
         updated_at = now()
-    returning 1
+    returning t.subscription_id, t.metric_code, t.period_start, t.period_end, t.quantity_sum, t.event_count,
+              t.quantity_max, t.latest_quantity
 )
 select (select count(*) from new) as inserted,
        (select count(*) from new where late) as late,
-       (select count(*) from totals) as totals
-"""
+       (select count(*) from totals) as totals"""
+_TOTALS = "(select count(*) from totals) as totals"
+
 
 _INSERT_BATCH = _INPUT + _NEW_ON_CONFLICT + _STORE
 _MERGE_BATCH = _INPUT + _NEW_MERGE + _STORE
+
 # A batch of at least this many rows takes the MERGE form (its savepoint costs two round
 # trips, which only a large batch repays).
 MERGE_MIN_ROWS = 1000
@@ -161,18 +170,59 @@ class Batch:
 
 # The same, also returning the ids inserted (RecordUsage tells each call whether it was a duplicate).
 def _with_ids(sql: str) -> str:
-    return sql.replace("(select count(*) from totals) as totals", "(select count(*) from totals) as totals,\n"
-                       "       array(select event_id from new) as ids")
+    return sql.replace(_TOTALS, _TOTALS + ",\n       array(select event_id from new) as ids")
 
 
 _INSERT_BATCH_IDS = _with_ids(_INSERT_BATCH)
 _MERGE_BATCH_IDS = _with_ids(_MERGE_BATCH)
+_RESULT = "\nselect (select count(*) from new) as inserted"
+
+
+# The same, also judging the thresholds of the totals it changed (store/thresholds.BATCH_CTES):
+# the crossings it recorded and the amount thresholds to price come back with the counts.
+@lru_cache(maxsize=8)
+def _with_thresholds(sql: str) -> str:
+    head, tail = sql.rsplit(_RESULT, 1)
+    return head + thresholds.BATCH_CTES + _RESULT + tail.replace(_TOTALS, _TOTALS + thresholds.BATCH_COLUMNS)
+
+
+def _statement(merge: bool, want_ids: bool, alerts: bool) -> str:
+    if merge:
+        sql = _MERGE_BATCH_IDS if want_ids else _MERGE_BATCH
+    else:
+        sql = _INSERT_BATCH_IDS if want_ids else _INSERT_BATCH
+    return _with_thresholds(sql) if alerts else sql
+
+
+class Stored(NamedTuple):
+    """What storing a batch did: events inserted, late among them, their ids (when asked),
+    and (`store_batch`) the quantity-threshold crossings it recorded and the amount
+    thresholds of its subscriptions (dicts: store/thresholds.new_crossings, AMOUNT_FIELDS)."""
+
+    inserted: int
+    late: int
+    ids: list[str]
+    crossings: list[dict]
+    amount_thresholds: list[dict]
 
 
 async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch,
                        want_ids: bool = False) -> tuple[int, int, list[str]]:
-    """(inserted, late among them, the inserted event ids if `want_ids`, else []).
-    `conn` is inside a transaction the caller owns."""
+    """(inserted, late among them, the inserted event ids if `want_ids`, else []), without
+    judging thresholds (the ingest path stores with `store_batch`). `conn` is inside a
+    transaction the caller owns."""
+    stored = await _store(conn, tenant_id, b, want_ids, False)
+    return stored.inserted, stored.late, stored.ids
+
+
+async def store_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch, want_ids: bool = False) -> Stored:
+    """Store the batch and, in the same statement, record the quantity thresholds its totals
+    crossed and read the amount thresholds of its subscriptions (docs/alerts.md). `conn` is
+    inside a transaction the caller owns."""
+    return await _store(conn, tenant_id, b, want_ids, True)
+
+
+async def _store(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch, want_ids: bool, alerts: bool) -> Stored:
     staged: _Staged | None = getattr(conn, "usage_staging", None)
     if staged is None:  # a connection not from the pools: it may hold anything
         await conn.execute(STAGING_TABLE)
@@ -190,13 +240,17 @@ async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch,
         # A savepoint by hand: the caller's transaction may not be asyncpg's own.
         await conn.execute(f"savepoint usage_merge; {_PROBE_PER_KEY}")
         try:
-            row = await conn.fetchrow(_MERGE_BATCH_IDS if want_ids else _MERGE_BATCH, tenant_id)
+            row = await conn.fetchrow(_statement(True, want_ids, alerts), tenant_id)
         except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError):
             await conn.execute("rollback to savepoint usage_merge")  # the staged rows are still there
         await conn.execute(f"release savepoint usage_merge; {_PROBE_RESET}")
     if row is None:
-        row = await conn.fetchrow(_INSERT_BATCH_IDS if want_ids else _INSERT_BATCH, tenant_id)
-    return row["inserted"], row["late"], row["ids"] if want_ids else []
+        row = await conn.fetchrow(_statement(False, want_ids, alerts), tenant_id)
+    if not alerts:
+        return Stored(row["inserted"], row["late"], row["ids"] if want_ids else [], [], [])
+    return Stored(row["inserted"], row["late"], row["ids"] if want_ids else [],
+                  thresholds.new_crossings(row["crossings"], row["recorded"]),
+                  [dict(zip(thresholds.AMOUNT_FIELDS, a)) for a in row["amount_thresholds"]])
 
 
 async def prepare_session(conn: asyncpg.Connection) -> None:
