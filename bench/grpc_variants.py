@@ -69,7 +69,32 @@ VARIANTS: dict[str, dict] = {
     "ours-interceptor": {"interceptor": "ours"},
     "ours-interceptor-uvloop": {"interceptor": "ours", "loop": "uvloop"},
     "sync-server": {"sync": True},
+    "sync-server-bridge": {"sync": True, "bridge": True},
+    "sync-server-bridge-uvloop": {"sync": True, "bridge": True, "loop": "uvloop"},
 }
+# grpcio 1.85's experiments that are plausibly on by default (names from its library; an
+# unknown or already-off name is harmless), off in two groups and all together.
+EE_EXPERIMENTS = ("event_engine_client", "event_engine_listener", "event_engine_for_all_other_endpoints",
+                  "event_engine_callback_cq", "event_engine_fork", "use_call_event_engine_in_completion_queue")
+OTHER_EXPERIMENTS = (
+    "buffer_list_deletion_prep", "call_tracer_in_transport", "callv3_batch_validation", "custom_frame_check",
+    "header_data_frame", "keep_alive_ping_timer_batch", "message_size_refactoring", "metadata_publish_to_app_tag",
+    "prioritize_finished_requests", "return_preexisting_errors", "tcp_frame_size_tuning", "tcp_rcv_lowat",
+    "call_tracer_send_initial_metadata_is_an_annotation", "call_tracer_send_trailing_metadata_is_an_annotation",
+    "fail_recv_metadata_on_deadline_exceeded", "fix_v3_filter_stack_server_side_ordering",
+    "h2_max_deallocating_streams_headroom", "metadata_outstanding_token_refactor", "promise_batch_cleanup_on_cancel",
+    "promise_filter_send_cancel_metadata", "recv_message_filter_bypass_fix", "schedule_cancellation_over_write",
+    "skip_clear_peer_on_cancellation", "v2_non_owning_waker_implementation", "free_large_allocator", "fuse_filters",
+    "pollset_alternative", "map_host_header_to_authority")
+
+
+def _off(names) -> dict:
+    return {"env": {"GRPC_EXPERIMENTS": ",".join("-" + n for n in names)}}
+
+
+VARIANTS.update({"experiments-event-engine-off": _off(EE_EXPERIMENTS), "experiments-others-off": _off(OTHER_EXPERIMENTS),
+                 "experiments-all-off": _off(EE_EXPERIMENTS + OTHER_EXPERIMENTS)})
+VARIANTS.update({f"experiment-off:{name}": _off((name,)) for name in EE_EXPERIMENTS})
 DEFAULT = tuple(VARIANTS)
 
 
@@ -181,15 +206,35 @@ async def _serve_aio(port: int, spec: dict) -> None:
     await server.wait_for_termination()
 
 
+def _bridged(answer, spec: dict):
+    """A synchronous handler that runs a coroutine on an event loop in a thread of its own and
+    waits for it: how the sync server would call our async services and asyncpg."""
+    import threading
+
+    if spec.get("loop") == "uvloop":
+        import uvloop  # type: ignore[import-not-found]
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    async def check():
+        return answer
+
+    return lambda request, context: asyncio.run_coroutine_threadsafe(check(), loop).result()
+
+
 def _serve_sync(port: int, spec: dict) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
 
     pb, answer = _answer()
+    behavior = (lambda request, context: answer) if not spec.get("bridge") else _bridged(answer, spec)
     server = grpc.server(ThreadPoolExecutor(max_workers=spec.get("workers", 50)),
                          options=BASE_OPTIONS + list(spec.get("options", ())))
-    server.add_generic_rpc_handlers((_handler_map(lambda request, context: answer, pb),))
+    server.add_generic_rpc_handlers((_handler_map(behavior, pb),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print("ready", flush=True)
