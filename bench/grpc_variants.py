@@ -95,6 +95,8 @@ def _off(names) -> dict:
 VARIANTS.update({"experiments-event-engine-off": _off(EE_EXPERIMENTS), "experiments-others-off": _off(OTHER_EXPERIMENTS),
                  "experiments-all-off": _off(EE_EXPERIMENTS + OTHER_EXPERIMENTS)})
 VARIANTS.update({f"experiment-off:{name}": _off((name,)) for name in EE_EXPERIMENTS})
+VARIANTS["experiments-listener-endpoints-off"] = _off(("event_engine_listener", "event_engine_for_all_other_endpoints"))
+VARIANTS["experiments-event-engine-off-uvloop"] = {**_off(EE_EXPERIMENTS), "loop": "uvloop"}
 DEFAULT = tuple(VARIANTS)
 
 
