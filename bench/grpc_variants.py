@@ -68,6 +68,7 @@ VARIANTS: dict[str, dict] = {
     "ours-all-no-tracer": {"wrap": ("measured", "bounded", "traced", "authenticated", "checked"), "tracer": False},
     "ours-interceptor": {"interceptor": "ours"},
     "ours-interceptor-uvloop": {"interceptor": "ours", "loop": "uvloop"},
+    "ours-interceptor-no-tracer": {"interceptor": "ours", "tracer": False},  # as BILLING_TRACING_ENABLED=false
     "sync-server": {"sync": True},
     "sync-server-bridge": {"sync": True, "bridge": True},
     "sync-server-bridge-uvloop": {"sync": True, "bridge": True, "loop": "uvloop"},
