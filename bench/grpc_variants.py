@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "bk_floor_variants_" + "x" * 24
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # billing/api/server.py (not imported: the scratch venvs lack its deps)
+GC_THRESHOLD_GEN0 = 200_000  # billing/runtime.py's (not imported, for the same reason)
 BASE_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
 
 # name -> spec: options (added to ours), env, loop, wrap (which of our pieces), interceptor,
@@ -69,6 +70,11 @@ VARIANTS: dict[str, dict] = {
     "ours-interceptor": {"interceptor": "ours"},
     "ours-interceptor-uvloop": {"interceptor": "ours", "loop": "uvloop"},
     "ours-interceptor-no-tracer": {"interceptor": "ours", "tracer": False},  # as BILLING_TRACING_ENABLED=false
+    "handler-reads-metadata-twice": {"metadata": True},
+    # The collector tuned as `billing serve` tunes it (billing/runtime.py tune_gc).
+    "gc-tuned": {"gc": True},
+    "ours-interceptor-gc-tuned": {"interceptor": "ours", "gc": True},
+    "ours-interceptor-no-tracer-gc-tuned": {"interceptor": "ours", "tracer": False, "gc": True},
     "sync-server": {"sync": True},
     "sync-server-bridge": {"sync": True, "bridge": True},
     "sync-server-bridge-uvloop": {"sync": True, "bridge": True, "loop": "uvloop"},
@@ -199,12 +205,25 @@ async def _serve_aio(port: int, spec: dict) -> None:
     async def check(request, context):
         return answer
 
-    behavior = _wrapped(spec, check) if spec.get("wrap") else check
+    async def check_reading_metadata(request, context):  # what our span and authentication read
+        context.invocation_metadata()
+        context.invocation_metadata()
+        context.code()
+        return answer
+
+    behavior = check_reading_metadata if spec.get("metadata") else check
+    behavior = _wrapped(spec, behavior) if spec.get("wrap") else behavior
     server = grpc.aio.server(interceptors=_interceptors(spec), options=BASE_OPTIONS + list(spec.get("options", ())),
                              maximum_concurrent_rpcs=spec.get("max_concurrent_rpcs"))
     server.add_generic_rpc_handlers((_handler_map(behavior, pb),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    if spec.get("gc"):
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD_GEN0, 20, 20)
     print("ready", flush=True)
     await server.wait_for_termination()
 
