@@ -24,14 +24,15 @@ from billing.config import Settings  # noqa: E402
 from billing.devstack import LocalStack, free_port
 
 
-def pytest_asyncio_loop_factories(config, item):
-    """BILLING_TEST_EVENT_LOOP=uvloop runs the in-process async tests on libuv's loop, the
-    default loop of `billing serve` (the processes the e2e tests start use it already)."""
-    if os.environ.get("BILLING_TEST_EVENT_LOOP", "asyncio") == "uvloop":
+# BILLING_TEST_EVENT_LOOP=uvloop runs the in-process async tests on libuv's loop, the default
+# loop of `billing serve` (the processes the e2e tests start use it already). Defined only
+# then: pytest-asyncio (1.5 on) wants a loop from the hook whenever the hook exists.
+if os.environ.get("BILLING_TEST_EVENT_LOOP", "asyncio") == "uvloop":
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_asyncio_loop_factories(config, item):
         import uvloop
 
         return {"uvloop": uvloop.new_event_loop}
-    return None
 
 
 def pytest_configure(config):
