@@ -106,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(admin.migrate(settings))
         ensure_topics(settings)
     if settings.event_loop == "uvloop":
-        import uvloop  # BILLING_EVENT_LOOP=uvloop: the `uvloop` extra (pip install 'billing-service[uvloop]')
+        import uvloop  # BILLING_EVENT_LOOP (default uvloop); not installed on Windows: set it to asyncio
 
         return uvloop.run(serve(settings, roles, api_process=args.api_process))
     return asyncio.run(serve(settings, roles, api_process=args.api_process))

@@ -184,9 +184,10 @@ class Settings(BaseSettings):
     # (db_pool_max each) and group-commit window, and its own HTTP side port, http_port + i
     # (docs/operations.md, "Several API processes"). 1: one process.
     grpc_processes: int = Field(default=1, ge=1, le=64)
-    # The event loop of `billing serve`: "uvloop" (libuv's loop, the `uvloop` extra) costs
-    # less CPU per gRPC call than asyncio's own (docs/entitlements.md, "The gRPC floor").
-    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
+    # The event loop of `billing serve`: "uvloop" (libuv's loop, a dependency) costs less CPU
+    # per gRPC call than asyncio's own (docs/performance.md, "The gRPC per-call floor");
+    # "asyncio" is there for a platform without uvloop or to rule the loop out.
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     # How long an API key -> tenant entry may be reused by a process that listens for key
     # changes (billing/services/api_keys.py); 0: ask the database on every call.
     api_key_cache_ttl_s: float = Field(default=60.0, ge=0, le=3600)

@@ -24,6 +24,17 @@ from billing.config import Settings  # noqa: E402
 from billing.devstack import LocalStack, free_port
 
 
+# BILLING_TEST_EVENT_LOOP=uvloop runs the in-process async tests on libuv's loop, the default
+# loop of `billing serve` (the processes the e2e tests start use it already). Defined only
+# then: pytest-asyncio (1.5 on) wants a loop from the hook whenever the hook exists.
+if os.environ.get("BILLING_TEST_EVENT_LOOP", "asyncio") == "uvloop":
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_asyncio_loop_factories(config, item):
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+
+
 def pytest_configure(config):
     # SIGTERM (a CI timeout, `kill`) ends the session like Ctrl-C, so the session's
     # teardown stops the PostgreSQL and Kafka it started instead of leaving them running.

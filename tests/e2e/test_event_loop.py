@@ -1,4 +1,4 @@
-"""BILLING_EVENT_LOOP=uvloop: a real `billing serve --roles api` runs on libuv's loop and
+"""BILLING_EVENT_LOOP=uvloop (the default): a real `billing serve --roles api` runs on libuv's loop and
 answers CheckEntitlement as on asyncio's, bad paths included: an unknown feature, an unknown
 subscription, another tenant's subscription, a revoked key (refused at once); SIGTERM, exit 0.
 A value that is not a loop is refused at start, naming the setting."""
@@ -81,6 +81,11 @@ def test_uvloop_serves_checks_and_refuses_the_bad_ones(migrated, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_uvloop_is_the_default_and_asyncio_stays_a_choice():
+    assert Settings().event_loop == "uvloop"
+    assert Settings(event_loop="asyncio").event_loop == "asyncio"
 
 
 def test_an_unknown_loop_is_refused_naming_the_setting():
