@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 # Hot pure-Python modules compiled with mypyc when the machine can (a C compiler, Python's
 # headers): billing/native.py uses a build only if made from the source as it is now, else the
 # module as written; a build that fails warns and leaves the pure module (docs/decisions.md).
-NATIVE_SOURCES := consumers/usage_avro.py
+NATIVE_SOURCES := consumers/usage_avro.py billing/services/usage_short.py
 NATIVE_STAMP   := billing/_native/.built
 
 $(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES) billing/native.py billing/devtools/native_build.py

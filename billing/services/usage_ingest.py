@@ -28,20 +28,18 @@ import asyncpg
 from billing.domain.periods import to_us
 from billing.domain.plans import PlanSpec
 from billing.domain.usage_rules import EventChecks, UsageSubscription, event_checks, refusal
-from billing.services import usage_alerts
+from billing import native
+from billing.services import usage_alerts, usage_short
 from billing.services.plans import PlanCache
 from billing.store import usage as usage_store
 from billing.store.db import set_tenant
 
-# A non-negative exact decimal: up to 15 digits before the point and 12 after. ASCII digits
-# only: without re.ASCII, \d also matches "１２" (full-width) or "١٢" (Arabic-Indic), which
-# PostgreSQL's numeric refuses, failing the whole batch instead of the one event.
-_QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?", re.ASCII)
+_QUANTITY = usage_short.QUANTITY  # a non-negative exact decimal (ASCII digits only)
 # The same, negative allowed: a correction of a sum charge that takes them, a weighted_sum
 # change; and an event's price for a dynamic charge (non-negative, as a quantity).
 _SIGNED_QUANTITY = re.compile(r"-?\d{1,15}(?:\.\d{1,12})?", re.ASCII)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
-MAX_EVENT_ID = 200
+MAX_EVENT_ID = usage_short.MAX_EVENT_ID
 # Per subscription: uuid, state, metric codes, plan, checks, its now, earliest and latest event time.
 _Known = tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec, EventChecks, int, int, int]
 # Per subscription the short path may take: uuid, first and after-last time it accepts,
@@ -53,6 +51,9 @@ MAX_PROPERTIES = 50
 # megabyte of it is a producer bug, refused like NUL rather than kept forever.
 MAX_PROPERTY_KEY = 100
 MAX_PROPERTY_VALUE = 1000
+
+# The per-event short path as compiled by `make install` when it could (billing/native.py).
+SHORT_PATH = native.compiled(usage_short)
 
 _TENANT = itemgetter(1)
 _SUBSCRIPTION = itemgetter(2)
@@ -281,28 +282,11 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: Sequence[UsageEvent], 
     texts = set(map(_SUBSCRIPTION, events)) if whole else {events[i][2] for i in indexes}
     known, fast, on_clock = await _known_subscriptions(conn, tenant, texts, now_us, limits, plans)
     rows = usage_store.Batch()
-    add_row, add_index = rows.rows.append, rows.indexes.append
-    periods = result.periods
-    fast_get = fast.get
-    # Per batch: quantity text -> a non-negative decimal? (the values repeat).
-    quantities: dict[str, bool] = {}
-    quantity_get = quantities.get
-    quantity_ok = _QUANTITY.fullmatch
-    for i, e in enumerate(events) if whole else ((i, events[i]) for i in indexes):
-        event_id, _, sub_text, metric, quantity, t, props = e
-        f = fast_get(sub_text)
-        if f is not None and f[1] <= t < f[2] and metric in f[3] and not props \
-                and event_id and len(event_id) <= MAX_EVENT_ID and "\x00" not in event_id:
-            ok = quantity_get(quantity)
-            if ok is None:
-                ok = quantities[quantity] = quantity_ok(quantity) is not None
-            if ok:
-                add_row((event_id, f[0], metric, quantity, t, f[5], f[6], False, None))
-                add_index(i)
-                if want_periods:
-                    periods[i] = f[4]
-                continue
+
+    def slow(i: int, e: UsageEvent) -> None:
         _check_one(i, e, known, on_clock, limits, rows, result, want_periods)
+
+    SHORT_PATH.take(events, indexes, fast, rows.rows, rows.indexes, result.periods if want_periods else None, slow)
     if rows:
         result.pending[tenant] = rows
 
