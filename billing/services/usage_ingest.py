@@ -25,10 +25,10 @@ from typing import NamedTuple
 
 import asyncpg
 
+from billing import native
 from billing.domain.periods import to_us
 from billing.domain.plans import PlanSpec
 from billing.domain.usage_rules import EventChecks, UsageSubscription, event_checks, refusal
-from billing import native
 from billing.services import usage_alerts, usage_short
 from billing.services.plans import PlanCache
 from billing.store import usage as usage_store
@@ -57,9 +57,11 @@ SHORT_PATH = native.compiled(usage_short)
 
 _TENANT = itemgetter(1)
 _SUBSCRIPTION = itemgetter(2)
-# Subscription text -> its UUID or None, across batches (bounded).
+# Subscription text -> its UUID or None, across batches (bounded: entries, and texts of at
+# most _UUID_TEXT_MAX characters, so a producer's long garbage ids are parsed, not kept).
 _UUIDS: dict[str, uuid.UUID | None] = {}
 _UUIDS_MAX = 100_000
+_UUID_TEXT_MAX = 64
 _UNPARSED = object()
 
 _REFUSAL_DETAIL = {
@@ -209,9 +211,10 @@ def _subscription_ids(texts: set[str]) -> dict[str, uuid.UUID | None]:
                 sub_id = uuid.UUID(text)
             except ValueError:
                 sub_id = None
-            if len(_UUIDS) >= _UUIDS_MAX:
-                _UUIDS.clear()
-            _UUIDS[text] = sub_id
+            if len(text) <= _UUID_TEXT_MAX:
+                if len(_UUIDS) >= _UUIDS_MAX:
+                    _UUIDS.clear()
+                _UUIDS[text] = sub_id
         out[text] = sub_id  # type: ignore[assignment]
     return out
 
