@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install constraints wheel system-deps run lint test test-unit test-chaos test-chaos-alerts test-cluster proto bench-ingest bench-ingest-sql bench-peer bench-billing bench-grpc-usage bench-load bench-entitlements bench-alert-lag dashboard clean
+.PHONY: install native constraints wheel system-deps run lint test test-unit test-chaos test-chaos-alerts test-cluster proto bench-ingest bench-ingest-sql bench-peer bench-billing bench-grpc-usage bench-load bench-entitlements bench-alert-lag dashboard clean
 
 # Dependencies at the versions of constraints.txt (reproducible installs; the Dockerfile uses it too).
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -13,7 +13,22 @@ $(STAMP): pyproject.toml setup.py constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Hot pure-Python modules compiled with mypyc when the machine can (a C compiler, Python's
+# headers): billing/native.py uses a build only if made from the source as it is now, else the
+# module as written; a build that fails warns and leaves the pure module (docs/decisions.md).
+NATIVE_SOURCES := consumers/usage_avro.py billing/services/usage_short.py
+NATIVE_STAMP   := billing/_native/.built
+
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES) billing/native.py billing/devtools/native_build.py
+	$(PY) -m billing.devtools.native_build $(NATIVE_SOURCES)
+	@mkdir -p billing/_native && touch $(NATIVE_STAMP)
+
+install: $(STAMP) $(NATIVE_STAMP)
+
+## Rebuild the compiled modules now (make install does when their sources changed).
+native: $(STAMP)
+	$(PY) -m billing.devtools.native_build $(NATIVE_SOURCES)
+	@mkdir -p billing/_native && touch $(NATIVE_STAMP)
 
 ## Re-pin constraints.txt to what the venv holds now (after changing dependencies in pyproject.toml:
 ## `$(PY) -m pip install -U -e '.[dev]'` first, then this, then run the tests).
@@ -124,4 +139,4 @@ dashboard: install
 	$(PY) deploy/grafana/build_dashboard.py
 
 clean:
-	rm -rf $(VENV) .state .pytest_cache
+	rm -rf $(VENV) .state .pytest_cache billing/_native

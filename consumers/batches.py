@@ -12,27 +12,39 @@ from consumers.strategy import Message, TopicPartition
 # map over an itemgetter is several times cheaper than a Python loop reading attributes.
 _TP = itemgetter(0, 1)
 _TOPIC = itemgetter(0)
+_PARTITION = itemgetter(1)
 _OFFSET = itemgetter(2)
 _HEADERS = itemgetter(5)
 
 
 def next_offsets(batch: Sequence[Message]) -> dict[TopicPartition, int]:
     """Per partition of the batch, the offset to store: its last offset + 1."""
-    out: dict[TopicPartition, int] = {}
-    get = out.get
+    topic = _one_topic(batch)
     # A batch is runs of messages of one partition (as fetched): a Python step per run,
-    # the messages of a run read in C.
-    for tp, run in groupby(batch, _TP):
+    # the messages of a run read in C; of one topic (the usual batch), keyed by the
+    # partition alone, with no (topic, partition) tuple per message.
+    last_of: dict = {}
+    get = last_of.get
+    for key, run in groupby(batch, _TP if topic is None else _PARTITION):
         last = max(map(_OFFSET, run))
-        if last >= get(tp, -1):
-            out[tp] = last
-    for tp in out:
-        out[tp] += 1
-    return out
+        if last >= get(key, -1):
+            last_of[key] = last
+    if topic is None:
+        return {tp: last + 1 for tp, last in last_of.items()}
+    return {(topic, p): last + 1 for p, last in last_of.items()}
 
 
 def partitions_of(batch: Sequence[Message]) -> set[TopicPartition]:
-    return set(map(_TP, batch))
+    topic = _one_topic(batch)
+    if topic is None:
+        return set(map(_TP, batch))
+    return {(topic, p) for p in set(map(_PARTITION, batch))}
+
+
+def _one_topic(batch: Sequence[Message]) -> str | None:
+    """The batch's topic when it has exactly one (told in C), else None."""
+    topics = set(map(_TOPIC, batch))
+    return topics.pop() if len(topics) == 1 else None
 
 
 def distinct_headers(batch: Sequence[Message]) -> Iterable[Mapping[str, bytes]]:

@@ -22,7 +22,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from consumers.limits import UndecompressableTracker, is_undecompressable, placeholder
 from consumers.runner_config import ConsumerSource
-from consumers.strategy import Message, RunnerStats, TopicPartition
+from consumers.strategy import Message, RunnerStats, TopicPartition, detach
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +103,9 @@ class KafkaThread:
     def _consume(self, max_messages: int, timeout_s: float) -> tuple[list[Event], list[Message]]:
         if self.lost_at is not None and time.monotonic() - self.lost_at > self._source.rejoin_timeout_s:
             self._rebuild()
-        out: list[Message] = []
         fetched = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
-        # Read after consume(): a rebalance callback inside it may have replaced the assignment.
-        add, assignment, from_kafka = out.append, self._assignment, Message.from_kafka
-        for msg in fetched:
-            if msg.error() is None:  # the usual case, inline: this loop runs for every message
-                topic, partition = msg.topic(), msg.partition()
-                if (topic, partition) in assignment:
-                    add(from_kafka(msg, topic, partition))
-            elif (m := self._message(msg)) is not None:
-                add(m)
+        # The assignment is read after consume(): a rebalance callback inside it may have replaced it.
+        out = detach(fetched, self._assignment, self._message)
         if self._lag_interval_s is not None and self._assignment:
             now = time.monotonic()
             if now - self.watermarks_at >= self._lag_interval_s:

@@ -8,6 +8,7 @@ retries the same batch later, as arroyo's MessageRejected does.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -17,7 +18,7 @@ from confluent_kafka import Message as KafkaMessage
 
 __all__ = [
     "Backpressure", "BatchResult", "BatchStrategy", "DeadLetter", "Message", "RunnerObserver", "RunnerStats",
-    "TopicPartition",
+    "TopicPartition", "detach",
 ]
 
 TopicPartition = tuple[str, int]
@@ -67,6 +68,47 @@ class Message(NamedTuple):
     @property
     def tp(self) -> TopicPartition:
         return self.topic, self.partition
+
+
+_UNSEEN = object()
+
+
+def detach(fetched: list[KafkaMessage], assignment: Collection[TopicPartition],
+           other: Callable[[KafkaMessage], Message | None]) -> list[Message]:
+    """`Message.from_kafka` over a whole fetch, inline (no call per message): the messages
+    without an error whose partition is in `assignment`, in order, and for each message
+    with an error what `other` makes of it (None: nothing). Consecutive messages of a fetch
+    share their partition and usually their headers: those are compared with the previous
+    message's and looked up again only when they differ."""
+    out: list[Message] = []
+    add, cls = out.append, Message
+    last_tp: TopicPartition | None = None
+    last_list: object = _UNSEEN
+    raw: tuple = ()
+    headers = _NO_HEADERS
+    for msg in fetched:
+        if msg.error() is None:
+            tp = (msg.topic(), msg.partition())
+            if tp == last_tp or tp in assignment:
+                last_tp = tp
+                listed = msg.headers()
+                if listed != last_list:
+                    last_list = listed
+                    if listed:
+                        raw = tuple(listed)
+                        headers = _HEADER_DICTS.get(raw)  # type: ignore[assignment]
+                        if headers is None:
+                            if len(_HEADER_DICTS) >= _HEADER_DICTS_MAX:
+                                _HEADER_DICTS.clear()
+                            headers = _HEADER_DICTS[raw] = {k: v for k, v in raw if v is not None}
+                    else:
+                        raw, headers = (), _NO_HEADERS
+                ts_type, ts = msg.timestamp()
+                add(_new(cls, (tp[0], tp[1], msg.offset(), msg.key(), msg.value(), headers,
+                               None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts, raw)))
+        elif (m := other(msg)) is not None:
+            add(m)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

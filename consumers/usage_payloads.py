@@ -12,7 +12,7 @@ import re
 from itertools import compress, repeat
 from operator import is_, itemgetter
 
-from billing import codec
+from billing import codec, native
 from billing.services.usage_ingest import UsageEvent
 from consumers import usage_avro
 from consumers.runner import DeadLetter, Message
@@ -25,6 +25,8 @@ _USAGE = codec.Schema.USAGE_EVENT
 _UNDECODABLE = "undecodable"
 _INVALID = "invalid_cloudevent"
 _VALUE = itemgetter(4)  # Message.value
+# The hand reader as compiled by `make install` when it could (billing/native.py), else as written.
+READER = native.compiled(usage_avro)
 
 
 class _Number(str):
@@ -229,8 +231,8 @@ def decode_batch(batch: list[Message]) -> tuple[list[UsageEvent], list[int], lis
     batch order. An event is a `UsageEvent` or, from the hand Avro reader, a plain tuple
     in its order: read them by position."""
     # The usual Avro record, read by hand; the rest (and any doubt) goes to the codec.
-    fast = usage_avro.decode
-    strings = usage_avro.Strings()
+    fast = READER.decode
+    strings = READER.Strings()
     values = list(map(_VALUE, batch))
     # The usual batch: every value bytes and read by hand, in one C-level pass over them.
     first: list[UsageEvent | None] | None = None

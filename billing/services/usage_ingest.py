@@ -25,23 +25,21 @@ from typing import NamedTuple
 
 import asyncpg
 
+from billing import native
 from billing.domain.periods import to_us
 from billing.domain.plans import PlanSpec
 from billing.domain.usage_rules import EventChecks, UsageSubscription, event_checks, refusal
-from billing.services import usage_alerts
+from billing.services import usage_alerts, usage_short
 from billing.services.plans import PlanCache
 from billing.store import usage as usage_store
 from billing.store.db import set_tenant
 
-# A non-negative exact decimal: up to 15 digits before the point and 12 after. ASCII digits
-# only: without re.ASCII, \d also matches "１２" (full-width) or "١٢" (Arabic-Indic), which
-# PostgreSQL's numeric refuses, failing the whole batch instead of the one event.
-_QUANTITY = re.compile(r"\d{1,15}(?:\.\d{1,12})?", re.ASCII)
+_QUANTITY = usage_short.QUANTITY  # a non-negative exact decimal (ASCII digits only)
 # The same, negative allowed: a correction of a sum charge that takes them, a weighted_sum
 # change; and an event's price for a dynamic charge (non-negative, as a quantity).
 _SIGNED_QUANTITY = re.compile(r"-?\d{1,15}(?:\.\d{1,12})?", re.ASCII)
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
-MAX_EVENT_ID = 200
+MAX_EVENT_ID = usage_short.MAX_EVENT_ID
 # Per subscription: uuid, state, metric codes, plan, checks, its now, earliest and latest event time.
 _Known = tuple[uuid.UUID, UsageSubscription, frozenset[str], PlanSpec, EventChecks, int, int, int]
 # Per subscription the short path may take: uuid, first and after-last time it accepts,
@@ -54,8 +52,17 @@ MAX_PROPERTIES = 50
 MAX_PROPERTY_KEY = 100
 MAX_PROPERTY_VALUE = 1000
 
+# The per-event short path as compiled by `make install` when it could (billing/native.py).
+SHORT_PATH = native.compiled(usage_short)
+
 _TENANT = itemgetter(1)
 _SUBSCRIPTION = itemgetter(2)
+# Subscription text -> its UUID or None, across batches (bounded: entries, and texts of at
+# most _UUID_TEXT_MAX characters, so a producer's long garbage ids are parsed, not kept).
+_UUIDS: dict[str, uuid.UUID | None] = {}
+_UUIDS_MAX = 100_000
+_UUID_TEXT_MAX = 64
+_UNPARSED = object()
 
 _REFUSAL_DETAIL = {
     "subscription_not_started": "subscription {sub_id} is {status}",
@@ -193,16 +200,30 @@ async def prepare(conn: asyncpg.Connection, events: Sequence[UsageEvent], *, now
     return result
 
 
+def _subscription_ids(texts: set[str]) -> dict[str, uuid.UUID | None]:
+    """Per subscription text, its UUID (None: not one). The texts of a tenant's subscriptions
+    come back batch after batch: parsed once per process (`uuid.UUID` is pure Python)."""
+    out: dict[str, uuid.UUID | None] = {}
+    for text in texts:
+        sub_id = _UUIDS.get(text, _UNPARSED)
+        if sub_id is _UNPARSED:
+            try:
+                sub_id = uuid.UUID(text)
+            except ValueError:
+                sub_id = None
+            if len(text) <= _UUID_TEXT_MAX:
+                if len(_UUIDS) >= _UUIDS_MAX:
+                    _UUIDS.clear()
+                _UUIDS[text] = sub_id
+        out[text] = sub_id  # type: ignore[assignment]
+    return out
+
+
 async def _known_subscriptions(conn, tenant: uuid.UUID, texts: set[str], now_us: int, limits: UsageLimits,
                                plans: PlanCache) -> tuple[dict[str, _Known | None], dict[str, _Fast], set[uuid.UUID]]:
     """Per subscription text of the batch: what the checks need (None: unknown), what the
     short path needs (only the subscriptions it may take), and which run on a test clock."""
-    sub_ids: dict[str, uuid.UUID | None] = {}
-    for text in texts:
-        try:
-            sub_ids[text] = uuid.UUID(text)
-        except ValueError:
-            sub_ids[text] = None
+    sub_ids = _subscription_ids(texts)
     subs: dict[uuid.UUID, UsageSubscription] = {}
     # The id as asyncpg returned it (its own UUID type, whose hash and bytes are C-level):
     # the rows carry it, and the COPY and the alerts' grouping read it once per event.
@@ -211,33 +232,38 @@ async def _known_subscriptions(conn, tenant: uuid.UUID, texts: set[str], now_us:
     clock_now: dict[uuid.UUID, int] = {}
     # Read FOR KEY SHARE, held until the batch commits (billing/store/usage.py, `subscriptions`).
     for row in await usage_store.subscriptions(conn, tenant, [s for s in sub_ids.values() if s]):
-        row_ids[row["id"]] = row["id"]
-        subs[row["id"]] = UsageSubscription(
-            row["plan_id"], row["status"], to_us(row["start_at"]), row["billing_anchor"],
-            to_us(row["current_period_start"]) if row["current_period_start"] else None,
-            to_us(row["current_period_end"]) if row["current_period_end"] else None,
-            to_us(row["canceled_at"]) if row["canceled_at"] else None,
-            to_us(row["paused_at"]) if row["paused_at"] else None,
-            tuple(zip(map(to_us, row["paused_from"]), map(to_us, row["paused_to"]))),
-            to_us(row["pause_resumes_at"]) if row["pause_resumes_at"] else None, zone=row["time_zone"],
+        (row_id, plan_id, status, start_at, anchor, period_start, period_end, canceled_at, paused_at, resumes_at,
+         zone, paused_from, paused_to, sub_clock) = row
+        row_ids[row_id] = row_id
+        subs[row_id] = UsageSubscription(
+            plan_id, status, to_us(start_at), anchor,
+            to_us(period_start) if period_start else None, to_us(period_end) if period_end else None,
+            to_us(canceled_at) if canceled_at else None, to_us(paused_at) if paused_at else None,
+            tuple(zip(map(to_us, paused_from), map(to_us, paused_to))) if paused_from else (),
+            to_us(resumes_at) if resumes_at else None, zone=zone,
         )
-        if row["clock_now"] is not None:
-            clock_now[row["id"]] = to_us(row["clock_now"])
+        if sub_clock is not None:
+            clock_now[row_id] = to_us(sub_clock)
     await plans.load(conn, tenant, {s.plan_id for s in subs.values()})
 
     known: dict[str, _Known | None] = {}
     fast: dict[str, _Fast] = {}
-    checks: dict[uuid.UUID, EventChecks] = {}  # per plan
+    # Per plan: its spec, checks, metrics, and the metrics the short path takes.
+    per_plan: dict[uuid.UUID, tuple[PlanSpec, EventChecks, frozenset[str], frozenset[str]]] = {}
     for text, sub_id in sub_ids.items():
         sub = subs.get(sub_id) if sub_id else None
         if not (sub_id and sub):
             known[text] = None
             continue
         sub_id = row_ids[sub_id]
-        spec = plans.spec(tenant, sub.plan_id)
-        rules = checks.get(sub.plan_id) or checks.setdefault(sub.plan_id, event_checks(spec))
-        metrics = plans.metric_codes(tenant, sub.plan_id)
-        sub_now = clock_now.get(sub_id, now_us)
+        plan = per_plan.get(sub.plan_id)
+        if plan is None:
+            spec = plans.spec(tenant, sub.plan_id)
+            rules = event_checks(spec)
+            metrics = plans.metric_codes(tenant, sub.plan_id)
+            plan = per_plan[sub.plan_id] = (spec, rules, metrics, frozenset(metrics) - frozenset(rules.amount_property))
+        spec, rules, metrics, fast_metrics = plan
+        sub_now = clock_now.get(sub_id, now_us) if clock_now else now_us
         earliest, latest = sub_now - limits.max_age_us, sub_now + limits.max_future_skew_us
         known[text] = (sub_id, sub, metrics, spec, rules, sub_now, earliest, latest)
         # The short path: no refusal can apply at any time (started, never canceled or
@@ -248,8 +274,8 @@ async def _known_subscriptions(conn, tenant: uuid.UUID, texts: set[str], now_us:
             lo = max(earliest, sub.start_us, sub.period_start_us)
             hi = min(latest + 1, sub.period_end_us)
             if lo < hi:
-                fast[text] = (sub_id, lo, hi, frozenset(metrics) - frozenset(rules.amount_property),
-                              (sub.period_start_us, sub.period_end_us), sub.period_start_us, sub.period_end_us)
+                fast[text] = (sub_id, lo, hi, fast_metrics, (sub.period_start_us, sub.period_end_us),
+                              sub.period_start_us, sub.period_end_us)
     return known, fast, set(clock_now)
 
 
@@ -259,28 +285,11 @@ async def _ingest_tenant(conn, tenant: uuid.UUID, events: Sequence[UsageEvent], 
     texts = set(map(_SUBSCRIPTION, events)) if whole else {events[i][2] for i in indexes}
     known, fast, on_clock = await _known_subscriptions(conn, tenant, texts, now_us, limits, plans)
     rows = usage_store.Batch()
-    add_row, add_index = rows.rows.append, rows.indexes.append
-    periods = result.periods
-    fast_get = fast.get
-    # Per batch: quantity text -> a non-negative decimal? (the values repeat).
-    quantities: dict[str, bool] = {}
-    quantity_get = quantities.get
-    quantity_ok = _QUANTITY.fullmatch
-    for i, e in enumerate(events) if whole else ((i, events[i]) for i in indexes):
-        event_id, _, sub_text, metric, quantity, t, props = e
-        f = fast_get(sub_text)
-        if f is not None and f[1] <= t < f[2] and metric in f[3] and not props \
-                and event_id and len(event_id) <= MAX_EVENT_ID and "\x00" not in event_id:
-            ok = quantity_get(quantity)
-            if ok is None:
-                ok = quantities[quantity] = quantity_ok(quantity) is not None
-            if ok:
-                add_row((event_id, f[0], metric, quantity, t, f[5], f[6], False, None))
-                add_index(i)
-                if want_periods:
-                    periods[i] = f[4]
-                continue
+
+    def slow(i: int, e: UsageEvent) -> None:
         _check_one(i, e, known, on_clock, limits, rows, result, want_periods)
+
+    SHORT_PATH.take(events, indexes, fast, rows.rows, rows.indexes, result.periods if want_periods else None, slow)
     if rows:
         result.pending[tenant] = rows
 

@@ -1,15 +1,18 @@
 """The short path of usage ingestion (billing/services/usage_ingest.py) against the full chain
 of checks, on real PostgreSQL: for a random mix of events over subscriptions in every state,
 `prepare` must reject and accept exactly what the full chain alone would, with the same
-reasons, details, periods and staging rows."""
+reasons, details, periods and staging rows; with the short path's module as written and as
+compiled by `make install` (billing/native.py)."""
 from __future__ import annotations
 
 import random
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import pytest
 
-from billing.services import usage_ingest
+from billing import native
+from billing.services import usage_ingest, usage_short
 from billing.services.usage import PlanCache, UsageEvent, UsageLimits, to_us
 from billing.store import usage as usage_store
 from billing.store.db import set_tenant
@@ -57,7 +60,21 @@ def _events(rng: random.Random, tenant_id: str, subs: list, now: datetime, n: in
     return out + [out[0]]  # a repeat: the same event twice in a batch
 
 
-async def test_the_short_path_accepts_and_rejects_exactly_as_the_full_chain(stub, tenant, app_conn):  # noqa: F811
+@pytest.fixture(params=["pure", "compiled"])
+def short_path(request, monkeypatch):
+    module = usage_short
+    if request.param == "compiled":
+        module = native.compiled(usage_short)
+        if module is usage_short:
+            if native.build_file(usage_short.__name__) is not None:
+                pytest.fail("the compiled build of billing/services/usage_short.py is stale: run `make install`")
+            pytest.skip("no compiled build of billing/services/usage_short.py (make install builds it when it can)")
+    monkeypatch.setattr(usage_ingest, "SHORT_PATH", module)
+    return module
+
+
+async def test_the_short_path_accepts_and_rejects_exactly_as_the_full_chain(stub, tenant, app_conn,  # noqa: F811
+                                                                             short_path):
     subs = await _subscriptions(stub, tenant)
     tid = uuid.UUID(tenant.id)
     now = datetime.now(timezone.utc) + timedelta(minutes=1)

@@ -116,3 +116,32 @@ def test_a_batch_with_a_codec_error_is_freed_without_the_cycle_collector():
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+def test_detach_reads_a_fetch_as_from_kafka_reads_each_message():
+    from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, KafkaError
+    from confluent_kafka import Message as KafkaMessage
+
+    from consumers.strategy import detach
+
+    a, b = [("content-type", b"avro")], [("content-type", b"json"), ("x", None), ("content-type", b"json2")]
+    specs = [(0, a), (0, a), (0, None), (0, []), (0, b), (0, list(b)), (1, a), (2, a), (1, a), (0, None), (0, a)]
+    fetched = [KafkaMessage(topic=_T, partition=p, offset=i, key=b"k%d" % i, value=b"v%d" % i, headers=h,
+                            timestamp=(TIMESTAMP_NOT_AVAILABLE if i == 3 else TIMESTAMP_CREATE_TIME, 1000 + i))
+               for i, (p, h) in enumerate(specs)]
+    eof = KafkaMessage(topic=_T, partition=0, offset=99, error=KafkaError(KafkaError._PARTITION_EOF))
+    fetched.insert(5, eof)
+    errors = []
+
+    def other(msg):
+        errors.append(msg)
+        return _msg(99, b"placeholder")
+
+    assigned = {(_T, 0), (_T, 1)}  # partition 2 was revoked: its message is dropped
+    got = detach(fetched, assigned, other)
+    want = [Message.from_kafka(m) for m in fetched if m.error() is None and m.partition() in (0, 1)]
+    want.insert(5, _msg(99, b"placeholder"))
+    assert got == want and errors == [eof]
+    assert [m.header_list for m in got[:6]] == [tuple(a), tuple(a), (), (), tuple(b), ()]
+    assert got[4].headers == {"content-type": b"json2"} and got[3].timestamp_ms is None
+    assert got[0].headers is got[1].headers  # shared, as from_kafka shares them

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from consumers.batches import FetchBuffer, next_offsets, topics_of, without
+from consumers.batches import FetchBuffer, next_offsets, partitions_of, topics_of, without
 from consumers.dlq import DeadLetterDeliveryError
 from consumers.positions import Positions
 from consumers.retry import Retry, is_retriable
@@ -50,6 +50,11 @@ def test_next_offsets_are_the_last_offset_plus_one_per_partition():
     batch = [msg(0, 5), msg(1, 2), msg(0, 7), msg(0, 6), msg(1, 3, topic="u")]
     assert next_offsets(batch) == {("t", 0): 8, ("t", 1): 3, ("u", 1): 4}
     assert topics_of(batch) == "t,u"
+    assert partitions_of(batch) == {("t", 0), ("t", 1), ("u", 1)}
+    one_topic = batch[:4] + [msg(2, 1), msg(1, 9)]  # a partition's runs apart, and out of order
+    assert next_offsets(one_topic) == {("t", 0): 8, ("t", 1): 10, ("t", 2): 2}
+    assert partitions_of(one_topic) == {("t", 0), ("t", 1), ("t", 2)}
+    assert next_offsets([]) == {} and partitions_of([]) == set()
 
 
 def test_buffer_takes_batches_in_order_and_reports_room():

@@ -1,13 +1,15 @@
 """The hand-written reader of the usage record (consumers/usage_avro.py) against the codec:
-the same event for every record it reads, and None (the codec's turn) for any other."""
+the same event for every record it reads, and None (the codec's turn) for any other. Every
+test runs against the module as written and against its compiled build (billing/native.py),
+which the consumer uses when `make install` could build it."""
 from __future__ import annotations
 
-
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing import codec
-from consumers import usage_avro
+from billing import codec, native
+from consumers import usage_avro, usage_payloads
 from consumers.usage_payloads import decode_batch
 from consumers.runner import Message
 from billing.services.usage_ingest import as_event
@@ -22,15 +24,27 @@ def _encode(rec: dict) -> bytes:
     return codec.encode(codec.Schema.USAGE_EVENT, rec)
 
 
-def test_layout_matches_the_current_schema():
-    assert usage_avro.decode is not None
+@pytest.fixture(scope="module", params=["pure", "compiled"])
+def reader(request):
+    if request.param == "pure":
+        return usage_avro
+    built = native.compiled(usage_avro)
+    if built is usage_avro:
+        if native.build_file(usage_avro.__name__) is not None:
+            pytest.fail("the compiled build of consumers/usage_avro.py is stale: run `make install`")
+        pytest.skip("no compiled build of consumers/usage_avro.py (make install builds it when it can)")
+    return built
+
+
+def test_layout_matches_the_current_schema(reader):
+    assert reader.decode is not None
 
 
 @settings(max_examples=400, deadline=None)
-@given(_record)
-def test_reads_what_the_codec_reads(rec):
+@given(rec=_record)
+def test_reads_what_the_codec_reads(reader, rec):
     value = _encode(rec)
-    event = usage_avro.decode(value, usage_avro.Strings())
+    event = reader.decode(value, reader.Strings())
     assert event is not None
     want = codec.decode(codec.Schema.USAGE_EVENT, value)
     assert tuple(event) == (want["event_id"], want["tenant_id"], want["subscription_id"],
@@ -38,28 +52,29 @@ def test_reads_what_the_codec_reads(rec):
 
 
 @settings(max_examples=200, deadline=None)
-@given(_record, st.data())
-def test_any_truncation_or_extra_byte_is_left_to_the_codec(rec, data):
+@given(rec=_record, data=st.data())
+def test_any_truncation_or_extra_byte_is_left_to_the_codec(reader, rec, data):
     value = _encode(rec)
     cut = data.draw(st.integers(0, len(value) - 1))
-    assert usage_avro.decode(value[:cut], usage_avro.Strings()) is None
-    assert usage_avro.decode(value + b"\x00", usage_avro.Strings()) is None
+    assert reader.decode(value[:cut], reader.Strings()) is None
+    assert reader.decode(value + b"\x00", reader.Strings()) is None
 
 
-def test_properties_bad_utf8_and_other_headers_are_left_to_the_codec():
+def test_properties_bad_utf8_and_other_headers_are_left_to_the_codec(reader):
     rec = {"event_id": "e", "tenant_id": "t", "subscription_id": "s", "metric_code": "m", "quantity": "1",
            "occurred_at_us": 1_764_000_000_000_000, "properties": {"region": "eu"}}
-    assert usage_avro.decode(_encode(rec), usage_avro.Strings()) is None
+    assert reader.decode(_encode(rec), reader.Strings()) is None
     rec["properties"] = {}
     good = _encode(rec)
-    assert as_event(usage_avro.decode(good, usage_avro.Strings())).event_id == "e"
+    assert as_event(reader.decode(good, reader.Strings())).event_id == "e"
     bad_utf8 = good.replace(b"\x02e", b"\x02\xff", 1)
-    assert usage_avro.decode(bad_utf8, usage_avro.Strings()) is None
+    assert reader.decode(bad_utf8, reader.Strings()) is None
     other_fp = good[:2] + bytes(8) + good[10:]
-    assert usage_avro.decode(other_fp, usage_avro.Strings()) is None
+    assert reader.decode(other_fp, reader.Strings()) is None
 
 
-def test_batch_keeps_order_across_the_hand_reader_and_the_codec():
+def test_batch_keeps_order_across_the_hand_reader_and_the_codec(reader, monkeypatch):
+    monkeypatch.setattr(usage_payloads, "READER", reader)
     base = {"tenant_id": "t", "subscription_id": "s", "metric_code": "m", "quantity": "1",
             "occurred_at_us": 5, "properties": {}}
     values = [_encode({**base, "event_id": "a"}), _encode({**base, "event_id": "b", "properties": {"k": "v"}}),
