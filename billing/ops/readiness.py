@@ -51,6 +51,11 @@ class Readiness:
     _ready: bool = False
     _draining: bool = False
     _conn: asyncpg.Connection | None = None
+    # The admin client of the last check that reached Kafka, kept while Kafka answers: a new
+    # client per check is a new connection (a TLS and SASL handshake on a secured cluster)
+    # and its threads every few seconds. Any failure drops it; the next check starts afresh.
+    _admin: AdminClient | None = None
+    _refused: list[str] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:
@@ -134,29 +139,40 @@ class Readiness:
         return "ok"
 
     def _check_kafka(self, assigned: set[tuple[str, int]]) -> str:  # in a worker thread: the admin client blocks
-        base = self.kafka_config if self.kafka_config is not None else {"bootstrap.servers": self.kafka_bootstrap}
         # A refused login (wrong SASL password, bad certificate) only shows as a transport
         # failure of list_topics; the error callback hears the reason, and /readyz says it.
-        refused: list[str] = []
-
-        def on_error(err) -> None:
-            if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
-                refused.append(err.str())
-
-        admin = AdminClient({**base, "log_level": 0, "socket.timeout.ms": 2000, "error_cb": on_error})
+        # list_topics asks a broker every time (never a cached answer), so a kept client
+        # sees a partition lose its leader as a new one would.
+        admin = self._admin if self._admin is not None else self._new_admin()
         try:
             metadata = admin.list_topics(timeout=self.timeout_s)
         except Exception as exc:  # noqa: BLE001
             admin.poll(0)  # serves the error callback
-            if refused:
-                return f"authentication failed: {refused[-1]}"
+            self._admin = None
+            if self._refused:
+                return f"authentication failed: {self._refused[-1]}"
             return f"unreachable: {type(exc).__name__}"
+        admin.poll(0)  # a kept client's queued callbacks: served, and forgotten while Kafka answers
+        self._refused.clear()
+        self._admin = admin
         if not metadata.brokers:
             return "no brokers"
         missing = [t for t in self.required_topics if t not in metadata.topics]
         if missing:
             return f"missing topics: {', '.join(missing)}"
         return leader_check(metadata.topics, assigned)
+
+
+    def _new_admin(self) -> AdminClient:
+        base = self.kafka_config if self.kafka_config is not None else {"bootstrap.servers": self.kafka_bootstrap}
+        refused: list[str] = []
+        self._refused = refused
+
+        def on_error(err) -> None:
+            if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
+                refused.append(err.str())
+
+        return AdminClient({**base, "log_level": 0, "socket.timeout.ms": 2000, "error_cb": on_error})
 
 
 def leader_check(topics: Mapping[str, object], assigned: Iterable[tuple[str, int]]) -> str:
