@@ -9,6 +9,7 @@ import difflib
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -187,7 +188,7 @@ class Settings(BaseSettings):
     # The event loop of `billing serve`: "uvloop" (libuv's loop, a dependency) costs less CPU
     # per gRPC call than asyncio's own (docs/performance.md, "The gRPC per-call floor");
     # "asyncio" is there for a platform without uvloop or to rule the loop out.
-    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio" if sys.platform == "win32" else "uvloop"
     # How long an API key -> tenant entry may be reused by a process that listens for key
     # changes (billing/services/api_keys.py); 0: ask the database on every call.
     api_key_cache_ttl_s: float = Field(default=60.0, ge=0, le=3600)
@@ -308,7 +309,8 @@ class Settings(BaseSettings):
 
 
 # Prefixes of variables that are not Settings fields: the test harness's own.
-_NOT_SETTINGS = ("BILLING_TEST_",)
+# Read elsewhere, not settings: the tests' own switches, and billing/native.py's BILLING_NATIVE.
+_NOT_SETTINGS = ("BILLING_TEST_", "BILLING_NATIVE")
 
 
 def unknown_env(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:

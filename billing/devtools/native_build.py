@@ -44,6 +44,15 @@ def build(source: Path) -> str | None:
     name = native_name(module)
     for old in _old_builds(name):  # never leave an older build behind a failed one
         old.unlink()
+    try:
+        return _build(source, module, name)
+    except (OSError, subprocess.TimeoutExpired) as exc:  # the build is optional: say why, never fail
+        for left in _old_builds(name):
+            left.unlink()
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _build(source: Path, module: str, name: str) -> str | None:
     text = source.read_bytes()
     with tempfile.TemporaryDirectory(prefix="native-build-") as tmp:
         work = Path(tmp)
@@ -63,13 +72,18 @@ def build(source: Path) -> str | None:
         partial = target.with_name(target.name + ".partial")
         shutil.copyfile(built[0], partial)
         os.replace(partial, target)  # a new file: processes that loaded the old one keep it
+        (NATIVE_DIR / f"{name}.sha256").write_text(source_digest(text) + "\n")
+    # Loaded once as the service would (whatever BILLING_NATIVE says here); only the loader's
+    # own warnings (a stale or unloadable build) refuse it, not a library's deprecations.
     check = subprocess.run(
-        [sys.executable, "-W", "error", "-c",
+        [sys.executable, "-W", "error::RuntimeWarning", "-c",
          f"import importlib; from billing import native; m = importlib.import_module({module!r}); "
          "assert native.compiled(m) is not m"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "BILLING_NATIVE"})
     if check.returncode != 0:
-        target.unlink()
+        for left in _old_builds(name):
+            left.unlink()
         return f"the build does not load: {check.stderr.strip()[-1000:]}"
     return None
 

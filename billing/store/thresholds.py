@@ -68,15 +68,15 @@ list_plan_page = _page_of("plan_id")
 # these CTEs to it): `totals` is that statement's upsert of usage_totals, RETURNING each
 # (subscription, metric, period) total the batch changed with its new values, so the
 # thresholds are judged on exactly the keys that got usage, with no second read of the
-# totals and no round trip of their own. `crossed`: the live quantity thresholds of those
-# keys - the subscription's own and its current plan's - whose total now reaches them and
-# that have no crossing recorded (an index probe: most reached thresholds were crossed by an
-# earlier batch, and a probe costs less than the insert's conflict), each recorded as crossed
-# for that subscription (ON CONFLICT DO NOTHING: a concurrent transaction may record it
-# meanwhile; `recorded` is what this statement actually inserted). The thresholds of a key are a LATERAL probe of usage_thresholds_by_subscription
-# (offset 0 keeps it one probe per key whatever the statistics: a joined form's generic plan
-# once walked every threshold of the tenant for every key); the plan branch runs only when
-# the tenant has a live plan threshold (one probe of usage_thresholds_by_plan). A one-off
+# totals and no round trip of their own. `hit`: the live quantity thresholds of those keys
+# (the subscription's own and its current plan's) whose total now reaches them and that
+# have no crossing recorded yet (a probe: most reached thresholds were crossed by an earlier
+# batch, and a probe costs less than the insert's conflict); `recorded`: those this
+# statement inserted (ON CONFLICT DO NOTHING: a concurrent transaction may record one
+# meanwhile, and then it is that transaction's alert). A key's thresholds are a LATERAL
+# probe of usage_thresholds_by_subscription (offset 0: one probe per key whatever the
+# statistics, docs/alerts.md); the plan branch runs only when the tenant has a live plan
+# threshold (one probe of usage_thresholds_by_plan). A one-off
 # threshold is keyed on the epoch (ONCE_KEY), so it is recorded once ever per subscription;
 # DISTINCT ON keeps two periods of one batch from both claiming it. A subscription on a test
 # clock crosses at its clock's time. `amount_probe`: the live amount thresholds of the

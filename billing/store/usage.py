@@ -16,7 +16,7 @@ from billing.store import thresholds
 # array parameters: docs/usage.md, Throughput). The pools create the table with each
 # connection (`prepare_session`), so a transaction does not send its CREATE; the statement
 # does not delete what it read (a DELETE costs per row): the table empties itself at the
-# end of the transaction (ON COMMIT DELETE ROWS), and `insert_batch` empties it first when
+# end of the transaction (ON COMMIT DELETE ROWS), and `_store` empties it first when
 # the session staged another tenant's rows before. Dedup (migration 032): an event is stored
 # when its key md5(event_id)::uuid is inserted into usage_event_ids by this statement;
 # within the batch the first row of an id in COPY order wins (DISTINCT ON, by ctid). Two
@@ -255,7 +255,7 @@ async def _store(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch, want_
 
 async def prepare_session(conn: asyncpg.Connection) -> None:
     """Create the staging table for the session's life (outside any transaction, so no
-    rollback can take it away) and mark the connection: `insert_batch` skips its CREATE."""
+    rollback can take it away) and mark the connection: `_store` skips its CREATE."""
     try:
         await conn.execute(STAGING_TABLE)
     except asyncpg.InsufficientPrivilegeError:  # a role without TEMP: it stores no usage
@@ -285,6 +285,7 @@ async def subscriptions(conn: asyncpg.Connection, tenant_id: uuid.UUID, ids: lis
     block each other (KEY SHARE is shared). Why every subscription, not only those a run
     may be closing: docs/decisions.md.
     """
+    # services/usage_ingest.py unpacks these rows by position: keep the column order.
     return await conn.fetch(
         """select id, plan_id, status, start_at, billing_anchor, current_period_start, current_period_end, canceled_at,
                   paused_at, pause_resumes_at, time_zone,

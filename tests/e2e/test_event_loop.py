@@ -84,7 +84,7 @@ def test_uvloop_serves_checks_and_refuses_the_bad_ones(migrated, tmp_path):
 
 
 def test_uvloop_is_the_default_and_asyncio_stays_a_choice():
-    assert Settings().event_loop == "uvloop"
+    assert Settings.model_fields["event_loop"].default == "uvloop"
     assert Settings(event_loop="asyncio").event_loop == "asyncio"
 
 

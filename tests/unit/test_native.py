@@ -32,6 +32,7 @@ def build(tmp_path) -> Path:
     target = tmp_path / "native"
     target.mkdir()
     shutil.copy(found, target / found.name)
+    shutil.copy(native.digest_file("consumers.usage_avro"), target)
     return target
 
 
@@ -56,9 +57,23 @@ def test_a_build_of_another_source_is_refused_with_a_warning(build, tmp_path):
         assert native.compiled(module, build) is module
 
 
+def _junk_build(directory: Path, made_from: str | None) -> None:
+    (directory / f"consumers__usage_avro{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"not an ELF file")
+    if made_from is not None:
+        native.digest_file("consumers.usage_avro", directory).write_text(made_from + "\n")
+
+
 def test_a_build_that_does_not_load_is_refused_with_a_warning(tmp_path):
-    (tmp_path / f"consumers__usage_avro{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"not an ELF file")
+    _junk_build(tmp_path, native.source_digest(Path(usage_avro.__file__).read_bytes()))
     with pytest.warns(RuntimeWarning, match="could not be loaded"):
+        assert native.compiled(usage_avro, tmp_path) is usage_avro
+
+
+@pytest.mark.parametrize("made_from", [None, "0" * 64])
+def test_a_stale_build_is_refused_before_it_is_loaded(tmp_path, made_from):
+    # The junk would fail to load: refused as stale means none of it ran.
+    _junk_build(tmp_path, made_from)
+    with pytest.warns(RuntimeWarning, match="built from another version"):
         assert native.compiled(usage_avro, tmp_path) is usage_avro
 
 
