@@ -215,11 +215,20 @@ async def insert_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch,
     return stored.inserted, stored.late, stored.ids
 
 
+# Whether the tenant has any live threshold, by one entry of a partial index (plan-level
+# thresholds are in it too).
+_ANY_THRESHOLD = "select exists (select 1 from usage_thresholds where tenant_id = $1 and deleted_at is null)"
+
+
 async def store_batch(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch, want_ids: bool = False) -> Stored:
     """Store the batch and, in the same statement, record the quantity thresholds its totals
-    crossed and read the amount thresholds of its subscriptions (docs/alerts.md). `conn` is
-    inside a transaction the caller owns."""
-    return await _store(conn, tenant_id, b, want_ids, True)
+    crossed and read the amount thresholds of its subscriptions (docs/alerts.md). A tenant
+    with no live threshold stores without that part, which costs its statement more than the
+    probe before it: a threshold created after the probe is as one created after the batch
+    (it fires with the next batch that adds usage to its period). `conn` is inside a
+    transaction the caller owns."""
+    alerts = bool(await conn.fetchval(_ANY_THRESHOLD, tenant_id))
+    return await _store(conn, tenant_id, b, want_ids, alerts)
 
 
 async def _store(conn: asyncpg.Connection, tenant_id: uuid.UUID, b: Batch, want_ids: bool, alerts: bool) -> Stored:
