@@ -24,20 +24,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 import asyncpg
 
-from bench.alert_lag import MAX_THRESHOLDS
+from bench.alert_lag import MAX_THRESHOLDS, write_thresholds
 from bench.cpu import postmaster_pid, tree_cpu_s
 from bench.entitlements import setup_tenant
-from bench.fixtures import copy_rows
+from bench.fixtures import own_postgres
 from billing.config import Settings
-from billing.devstack import free_port
 from billing.devstack.postgres import LocalPostgres
 from billing.services import amount_thresholds, usage_alerts
 from billing.services.usage import PlanCache, UsageEvent, UsageLimits, ingest, to_us
@@ -83,13 +80,7 @@ class Timers:
 async def add_thresholds(settings: Settings, tenant: str, subs: list[str], step: int) -> None:
     rows = [(uuid.UUID(tenant), uuid.uuid4(), uuid.UUID(s), "calls", "quantity_sum", k * step, True)
             for s in subs for k in range(1, MAX_THRESHOLDS + 1)]
-    admin = await asyncpg.connect(settings.admin_database_url)
-    try:
-        await init_connection(admin)
-        await copy_rows(admin, "usage_thresholds",
-                        ["tenant_id", "id", "subscription_id", "metric_code", "measure", "value", "recurring"], rows)
-    finally:
-        await admin.close()
+    await write_thresholds(settings, rows)
 
 
 async def run(pg: LocalPostgres, args) -> str:
@@ -190,15 +181,8 @@ def main() -> int:
     parser.add_argument("--without-thresholds", action="store_true",
                         help="store without judging thresholds (no alerts): what judging them costs")
     args = parser.parse_args()
-    pg = LocalPostgres(Path(tempfile.mkdtemp(prefix="bench-alert-batch-")) / "pg", free_port())
-    pg.start()
-    try:
-        pg._psql("alter system set shared_preload_libraries = 'pg_stat_statements'")
-        pg.stop()
-        pg.start()
+    with own_postgres("bench-alert-batch-", statements=True) as pg:
         print(asyncio.run(run(pg, args)))
-    finally:
-        pg.stop(quiet=True)
     return 0
 
 

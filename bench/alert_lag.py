@@ -119,13 +119,7 @@ class AlertProbe:
                 tid = uuid.uuid4()
                 self.thresholds[(sub, k * self.step)] = str(tid)
                 rows.append((tenant, tid, uuid.UUID(sub), "calls", "quantity_sum", k * self.step, True))
-        admin = await asyncpg.connect(self.settings.admin_database_url)
-        try:
-            await init_connection(admin)
-            await copy_rows(admin, "usage_thresholds",
-                            ["tenant_id", "id", "subscription_id", "metric_code", "measure", "value", "recurring"], rows)
-        finally:
-            await admin.close()
+        await write_thresholds(self.settings, rows)
         return len(rows)
 
     # -- the reader ----------------------------------------------------------------------
@@ -251,3 +245,14 @@ class AlertProbe:
         return {k: {"p50_ms": round(percentile([x * 1000 for x in v], 50), 1),
                     "p99_ms": round(percentile([x * 1000 for x in v], 99), 1),
                     "mean_ms": round(sum(v) / len(v) * 1000, 1) if v else None} for k, v in spans.items()}
+
+
+async def write_thresholds(settings, rows: list[tuple]) -> None:
+    """Quantity thresholds (tenant, id, subscription, metric, measure, value, recurring), COPYed."""
+    admin = await asyncpg.connect(settings.admin_database_url)
+    try:
+        await init_connection(admin)
+        await copy_rows(admin, "usage_thresholds",
+                        ["tenant_id", "id", "subscription_id", "metric_code", "measure", "value", "recurring"], rows)
+    finally:
+        await admin.close()

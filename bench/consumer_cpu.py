@@ -26,17 +26,15 @@ import asyncio
 import gc
 import random
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import asyncpg
 from confluent_kafka import Message as KafkaMessage
 
 from bench.ingest import setup_tenant
+from bench.fixtures import own_postgres
 from billing.config import Settings
-from billing.devstack import free_port
 from billing.devstack.postgres import LocalPostgres
 from billing.runtime import tune_gc
 from billing.services.plans import PlanCache
@@ -158,12 +156,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", choices=("kafka", "passes", "decode", "ingest"))
     args = parser.parse_args()
-    pg = LocalPostgres(Path(tempfile.mkdtemp(prefix="bench-consumer-cpu-")) / "pg", free_port())
-    pg.start()
-    try:
+    with own_postgres("bench-consumer-cpu-") as pg:
         print(asyncio.run(run(pg, args.batch, args.rounds, args.only)))
-    finally:
-        pg.stop(quiet=True)
     return 0
 
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import asyncpg
 
+from billing.devstack import free_port
+from billing.devstack.postgres import LocalPostgres
 from billing.domain.plans import PlanInput, UsageChargeInput
 from billing.domain.plan_storage import plan_to_dict
 from billing.domain.plan_validation import parse_plan
@@ -70,3 +76,19 @@ def stop_stack(stack, state, finished: bool, log) -> None:
         shutil.rmtree(state, ignore_errors=True)
     else:
         log(f"logs and data kept in {state}")
+
+
+@contextmanager
+def own_postgres(prefix: str, *, statements: bool = False) -> Iterator[LocalPostgres]:
+    """A PostgreSQL server of the bench's own in a fresh directory, stopped at the end;
+    `statements`: pg_stat_statements loaded (set, then a restart: it loads at start only)."""
+    pg = LocalPostgres(Path(tempfile.mkdtemp(prefix=prefix)) / "pg", free_port())
+    pg.start()
+    try:
+        if statements:
+            pg._psql("alter system set shared_preload_libraries = 'pg_stat_statements'")
+            pg.stop()
+            pg.start()
+        yield pg
+    finally:
+        pg.stop(quiet=True)

@@ -17,17 +17,15 @@ import argparse
 import asyncio
 import random
 import sys
-import tempfile
 import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import asyncpg
 
 from bench.cpu import postmaster_pid, tree_cpu_s
 from bench.ingest import setup_tenant
+from bench.fixtures import own_postgres
 from billing.config import Settings
-from billing.devstack import free_port
 from billing.devstack.postgres import LocalPostgres
 from billing.services.usage import PlanCache, UsageEvent, UsageLimits, ingest, to_us
 from billing.store.db import init_connection
@@ -97,16 +95,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--duplicates", type=float, default=0.05)
     args = parser.parse_args()
-    pg = LocalPostgres(Path(tempfile.mkdtemp(prefix="bench-ingest-sql-")) / "pg", free_port())
-    pg.start()
-    try:
-        # Loaded at start only: set, then restart.
-        pg._psql("alter system set shared_preload_libraries = 'pg_stat_statements'")
-        pg.stop()
-        pg.start()
+    with own_postgres("bench-ingest-sql-", statements=True) as pg:
         print(asyncio.run(run(pg, args.events, args.batch, args.duplicates)))
-    finally:
-        pg.stop(quiet=True)
     return 0
 
 

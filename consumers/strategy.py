@@ -49,16 +49,7 @@ class Message(NamedTuple):
     @classmethod
     def from_kafka(cls, msg: KafkaMessage, topic: str | None = None, partition: int | None = None) -> "Message":
         """`topic` and `partition`: the message's own, when the caller read them already."""
-        raw = msg.headers()
-        if raw:
-            raw = tuple(raw)
-            headers = _HEADER_DICTS.get(raw)
-            if headers is None:
-                if len(_HEADER_DICTS) >= _HEADER_DICTS_MAX:
-                    _HEADER_DICTS.clear()
-                headers = _HEADER_DICTS[raw] = {k: v for k, v in raw if v is not None}
-        else:
-            raw, headers = (), _NO_HEADERS
+        raw, headers = _shared_headers(msg.headers())
         ts_type, ts = msg.timestamp()
         # tuple.__new__: the NamedTuple's own __new__ is a Python function, called per message.
         return _new(cls, (msg.topic() if topic is None else topic, msg.partition() if partition is None else partition,
@@ -71,6 +62,20 @@ class Message(NamedTuple):
 
 
 _UNSEEN = object()
+
+
+def _shared_headers(listed: list | None) -> tuple[tuple, dict[str, bytes]]:
+    """A message's headers as a tuple and as the dict every message with the same headers
+    shares (read, never written)."""
+    if not listed:
+        return (), _NO_HEADERS
+    raw = tuple(listed)
+    headers = _HEADER_DICTS.get(raw)
+    if headers is None:
+        if len(_HEADER_DICTS) >= _HEADER_DICTS_MAX:
+            _HEADER_DICTS.clear()
+        headers = _HEADER_DICTS[raw] = {k: v for k, v in raw if v is not None}
+    return raw, headers
 
 
 def detach(fetched: list[KafkaMessage], assignment: Collection[TopicPartition],
@@ -94,15 +99,7 @@ def detach(fetched: list[KafkaMessage], assignment: Collection[TopicPartition],
                 listed = msg.headers()
                 if listed != last_list:
                     last_list = listed
-                    if listed:
-                        raw = tuple(listed)
-                        headers = _HEADER_DICTS.get(raw)  # type: ignore[assignment]
-                        if headers is None:
-                            if len(_HEADER_DICTS) >= _HEADER_DICTS_MAX:
-                                _HEADER_DICTS.clear()
-                            headers = _HEADER_DICTS[raw] = {k: v for k, v in raw if v is not None}
-                    else:
-                        raw, headers = (), _NO_HEADERS
+                    raw, headers = _shared_headers(listed)
                 ts_type, ts = msg.timestamp()
                 add(_new(cls, (tp[0], tp[1], msg.offset(), msg.key(), msg.value(), headers,
                                None if ts_type == TIMESTAMP_NOT_AVAILABLE else ts, raw)))
