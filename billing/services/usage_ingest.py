@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
+from functools import lru_cache
 from typing import NamedTuple
 
 import asyncpg
@@ -57,12 +58,9 @@ SHORT_PATH = native.compiled(usage_short)
 
 _TENANT = itemgetter(1)
 _SUBSCRIPTION = itemgetter(2)
-# Subscription text -> its UUID or None, across batches (bounded: entries, and texts of at
-# most _UUID_TEXT_MAX characters, so a producer's long garbage ids are parsed, not kept).
-_UUIDS: dict[str, uuid.UUID | None] = {}
-_UUIDS_MAX = 100_000
+# Subscription texts longer than this are parsed each time, never kept: a producer's long
+# garbage ids do not fill the cache of `_uuid_of`.
 _UUID_TEXT_MAX = 64
-_UNPARSED = object()
 
 _REFUSAL_DETAIL = {
     "subscription_not_started": "subscription {sub_id} is {status}",
@@ -200,23 +198,21 @@ async def prepare(conn: asyncpg.Connection, events: Sequence[UsageEvent], *, now
     return result
 
 
+def _parse_uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+# The texts of a tenant's subscriptions come back batch after batch: parsed once per process
+# (`uuid.UUID` is pure Python).
+_uuid_of = lru_cache(maxsize=100_000)(_parse_uuid)
+
+
 def _subscription_ids(texts: set[str]) -> dict[str, uuid.UUID | None]:
-    """Per subscription text, its UUID (None: not one). The texts of a tenant's subscriptions
-    come back batch after batch: parsed once per process (`uuid.UUID` is pure Python)."""
-    out: dict[str, uuid.UUID | None] = {}
-    for text in texts:
-        sub_id = _UUIDS.get(text, _UNPARSED)
-        if sub_id is _UNPARSED:
-            try:
-                sub_id = uuid.UUID(text)
-            except ValueError:
-                sub_id = None
-            if len(text) <= _UUID_TEXT_MAX:
-                if len(_UUIDS) >= _UUIDS_MAX:
-                    _UUIDS.clear()
-                _UUIDS[text] = sub_id
-        out[text] = sub_id  # type: ignore[assignment]
-    return out
+    """Per subscription text, its UUID (None: not one)."""
+    return {t: _uuid_of(t) if len(t) <= _UUID_TEXT_MAX else _parse_uuid(t) for t in texts}
 
 
 async def _known_subscriptions(conn, tenant: uuid.UUID, texts: set[str], now_us: int, limits: UsageLimits,
